@@ -1,0 +1,109 @@
+"""The one exception tree of consent-import.
+
+Every message says what went wrong and what to do next, in one line, and never holds
+a cell value or a whole API key (values can be PHI).
+
+    ConsentImportError            base; `exit_code` is what the CLI exits with
+    ├── UsageError                bad options (exit 2)
+    ├── ConfigError               bad mapping file, crosswalk, ledger lock (exit 2)
+    ├── InputError                unreadable, empty or malformed input file (exit 2)
+    ├── AbortError                the run stopped before the end: auth failure, signal (exit 3)
+    └── ApiError                  a ClinikAPI error response (status, code, request id, issues)
+        ├── AuthError             401 / 403: the key is wrong or lacks scope; aborts a run
+        ├── RateLimitedError      429, with the server's Retry-After
+        ├── ServerError           5xx: the request may or may not have been applied
+        └── ClientRequestError    any other 4xx (404, 409, 422, …): the row fails
+    TransportError                the request may have reached the server, with no answer
+                                  (timeout after sending, dropped connection)
+"""
+
+from __future__ import annotations
+
+
+class ConsentImportError(Exception):
+    """Base of every error this package raises on purpose."""
+
+    exit_code = 1
+
+
+class UsageError(ConsentImportError):
+    """The command line is wrong."""
+
+    exit_code = 2
+
+
+class ConfigError(ConsentImportError):
+    """The mapping file, crosswalk, key or ledger cannot be used as given."""
+
+    exit_code = 2
+
+
+class InputError(ConsentImportError):
+    """An input file cannot be read as a table of consents."""
+
+    exit_code = 2
+
+
+class AbortError(ConsentImportError):
+    """The run stopped before every row was processed; rerun to resume."""
+
+    exit_code = 3
+
+
+class ApiError(ConsentImportError):
+    """An error response from ClinikAPI.
+
+    Args:
+        status: the HTTP status.
+        code: the `code` of the error body (`VALIDATION_ERROR`, …), or "" when absent.
+        request_id: the server's request id, for support tickets.
+        issues: the `diagnostics` strings of the error body (fields and rules, no values).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int,
+        code: str = "",
+        request_id: str = "",
+        issues: list[str] | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.request_id = request_id
+        self.issues = issues or []
+        self.retry_after = retry_after
+
+
+class AuthError(ApiError):
+    """401 or 403: no request with this key will succeed, so the run aborts."""
+
+    exit_code = 3
+
+
+class RateLimitedError(ApiError):
+    """429: the plan's window is spent; wait `retry_after` seconds."""
+
+
+class ServerError(ApiError):
+    """5xx: the server failed; a POST may still have been stored."""
+
+
+class ClientRequestError(ApiError):
+    """Any other 4xx: the request itself is wrong and retrying cannot help."""
+
+
+class TransportError(ConsentImportError):
+    """No response: the request may or may not have reached the server.
+
+    Args:
+        sent: False only when the connection failed before the request could be sent,
+            so the server certainly did not act on it.
+    """
+
+    def __init__(self, message: str, *, sent: bool) -> None:
+        super().__init__(message)
+        self.sent = sent
