@@ -1,0 +1,373 @@
+"""Turn chunks of raw cells into validated ClinikAPI consent bodies or row errors.
+
+Each field's cells are prepared a column at a time (trimmed, translated, defaulted, dates
+parsed once per distinct value); the per-row part only assembles a dict and hands it to
+the pydantic model. The JSON body and its hash are made only when something asks for
+them, so a dry run of a keyed file never serialises a row.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from functools import lru_cache
+from typing import Any
+
+import pandas as pd
+from pydantic import ValidationError
+
+from importer.mapping import DATE_FIELDS, Mapping
+from importer.models import ConsentIn, field_errors
+from importer.reader import Table, excel_serial_to_iso
+
+#: API field paths (as the models report them) -> the row field a user filled in.
+_API_TO_ROW_FIELD = {
+    "provision.type": "provisionType",
+    "provision.period.start": "provisionStart",
+    "provision.period.end": "provisionEnd",
+    "provision.period": "provisionEnd",
+    "provision.purpose": "purpose",
+    "verification.verified": "verified",
+    "verification.verifiedWith": "verifiedWith",
+    "verification.verificationDate": "verificationDate",
+}
+#: Row fields copied into the body as they are.
+_PLAIN_FIELDS = (
+    "patientId", "scope", "status", "dateTime", "performerId", "organizationId", "policyUri",
+    "policyRule", "sourceReferenceId",
+)
+_TRUE = frozenset({"y", "yes", "true", "t", "1"})
+_FALSE = frozenset({"n", "no", "false", "f", "0"})
+_SPLIT = re.compile(r"[;|]")
+_EXCEL_SUFFIXES = (".xlsx", ".xlsm", ".xls")
+
+
+@dataclass(frozen=True, slots=True)
+class RowError:
+    """One problem with one row: where, which field, which rule.
+
+    `value` is the offending cell, for the user's own HTML report only: it is PHI, so
+    messages, logs and the JSON report never carry it.
+    """
+
+    file: str
+    row: int
+    field: str
+    code: str
+    message: str
+    stage: str = "validate"
+    value: str = field(default="", repr=False)
+
+
+@dataclass(slots=True)
+class Row:
+    """One source row after mapping: a body ready to send, or the reasons it is not.
+
+    `body_json` is the exact JSON the API receives; `body_hash` its SHA-256, which tells
+    a rerun whether the row changed. `cells` are the row's own cells, by header.
+    """
+
+    file: str
+    row: int
+    source_key: str
+    headers: tuple[str, ...] = ()
+    values: tuple[str, ...] = ()
+    model: ConsentIn | None = None
+    errors: list[RowError] = field(default_factory=list)
+    _json: str | None = None
+    _hash: str | None = None
+
+    @property
+    def valid(self) -> bool:
+        return not self.errors
+
+    @property
+    def cells(self) -> dict[str, str]:
+        return dict(zip(self.headers, self.values, strict=True))
+
+    @property
+    def body_json(self) -> str:
+        if self._json is None:
+            self._json = (
+                self.model.model_dump_json(by_alias=True, exclude_none=True) if self.model else ""
+            )
+        return self._json
+
+    @property
+    def body_hash(self) -> str:
+        if self._hash is None:
+            self._hash = hashlib.sha256(self.body_json.encode()).hexdigest() if self.model else ""
+        return self._hash
+
+    def body(self) -> dict[str, Any]:
+        """The API body as a dict (only for valid rows)."""
+        parsed: dict[str, Any] = json.loads(self.body_json)
+        return parsed
+
+    def field_hashes(self) -> dict[str, str]:
+        """A short hash per top-level API field, to tell which fields changed."""
+        return {name: _digest(repr(value))[:12] for name, value in self.body().items()}
+
+
+class Normalizer:
+    """Maps and validates rows of any number of files, remembering source keys across them."""
+
+    def __init__(self, mapping: Mapping) -> None:
+        self.mapping = mapping
+        # 8-byte digests of the source keys seen, with where they were first seen; a
+        # repeat is `duplicate_row` (identical export rows would otherwise be sent twice).
+        self._seen: dict[bytes, tuple[str, int]] = {}
+
+    def rows(self, table: Table) -> Iterator[Row]:
+        """Every row of one table, in order, normalized."""
+        columns = self.mapping.resolve(table.columns, table.name)
+        file_rows = _FileNormalizer(
+            self.mapping, columns, table.name, excel=table.path.suffix.lower() in _EXCEL_SUFFIXES
+        )
+        for chunk in table.chunks():
+            for row in file_rows.normalize(chunk):
+                self._check_duplicate(row)
+                yield row
+
+    def _check_duplicate(self, row: Row) -> None:
+        digest = hashlib.blake2b(row.source_key.encode(), digest_size=8).digest()
+        first = self._seen.setdefault(digest, (row.file, row.row))
+        if first != (row.file, row.row):
+            where = f"row {first[1]}" if first[0] == row.file else f"{first[0]} row {first[1]}"
+            row.errors.append(
+                RowError(
+                    row.file, row.row, "sourceKey", "duplicate_row",
+                    f"sourceKey: same source key as {where}; a row is imported once "
+                    "(duplicate_row)",
+                    value=row.source_key,
+                )
+            )
+            row.model = None
+
+
+class _FileNormalizer:
+    def __init__(self, mapping: Mapping, columns: dict[str, str], file: str, *, excel: bool) -> None:
+        self.mapping = mapping
+        self.columns = columns
+        self.file = file
+        self.parse_date = _date_parser(mapping, excel=excel)
+        self.fields = sorted(set(columns) | set(mapping.defaults))
+        self.keyed = bool(mapping.key) or "sourceKey" in columns
+
+    def normalize(self, chunk: pd.DataFrame) -> list[Row]:
+        headers = tuple(str(c) for c in chunk.columns)
+        raw = {h: chunk[h].to_numpy(dtype=object).tolist() for h in headers}
+        prepared = {name: self._column(raw, name, len(chunk)) for name in self.fields}
+        names = list(prepared)
+        keys = self._keys(raw, len(chunk))
+        numbers = chunk.index.tolist()
+        value_rows = zip(*raw.values(), strict=True)
+        field_rows = zip(*prepared.values(), strict=True)
+        return [
+            self._row(int(number), headers, values, dict(zip(names, cells, strict=True)), key)
+            for number, values, cells, key in zip(numbers, value_rows, field_rows, keys, strict=True)
+        ]
+
+    def _column(self, raw: dict[str, list[Any]], name: str, size: int) -> list[str]:
+        """One field's cells for the chunk: trimmed, translated, defaulted."""
+        header = self.columns.get(name)
+        values = [str(v).strip() for v in raw[header]] if header else [""] * size
+        translations = self.mapping.values.get(name)
+        if translations:
+            table = {k: _as_text(v) for k, v in translations.items()}
+            values = [table.get(v.casefold(), v) for v in values]
+        default = self.mapping.defaults.get(name)
+        if default is not None:
+            text = _as_text(default)
+            values = [v or text for v in values]
+        return values
+
+    def _keys(self, raw: dict[str, list[Any]], size: int) -> list[str | None]:
+        """The stable source key per row; None where the body's hash will serve."""
+        if self.mapping.key:
+            parts = [[str(v).strip() for v in raw[c]] for c in self.mapping.key]
+            return [None if not all(p) else "|".join(p) for p in zip(*parts, strict=True)]
+        header = self.columns.get("sourceKey")
+        if header is not None:
+            return [str(v).strip() or None for v in raw[header]]
+        return [None] * size
+
+    def _row(
+        self,
+        number: int,
+        headers: tuple[str, ...],
+        values: tuple[str, ...],
+        cells: dict[str, str],
+        key: str | None,
+    ) -> Row:
+        row = Row(self.file, number, key or "", headers, values)
+        errors = row.errors
+
+        def fail(name: str, code: str, rule: str) -> None:
+            errors.append(
+                RowError(
+                    self.file, number, name, code, f"{self._label(name)}: {rule} ({code})",
+                    value=self._cell(row, name),
+                )
+            )
+
+        body = self._body(cells, fail)
+        try:
+            model = ConsentIn.model_validate(body)
+        except ValidationError as exc:
+            already = {e.field for e in errors}
+            for err in field_errors(exc):
+                name = _API_TO_ROW_FIELD.get(err.field, err.field)
+                if name in already:
+                    continue  # e.g. an unknown patient was dropped: not also "missing"
+                message = err.message
+                if name != err.field or name in self.columns:
+                    message = f"{self._label(name)}: {_rule_text(err.message)}"
+                errors.append(
+                    RowError(self.file, number, name, err.code, message, value=self._cell(row, name))
+                )
+        else:
+            if not errors:
+                row.model = model
+        if key is None:
+            if self.keyed:
+                fail("sourceKey", "missing_required", "the source key is empty; every row needs one")
+                row.source_key = "cells:" + _digest(repr(values))
+            elif row.model is not None:
+                row.source_key = "sha256:" + row.body_hash[:32]
+            else:
+                row.source_key = "cells:" + _digest(repr(values))
+        if errors:
+            row.model = None
+        return row
+
+    def _body(self, c: dict[str, str], fail: Callable[[str, str, str], None]) -> dict[str, Any]:
+        """Assemble the API body from one row's prepared cells; faults go to `fail`."""
+        body: dict[str, Any] = {name: c[name] for name in _PLAIN_FIELDS if c.get(name)}
+        dates: dict[str, datetime] = {}
+        for name in DATE_FIELDS:
+            text = c.get(name)
+            if text:
+                parsed = self.parse_date(text)
+                if parsed is None:
+                    fail(name, "invalid_date", "not a date-time in ISO 8601 or a date_formats format")
+                    body.pop(name, None)
+                else:
+                    dates[name] = parsed
+        if "dateTime" in dates:
+            body["dateTime"] = dates["dateTime"]
+        patient = body.get("patientId")
+        if patient is not None and self.mapping.crosswalk is not None:
+            resolved = self.mapping.crosswalk.get(patient)
+            if resolved is None:
+                fail("patientId", "unknown_patient", "not in the crosswalk; add it there")
+                del body["patientId"]
+            else:
+                body["patientId"] = resolved
+        category = c.get("category")
+        if category:
+            body["category"] = _split(category)
+        if c.get("verified") or c.get("verifiedWith") or "verificationDate" in dates:
+            verification = self._verification(c, dates, fail)
+            if verification is not None:
+                body["verification"] = verification
+        provision = self._provision(c, dates)
+        if provision:
+            body["provision"] = provision
+        return body
+
+    @staticmethod
+    def _verification(
+        c: dict[str, str], dates: dict[str, datetime], fail: Callable[[str, str, str], None]
+    ) -> dict[str, Any] | None:
+        verification: dict[str, Any] = {}
+        flag = c.get("verified", "").casefold()
+        if flag in _TRUE:
+            verification["verified"] = True
+        elif flag in _FALSE:
+            verification["verified"] = False
+        elif flag:
+            fail("verified", "invalid_boolean", "must be Y/N, yes/no, true/false or 1/0")
+            return None
+        if c.get("verifiedWith"):
+            verification["verifiedWith"] = c["verifiedWith"]
+        if "verificationDate" in dates:
+            verification["verificationDate"] = dates["verificationDate"]
+        return verification
+
+    @staticmethod
+    def _provision(c: dict[str, str], dates: dict[str, datetime]) -> dict[str, Any]:
+        provision: dict[str, Any] = {}
+        if c.get("provisionType"):
+            provision["type"] = c["provisionType"]
+        period = {
+            end: dates[name]
+            for end, name in (("start", "provisionStart"), ("end", "provisionEnd"))
+            if name in dates
+        }
+        if period:
+            provision["period"] = period
+        if c.get("purpose"):
+            provision["purpose"] = [{"code": code} for code in _split(c["purpose"])]
+        return provision
+
+    def _cell(self, row: Row, name: str) -> str:
+        """The raw cell behind a field, for the HTML report's value column."""
+        cells = row.cells
+        if name == "sourceKey" and self.mapping.key:
+            return "|".join(cells.get(c, "") for c in self.mapping.key)
+        header = self.columns.get(name)
+        return str(cells.get(header, "")) if header else ""
+
+    def _label(self, name: str) -> str:
+        header = self.columns.get(name)
+        return f"{name} (column '{header}')" if header and header != name else name
+
+
+def _date_parser(mapping: Mapping, *, excel: bool) -> Callable[[str], datetime | None]:
+    """A cached parser: ISO 8601 first, then the mapping's formats, then Excel serials."""
+    tz, formats = mapping.timezone, mapping.date_formats
+
+    @lru_cache(maxsize=65536)
+    def parse(text: str) -> datetime | None:
+        value: datetime | None = None
+        try:
+            value = datetime.fromisoformat(text)
+        except ValueError:
+            for fmt in formats:
+                try:
+                    value = datetime.strptime(text, fmt)  # noqa: DTZ007  (zone added below)
+                    break
+                except ValueError:
+                    continue
+            if value is None and excel:
+                iso = excel_serial_to_iso(text)
+                value = datetime.fromisoformat(iso) if iso else None
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=tz)
+        return value
+
+    return parse
+
+
+def _split(text: str) -> list[str]:
+    return [part.strip() for part in _SPLIT.split(text) if part.strip()]
+
+
+def _as_text(value: str | bool) -> str:
+    return ("true" if value else "false") if isinstance(value, bool) else value
+
+
+def _rule_text(message: str) -> str:
+    """The rule part of a model message ("field: rule (code)" -> "rule (code)")."""
+    return message.split(": ", 1)[1] if ": " in message else message
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:32]

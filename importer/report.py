@@ -1,0 +1,193 @@
+"""Reports of a validation or a run: the terminal summary, JSON, and CSV row errors.
+
+CSV we write is safe to open in Excel: a cell starting with `=`, `+`, `-`, `@` is
+escaped with a leading `'`, which the reader undoes, so a fixed file feeds back unchanged.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Any
+
+from rich.console import Console
+
+from importer.errors import UsageError
+from importer.normalize import Row, RowError
+from importer.reader import escape_formula
+
+REPORT_SUFFIXES = (".json", ".csv", ".html")
+ERROR_COLUMNS = ("error_stage", "error_code", "error_message")
+#: Row errors kept for the terminal and HTML tables; counts stay exact past it.
+SHOWN_ERRORS = 100_000
+
+
+@dataclass
+class FileCounts:
+    rows: int = 0
+    valid: int = 0
+    invalid: int = 0
+
+
+@dataclass
+class ValidationSummary:
+    """Counts of a validation, exact however many rows, and the row errors."""
+
+    rows: int = 0
+    valid: int = 0
+    invalid: int = 0
+    by_rule: Counter[str] = field(default_factory=Counter)
+    by_field: Counter[str] = field(default_factory=Counter)
+    by_file: dict[str, FileCounts] = field(default_factory=dict)
+    errors: list[RowError] = field(default_factory=list)
+
+    def add(self, row: Row) -> None:
+        counts = self.by_file.setdefault(row.file, FileCounts())
+        self.rows += 1
+        counts.rows += 1
+        if row.valid:
+            self.valid += 1
+            counts.valid += 1
+            return
+        self.invalid += 1
+        counts.invalid += 1
+        for error in row.errors:
+            self.by_rule[error.code] += 1
+            self.by_field[error.field] += 1
+            self.errors.append(error)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "summary": {
+                "rows": self.rows,
+                "valid": self.valid,
+                "invalid": self.invalid,
+                "by_rule": dict(self.by_rule.most_common()),
+                "by_field": dict(self.by_field.most_common()),
+                "by_file": {
+                    name: {"rows": c.rows, "valid": c.valid, "invalid": c.invalid}
+                    for name, c in self.by_file.items()
+                },
+            },
+            "errors": [
+                {"file": e.file, "row": e.row, "field": e.field, "code": e.code, "message": e.message}
+                for e in self.errors
+            ],
+        }
+
+
+def check_report_paths(paths: Sequence[str]) -> list[Path]:
+    """Refuse report paths of a kind we cannot write, before any work is done."""
+    checked = []
+    for path in paths:
+        suffix = Path(path).suffix.lower()
+        if suffix not in REPORT_SUFFIXES:
+            raise UsageError(
+                f"--report {path}: unknown report type '{suffix or '(none)'}'; "
+                "use .json, .csv or .html"
+            )
+        checked.append(Path(path))
+    return checked
+
+
+def check_run_report_paths(paths: Sequence[str]) -> list[Path]:
+    """`run --report` writes .json and .html; invalid rows as CSV come from `export`."""
+    checked = check_report_paths(paths)
+    for path in checked:
+        if path.suffix.lower() == ".csv":
+            raise UsageError(
+                f"--report {path}: a run writes .json or .html reports; for the invalid and "
+                "failed rows as CSV use `consent-import export --failed`"
+            )
+    return checked
+
+
+def write_run_reports(
+    paths: Sequence[Path], summary: ValidationSummary, stats: Any, *, redact: bool
+) -> None:
+    """A run's reports: JSON (run counts, validation summary, row errors) and HTML."""
+    for path in paths:
+        if path.suffix.lower() == ".json":
+            write_json(path, {"run": stats.summary(), **summary.to_json()})
+        else:
+            from importer.html_report import write_run_html
+
+            write_run_html(path, summary, stats, redact=redact)
+
+
+def write_json(path: Path, document: dict[str, Any]) -> None:
+    path.write_text(json.dumps(document, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+class SafeCsvWriter:
+    """A CSV writer whose every cell is escaped against formula injection."""
+
+    def __init__(self, path: Path, columns: Sequence[str]) -> None:
+        self.columns = list(columns)
+        # utf-8-sig so Excel opens non-ASCII names correctly; our reader strips the BOM.
+        self._handle: IO[str] = path.open("w", newline="", encoding="utf-8-sig")
+        self._writer = csv.writer(self._handle)
+        self._writer.writerow([escape_formula(c) for c in self.columns])
+
+    def write(self, cells: dict[str, Any]) -> None:
+        self._writer.writerow(
+            [escape_formula("" if cells.get(c) is None else str(cells[c])) for c in self.columns]
+        )
+
+    def close(self) -> None:
+        self._handle.close()
+
+    def __enter__(self) -> SafeCsvWriter:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+def error_columns(input_columns: Iterable[Sequence[str]]) -> list[str]:
+    """The union of the input files' columns, in first-seen order, then the error columns."""
+    seen: dict[str, None] = {}
+    for columns in input_columns:
+        for column in columns:
+            if column not in ERROR_COLUMNS:
+                seen.setdefault(column, None)
+    return [*seen, *ERROR_COLUMNS]
+
+
+def row_error_cells(row: Row, stage: str = "validate") -> dict[str, str]:
+    """An invalid row as the CSV report shows it: its own cells plus what is wrong."""
+    return {
+        **row.cells,
+        "error_stage": stage,
+        "error_code": "; ".join(e.code for e in row.errors),
+        "error_message": "; ".join(e.message for e in row.errors),
+    }
+
+
+def print_validation(summary: ValidationSummary, console: Console, *, first: int = 10) -> None:
+    """The terminal summary of a validation: counts, then the first errors, one a line."""
+    files = len(summary.by_file)
+    console.print(
+        f"Validated {files} file{'s' if files != 1 else ''}: {summary.rows:,} rows, "
+        f"[green]{summary.valid:,} valid[/], "
+        f"[{'red' if summary.invalid else 'green'}]{summary.invalid:,} invalid[/]"
+    )
+    if not summary.invalid:
+        return
+    console.print(
+        "By rule:  " + ", ".join(f"{code} {n:,}" for code, n in summary.by_rule.most_common())
+    )
+    console.print(
+        "By field: " + ", ".join(f"{name} {n:,}" for name, n in summary.by_field.most_common())
+    )
+    shown = summary.errors[:first]
+    console.print(f"First {len(shown)} of {len(summary.errors):,} errors:")
+    for error in shown:
+        console.print(f"  {error.file}:{error.row}  {error.message}", soft_wrap=True)

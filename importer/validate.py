@@ -1,0 +1,61 @@
+"""The dry run: read, map and validate files, and write the reports asked for."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from importer.mapping import Mapping
+from importer.normalize import Normalizer
+from importer.reader import Table, open_table
+from importer.report import (
+    SafeCsvWriter,
+    ValidationSummary,
+    check_report_paths,
+    error_columns,
+    row_error_cells,
+    write_json,
+)
+
+
+def open_tables(inputs: Sequence[str | Path], mapping: Mapping) -> list[Table]:
+    """Open every input up front, so a bad file or mapping fails before any work."""
+    tables = [open_table(path, mapping.source) for path in inputs]
+    for table in tables:
+        mapping.resolve(table.columns, table.name)
+    return tables
+
+
+def validate_files(
+    inputs: Sequence[str | Path],
+    mapping: Mapping,
+    reports: Sequence[str] = (),
+    *,
+    redact: bool = False,
+) -> ValidationSummary:
+    """Validate every row of `inputs` and write `reports` (.json, .csv, .html)."""
+    paths = check_report_paths(reports)
+    tables = open_tables(inputs, mapping)
+    summary = ValidationSummary()
+    csv_paths = [p for p in paths if p.suffix.lower() == ".csv"]
+    writers = [SafeCsvWriter(p, error_columns(t.columns for t in tables)) for p in csv_paths]
+    try:
+        normalizer = Normalizer(mapping)
+        for table in tables:
+            for row in normalizer.rows(table):
+                summary.add(row)
+                if not row.valid:
+                    for writer in writers:
+                        writer.write(row_error_cells(row))
+    finally:
+        for writer in writers:
+            writer.close()
+    for path in paths:
+        suffix = path.suffix.lower()
+        if suffix == ".json":
+            write_json(path, summary.to_json())
+        elif suffix == ".html":
+            from importer.html_report import write_validation_html
+
+            write_validation_html(path, summary, redact=redact)
+    return summary
