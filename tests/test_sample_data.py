@@ -1,0 +1,37 @@
+"""sample_data/ gives exactly the row errors its README lists, and nothing else."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from importer.mapping import load_mapping
+from importer.validate import validate_files
+
+SAMPLES = Path(__file__).parent.parent / "sample_data"
+SETS = {
+    "consents.csv": None,
+    "legacy_ehr/consents_export.csv": "legacy_ehr/mapping.toml",
+    "clinic_consents.xlsx": "clinic_consents.toml",
+}
+
+
+def documented_errors() -> set[tuple[str, int, str, str]]:
+    text = (SAMPLES / "README.md").read_text(encoding="utf-8")
+    table = text.split("## The deliberately invalid rows", 1)[1]
+    rows = re.findall(r"^\| (\S+) \| (\d+) \| (\w+) \| (\w+) \|", table, flags=re.M)
+    return {(file, int(row), field, code) for file, row, field, code in rows}
+
+
+@pytest.mark.parametrize(("name", "mapping"), SETS.items())
+def test_sample_errors_match_the_readme(name: str, mapping: str | None) -> None:
+    summary = validate_files(
+        [SAMPLES / name], load_mapping(SAMPLES / mapping if mapping else None)
+    )
+    found = {(name, e.row, e.field, e.code) for e in summary.errors}
+    expected = {e for e in documented_errors() if e[0] == name}
+    assert expected
+    assert found == expected
+    assert summary.valid == summary.rows - len(expected)
