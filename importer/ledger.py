@@ -1,0 +1,374 @@
+"""The SQLite ledger: the truth of what was sent, created, patched and failed.
+
+A row's intent (its body and hash) is committed before its request is sent, and its
+outcome when the answer comes, so a crash at any instant leaves every row done, failed,
+or in flight with an unknown outcome, which the next run reconciles by a lookup.
+
+The file holds PHI (payloads of rows in flight, cells of failed rows), so it is created
+readable by its owner only. Commits are synchronous=FULL in WAL mode: an intent survives
+a power cut, not just a crash. `AsyncLedger` groups the writes of concurrent workers
+into shared transactions run in a worker thread, so one fsync serves many rows and the
+event loop never waits on the disk.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import anyio
+import anyio.to_thread
+
+from importer.errors import ConfigError
+
+SCHEMA_VERSION = "1"
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS runs (
+    id INTEGER PRIMARY KEY,
+    started_at TEXT NOT NULL,
+    finished_at TEXT,
+    status TEXT NOT NULL,            -- running | finished | aborted | paused | crashed
+    pid INTEGER,
+    inputs TEXT,                     -- JSON list of input file names
+    summary TEXT                     -- JSON summary when finished
+);
+CREATE TABLE IF NOT EXISTS rows (
+    source_key TEXT PRIMARY KEY,
+    source_file TEXT NOT NULL,
+    source_row INTEGER NOT NULL,
+    state TEXT NOT NULL,             -- invalid | in_flight | done | failed
+    action TEXT,                     -- created | adopted | updated | recreated (for done rows)
+    consent_id TEXT,
+    previous_consent_id TEXT,        -- the consent a recreate replaced
+    patient_id TEXT,
+    payload_hash TEXT,               -- hash of the body the server holds (done rows)
+    field_hashes TEXT,               -- JSON {field: short hash} of that body
+    pending_op TEXT,                 -- create | patch (in_flight rows)
+    pending_body TEXT,               -- the body being sent (in_flight rows only: PHI)
+    pending_hash TEXT,
+    error_stage TEXT,
+    error_code TEXT,
+    error_message TEXT,
+    http_status INTEGER,
+    request_id TEXT,
+    cells TEXT,                      -- JSON of the source cells (invalid/failed rows only: PHI)
+    attempts INTEGER NOT NULL DEFAULT 0,
+    first_run INTEGER,
+    last_run INTEGER,                -- the last run whose input held this row
+    updated_at TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS rows_state ON rows (state);
+CREATE TABLE IF NOT EXISTS attempts (
+    id INTEGER PRIMARY KEY,
+    run_id INTEGER NOT NULL,
+    source_key TEXT NOT NULL,
+    op TEXT NOT NULL,                -- create | patch | lookup
+    at TEXT NOT NULL,
+    outcome TEXT NOT NULL,           -- sent | ok | error
+    http_status INTEGER,
+    request_id TEXT,
+    error_code TEXT
+);
+"""
+
+T = TypeVar("T")
+_SELECT_ROWS = (
+    "SELECT source_key, state, action, consent_id, payload_hash, field_hashes, "
+    "pending_op, pending_body, pending_hash, error_code FROM rows"
+)
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerRow:
+    """What the ledger knows of one source key."""
+
+    source_key: str
+    state: str
+    action: str | None
+    consent_id: str | None
+    payload_hash: str | None
+    field_hashes: dict[str, str]
+    pending_op: str | None
+    pending_body: str | None
+    pending_hash: str | None
+    error_code: str | None
+
+
+class Ledger:
+    """Synchronous access to the ledger file; one connection, used by one thread at a time."""
+
+    def __init__(self, path: str | Path, *, base_url: str | None = None) -> None:
+        self.path = Path(path)
+        _create_private(self.path)
+        try:
+            self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=FULL")
+            self.db.execute("PRAGMA busy_timeout=5000")
+            self.db.executescript(_SCHEMA)
+        except sqlite3.DatabaseError as exc:
+            raise ConfigError(
+                f"ledger {self.path} is not a consent-import ledger ({exc}); give another --ledger"
+            ) from None
+        self._check_meta(base_url)
+
+    def _check_meta(self, base_url: str | None) -> None:
+        meta = dict(self.db.execute("SELECT key, value FROM meta").fetchall())
+        version = meta.get("schema_version")
+        if version is not None and version != SCHEMA_VERSION:
+            raise ConfigError(
+                f"ledger {self.path} has schema version {version}; this consent-import "
+                f"reads version {SCHEMA_VERSION}"
+            )
+        with self.transaction():
+            self.db.execute(
+                "INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (SCHEMA_VERSION,)
+            )
+            if base_url is None:
+                return
+            known = meta.get("base_url")
+            if known is None:
+                self.db.execute("INSERT INTO meta VALUES ('base_url', ?)", (base_url,))
+            elif known != base_url:
+                # Consent ids of one server mean nothing on another: never mix them.
+                raise ConfigError(
+                    f"ledger {self.path} records imports into {known}, not {base_url}; "
+                    "use another --ledger for another server"
+                )
+
+    def close(self) -> None:
+        self.db.close()
+
+    # -- transactions -------------------------------------------------------------
+
+    def transaction(self) -> _Transaction:
+        return _Transaction(self.db)
+
+    # -- runs ---------------------------------------------------------------------
+
+    def begin_run(self, inputs: Sequence[str]) -> int:
+        with self.transaction():
+            # A run left "running" belongs to a process that is gone (the lock says so).
+            self.db.execute("UPDATE runs SET status = 'crashed' WHERE status = 'running'")
+            cursor = self.db.execute(
+                "INSERT INTO runs (started_at, status, pid, inputs) VALUES (?, 'running', ?, ?)",
+                (now_iso(), os.getpid(), json.dumps(list(inputs))),
+            )
+        assert cursor.lastrowid is not None
+        return cursor.lastrowid
+
+    def finish_run(self, run_id: int, status: str, summary: dict[str, Any]) -> None:
+        with self.transaction():
+            self.db.execute(
+                "UPDATE runs SET finished_at = ?, status = ?, summary = ? WHERE id = ?",
+                (now_iso(), status, json.dumps(summary), run_id),
+            )
+
+    def runs(self, limit: int = 10) -> list[dict[str, Any]]:
+        rows = self.db.execute(
+            "SELECT id, started_at, finished_at, status, pid, inputs, summary FROM runs "
+            "ORDER BY id DESC LIMIT ?",
+            (limit,),
+        ).fetchall()
+        return [
+            {
+                "id": r[0],
+                "started_at": r[1],
+                "finished_at": r[2],
+                "status": r[3],
+                "pid": r[4],
+                "inputs": json.loads(r[5] or "[]"),
+                "summary": json.loads(r[6]) if r[6] else None,
+            }
+            for r in rows
+        ]
+
+    # -- rows ---------------------------------------------------------------------
+
+    def get(self, keys: Iterable[str]) -> dict[str, LedgerRow]:
+        """The ledger's rows for these source keys (absent keys are new rows)."""
+        found: dict[str, LedgerRow] = {}
+        batch = list(keys)
+        for start in range(0, len(batch), 500):
+            part = batch[start : start + 500]
+            marks = ",".join("?" * len(part))
+            # Only "?" placeholders are formatted into the query.
+            query = f"{_SELECT_ROWS} WHERE source_key IN ({marks})"
+            for r in self.db.execute(query, part):
+                found[r[0]] = LedgerRow(
+                    r[0], r[1], r[2], r[3], r[4], json.loads(r[5] or "{}"), r[6], r[7], r[8], r[9]
+                )
+        return found
+
+    def claimed_consents(self, consent_ids: Iterable[str]) -> set[str]:
+        """Those of `consent_ids` the ledger already holds for some row."""
+        ids = list(consent_ids)
+        if not ids:
+            return set()
+        marks = ",".join("?" * len(ids))
+        return {
+            r[0]
+            for r in self.db.execute(
+                f"SELECT consent_id FROM rows WHERE consent_id IN ({marks})",  # noqa: S608
+                ids,
+            )
+        }
+
+    def upsert(self, key: str, run_id: int, file: str, row: int, **values: Any) -> None:
+        """Create or update one row's record with `values` (column = value)."""
+        values["updated_at"] = now_iso()
+        columns = ", ".join(values)
+        marks = ", ".join("?" * len(values))
+        updates = ", ".join(f"{c} = excluded.{c}" for c in values)
+        self.db.execute(
+            f"INSERT INTO rows (source_key, source_file, source_row, first_run, last_run, "  # noqa: S608
+            f"{columns}) VALUES (?, ?, ?, ?, ?, {marks}) ON CONFLICT (source_key) DO UPDATE SET "
+            f"source_file = excluded.source_file, source_row = excluded.source_row, "
+            f"last_run = excluded.last_run, {updates}",
+            (key, file, row, run_id, run_id, *values.values()),
+        )
+
+    def mark_unchanged(self, keys: Sequence[str], run_id: int) -> None:
+        """These done rows are in this run's input as the server holds them: note that
+        they were seen (for rows gone from the source) and clear any error of an earlier
+        edit that has since been undone."""
+        self.db.executemany(
+            "UPDATE rows SET last_run = ?, error_stage = NULL, error_code = NULL, "
+            "error_message = NULL, cells = NULL WHERE source_key = ?",
+            [(run_id, k) for k in keys],
+        )
+
+    def attempt(
+        self,
+        run_id: int,
+        key: str,
+        op: str,
+        outcome: str,
+        *,
+        http_status: int | None = None,
+        request_id: str | None = None,
+        error_code: str | None = None,
+    ) -> None:
+        self.db.execute(
+            "INSERT INTO attempts (run_id, source_key, op, at, outcome, http_status, "
+            "request_id, error_code) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (run_id, key, op, now_iso(), outcome, http_status, request_id, error_code),
+        )
+
+    def counts(self) -> dict[str, int]:
+        return dict(self.db.execute("SELECT state, count(*) FROM rows GROUP BY state").fetchall())
+
+    def iter_rows(self, where: str, params: Sequence[Any] = ()) -> Iterator[sqlite3.Row]:
+        """Rows of the `rows` table matching a fixed SQL condition (callers pass literals)."""
+        cursor = self.db.cursor()
+        cursor.row_factory = sqlite3.Row
+        yield from cursor.execute(
+            f"SELECT * FROM rows WHERE {where} ORDER BY source_file, source_row",  # noqa: S608
+            params,
+        )
+
+
+class _Transaction:
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+
+    def __enter__(self) -> None:
+        self.db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
+        self.db.execute("ROLLBACK" if kind else "COMMIT")
+
+
+class AsyncLedger:
+    """Group commit for concurrent workers.
+
+    Every `write` queues a function of the ledger and waits until the transaction that
+    ran it has committed. One task takes everything queued, runs it in one transaction
+    in a worker thread, commits, and wakes the writers: under load, one fsync serves
+    many rows.
+    """
+
+    def __init__(self, ledger: Ledger) -> None:
+        self.ledger = ledger
+        self._queue: list[tuple[Callable[[Ledger], Any], _Waiter]] = []
+        self._wake = anyio.Event()
+        self._closed = False
+        self.commits = 0
+
+    async def write(self, fn: Callable[[Ledger], T]) -> T:
+        """Run `fn(ledger)` in the next grouped transaction; return once it is committed."""
+        if self._closed:
+            raise RuntimeError("ledger writer is closed")
+        waiter = _Waiter()
+        self._queue.append((fn, waiter))
+        self._wake.set()
+        await waiter.event.wait()
+        if waiter.error is not None:
+            raise waiter.error
+        return waiter.result  # type: ignore[no-any-return]
+
+    async def run_committer(self) -> None:
+        """The committer task: run until `close()` and the queue is drained."""
+        while True:
+            await self._wake.wait()
+            self._wake = anyio.Event()
+            if not self._queue:
+                if self._closed:
+                    return
+                continue
+            batch, self._queue = self._queue, []
+            # Shielded: a cancelled run still commits what its workers already sent.
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(self._commit, batch)
+            for _, waiter in batch:
+                waiter.event.set()
+
+    def close(self) -> None:
+        """Let the committer finish what is queued and stop."""
+        self._closed = True
+        self._wake.set()
+
+    def _commit(self, batch: list[tuple[Callable[[Ledger], Any], _Waiter]]) -> None:
+        try:
+            with self.ledger.transaction():
+                for fn, waiter in batch:
+                    waiter.result = fn(self.ledger)
+        except BaseException as exc:  # the whole group rolled back: tell every writer
+            for _, waiter in batch:
+                waiter.error = exc
+        self.commits += 1
+
+
+class _Waiter:
+    __slots__ = ("error", "event", "result")
+
+    def __init__(self) -> None:
+        self.event = anyio.Event()
+        self.result: Any = None
+        self.error: BaseException | None = None
+
+
+def _create_private(path: Path) -> None:
+    """Create the ledger file readable by its owner only (it holds PHI)."""
+    if path.exists():
+        if path.is_dir():
+            raise ConfigError(f"ledger {path} is a directory; give a file path")
+        return
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+    except FileNotFoundError:
+        raise ConfigError(f"ledger {path}: folder {path.parent} does not exist") from None
+    except PermissionError:
+        raise ConfigError(f"ledger {path}: no permission to create it") from None
+    os.close(fd)
