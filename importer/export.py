@@ -1,0 +1,99 @@
+"""Exports and status from the ledger: created.csv, failed.csv, and `status`."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from importer.errors import ConfigError
+from importer.ledger import Ledger
+from importer.report import SafeCsvWriter
+
+CREATED_COLUMNS = (
+    "source_file",
+    "source_row",
+    "source_key",
+    "consent_id",
+    "patient_id",
+    "action",
+    "request_id",
+)
+FAILED_EXTRA = ("error_stage", "error_code", "error_message", "http_status", "request_id")
+#: Rows that need a person: invalid, failed, sent with an outcome still unknown, or done
+#: but edited in a way the API cannot apply (the error stays until a run clears it).
+_FAILED_WHERE = "state IN ('invalid', 'failed') OR error_code IS NOT NULL"
+
+
+def open_existing(path: Path) -> Ledger:
+    if not path.is_file():
+        raise ConfigError(f"ledger {path} not found; give the --ledger of a run")
+    return Ledger(path)
+
+
+@dataclass
+class ExportCounts:
+    created: int = 0
+    failed: int = 0
+
+
+def export(ledger_path: Path, created: Path | None, failed: Path | None) -> ExportCounts:
+    """Write created.csv and failed.csv (either may be None) from the ledger."""
+    ledger = open_existing(ledger_path)
+    counts = ExportCounts()
+    try:
+        if created is not None:
+            with SafeCsvWriter(created, CREATED_COLUMNS) as writer:
+                for row in ledger.iter_rows("state = 'done'"):
+                    writer.write({c: row[c] for c in CREATED_COLUMNS})
+                    counts.created += 1
+        if failed is not None:
+            counts.failed = _export_failed(ledger, failed)
+    finally:
+        ledger.close()
+    return counts
+
+
+def _export_failed(ledger: Ledger, path: Path) -> int:
+    # Two passes: the first finds the union of the source columns (files may differ).
+    columns: dict[str, None] = {}
+    for row in ledger.iter_rows(_FAILED_WHERE):
+        for name in json.loads(row["cells"] or "{}"):
+            if name not in FAILED_EXTRA:
+                columns.setdefault(name, None)
+    count = 0
+    with SafeCsvWriter(path, [*columns, *FAILED_EXTRA]) as writer:
+        for row in ledger.iter_rows(_FAILED_WHERE):
+            cells: dict[str, Any] = json.loads(row["cells"] or "{}")
+            cells.update({name: row[name] for name in FAILED_EXTRA})
+            writer.write(cells)
+            count += 1
+    return count
+
+
+def status(ledger_path: Path, *, runs: int = 10) -> dict[str, Any]:
+    """Recent runs, rows by state, and the most common errors."""
+    ledger = open_existing(ledger_path)
+    try:
+        errors = Counter(
+            dict(
+                ledger.db.execute(
+                    "SELECT error_code, count(*) FROM rows WHERE error_code IS NOT NULL "
+                    "GROUP BY error_code"
+                )
+            )
+        )
+        in_flight = ledger.db.execute(
+            "SELECT count(*) FROM rows WHERE state = 'in_flight'"
+        ).fetchone()[0]
+        return {
+            "ledger": str(ledger_path),
+            "rows_by_state": ledger.counts(),
+            "in_flight": in_flight,
+            "top_errors": dict(errors.most_common(10)),
+            "runs": ledger.runs(runs),
+        }
+    finally:
+        ledger.close()

@@ -1,0 +1,240 @@
+"""A whole `run`: check the settings, lock the ledger, import, stop well, summarise."""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
+from itertools import chain
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx
+
+from importer.client import ClinikClient, check_api_key, check_base_url, make_http_client
+from importer.ledger import Ledger
+from importer.limiter import Limiter
+from importer.lock import LedgerLock
+from importer.mapping import Mapping
+from importer.normalize import Normalizer, Row
+from importer.pool import Importer, RunOptions, RunStats, plan_row
+from importer.report import ValidationSummary
+from importer.validate import open_tables
+
+log = logging.getLogger("importer.run")
+
+
+@dataclass
+class RunConfig:
+    """Everything `consent-import run` takes, as a library call takes it."""
+
+    inputs: Sequence[str | Path]
+    ledger: Path = Path("consent-import.db")
+    base_url: str = "https://api.clinikapi.com"
+    api_key: str | None = None
+    concurrency: int = 8
+    max_rps: float | None = None
+    timeout_s: float = 30.0
+    max_attempts: int = 5
+    max_wait_s: float | None = None
+    grace_s: float = 30.0
+    on_immutable_change: str = "fail"
+    revoke_missing: bool = False
+    skip_existing: bool = False
+    handle_signals: bool = True
+    options: RunOptions = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.options = RunOptions(
+            concurrency=self.concurrency,
+            max_attempts=self.max_attempts,
+            grace_s=self.grace_s,
+            on_immutable_change=self.on_immutable_change,
+            revoke_missing=self.revoke_missing,
+            skip_existing=self.skip_existing,
+        )
+
+
+@dataclass
+class RunResult:
+    stats: RunStats
+    run_id: int
+    ledger: Path
+    validation: ValidationSummary
+
+    @property
+    def exit_code(self) -> int:
+        """0 all rows done, 1 some invalid or failed, 3 aborted; a budget pause is 0."""
+        if self.stats.aborted and not self.stats.paused:
+            return 3
+        return 1 if self.stats.invalid or self.stats.failed else 0
+
+
+def run_import(
+    config: RunConfig,
+    mapping: Mapping,
+    *,
+    transport: httpx.AsyncBaseTransport | None = None,
+    on_progress: Callable[[str, RunStats], None] | None = None,
+    on_wait: Callable[[float, str], None] | None = None,
+    on_total: Callable[[int], None] | None = None,
+) -> RunResult:
+    """Import `config.inputs` into the API; blocking. Settings are checked before the lock."""
+    api_key = check_api_key(config.api_key)
+    base_url = check_base_url(config.base_url)
+    tables = open_tables(config.inputs, mapping)
+    if on_total is not None:
+        on_total(sum(t.count_rows() for t in tables))
+    normalizer = Normalizer(mapping)
+    rows: Iterator[Row] = chain.from_iterable(normalizer.rows(t) for t in tables)
+    with LedgerLock(config.ledger):
+        ledger = Ledger(config.ledger, base_url=base_url)
+        try:
+            run_id = ledger.begin_run([t.name for t in tables])
+            stats, validation = anyio.run(
+                _run_async,
+                config,
+                ledger,
+                run_id,
+                rows,
+                api_key,
+                base_url,
+                transport,
+                on_progress,
+                on_wait,
+            )
+            status = "paused" if stats.paused else ("aborted" if stats.aborted else "finished")
+            ledger.finish_run(run_id, status, stats.summary())
+        finally:
+            ledger.close()
+    return RunResult(stats, run_id, config.ledger, validation)
+
+
+async def _run_async(
+    config: RunConfig,
+    ledger: Ledger,
+    run_id: int,
+    rows: Iterator[Row],
+    api_key: str,
+    base_url: str,
+    transport: httpx.AsyncBaseTransport | None,
+    on_progress: Callable[[str, RunStats], None] | None,
+    on_wait: Callable[[float, str], None] | None,
+) -> tuple[RunStats, ValidationSummary]:
+    limiter = Limiter(
+        concurrency=config.concurrency,
+        max_rps=config.max_rps,
+        max_wait_s=config.max_wait_s,
+        on_wait=on_wait,
+    )
+    http = make_http_client(concurrency=config.concurrency, timeout_s=config.timeout_s)
+    if transport is not None:
+        await http.aclose()
+        http = httpx.AsyncClient(
+            transport=transport, timeout=httpx.Timeout(config.timeout_s, connect=10.0)
+        )
+    async with http:
+        client = ClinikClient(http, base_url=base_url, api_key=api_key, limiter=limiter)
+        importer = Importer(
+            client, ledger, run_id=run_id, options=config.options, on_progress=on_progress
+        )
+        with anyio.CancelScope() as scope:
+            async with anyio.create_task_group() as tg:
+                if config.handle_signals:
+                    tg.start_soon(_watch_signals, importer, scope, config.grace_s)
+                await importer.run(rows)
+                tg.cancel_scope.cancel()
+        stats = importer.stats
+        if scope.cancelled_caught:
+            stats.aborted = stats.aborted or "interrupted"
+        stats.requests = client.stats.requests
+        stats.rate_limited = client.stats.rate_limited
+    return stats, importer.validation
+
+
+async def _watch_signals(importer: Importer, scope: anyio.CancelScope, grace_s: float) -> None:
+    """First Ctrl-C / SIGTERM: take no new rows, let in-flight requests settle for
+    `grace_s`, then cancel; a second signal cancels at once."""
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            name = signal.Signals(signum).name
+            if importer.stats.aborted:
+                scope.cancel()
+                return
+            importer.stop(f"interrupted by {name}")
+            scope.deadline = min(scope.deadline, anyio.current_time() + grace_s)
+
+
+# -- dry run ----------------------------------------------------------------------
+
+
+@dataclass
+class Plan:
+    """What a run would do, per action, without sending anything."""
+
+    counts: dict[str, int] = field(default_factory=dict)
+    rows: int = 0
+    invalid: int = 0
+
+    def add(self, action: str) -> None:
+        self.counts[action] = self.counts.get(action, 0) + 1
+
+
+def plan_import(
+    inputs: Sequence[str | Path], mapping: Mapping, ledger_path: Path, options: RunOptions
+) -> Plan:
+    """Validate and compare with the ledger: what would be created, patched, skipped."""
+    tables = open_tables(inputs, mapping)
+    normalizer = Normalizer(mapping)
+    plan = Plan()
+    context: AbstractContextManager[Ledger | None] = (
+        _read_only(ledger_path) if ledger_path.exists() else nullcontext(None)
+    )
+    with context as ledger:
+        batch: list[Row] = []
+        for row in chain.from_iterable(normalizer.rows(t) for t in tables):
+            batch.append(row)
+            if len(batch) >= 500:
+                _plan_batch(batch, ledger, options, plan)
+                batch = []
+        _plan_batch(batch, ledger, options, plan)
+    return plan
+
+
+def _plan_batch(batch: list[Row], ledger: Ledger | None, options: RunOptions, plan: Plan) -> None:
+    prior = ledger.get(r.source_key for r in batch) if ledger else {}
+    for row in batch:
+        plan.rows += 1
+        if not row.valid:
+            plan.invalid += 1
+            plan.add("invalid")
+            continue
+        work = plan_row(row, prior.get(row.source_key), options)
+        if work is None:
+            plan.add("unchanged")
+        elif isinstance(work, str):
+            plan.add(work)
+        elif work.maybe_sent:
+            plan.add(f"{work.op.value} (after a lookup)")
+        else:
+            plan.add(work.op.value)
+
+
+class _read_only(AbstractContextManager[Ledger]):
+    def __init__(self, path: Path) -> None:
+        self.ledger = Ledger(path)
+
+    def __enter__(self) -> Ledger:
+        return self.ledger
+
+    def __exit__(self, *exc: object) -> None:
+        self.ledger.close()
+
+
+def summary_json(path: Path, stats: RunStats, extra: dict[str, Any] | None = None) -> None:
+    document = {**stats.summary(), **(extra or {})}
+    path.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
