@@ -1,0 +1,524 @@
+"""The command line: parse options, call the library, turn its errors into exit codes.
+
+Exit codes (the contract schedulers rely on): 0 all good, 1 some rows invalid or failed,
+2 usage or configuration error, 3 aborted (auth error, interrupted; rerun to resume),
+4 internal error (a bug: please report it).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import click
+from rich.console import Console
+
+from importer import __version__
+from importer.errors import ConsentImportError, UsageError
+from importer.mapping import load_mapping
+from importer.validate import validate_files
+
+EXIT_OK, EXIT_ROWS, EXIT_CONFIG, EXIT_ABORTED, EXIT_INTERNAL = 0, 1, 2, 3, 4
+
+_inputs = click.argument(
+    "inputs", nargs=-1, required=True, type=click.Path(path_type=Path, dir_okay=True)
+)
+_mapping = click.option(
+    "--mapping",
+    type=click.Path(path_type=Path),
+    help="TOML mapping file: columns, value translations, defaults, crosswalk.",
+)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="consent-import")
+def cli() -> None:
+    """Move patient consents from legacy exports into ClinikAPI, without duplicates.
+
+    \b
+    Example:
+      consent-import validate exports/*.csv --mapping legacy.toml --report errors.csv
+    """
+
+
+@cli.command()
+@_inputs
+@_mapping
+@click.option(
+    "--report",
+    "reports",
+    multiple=True,
+    metavar="PATH",
+    help="Write a report: .json (summary and errors), .csv (invalid rows with their "
+    "errors, to fix and feed back), .html. Repeatable.",
+)
+@click.option(
+    "--redact",
+    is_flag=True,
+    help="Leave every cell value out of the HTML report (for sharing outside the team).",
+)
+@click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors.")
+def validate(
+    inputs: Sequence[Path], mapping: Path | None, reports: Sequence[str], redact: bool, quiet: bool
+) -> int:
+    """Read, map and validate every row; send nothing.
+
+    Exit 0 when every row is valid, 1 when some are invalid, 2 for a usage or
+    configuration error.
+
+    \b
+    Example:
+      consent-import validate legacy.csv --mapping legacy.toml --report errors.json
+    """
+    summary = validate_files(inputs, load_mapping(mapping), reports, redact=redact)
+    if not quiet:
+        from importer.report import print_validation
+
+        print_validation(summary, Console(highlight=False))
+    return EXIT_ROWS if summary.invalid else EXIT_OK
+
+
+@cli.command()
+@_inputs
+@_mapping
+@click.option(
+    "--ledger",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=Path("consent-import.db"),
+    show_default=True,
+    help="SQLite ledger of created ids and failures (holds PHI: kept owner-only). "
+    "Rerun with the same ledger to resume or sync.",
+)
+@click.option(
+    "--base-url",
+    envvar="CLINIKAPI_BASE_URL",
+    default="https://api.clinikapi.com",
+    show_default=True,
+    help="API base URL (env CLINIKAPI_BASE_URL). Plain http:// only to loopback.",
+)
+@click.option(
+    "--api-key",
+    envvar="CLINIKAPI_API_KEY",
+    help="API key, clk_live_… or clk_test_… "
+    "(env CLINIKAPI_API_KEY; prefer the environment to the command line).",
+)
+@click.option(
+    "--concurrency",
+    default=8,
+    show_default=True,
+    type=click.IntRange(1, 256),
+    help="Requests in flight at once.",
+)
+@click.option(
+    "--max-rps",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Cap on requests started per second, on top of the server's window budget.",
+)
+@click.option(
+    "--timeout",
+    "timeout_s",
+    default=30.0,
+    show_default=True,
+    type=click.FloatRange(min=0, min_open=True),
+    help="Read timeout per request (s).",
+)
+@click.option(
+    "--max-attempts",
+    default=5,
+    show_default=True,
+    type=click.IntRange(1, 20),
+    help="Tries per request for 429s, 5xx and network errors.",
+)
+@click.option(
+    "--max-wait",
+    "max_wait_s",
+    type=click.FloatRange(min=0),
+    help="When the rate-limit window is spent and resets later than this many "
+    "seconds, stop cleanly (exit 0, paused) and resume on the next run.",
+)
+@click.option(
+    "--on-immutable-change",
+    type=click.Choice(["fail", "recreate"]),
+    default="fail",
+    show_default=True,
+    help="A changed patientId, scope, category or dateTime "
+    "cannot be patched: fail the row, or create the new consent and patch the old "
+    "one to inactive.",
+)
+@click.option(
+    "--revoke-missing",
+    is_flag=True,
+    help="Patch consents whose rows left the "
+    "source to inactive (the input is taken as the whole source).",
+)
+@click.option(
+    "--skip-existing",
+    is_flag=True,
+    help="Look each new row up before posting and "
+    "adopt an existing match, for a first import into a tenant that already holds "
+    "consents. Costs one search request per row.",
+)
+@click.option(
+    "--grace",
+    "grace_s",
+    default=30.0,
+    show_default=True,
+    type=float,
+    help="On Ctrl-C / SIGTERM, seconds to let in-flight requests settle.",
+)
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Validate and compare with the ledger; print "
+    "what would be created, patched or skipped; send nothing.",
+)
+@click.option(
+    "--summary-json",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Write the run's counts as JSON (for schedulers).",
+)
+@click.option(
+    "--report",
+    "reports",
+    multiple=True,
+    metavar="PATH",
+    help="Write a report of the run: .json (summary, row errors) or .html. "
+    "With --dry-run, a validation report (.json, .csv, .html). Repeatable.",
+)
+@click.option("--redact", is_flag=True, help="Leave every cell value out of the HTML report.")
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="json: one JSON object per line, for log collectors.",
+)
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar, no summary; errors only.")
+def run(
+    inputs: Sequence[Path],
+    mapping: Path | None,
+    ledger: Path,
+    base_url: str,
+    api_key: str | None,
+    concurrency: int,
+    max_rps: float | None,
+    timeout_s: float,
+    max_attempts: int,
+    max_wait_s: float | None,
+    on_immutable_change: str,
+    revoke_missing: bool,
+    skip_existing: bool,
+    grace_s: float,
+    dry_run: bool,
+    summary_json: Path | None,
+    reports: Sequence[str],
+    redact: bool,
+    log_format: str,
+    quiet: bool,
+) -> int:
+    """Post every valid row to ClinikAPI; never the same consent twice.
+
+    Rows already created are skipped, changed rows are patched, and rows whose outcome
+    was lost (crash, timeout) are looked up before anything is sent again. Exit 0 every
+    row created/updated/unchanged (or paused by --max-wait), 1 some rows invalid or
+    failed, 2 usage or configuration error, 3 aborted (auth error, interrupted):
+    rerun with the same ledger to resume.
+
+    \b
+    Example:
+      export CLINIKAPI_API_KEY=clk_live_...
+      consent-import run legacy.csv --mapping legacy.toml --ledger legacy.db \\
+          --concurrency 8 --summary-json summary.json
+    """
+    from importer.console import RunProgress, setup_logging
+    from importer.report import check_run_report_paths, write_run_reports
+    from importer.runner import RunConfig, plan_import, run_import
+    from importer.runner import summary_json as write_summary
+
+    setup_logging(log_format, quiet=quiet)
+    run_reports = [] if dry_run else check_run_report_paths(reports)
+    the_mapping = load_mapping(mapping)
+    config = RunConfig(
+        inputs=inputs,
+        ledger=ledger,
+        base_url=base_url,
+        api_key=api_key,
+        concurrency=concurrency,
+        max_rps=max_rps,
+        timeout_s=timeout_s,
+        max_attempts=max_attempts,
+        max_wait_s=max_wait_s,
+        grace_s=grace_s,
+        on_immutable_change=on_immutable_change,
+        revoke_missing=revoke_missing,
+        skip_existing=skip_existing,
+    )
+    if dry_run:
+        if reports:
+            validation = validate_files(inputs, the_mapping, reports, redact=redact)
+            if not quiet:
+                from importer.report import print_validation
+
+                print_validation(validation, Console(highlight=False))
+        plan = plan_import(inputs, the_mapping, ledger, config.options)
+        if not quiet:
+            click.echo(f"Dry run: {plan.rows:,} rows; nothing was sent.")
+            for action, count in sorted(plan.counts.items()):
+                click.echo(f"  {action:<28} {count:>10,}")
+        return EXIT_ROWS if plan.invalid or plan.counts.get("immutable_change") else EXIT_OK
+    with RunProgress(enabled=not quiet) as progress:
+        result = run_import(
+            config,
+            the_mapping,
+            on_progress=lambda event, stats: progress.update(event, stats),
+            on_wait=progress.wait,
+            on_total=progress.total,
+        )
+    stats = result.stats
+    if summary_json is not None:
+        write_summary(summary_json, stats)
+    write_run_reports(run_reports, result.validation, stats, redact=redact)
+    if not quiet:
+        _print_run(stats, ledger)
+    return result.exit_code
+
+
+def _print_run(stats: object, ledger: Path) -> None:
+    from importer.pool import RunStats
+
+    assert isinstance(stats, RunStats)
+    out = Console(highlight=False)
+    out.print(
+        f"Run: {stats.rows:,} rows · {stats.created:,} created "
+        f"({stats.adopted:,} adopted after a lookup) · {stats.updated:,} updated · "
+        f"{stats.unchanged:,} unchanged · {stats.invalid:,} invalid · {stats.failed:,} failed"
+    )
+    out.print(
+        f"     {stats.requests:,} requests · {stats.retries:,} retries · "
+        f"{stats.rate_limited:,} rate-limited · {stats.duration_s:,.1f} s"
+    )
+    if stats.missing_from_source:
+        verb = "revoked" if stats.revoked else "left alone; --revoke-missing patches them inactive"
+        out.print(f"     {stats.missing_from_source:,} rows missing from the source ({verb})")
+    if stats.paused:
+        out.print(
+            f"[yellow]Paused[/]: {stats.rows_left:,} rows left; the rate-limit budget resets "
+            f"in {stats.resets_in_s or 0:,.0f} s. Rerun to resume."
+        )
+    elif stats.aborted:
+        out.print(f"[red]Aborted[/]: {stats.aborted}. Rerun with the same ledger to resume.")
+    for code, count in sorted(stats.by_error.items(), key=lambda kv: -kv[1]):
+        out.print(f"     failed {code}: {count:,}")
+    out.print(f"Ledger: {ledger} (consent-import export --ledger {ledger} ... for CSVs)")
+
+
+@cli.command()
+@click.option(
+    "--ledger",
+    type=click.Path(path_type=Path, dir_okay=False),
+    required=True,
+    help="The ledger of earlier runs.",
+)
+@click.option(
+    "--created",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Write created/updated consents here (CSV).",
+)
+@click.option(
+    "--failed",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Write invalid and failed rows here: their original columns plus the "
+    "error; fix it and feed it back as input.",
+)
+def export(ledger: Path, created: Path | None, failed: Path | None) -> int:
+    """Write created.csv and failed.csv from a ledger.
+
+    \b
+    Example:
+      consent-import export --ledger legacy.db --created created.csv --failed failed.csv
+    """
+    from importer.export import export as do_export
+
+    if created is None and failed is None:
+        raise UsageError("export: give --created FILE.csv, --failed FILE.csv, or both")
+    counts = do_export(ledger, created, failed)
+    if created is not None:
+        click.echo(f"{counts.created:,} consents -> {created}")
+    if failed is not None:
+        click.echo(f"{counts.failed:,} invalid or failed rows -> {failed}")
+    return EXIT_OK
+
+
+@cli.command()
+@click.option(
+    "--ledger",
+    type=click.Path(path_type=Path, dir_okay=False),
+    required=True,
+    help="The ledger of earlier runs.",
+)
+@click.option(
+    "--runs",
+    default=10,
+    show_default=True,
+    type=click.IntRange(1, 1000),
+    help="How many recent runs to list.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+def status(ledger: Path, runs: int, as_json: bool) -> int:
+    """Recent runs with their counts, rows pending or in flight, the most common errors.
+
+    \b
+    Example:
+      consent-import status --ledger legacy.db
+    """
+    import json
+
+    from importer.export import status as ledger_status
+
+    info = ledger_status(ledger, runs=runs)
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+        return EXIT_OK
+    states = ", ".join(f"{k} {v:,}" for k, v in sorted(info["rows_by_state"].items())) or "none"
+    click.echo(
+        f"Ledger {ledger}: rows {states}; in flight (outcome unknown): {info['in_flight']:,}"
+    )
+    for run_info in info["runs"]:
+        summary = run_info["summary"] or {}
+        counts = " ".join(
+            f"{k}={summary[k]}"
+            for k in ("rows", "created", "updated", "unchanged", "invalid", "failed")
+            if k in summary
+        )
+        click.echo(
+            f"  run {run_info['id']:>4} {run_info['started_at']} {run_info['status']:<8} {counts}"
+        )
+    if info["top_errors"]:
+        click.echo("Most common errors:")
+        for code, count in info["top_errors"].items():
+            click.echo(f"  {code:<24} {count:>8,}")
+    return EXIT_OK
+
+
+@cli.command()
+@click.option(
+    "--samples",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=Path("sample_data"),
+    show_default=True,
+    help="The sample exports and their mapping files.",
+)
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=Path("out"),
+    show_default=True,
+    help="Where the ledgers and CSV exports go.",
+)
+def demo(samples: Path, out: Path) -> int:
+    """Import sample_data/ into a built-in sandbox (rate limit, faults), end to end.
+
+    Exit 0 when every valid row was created exactly once (the samples' invalid rows
+    are there on purpose, to show row errors).
+
+    \b
+    Example:
+      consent-import demo --out out
+    """
+    from importer.demo import run_demo
+
+    return run_demo(samples, out, click.echo)
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
+@click.option("--port", default=8800, show_default=True, type=int, help="Port to listen on.")
+@click.option(
+    "--rate-limit",
+    metavar="N/SECONDS",
+    help="Fixed-window rate limit, e.g. 500/3600 (ClinikAPI's documented example).",
+)
+@click.option("--latency-ms", default=0.0, type=float, help="Latency added to every request.")
+@click.option("--jitter-ms", default=0.0, type=float, help="Random extra latency, up to this.")
+@click.option(
+    "--fault-rate",
+    default=0.0,
+    type=click.FloatRange(0, 1),
+    help="Probability of a fault, spread evenly over the four fault modes.",
+)
+@click.option("--seed", type=int, help="Seed for latency jitter and fault draws.")
+def sandbox(
+    host: str,
+    port: int,
+    rate_limit: str | None,
+    latency_ms: float,
+    jitter_ms: float,
+    fault_rate: float,
+    seed: int | None,
+) -> int:
+    """Serve a local ClinikAPI-compatible API for demos and tests (Ctrl-C stops it).
+
+    Faults: 503 before storing; store then 500; store then drop the connection;
+    store then answer after a delay longer than a client's timeout.
+
+    \b
+    Example:
+      consent-import sandbox --port 8800 --rate-limit 100/2 --fault-rate 0.05 --seed 1
+    """
+    from importer.sandbox import SandboxConfig, serve
+
+    limit, window = _parse_rate_limit(rate_limit)
+    config = SandboxConfig.with_fault_rate(
+        fault_rate,
+        rate_limit=limit,
+        rate_window_s=window,
+        latency_ms=latency_ms,
+        jitter_ms=jitter_ms,
+        seed=seed,
+    )
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        click.echo(f"warning: the sandbox listens on {host}, beyond this machine", err=True)
+    click.echo(f"ClinikAPI sandbox on http://{host}:{port} (Ctrl-C to stop)", err=True)
+    serve(config, host=host, port=port)
+    return EXIT_OK
+
+
+def _parse_rate_limit(text: str | None) -> tuple[int | None, float]:
+    if text is None:
+        return None, 60.0
+    try:
+        count, seconds = text.split("/")
+        limit, window = int(count), float(seconds)
+    except ValueError:
+        raise UsageError(f"--rate-limit {text}: expected N/SECONDS, e.g. 100/2") from None
+    if limit < 1 or window <= 0:
+        raise UsageError(f"--rate-limit {text}: N and SECONDS must be positive")
+    return limit, window
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point: run a command, map every failure to one line and an exit code."""
+    try:
+        code = cli.main(args=argv, prog_name="consent-import", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("consent-import: interrupted", err=True)
+        code = EXIT_ABORTED
+    except click.ClickException as exc:
+        exc.show()
+        code = EXIT_CONFIG
+    except ConsentImportError as exc:
+        click.echo(f"consent-import: error: {exc}", err=True)
+        code = exc.exit_code
+    except Exception as exc:
+        if os.environ.get("CONSENT_IMPORT_DEBUG"):
+            raise
+        # The message of an unexpected error may quote a cell, so only its type is shown.
+        click.echo(
+            f"consent-import: internal error ({type(exc).__name__}); rerun with "
+            "CONSENT_IMPORT_DEBUG=1 for details and please report it",
+            err=True,
+        )
+        code = EXIT_INTERNAL
+    sys.exit(code if isinstance(code, int) else EXIT_OK)

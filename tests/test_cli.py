@@ -1,0 +1,186 @@
+"""The command line: help everywhere, exit codes, one-line errors, never a traceback."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from importer.cli import cli, main
+
+ROOT = Path(__file__).parent.parent
+COMMANDS = sorted(cli.commands)
+
+
+def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    out, err = capsys.readouterr()
+    code = exit_info.value.code
+    return (code if isinstance(code, int) else 0), out, err
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_has_help_with_an_example(
+    command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, _ = run_cli([command, "--help"], capsys)
+    assert code == 0
+    assert "Example:" in out
+    assert f"consent-import {command}" in out
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_appears_in_the_readme(command: str) -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert f"consent-import {command}" in readme
+
+
+def test_top_level_help(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run_cli(["--help"], capsys)
+    assert code == 0
+    for command in COMMANDS:
+        assert command in out
+
+
+CLEAN = "patientId,scope,category,dateTime\npt_1,treatment,treatment-consent,2024-01-01T10:00:00Z\n"
+ONE_BAD = CLEAN + "pt_2,marketing,treatment-consent,2024-01-01T10:00:00Z\n"
+
+
+def test_validate_all_valid_exits_0(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "a.csv").write_text(CLEAN, encoding="utf-8")
+    code, out, err = run_cli(["validate", str(tmp_path / "a.csv")], capsys)
+    assert (code, err) == (0, "")
+    assert "1 rows, 1 valid, 0 invalid" in out
+
+
+def test_validate_some_invalid_exits_1_and_writes_reports(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = tmp_path / "a.csv"
+    source.write_text(ONE_BAD, encoding="utf-8")
+    report_json, report_csv = tmp_path / "r.json", tmp_path / "r.csv"
+    code, out, _ = run_cli(
+        ["validate", str(source), "--report", str(report_json), "--report", str(report_csv)],
+        capsys,
+    )
+    assert code == 1
+    assert "2 rows, 1 valid, 1 invalid" in out
+    document = json.loads(report_json.read_text(encoding="utf-8"))
+    assert document["summary"] == {
+        "rows": 2,
+        "valid": 1,
+        "invalid": 1,
+        "by_rule": {"invalid_enum": 1},
+        "by_field": {"scope": 1},
+        "by_file": {str(source): {"rows": 2, "valid": 1, "invalid": 1}},
+    }
+    [error] = document["errors"]
+    assert (error["file"], error["row"], error["field"], error["code"]) == (
+        str(source),
+        3,
+        "scope",
+        "invalid_enum",
+    )
+    assert "marketing" not in error["message"]  # values never reach messages
+    lines = report_csv.read_text(encoding="utf-8-sig").splitlines()
+    assert lines[0] == "patientId,scope,category,dateTime,error_stage,error_code,error_message"
+    assert lines[1].startswith(
+        "pt_2,marketing,treatment-consent,2024-01-01T10:00:00Z,validate,invalid_enum,"
+    )
+
+
+def test_csv_report_feeds_back_unchanged_after_a_fix(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Formula-looking cells are escaped in the report and unescaped on reading."""
+    source = tmp_path / "a.csv"
+    source.write_text(
+        'patientId,scope,category,policyUri\npt_1,bogus,=HYPERLINK("x"),-5\n', encoding="utf-8"
+    )
+    report = tmp_path / "errors.csv"
+    run_cli(["validate", str(source), "--report", str(report)], capsys)
+    text = report.read_text(encoding="utf-8-sig")
+    assert "'=HYPERLINK" in text
+    assert ",'-5," in text
+    fixed = tmp_path / "fixed.csv"
+    fixed.write_text(text.replace("bogus", "treatment"), encoding="utf-8")
+    again = tmp_path / "again.json"
+    run_cli(["validate", str(fixed), "--report", str(again)], capsys)
+    errors = json.loads(again.read_text(encoding="utf-8"))["errors"]
+    assert [e["field"] for e in errors] == []
+
+
+@pytest.mark.parametrize(
+    ("setup", "args", "message"),
+    [
+        (None, ["validate", "{tmp}/missing.csv"], r"missing\.csv"),
+        ("a.pdf", ["validate", "{tmp}/a.pdf"], r"a\.pdf"),
+        ("empty.csv", ["validate", "{tmp}/empty.csv"], r"empty\.csv"),
+        ("header.csv", ["validate", "{tmp}/header.csv"], r"no rows to import"),
+        (
+            "a.csv",
+            ["validate", "{tmp}/a.csv", "--mapping", "{tmp}/none.toml"],
+            r"mapping file .* not found",
+        ),
+        (
+            "a.csv",
+            ["validate", "{tmp}/a.csv", "--report", "{tmp}/r.txt"],
+            r"unknown report type '\.txt'",
+        ),
+        ("a.csv", ["run", "{tmp}/a.csv", "--api-key", "sk_nope_123456"], r"API key|api key|key"),
+        (
+            "a.csv",
+            [
+                "run",
+                "{tmp}/a.csv",
+                "--api-key",
+                "clk_test_abcd1234",
+                "--base-url",
+                "http://example.com",
+            ],
+            r"http",
+        ),
+        (
+            "a.csv",
+            ["export", "--ledger", "{tmp}/none.db", "--created", "{tmp}/c.csv"],
+            r"ledger .*none\.db not found",
+        ),
+        ("a.csv", ["status", "--ledger", "{tmp}/none.db"], r"ledger .*none\.db not found"),
+        ("a.csv", ["run", "{tmp}/a.csv", "--concurrency", "0"], r"concurrency"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    setup: str | None,
+    args: list[str],
+    message: str,
+) -> None:
+    contents = {
+        "a.pdf": "x",
+        "empty.csv": "",
+        "header.csv": "patientId,scope,category\n",
+        "a.csv": CLEAN,
+    }
+    if setup:
+        (tmp_path / setup).write_text(contents[setup], encoding="utf-8")
+    code, _, err = run_cli([a.replace("{tmp}", str(tmp_path)) for a in args], capsys)
+    assert code == 2
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert re.search(message, err), err
+    assert len(lines) <= 3, err  # click's usage errors add a usage line and a hint
+
+
+def test_api_key_is_never_printed_whole(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "a.csv").write_text(CLEAN, encoding="utf-8")
+    key = "clk_live_SUPERSECRET0000wxyz"
+    code, out, err = run_cli(
+        ["run", str(tmp_path / "a.csv"), "--api-key", key, "--base-url", "http://example.com"],
+        capsys,
+    )
+    assert code == 2
+    assert key not in out + err
