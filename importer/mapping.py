@@ -68,7 +68,7 @@ _RECOGNISED = {
 class Mapping:
     """Everything a mapping file says; the empty mapping is the default."""
 
-    source: SourceOptions = SourceOptions()
+    source: SourceOptions = field(default_factory=SourceOptions)
     key: tuple[str, ...] = ()
     timezone: ZoneInfo = field(default_factory=lambda: ZoneInfo("UTC"))
     date_formats: tuple[str, ...] = ()

@@ -8,10 +8,14 @@ them, so a dry run of a keyed file never serialises a row.
 
 from __future__ import annotations
 
+import dataclasses
+import gc
 import hashlib
 import json
 import re
+from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import lru_cache
@@ -37,8 +41,15 @@ _API_TO_ROW_FIELD = {
 }
 #: Row fields copied into the body as they are.
 _PLAIN_FIELDS = (
-    "patientId", "scope", "status", "dateTime", "performerId", "organizationId", "policyUri",
-    "policyRule", "sourceReferenceId",
+    "patientId",
+    "scope",
+    "status",
+    "dateTime",
+    "performerId",
+    "organizationId",
+    "policyUri",
+    "policyRule",
+    "sourceReferenceId",
 )
 _TRUE = frozenset({"y", "yes", "true", "t", "1"})
 _FALSE = frozenset({"n", "no", "false", "f", "0"})
@@ -60,7 +71,7 @@ class RowError:
     code: str
     message: str
     stage: str = "validate"
-    value: str = field(default="", repr=False)
+    value: str = dataclasses.field(default="", repr=False)  # no PHI in reprs
 
 
 @dataclass(slots=True)
@@ -118,29 +129,50 @@ class Normalizer:
 
     def __init__(self, mapping: Mapping) -> None:
         self.mapping = mapping
-        # 8-byte digests of the source keys seen, with where they were first seen; a
-        # repeat is `duplicate_row` (identical export rows would otherwise be sent twice).
-        self._seen: dict[bytes, tuple[str, int]] = {}
+        # 8-byte digests of the source keys seen -> where first seen, packed in one int
+        # (file index << 40 | row) to keep a million keys small. A repeat is
+        # `duplicate_row`: identical export rows would otherwise be sent twice.
+        self._seen: dict[int, int] = {}
+        self._files: list[str] = []
 
-    def rows(self, table: Table) -> Iterator[Row]:
-        """Every row of one table, in order, normalized."""
-        columns = self.mapping.resolve(table.columns, table.name)
-        file_rows = _FileNormalizer(
-            self.mapping, columns, table.name, excel=table.path.suffix.lower() in _EXCEL_SUFFIXES
-        )
-        for chunk in table.chunks():
-            for row in file_rows.normalize(chunk):
+    def rows(self, table: Table, *, workers: int = 1) -> Iterator[Row]:
+        """Every row of one table, in order, normalized.
+
+        With `workers` > 1, chunks are mapped and validated in that many processes
+        (the dry run's speed on a multi-core machine); rows then come back without
+        their model, which only a run needs.
+        """
+        file_rows = self.file_normalizer(table)
+        if workers > 1:
+            batches: Iterator[list[Row]] = _in_processes(file_rows, table.chunks(), workers)
+        else:
+            batches = (file_rows.normalize(chunk) for chunk in table.chunks())
+        for batch in batches:
+            for row in batch:
                 self._check_duplicate(row)
                 yield row
 
+    def file_normalizer(self, table: Table) -> _FileNormalizer:
+        columns = self.mapping.resolve(table.columns, table.name)
+        return _FileNormalizer(
+            self.mapping, columns, table.name, excel=table.path.suffix.lower() in _EXCEL_SUFFIXES
+        )
+
     def _check_duplicate(self, row: Row) -> None:
-        digest = hashlib.blake2b(row.source_key.encode(), digest_size=8).digest()
-        first = self._seen.setdefault(digest, (row.file, row.row))
-        if first != (row.file, row.row):
-            where = f"row {first[1]}" if first[0] == row.file else f"{first[0]} row {first[1]}"
+        if not self._files or self._files[-1] != row.file:
+            self._files.append(row.file)
+        here = (len(self._files) - 1) << 40 | row.row
+        digest = int.from_bytes(hashlib.blake2b(row.source_key.encode(), digest_size=8).digest())
+        first = self._seen.setdefault(digest, here)
+        if first != here:
+            file, number = self._files[first >> 40], first & ((1 << 40) - 1)
+            where = f"row {number}" if file == row.file else f"{file} row {number}"
             row.errors.append(
                 RowError(
-                    row.file, row.row, "sourceKey", "duplicate_row",
+                    row.file,
+                    row.row,
+                    "sourceKey",
+                    "duplicate_row",
                     f"sourceKey: same source key as {where}; a row is imported once "
                     "(duplicate_row)",
                     value=row.source_key,
@@ -150,7 +182,9 @@ class Normalizer:
 
 
 class _FileNormalizer:
-    def __init__(self, mapping: Mapping, columns: dict[str, str], file: str, *, excel: bool) -> None:
+    def __init__(
+        self, mapping: Mapping, columns: dict[str, str], file: str, *, excel: bool
+    ) -> None:
         self.mapping = mapping
         self.columns = columns
         self.file = file
@@ -159,6 +193,17 @@ class _FileNormalizer:
         self.keyed = bool(mapping.key) or "sourceKey" in columns
 
     def normalize(self, chunk: pd.DataFrame) -> list[Row]:
+        # A chunk makes hundreds of thousands of acyclic objects; cyclic GC passes over
+        # them would cost more than the work itself. Cycles are collected after it.
+        paused = gc.isenabled()
+        gc.disable()
+        try:
+            return self._normalize(chunk)
+        finally:
+            if paused:
+                gc.enable()
+
+    def _normalize(self, chunk: pd.DataFrame) -> list[Row]:
         headers = tuple(str(c) for c in chunk.columns)
         raw = {h: chunk[h].to_numpy(dtype=object).tolist() for h in headers}
         prepared = {name: self._column(raw, name, len(chunk)) for name in self.fields}
@@ -169,7 +214,9 @@ class _FileNormalizer:
         field_rows = zip(*prepared.values(), strict=True)
         return [
             self._row(int(number), headers, values, dict(zip(names, cells, strict=True)), key)
-            for number, values, cells, key in zip(numbers, value_rows, field_rows, keys, strict=True)
+            for number, values, cells, key in zip(
+                numbers, value_rows, field_rows, keys, strict=True
+            )
         ]
 
     def _column(self, raw: dict[str, list[Any]], name: str, size: int) -> list[str]:
@@ -210,7 +257,11 @@ class _FileNormalizer:
         def fail(name: str, code: str, rule: str) -> None:
             errors.append(
                 RowError(
-                    self.file, number, name, code, f"{self._label(name)}: {rule} ({code})",
+                    self.file,
+                    number,
+                    name,
+                    code,
+                    f"{self._label(name)}: {rule} ({code})",
                     value=self._cell(row, name),
                 )
             )
@@ -228,14 +279,18 @@ class _FileNormalizer:
                 if name != err.field or name in self.columns:
                     message = f"{self._label(name)}: {_rule_text(err.message)}"
                 errors.append(
-                    RowError(self.file, number, name, err.code, message, value=self._cell(row, name))
+                    RowError(
+                        self.file, number, name, err.code, message, value=self._cell(row, name)
+                    )
                 )
         else:
             if not errors:
                 row.model = model
         if key is None:
             if self.keyed:
-                fail("sourceKey", "missing_required", "the source key is empty; every row needs one")
+                fail(
+                    "sourceKey", "missing_required", "the source key is empty; every row needs one"
+                )
                 row.source_key = "cells:" + _digest(repr(values))
             elif row.model is not None:
                 row.source_key = "sha256:" + row.body_hash[:32]
@@ -254,7 +309,9 @@ class _FileNormalizer:
             if text:
                 parsed = self.parse_date(text)
                 if parsed is None:
-                    fail(name, "invalid_date", "not a date-time in ISO 8601 or a date_formats format")
+                    fail(
+                        name, "invalid_date", "not a date-time in ISO 8601 or a date_formats format"
+                    )
                     body.pop(name, None)
                 else:
                     dates[name] = parsed
@@ -340,7 +397,7 @@ def _date_parser(mapping: Mapping, *, excel: bool) -> Callable[[str], datetime |
         except ValueError:
             for fmt in formats:
                 try:
-                    value = datetime.strptime(text, fmt)  # noqa: DTZ007  (zone added below)
+                    value = datetime.strptime(text, fmt)
                     break
                 except ValueError:
                     continue
@@ -371,3 +428,39 @@ def _rule_text(message: str) -> str:
 
 def _digest(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+# -- processes ------------------------------------------------------------------------
+
+_worker: _FileNormalizer | None = None
+
+
+def _start_worker(file_rows: _FileNormalizer) -> None:
+    global _worker
+    _worker = file_rows
+
+
+def _normalize_in_worker(chunk: pd.DataFrame) -> list[Row]:
+    assert _worker is not None
+    rows = _worker.normalize(chunk)
+    for row in rows:
+        if row.model is not None:
+            _ = row.body_hash  # the key may need it; the model itself stays here
+            row.model = None
+            row.values = ()  # a valid row's cells are not needed back: skip the pickling
+    return rows
+
+
+def _in_processes(
+    file_rows: _FileNormalizer, chunks: Iterator[pd.DataFrame], workers: int
+) -> Iterator[list[Row]]:
+    """Normalize chunks in `workers` processes, in order, with at most two chunks per
+    worker read ahead (so memory stays flat however long the file)."""
+    with ProcessPoolExecutor(workers, initializer=_start_worker, initargs=(file_rows,)) as executor:
+        pending: deque[Future[list[Row]]] = deque()
+        for chunk in chunks:
+            pending.append(executor.submit(_normalize_in_worker, chunk))
+            if len(pending) >= 2 * workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()

@@ -75,7 +75,13 @@ class ValidationSummary:
                 },
             },
             "errors": [
-                {"file": e.file, "row": e.row, "field": e.field, "code": e.code, "message": e.message}
+                {
+                    "file": e.file,
+                    "row": e.row,
+                    "field": e.field,
+                    "code": e.code,
+                    "message": e.message,
+                }
                 for e in self.errors
             ],
         }

@@ -18,41 +18,60 @@ from openpyxl import Workbook
 HERE = Path(__file__).parent
 
 CANONICAL = [
-    "sourceKey", "patientId", "scope", "category", "status", "dateTime", "performerId",
-    "organizationId", "policyUri", "verified", "verifiedWith", "verificationDate",
-    "provisionType", "provisionStart", "provisionEnd", "purpose",
+    "sourceKey",
+    "patientId",
+    "scope",
+    "category",
+    "status",
+    "dateTime",
+    "performerId",
+    "organizationId",
+    "policyUri",
+    "verified",
+    "verifiedWith",
+    "verificationDate",
+    "provisionType",
+    "provisionStart",
+    "provisionEnd",
+    "purpose",
 ]
 
 
 def clean_csv() -> None:
     rows = []
     for i in range(1, 21):
-        rows.append({
-            "sourceKey": f"C-{i:04d}",
-            "patientId": f"pt_{1000 + i}",
-            "scope": ["patient-privacy", "treatment", "research", "adr"][i % 4],
-            "category": ["hipaa-notice", "treatment-consent", "research-participation",
-                         "surgical-consent;treatment-consent"][i % 4],
-            "status": "active",
-            "dateTime": f"2024-0{1 + i % 9}-{10 + i:02d}T09:{i:02d}:00-05:00",
-            "performerId": f"pt_{1000 + i}",
-            "organizationId": "org_main",
-            "policyUri": "https://clinic.example/policies/privacy-v3",
-            "verified": "Y" if i % 2 else "N",
-            "verifiedWith": f"pt_{1000 + i}" if i % 2 else "",
-            "verificationDate": f"2024-0{1 + i % 9}-{10 + i:02d}" if i % 2 else "",
-            "provisionType": "permit",
-            "provisionStart": f"2024-0{1 + i % 9}-{10 + i:02d}",
-            "provisionEnd": "2029-12-31",
-            "purpose": "TREAT|HPAYMT" if i % 3 == 0 else "TREAT",
-        })
+        rows.append(
+            {
+                "sourceKey": f"C-{i:04d}",
+                "patientId": f"pt_{1000 + i}",
+                "scope": ["patient-privacy", "treatment", "research", "adr"][i % 4],
+                "category": [
+                    "hipaa-notice",
+                    "treatment-consent",
+                    "research-participation",
+                    "surgical-consent;treatment-consent",
+                ][i % 4],
+                "status": "active",
+                "dateTime": f"2024-0{1 + i % 9}-{10 + i:02d}T09:{i:02d}:00-05:00",
+                "performerId": f"pt_{1000 + i}",
+                "organizationId": "org_main",
+                "policyUri": "https://clinic.example/policies/privacy-v3",
+                "verified": "Y" if i % 2 else "N",
+                "verifiedWith": f"pt_{1000 + i}" if i % 2 else "",
+                "verificationDate": f"2024-0{1 + i % 9}-{10 + i:02d}" if i % 2 else "",
+                "provisionType": "permit",
+                "provisionStart": f"2024-0{1 + i % 9}-{10 + i:02d}",
+                "provisionEnd": "2029-12-31",
+                "purpose": "TREAT|HPAYMT" if i % 3 == 0 else "TREAT",
+            }
+        )
     # The deliberately invalid rows (README.md lists the error each must give).
-    rows[3]["scope"] = "marketing"                      # row 5: invalid_enum (scope)
-    rows[6]["dateTime"] = "2024-13-45T10:00:00Z"        # row 8: invalid_date (dateTime)
-    rows[9]["patientId"] = ""                           # row 11: missing_required (patientId)
-    rows[12]["provisionStart"] = "2030-01-01"           # row 14: period_order (provisionEnd)
-    rows[15]["performerId"] = "dr smith!"               # row 17: invalid_id (performerId)
-    rows.append(dict(rows[1]))                          # row 22: duplicate_row (sourceKey)
+    rows[3]["scope"] = "marketing"  # row 5: invalid_enum (scope)
+    rows[6]["dateTime"] = "2024-13-45T10:00:00Z"  # row 8: invalid_date (dateTime)
+    rows[9]["patientId"] = ""  # row 11: missing_required (patientId)
+    rows[12]["provisionStart"] = "2030-01-01"  # row 14: period_order (provisionEnd)
+    rows[15]["performerId"] = "dr smith!"  # row 17: invalid_id (performerId)
+    rows.append(dict(rows[1]))  # row 22: duplicate_row (sourceKey)
     with (HERE / "consents.csv").open("w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, CANONICAL)
         writer.writeheader()
@@ -62,32 +81,81 @@ def clean_csv() -> None:
 def legacy_ehr() -> None:
     folder = HERE / "legacy_ehr"
     folder.mkdir(exist_ok=True)
-    names = ["Zoë Müller", "José Peña", "Ana Lívia", "Björn Ørsted", "Chloé Dubois",
-             "Renée Faßbender", "Tomás Núñez", "Siân Evans", "Åsa Öberg", "Noël Brontë",
-             "Inès Caron", "Jürgen Weiß"]
+    names = [
+        "Zoë Müller",
+        "José Peña",
+        "Ana Lívia",
+        "Björn Ørsted",
+        "Chloé Dubois",
+        "Renée Faßbender",
+        "Tomás Núñez",
+        "Siân Evans",
+        "Åsa Öberg",
+        "Noël Brontë",
+        "Inès Caron",
+        "Jürgen Weiß",
+    ]
     types = ["HIPAA Notice", "General Treatment", "Research Study", "Surgery"]
     statuses = ["Signed", "signed ", "Revoked", "Pending"]
     out = io.StringIO()
     writer = csv.writer(out, delimiter=";", lineterminator="\r\n")
-    writer.writerow(["LegacyID", "MRN", "Patient Name", "Consent Type", "Consent Status",
-                     "Signed At", "Witness", "Notes"])
+    writer.writerow(
+        [
+            "LegacyID",
+            "MRN",
+            "Patient Name",
+            "Consent Type",
+            "Consent Status",
+            "Signed At",
+            "Witness",
+            "Notes",
+        ]
+    )
     for i, name in enumerate(names, start=1):
         hour = 1 + i % 12
-        writer.writerow([
-            f"L{700 + i}", f"{i:07d}", name, types[i % 4], statuses[i % 4],
-            f"{1 + i % 12:02d}/{1 + i:02d}/2023 {hour:02d}:15 {'AM' if i % 2 else 'PM'}",
-            "Nurse Smith" if i % 3 else "",
-            "Discussed risks; patient agreed.\nCopy given." if i % 5 == 0 else "",
-        ])
+        writer.writerow(
+            [
+                f"L{700 + i}",
+                f"{i:07d}",
+                name,
+                types[i % 4],
+                statuses[i % 4],
+                f"{1 + i % 12:02d}/{1 + i:02d}/2023 {hour:02d}:15 {'AM' if i % 2 else 'PM'}",
+                "Nurse Smith" if i % 3 else "",
+                "Discussed risks; patient agreed.\nCopy given." if i % 5 == 0 else "",
+            ]
+        )
     # The deliberately invalid rows.
-    writer.writerow(["L801", "0099999", "Not In Crosswalk", "HIPAA Notice", "Signed",
-                     "02/03/2023 10:00 AM", "", ""])                      # unknown_patient
-    writer.writerow(["L802", "0000002", "José Peña", "Photo Release", "Signed",
-                     "02/03/2023 10:00 AM", "", ""])                      # invalid_enum scope
-    writer.writerow(["L803", "0000003", "Ana Lívia", "HIPAA Notice", "Signed",
-                     "31/02/2023 10:00 AM", "", ""])                      # invalid_date
-    writer.writerow(["L804", "0000004", "Björn Ørsted", "General Treatment", "Maybe",
-                     "03/03/2023 11:30 PM", "", ""])                      # invalid_enum status
+    writer.writerow(
+        [
+            "L801",
+            "0099999",
+            "Not In Crosswalk",
+            "HIPAA Notice",
+            "Signed",
+            "02/03/2023 10:00 AM",
+            "",
+            "",
+        ]
+    )  # unknown_patient
+    writer.writerow(
+        ["L802", "0000002", "José Peña", "Photo Release", "Signed", "02/03/2023 10:00 AM", "", ""]
+    )  # invalid_enum scope
+    writer.writerow(
+        ["L803", "0000003", "Ana Lívia", "HIPAA Notice", "Signed", "31/02/2023 10:00 AM", "", ""]
+    )  # invalid_date
+    writer.writerow(
+        [
+            "L804",
+            "0000004",
+            "Björn Ørsted",
+            "General Treatment",
+            "Maybe",
+            "03/03/2023 11:30 PM",
+            "",
+            "",
+        ]
+    )  # invalid_enum status
     (folder / "consents_export.csv").write_bytes(out.getvalue().encode("cp1252"))
     with (folder / "mrn_to_patient.csv").open("w", newline="", encoding="utf-8") as handle:
         crosswalk = csv.writer(handle)
@@ -103,24 +171,38 @@ def workbook() -> None:
     about.title = "About"
     about["A1"] = "Consents exported from the scheduling system. Data is on the Consents sheet."
     sheet = book.create_sheet("Consents")
-    sheet.append(["Consent ID", "Patient ID", "Scope", "Category", "Status", "Signed On",
-                  "Verified"])
+    sheet.append(
+        ["Consent ID", "Patient ID", "Scope", "Category", "Status", "Signed On", "Verified"]
+    )
     for i in range(1, 11):
-        sheet.append([
-            5000 + i,  # ids stored as numbers: must come back as "5001", not "5001.0"
-            f"pt_{2000 + i}",
-            "treatment" if i % 2 else "patient-privacy",
-            "treatment-consent" if i % 2 else "hipaa-notice",
+        sheet.append(
+            [
+                5000 + i,  # ids stored as numbers: must come back as "5001", not "5001.0"
+                f"pt_{2000 + i}",
+                "treatment" if i % 2 else "patient-privacy",
+                "treatment-consent" if i % 2 else "hipaa-notice",
+                "active",
+                dt.datetime(2022, 1 + i % 12, 1 + i, 8 + i % 8, 30),  # real date cells
+                "yes" if i % 2 else "no",
+            ]
+        )
+    sheet.append(
+        [
+            5011,
+            "pt_2011",
+            "treatment",
+            "treatment-consent",
             "active",
-            dt.datetime(2022, 1 + i % 12, 1 + i, 8 + i % 8, 30),  # real date cells
-            "yes" if i % 2 else "no",
-        ])
-    sheet.append([5011, "pt_2011", "treatment", "treatment-consent", "active",
-                  dt.datetime(2022, 5, 5, 9, 0), "maybe"])              # invalid_boolean
-    sheet.append([5012, "pt_2012", "treatment", "", "active",
-                  dt.datetime(2022, 5, 6, 9, 0), "yes"])                # missing_required
-    sheet.append([5013, "pt_2013", "treatment", "treatment-consent", "active",
-                  "sometime in May", "yes"])                            # invalid_date
+            dt.datetime(2022, 5, 5, 9, 0),
+            "maybe",
+        ]
+    )  # invalid_boolean
+    sheet.append(
+        [5012, "pt_2012", "treatment", "", "active", dt.datetime(2022, 5, 6, 9, 0), "yes"]
+    )  # missing_required
+    sheet.append(
+        [5013, "pt_2013", "treatment", "treatment-consent", "active", "sometime in May", "yes"]
+    )  # invalid_date
     for row in sheet.iter_rows(min_row=2, min_col=6, max_col=6):
         row[0].number_format = "yyyy-mm-dd hh:mm"
     book.save(HERE / "clinic_consents.xlsx")

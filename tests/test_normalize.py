@@ -72,8 +72,17 @@ def test_full_row_gives_the_exact_api_body(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("cell", "verified"),
-    [("Y", True), ("n", False), ("Yes", True), ("NO", False), ("true", True),
-     ("False", False), ("1", True), ("0", False), (" y ", True)],
+    [
+        ("Y", True),
+        ("n", False),
+        ("Yes", True),
+        ("NO", False),
+        ("true", True),
+        ("False", False),
+        ("1", True),
+        ("0", False),
+        (" y ", True),
+    ],
 )
 def test_booleans(tmp_path: Path, cell: str, verified: bool) -> None:
     [row] = rows_of(tmp_path, f"{HEAD},verified\npt_1,treatment,c,{cell}\n")
@@ -93,12 +102,28 @@ def test_a_bad_boolean_is_a_row_error(tmp_path: Path) -> None:
         ("2024-03-05 14:30", "", "2024-03-05T14:30:00Z"),  # naive: UTC by default
         ("2024-03-05", "", "2024-03-05T00:00:00Z"),
         # naive with a timezone: Chicago is UTC-6 in March before DST, UTC-5 in July
-        ("2024-03-05T14:30:00", "[source]\ntimezone='America/Chicago'\n", "2024-03-05T14:30:00-06:00"),
-        ("2024-07-05T14:30:00", "[source]\ntimezone='America/Chicago'\n", "2024-07-05T14:30:00-05:00"),
+        (
+            "2024-03-05T14:30:00",
+            "[source]\ntimezone='America/Chicago'\n",
+            "2024-03-05T14:30:00-06:00",
+        ),
+        (
+            "2024-07-05T14:30:00",
+            "[source]\ntimezone='America/Chicago'\n",
+            "2024-07-05T14:30:00-05:00",
+        ),
         # an explicit offset wins over the mapping's timezone
         ("2024-07-05T14:30:00Z", "[source]\ntimezone='America/Chicago'\n", "2024-07-05T14:30:00Z"),
-        ("03/05/2024 02:30 PM", "[source]\ndate_formats=['%m/%d/%Y %I:%M %p']\n", "2024-03-05T14:30:00Z"),
-        ("03/05/2024", "[source]\ndate_formats=['%m/%d/%Y %I:%M %p', '%m/%d/%Y']\n", "2024-03-05T00:00:00Z"),
+        (
+            "03/05/2024 02:30 PM",
+            "[source]\ndate_formats=['%m/%d/%Y %I:%M %p']\n",
+            "2024-03-05T14:30:00Z",
+        ),
+        (
+            "03/05/2024",
+            "[source]\ndate_formats=['%m/%d/%Y %I:%M %p', '%m/%d/%Y']\n",
+            "2024-03-05T00:00:00Z",
+        ),
     ],
 )
 def test_dates(tmp_path: Path, cell: str, mapping: str, expected: str) -> None:
@@ -132,7 +157,8 @@ def test_value_maps_are_trimmed_and_case_insensitive(tmp_path: Path) -> None:
 
 def test_boolean_value_maps(tmp_path: Path) -> None:
     [row] = rows_of(
-        tmp_path, f"{HEAD},verified\npt_1,treatment,c,Witnessed\n",
+        tmp_path,
+        f"{HEAD},verified\npt_1,treatment,c,Witnessed\n",
         "[values.verified]\nwitnessed=true\n",
     )
     assert body(row)["verification"] == {"verified": True}
@@ -140,18 +166,21 @@ def test_boolean_value_maps(tmp_path: Path) -> None:
 
 def test_defaults_fill_empty_cells_only(tmp_path: Path) -> None:
     rows = rows_of(
-        tmp_path, f"{HEAD},organizationId\npt_1,treatment,c,\npt_2,treatment,c,org_x\n",
+        tmp_path,
+        f"{HEAD},organizationId\npt_1,treatment,c,\npt_2,treatment,c,org_x\n",
         "[defaults]\norganizationId='org_main'\nstatus='active'\n",
     )
     assert [(b["organizationId"], b["status"]) for b in map(body, rows)] == [
-        ("org_main", "active"), ("org_x", "active")
+        ("org_main", "active"),
+        ("org_x", "active"),
     ]
 
 
 def test_crosswalk(tmp_path: Path) -> None:
     (tmp_path / "x.csv").write_text("MRN,patientId\n007,pt_7\n", encoding="utf-8")
     rows = rows_of(
-        tmp_path, "MRN,scope,category\n007,treatment,c\n008,treatment,c\n",
+        tmp_path,
+        "MRN,scope,category\n007,treatment,c\n008,treatment,c\n",
         "[columns]\npatientId='MRN'\n[patients]\ncrosswalk='x.csv'\n",
     )
     assert body(rows[0])["patientId"] == "pt_7"  # leading zeros matter and are kept
@@ -161,7 +190,8 @@ def test_crosswalk(tmp_path: Path) -> None:
 
 def test_source_key_from_key_columns(tmp_path: Path) -> None:
     rows = rows_of(
-        tmp_path, f"Site,ID,{HEAD}\nA,1,pt_1,treatment,c\nA,,pt_2,treatment,c\n",
+        tmp_path,
+        f"Site,ID,{HEAD}\nA,1,pt_1,treatment,c\nA,,pt_2,treatment,c\n",
         "[source]\nkey=['Site','ID']\n",
     )
     assert rows[0].source_key == "A|1"
@@ -228,8 +258,12 @@ def test_period_order(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("cells", "missing"),
-    [("pt_1,,c", "scope"), (",treatment,c", "patientId"), ("pt_1,treatment,", "category"),
-     ("pt_1,treatment, ; |", "category")],
+    [
+        ("pt_1,,c", "scope"),
+        (",treatment,c", "patientId"),
+        ("pt_1,treatment,", "category"),
+        ("pt_1,treatment, ; |", "category"),
+    ],
 )
 def test_missing_required(tmp_path: Path, cells: str, missing: str) -> None:
     [row] = rows_of(tmp_path, f"{HEAD}\n{cells}\n")

@@ -27,9 +27,7 @@ def documented_errors() -> set[tuple[str, int, str, str]]:
 
 @pytest.mark.parametrize(("name", "mapping"), SETS.items())
 def test_sample_errors_match_the_readme(name: str, mapping: str | None) -> None:
-    summary = validate_files(
-        [SAMPLES / name], load_mapping(SAMPLES / mapping if mapping else None)
-    )
+    summary = validate_files([SAMPLES / name], load_mapping(SAMPLES / mapping if mapping else None))
     found = {(name, e.row, e.field, e.code) for e in summary.errors}
     expected = {e for e in documented_errors() if e[0] == name}
     assert expected
