@@ -21,6 +21,7 @@ from datetime import datetime
 from functools import lru_cache
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from pydantic import ValidationError
 
@@ -129,10 +130,7 @@ class Normalizer:
 
     def __init__(self, mapping: Mapping) -> None:
         self.mapping = mapping
-        # 8-byte digests of the source keys seen -> where first seen, packed in one int
-        # (file index << 40 | row) to keep a million keys small. A repeat is
-        # `duplicate_row`: identical export rows would otherwise be sent twice.
-        self._seen: dict[int, int] = {}
+        self._keys = KeyIndex()
         self._files: list[str] = []
 
     def rows(self, table: Table, *, workers: int = 1) -> Iterator[Row]:
@@ -143,13 +141,23 @@ class Normalizer:
         their model, which only a run needs.
         """
         file_rows = self.file_normalizer(table)
+        self._files.append(table.name)
+        file_index = len(self._files) - 1
+        batches: Iterator[list[tuple[Row, int]]]
         if workers > 1:
-            batches: Iterator[list[Row]] = _in_processes(file_rows, table.chunks(), workers)
+            batches = _in_processes(file_rows, table.chunks(), workers)
         else:
-            batches = (file_rows.normalize(chunk) for chunk in table.chunks())
+            batches = (
+                [(row, key_digest(row.source_key)) for row in file_rows.normalize(chunk)]
+                for chunk in table.chunks()
+            )
         for batch in batches:
-            for row in batch:
-                self._check_duplicate(row)
+            firsts = self._keys.add(
+                [digest for _, digest in batch], [file_index << 40 | row.row for row, _ in batch]
+            )
+            for (row, _), first in zip(batch, firsts, strict=True):
+                if first >= 0:
+                    self._duplicate(row, first)
                 yield row
 
     def file_normalizer(self, table: Table) -> _FileNormalizer:
@@ -158,27 +166,52 @@ class Normalizer:
             self.mapping, columns, table.name, excel=table.path.suffix.lower() in _EXCEL_SUFFIXES
         )
 
-    def _check_duplicate(self, row: Row) -> None:
-        if not self._files or self._files[-1] != row.file:
-            self._files.append(row.file)
-        here = (len(self._files) - 1) << 40 | row.row
-        digest = int.from_bytes(hashlib.blake2b(row.source_key.encode(), digest_size=8).digest())
-        first = self._seen.setdefault(digest, here)
-        if first != here:
-            file, number = self._files[first >> 40], first & ((1 << 40) - 1)
-            where = f"row {number}" if file == row.file else f"{file} row {number}"
-            row.errors.append(
-                RowError(
-                    row.file,
-                    row.row,
-                    "sourceKey",
-                    "duplicate_row",
-                    f"sourceKey: same source key as {where}; a row is imported once "
-                    "(duplicate_row)",
-                    value=row.source_key,
-                )
+    def _duplicate(self, row: Row, first: int) -> None:
+        """A repeat of an earlier row's source key: identical export rows would
+        otherwise be sent twice."""
+        file, number = self._files[first >> 40], first & ((1 << 40) - 1)
+        where = f"row {number}" if file == row.file else f"{file} row {number}"
+        row.errors.append(
+            RowError(
+                row.file,
+                row.row,
+                "sourceKey",
+                "duplicate_row",
+                f"sourceKey: same source key as {where}; a row is imported once (duplicate_row)",
+                value=row.source_key,
             )
-            row.model = None
+        )
+        row.model = None
+
+
+class KeyIndex:
+    """The source keys seen so far, as sorted 64-bit digests with where each was first
+    seen: 16 bytes a row, checked a batch at a time with numpy."""
+
+    def __init__(self) -> None:
+        self._keys = np.empty(0, dtype=np.uint64)
+        self._where = np.empty(0, dtype=np.int64)
+
+    def add(self, digests: list[int], where: list[int]) -> list[int]:
+        """Add a batch; for each key, -1 if it is new, else where it was first seen."""
+        keys = np.array(digests, dtype=np.uint64)
+        here = np.array(where, dtype=np.int64)
+        first = np.full(len(keys), -1, dtype=np.int64)
+        if len(self._keys) and len(keys):
+            pos = np.minimum(np.searchsorted(self._keys, keys), len(self._keys) - 1)
+            seen = self._keys[pos] == keys
+            first[seen] = self._where[pos[seen]]
+        unique, first_index, inverse = np.unique(keys, return_index=True, return_inverse=True)
+        earliest = first_index[inverse]
+        repeat = (earliest != np.arange(len(keys))) & (first < 0)
+        first[repeat] = here[earliest[repeat]]
+        new = first[first_index] < 0
+        merged_keys = np.concatenate([self._keys, unique[new]])
+        merged_where = np.concatenate([self._where, here[first_index[new]]])
+        order = np.argsort(merged_keys, kind="stable")
+        self._keys, self._where = merged_keys[order], merged_where[order]
+        result: list[int] = first.tolist()
+        return result
 
 
 class _FileNormalizer:
@@ -191,6 +224,15 @@ class _FileNormalizer:
         self.parse_date = _date_parser(mapping, excel=excel)
         self.fields = sorted(set(columns) | set(mapping.defaults))
         self.keyed = bool(mapping.key) or "sourceKey" in columns
+        self.excel = excel
+
+    def __getstate__(self) -> dict[str, Any]:
+        # The cached date parser is a closure: rebuilt, not pickled, in a worker process.
+        return {k: v for k, v in self.__dict__.items() if k != "parse_date"}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.parse_date = _date_parser(self.mapping, excel=self.excel)
 
     def normalize(self, chunk: pd.DataFrame) -> list[Row]:
         # A chunk makes hundreds of thousands of acyclic objects; cyclic GC passes over
@@ -413,6 +455,11 @@ def _date_parser(mapping: Mapping, *, excel: bool) -> Callable[[str], datetime |
     return parse
 
 
+def key_digest(source_key: str) -> int:
+    """A 64-bit digest of a source key, for the duplicate check."""
+    return int.from_bytes(hashlib.blake2b(source_key.encode(), digest_size=8).digest())
+
+
 def _split(text: str) -> list[str]:
     return [part.strip() for part in _SPLIT.split(text) if part.strip()]
 
@@ -432,35 +479,52 @@ def _digest(text: str) -> str:
 
 # -- processes ------------------------------------------------------------------------
 
+#: What a worker sends back per row: number, source key, key digest, and for an invalid
+#: row its errors and cells (a valid row's body stays in the worker: only a run needs it).
+_Compact = tuple[int, str, int, list[RowError] | None, tuple[str, ...] | None]
+
 _worker: _FileNormalizer | None = None
 
 
 def _start_worker(file_rows: _FileNormalizer) -> None:
-    global _worker
+    global _worker  # one normalizer per worker process
     _worker = file_rows
 
 
-def _normalize_in_worker(chunk: pd.DataFrame) -> list[Row]:
+def _normalize_in_worker(chunk: pd.DataFrame) -> tuple[tuple[str, ...], list[_Compact]]:
     assert _worker is not None
     rows = _worker.normalize(chunk)
-    for row in rows:
-        if row.model is not None:
-            _ = row.body_hash  # the key may need it; the model itself stays here
-            row.model = None
-            row.values = ()  # a valid row's cells are not needed back: skip the pickling
-    return rows
+    headers = rows[0].headers if rows else ()
+    return headers, [
+        (
+            r.row,
+            r.source_key,
+            key_digest(r.source_key),
+            r.errors or None,
+            None if r.valid else r.values,
+        )
+        for r in rows
+    ]
 
 
 def _in_processes(
     file_rows: _FileNormalizer, chunks: Iterator[pd.DataFrame], workers: int
-) -> Iterator[list[Row]]:
+) -> Iterator[list[tuple[Row, int]]]:
     """Normalize chunks in `workers` processes, in order, with at most two chunks per
     worker read ahead (so memory stays flat however long the file)."""
-    with ProcessPoolExecutor(workers, initializer=_start_worker, initargs=(file_rows,)) as executor:
-        pending: deque[Future[list[Row]]] = deque()
+    with ProcessPoolExecutor(workers, initializer=_start_worker, initargs=(file_rows,)) as pool:
+        pending: deque[Future[tuple[tuple[str, ...], list[_Compact]]]] = deque()
+
+        def rebuilt() -> list[tuple[Row, int]]:
+            headers, compact = pending.popleft().result()
+            return [
+                (Row(file_rows.file, n, key, headers, values or (), errors=errors or []), digest)
+                for n, key, digest, errors, values in compact
+            ]
+
         for chunk in chunks:
-            pending.append(executor.submit(_normalize_in_worker, chunk))
+            pending.append(pool.submit(_normalize_in_worker, chunk))
             if len(pending) >= 2 * workers:
-                yield pending.popleft().result()
+                yield rebuilt()
         while pending:
-            yield pending.popleft().result()
+            yield rebuilt()
