@@ -480,7 +480,6 @@ def sandbox(
     )
     if host not in ("127.0.0.1", "localhost", "::1"):
         click.echo(f"warning: the sandbox listens on {host}, beyond this machine", err=True)
-    click.echo(f"ClinikAPI sandbox on http://{host}:{port} (Ctrl-C to stop)", err=True)
     serve(config, host=host, port=port)
     return EXIT_OK
 

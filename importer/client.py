@@ -30,6 +30,7 @@ from importer.errors import (
     TransportError,
 )
 from importer.limiter import Limiter, RateLimitInfo
+from importer.transport import ShardedTransport
 
 __all__ = [
     "ApiResponse",
@@ -149,7 +150,8 @@ def check_base_url(url: str) -> str:
 def make_http_client(
     *, concurrency: int, timeout_s: float = 30.0, connect_timeout_s: float = 10.0
 ) -> httpx.AsyncClient:
-    """An `httpx.AsyncClient` with one kept-alive connection per worker.
+    """An `httpx.AsyncClient` with one kept-alive connection per worker, in small pools
+    (see `importer.transport`: one big httpcore pool costs O(connections) per request).
 
     Args:
         timeout_s: read, write and pool timeout.
@@ -157,7 +159,7 @@ def make_http_client(
     """
     return httpx.AsyncClient(
         timeout=httpx.Timeout(timeout_s, connect=connect_timeout_s),
-        limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency),
+        transport=ShardedTransport(concurrency),
         follow_redirects=False,
     )
 
