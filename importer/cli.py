@@ -195,7 +195,12 @@ def validate(
     show_default=True,
     help="json: one JSON object per line, for log collectors.",
 )
-@click.option("--quiet", "-q", is_flag=True, help="No progress bar, no summary; errors only.")
+@click.option(
+    "--quiet",
+    "-q",
+    is_flag=True,
+    help="No progress bar, no summary, text logs errors only (JSON logs keep every line).",
+)
 def run(
     inputs: Sequence[Path],
     mapping: Path | None,

@@ -39,7 +39,8 @@ class JsonFormatter(logging.Formatter):
 
 
 def setup_logging(log_format: str, *, quiet: bool, verbose: bool = False) -> None:
-    """Text logs (warnings) on stderr by default; JSON lines (info and up) for collectors."""
+    """Text logs (warnings; errors only when quiet) on stderr by default; JSON lines
+    (info and up, quiet or not: a collector wants them all) with `log_format="json"`."""
     handler = logging.StreamHandler(sys.stderr)
     if log_format == "json":
         handler.setFormatter(JsonFormatter())
@@ -47,8 +48,8 @@ def setup_logging(log_format: str, *, quiet: bool, verbose: bool = False) -> Non
     else:
         handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
         level = logging.INFO if verbose else logging.WARNING
-    if quiet:
-        level = logging.ERROR
+        if quiet:
+            level = logging.ERROR
     root = logging.getLogger("importer")
     root.handlers[:] = [handler]
     root.setLevel(level)
