@@ -40,7 +40,8 @@ def test_status_lists_runs_states_and_errors(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0] == (f"Ledger {ledger}: rows done 5, invalid 1; in flight (outcome unknown): 0")
-    assert lines[1].startswith("  run    2 ") and "finished" in lines[1]
+    assert lines[1].startswith("  run    2 ")
+    assert "finished" in lines[1]
     assert "rows=6 created=0 updated=0 unchanged=5 invalid=1 failed=0" in lines[1]
     assert "rows=6 created=5" in lines[2]
     assert lines[-1].split() == ["invalid_enum", "1"]
@@ -124,7 +125,8 @@ def test_run_reports_json_and_html(tmp_path: Path) -> None:
     assert document["run"]["created"] == 4
     assert document["summary"]["by_rule"] == {"invalid_date": 1}
     page = (tmp_path / "r.html").read_text()
-    assert 'id="figure-created"' in page and 'data-value="4"' in page
+    assert 'id="figure-created"' in page
+    assert 'data-value="4"' in page
     assert "NOT-A-DATE-XYZ" not in page  # --redact
 
 
