@@ -270,47 +270,16 @@ class Importer:
         return jobs
 
     def _invalid_record(self, row: Row, before: LedgerRow | None) -> Callable[[Ledger], None]:
-        run_id = self.run_id
         message = "; ".join(e.message for e in row.errors)
         code = "; ".join(e.code for e in row.errors)
-        cells = json.dumps(row.cells)
-        key = row.source_key
         if any(e.code == "duplicate_row" for e in row.errors):
             # Its key is the first row's: record it apart, so that row's record stays whole.
-            key = f"{key}#duplicate@{row.file}:{row.row}"
-        elif before is not None and before.state not in ("invalid", "failed", "pending"):
-            # A consent exists or may exist for this row: keep its record, note the error.
-            def note(ledger: Ledger) -> None:
-                ledger.upsert(
-                    row.source_key,
-                    run_id,
-                    row.file,
-                    row.row,
-                    state=before.state,
-                    error_stage="validate",
-                    error_code=code,
-                    error_message=message,
-                    cells=cells,
-                )
-
-            return note
-
-        def record(ledger: Ledger) -> None:
-            ledger.upsert(
-                key,
-                run_id,
-                row.file,
-                row.row,
-                state="invalid",
-                error_stage="validate",
-                error_code=code,
-                error_message=message,
-                cells=cells,
-                http_status=None,
-                request_id=None,
-            )
-
-        return record
+            key = f"{row.source_key}#duplicate@{row.file}:{row.row}"
+            return self._error_record(key, row, "invalid", "validate", code, message)
+        if before is not None and before.state not in ("invalid", "failed", "pending"):
+            # A consent exists or may exist for this row: keep its state, note the error.
+            return self._error_record(row.source_key, row, before.state, "validate", code, message)
+        return self._error_record(row.source_key, row, "invalid", "validate", code, message)
 
     def _immutable_record(self, row: Row, before: LedgerRow | None) -> Callable[[Ledger], None]:
         assert before is not None
@@ -320,20 +289,28 @@ class Importer:
             "patch them; rerun with --on-immutable-change recreate to replace it "
             "(immutable_change)"
         )
-        run_id, cells = self.run_id, json.dumps(row.cells)
         log.info("row failed: file=%s row=%d code=immutable_change", row.file, row.row)
+        # The consent stays as it is (state unchanged, created.csv keeps it); the error
+        # marks the row for failed.csv until the source is fixed.
+        return self._error_record(
+            row.source_key, row, before.state, "sync", "immutable_change", message
+        )
+
+    def _error_record(
+        self, key: str, row: Row, state: str, stage: str, code: str, message: str
+    ) -> Callable[[Ledger], None]:
+        """A ledger write noting a row's error (and its cells, for failed.csv)."""
+        run_id, cells = self.run_id, json.dumps(row.cells)
 
         def record(ledger: Ledger) -> None:
-            # The consent stays as it is (state unchanged, created.csv keeps it); the
-            # error marks the row for failed.csv until the source is fixed.
             ledger.upsert(
-                row.source_key,
+                key,
                 run_id,
                 row.file,
                 row.row,
-                state=before.state,
-                error_stage="sync",
-                error_code="immutable_change",
+                state=state,
+                error_stage=stage,
+                error_code=code,
                 error_message=message,
                 cells=cells,
                 http_status=None,
