@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import time
 from types import TracebackType
 from typing import Any
 
@@ -65,7 +66,9 @@ class RunProgress:
         self.enabled = enabled and self.console.is_terminal
         self._progress: Progress | None = None
         self._task: TaskID | None = None
-        self._started = 0.0
+        self._started = time.monotonic()
+        self._total: int | None = None
+        self._done = 0
 
     def __enter__(self) -> RunProgress:
         if self.enabled:
@@ -90,23 +93,40 @@ class RunProgress:
             self._progress.stop()
 
     def total(self, rows: int) -> None:
+        self._total = rows
         if self._progress is not None and self._task is not None:
             self._progress.update(self._task, total=rows)
 
-    def update(self, _event: str, stats: RunStats, *, rate_limited: int = 0) -> None:
+    def update(self, _event: str, stats: RunStats) -> None:
+        self._done = done = stats.finished
         if self._progress is None or self._task is None:
             return
-        done = stats.invalid + stats.created + stats.updated + stats.unchanged + stats.failed
         elapsed = self._progress.tasks[0].elapsed or 0.0
         rate = f"{done / elapsed:,.0f}" if elapsed > 0.5 else "-"
         self._progress.update(
-            self._task, completed=done, rate=rate, retries=stats.retries, limited=rate_limited
+            self._task, completed=done, rate=rate, retries=stats.retries, limited=stats.rate_limited
         )
 
     def wait(self, seconds: float, reason: str) -> None:
-        """Say why sending paused: a spent rate-limit window, with when it resets."""
+        """Say why sending paused (a spent rate-limit window, when it resets) and, from
+        the pace so far, when the run should end."""
         message: Any = f"waiting {seconds:,.0f} s: {reason}"
+        if self._total is not None and self._done:
+            left = max(self._total - self._done, 0)
+            pace = self._done / max(time.monotonic() - self._started, 1e-3)
+            eta = _duration(left / pace + seconds) if left else "-"
+            message += f"; {left:,} rows left, ETA about {eta} at the pace so far"
         if self._progress is not None:
             self._progress.console.print(message)
         else:
             logging.getLogger("importer.run").warning(message)
+
+
+def _duration(seconds: float) -> str:
+    """1 h 05 min, 4 min 10 s, 12 s."""
+    seconds = int(seconds)
+    if seconds >= 3600:
+        return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+    if seconds >= 60:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds} s"

@@ -659,6 +659,8 @@ class Importer:
     # -- small helpers ------------------------------------------------------------
 
     def _on_progress(self, event: str, stats: RunStats) -> None:
+        stats.requests = self.client.stats.requests
+        stats.rate_limited = self.client.stats.rate_limited
         now = anyio.current_time() - self._started
         if now - self._last_sample >= 1.0:
             self._last_sample = now

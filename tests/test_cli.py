@@ -150,6 +150,9 @@ def test_csv_report_feeds_back_unchanged_after_a_fix(
         ),
         ("a.csv", ["status", "--ledger", "{tmp}/none.db"], r"ledger .*none\.db not found"),
         ("a.csv", ["run", "{tmp}/a.csv", "--concurrency", "0"], r"concurrency"),
+        ("garbage.csv", ["validate", "{tmp}/garbage.csv"], r"garbage\.csv: "),
+        ("quote.csv", ["validate", "{tmp}/quote.csv"], r"quote\.csv: .*quote"),
+        ("fake.xlsx", ["validate", "{tmp}/fake.xlsx"], r"fake\.xlsx: .*CSV"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(
@@ -159,14 +162,21 @@ def test_bad_input_is_one_line_and_exit_2(
     args: list[str],
     message: str,
 ) -> None:
-    contents = {
+    contents: dict[str, str | bytes] = {
         "a.pdf": "x",
         "empty.csv": "",
         "header.csv": "patientId,scope,category\n",
         "a.csv": CLEAN,
+        "garbage.csv": bytes(range(256)) * 40,
+        "quote.csv": 'patientId,scope,category\npt_1,"treatment,c\npt_2,treatment,c\n',
+        "fake.xlsx": CLEAN,
     }
     if setup:
-        (tmp_path / setup).write_text(contents[setup], encoding="utf-8")
+        content = contents[setup]
+        if isinstance(content, bytes):
+            (tmp_path / setup).write_bytes(content)
+        else:
+            (tmp_path / setup).write_text(content, encoding="utf-8")
     code, _, err = run_cli([a.replace("{tmp}", str(tmp_path)) for a in args], capsys)
     assert code == 2
     assert "Traceback" not in err

@@ -74,6 +74,13 @@ def test_every_fault_mode_creates_each_row_exactly_once(
         assert stats["creates"] == 150
 
 
+def test_the_ledger_is_readable_by_its_owner_only(tmp_path: Path) -> None:
+    source = write_csv(tmp_path / "in.csv", consent_rows(2))
+    with running_sandbox(SandboxConfig()) as sandbox:
+        run(source, sandbox.base_url, tmp_path / "l.db")
+    assert (tmp_path / "l.db").stat().st_mode & 0o777 == 0o600
+
+
 def test_rerun_of_a_done_file_sends_nothing(tmp_path: Path) -> None:
     source = write_csv(tmp_path / "in.csv", consent_rows(40))
     with running_sandbox(SandboxConfig()) as sandbox:

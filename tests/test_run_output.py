@@ -98,6 +98,7 @@ def test_a_spent_window_shows_the_wait_then_carries_on(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "waiting" in result.stderr
     assert "rate-limit window spent; resets in" in result.stderr
+    assert "rows left, ETA about" in result.stderr
 
 
 def test_run_reports_json_and_html(tmp_path: Path) -> None:
