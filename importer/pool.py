@@ -360,6 +360,9 @@ class Importer:
                     except (RateLimitedError, ClientRequestError, AuthError):
                         work.maybe_sent = False  # answered without storing
                         raise
+                    except BudgetWaitTooLong:
+                        work.maybe_sent = False  # the limiter refused before sending
+                        raise
                     consent_id = str(response.data["id"])
                     await self._created(work, consent_id, response.request_id)
                     return

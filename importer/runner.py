@@ -88,8 +88,9 @@ def run_import(
     api_key = check_api_key(config.api_key)
     base_url = check_base_url(config.base_url)
     tables = open_tables(config.inputs, mapping)
+    total = sum(t.count_rows() for t in tables)
     if on_total is not None:
-        on_total(sum(t.count_rows() for t in tables))
+        on_total(total)
     normalizer = Normalizer(mapping)
     rows: Iterator[Row] = chain.from_iterable(normalizer.rows(t) for t in tables)
     with LedgerLock(config.ledger):
@@ -109,6 +110,9 @@ def run_import(
                 on_wait,
                 backend_options={"use_uvloop": _has_uvloop()},
             )
+            if stats.aborted:
+                # Rows not yet read count too: everything the next run still has to do.
+                stats.rows_left = max(total - stats.finished, stats.rows_left)
             status = "paused" if stats.paused else ("aborted" if stats.aborted else "finished")
             ledger.finish_run(run_id, status, stats.summary())
         finally:
