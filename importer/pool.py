@@ -139,7 +139,20 @@ class Work:
     prior: LedgerRow | None
     maybe_sent: bool = False  # an earlier POST of this row may have created the consent
     consent_id: str | None = None
-    body: dict[str, Any] = field(default_factory=dict)
+    _body: dict[str, Any] | None = None
+
+    @property
+    def body(self) -> dict[str, Any]:
+        """The row's API body as a dict, parsed on first use (the POST itself sends the
+        row's JSON as it is; only lookups, patches and adoption need the dict)."""
+        if self._body is None:
+            self._body = self.row.body()
+        return self._body
+
+    @property
+    def patient_id(self) -> str | None:
+        model = self.row.model
+        return model.patient_id if model is not None else self.body.get("patientId")
 
 
 class _Stop(Exception):
@@ -353,7 +366,7 @@ class Importer:
                     await self._intent(work, work.op.value)
                     work.maybe_sent = True
                     try:
-                        response = await self.client.create_consent(work.body)
+                        response = await self.client.create_consent(work.row.body_json.encode())
                     except TransportError as exc:
                         work.maybe_sent = exc.sent
                         raise
@@ -429,7 +442,7 @@ class Importer:
             ):
                 with attempt:
                     self._check_stop()
-                    await self._intent(work, Op.PATCH.value, consent_id=work.consent_id, body=body)
+                    await self._intent(work, Op.PATCH.value, consent_id=work.consent_id)
                     response = await self.client.patch_consent(work.consent_id, body)
                     await self._done(work, "updated", response.request_id)
                     self.stats.updated += 1
@@ -530,13 +543,13 @@ class Importer:
         """Commit that this row's request is about to be sent (before it is)."""
         assert self._writer is not None
         row, run_id = work.row, self.run_id
-        pending = json.dumps(work.body if body is None else body, separators=(",", ":"))
+        pending = work.row.body_json if body is None else json.dumps(body, separators=(",", ":"))
         values: dict[str, Any] = {
             "state": "in_flight",
             "pending_op": op,
             "pending_body": pending,
             "pending_hash": row.body_hash,
-            "patient_id": work.body.get("patientId"),
+            "patient_id": work.patient_id,
         }
         if op == Op.RECREATE.value and work.prior is not None and work.prior.consent_id:
             values["previous_consent_id"] = work.prior.consent_id
@@ -583,7 +596,7 @@ class Importer:
             "http_status": None,
             "request_id": request_id or None,
             "cells": None,
-            "patient_id": work.body.get("patientId"),
+            "patient_id": work.patient_id,
         }
         if consent_id is not None:
             values["consent_id"] = consent_id
@@ -692,32 +705,31 @@ def plan_row(row: Row, before: LedgerRow | None, options: RunOptions) -> Work | 
     Returns Work to do, None when the server already holds this exact body, or an error
     code when the row cannot be synced (`immutable_change`).
     """
-    body = row.body()
     if (
         before is None
         or before.state in ("invalid", "pending")
         or (before.state == "failed" and before.consent_id is None)
     ):
-        return Work(Op.CREATE, row, before, maybe_sent=options.skip_existing, body=body)
+        return Work(Op.CREATE, row, before, maybe_sent=options.skip_existing)
     if before.state == "in_flight":
         op = Op(before.pending_op or "create")
         if op in (Op.CREATE, Op.RECREATE):
             # Outcome unknown: the lookup decides between adopting and posting.
-            return Work(op, row, before, maybe_sent=True, consent_id=before.consent_id, body=body)
+            return Work(op, row, before, maybe_sent=True, consent_id=before.consent_id)
         if op is Op.RETIRE:
-            return Work(op, row, before, consent_id=before.consent_id, body=body)
+            return Work(op, row, before, consent_id=before.consent_id)
         # An unfinished PATCH is safe to send again (it replaces values): go on and
         # compare with what the server last held.
     if before.payload_hash == row.body_hash:
         if before.state == "done":
             return None
-        return Work(Op.PATCH, row, before, consent_id=before.consent_id, body=body)
+        return Work(Op.PATCH, row, before, consent_id=before.consent_id)
     immutable = sorted(set(changed_fields(row, before)) - set(PATCHABLE))
     if immutable:
         if options.on_immutable_change == "recreate":
-            return Work(Op.RECREATE, row, before, consent_id=before.consent_id, body=body)
+            return Work(Op.RECREATE, row, before, consent_id=before.consent_id)
         return "immutable_change"
-    return Work(Op.PATCH, row, before, consent_id=before.consent_id, body=body)
+    return Work(Op.PATCH, row, before, consent_id=before.consent_id)
 
 
 def changed_fields(row: Row, before: LedgerRow) -> list[str]:
