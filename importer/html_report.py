@@ -188,7 +188,7 @@ def _num(n: int) -> str:
 
 
 def _validation_context(summary: ValidationSummary, *, redact: bool, title: str) -> dict[str, Any]:
-    # The error list may be capped upstream (SHOWN_ERRORS); the rule counts never are.
+    # Counted from the rule counts, which stay exact whatever the error list holds.
     total_errors = max(len(summary.errors), sum(summary.by_rule.values()))
     shown = [_error_row(e, redact=redact) for e in summary.errors[:TABLE_ROWS]]
     return {

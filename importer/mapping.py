@@ -44,8 +44,6 @@ FIELDS = tuple(SYNONYMS)
 REQUIRED_FIELDS = ("patientId", "scope", "category")
 #: Fields holding date-times, parsed with the source's timezone and date formats.
 DATE_FIELDS = ("dateTime", "verificationDate", "provisionStart", "provisionEnd")
-#: Fields whose cells may hold several codes separated by `;` or `|`.
-LIST_FIELDS = ("category", "purpose")
 
 _SECTIONS = {"source", "columns", "values", "defaults", "patients"}
 _SOURCE_KEYS = {"sheet", "encoding", "delimiter", "key", "timezone", "date_formats"}

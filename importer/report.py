@@ -23,8 +23,6 @@ from importer.reader import escape_formula
 
 REPORT_SUFFIXES = (".json", ".csv", ".html")
 ERROR_COLUMNS = ("error_stage", "error_code", "error_message")
-#: Row errors kept for the terminal and HTML tables; counts stay exact past it.
-SHOWN_ERRORS = 100_000
 
 
 @dataclass

@@ -249,7 +249,7 @@ def test_100k_errors_table_is_capped_counts_exact(huge: ValidationSummary) -> No
 
 
 def test_cap_note_counts_errors_dropped_upstream() -> None:
-    # The summary keeps SHOWN_ERRORS error objects; its rule counts keep counting past that.
+    # The note takes its total from the rule counts, even when the error list is shorter.
     summary = summary_of([error(i + 2) for i in range(2_000)])
     del summary.errors[500:]
     page = Page(render_validation_html(summary))
