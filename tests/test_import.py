@@ -143,9 +143,10 @@ def test_a_429_pauses_every_worker(tmp_path: Path) -> None:
         limited = [r for r in log if r["status"] == 429]
         assert limited, "the burst should have met a 429"
         first = limited[0]["t"]
-        # Retry-After is whole seconds (>= the window's remaining part); allow for the
-        # requests that were already on the wire when the 429 was sent.
-        after = [r for r in log if first + 0.05 < r["t"] < first + 0.3]
+        # Retry-After is whole seconds (here 1 s): nothing may arrive well inside the
+        # pause. The first 0.3 s are left out for requests already on the wire when the
+        # 429 was sent, which a loaded machine may deliver late.
+        after = [r for r in log if first + 0.3 < r["t"] < first + 0.8]
         assert after == [], after
         assert sandbox.stats()["duplicates"] == 0
 
