@@ -458,19 +458,17 @@ def _delimiter_option(value: str | None) -> str | None:
 def _choose_encoding(path: Path, name: str, head: bytes, forced: str | None) -> tuple[str, bool]:
     """The codec to read with, checked on the whole file, and whether a formula escape may occur.
 
-    A BOM decides, unless the user forced an encoding; without one, UTF-8 if the whole
-    file decodes as UTF-8, else cp1252 (what Excel on Windows writes).
+    A BOM decides, even over a forced encoding; without one, the forced encoding, else
+    UTF-8 if the whole file decodes as UTF-8, else cp1252 (what Excel on Windows writes).
     """
     if head.startswith(_ZIP_MAGIC):
         raise InputError(f"{name}: is an Excel workbook, not CSV text; rename it to .xlsx")
     if head.startswith(_OLE_MAGIC):
         raise InputError(f"{name}: is an Excel 97-2003 workbook, not CSV text; rename it to .xls")
     bom = next((codec for mark, codec in _BOMS if head.startswith(mark)), None)
-    if forced is not None:
-        # utf-8 on a file with a BOM would leave the BOM in the first header cell.
-        encoding = "utf-8-sig" if forced == "utf-8" and bom == "utf-8-sig" else forced
-    else:
-        encoding = bom or _bomless_utf16(head) or ""
+    # A BOM is certain, a mapping's encoding a default: a fixed failed.csv (UTF-8 with
+    # BOM) feeds back with the cp1252 export's mapping.
+    encoding = bom or forced or _bomless_utf16(head) or ""
     # NULs belong in UTF-16 and UTF-32 text; in any other they mean a binary file.
     texty = not _ascii_compatible(encoding or "utf-8")
     if not texty and (b"\x00" in head or _binary_share(head) > 0.01):
@@ -650,6 +648,11 @@ def _csv_layout(
 ) -> _CsvLayout | None:
     """Delimiter, header and width from the sample; None if the sample is too short to tell."""
     delimiter = forced_delimiter or _sniff(sample, whole, suffix)
+    if forced_delimiter is not None and forced_delimiter not in _first_line(sample):
+        # A header without the configured delimiter makes a one-column table, which no
+        # mapping wants: the file says otherwise (a fixed failed.csv we wrote with ",",
+        # fed back with the legacy export's mapping), so the file's own delimiter wins.
+        delimiter = _sniff(sample, whole, suffix)
     if whole:
         _check_quotes(name, sample, delimiter)
     records = _parse(sample, delimiter, whole)
@@ -665,6 +668,11 @@ def _csv_layout(
     width = max(len(r) for r in records[skip:])
     newline = "\r" if "\n" not in sample and "\r" in sample else "\n"
     return _CsvLayout(encoding, delimiter, columns, skip, width, newline, may_escape=True)
+
+
+def _first_line(sample: str) -> str:
+    """The first non-blank line of the sample (the header row, unless quoted newlines)."""
+    return next((line for line in sample.splitlines() if line.strip()), "")
 
 
 def _check_quotes(name: str, sample: str, delimiter: str) -> None:

@@ -752,3 +752,23 @@ def test_chunk_frames_are_plain_string_frames(tmp_path: Path) -> None:
         assert isinstance(chunk, pd.DataFrame)
         assert all(str(dtype) in ("str", "object") for dtype in chunk.dtypes)
         assert chunk.index.dtype.kind == "i"
+
+
+# -- the file's own markers beat the mapping's defaults --------------------------------
+
+
+def test_a_bom_beats_the_mappings_encoding(tmp_path: Path) -> None:
+    path = tmp_path / "fixed.csv"
+    path.write_bytes("\ufeffname,city\nJosé,Zürich\n".encode())
+    table = open_table(path, SourceOptions(encoding="cp1252"))
+    assert table.columns == ["name", "city"]
+    assert next(table.chunks()).iloc[0].tolist() == ["José", "Zürich"]
+
+
+def test_a_delimiter_missing_from_the_header_gives_way_to_the_sniffed_one(tmp_path: Path) -> None:
+    path = tmp_path / "fixed.csv"
+    path.write_text("a,b,c\n1,2,3\n", encoding="utf-8")
+    assert open_table(path, SourceOptions(delimiter=";")).columns == ["a", "b", "c"]
+    # a delimiter the header does hold is kept, even where another would also split it
+    path.write_text("a;b,c\n1;2,3\n", encoding="utf-8")
+    assert open_table(path, SourceOptions(delimiter=";")).columns == ["a", "b,c"]

@@ -33,3 +33,21 @@ def test_sample_errors_match_the_readme(name: str, mapping: str | None) -> None:
     assert expected
     assert found == expected
     assert summary.valid == summary.rows - len(expected)
+
+
+def test_the_legacy_error_csv_feeds_back_with_its_own_mapping(tmp_path: Path) -> None:
+    """The CSV of invalid rows is UTF-8 with ',' while the export is cp1252 with ';':
+    once fixed, it still reads with the export's mapping."""
+    mapping = load_mapping(SAMPLES / "legacy_ehr/mapping.toml")
+    report = tmp_path / "errors.csv"
+    validate_files([SAMPLES / "legacy_ehr/consents_export.csv"], mapping, [str(report)])
+    fixed = (
+        report.read_text(encoding="utf-8-sig")
+        .replace("0099999", "0000001")
+        .replace("Photo Release", "HIPAA Notice")
+        .replace("31/02/2023", "02/28/2023")
+        .replace("Maybe", "Signed")
+    )
+    (tmp_path / "fixed.csv").write_text("\ufeff" + fixed, encoding="utf-8")
+    summary = validate_files([tmp_path / "fixed.csv"], mapping)
+    assert (summary.rows, summary.valid, summary.errors) == (4, 4, [])
