@@ -11,6 +11,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 from rich.console import Console
@@ -19,6 +20,9 @@ from importer import __version__
 from importer.errors import ConsentImportError, UsageError
 from importer.mapping import load_mapping
 from importer.validate import validate_files
+
+if TYPE_CHECKING:
+    from importer.pool import RunStats
 
 EXIT_OK, EXIT_ROWS, EXIT_CONFIG, EXIT_ABORTED, EXIT_INTERNAL = 0, 1, 2, 3, 4
 
@@ -290,10 +294,7 @@ def run(
     return result.exit_code
 
 
-def _print_run(stats: object, ledger: Path) -> None:
-    from importer.pool import RunStats
-
-    assert isinstance(stats, RunStats)
+def _print_run(stats: RunStats, ledger: Path) -> None:
     out = Console(highlight=False)
     out.print(
         f"Run: {stats.rows:,} rows · {stats.created:,} created "

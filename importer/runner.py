@@ -7,14 +7,13 @@ import json
 import logging
 import signal
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager, closing, nullcontext
 from dataclasses import dataclass, field
 from itertools import chain
 from pathlib import Path
 from typing import Any
 
 import anyio
-import httpx
 
 from importer.client import ClinikClient, check_api_key, check_base_url, make_http_client
 from importer.ledger import Ledger
@@ -79,7 +78,6 @@ def run_import(
     config: RunConfig,
     mapping: Mapping,
     *,
-    transport: httpx.AsyncBaseTransport | None = None,
     on_progress: Callable[[str, RunStats], None] | None = None,
     on_wait: Callable[[float, str], None] | None = None,
     on_total: Callable[[int], None] | None = None,
@@ -105,7 +103,6 @@ def run_import(
                 rows,
                 api_key,
                 base_url,
-                transport,
                 on_progress,
                 on_wait,
                 backend_options={"use_uvloop": _has_uvloop()},
@@ -132,7 +129,6 @@ async def _run_async(
     rows: Iterator[Row],
     api_key: str,
     base_url: str,
-    transport: httpx.AsyncBaseTransport | None,
     on_progress: Callable[[str, RunStats], None] | None,
     on_wait: Callable[[float, str], None] | None,
 ) -> tuple[RunStats, ValidationSummary]:
@@ -143,11 +139,6 @@ async def _run_async(
         on_wait=on_wait,
     )
     http = make_http_client(concurrency=config.concurrency, timeout_s=config.timeout_s)
-    if transport is not None:
-        await http.aclose()
-        http = httpx.AsyncClient(
-            transport=transport, timeout=httpx.Timeout(config.timeout_s, connect=10.0)
-        )
     async with http:
         client = ClinikClient(http, base_url=base_url, api_key=api_key, limiter=limiter)
         importer = Importer(
@@ -203,7 +194,7 @@ def plan_import(
     normalizer = Normalizer(mapping)
     plan = Plan()
     context: AbstractContextManager[Ledger | None] = (
-        _read_only(ledger_path) if ledger_path.exists() else nullcontext(None)
+        closing(Ledger(ledger_path)) if ledger_path.exists() else nullcontext(None)
     )
     with context as ledger:
         batch: list[Row] = []
@@ -233,17 +224,6 @@ def _plan_batch(batch: list[Row], ledger: Ledger | None, options: RunOptions, pl
             plan.add(f"{work.op.value} (after a lookup)")
         else:
             plan.add(work.op.value)
-
-
-class _read_only(AbstractContextManager[Ledger]):
-    def __init__(self, path: Path) -> None:
-        self.ledger = Ledger(path)
-
-    def __enter__(self) -> Ledger:
-        return self.ledger
-
-    def __exit__(self, *exc: object) -> None:
-        self.ledger.close()
 
 
 def summary_json(path: Path, stats: RunStats, extra: dict[str, Any] | None = None) -> None:
