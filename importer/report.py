@@ -18,7 +18,7 @@ from typing import IO, Any
 from rich.console import Console
 
 from importer.errors import UsageError
-from importer.normalize import Row, RowError
+from importer.normalize import Batch, Row, RowError
 from importer.reader import escape_formula
 
 REPORT_SUFFIXES = (".json", ".csv", ".html")
@@ -51,7 +51,21 @@ class ValidationSummary:
         if row.valid:
             self.valid += 1
             counts.valid += 1
-            return
+        else:
+            self._add_invalid(row, counts)
+
+    def add_batch(self, batch: Batch) -> None:
+        """A chunk's verdict: its rows counted, its invalid rows' errors kept."""
+        counts = self.by_file.setdefault(batch.file, FileCounts())
+        valid = batch.rows - len(batch.invalid)
+        self.rows += batch.rows
+        counts.rows += batch.rows
+        self.valid += valid
+        counts.valid += valid
+        for row in batch.invalid:
+            self._add_invalid(row, counts)
+
+    def _add_invalid(self, row: Row, counts: FileCounts) -> None:
         self.invalid += 1
         counts.invalid += 1
         for error in row.errors:

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
 from importer.mapping import Mapping
 from importer.normalize import Normalizer
-from importer.reader import CSV_SUFFIXES, Table, open_table
+from importer.reader import Table, open_table
 from importer.report import (
     SafeCsvWriter,
     ValidationSummary,
@@ -17,20 +16,6 @@ from importer.report import (
     row_error_cells,
     write_json,
 )
-
-#: Below this many rows, starting worker processes costs more than it saves.
-PARALLEL_ROWS = 200_000
-
-
-def workers_for(table: Table) -> int:
-    """How many processes to validate a table with: one per core for big CSVs."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    if (cores or 1) < 2 or table.path.suffix.lower() not in CSV_SUFFIXES:
-        return 1
-    # Judged by size (rows run about 50 bytes), which needs no scan of the file.
-    if table.path.stat().st_size < PARALLEL_ROWS * 50:
-        return 1
-    return min(cores or 1, 4)
 
 
 def open_tables(inputs: Sequence[str | Path], mapping: Mapping) -> list[Table]:
@@ -57,9 +42,9 @@ def validate_files(
     try:
         normalizer = Normalizer(mapping)
         for table in tables:
-            for row in normalizer.rows(table, workers=workers_for(table)):
-                summary.add(row)
-                if not row.valid:
+            for batch in normalizer.check(table):
+                summary.add_batch(batch)
+                for row in batch.invalid:
                     for writer in writers:
                         writer.write(row_error_cells(row))
     finally:
