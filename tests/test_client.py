@@ -148,9 +148,23 @@ async def test_rate_falls_back_to_meta_and_request_id_to_meta() -> None:
     assert response.request_id == "req_m"
 
 
-def _in(seconds: float, form: str) -> str:
-    instant = datetime.now(UTC) + timedelta(seconds=seconds)
-    return str(int(instant.timestamp())) if form == "epoch" else instant.isoformat()
+class _In:
+    """An instant `seconds` from when the test runs (not from collection, which can be
+    minutes earlier in a full run): epoch seconds, ISO 8601 or an HTTP date."""
+
+    def __init__(self, seconds: float, form: str) -> None:
+        self.seconds, self.form = seconds, form
+
+    def __str__(self) -> str:
+        instant = datetime.now(UTC) + timedelta(seconds=self.seconds)
+        if self.form == "epoch":
+            return str(int(instant.timestamp()))
+        return instant.isoformat() if self.form == "iso" else format_datetime(instant, usegmt=True)
+
+
+def _now(values: dict[str, Any]) -> dict[str, Any]:
+    """Header or meta values with every `_In` made an instant now."""
+    return {k: str(v) if isinstance(v, _In) else v for k, v in values.items()}
 
 
 @pytest.mark.parametrize(
@@ -177,14 +191,14 @@ def _in(seconds: float, form: str) -> str:
             {
                 "X-RateLimit-Limit": "10",
                 "X-RateLimit-Remaining": "3",
-                "X-RateLimit-Reset": _in(60, "epoch"),
+                "X-RateLimit-Reset": _In(60, "epoch"),
             },
             {},
             (10, 3, 55, 61),
         ),
         (
             {},
-            {"rateLimitTotal": 9, "rateLimitRemaining": 1, "rateLimitReset": _in(60, "iso")},
+            {"rateLimitTotal": 9, "rateLimitRemaining": 1, "rateLimitReset": _In(60, "iso")},
             (9, 1, 55, 61),
         ),
         (
@@ -196,9 +210,9 @@ def _in(seconds: float, form: str) -> str:
     ],
 )
 def test_parse_rate(
-    headers: dict[str, str], meta: dict[str, Any], expected: tuple[int, int, float, float] | None
+    headers: dict[str, Any], meta: dict[str, Any], expected: tuple[int, int, float, float] | None
 ) -> None:
-    rate = parse_rate(httpx.Headers(headers), meta)
+    rate = parse_rate(httpx.Headers(_now(headers)), _now(meta))
     if expected is None:
         assert rate is None
         return
@@ -345,17 +359,13 @@ async def test_request_id_header_wins_for_errors() -> None:
     assert "(req_h)" in str(info.value)
 
 
-def _http_date_in(seconds: float) -> str:
-    return format_datetime(datetime.now(UTC) + timedelta(seconds=seconds), usegmt=True)
-
-
 @pytest.mark.parametrize(
     ("headers", "low", "high"),
     [
         ({"Retry-After": "7"}, 7, 7),
         ({"Retry-After": "2.5"}, 2.5, 2.5),
         # an HTTP date 30 s ahead (whole seconds, and the clock moves while the test runs)
-        ({"Retry-After": _http_date_in(30)}, 25, 31),
+        ({"Retry-After": _In(30, "http")}, 25, 31),
         # no Retry-After: the window reset says how long
         (
             {"X-RateLimit-Limit": "100", "X-RateLimit-Remaining": "0", "X-RateLimit-Reset": "12"},
@@ -380,8 +390,9 @@ def _http_date_in(seconds: float) -> str:
     ],
 )
 @pytest.mark.anyio
-async def test_retry_after(headers: dict[str, str], low: float, high: float) -> None:
+async def test_retry_after(headers: dict[str, Any], low: float, high: float) -> None:
     limiter = RecordingLimiter()
+    headers = _now(headers)
 
     def handler(request: httpx.Request) -> httpx.Response:
         return httpx.Response(429, json=error_body("RATE_LIMITED"), headers=headers)
