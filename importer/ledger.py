@@ -301,7 +301,7 @@ class AsyncLedger:
 
     def __init__(self, ledger: Ledger) -> None:
         self.ledger = ledger
-        self._queue: list[tuple[Callable[[Ledger], Any], _Waiter]] = []
+        self._queue: list[tuple[Callable[[Ledger], Any], _Waiter | None]] = []
         self._wake = anyio.Event()
         self._closed = False
         self.commits = 0
@@ -318,36 +318,63 @@ class AsyncLedger:
             raise waiter.error
         return waiter.result  # type: ignore[no-any-return]
 
+    def write_soon(self, fn: Callable[[Ledger], Any]) -> None:
+        """Queue `fn(ledger)` for the next grouped transaction, without waiting for it.
+
+        For a row's outcome: until it commits, the row is in flight in the ledger (its
+        intent was committed before the request), which a rerun settles by a lookup. So
+        the worker need not wait, and takes its next row one commit sooner. Writes keep
+        their order. If the transaction fails, the committer raises, ending the run.
+        """
+        if self._closed:
+            raise RuntimeError("ledger writer is closed")
+        self._queue.append((fn, None))
+        self._wake.set()
+
     async def run_committer(self) -> None:
         """The committer task: run until `close()` and the queue is drained."""
         while True:
-            await self._wake.wait()
-            self._wake = anyio.Event()
             if not self._queue:
                 if self._closed:
                     return
+                # Re-armed before waiting, and the queue checked after any wake: a write
+                # or close between the two is never missed.
+                await self._wake.wait()
+                self._wake = anyio.Event()
                 continue
             batch, self._queue = self._queue, []
             # Shielded: a cancelled run still commits what its workers already sent.
             with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(self._commit, batch)
+                error = await anyio.to_thread.run_sync(self._commit, batch)
             for _, waiter in batch:
-                waiter.event.set()
+                if waiter is not None:
+                    waiter.event.set()
+            if error is not None and any(waiter is None for _, waiter in batch):
+                raise error  # an outcome nobody waits for was not stored
 
     def close(self) -> None:
         """Let the committer finish what is queued and stop."""
         self._closed = True
         self._wake.set()
 
-    def _commit(self, batch: list[tuple[Callable[[Ledger], Any], _Waiter]]) -> None:
+    def _commit(
+        self, batch: list[tuple[Callable[[Ledger], Any], _Waiter | None]]
+    ) -> BaseException | None:
+        """Run the batch in one transaction; the error that rolled it back, if any."""
         try:
             with self.ledger.transaction():
                 for fn, waiter in batch:
-                    waiter.result = fn(self.ledger)
+                    result = fn(self.ledger)
+                    if waiter is not None:
+                        waiter.result = result
         except BaseException as exc:  # the whole group rolled back: tell every writer
             for _, waiter in batch:
-                waiter.error = exc
-        self.commits += 1
+                if waiter is not None:
+                    waiter.error = exc
+            return exc
+        finally:
+            self.commits += 1
+        return None
 
 
 class _Waiter:
