@@ -34,7 +34,7 @@ import anyio
 
 from importer.errors import AbortError
 
-__all__ = ["BudgetWaitTooLong", "Limiter", "RateLimitInfo"]
+__all__ = ["BudgetWaitTooLong", "Limiter", "LimiterClosed", "RateLimitInfo"]
 
 #: Sent after the reset deadline, because `Reset` is rounded to whole seconds and clocks differ.
 SAFETY_MARGIN_S = 0.15
@@ -57,6 +57,10 @@ class RateLimitInfo:
     limit: int
     remaining: int
     reset_s: float
+
+
+class LimiterClosed(Exception):
+    """The run is stopping: no new request may start. Nothing was sent."""
 
 
 class BudgetWaitTooLong(AbortError):
@@ -135,6 +139,7 @@ class Limiter:
         self._announced_until = -math.inf
         self._changed = anyio.Event()
         self._inside = 0
+        self._closed = False
 
         # The server window, as far as answers have told us.
         self._limit: int | None = None
@@ -160,6 +165,15 @@ class Limiter:
             BudgetWaitTooLong: the wait would exceed `max_wait_s`.
         """
         return self._slot()
+
+    def close(self) -> None:
+        """Start no more requests: every `slot` not yet granted raises `LimiterClosed`.
+
+        For a stopping run: workers may wait here with their row's intent committed,
+        and must not send it after the stop.
+        """
+        self._closed = True
+        self._notify()
 
     def observe(self, rate: RateLimitInfo) -> None:
         """Update the window budget from one response's rate-limit headers."""
@@ -247,6 +261,8 @@ class Limiter:
         """Sleep until no gate holds; then claim the pace slot (no await in between)."""
         waited_from: float | None = None
         while True:
+            if self._closed:
+                raise LimiterClosed
             now = anyio.current_time()
             wait, kind = self._wait_needed(now)
             if wait <= 0:

@@ -31,7 +31,7 @@ from importer.errors import (
     TransportError,
 )
 from importer.ledger import AsyncLedger, Ledger, LedgerRow
-from importer.limiter import BudgetWaitTooLong
+from importer.limiter import BudgetWaitTooLong, LimiterClosed
 from importer.normalize import Row
 from importer.report import ValidationSummary
 from importer.retry import retrying
@@ -204,16 +204,23 @@ class Importer:
         return self.stats
 
     def stop(self, reason: str) -> None:
-        """Take no new rows; rows already sent settle. Safe to call more than once."""
+        """Take no new rows and start no new request; rows already sent settle. Safe to
+        call more than once."""
         if not self._stop:
             log.warning("stopping: %s", reason)
             self._stop = True
             self.stats.aborted = self.stats.aborted or reason
+            if self.client.limiter is not None:
+                self.client.limiter.close()
 
     async def _pump(self, rows: Iterator[Row]) -> None:
         send, receive = anyio.create_memory_object_stream[Work](self.options.concurrency * 2)
         async with anyio.create_task_group() as workers:
-            for _ in range(self.options.concurrency):
+            # Twice as many workers as requests may be in flight (the limiter holds them to
+            # --concurrency): while one waits for its row's intent to commit, another's
+            # request uses the slot. With one worker a slot, every commit wait left a slot
+            # idle, and commits come in bursts.
+            for _ in range(self.options.concurrency * 2):
                 workers.start_soon(self._worker, receive.clone())
             receive.close()
             await self._produce(rows, send)
@@ -348,6 +355,10 @@ class Importer:
             await self._record_failure(work, exc, sent=False)
             self.stop(f"authentication failed ({exc.status} {exc.code or 'no code'})")
             raise _Stop from None
+        except LimiterClosed:
+            # Stopped while waiting to send: the row's request never started (a patch or
+            # retire intent stays in flight, which the next run settles).
+            raise _Stop from None
 
     async def _create(self, work: Work) -> None:
         """POST the row, looking it up first whenever an earlier POST may have landed."""
@@ -373,7 +384,7 @@ class Importer:
                     except (RateLimitedError, ClientRequestError, AuthError):
                         work.maybe_sent = False  # answered without storing
                         raise
-                    except BudgetWaitTooLong:
+                    except (BudgetWaitTooLong, LimiterClosed):
                         work.maybe_sent = False  # the limiter refused before sending
                         raise
                     consent_id = str(response.data["id"])
@@ -382,6 +393,9 @@ class Importer:
         except BudgetWaitTooLong as exc:
             await self._unsent(work)
             self._pause(exc)
+            raise _Stop from None
+        except LimiterClosed:
+            await self._unsent(work)  # stays in flight if an earlier attempt may have landed
             raise _Stop from None
         except _Stop:
             await self._unsent(work)
@@ -607,7 +621,7 @@ class Importer:
                 run_id, row.source_key, work.op.value, "ok", request_id=request_id or None
             )
 
-        await self._writer.write(record)
+        self._writer.write_soon(record)
 
     async def _unsent(self, work: Work) -> None:
         """The row's request was never sent after its intent: put its state back."""

@@ -252,3 +252,58 @@ def test_dry_run_plans_against_the_ledger_and_sends_nothing(tmp_path: Path) -> N
         "unchanged": 4,
         "invalid": 1,
     }
+
+
+def test_a_stop_starts_no_request_even_from_workers_waiting_for_a_slot(
+    tmp_path: Path,
+) -> None:
+    """Workers outnumber request slots (two a slot); after a stop, the ones waiting for a
+    slot with their intent committed send nothing and put their row back."""
+    import sqlite3
+
+    import anyio
+
+    from importer.client import ClinikClient, make_http_client
+    from importer.ledger import Ledger
+    from importer.limiter import Limiter
+    from importer.mapping import load_mapping
+    from importer.normalize import Normalizer
+    from importer.pool import Importer, RunOptions
+    from importer.reader import open_table
+    from importer.sandbox.server import RunningSandbox
+
+    source = write_csv(tmp_path / "in.csv", consent_rows(40))
+    rows = list(Normalizer(load_mapping(None)).rows(open_table(source)))
+    ledger_path = tmp_path / "l.db"
+
+    async def run_then_stop(sandbox: RunningSandbox) -> int:
+        ledger = Ledger(ledger_path, base_url=sandbox.base_url)
+        run_id = ledger.begin_run([str(source)])
+        async with make_http_client(concurrency=3) as http:
+            client = ClinikClient(
+                http, base_url=sandbox.base_url, api_key=KEY, limiter=Limiter(concurrency=3)
+            )
+            importer = Importer(client, ledger, run_id=run_id, options=RunOptions(concurrency=3))
+            async with anyio.create_task_group() as group:
+                group.start_soon(importer.run, iter(rows))
+                with anyio.fail_after(20):
+                    while sandbox.stats()["in_flight"] < 3:
+                        await anyio.sleep(0.01)
+                    # The three standby workers commit their rows' intents meanwhile.
+                    while ledger.counts().get("in_flight", 0) < 6:
+                        await anyio.sleep(0.01)
+                importer.stop("test stop")
+        ledger.close()
+        return importer.stats.created
+
+    with running_sandbox(SandboxConfig(latency_ms=500)) as sandbox:
+        created = anyio.run(run_then_stop, sandbox)
+        assert sandbox.stats()["requests"] == 3  # only the three already in flight
+        assert created == 3
+        with sqlite3.connect(ledger_path) as db:
+            states = dict(db.execute("SELECT state, count(*) FROM rows GROUP BY state"))
+        assert states == {"done": 3}  # the standby rows' intents were taken back
+        result = run(source, sandbox.base_url, ledger_path)
+        assert result.stats.created == 37
+        assert sandbox.stats()["duplicates"] == 0
+        assert_exactly_once(sandbox.consents(), ledger_path, 40)

@@ -11,7 +11,13 @@ import math
 import anyio
 import pytest
 
-from importer.limiter import SAFETY_MARGIN_S, BudgetWaitTooLong, Limiter, RateLimitInfo
+from importer.limiter import (
+    SAFETY_MARGIN_S,
+    BudgetWaitTooLong,
+    Limiter,
+    LimiterClosed,
+    RateLimitInfo,
+)
 
 # Slack for timer granularity when asserting "waited at least".
 EPS = 0.03
@@ -337,3 +343,45 @@ async def test_simulated_server_window_is_spent_without_429s() -> None:
     assert sum(counted.values()) == 3 * limit
     assert all(n <= limit for n in counted.values())
     assert limiter.waits >= 1
+
+
+@pytest.mark.anyio
+async def test_close_refuses_every_slot_not_yet_granted() -> None:
+    """A stopping run: the holder finishes, waiters for a slot or for a 429 pause are
+    refused at once, and so is any later request."""
+    limiter = Limiter(concurrency=1)
+    outcomes: list[str] = []
+
+    async def holder() -> None:
+        async with limiter.slot():
+            await anyio.sleep(0.2)
+            outcomes.append("holder done")
+
+    async def waiter(name: str) -> None:
+        try:
+            async with limiter.slot():
+                outcomes.append(f"{name} sent")
+        except LimiterClosed:
+            outcomes.append(f"{name} refused")
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(holder)
+        await anyio.sleep(0.02)
+        tg.start_soon(waiter, "a")
+        tg.start_soon(waiter, "b")
+        await anyio.sleep(0.02)
+        limiter.close()
+    assert outcomes == ["holder done", "a refused", "b refused"]
+    with pytest.raises(LimiterClosed):
+        async with limiter.slot():
+            pass
+
+    paused = Limiter(concurrency=4)
+    paused.pause(30.0)
+    started = anyio.current_time()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(waiter, "c")
+        await anyio.sleep(0.02)
+        paused.close()  # wakes the pause's waiter at once, not after 30 s
+    assert outcomes[-1] == "c refused"
+    assert anyio.current_time() - started < 5
