@@ -54,6 +54,7 @@ class Http11Transport(httpx.AsyncBaseTransport):
         self._keepalive_expiry = keepalive_expiry
         self._slots = asyncio.Semaphore(max(1, max_connections))
         self._idle: dict[_Origin, list[_Connection]] = {}
+        self._closed = False
         self.connections_opened = 0  # for tests: kept-alive connections are reused
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
@@ -78,7 +79,7 @@ class Http11Transport(httpx.AsyncBaseTransport):
             except BaseException:
                 connection.close()
                 raise
-            if connection.reusable:
+            if connection.reusable and not self._closed:
                 connection.idle_since = time.monotonic()
                 self._idle.setdefault(origin, []).append(connection)
             else:
@@ -88,6 +89,7 @@ class Http11Transport(httpx.AsyncBaseTransport):
             self._slots.release()
 
     async def aclose(self) -> None:
+        self._closed = True  # connections still in use close when their request ends
         for connections in self._idle.values():
             for connection in connections:
                 connection.close()

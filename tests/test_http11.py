@@ -8,6 +8,7 @@ after the request may have left must never be reported as one of those.
 from __future__ import annotations
 
 import asyncio
+import gzip
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
@@ -210,6 +211,22 @@ async def test_chunked_bodies_and_interim_responses_are_read() -> None:
         got = await client.post(url, json=BODY)
     assert got.status_code == 201
     assert got.headers["x-request-id"] == "req_9"
+    assert got.json() == {"id": "c1"}
+
+
+async def test_a_compressed_body_is_decoded_as_httpx_would() -> None:
+    payload = gzip.compress(b'{"id": "c1"}')
+    response = (
+        b"HTTP/1.1 201 Created\r\nContent-Encoding: gzip\r\nContent-Length: "
+        + str(len(payload)).encode()
+        + b"\r\n\r\n"
+        + payload
+    )
+    async with (
+        server(answer(response)) as (url, _),
+        httpx.AsyncClient(transport=Http11Transport(1)) as client,
+    ):
+        got = await client.post(url, json=BODY)
     assert got.json() == {"id": "c1"}
 
 
