@@ -19,26 +19,8 @@ from importer.mapping import FIELDS, Mapping, load_mapping
 from importer.normalize import Normalizer
 from importer.reader import Table, open_table
 
-HEADERS = [
-    "sourceKey",
-    "patientId",
-    "scope",
-    "category",
-    "status",
-    "dateTime",
-    "performerId",
-    "organizationId",
-    "policyUri",
-    "policyRule",
-    "sourceReferenceId",
-    "verified",
-    "verifiedWith",
-    "verificationDate",
-    "provisionType",
-    "provisionStart",
-    "provisionEnd",
-    "purpose",
-]
+#: Every row field, as a column of the same name.
+HEADERS = list(FIELDS)
 LONG_ID = "a" * 128
 IDS = ["pt_1", "PT-2.x", LONG_ID, "", " ", LONG_ID + "a", "pt 1", "pt/1", "ptä", "١٢", "=1+2"]
 DATES = [
