@@ -12,6 +12,7 @@ import json
 import math
 import re
 import time
+import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -44,6 +45,7 @@ __all__ = [
     "make_http_client",
     "mask_key",
     "parse_rate",
+    "proxy_for",
 ]
 
 USER_AGENT = f"consent-import/{__version__}"
@@ -164,21 +166,45 @@ def check_base_url(url: str) -> str:
 
 
 def make_http_client(
-    *, concurrency: int, timeout_s: float = 30.0, connect_timeout_s: float = 10.0
+    *,
+    base_url: str,
+    concurrency: int,
+    timeout_s: float = 30.0,
+    connect_timeout_s: float = 10.0,
 ) -> httpx.AsyncClient:
-    """An `httpx.AsyncClient` with up to `concurrency` kept-alive connections, over
-    `importer.http11.Http11Transport` (httpx's own transport cost the run about twice the
-    CPU per request; see that module).
+    """An `httpx.AsyncClient` for `base_url` with up to `concurrency` kept-alive connections.
+
+    Over `importer.http11.Http11Transport` (httpx's own transport cost the run about twice
+    the CPU per request; see that module), unless the environment routes `base_url`
+    through a proxy (`HTTPS_PROXY`, `HTTP_PROXY`, `ALL_PROXY`, less `NO_PROXY`): then
+    httpx's own transport, which speaks to proxies, slower but there.
 
     Args:
         timeout_s: read, write and pool timeout.
         connect_timeout_s: connect timeout, shorter: a dead host should fail fast.
     """
+    timeout = httpx.Timeout(timeout_s, connect=connect_timeout_s)
+    if proxy_for(base_url) is not None:
+        limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+        return _HttpClient(timeout=timeout, limits=limits, follow_redirects=False, trust_env=True)
     return _HttpClient(
-        timeout=httpx.Timeout(timeout_s, connect=connect_timeout_s),
-        transport=Http11Transport(concurrency),
-        follow_redirects=False,
+        timeout=timeout, transport=Http11Transport(concurrency), follow_redirects=False
     )
+
+
+def proxy_for(base_url: str) -> str | None:
+    """The proxy the environment sets for `base_url`, if any (as curl and httpx read it).
+
+    Never for a loopback host: a proxy's loopback is another machine's (the sandbox).
+    """
+    url = httpx.URL(base_url)
+    if _is_loopback(url.host):
+        return None
+    proxies = urllib.request.getproxies_environment()
+    proxy = proxies.get(url.scheme) or proxies.get("all")
+    if not proxy or urllib.request.proxy_bypass(url.host):
+        return None
+    return proxy
 
 
 class _LazyCookies(httpx.Cookies):

@@ -143,7 +143,9 @@ async def _run_async(
         max_wait_s=config.max_wait_s,
         on_wait=on_wait,
     )
-    http = make_http_client(concurrency=config.concurrency, timeout_s=config.timeout_s)
+    http = make_http_client(
+        base_url=base_url, concurrency=config.concurrency, timeout_s=config.timeout_s
+    )
     async with http:
         client = ClinikClient(http, base_url=base_url, api_key=api_key, limiter=limiter)
         importer = Importer(

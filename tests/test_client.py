@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -22,6 +23,7 @@ from importer.client import (
     make_http_client,
     mask_key,
     parse_rate,
+    proxy_for,
 )
 from importer.errors import (
     AuthError,
@@ -714,7 +716,71 @@ def test_check_base_url(url: str, expected: str | None) -> None:
 
 @pytest.mark.anyio
 async def test_make_http_client() -> None:
-    async with make_http_client(concurrency=4, timeout_s=12.0, connect_timeout_s=3.0) as http:
+    async with make_http_client(
+        base_url="https://api.clinikapi.com", concurrency=4, timeout_s=12.0, connect_timeout_s=3.0
+    ) as http:
         assert http.timeout.connect == 3.0
         assert http.timeout.read == 12.0
         assert http.follow_redirects is False
+
+
+@pytest.mark.parametrize(
+    ("env", "url", "expected"),
+    [
+        ({}, "https://api.clinikapi.com", None),
+        ({"HTTPS_PROXY": "http://px:3128"}, "https://api.clinikapi.com", "http://px:3128"),
+        ({"https_proxy": "http://px:3128"}, "https://api.clinikapi.com", "http://px:3128"),
+        ({"ALL_PROXY": "http://px:1"}, "https://api.clinikapi.com", "http://px:1"),
+        ({"HTTP_PROXY": "http://px:3128"}, "https://api.clinikapi.com", None),  # other scheme
+        (
+            {"HTTPS_PROXY": "http://px:3128", "NO_PROXY": "clinikapi.com"},
+            "https://api.clinikapi.com",
+            None,
+        ),
+        (
+            {"HTTPS_PROXY": "http://px:3128", "NO_PROXY": "other.example"},
+            "https://api.clinikapi.com",
+            "http://px:3128",
+        ),
+        # the sandbox on loopback never goes through a proxy
+        ({"HTTP_PROXY": "http://px:3128"}, "http://127.0.0.1:8000", None),
+        ({"HTTP_PROXY": "http://px:3128"}, "http://localhost:8000", None),
+    ],
+)
+def test_proxy_for(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], url: str, expected: str | None
+) -> None:
+    for name in ("HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.lower(), raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert proxy_for(url) == expected
+
+
+@pytest.mark.anyio
+async def test_a_run_behind_a_proxy_goes_through_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """HTTPS_PROXY is honoured: the request reaches the proxy as a CONNECT, not the host."""
+    seen: list[bytes] = []
+
+    async def proxy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        seen.append(await reader.readuntil(b"\r\n\r\n"))
+        writer.write(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(proxy, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    for name in ("NO_PROXY", "no_proxy", "https_proxy", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{port}")
+    async with (
+        server,
+        make_http_client(base_url="https://api.clinikapi.com", concurrency=2) as http,
+    ):
+        client = ClinikClient(http, base_url="https://api.clinikapi.com", api_key=KEY)
+        with pytest.raises(TransportError) as info:
+            await client.create_consent({"patientId": "pt_1"})
+    [request] = seen
+    assert request.startswith(b"CONNECT api.clinikapi.com:443 HTTP/1.1")
+    assert info.value.sent is False  # refused by the proxy: the API never saw it
