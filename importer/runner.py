@@ -133,9 +133,10 @@ async def _run_async(
     on_progress: Callable[[str, RunStats], None] | None,
     on_wait: Callable[[float, str], None] | None,
 ) -> tuple[RunStats, ValidationSummary]:
-    # anyio and httpcore ask sniffio which event loop runs, dozens of times a request, and
-    # sniffio finds asyncio by looking up the current task each time. Trio answers it by
-    # setting this context variable; we do the same for the asyncio loop we started.
+    # anyio asks sniffio which event loop runs, dozens of times a row (every lock, event,
+    # sleep and thread hand-off), and sniffio finds asyncio by looking up the current task
+    # each time. Trio answers it by setting this context variable; we do the same for the
+    # asyncio loop we started.
     sniffio.current_async_library_cvar.set("asyncio")
     limiter = Limiter(
         concurrency=config.concurrency,
