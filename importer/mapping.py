@@ -85,9 +85,12 @@ class Mapping:
         present = set(headers)
         for column in (*self.columns.values(), *self.key):
             if column not in present:
+                # The file's own header cells are not echoed: in an export without a
+                # header row they are the first patient's values.
                 raise ConfigError(
                     f"{file_name}: the mapping names column '{column}', which the file "
-                    f"does not have (its columns: {', '.join(headers)})"
+                    f"does not have (its header row has {len(headers)} columns; check the "
+                    "name's spelling, and that the file has a header row)"
                 )
         resolved = dict(self.columns)
         guessed: dict[str, str] = {}

@@ -730,9 +730,10 @@ def _header(name: str, cells: list[str], row: int, label: Callable[[int], str]) 
                 "delete the column"
             )
         if column in seen:
+            # Positions only: without a header row, these cells are a patient's values.
             raise InputError(
-                f"{name}: column '{column}' appears twice in the header (columns "
-                f"{label(seen[column])} and {label(i)}); rename one"
+                f"{name}: columns {label(seen[column])} and {label(i)} have the same header "
+                f"in row {row}; rename one"
             )
         seen[column] = i
     return names

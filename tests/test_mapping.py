@@ -178,8 +178,19 @@ def test_mapping_naming_a_missing_column(tmp_path: Path) -> None:
         mapping.resolve(["patient", "scope", "category"], "x.csv")
     assert str(err.value) == (
         "x.csv: the mapping names column 'MRN', which the file does not have "
-        "(its columns: patient, scope, category)"
+        "(its header row has 3 columns; check the name's spelling, and that the file has a "
+        "header row)"
     )
+
+
+def test_a_missing_column_message_never_echoes_the_header_cells(tmp_path: Path) -> None:
+    # A file without a header row: its "header" is the first patient's row.
+    mapping = load_mapping(write(tmp_path, "[columns]\npatientId = 'MRN'\n"))
+    with pytest.raises(ConfigError) as err:
+        mapping.resolve(["MRN-004417", "Jane Doe", "treatment", "Y"], "x.csv")
+    assert "has 4 columns" in str(err.value)
+    for cell in ("MRN-004417", "Jane Doe", "treatment"):
+        assert cell not in str(err.value)
 
 
 def test_key_column_must_exist(tmp_path: Path) -> None:

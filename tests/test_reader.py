@@ -386,7 +386,7 @@ def test_escaped_header_reads_back(tmp_path: Path) -> None:
         ),
         (
             b"\nid, id \n1,2\n",
-            "column 'id' appears twice in the header (columns 1 and 2); rename one",
+            "columns 1 and 2 have the same header in row 2; rename one",
         ),
         (
             b"id,name\n1,a\n2,b,Smith\n",
@@ -689,7 +689,7 @@ EXCEL_UNREADABLE = (
         ),
         (
             lambda d: sheet_of(d, {"A1": "id", "B1": 7, "C1": "7", "A2": 1}),
-            "column '7' appears twice in the header (columns B and C); rename one",
+            "columns B and C have the same header in row 1; rename one",
         ),
         (
             lambda d: sheet_of(d, {"A1": "id", "A2": 1, "A3": 2, "C3": "Smith"}),
