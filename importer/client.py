@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import logging
 import math
 import re
 import time
@@ -406,6 +407,9 @@ class ClinikClient:
         limiter: Limiter | None = None,
     ) -> None:
         self._http = http
+        # httpx logs every request's URL at INFO, and a search's URL holds a patient id:
+        # an application that turns INFO on for everything must not get PHI from us.
+        logging.getLogger("httpx").setLevel(logging.WARNING)
         self.base_url = check_base_url(base_url)
         key = check_api_key(api_key)
         self.masked_key = mask_key(key)

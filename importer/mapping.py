@@ -73,7 +73,7 @@ class Mapping:
     columns: dict[str, str] = field(default_factory=dict)
     values: dict[str, dict[str, str | bool]] = field(default_factory=dict)
     defaults: dict[str, str | bool] = field(default_factory=dict)
-    crosswalk: dict[str, str] | None = None
+    crosswalk: dict[str, str] | None = field(default=None, repr=False)  # patient ids: PHI
     path: Path | None = None
 
     def resolve(self, headers: list[str], file_name: str) -> dict[str, str]:

@@ -90,12 +90,13 @@ class Row:
 
     file: str
     row: int
-    source_key: str
+    # The cells, the key and the body are PHI: kept out of the repr, like RowError.value.
+    source_key: str = field(repr=False)
     headers: tuple[str, ...] = ()
-    values: tuple[str, ...] = ()
-    model: ConsentIn | None = None
+    values: tuple[str, ...] = field(default=(), repr=False)
+    model: ConsentIn | None = field(default=None, repr=False)
     errors: list[RowError] = field(default_factory=list)
-    _json: str | None = None
+    _json: str | None = field(default=None, repr=False)
     _hash: str | None = None
 
     @property

@@ -36,7 +36,7 @@ class RunConfig:
     inputs: Sequence[str | Path]
     ledger: Path = Path("consent-import.db")
     base_url: str = "https://api.clinikapi.com"
-    api_key: str | None = None
+    api_key: str | None = field(default=None, repr=False)  # never printed whole
     concurrency: int = 8
     max_rps: float | None = None
     timeout_s: float = 30.0

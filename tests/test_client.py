@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
@@ -784,3 +785,19 @@ async def test_a_run_behind_a_proxy_goes_through_it(monkeypatch: pytest.MonkeyPa
     [request] = seen
     assert request.startswith(b"CONNECT api.clinikapi.com:443 HTTP/1.1")
     assert info.value.sent is False  # refused by the proxy: the API never saw it
+
+
+@pytest.mark.anyio
+async def test_no_patient_id_reaches_the_logs_even_with_info_on_for_everything(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    caplog.set_level(logging.DEBUG)  # the root logger: what logging.basicConfig would do
+    monkeypatch.setattr(logging.getLogger("httpx"), "level", logging.NOTSET)
+    handler = lambda r: httpx.Response(200, json=envelope([]))  # noqa: E731
+    # Without our client, httpx logs the URL, query and all: the capture sees it.
+    async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as http:
+        await http.get(f"{BASE}/v1/consents", params={"patientId": "pt_control_1"})
+    assert "pt_control_1" in caplog.text
+    async with client_for(handler) as client:
+        await client.search_consents(patient_id="pt_secret_4417", date_from="2024-01-01")
+    assert "pt_secret_4417" not in caplog.text

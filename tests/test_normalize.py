@@ -273,3 +273,12 @@ def test_missing_required(tmp_path: Path, cells: str, missing: str) -> None:
 def test_row_numbers_follow_the_spreadsheet(tmp_path: Path) -> None:
     rows = rows_of(tmp_path, f'{HEAD},notes\npt_1,treatment,c,"two\nlines"\n\npt_2,bad,c,\n')
     assert [(r.row, r.valid) for r in rows] == [(2, True), (4, False)]
+
+
+def test_reprs_hold_no_cell_key_or_body(tmp_path: Path) -> None:
+    [row] = rows_of(tmp_path, f"sourceKey,{HEAD}\nK-secret,pt_secret,treatment,c\n")
+    assert row.valid
+    assert row.body_json  # made, so the repr could show it
+    text = repr(row)
+    assert "secret" not in text
+    assert "in.csv" in text  # where the row is still shows

@@ -158,3 +158,11 @@ def test_dry_run_through_the_cli_sends_nothing(tmp_path: Path) -> None:
         "  patch                                 1",
         "  unchanged                             2",
     ]
+
+
+def test_a_run_config_repr_never_shows_the_key() -> None:
+    from importer.runner import RunConfig
+
+    config = RunConfig(["in.csv"], api_key="clk_test_s3cretKEYa1b2")
+    assert "s3cretKEY" not in repr(config)
+    assert "in.csv" in repr(config)
