@@ -355,6 +355,10 @@ class Importer:
             await self._record_failure(work, exc, sent=False)
             self.stop(f"authentication failed ({exc.status} {exc.code or 'no code'})")
             raise _Stop from None
+        except BudgetWaitTooLong as exc:
+            # Any operation's request: the budget resets past --max-wait, so pause the run.
+            self._pause(exc)
+            raise _Stop from None
         except LimiterClosed:
             # Stopped while waiting to send: the row's request never started (a patch or
             # retire intent stays in flight, which the next run settles).
@@ -390,16 +394,9 @@ class Importer:
                     consent_id = str(response.data["id"])
                     await self._created(work, consent_id, response.request_id)
                     return
-        except BudgetWaitTooLong as exc:
-            await self._unsent(work)
-            self._pause(exc)
-            raise _Stop from None
-        except LimiterClosed:
+        except (BudgetWaitTooLong, LimiterClosed, _Stop):
             await self._unsent(work)  # stays in flight if an earlier attempt may have landed
-            raise _Stop from None
-        except _Stop:
-            await self._unsent(work)
-            raise
+            raise  # `_do` pauses or stops the run
         except ConsentImportError as exc:
             if isinstance(exc, AuthError):
                 raise
@@ -462,11 +459,8 @@ class Importer:
                     self.stats.updated += 1
                     self._on_progress("updated", self.stats)
                     return
-        except BudgetWaitTooLong as exc:
-            self._pause(exc)
-            raise _Stop from None
-        except _Stop:
-            raise
+        except BudgetWaitTooLong:
+            raise  # not the row's failure: `_do` pauses the run
         except ConsentImportError as exc:
             if isinstance(exc, AuthError):
                 raise

@@ -307,3 +307,22 @@ def test_a_stop_starts_no_request_even_from_workers_waiting_for_a_slot(
         assert result.stats.created == 37
         assert sandbox.stats()["duplicates"] == 0
         assert_exactly_once(sandbox.consents(), ledger_path, 40)
+
+
+def test_revokes_past_max_wait_pause_the_run_like_any_other_request(tmp_path: Path) -> None:
+    rows = list(consent_rows(8))
+    source = write_csv(tmp_path / "in.csv", rows)
+    ledger = tmp_path / "l.db"
+    # An hour's window of 11 requests: 8 creates, then room for 3 of the 6 revokes.
+    with running_sandbox(SandboxConfig(rate_limit=11, rate_window_s=3600)) as sandbox:
+        run(source, sandbox.base_url, ledger)
+        write_csv(source, rows[:2])  # six rows left the source
+        result = run(source, sandbox.base_url, ledger, revoke_missing=True, max_wait_s=2)
+        assert result.stats.paused
+        assert result.exit_code == 0
+        assert result.stats.missing_from_source == 6
+        assert 1 <= result.stats.revoked <= 3
+        sandbox.configure(rate_limit=None)
+        result = run(source, sandbox.base_url, ledger, revoke_missing=True)
+        revoked = [c for c in sandbox.consents() if c["status"] == "inactive"]
+        assert len(revoked) == 6
