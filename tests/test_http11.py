@@ -188,12 +188,12 @@ async def test_connection_close_and_expired_connections_are_not_reused() -> None
                 return
 
     async with server(handler) as (url, connections):
-        transport = Http11Transport(1, keepalive_expiry=0.2)
+        transport = Http11Transport(1, keepalive_expiry=1.0)
         async with httpx.AsyncClient(transport=transport) as client:
             await client.get(url)  # "Connection: close": not kept
             await client.get(url)
             await client.get(url)  # reused
-            await anyio.sleep(0.3)
+            await anyio.sleep(1.2)
             await client.get(url)  # idle too long: a new one
     assert transport.connections_opened == connections[0] == 3
 

@@ -137,7 +137,9 @@ def test_a_429_pauses_every_worker(tmp_path: Path) -> None:
     Retry-After has passed."""
     source = write_csv(tmp_path / "in.csv", consent_rows(24))
     with running_sandbox(SandboxConfig(rate_limit=6, rate_window_s=1.0, latency_ms=20)) as sandbox:
-        result = run(source, sandbox.base_url, tmp_path / "l.db", concurrency=8)
+        # 13 in flight, over twice the window's 6: one of the first two windows overflows
+        # even when the first burst straddles a window boundary.
+        result = run(source, sandbox.base_url, tmp_path / "l.db", concurrency=13)
         assert result.stats.created == 24
         log = sandbox.requests()
         limited = [r for r in log if r["status"] == 429]
@@ -296,7 +298,8 @@ def test_a_stop_starts_no_request_even_from_workers_waiting_for_a_slot(
         ledger.close()
         return importer.stats.created
 
-    with running_sandbox(SandboxConfig(latency_ms=500)) as sandbox:
+    # Requests take 2 s: time for the standby workers to commit their intents first.
+    with running_sandbox(SandboxConfig(latency_ms=2000)) as sandbox:
         created = anyio.run(run_then_stop, sandbox)
         assert sandbox.stats()["requests"] == 3  # only the three already in flight
         assert created == 3

@@ -89,8 +89,8 @@ def test_stats_count_what_happened(sb: RunningSandbox, client: httpx.Client) -> 
 def test_duplicates(
     sb: RunningSandbox, client: httpx.Client, second: dict[str, Any], duplicate: bool
 ) -> None:
-    client.post("/v1/consents", json=BODY)
-    client.post("/v1/consents", json=second)
+    assert client.post("/v1/consents", json=BODY).status_code == 201
+    assert client.post("/v1/consents", json=second).status_code == 201
     assert sb.stats()["duplicates"] == int(duplicate)
 
 
