@@ -18,15 +18,16 @@ from datetime import datetime
 import numpy as np
 import numpy.typing as npt
 
-from importer.models import ProvisionType, Scope, Status
+from importer.mapping import DATE_FIELDS, FALSE_WORDS, TRUE_WORDS
+from importer.models import ID_PATTERN, ProvisionType, Scope, Status
 
-#: The models' id rule (ASCII letters, digits, `-`, `_`, `.`; 1-128) as a full match.
-_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
+#: The models' id rule (ASCII letters, digits, `-`, `_`, `.`; 1-128).
+_ID = re.compile(ID_PATTERN)
 #: An ASCII letter or digit: a category cell holding one has a code left after splitting
 #: on `;`/`|` and stripping (whitespace rules differ between `re` and `str.strip`, so a
 #: wider "not a separator nor a space" test could pass a cell the full path empties).
 _CODE_CHAR = re.compile(r"[A-Za-z0-9]")
-_BOOLEANS = frozenset({"y", "yes", "true", "t", "1", "n", "no", "false", "f", "0"})
+_BOOLEANS = TRUE_WORDS | FALSE_WORDS
 
 #: Row fields whose non-empty cells are copied into the body as text (Text: min_length 1).
 _ANY_TEXT = frozenset({"policyUri", "policyRule", "purpose", "sourceKey"})
@@ -36,10 +37,9 @@ _ENUMS = {
     "status": frozenset(m.value for m in Status) | {""},
     "provisionType": frozenset(m.value for m in ProvisionType) | {""},
 }
-_DATES = ("dateTime", "verificationDate", "provisionStart", "provisionEnd")
 #: Every row field this module has a proof for; a field outside it disables the proof.
 KNOWN_FIELDS = frozenset(
-    {"patientId", "category", "verified", *_ANY_TEXT, *_OPTIONAL_IDS, *_ENUMS, *_DATES}
+    {"patientId", "category", "verified", *_ANY_TEXT, *_OPTIONAL_IDS, *_ENUMS, *DATE_FIELDS}
 )
 
 Bools = npt.NDArray[np.bool_]
@@ -51,12 +51,12 @@ def proven_valid(
     *,
     parse_date: Callable[[str], datetime | None],
     crosswalk: dict[str, str] | None,
-    keyed: bool,
 ) -> Bools:
     """For each row, True when its body is certain to validate.
 
     `fields` are the prepared cells (trimmed, translated, defaulted) by row field, as the
-    full path sees them; `keys` the source keys (None: empty).
+    full path sees them; `keys` the source keys (None: empty, which the full path
+    reports). For keyed files only: an unkeyed row's key is its body's hash.
     """
     size = len(keys)
     if not fields.keys() <= KNOWN_FIELDS:
@@ -84,7 +84,7 @@ def proven_valid(
     add([_CODE_CHAR.search(v) is not None for v in column("category")])
 
     dates: dict[str, list[datetime | None]] = {}
-    for name in _DATES:
+    for name in DATE_FIELDS:
         if name in fields:
             parsed = [parse_date(v) if v else None for v in fields[name]]
             add([p is not None or not v for p, v in zip(parsed, fields[name], strict=True)])
@@ -110,6 +110,5 @@ def proven_valid(
                 )
             ]
         )
-    if keyed:
-        add([key is not None for key in keys])
+    add([key is not None for key in keys])
     return np.logical_and.reduce(checks) if checks else np.ones(size, dtype=bool)

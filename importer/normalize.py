@@ -30,9 +30,9 @@ import pandas as pd
 from pydantic import ValidationError
 
 from importer.fastcheck import proven_valid
-from importer.mapping import DATE_FIELDS, Mapping
+from importer.mapping import DATE_FIELDS, FALSE_WORDS, TRUE_WORDS, Mapping
 from importer.models import ConsentIn, field_errors
-from importer.reader import Table, excel_serial_to_iso
+from importer.reader import EXCEL_SUFFIXES, Table, excel_serial_to_iso
 
 #: API field paths (as the models report them) -> the row field a user filled in.
 _API_TO_ROW_FIELD = {
@@ -57,10 +57,7 @@ _PLAIN_FIELDS = (
     "policyRule",
     "sourceReferenceId",
 )
-_TRUE = frozenset({"y", "yes", "true", "t", "1"})
-_FALSE = frozenset({"n", "no", "false", "f", "0"})
 _SPLIT = re.compile(r"[;|]")
-_EXCEL_SUFFIXES = (".xlsx", ".xlsm", ".xls")
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,7 +195,7 @@ class Normalizer:
     def file_normalizer(self, table: Table) -> _FileNormalizer:
         columns = self.mapping.resolve(table.columns, table.name)
         return _FileNormalizer(
-            self.mapping, columns, table.name, excel=table.path.suffix.lower() in _EXCEL_SUFFIXES
+            self.mapping, columns, table.name, excel=table.path.suffix.lower() in EXCEL_SUFFIXES
         )
 
     def _duplicate(self, row: Row, first: int) -> None:
@@ -259,7 +256,6 @@ class _FileNormalizer:
         self.parse_date = _date_parser(mapping, excel=excel)
         self.fields = sorted(set(columns) | set(mapping.defaults))
         self.keyed = bool(mapping.key) or "sourceKey" in columns
-        self.excel = excel
 
     def normalize(self, chunk: pd.DataFrame) -> list[Row]:
         """Every row of the chunk, with its model when valid."""
@@ -278,11 +274,7 @@ class _FileNormalizer:
                 return Checked(hashed, key_digests(hashed), invalid)
             headers, raw, prepared, keys = self._prepare(chunk)
             proven = proven_valid(
-                prepared,
-                keys,
-                parse_date=self.parse_date,
-                crosswalk=self.mapping.crosswalk,
-                keyed=self.keyed,
+                prepared, keys, parse_date=self.parse_date, crosswalk=self.mapping.crosswalk
             )
             numbers = chunk.index.tolist()
             names = list(prepared)
@@ -449,9 +441,9 @@ class _FileNormalizer:
     ) -> dict[str, Any] | None:
         verification: dict[str, Any] = {}
         flag = c.get("verified", "").casefold()
-        if flag in _TRUE:
+        if flag in TRUE_WORDS:
             verification["verified"] = True
-        elif flag in _FALSE:
+        elif flag in FALSE_WORDS:
             verification["verified"] = False
         elif flag:
             fail("verified", "invalid_boolean", "must be Y/N, yes/no, true/false or 1/0")

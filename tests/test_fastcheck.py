@@ -163,12 +163,9 @@ def test_rows_it_proves_valid_are_valid_and_it_proves_most(tmp_path: Path, name:
     file_rows = Normalizer(mapping).file_normalizer(the_table)
     [chunk] = list(the_table.chunks())
     _, _, prepared, keys = file_rows._prepare(chunk)
+    assert file_rows.keyed
     proven = proven_valid(
-        prepared,
-        keys,
-        parse_date=file_rows.parse_date,
-        crosswalk=mapping.crosswalk,
-        keyed=file_rows.keyed,
+        prepared, keys, parse_date=file_rows.parse_date, crosswalk=mapping.crosswalk
     )
     valid = np.array([row.valid for row in file_rows.normalize(chunk)])
     assert not (proven & ~valid).any(), "a row proven valid fails the models"
