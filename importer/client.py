@@ -62,7 +62,7 @@ _KEY_SHAPE = re.compile(r"clk_(?:live|test)_[\x21-\x7e]+")
 # reached the server, so a POST must be looked up before it is sent again.
 _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.ProxyError)
 _MAX_ISSUES_SHOWN = 5
-_MAX_CACHED_URLS = 16
+_CONSENTS = "/v1/consents"
 _MAX_ISSUE_CHARS = 300
 # The response headers `_send` reads, lower-cased (see `_wanted_headers`).
 _WANTED = frozenset(
@@ -421,9 +421,10 @@ class ClinikClient:
         }
         self.limiter = limiter
         self.stats = ClientStats()
-        # Parsed URLs of the fixed paths: httpx parses a string URL on every request, and
-        # on this machine that is half the cost of building one.
-        self._urls: dict[str, httpx.URL] = {}
+        # The collection's URL parsed once: httpx parses a string URL on every request,
+        # and on this machine that is half the cost of building one. Per-consent paths
+        # are parsed as they come.
+        self._consents_url = httpx.URL(self.base_url + _CONSENTS)
 
     def __repr__(self) -> str:
         return f"ClinikClient(base_url={self.base_url!r}, api_key={self.masked_key!r})"
@@ -433,7 +434,7 @@ class ClinikClient:
 
         `body` may be given already encoded, as UTF-8 JSON bytes.
         """
-        return await self._request("POST", "/v1/consents", json_body=body)
+        return await self._request("POST", _CONSENTS, json_body=body)
 
     async def get_consent(self, consent_id: str) -> ApiResponse:
         """GET /v1/consents/{id}."""
@@ -480,7 +481,7 @@ class ClinikClient:
         consents: list[dict[str, Any]] = []
         seen: set[str] = set()
         while True:
-            response = await self._request("GET", "/v1/consents", params=params)
+            response = await self._request("GET", _CONSENTS, params=params)
             page, cursor = _page(response, label)
             consents.extend(page)
             if cursor is None:
@@ -511,13 +512,8 @@ class ClinikClient:
         async with self.limiter.slot():
             return await self._send(method, path, json_body, params)
 
-    def _url(self, path: str) -> httpx.URL:
-        url = self._urls.get(path)
-        if url is None:
-            url = httpx.URL(self.base_url + path)
-            if len(self._urls) < _MAX_CACHED_URLS:  # per-consent paths would grow it forever
-                self._urls[path] = url
-        return url
+    def _url(self, path: str) -> httpx.URL | str:
+        return self._consents_url if path == _CONSENTS else self.base_url + path
 
     async def _send(
         self,
