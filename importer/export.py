@@ -10,7 +10,7 @@ from typing import Any
 
 from importer.errors import ConfigError
 from importer.ledger import Ledger
-from importer.report import SafeCsvWriter
+from importer.report import SafeCsvWriter, error_columns
 
 CREATED_COLUMNS = (
     "source_file",
@@ -58,13 +58,12 @@ def export(ledger_path: Path, created: Path | None, failed: Path | None) -> Expo
 
 def _export_failed(ledger: Ledger, path: Path) -> int:
     # Two passes: the first finds the union of the source columns (files may differ).
-    columns: dict[str, None] = {}
-    for row in ledger.iter_rows(_FAILED_WHERE):
-        for name in json.loads(row["cells"] or "{}"):
-            if name not in FAILED_EXTRA:
-                columns.setdefault(name, None)
+    columns = error_columns(
+        (json.loads(row["cells"] or "{}") for row in ledger.iter_rows(_FAILED_WHERE)),
+        FAILED_EXTRA,
+    )
     count = 0
-    with SafeCsvWriter(path, [*columns, *FAILED_EXTRA]) as writer:
+    with SafeCsvWriter(path, columns) as writer:
         for row in ledger.iter_rows(_FAILED_WHERE):
             cells: dict[str, Any] = json.loads(row["cells"] or "{}")
             cells.update({name: row[name] for name in FAILED_EXTRA})

@@ -169,14 +169,17 @@ class SafeCsvWriter:
         self.close()
 
 
-def error_columns(input_columns: Iterable[Sequence[str]]) -> list[str]:
-    """The union of the input files' columns, in first-seen order, then the error columns."""
+def error_columns(
+    input_columns: Iterable[Iterable[str]], extra: Sequence[str] = ERROR_COLUMNS
+) -> list[str]:
+    """The union of the input files' columns, in first-seen order, then `extra` (the
+    error columns)."""
     seen: dict[str, None] = {}
     for columns in input_columns:
         for column in columns:
-            if column not in ERROR_COLUMNS:
+            if column not in extra:
                 seen.setdefault(column, None)
-    return [*seen, *ERROR_COLUMNS]
+    return [*seen, *extra]
 
 
 def row_error_cells(row: Row, stage: str = "validate") -> dict[str, str]:
