@@ -34,6 +34,12 @@ _mapping = click.option(
     type=click.Path(path_type=Path),
     help="TOML mapping file: columns, value translations, defaults, crosswalk.",
 )
+_earlier_ledger = click.option(
+    "--ledger",
+    type=click.Path(path_type=Path, dir_okay=False),
+    required=True,
+    help="The ledger of earlier runs.",
+)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -321,12 +327,7 @@ def _print_run(stats: RunStats, ledger: Path) -> None:
 
 
 @cli.command()
-@click.option(
-    "--ledger",
-    type=click.Path(path_type=Path, dir_okay=False),
-    required=True,
-    help="The ledger of earlier runs.",
-)
+@_earlier_ledger
 @click.option(
     "--created",
     type=click.Path(path_type=Path, dir_okay=False),
@@ -358,12 +359,7 @@ def export(ledger: Path, created: Path | None, failed: Path | None) -> int:
 
 
 @cli.command()
-@click.option(
-    "--ledger",
-    type=click.Path(path_type=Path, dir_okay=False),
-    required=True,
-    help="The ledger of earlier runs.",
-)
+@_earlier_ledger
 @click.option(
     "--runs",
     default=10,
