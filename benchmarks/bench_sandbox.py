@@ -8,10 +8,9 @@ Two clients, each keeping `--concurrency` requests in flight on keep-alive conne
 
 - `raw`: a minimal HTTP/1.1 client on asyncio streams (one write per request). It costs
   ~0.15 ms of CPU per request, so the figure is the server's capacity.
-- `httpx`: httpx.AsyncClient, the importer's own stack. On a 2-core machine it is
-  client-bound (~1 ms of CPU per request in httpcore and anyio), so its figure says
-  more about httpx than about the sandbox. One client per connection, because an
-  httpcore pool checks every idle connection with a poll() on each request.
+- `httpx`: the importer's own stack (`make_http_client`: httpx over
+  `importer.http11.Http11Transport`). On a 2-core machine it is client-bound, so its
+  figure says more about the client than about the sandbox.
 
 Example: python benchmarks/bench_sandbox.py --count 20000 --concurrency 64 --client both
 """
@@ -22,7 +21,6 @@ import argparse
 import asyncio
 import json
 import os
-import ssl
 import subprocess
 import sys
 import time
@@ -30,6 +28,8 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import httpx
+
+from importer.client import make_http_client
 
 try:  # a dev dependency; without it the server's CPU time is not reported
     import psutil
@@ -124,32 +124,21 @@ async def raw_client(url: str, count: int, concurrency: int) -> float:
 
 
 async def httpx_client(url: str, count: int, concurrency: int) -> float:
-    """POST with httpx.AsyncClient, one per connection; returns the seconds taken."""
-    tls = ssl.create_default_context()  # built once: each client would load the CA file
-    clients = [
-        httpx.AsyncClient(
-            base_url=url,
-            headers={"x-api-key": KEY, "content-type": "application/json"},
-            limits=httpx.Limits(max_connections=1),
-            verify=tls,
-        )
-        for _ in range(concurrency)
-    ]
-    await asyncio.gather(*(client.get("/health") for client in clients))  # connect first
+    """POST with the importer's own HTTP client; returns the seconds taken."""
+    client = make_http_client(base_url=url, concurrency=concurrency)
+    headers = {"x-api-key": KEY, "content-type": "application/json"}
+    # Connect first, as the raw client does.
+    await asyncio.gather(*(client.get(f"{url}/health") for _ in range(concurrency)))
 
-    def poster(client: httpx.AsyncClient) -> Callable[[int], Awaitable[None]]:
-        async def post(i: int) -> None:
-            response = await client.post("/v1/consents", content=consent(i))
-            if response.status_code != 201:
-                raise SystemExit(f"POST {i} answered {response.status_code}")
-
-        return post
+    async def post(i: int) -> None:
+        response = await client.post(f"{url}/v1/consents", content=consent(i), headers=headers)
+        if response.status_code != 201:
+            raise SystemExit(f"POST {i} answered {response.status_code}")
 
     try:
-        return await run_workers(count, [poster(client) for client in clients])
+        return await run_workers(count, [post] * concurrency)
     finally:
-        for client in clients:
-            await client.aclose()
+        await client.aclose()
 
 
 def _cpu_seconds(process: psutil.Process | None) -> float:
