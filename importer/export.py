@@ -84,13 +84,11 @@ def status(ledger_path: Path, *, runs: int = 10) -> dict[str, Any]:
                 )
             )
         )
-        in_flight = ledger.db.execute(
-            "SELECT count(*) FROM rows WHERE state = 'in_flight'"
-        ).fetchone()[0]
+        counts = ledger.counts()
         return {
             "ledger": str(ledger_path),
-            "rows_by_state": ledger.counts(),
-            "in_flight": in_flight,
+            "rows_by_state": counts,
+            "in_flight": counts.get("in_flight", 0),
             "top_errors": dict(errors.most_common(10)),
             "runs": ledger.runs(runs),
         }

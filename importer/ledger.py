@@ -304,7 +304,6 @@ class AsyncLedger:
         self._queue: list[tuple[Callable[[Ledger], Any], _Waiter | None]] = []
         self._wake = anyio.Event()
         self._closed = False
-        self.commits = 0
 
     async def write(self, fn: Callable[[Ledger], T]) -> T:
         """Run `fn(ledger)` in the next grouped transaction; return once it is committed."""
@@ -372,8 +371,6 @@ class AsyncLedger:
                 if waiter is not None:
                     waiter.error = exc
             return exc
-        finally:
-            self.commits += 1
         return None
 
 

@@ -28,7 +28,6 @@ class LedgerLock:
     def __init__(self, ledger_path: str | Path) -> None:
         self.path = Path(f"{ledger_path}.lock")
         self._handle: IO[str] | None = None
-        self.took_over: dict[str, Any] | None = None
 
     def __enter__(self) -> LedgerLock:
         self.acquire()
@@ -61,7 +60,6 @@ class LedgerLock:
         if previous.get("pid"):
             # The lock was free, yet a holder is named: that process ended without
             # releasing it (killed or crashed).
-            self.took_over = previous
             log.warning(
                 "took over the ledger lock left by process %s (since %s), which is no longer "
                 "running",

@@ -58,7 +58,6 @@ class RunOptions:
 
     concurrency: int = 8
     max_attempts: int = 5
-    grace_s: float = 30.0
     on_immutable_change: str = "fail"  # or "recreate"
     revoke_missing: bool = False
     skip_existing: bool = False

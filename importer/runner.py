@@ -53,7 +53,6 @@ class RunConfig:
         self.options = RunOptions(
             concurrency=self.concurrency,
             max_attempts=self.max_attempts,
-            grace_s=self.grace_s,
             on_immutable_change=self.on_immutable_change,
             revoke_missing=self.revoke_missing,
             skip_existing=self.skip_existing,
