@@ -1,3 +1,83 @@
-"""consent-import: move legacy consent exports into ClinikAPI without duplicates or losses."""
+"""consent-import: move legacy consent exports into ClinikAPI without duplicates or losses.
 
-__version__ = "0.1.0"
+The library's public API is `__all__`; every other name, in this package and in its
+modules, may change without notice. Names load on first use, so `import importer` stays
+cheap (the CLI imports only what a command needs).
+
+    from pathlib import Path
+    from importer import RunConfig, RunOptions, load_mapping, run_import
+
+    options = RunOptions(ledger=Path("legacy.db"), base_url="https://api.clinikapi.com")
+    result = run_import(RunConfig(["legacy.csv"], options, api_key="clk_live_..."),
+                        load_mapping(Path("legacy.toml")))
+    print(result.stats.created, result.exit_code)
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from importer.version import __version__
+
+if TYPE_CHECKING:
+    from importer.errors import ConsentImportError
+    from importer.export import export_csvs, status
+    from importer.mapping import Mapping, load_mapping
+    from importer.options import RunOptions
+    from importer.plan import plan_import
+    from importer.results import ExportCounts, PlanSummary, RunStats, ValidationSummary
+    from importer.runner import RunConfig, RunResult, run_import
+    from importer.sandbox import SandboxConfig, running_sandbox
+    from importer.validate import validate_files
+
+#: Each public name and the module that holds it.
+_HOMES = {
+    "validate_files": "importer.validate",
+    "plan_import": "importer.plan",
+    "run_import": "importer.runner",
+    "export_csvs": "importer.export",
+    "status": "importer.export",
+    "load_mapping": "importer.mapping",
+    "Mapping": "importer.mapping",
+    "RunOptions": "importer.options",
+    "RunConfig": "importer.runner",
+    "RunResult": "importer.runner",
+    "RunStats": "importer.results",
+    "ValidationSummary": "importer.results",
+    "PlanSummary": "importer.results",
+    "ExportCounts": "importer.results",
+    "ConsentImportError": "importer.errors",
+    "running_sandbox": "importer.sandbox",
+    "SandboxConfig": "importer.sandbox",
+}
+
+__all__ = [
+    "ConsentImportError",
+    "ExportCounts",
+    "Mapping",
+    "PlanSummary",
+    "RunConfig",
+    "RunOptions",
+    "RunResult",
+    "RunStats",
+    "SandboxConfig",
+    "ValidationSummary",
+    "__version__",
+    "export_csvs",
+    "load_mapping",
+    "plan_import",
+    "run_import",
+    "running_sandbox",
+    "status",
+    "validate_files",
+]
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module 'importer' has no attribute {name!r}")
+    value = getattr(importlib.import_module(home), name)
+    globals()[name] = value  # once loaded, a plain attribute
+    return value

@@ -16,13 +16,15 @@ from typing import TYPE_CHECKING
 import click
 from rich.console import Console
 
-from importer import __version__
 from importer.errors import ConsentImportError, UsageError
 from importer.mapping import load_mapping
+from importer.options import DEFAULTS, IMMUTABLE_CHANGE_CHOICES, OnImmutableChange, RunOptions
 from importer.validate import validate_files
+from importer.version import __version__
 
 if TYPE_CHECKING:
-    from importer.pool import RunStats
+    from importer.mapping import Mapping
+    from importer.results import RunStats
 
 EXIT_OK, EXIT_ROWS, EXIT_CONFIG, EXIT_ABORTED, EXIT_INTERNAL = 0, 1, 2, 3, 4
 
@@ -96,7 +98,7 @@ def validate(
 @click.option(
     "--ledger",
     type=click.Path(path_type=Path, dir_okay=False),
-    default=Path("consent-import.db"),
+    default=DEFAULTS.ledger,
     show_default=True,
     help="SQLite ledger of created ids and failures (holds PHI: kept owner-only). "
     "Rerun with the same ledger to resume or sync.",
@@ -104,7 +106,7 @@ def validate(
 @click.option(
     "--base-url",
     envvar="CLINIKAPI_BASE_URL",
-    default="https://api.clinikapi.com",
+    default=DEFAULTS.base_url,
     show_default=True,
     help="API base URL (env CLINIKAPI_BASE_URL). Plain http:// only to loopback.",
 )
@@ -116,7 +118,7 @@ def validate(
 )
 @click.option(
     "--concurrency",
-    default=8,
+    default=DEFAULTS.concurrency,
     show_default=True,
     type=click.IntRange(1, 256),
     help="Requests in flight at once.",
@@ -129,14 +131,14 @@ def validate(
 @click.option(
     "--timeout",
     "timeout_s",
-    default=30.0,
+    default=DEFAULTS.timeout_s,
     show_default=True,
     type=click.FloatRange(min=0, min_open=True),
     help="Read timeout per request (s).",
 )
 @click.option(
     "--max-attempts",
-    default=5,
+    default=DEFAULTS.max_attempts,
     show_default=True,
     type=click.IntRange(1, 20),
     help="Tries per request for 429s, 5xx and network errors.",
@@ -150,8 +152,8 @@ def validate(
 )
 @click.option(
     "--on-immutable-change",
-    type=click.Choice(["fail", "recreate"]),
-    default="fail",
+    type=click.Choice(IMMUTABLE_CHANGE_CHOICES),
+    default=DEFAULTS.on_immutable_change,
     show_default=True,
     help="A changed patientId, scope, category or dateTime "
     "cannot be patched: fail the row, or create the new consent and patch the old "
@@ -173,7 +175,7 @@ def validate(
 @click.option(
     "--grace",
     "grace_s",
-    default=30.0,
+    default=DEFAULTS.grace_s,
     show_default=True,
     type=float,
     help="On Ctrl-C / SIGTERM, seconds to let in-flight requests settle.",
@@ -222,7 +224,7 @@ def run(
     timeout_s: float,
     max_attempts: int,
     max_wait_s: float | None,
-    on_immutable_change: str,
+    on_immutable_change: OnImmutableChange,
     revoke_missing: bool,
     skip_existing: bool,
     grace_s: float,
@@ -249,17 +251,15 @@ def run(
     """
     from importer.console import RunProgress, setup_logging
     from importer.report import check_run_report_paths, write_run_reports
-    from importer.runner import RunConfig, plan_import, run_import
+    from importer.runner import RunConfig, run_import
     from importer.runner import summary_json as write_summary
 
     setup_logging(log_format, quiet=quiet)
     run_reports = [] if dry_run else check_run_report_paths(reports)
     the_mapping = load_mapping(mapping)
-    config = RunConfig(
-        inputs=inputs,
+    options = RunOptions(
         ledger=ledger,
         base_url=base_url,
-        api_key=api_key,
         concurrency=concurrency,
         max_rps=max_rps,
         timeout_s=timeout_s,
@@ -270,19 +270,9 @@ def run(
         revoke_missing=revoke_missing,
         skip_existing=skip_existing,
     )
+    config = RunConfig(inputs=inputs, options=options, api_key=api_key)
     if dry_run:
-        if reports:
-            validation = validate_files(inputs, the_mapping, reports, redact=redact)
-            if not quiet:
-                from importer.report import print_validation
-
-                print_validation(validation, Console(highlight=False))
-        plan = plan_import(inputs, the_mapping, ledger, config.options)
-        if not quiet:
-            click.echo(f"Dry run: {plan.rows:,} rows; nothing was sent.")
-            for action, count in sorted(plan.counts.items()):
-                click.echo(f"  {action:<28} {count:>10,}")
-        return EXIT_ROWS if plan.invalid or plan.counts.get("immutable_change") else EXIT_OK
+        return _dry_run(inputs, the_mapping, options, reports, redact=redact, quiet=quiet)
     with RunProgress(enabled=not quiet) as progress:
         result = run_import(
             config,
@@ -298,6 +288,31 @@ def run(
     if not quiet:
         _print_run(stats, ledger)
     return result.exit_code
+
+
+def _dry_run(
+    inputs: Sequence[Path],
+    mapping: Mapping,
+    options: RunOptions,
+    reports: Sequence[str],
+    *,
+    redact: bool,
+    quiet: bool,
+) -> int:
+    from importer.plan import plan_import
+
+    if reports:
+        validation = validate_files(inputs, mapping, reports, redact=redact)
+        if not quiet:
+            from importer.report import print_validation
+
+            print_validation(validation, Console(highlight=False))
+    plan = plan_import(inputs, mapping, options.ledger, options)
+    if not quiet:
+        click.echo(f"Dry run: {plan.rows:,} rows; nothing was sent.")
+        for action, count in sorted(plan.counts.items()):
+            click.echo(f"  {action:<28} {count:>10,}")
+    return EXIT_ROWS if plan.invalid or plan.counts.get("immutable_change") else EXIT_OK
 
 
 def _print_run(stats: RunStats, ledger: Path) -> None:
@@ -346,11 +361,11 @@ def export(ledger: Path, created: Path | None, failed: Path | None) -> int:
     Example:
       consent-import export --ledger legacy.db --created created.csv --failed failed.csv
     """
-    from importer.export import export as do_export
+    from importer.export import export_csvs
 
     if created is None and failed is None:
         raise UsageError("export: give --created FILE.csv, --failed FILE.csv, or both")
-    counts = do_export(ledger, created, failed)
+    counts = export_csvs(ledger, created, failed)
     if created is not None:
         click.echo(f"{counts.created:,} consents -> {created}")
     if failed is not None:

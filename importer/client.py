@@ -23,18 +23,18 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 import httpx
 
-from importer import __version__
 from importer.errors import (
     ApiError,
     AuthError,
     ClientRequestError,
     ConfigError,
+    NoResponseError,
     RateLimitedError,
     ServerError,
-    TransportError,
 )
 from importer.http11 import Http11Transport
 from importer.limiter import Limiter, RateLimitInfo
+from importer.version import __version__
 
 __all__ = [
     "ApiResponse",
@@ -665,16 +665,16 @@ def _content_type(response: httpx.Response) -> str:
     return value.split(";")[0].strip()[:60]
 
 
-def _transport_error(label: str, exc: httpx.RequestError) -> TransportError:
+def _transport_error(label: str, exc: httpx.RequestError) -> NoResponseError:
     detail = str(exc).strip()[:200] or "no detail"
     kind = type(exc).__name__
     if isinstance(exc, _NOT_SENT):
-        return TransportError(
+        return NoResponseError(
             f"{label}: could not reach ClinikAPI ({kind}: {detail}); the request was not "
             "sent; check the network and the base URL",
             sent=False,
         )
-    return TransportError(
+    return NoResponseError(
         f"{label}: no answer ({kind}: {detail}); the request may have reached ClinikAPI",
         sent=True,
     )

@@ -22,7 +22,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from importer.pool import RunStats
+from importer.results import RunStats
 
 
 class JsonFormatter(logging.Formatter):

@@ -10,8 +10,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from importer.export import export
+from importer.export import export_csvs
 from importer.mapping import load_mapping
+from importer.options import RunOptions
 from importer.runner import RunConfig, RunResult, run_import
 
 DEMO_KEY = "clk_test_demo0000sandbox"
@@ -68,7 +69,7 @@ def run_demo(samples: Path, out: Path, echo: Callable[[str], None]) -> int:
                 f"{stats.invalid} invalid, {stats.failed} failed; {stats.requests} requests, "
                 f"{stats.retries} retries, {stats.rate_limited} rate-limited"
             )
-            counts = export(
+            counts = export_csvs(
                 ledger, out / f"{sample.name}-created.csv", out / f"{sample.name}-failed.csv"
             )
             echo(
@@ -94,12 +95,6 @@ def run_demo(samples: Path, out: Path, echo: Callable[[str], None]) -> int:
 
 def _import(sample: SampleSet, samples: Path, ledger: Path, base_url: str) -> RunResult:
     mapping = load_mapping(samples / sample.mapping if sample.mapping else None)
-    config = RunConfig(
-        inputs=[samples / name for name in sample.inputs],
-        ledger=ledger,
-        base_url=base_url,
-        api_key=DEMO_KEY,
-        concurrency=8,
-        timeout_s=1.5,
-    )
+    options = RunOptions(ledger=ledger, base_url=base_url, concurrency=8, timeout_s=1.5)
+    config = RunConfig([samples / name for name in sample.inputs], options, api_key=DEMO_KEY)
     return run_import(config, mapping)

@@ -8,13 +8,17 @@ a cell value or a whole API key (values can be PHI).
     ├── ConfigError               bad mapping file, crosswalk, ledger lock (exit 2)
     ├── InputError                unreadable, empty or malformed input file (exit 2)
     ├── AbortError                the run stopped before the end: auth failure, signal (exit 3)
-    └── ApiError                  a ClinikAPI error response (status, code, request id, issues)
-        ├── AuthError             401 / 403: the key is wrong or lacks scope; aborts a run
-        ├── RateLimitedError      429, with the server's Retry-After
-        ├── ServerError           5xx: the request may or may not have been applied
-        └── ClientRequestError    any other 4xx (404, 409, 422, …): the row fails
-    TransportError                the request may have reached the server, with no answer
-                                  (timeout after sending, dropped connection)
+    │   ├── LimiterClosed         the run is stopping: this request was never started
+    │   └── BudgetWaitTooLong     the rate-limit budget resets past --max-wait: the run
+    │                             pauses (exit 0, rerun after the reset to resume)
+    ├── ApiError                  a ClinikAPI error response (status, code, request id, issues)
+    │   ├── AuthError             401 / 403: the key is wrong or lacks scope; aborts a run
+    │   ├── RateLimitedError      429, with the server's Retry-After
+    │   ├── ServerError           5xx: the request may or may not have been applied
+    │   └── ClientRequestError    any other 4xx (404, 409, 422, …): the row fails
+    └── NoResponseError           no answer: the request may have reached the server
+                                  (timeout after sending, dropped connection); named
+                                  apart from httpx.TransportError, which it wraps
 """
 
 from __future__ import annotations
@@ -48,6 +52,30 @@ class AbortError(ConsentImportError):
     """The run stopped before every row was processed; rerun to resume."""
 
     exit_code = 3
+
+
+class LimiterClosed(AbortError):
+    """The run is stopping: no new request may start. Nothing was sent."""
+
+    def __init__(self, message: str = "the run is stopping; no new request starts") -> None:
+        super().__init__(message)
+
+
+class BudgetWaitTooLong(AbortError):
+    """The window budget is spent (or the server asked for a pause) for longer than allowed.
+
+    The run stops cleanly and counts as paused, not failed (exit 0); running it again
+    after the reset resumes it.
+    """
+
+    exit_code = 0
+
+    def __init__(self, reset_in_s: float) -> None:
+        super().__init__(
+            f"the ClinikAPI rate-limit budget is spent for another {reset_in_s:,.0f} s, longer "
+            "than the allowed wait; run the import again after that to resume"
+        )
+        self.reset_in_s = reset_in_s
 
 
 class ApiError(ConsentImportError):
@@ -96,7 +124,7 @@ class ClientRequestError(ApiError):
     """Any other 4xx: the request itself is wrong and retrying cannot help."""
 
 
-class TransportError(ConsentImportError):
+class NoResponseError(ConsentImportError):
     """No response: the request may or may not have reached the server.
 
     Args:

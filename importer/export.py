@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from importer.errors import ConfigError
 from importer.ledger import Ledger
 from importer.report import SafeCsvWriter, error_columns
+from importer.results import ExportCounts
 
 CREATED_COLUMNS = (
     "source_file",
@@ -22,9 +22,6 @@ CREATED_COLUMNS = (
     "request_id",
 )
 FAILED_EXTRA = ("error_stage", "error_code", "error_message", "http_status", "request_id")
-#: Rows that need a person: invalid, failed, sent with an outcome still unknown, or done
-#: but edited in a way the API cannot apply (the error stays until a run clears it).
-_FAILED_WHERE = "state IN ('invalid', 'failed') OR error_code IS NOT NULL"
 
 
 def open_existing(path: Path) -> Ledger:
@@ -33,20 +30,14 @@ def open_existing(path: Path) -> Ledger:
     return Ledger(path)
 
 
-@dataclass
-class ExportCounts:
-    created: int = 0
-    failed: int = 0
-
-
-def export(ledger_path: Path, created: Path | None, failed: Path | None) -> ExportCounts:
+def export_csvs(ledger_path: Path, created: Path | None, failed: Path | None) -> ExportCounts:
     """Write created.csv and failed.csv (either may be None) from the ledger."""
     ledger = open_existing(ledger_path)
     counts = ExportCounts()
     try:
         if created is not None:
             with SafeCsvWriter(created, CREATED_COLUMNS) as writer:
-                for row in ledger.iter_rows("state = 'done'"):
+                for row in ledger.created_rows():
                     writer.write({c: row[c] for c in CREATED_COLUMNS})
                     counts.created += 1
         if failed is not None:
@@ -59,12 +50,12 @@ def export(ledger_path: Path, created: Path | None, failed: Path | None) -> Expo
 def _export_failed(ledger: Ledger, path: Path) -> int:
     # Two passes: the first finds the union of the source columns (files may differ).
     columns = error_columns(
-        (json.loads(row["cells"] or "{}") for row in ledger.iter_rows(_FAILED_WHERE)),
+        (json.loads(row["cells"] or "{}") for row in ledger.rows_needing_a_person()),
         FAILED_EXTRA,
     )
     count = 0
     with SafeCsvWriter(path, columns) as writer:
-        for row in ledger.iter_rows(_FAILED_WHERE):
+        for row in ledger.rows_needing_a_person():
             cells: dict[str, Any] = json.loads(row["cells"] or "{}")
             cells.update({name: row[name] for name in FAILED_EXTRA})
             writer.write(cells)
@@ -76,14 +67,7 @@ def status(ledger_path: Path, *, runs: int = 10) -> dict[str, Any]:
     """Recent runs, rows by state, and the most common errors."""
     ledger = open_existing(ledger_path)
     try:
-        errors = Counter(
-            dict(
-                ledger.db.execute(
-                    "SELECT error_code, count(*) FROM rows WHERE error_code IS NOT NULL "
-                    "GROUP BY error_code"
-                )
-            )
-        )
+        errors = Counter(ledger.error_counts())
         counts = ledger.counts()
         return {
             "ledger": str(ledger_path),

@@ -20,12 +20,11 @@ from typing import TYPE_CHECKING, Any
 
 import jinja2
 
-from importer import __version__
+from importer.version import __version__
 
 if TYPE_CHECKING:
     from importer.normalize import RowError
-    from importer.pool import RunStats
-    from importer.report import ValidationSummary
+    from importer.results import RunStats, ValidationSummary
 
 #: Rows of the error table. Past a few thousand rows a page opens and prints slowly and
 #: nobody reads it; the counts and charts stay exact, and the CSV report has every row.

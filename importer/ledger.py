@@ -19,6 +19,7 @@ import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -28,6 +29,34 @@ import anyio.to_thread
 from importer.errors import ConfigError
 
 SCHEMA_VERSION = "1"
+
+
+class RowState(StrEnum):
+    """Where a source row stands; `rows.state` holds one of these and nothing else."""
+
+    INVALID = "invalid"  # failed validation; nothing was sent
+    PENDING = "pending"  # an intent taken back unsent (stopped before sending): send next run
+    IN_FLIGHT = "in_flight"  # intent committed, outcome unknown: look it up before re-posting
+    SETTLING = "settling"  # an ambiguous answer: look it up once `settle_after` has passed
+    DONE = "done"  # the server holds the row's body (`payload_hash`) as `consent_id`
+    FAILED = "failed"  # the server refused it, or retries ran out; the next run tries again
+    REVOKED = "revoked"  # left the source; its consent was patched inactive
+
+
+class Op(StrEnum):
+    """What a row's request does; `rows.pending_op` and `attempts.op` hold these."""
+
+    CREATE = "create"  # POST the row
+    PATCH = "patch"  # PATCH the patchable fields of the row's consent
+    RECREATE = "recreate"  # POST the edited row, then retire the consent it replaces
+    RETIRE = "retire"  # PATCH the consent a recreate replaced to inactive
+    REVOKE = "revoke"  # PATCH the consent of a row gone from the source to inactive
+
+
+#: Row states that hold (or may hold) a consent on the server: an error of a later edit
+#: is noted on them without changing their state.
+_HOLDS_CONSENT = frozenset({RowState.IN_FLIGHT, RowState.SETTLING, RowState.DONE, RowState.REVOKED})
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS runs (
@@ -43,17 +72,18 @@ CREATE TABLE IF NOT EXISTS rows (
     source_key TEXT PRIMARY KEY,
     source_file TEXT NOT NULL,
     source_row INTEGER NOT NULL,
-    state TEXT NOT NULL,             -- invalid | in_flight | done | failed
-    action TEXT,                     -- created | adopted | updated | recreated (for done rows)
+    state TEXT NOT NULL,             -- invalid | pending | in_flight | settling | done
+                                     -- | failed | revoked (RowState)
+    action TEXT,                     -- created | adopted | updated | recreated | revoked
     consent_id TEXT,
     previous_consent_id TEXT,        -- the consent a recreate replaced
     patient_id TEXT,
     payload_hash TEXT,               -- hash of the body the server holds (done rows)
     field_hashes TEXT,               -- JSON {field: short hash} of that body
-    pending_op TEXT,                 -- create | patch (in_flight rows)
+    pending_op TEXT,                 -- create | patch | recreate | retire (Op; in_flight rows)
     pending_body TEXT,               -- the body being sent (in_flight rows only: PHI)
     pending_hash TEXT,
-    error_stage TEXT,
+    error_stage TEXT,                -- validate | sync | api
     error_code TEXT,
     error_message TEXT,
     http_status INTEGER,
@@ -69,9 +99,9 @@ CREATE TABLE IF NOT EXISTS attempts (
     id INTEGER PRIMARY KEY,
     run_id INTEGER NOT NULL,
     source_key TEXT NOT NULL,
-    op TEXT NOT NULL,                -- create | patch | lookup
+    op TEXT NOT NULL,                -- create | patch | recreate | retire | revoke (Op)
     at TEXT NOT NULL,
-    outcome TEXT NOT NULL,           -- sent | ok | error
+    outcome TEXT NOT NULL,           -- ok | error
     http_status INTEGER,
     request_id TEXT,
     error_code TEXT
@@ -83,6 +113,22 @@ _SELECT_ROWS = (
     "SELECT source_key, state, action, consent_id, payload_hash, field_hashes, "
     "pending_op, pending_body, pending_hash, error_code FROM rows"
 )
+#: Rows that need a person: invalid, failed, sent with an outcome still unknown, or done
+#: but edited in a way the API cannot apply (the error stays until a run clears it).
+_NEEDS_A_PERSON = "state IN ('invalid', 'failed') OR error_code IS NOT NULL"
+#: Columns cleared once a row's outcome is known.
+_CLEARED = dict.fromkeys(
+    (
+        "pending_op",
+        "pending_body",
+        "pending_hash",
+        "error_stage",
+        "error_code",
+        "error_message",
+        "http_status",
+        "cells",
+    )
+)
 
 
 def now_iso() -> str:
@@ -90,33 +136,239 @@ def now_iso() -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class Source:
+    """Where a row comes from: its key, file and row number (what every transition needs)."""
+
+    key: str
+    file: str
+    row: int
+
+
+@dataclass(frozen=True, slots=True)
 class LedgerRow:
     """What the ledger knows of one source key."""
 
     source_key: str
-    state: str
+    state: RowState
     action: str | None
     consent_id: str | None
     payload_hash: str | None
     field_hashes: dict[str, str]
-    pending_op: str | None
+    pending_op: Op | None
     pending_body: str | None
     pending_hash: str | None
     error_code: str | None
 
 
-class Ledger:
-    """Synchronous access to the ledger file; one connection, used by one thread at a time."""
+@dataclass(frozen=True, slots=True)
+class RowError:
+    """An error to note on a row: where it arose, its code and one-line message."""
+
+    stage: str  # validate | sync | api
+    code: str
+    message: str
+    cells: str | None = None  # JSON of the source cells (PHI), for failed.csv
+    http_status: int | None = None
+    request_id: str | None = None
+
+
+class _Transitions:
+    """The only ways a row of the ledger changes, each named for its event and with
+    the states it moves between. Call them inside a transaction."""
+
+    _db: sqlite3.Connection
+
+    def intent(
+        self,
+        run_id: int,
+        src: Source,
+        op: Op,
+        *,
+        body: str,
+        body_hash: str,
+        patient_id: str | None,
+        consent_id: str | None = None,
+        previous_consent_id: str | None = None,
+    ) -> None:
+        """any -> in_flight: the request for `op` is about to be sent with `body`."""
+        values: dict[str, Any] = {
+            "state": RowState.IN_FLIGHT,
+            "pending_op": op,
+            "pending_body": body,
+            "pending_hash": body_hash,
+            "patient_id": patient_id,
+        }
+        if consent_id is not None:
+            values["consent_id"] = consent_id
+        if previous_consent_id is not None:
+            values["previous_consent_id"] = previous_consent_id
+        self._upsert(run_id, src, values)
+        self._db.execute("UPDATE rows SET attempts = attempts + 1 WHERE source_key = ?", (src.key,))
+
+    def done(
+        self,
+        run_id: int,
+        src: Source,
+        op: Op,
+        *,
+        action: str,
+        payload_hash: str,
+        field_hashes: dict[str, str],
+        patient_id: str | None,
+        request_id: str | None,
+        consent_id: str | None = None,
+    ) -> None:
+        """in_flight -> done: the server holds the row's body (as `consent_id`)."""
+        values: dict[str, Any] = {
+            **_CLEARED,
+            "state": RowState.DONE,
+            "action": action,
+            "payload_hash": payload_hash,
+            "field_hashes": json.dumps(field_hashes),
+            "request_id": request_id,
+            "patient_id": patient_id,
+        }
+        if consent_id is not None:
+            values["consent_id"] = consent_id
+        self._upsert(run_id, src, values)
+        self._attempt(run_id, src.key, op, "ok", request_id=request_id)
+
+    def failed(self, run_id: int, src: Source, op: Op, error: RowError) -> None:
+        """in_flight -> failed: the server refused the request, or retries ran out with
+        the request certainly not applied (or harmless to send again: a PATCH)."""
+        values = {**_error_values(error), "state": RowState.FAILED}
+        values.update(pending_op=None, pending_body=None)
+        self._upsert(run_id, src, values)
+        self._attempt(run_id, src.key, op, "error", error=error)
+
+    def outcome_unknown(self, run_id: int, src: Source, op: Op, error: RowError) -> None:
+        """in_flight -> in_flight, error noted: a POST may have been stored; the next run
+        looks it up before anything is posted again."""
+        self._upsert(run_id, src, {**_error_values(error), "state": RowState.IN_FLIGHT})
+        self._attempt(run_id, src.key, op, "error", error=error)
+
+    def unsent(self, src: Source, before: RowState | None) -> None:
+        """in_flight -> the state before the intent (pending if it was in flight too), or
+        no row at all for a new one: the request was never sent."""
+        if before is None:
+            self._db.execute("DELETE FROM rows WHERE source_key = ?", (src.key,))
+            return
+        back = RowState.PENDING if before is RowState.IN_FLIGHT else before
+        self._db.execute(
+            "UPDATE rows SET state = ?, pending_op = NULL, pending_body = NULL "
+            "WHERE source_key = ? AND state = 'in_flight'",
+            (back, src.key),
+        )
+
+    def revoked(self, run_id: int, key: str) -> None:
+        """done -> revoked: the row left the source and its consent is now inactive."""
+        self._db.execute(
+            "UPDATE rows SET state = 'revoked', action = 'revoked', payload_hash = NULL, "
+            "pending_op = NULL, pending_body = NULL, updated_at = ? WHERE source_key = ?",
+            (now_iso(), key),
+        )
+        self._attempt(run_id, key, Op.REVOKE, "ok")
+
+    def invalid(self, run_id: int, src: Source, error: RowError) -> None:
+        """-> invalid, or the error noted on a row that holds a consent (its state kept):
+        the row failed validation."""
+        before = self._state(src.key)
+        state = before if before in _HOLDS_CONSENT else RowState.INVALID
+        self._upsert(run_id, src, {**_error_values(error), "state": state})
+
+    def refused(self, run_id: int, src: Source, error: RowError) -> None:
+        """The error noted, state kept: the row's edit cannot be applied (the consent
+        stays as it is and in created.csv; failed.csv lists the row until it is fixed)."""
+        self._db.execute(
+            "UPDATE rows SET source_file = ?, source_row = ?, last_run = ?, error_stage = ?, "
+            "error_code = ?, error_message = ?, http_status = NULL, request_id = NULL, "
+            "cells = ?, updated_at = ? WHERE source_key = ?",
+            (
+                src.file,
+                src.row,
+                run_id,
+                error.stage,
+                error.code,
+                error.message,
+                error.cells,
+                now_iso(),
+                src.key,
+            ),
+        )
+
+    def seen(self, keys: Sequence[str], run_id: int) -> None:
+        """These done rows are in this run's input as the server holds them: note that
+        they were seen (for rows gone from the source) and clear any error of an earlier
+        edit that has since been undone."""
+        self._db.executemany(
+            "UPDATE rows SET last_run = ?, error_stage = NULL, error_code = NULL, "
+            "error_message = NULL, cells = NULL WHERE source_key = ?",
+            [(run_id, k) for k in keys],
+        )
+
+    def _upsert(self, run_id: int, src: Source, values: dict[str, Any]) -> None:
+        """Create or update one row's record with `values` (column = value)."""
+        RowState(values["state"])  # a state nobody listed is a bug: fail the transaction
+        values["updated_at"] = now_iso()
+        columns = ", ".join(values)
+        marks = ", ".join("?" * len(values))
+        updates = ", ".join(f"{c} = excluded.{c}" for c in values)
+        self._db.execute(
+            f"INSERT INTO rows (source_key, source_file, source_row, first_run, last_run, "  # noqa: S608
+            f"{columns}) VALUES (?, ?, ?, ?, ?, {marks}) ON CONFLICT (source_key) DO UPDATE SET "
+            f"source_file = excluded.source_file, source_row = excluded.source_row, "
+            f"last_run = excluded.last_run, {updates}",
+            (src.key, src.file, src.row, run_id, run_id, *values.values()),
+        )
+
+    def _attempt(
+        self,
+        run_id: int,
+        key: str,
+        op: Op,
+        outcome: str,
+        *,
+        request_id: str | None = None,
+        error: RowError | None = None,
+    ) -> None:
+        self._db.execute(
+            "INSERT INTO attempts (run_id, source_key, op, at, outcome, http_status, "
+            "request_id, error_code) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                run_id,
+                key,
+                op,
+                now_iso(),
+                outcome,
+                error.http_status if error else None,
+                error.request_id if error else request_id,
+                error.code if error else None,
+            ),
+        )
+
+    def _state(self, key: str) -> RowState | None:
+        found = self._db.execute("SELECT state FROM rows WHERE source_key = ?", (key,)).fetchone()
+        return RowState(found[0]) if found else None
+
+
+class Ledger(_Transitions):
+    """Synchronous access to the ledger file; one connection, used by one thread at a time.
+
+    Rows change only through the named transitions of `_Transitions` (`intent`, `done`,
+    `failed`, `outcome_unknown`, `unsent`, `revoked`, `invalid`, `refused`, `seen`);
+    call them inside a transaction (`AsyncLedger.write` runs each in one).
+    """
 
     def __init__(self, path: str | Path, *, base_url: str | None = None) -> None:
         self.path = Path(path)
-        _create_private(self.path)
+        if str(path) != ":memory:":  # in memory: for tests of the transitions
+            _create_private(self.path)
         try:
-            self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA synchronous=FULL")
-            self.db.execute("PRAGMA busy_timeout=5000")
-            self.db.executescript(_SCHEMA)
+            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute("PRAGMA busy_timeout=5000")
+            self._db.executescript(_SCHEMA)
         except sqlite3.DatabaseError as exc:
             raise ConfigError(
                 f"ledger {self.path} is not a consent-import ledger ({exc}); give another --ledger"
@@ -124,7 +376,7 @@ class Ledger:
         self._check_meta(base_url)
 
     def _check_meta(self, base_url: str | None) -> None:
-        meta = dict(self.db.execute("SELECT key, value FROM meta").fetchall())
+        meta = dict(self._db.execute("SELECT key, value FROM meta").fetchall())
         version = meta.get("schema_version")
         if version is not None and version != SCHEMA_VERSION:
             raise ConfigError(
@@ -132,14 +384,14 @@ class Ledger:
                 f"reads version {SCHEMA_VERSION}"
             )
         with self.transaction():
-            self.db.execute(
+            self._db.execute(
                 "INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (SCHEMA_VERSION,)
             )
             if base_url is None:
                 return
             known = meta.get("base_url")
             if known is None:
-                self.db.execute("INSERT INTO meta VALUES ('base_url', ?)", (base_url,))
+                self._db.execute("INSERT INTO meta VALUES ('base_url', ?)", (base_url,))
             elif known != base_url:
                 # Consent ids of one server mean nothing on another: never mix them.
                 raise ConfigError(
@@ -148,20 +400,18 @@ class Ledger:
                 )
 
     def close(self) -> None:
-        self.db.close()
-
-    # -- transactions -------------------------------------------------------------
+        self._db.close()
 
     def transaction(self) -> _Transaction:
-        return _Transaction(self.db)
+        return _Transaction(self._db)
 
     # -- runs ---------------------------------------------------------------------
 
     def begin_run(self, inputs: Sequence[str]) -> int:
         with self.transaction():
             # A run left "running" belongs to a process that is gone (the lock says so).
-            self.db.execute("UPDATE runs SET status = 'crashed' WHERE status = 'running'")
-            cursor = self.db.execute(
+            self._db.execute("UPDATE runs SET status = 'crashed' WHERE status = 'running'")
+            cursor = self._db.execute(
                 "INSERT INTO runs (started_at, status, pid, inputs) VALUES (?, 'running', ?, ?)",
                 (now_iso(), os.getpid(), json.dumps(list(inputs))),
             )
@@ -170,13 +420,13 @@ class Ledger:
 
     def finish_run(self, run_id: int, status: str, summary: dict[str, Any]) -> None:
         with self.transaction():
-            self.db.execute(
+            self._db.execute(
                 "UPDATE runs SET finished_at = ?, status = ?, summary = ? WHERE id = ?",
                 (now_iso(), status, json.dumps(summary), run_id),
             )
 
     def runs(self, limit: int = 10) -> list[dict[str, Any]]:
-        rows = self.db.execute(
+        rows = self._db.execute(
             "SELECT id, started_at, finished_at, status, pid, inputs, summary FROM runs "
             "ORDER BY id DESC LIMIT ?",
             (limit,),
@@ -194,7 +444,7 @@ class Ledger:
             for r in rows
         ]
 
-    # -- rows ---------------------------------------------------------------------
+    # -- reads ----------------------------------------------------------------------
 
     def get(self, keys: Iterable[str]) -> dict[str, LedgerRow]:
         """The ledger's rows for these source keys (absent keys are new rows)."""
@@ -205,9 +455,18 @@ class Ledger:
             marks = ",".join("?" * len(part))
             # Only "?" placeholders are formatted into the query.
             query = f"{_SELECT_ROWS} WHERE source_key IN ({marks})"
-            for r in self.db.execute(query, part):
+            for r in self._db.execute(query, part):
                 found[r[0]] = LedgerRow(
-                    r[0], r[1], r[2], r[3], r[4], json.loads(r[5] or "{}"), r[6], r[7], r[8], r[9]
+                    r[0],
+                    RowState(r[1]),
+                    r[2],
+                    r[3],
+                    r[4],
+                    json.loads(r[5] or "{}"),
+                    Op(r[6]) if r[6] else None,
+                    r[7],
+                    r[8],
+                    r[9],
                 )
         return found
 
@@ -219,64 +478,65 @@ class Ledger:
         marks = ",".join("?" * len(ids))
         return {
             r[0]
-            for r in self.db.execute(
+            for r in self._db.execute(
                 f"SELECT consent_id FROM rows WHERE consent_id IN ({marks})",  # noqa: S608
                 ids,
             )
         }
 
-    def upsert(self, key: str, run_id: int, file: str, row: int, **values: Any) -> None:
-        """Create or update one row's record with `values` (column = value)."""
-        values["updated_at"] = now_iso()
-        columns = ", ".join(values)
-        marks = ", ".join("?" * len(values))
-        updates = ", ".join(f"{c} = excluded.{c}" for c in values)
-        self.db.execute(
-            f"INSERT INTO rows (source_key, source_file, source_row, first_run, last_run, "  # noqa: S608
-            f"{columns}) VALUES (?, ?, ?, ?, ?, {marks}) ON CONFLICT (source_key) DO UPDATE SET "
-            f"source_file = excluded.source_file, source_row = excluded.source_row, "
-            f"last_run = excluded.last_run, {updates}",
-            (key, file, row, run_id, run_id, *values.values()),
-        )
+    def previous_consent(self, key: str) -> str | None:
+        """The consent a recreate of this row replaced (its retire patches it inactive)."""
+        found = self._db.execute(
+            "SELECT previous_consent_id FROM rows WHERE source_key = ?", (key,)
+        ).fetchone()
+        return found[0] if found else None
 
-    def mark_unchanged(self, keys: Sequence[str], run_id: int) -> None:
-        """These done rows are in this run's input as the server holds them: note that
-        they were seen (for rows gone from the source) and clear any error of an earlier
-        edit that has since been undone."""
-        self.db.executemany(
-            "UPDATE rows SET last_run = ?, error_stage = NULL, error_code = NULL, "
-            "error_message = NULL, cells = NULL WHERE source_key = ?",
-            [(run_id, k) for k in keys],
-        )
+    def missing_from(self, run_id: int) -> list[tuple[Source, str]]:
+        """Done rows that run `run_id`'s input did not hold, with their consent ids."""
+        return [
+            (Source(r["source_key"], r["source_file"], r["source_row"]), r["consent_id"])
+            for r in self._rows("state = 'done' AND (last_run IS NULL OR last_run < ?)", (run_id,))
+        ]
 
-    def attempt(
-        self,
-        run_id: int,
-        key: str,
-        op: str,
-        outcome: str,
-        *,
-        http_status: int | None = None,
-        request_id: str | None = None,
-        error_code: str | None = None,
-    ) -> None:
-        self.db.execute(
-            "INSERT INTO attempts (run_id, source_key, op, at, outcome, http_status, "
-            "request_id, error_code) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (run_id, key, op, now_iso(), outcome, http_status, request_id, error_code),
-        )
+    def created_rows(self) -> Iterator[sqlite3.Row]:
+        """Rows whose consent the server holds as the row says (created.csv)."""
+        return self._rows("state = 'done'")
+
+    def rows_needing_a_person(self) -> Iterator[sqlite3.Row]:
+        """Invalid and failed rows, and done rows with an error noted (failed.csv)."""
+        return self._rows(_NEEDS_A_PERSON)
 
     def counts(self) -> dict[str, int]:
-        return dict(self.db.execute("SELECT state, count(*) FROM rows GROUP BY state").fetchall())
+        """Rows by state."""
+        return dict(self._db.execute("SELECT state, count(*) FROM rows GROUP BY state").fetchall())
 
-    def iter_rows(self, where: str, params: Sequence[Any] = ()) -> Iterator[sqlite3.Row]:
-        """Rows of the `rows` table matching a fixed SQL condition (callers pass literals)."""
-        cursor = self.db.cursor()
+    def error_counts(self) -> dict[str, int]:
+        """Rows by the error code noted on them."""
+        return dict(
+            self._db.execute(
+                "SELECT error_code, count(*) FROM rows WHERE error_code IS NOT NULL "
+                "GROUP BY error_code"
+            ).fetchall()
+        )
+
+    def _rows(self, where: str, params: Sequence[Any] = ()) -> Iterator[sqlite3.Row]:
+        cursor = self._db.cursor()
         cursor.row_factory = sqlite3.Row
         yield from cursor.execute(
             f"SELECT * FROM rows WHERE {where} ORDER BY source_file, source_row",  # noqa: S608
             params,
         )
+
+
+def _error_values(error: RowError) -> dict[str, Any]:
+    return {
+        "error_stage": error.stage,
+        "error_code": error.code,
+        "error_message": error.message,
+        "http_status": error.http_status,
+        "request_id": error.request_id,
+        "cells": error.cells,
+    }
 
 
 class _Transaction:

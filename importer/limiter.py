@@ -32,9 +32,9 @@ from dataclasses import dataclass
 
 import anyio
 
-from importer.errors import AbortError
+from importer.errors import BudgetWaitTooLong, LimiterClosed
 
-__all__ = ["BudgetWaitTooLong", "Limiter", "LimiterClosed", "RateLimitInfo"]
+__all__ = ["Limiter", "RateLimitInfo"]
 
 #: Sent after the reset deadline, because `Reset` is rounded to whole seconds and clocks differ.
 SAFETY_MARGIN_S = 0.15
@@ -57,24 +57,6 @@ class RateLimitInfo:
     limit: int
     remaining: int
     reset_s: float
-
-
-class LimiterClosed(Exception):
-    """The run is stopping: no new request may start. Nothing was sent."""
-
-
-class BudgetWaitTooLong(AbortError):
-    """The window budget is spent (or the server asked for a pause) for longer than allowed.
-
-    The run stops cleanly; running it again after the reset resumes it.
-    """
-
-    def __init__(self, reset_in_s: float) -> None:
-        super().__init__(
-            f"the ClinikAPI rate-limit budget is spent for another {reset_in_s:,.0f} s, longer "
-            "than the allowed wait; run the import again after that to resume"
-        )
-        self.reset_in_s = reset_in_s
 
 
 class _Ticket:

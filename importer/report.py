@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
-from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
@@ -18,85 +16,12 @@ from typing import IO, Any
 from rich.console import Console
 
 from importer.errors import UsageError
-from importer.normalize import Batch, Row, RowError
+from importer.normalize import Row
 from importer.reader import escape_formula
+from importer.results import RunStats, ValidationSummary
 
 REPORT_SUFFIXES = (".json", ".csv", ".html")
 ERROR_COLUMNS = ("error_stage", "error_code", "error_message")
-
-
-@dataclass
-class FileCounts:
-    rows: int = 0
-    valid: int = 0
-    invalid: int = 0
-
-
-@dataclass
-class ValidationSummary:
-    """Counts of a validation, exact however many rows, and the row errors."""
-
-    rows: int = 0
-    valid: int = 0
-    invalid: int = 0
-    by_rule: Counter[str] = field(default_factory=Counter)
-    by_field: Counter[str] = field(default_factory=Counter)
-    by_file: dict[str, FileCounts] = field(default_factory=dict)
-    errors: list[RowError] = field(default_factory=list)
-
-    def add(self, row: Row) -> None:
-        counts = self.by_file.setdefault(row.file, FileCounts())
-        self.rows += 1
-        counts.rows += 1
-        if row.valid:
-            self.valid += 1
-            counts.valid += 1
-        else:
-            self._add_invalid(row, counts)
-
-    def add_batch(self, batch: Batch) -> None:
-        """A chunk's verdict: its rows counted, its invalid rows' errors kept."""
-        counts = self.by_file.setdefault(batch.file, FileCounts())
-        valid = batch.rows - len(batch.invalid)
-        self.rows += batch.rows
-        counts.rows += batch.rows
-        self.valid += valid
-        counts.valid += valid
-        for row in batch.invalid:
-            self._add_invalid(row, counts)
-
-    def _add_invalid(self, row: Row, counts: FileCounts) -> None:
-        self.invalid += 1
-        counts.invalid += 1
-        for error in row.errors:
-            self.by_rule[error.code] += 1
-            self.by_field[error.field] += 1
-            self.errors.append(error)
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "summary": {
-                "rows": self.rows,
-                "valid": self.valid,
-                "invalid": self.invalid,
-                "by_rule": dict(self.by_rule.most_common()),
-                "by_field": dict(self.by_field.most_common()),
-                "by_file": {
-                    name: {"rows": c.rows, "valid": c.valid, "invalid": c.invalid}
-                    for name, c in self.by_file.items()
-                },
-            },
-            "errors": [
-                {
-                    "file": e.file,
-                    "row": e.row,
-                    "field": e.field,
-                    "code": e.code,
-                    "message": e.message,
-                }
-                for e in self.errors
-            ],
-        }
 
 
 def check_report_paths(paths: Sequence[str]) -> list[Path]:
@@ -126,7 +51,7 @@ def check_run_report_paths(paths: Sequence[str]) -> list[Path]:
 
 
 def write_run_reports(
-    paths: Sequence[Path], summary: ValidationSummary, stats: Any, *, redact: bool
+    paths: Sequence[Path], summary: ValidationSummary, stats: RunStats, *, redact: bool
 ) -> None:
     """A run's reports: JSON (run counts, validation summary, row errors) and HTML."""
     for path in paths:

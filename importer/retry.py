@@ -22,7 +22,7 @@ from contextlib import contextmanager
 import anyio
 import tenacity
 
-from importer.errors import RateLimitedError, ServerError, TransportError
+from importer.errors import NoResponseError, RateLimitedError, ServerError
 
 __all__ = [
     "compute_wait",
@@ -64,7 +64,7 @@ def is_retryable(exc: BaseException) -> bool:
     429, 5xx and transport failures are transient; 401/403 and other 4xx are not, and
     anything else (a bug, a cancellation) must surface at once.
     """
-    return isinstance(exc, RateLimitedError | ServerError | TransportError)
+    return isinstance(exc, RateLimitedError | ServerError | NoResponseError)
 
 
 def compute_wait(

@@ -7,7 +7,6 @@ import json
 import logging
 import signal
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager, closing, nullcontext
 from dataclasses import dataclass, field
 from itertools import chain
 from pathlib import Path
@@ -17,46 +16,27 @@ import anyio
 import sniffio
 
 from importer.client import ClinikClient, check_api_key, check_base_url, make_http_client
+from importer.engine import Engine
 from importer.ledger import Ledger
 from importer.limiter import Limiter
 from importer.lock import LedgerLock
 from importer.mapping import Mapping
 from importer.normalize import Normalizer, Row
-from importer.pool import Importer, RunOptions, RunStats, plan_row
-from importer.report import ValidationSummary
+from importer.options import DEFAULTS, RunOptions
+from importer.results import RunStats, ValidationSummary
 from importer.validate import open_tables
 
 log = logging.getLogger("importer.run")
 
 
-@dataclass
+@dataclass(frozen=True)
 class RunConfig:
     """Everything `consent-import run` takes, as a library call takes it."""
 
     inputs: Sequence[str | Path]
-    ledger: Path = Path("consent-import.db")
-    base_url: str = "https://api.clinikapi.com"
+    options: RunOptions = DEFAULTS
     api_key: str | None = field(default=None, repr=False)  # never printed whole
-    concurrency: int = 8
-    max_rps: float | None = None
-    timeout_s: float = 30.0
-    max_attempts: int = 5
-    max_wait_s: float | None = None
-    grace_s: float = 30.0
-    on_immutable_change: str = "fail"
-    revoke_missing: bool = False
-    skip_existing: bool = False
     handle_signals: bool = True
-    options: RunOptions = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.options = RunOptions(
-            concurrency=self.concurrency,
-            max_attempts=self.max_attempts,
-            on_immutable_change=self.on_immutable_change,
-            revoke_missing=self.revoke_missing,
-            skip_existing=self.skip_existing,
-        )
 
 
 @dataclass
@@ -84,15 +64,15 @@ def run_import(
 ) -> RunResult:
     """Import `config.inputs` into the API; blocking. Settings are checked before the lock."""
     api_key = check_api_key(config.api_key)
-    base_url = check_base_url(config.base_url)
+    base_url = check_base_url(config.options.base_url)
     tables = open_tables(config.inputs, mapping)
     total = sum(t.count_rows() for t in tables)
     if on_total is not None:
         on_total(total)
     normalizer = Normalizer(mapping)
     rows: Iterator[Row] = chain.from_iterable(normalizer.rows(t) for t in tables)
-    with LedgerLock(config.ledger):
-        ledger = Ledger(config.ledger, base_url=base_url)
+    with LedgerLock(config.options.ledger):
+        ledger = Ledger(config.options.ledger, base_url=base_url)
         try:
             run_id = ledger.begin_run([t.name for t in tables])
             stats, validation = anyio.run(
@@ -114,7 +94,7 @@ def run_import(
             ledger.finish_run(run_id, status, stats.summary())
         finally:
             ledger.close()
-    return RunResult(stats, run_id, config.ledger, validation)
+    return RunResult(stats, run_id, config.options.ledger, validation)
 
 
 def _has_uvloop() -> bool:
@@ -137,100 +117,44 @@ async def _run_async(
     # each time. Trio answers it by setting this context variable; we do the same for the
     # asyncio loop we started.
     sniffio.current_async_library_cvar.set("asyncio")
+    options = config.options
     limiter = Limiter(
-        concurrency=config.concurrency,
-        max_rps=config.max_rps,
-        max_wait_s=config.max_wait_s,
+        concurrency=options.concurrency,
+        max_rps=options.max_rps,
+        max_wait_s=options.max_wait_s,
         on_wait=on_wait,
     )
     http = make_http_client(
-        base_url=base_url, concurrency=config.concurrency, timeout_s=config.timeout_s
+        base_url=base_url, concurrency=options.concurrency, timeout_s=options.timeout_s
     )
     async with http:
         client = ClinikClient(http, base_url=base_url, api_key=api_key, limiter=limiter)
-        importer = Importer(
-            client, ledger, run_id=run_id, options=config.options, on_progress=on_progress
-        )
+        engine = Engine(client, ledger, run_id=run_id, options=options, on_progress=on_progress)
         with anyio.CancelScope() as scope:
             async with anyio.create_task_group() as tg:
                 if config.handle_signals:
-                    tg.start_soon(_watch_signals, importer, scope, config.grace_s)
-                await importer.run(rows)
+                    tg.start_soon(_watch_signals, engine, scope, options.grace_s)
+                await engine.run(rows)
                 tg.cancel_scope.cancel()
-        stats = importer.stats
+        stats = engine.stats
         if scope.cancelled_caught:
             stats.aborted = stats.aborted or "interrupted"
         stats.requests = client.stats.requests
         stats.rate_limited = client.stats.rate_limited
-    return stats, importer.validation
+    return stats, engine.validation
 
 
-async def _watch_signals(importer: Importer, scope: anyio.CancelScope, grace_s: float) -> None:
+async def _watch_signals(engine: Engine, scope: anyio.CancelScope, grace_s: float) -> None:
     """First Ctrl-C / SIGTERM: take no new rows, let in-flight requests settle for
     `grace_s`, then cancel; a second signal cancels at once."""
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async for signum in signals:
             name = signal.Signals(signum).name
-            if importer.stats.aborted:
+            if engine.stats.aborted:
                 scope.cancel()
                 return
-            importer.stop(f"interrupted by {name}")
+            engine.stop(f"interrupted by {name}")
             scope.deadline = min(scope.deadline, anyio.current_time() + grace_s)
-
-
-# -- dry run ----------------------------------------------------------------------
-
-
-@dataclass
-class Plan:
-    """What a run would do, per action, without sending anything."""
-
-    counts: dict[str, int] = field(default_factory=dict)
-    rows: int = 0
-    invalid: int = 0
-
-    def add(self, action: str) -> None:
-        self.counts[action] = self.counts.get(action, 0) + 1
-
-
-def plan_import(
-    inputs: Sequence[str | Path], mapping: Mapping, ledger_path: Path, options: RunOptions
-) -> Plan:
-    """Validate and compare with the ledger: what would be created, patched, skipped."""
-    tables = open_tables(inputs, mapping)
-    normalizer = Normalizer(mapping)
-    plan = Plan()
-    context: AbstractContextManager[Ledger | None] = (
-        closing(Ledger(ledger_path)) if ledger_path.exists() else nullcontext(None)
-    )
-    with context as ledger:
-        batch: list[Row] = []
-        for row in chain.from_iterable(normalizer.rows(t) for t in tables):
-            batch.append(row)
-            if len(batch) >= 500:
-                _plan_batch(batch, ledger, options, plan)
-                batch = []
-        _plan_batch(batch, ledger, options, plan)
-    return plan
-
-
-def _plan_batch(batch: list[Row], ledger: Ledger | None, options: RunOptions, plan: Plan) -> None:
-    prior = ledger.get(r.source_key for r in batch) if ledger else {}
-    for row in batch:
-        plan.rows += 1
-        if not row.valid:
-            plan.invalid += 1
-            plan.add("invalid")
-            continue
-        work = plan_row(row, prior.get(row.source_key), options)
-        if work is None:
-            plan.add("unchanged")
-        elif isinstance(work, str):
-            plan.add(work)
-        elif work.maybe_sent:
-            plan.add(f"{work.op.value} (after a lookup)")
-        else:
-            plan.add(work.op.value)
 
 
 def summary_json(path: Path, stats: RunStats, extra: dict[str, Any] | None = None) -> None:

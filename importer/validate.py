@@ -10,12 +10,12 @@ from importer.normalize import Normalizer
 from importer.reader import Table, open_table
 from importer.report import (
     SafeCsvWriter,
-    ValidationSummary,
     check_report_paths,
     error_columns,
     row_error_cells,
     write_json,
 )
+from importer.results import ValidationSummary
 
 
 def open_tables(inputs: Sequence[str | Path], mapping: Mapping) -> list[Table]:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from importer.mapping import load_mapping
+from importer.options import RunOptions
 from importer.runner import RunConfig, RunResult, run_import
 
 KEY = "clk_test_0000testing1234"
@@ -45,15 +46,15 @@ def run(
     ledger: Path,
     *,
     mapping: Path | None = None,
+    api_key: str = KEY,
+    handle_signals: bool = False,
     **options: Any,
 ) -> RunResult:
-    options.setdefault("handle_signals", False)
-    options.setdefault("api_key", KEY)
     config = RunConfig(
         inputs=source if isinstance(source, list) else [source],
-        ledger=ledger,
-        base_url=base_url,
-        **options,
+        options=RunOptions(ledger=ledger, base_url=base_url, **options),
+        api_key=api_key,
+        handle_signals=handle_signals,
     )
     return run_import(config, load_mapping(mapping))
 

@@ -30,9 +30,9 @@ from importer.errors import (
     AuthError,
     ClientRequestError,
     ConfigError,
+    NoResponseError,
     RateLimitedError,
     ServerError,
-    TransportError,
 )
 from importer.limiter import Limiter
 
@@ -474,7 +474,7 @@ async def test_transport_errors(exc_type: type[httpx.RequestError], sent: bool) 
 
     limiter = RecordingLimiter()
     async with client_for(handler, limiter=limiter) as client:
-        with pytest.raises(TransportError) as info:
+        with pytest.raises(NoResponseError) as info:
             await client.create_consent({"patientId": SECRET_VALUE})
     assert info.value.sent is sent
     assert isinstance(info.value.__cause__, exc_type)
@@ -780,7 +780,7 @@ async def test_a_run_behind_a_proxy_goes_through_it(monkeypatch: pytest.MonkeyPa
         make_http_client(base_url="https://api.clinikapi.com", concurrency=2) as http,
     ):
         client = ClinikClient(http, base_url="https://api.clinikapi.com", api_key=KEY)
-        with pytest.raises(TransportError) as info:
+        with pytest.raises(NoResponseError) as info:
             await client.create_consent({"patientId": "pt_1"})
     [request] = seen
     assert request.startswith(b"CONNECT api.clinikapi.com:443 HTTP/1.1")

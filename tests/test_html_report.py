@@ -20,8 +20,7 @@ from importer.html_report import (
     write_validation_html,
 )
 from importer.normalize import Row, RowError
-from importer.pool import RunStats
-from importer.report import ValidationSummary
+from importer.results import RunStats, ValidationSummary
 
 _VOID = {"meta", "br", "hr", "img", "input", "link", "source", "wbr", "col", "area", "base"}
 

@@ -232,8 +232,8 @@ def test_skip_existing_adopts_consents_already_in_the_tenant(tmp_path: Path) -> 
 
 def test_dry_run_plans_against_the_ledger_and_sends_nothing(tmp_path: Path) -> None:
     from importer.mapping import load_mapping
-    from importer.pool import RunOptions
-    from importer.runner import plan_import
+    from importer.options import RunOptions
+    from importer.plan import plan_import
 
     rows = list(consent_rows(6))
     source = write_csv(tmp_path / "in.csv", rows)
@@ -266,11 +266,12 @@ def test_a_stop_starts_no_request_even_from_workers_waiting_for_a_slot(
     import anyio
 
     from importer.client import ClinikClient, make_http_client
+    from importer.engine import Engine
     from importer.ledger import Ledger
     from importer.limiter import Limiter
     from importer.mapping import load_mapping
     from importer.normalize import Normalizer
-    from importer.pool import Importer, RunOptions
+    from importer.options import RunOptions
     from importer.reader import open_table
     from importer.sandbox.server import RunningSandbox
 
@@ -285,7 +286,7 @@ def test_a_stop_starts_no_request_even_from_workers_waiting_for_a_slot(
             client = ClinikClient(
                 http, base_url=sandbox.base_url, api_key=KEY, limiter=Limiter(concurrency=3)
             )
-            importer = Importer(client, ledger, run_id=run_id, options=RunOptions(concurrency=3))
+            importer = Engine(client, ledger, run_id=run_id, options=RunOptions(concurrency=3))
             async with anyio.create_task_group() as group:
                 group.start_soon(importer.run, iter(rows))
                 with anyio.fail_after(20):

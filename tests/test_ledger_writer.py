@@ -8,13 +8,28 @@ from pathlib import Path
 import anyio
 import pytest
 
-from importer.ledger import AsyncLedger, Ledger
+from importer.ledger import AsyncLedger, Ledger, Op, Source
 
 pytestmark = pytest.mark.anyio
 
 
 def upsert(key: str, state: str = "done"):  # type: ignore[no-untyped-def]
-    return lambda ledger: ledger.upsert(key, 1, "in.csv", 2, state=state)
+    """A write that leaves row `key` in `state` (in_flight or done), through a transition."""
+    src = Source(key, "in.csv", 2)
+    if state == "in_flight":
+        return lambda ledger: ledger.intent(
+            1, src, Op.CREATE, body="{}", body_hash="h", patient_id=None
+        )
+    return lambda ledger: ledger.done(
+        1,
+        src,
+        Op.CREATE,
+        action="created",
+        payload_hash="h",
+        field_hashes={},
+        patient_id=None,
+        request_id=None,
+    )
 
 
 async def test_queued_and_waited_writes_commit_in_order(tmp_path: Path) -> None:

@@ -15,9 +15,9 @@ from importer.errors import (
     AuthError,
     ClientRequestError,
     ConfigError,
+    NoResponseError,
     RateLimitedError,
     ServerError,
-    TransportError,
 )
 from importer.retry import compute_wait, is_retryable, no_waits, retrying
 
@@ -39,8 +39,8 @@ def server_error(n: int = 0) -> ServerError:
         (RateLimitedError("429", status=429, retry_after=1), True),
         (server_error(), True),
         (ServerError("502", status=502), True),
-        (TransportError("dropped", sent=True), True),
-        (TransportError("refused", sent=False), True),
+        (NoResponseError("dropped", sent=True), True),
+        (NoResponseError("refused", sent=False), True),
         (AuthError("401", status=401), False),  # the key will not get better
         (AuthError("403", status=403), False),
         (ClientRequestError("422", status=422), False),  # the body will not get better
@@ -76,12 +76,12 @@ async def test_succeeds_after_retryable_failures() -> None:
     seen: list[tuple[str, int]] = []
     with no_waits():
         result = await run(
-            [server_error(1), TransportError("t", sent=True)],
+            [server_error(1), NoResponseError("t", sent=True)],
             attempts=5,
             on_retry=lambda exc, n: seen.append((type(exc).__name__, n)),
         )
     assert result == ("ok", [1, 2, 3])
-    assert seen == [("ServerError", 1), ("TransportError", 2)]
+    assert seen == [("ServerError", 1), ("NoResponseError", 2)]
 
 
 @pytest.mark.anyio

@@ -18,8 +18,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from importer.sandbox import SandboxConfig, running_sandbox  # noqa: E402
-from tests.engine_helpers import consent_rows, run  # noqa: E402
+from importer.sandbox import SandboxConfig, running_sandbox
+from tests.engine_helpers import consent_rows, run
 
 OUT = Path(__file__).with_name("legacy-ledger-15ffa94.db")
 

@@ -1,0 +1,541 @@
+"""The import engine: rows in, consents created or patched, the ledger kept true.
+
+A row goes through four steps, in this order in this file:
+
+1. **plan**: `importer.plan.plan_row` decides from the row, its ledger record and the
+   options: send an op, or nothing (unchanged, invalid, an edit the API cannot apply);
+2. **execute**: one handler per `Op`, chosen from `_HANDLERS`, retried by one
+   `RetryPolicy`;
+3. **record**: every step through a named transition of `importer.ledger.Ledger`
+   (intent before the request, outcome after), grouped into shared commits;
+4. **observe**: `importer.observer.RunObserver` counts and reports progress.
+
+The one rule that keeps consents from being created twice: once a POST may have reached
+the server (timeout after sending, dropped connection, 5xx), the next step for that row
+is a lookup, never a blind re-post. To change what happens to an in-flight row, read
+`_create` and the ledger transitions it calls.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from itertools import islice
+from typing import Any, TypeVar
+
+import anyio
+import anyio.to_thread
+import tenacity
+from anyio.abc import ObjectReceiveStream
+
+from importer.client import ClinikClient
+from importer.errors import (
+    ApiError,
+    AuthError,
+    BudgetWaitTooLong,
+    ClientRequestError,
+    ConsentImportError,
+    LimiterClosed,
+    NoResponseError,
+    RateLimitedError,
+)
+from importer.ledger import AsyncLedger, Ledger, LedgerRow, Op, RowError, Source
+from importer.lookup import find_consent
+from importer.normalize import Row
+from importer.observer import ProgressCallback, RunObserver
+from importer.options import RunOptions
+from importer.plan import PATCHABLE, Verdict, immutable_changes, plan_row
+from importer.results import RunStats, ValidationSummary
+from importer.retry import retrying
+
+log = logging.getLogger("importer.engine")
+T = TypeVar("T")
+
+#: Rows pulled from the reader per hop to the reader thread.
+_BATCH = 256
+#: Errors that are not the row's: they stop (or pause) the run, and `_do` handles them.
+_RUN_STOPPERS = (AuthError, BudgetWaitTooLong, LimiterClosed)
+
+
+@dataclass
+class Work:
+    """One row's job for a worker: its plan, carried out."""
+
+    op: Op
+    row: Row
+    prior: LedgerRow | None
+    maybe_sent: bool = False  # an earlier POST of this row may have created the consent
+    consent_id: str | None = None
+    _body: dict[str, Any] | None = None
+
+    @property
+    def src(self) -> Source:
+        return Source(self.row.source_key, self.row.file, self.row.row)
+
+    @property
+    def body(self) -> dict[str, Any]:
+        """The row's API body as a dict, parsed on first use (the POST itself sends the
+        row's JSON as it is; only lookups, patches and adoption need the dict)."""
+        if self._body is None:
+            self._body = self.row.body()
+        return self._body
+
+    @property
+    def patient_id(self) -> str | None:
+        model = self.row.model
+        return model.patient_id if model is not None else self.body.get("patientId")
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How every request of a run is retried: one policy, one count of retries."""
+
+    attempts: int
+    on_retry: Callable[[BaseException, int], None]
+
+    def __call__(self) -> tenacity.AsyncRetrying:
+        return retrying(attempts=self.attempts, on_retry=self.on_retry)
+
+
+class _Stop(Exception):
+    """Raised inside a worker when the run is stopping before this row is sent."""
+
+
+class Engine:
+    """Runs rows through the ledger and the API: two workers per request slot."""
+
+    def __init__(
+        self,
+        client: ClinikClient,
+        ledger: Ledger,
+        *,
+        run_id: int,
+        options: RunOptions,
+        on_progress: ProgressCallback | None = None,
+    ) -> None:
+        self.client = client
+        self.ledger = ledger
+        self.run_id = run_id
+        self.options = options
+        self.observer = RunObserver(client.stats, on_progress)
+        self.retry = RetryPolicy(options.max_attempts, self.observer.retried)
+        self.record = Recorder(ledger, run_id)
+        self._stop = False
+        self._handlers: dict[Op, Callable[[Work], Awaitable[None]]] = {
+            Op.CREATE: self._create,
+            Op.RECREATE: self._create,
+            Op.PATCH: self._patch,
+            Op.RETIRE: self._retire,
+            Op.REVOKE: self._revoke,
+        }
+
+    @property
+    def stats(self) -> RunStats:
+        return self.observer.stats
+
+    @property
+    def validation(self) -> ValidationSummary:
+        return self.observer.validation
+
+    # -- the run ----------------------------------------------------------------
+
+    async def run(self, rows: Iterator[Row]) -> RunStats:
+        """Import every row of `rows`, then note (or revoke) rows gone from the source."""
+        self.observer.started()
+        async with anyio.create_task_group() as outer:
+            outer.start_soon(self.record.writer.run_committer)
+            try:
+                complete = await self._pump(self._planned(rows))
+                if complete and not self._stop:
+                    await self._pump(self._missing_rows())
+            finally:
+                self.record.writer.close()
+        self.observer.finished()
+        return self.stats
+
+    def stop(self, reason: str) -> None:
+        """Take no new rows and start no new request; rows already sent settle. Safe to
+        call more than once."""
+        if not self._stop:
+            log.warning("stopping: %s", reason)
+            self._stop = True
+            self.stats.aborted = self.stats.aborted or reason
+            if self.client.limiter is not None:
+                self.client.limiter.close()
+
+    async def _pump(self, jobs: AsyncIterator[Work]) -> bool:
+        """Feed `jobs` to the workers; True when every job was taken (no stop)."""
+        concurrency = self.options.concurrency
+        send, receive = anyio.create_memory_object_stream[Work](concurrency * 2)
+        async with anyio.create_task_group() as workers:
+            # Twice as many workers as requests may be in flight (the limiter holds them to
+            # --concurrency): while one waits for its row's intent to commit, another's
+            # request uses the slot. With one worker a slot, every commit wait left a slot
+            # idle, and commits come in bursts.
+            for _ in range(concurrency * 2):
+                workers.start_soon(self._worker, receive.clone())
+            receive.close()
+            async with send:
+                async for work in jobs:
+                    if self._stop:
+                        return False
+                    await send.send(work)
+        return not self._stop
+
+    async def _worker(self, receive: ObjectReceiveStream[Work]) -> None:
+        async with receive:
+            async for work in receive:
+                if self._stop:
+                    self.observer.on("left")
+                    continue
+                try:
+                    await self._do(work)
+                except _Stop:
+                    self.observer.on("left")
+
+    # -- plan ---------------------------------------------------------------------
+
+    async def _planned(self, rows: Iterator[Row]) -> AsyncIterator[Work]:
+        """The input's rows that need a request, planned a batch at a time."""
+        while not self._stop:
+            # Reading and normalizing is CPU work in pandas: a thread keeps the loop free.
+            batch = await anyio.to_thread.run_sync(lambda: list(islice(rows, _BATCH)))
+            if not batch:
+                return
+            for work in await self._plan(batch):
+                yield work
+
+    async def _plan(self, batch: list[Row]) -> list[Work]:
+        """Plan each row from the ledger; record what needs no request."""
+        keys = [row.source_key for row in batch]
+        prior = await self.record.read(lambda ledger: ledger.get(keys))
+        jobs: list[Work] = []
+        seen: list[str] = []
+        invalid: list[Row] = []
+        refused: list[tuple[Row, LedgerRow]] = []
+        for row in batch:
+            self.observer.read(row)
+            before = prior.get(row.source_key)
+            plan = plan_row(row, before, self.options)
+            if plan.verdict is Verdict.SEND:
+                assert plan.op is not None
+                jobs.append(Work(plan.op, row, before, plan.lookup_first, plan.consent_id))
+            elif plan.verdict is Verdict.UNCHANGED:
+                seen.append(row.source_key)
+                self.observer.on("unchanged")
+            elif plan.verdict is Verdict.INVALID:
+                invalid.append(row)
+                self.observer.on("invalid")
+            else:
+                assert before is not None
+                refused.append((row, before))
+                self.observer.failed(plan.verdict.value)
+        await self.record.planned(seen, invalid, refused)
+        return jobs
+
+    async def _missing_rows(self) -> AsyncIterator[Work]:
+        """Rows done in earlier runs that this run's input no longer holds: counted, and
+        revoked with --revoke-missing."""
+        run_id = self.run_id
+        missing = await self.record.read(lambda ledger: ledger.missing_from(run_id))
+        self.stats.missing_from_source = len(missing)
+        if missing:
+            log.warning("%d rows are missing from the source since earlier runs", len(missing))
+        if self.options.revoke_missing:
+            for src, consent_id in missing:
+                row = Row(src.file, src.row, src.key)
+                yield Work(Op.REVOKE, row, None, consent_id=consent_id)
+
+    # -- execute: one handler per op ------------------------------------------------
+
+    async def _do(self, work: Work) -> None:
+        try:
+            await self._handlers[work.op](work)
+        except AuthError as exc:
+            await self._failure(work, exc, sent=False)
+            self.stop(f"authentication failed ({exc.status} {exc.code or 'no code'})")
+            raise _Stop from None
+        except BudgetWaitTooLong as exc:
+            # Any operation's request: the budget resets past --max-wait, so pause the run.
+            if self.observer.paused(exc.reset_in_s):
+                self.stop(
+                    f"the rate-limit budget resets in {exc.reset_in_s:,.0f} s, past --max-wait"
+                )
+            raise _Stop from None
+        except LimiterClosed:
+            # Stopped while waiting to send: the row's request never started (a patch or
+            # retire intent stays in flight, which the next run settles).
+            raise _Stop from None
+
+    async def _create(self, work: Work) -> None:
+        """POST the row, looking it up first whenever an earlier POST may have landed."""
+        try:
+            async for attempt in self.retry():
+                with attempt:
+                    if work.maybe_sent:
+                        found = await self._lookup(work)
+                        if found is not None:
+                            await self._adopt(work, found)
+                            return
+                        work.maybe_sent = False
+                    self._check_stop()
+                    await self.record.intent(work, work.op)
+                    work.maybe_sent = True
+                    try:
+                        response = await self.client.create_consent(work.row.body_json.encode())
+                    except NoResponseError as exc:
+                        work.maybe_sent = exc.sent
+                        raise
+                    except (RateLimitedError, ClientRequestError, *_RUN_STOPPERS):
+                        work.maybe_sent = False  # answered, or refused before sending
+                        raise
+                    await self._created(work, str(response.data["id"]), response.request_id)
+                    return
+        except (BudgetWaitTooLong, LimiterClosed, _Stop):
+            await self.record.unsent(work)  # stays in flight if an earlier attempt may have landed
+            raise  # `_do` pauses or stops the run
+        except AuthError:
+            raise
+        except ConsentImportError as exc:
+            await self._failure(work, exc, sent=work.maybe_sent)
+
+    async def _lookup(self, work: Work) -> dict[str, Any] | None:
+        """The consent an earlier POST of this row may have created, if the server has it
+        and no other row of the ledger claims it."""
+        self._check_stop()
+        self.observer.on("lookup")
+        own = work.prior.consent_id if work.prior else None
+
+        async def claimed(ids: list[str]) -> set[str]:
+            return await self.record.read(lambda ledger: ledger.claimed_consents(ids))
+
+        return await find_consent(self.client, work.body, claimed, own=own)
+
+    async def _adopt(self, work: Work, consent: dict[str, Any]) -> None:
+        """Take a found consent as the row's; patch it where it differs from the row."""
+        self.observer.on("found")
+        consent_id = str(consent["id"])
+        differing = {
+            name: work.body[name]
+            for name in PATCHABLE
+            if name in work.body and consent.get(name) != work.body[name]
+        }
+        request_id = ""
+        if differing:
+            await self.record.intent(work, Op.PATCH, consent_id=consent_id, body=differing)
+            request_id = (await self.client.patch_consent(consent_id, differing)).request_id
+        await self._created(work, consent_id, request_id, action="adopted")
+
+    async def _created(
+        self, work: Work, consent_id: str, request_id: str, *, action: str = "created"
+    ) -> None:
+        if work.op is Op.RECREATE:
+            # The new consent exists: retire the old one next (a crash here resumes there).
+            await self.record.intent(work, Op.RETIRE, consent_id=consent_id)
+            work.consent_id = consent_id
+            await self._retire(work)
+            return
+        self.record.done(work, action, request_id, consent_id=consent_id)
+        self.observer.on(action)
+
+    async def _patch(self, work: Work) -> None:
+        assert work.consent_id is not None
+        body = {name: work.body[name] for name in PATCHABLE if name in work.body}
+        try:
+            async for attempt in self.retry():
+                with attempt:
+                    self._check_stop()
+                    await self.record.intent(work, Op.PATCH, consent_id=work.consent_id)
+                    response = await self.client.patch_consent(work.consent_id, body)
+                    self.record.done(work, "updated", response.request_id)
+                    self.observer.on("updated")
+                    return
+        except _RUN_STOPPERS:
+            raise  # not the row's failure: `_do` stops or pauses the run
+        except ConsentImportError as exc:
+            await self._failure(work, exc, sent=True)
+
+    async def _retire(self, work: Work) -> None:
+        """After a recreate: the replaced consent becomes inactive."""
+        key = work.row.source_key
+        old = await self.record.read(lambda ledger: ledger.previous_consent(key))
+        if old:
+            await self._send_inactive(old)
+        self.record.done(work, "recreated", "", consent_id=work.consent_id)
+        self.observer.on("recreated")
+
+    async def _revoke(self, work: Work) -> None:
+        assert work.consent_id is not None
+        await self._send_inactive(work.consent_id)
+        await self.record.revoked(work.row.source_key)
+        self.observer.on("revoked")
+
+    async def _send_inactive(self, consent_id: str) -> None:
+        async for attempt in self.retry():
+            with attempt:
+                try:
+                    await self.client.patch_consent(consent_id, {"status": "inactive"})
+                except ClientRequestError as exc:
+                    if exc.status != 404:  # already gone is as good as inactive
+                        raise
+
+    async def _failure(self, work: Work, exc: ConsentImportError, *, sent: bool) -> None:
+        """The row failed for this run; an unknown outcome stays in flight for a lookup."""
+        code = error_code(exc)
+        status = exc.status if isinstance(exc, ApiError) else None
+        request_id = exc.request_id if isinstance(exc, ApiError) else None
+        log.info(
+            "row failed: file=%s row=%d code=%s status=%s request_id=%s",
+            work.row.file,
+            work.row.row,
+            code,
+            status,
+            request_id,
+        )
+        cells = json.dumps(work.row.cells)
+        error = RowError("api", code, str(exc), cells, status, request_id)
+        unknown = sent and work.op in (Op.CREATE, Op.RECREATE)
+        await self.record.failure(work, error, outcome_unknown=unknown)
+        self.observer.failed(code)
+
+    def _check_stop(self) -> None:
+        if self._stop:
+            raise _Stop
+
+
+class Recorder:
+    """A run's writes to the ledger, each one of its named transitions, grouped into
+    shared commits by `AsyncLedger`."""
+
+    def __init__(self, ledger: Ledger, run_id: int) -> None:
+        self.writer = AsyncLedger(ledger)
+        self.run_id = run_id
+
+    async def read(self, fn: Callable[[Ledger], T]) -> T:
+        """Read through the writer, so a read sees every write queued before it."""
+        return await self.writer.write(fn)
+
+    async def planned(
+        self, seen: list[str], invalid: list[Row], refused: list[tuple[Row, LedgerRow]]
+    ) -> None:
+        """A batch's rows that need no request: seen unchanged, invalid, or refused."""
+        run_id = self.run_id
+        notes = [_invalid_note(row) for row in invalid]
+        notes += [_refused_note(row, before) for row, before in refused]
+
+        def record(ledger: Ledger) -> None:
+            ledger.seen(seen, run_id)
+            for src, transition, error in notes:
+                transition(ledger, run_id, src, error)
+
+        await self.writer.write(record)
+
+    async def intent(
+        self,
+        work: Work,
+        op: Op,
+        *,
+        consent_id: str | None = None,
+        body: dict[str, Any] | None = None,
+    ) -> None:
+        """Commit that this row's request is about to be sent (before it is)."""
+        row, run_id, src = work.row, self.run_id, work.src
+        pending = row.body_json if body is None else json.dumps(body, separators=(",", ":"))
+        previous = None
+        if op is Op.RECREATE and work.prior is not None:
+            previous = work.prior.consent_id
+        patient_id = work.patient_id
+        await self.writer.write(
+            lambda ledger: ledger.intent(
+                run_id,
+                src,
+                op,
+                body=pending,
+                body_hash=row.body_hash,
+                patient_id=patient_id,
+                consent_id=consent_id,
+                previous_consent_id=previous,
+            )
+        )
+
+    def done(
+        self, work: Work, action: str, request_id: str, *, consent_id: str | None = None
+    ) -> None:
+        """Queue the row's outcome without waiting: until it commits the row is in flight,
+        which a rerun settles by a lookup."""
+        row, run_id, src, op = work.row, self.run_id, work.src, work.op
+        hashes, patient_id = row.field_hashes(), work.patient_id
+        self.writer.write_soon(
+            lambda ledger: ledger.done(
+                run_id,
+                src,
+                op,
+                action=action,
+                payload_hash=row.body_hash,
+                field_hashes=hashes,
+                patient_id=patient_id,
+                request_id=request_id or None,
+                consent_id=consent_id,
+            )
+        )
+
+    async def unsent(self, work: Work) -> None:
+        """The row's request was never sent after its intent: put its state back."""
+        if work.maybe_sent:
+            return  # an earlier attempt may have landed: stay in flight for a lookup
+        src = work.src
+        before = work.prior.state if work.prior is not None else None
+        await self.writer.write(lambda ledger: ledger.unsent(src, before))
+
+    async def failure(self, work: Work, error: RowError, *, outcome_unknown: bool) -> None:
+        run_id, src, op = self.run_id, work.src, work.op
+        if outcome_unknown:
+            await self.writer.write(lambda ledger: ledger.outcome_unknown(run_id, src, op, error))
+        else:
+            await self.writer.write(lambda ledger: ledger.failed(run_id, src, op, error))
+
+    async def revoked(self, key: str) -> None:
+        run_id = self.run_id
+        await self.writer.write(lambda ledger: ledger.revoked(run_id, key))
+
+
+_Note = tuple[Source, Callable[[Ledger, int, Source, RowError], None], RowError]
+
+
+def _invalid_note(row: Row) -> _Note:
+    key = row.source_key
+    if any(e.code == "duplicate_row" for e in row.errors):
+        # Its key is the first row's: record it apart, so that row's record stays whole.
+        key = f"{key}#duplicate@{row.file}:{row.row}"
+    error = RowError(
+        "validate",
+        "; ".join(e.code for e in row.errors),
+        "; ".join(e.message for e in row.errors),
+        json.dumps(row.cells),
+    )
+    return Source(key, row.file, row.row), Ledger.invalid, error
+
+
+def _refused_note(row: Row, before: LedgerRow) -> _Note:
+    message = (
+        f"{', '.join(immutable_changes(row, before))}: changed since the consent was "
+        "created, and the API cannot patch them; rerun with --on-immutable-change "
+        "recreate to replace it (immutable_change)"
+    )
+    log.info("row failed: file=%s row=%d code=immutable_change", row.file, row.row)
+    error = RowError("sync", "immutable_change", message, json.dumps(row.cells))
+    return Source(row.source_key, row.file, row.row), Ledger.refused, error
+
+
+def error_code(exc: ConsentImportError) -> str:
+    """The short code failed.csv and the summary give a row's API failure."""
+    if isinstance(exc, ApiError):
+        known = {422: "api_validation", 404: "not_found", 409: "conflict", 429: "rate_limited"}
+        if exc.status in known:
+            return known[exc.status]
+        return "server_error" if exc.status >= 500 else f"http_{exc.status}"
+    if isinstance(exc, NoResponseError):
+        return "outcome_unknown" if exc.sent else "network_error"
+    return "error"

@@ -1,0 +1,135 @@
+"""Planning: what to do with one row, given what the ledger knows of it.
+
+`plan_row` is a pure function of the row, its ledger record and the options; the engine
+carries its plan out, and a dry run (`plan_import`) only counts the plans.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import AbstractContextManager, closing, nullcontext
+from dataclasses import dataclass
+from enum import StrEnum
+from itertools import chain
+from pathlib import Path
+
+from importer.ledger import Ledger, LedgerRow, Op, RowState
+from importer.mapping import Mapping
+from importer.normalize import Normalizer, Row
+from importer.options import RunOptions
+from importer.results import PlanSummary
+from importer.validate import open_tables
+
+#: Fields ClinikAPI lets a PATCH replace; a change to any other field cannot be patched.
+PATCHABLE = ("status", "policyUri", "verification", "provision")
+
+
+class Verdict(StrEnum):
+    """A row's plan, in one word."""
+
+    SEND = "send"  # send `op`
+    UNCHANGED = "unchanged"  # the server already holds this exact body
+    INVALID = "invalid"  # the row failed validation
+    IMMUTABLE_CHANGE = "immutable_change"  # edited where the API cannot patch (option: fail)
+
+
+@dataclass(frozen=True, slots=True)
+class RowPlan:
+    """What to do with one row.
+
+    Args:
+        op: the request to send (SEND only).
+        lookup_first: an earlier POST of this row may have stored the consent (or the
+            options ask to adopt existing consents): search before posting.
+        consent_id: the consent the op acts on (patch, retire), or the one a recreate
+            replaces.
+    """
+
+    verdict: Verdict
+    op: Op | None = None
+    lookup_first: bool = False
+    consent_id: str | None = None
+
+    @property
+    def label(self) -> str:
+        """The plan as a dry run counts it."""
+        if self.op is None:
+            return self.verdict.value
+        return f"{self.op} (after a lookup)" if self.lookup_first else self.op.value
+
+
+_UNCHANGED = RowPlan(Verdict.UNCHANGED)
+_INVALID = RowPlan(Verdict.INVALID)
+_IMMUTABLE = RowPlan(Verdict.IMMUTABLE_CHANGE)
+
+
+def plan_row(row: Row, before: LedgerRow | None, options: RunOptions) -> RowPlan:
+    """The plan for `row` given the ledger's record of its key (None: a new key)."""
+    if not row.valid:
+        return _INVALID
+    if (
+        before is None
+        or before.state in (RowState.INVALID, RowState.PENDING)
+        or (before.state is RowState.FAILED and before.consent_id is None)
+    ):
+        return RowPlan(Verdict.SEND, Op.CREATE, lookup_first=options.skip_existing)
+    if before.state in (RowState.IN_FLIGHT, RowState.SETTLING):
+        op = before.pending_op or Op.CREATE
+        if op in (Op.CREATE, Op.RECREATE):
+            # Outcome unknown: the lookup decides between adopting and posting.
+            return RowPlan(Verdict.SEND, op, lookup_first=True, consent_id=before.consent_id)
+        if op is Op.RETIRE:
+            return RowPlan(Verdict.SEND, op, consent_id=before.consent_id)
+        # An unfinished PATCH is safe to send again (it replaces values): go on and
+        # compare with what the server last held.
+    if before.payload_hash == row.body_hash:
+        if before.state is RowState.DONE:
+            return _UNCHANGED
+        return RowPlan(Verdict.SEND, Op.PATCH, consent_id=before.consent_id)
+    if immutable_changes(row, before):
+        if options.on_immutable_change == "recreate":
+            return RowPlan(Verdict.SEND, Op.RECREATE, consent_id=before.consent_id)
+        return _IMMUTABLE
+    return RowPlan(Verdict.SEND, Op.PATCH, consent_id=before.consent_id)
+
+
+def changed_fields(row: Row, before: LedgerRow) -> list[str]:
+    """Top-level API fields whose value differs from what the server last held."""
+    new, old = row.field_hashes(), before.field_hashes
+    return sorted(name for name in set(new) | set(old) if new.get(name) != old.get(name))
+
+
+def immutable_changes(row: Row, before: LedgerRow) -> list[str]:
+    """The changed fields a PATCH cannot apply."""
+    return sorted(set(changed_fields(row, before)) - set(PATCHABLE))
+
+
+def plan_import(
+    inputs: Sequence[str | Path], mapping: Mapping, ledger_path: Path, options: RunOptions
+) -> PlanSummary:
+    """A dry run: validate and compare with the ledger; what would be created, patched,
+    skipped. Sends nothing and writes nothing."""
+    tables = open_tables(inputs, mapping)
+    normalizer = Normalizer(mapping)
+    summary = PlanSummary()
+    context: AbstractContextManager[Ledger | None] = (
+        closing(Ledger(ledger_path)) if ledger_path.exists() else nullcontext(None)
+    )
+    with context as ledger:
+        batch: list[Row] = []
+        for row in chain.from_iterable(normalizer.rows(t) for t in tables):
+            batch.append(row)
+            if len(batch) >= 500:
+                _count(batch, ledger, options, summary)
+                batch = []
+        _count(batch, ledger, options, summary)
+    return summary
+
+
+def _count(batch: list[Row], ledger: Ledger | None, options: RunOptions, out: PlanSummary) -> None:
+    prior = ledger.get(r.source_key for r in batch) if ledger else {}
+    for row in batch:
+        out.rows += 1
+        plan = plan_row(row, prior.get(row.source_key), options)
+        out.invalid += plan.verdict is Verdict.INVALID
+        out.add(plan.label)

@@ -1,0 +1,173 @@
+"""What the library's calls return: the counts of a validation, a dry run, a run and an
+export. A leaf module: the engine fills these and the reports read them, and neither
+imports the other.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from importer.normalize import Batch, Row, RowError
+
+
+@dataclass
+class FileCounts:
+    rows: int = 0
+    valid: int = 0
+    invalid: int = 0
+
+
+@dataclass
+class ValidationSummary:
+    """Counts of a validation, exact however many rows, and the row errors."""
+
+    rows: int = 0
+    valid: int = 0
+    invalid: int = 0
+    by_rule: Counter[str] = field(default_factory=Counter)
+    by_field: Counter[str] = field(default_factory=Counter)
+    by_file: dict[str, FileCounts] = field(default_factory=dict)
+    errors: list[RowError] = field(default_factory=list)
+
+    def add(self, row: Row) -> None:
+        counts = self.by_file.setdefault(row.file, FileCounts())
+        self.rows += 1
+        counts.rows += 1
+        if row.valid:
+            self.valid += 1
+            counts.valid += 1
+        else:
+            self._add_invalid(row, counts)
+
+    def add_batch(self, batch: Batch) -> None:
+        """A chunk's verdict: its rows counted, its invalid rows' errors kept."""
+        counts = self.by_file.setdefault(batch.file, FileCounts())
+        valid = batch.rows - len(batch.invalid)
+        self.rows += batch.rows
+        counts.rows += batch.rows
+        self.valid += valid
+        counts.valid += valid
+        for row in batch.invalid:
+            self._add_invalid(row, counts)
+
+    def _add_invalid(self, row: Row, counts: FileCounts) -> None:
+        self.invalid += 1
+        counts.invalid += 1
+        for error in row.errors:
+            self.by_rule[error.code] += 1
+            self.by_field[error.field] += 1
+            self.errors.append(error)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "summary": {
+                "rows": self.rows,
+                "valid": self.valid,
+                "invalid": self.invalid,
+                "by_rule": dict(self.by_rule.most_common()),
+                "by_field": dict(self.by_field.most_common()),
+                "by_file": {
+                    name: {"rows": c.rows, "valid": c.valid, "invalid": c.invalid}
+                    for name, c in self.by_file.items()
+                },
+            },
+            "errors": [
+                {
+                    "file": e.file,
+                    "row": e.row,
+                    "field": e.field,
+                    "code": e.code,
+                    "message": e.message,
+                }
+                for e in self.errors
+            ],
+        }
+
+
+@dataclass
+class RunStats:
+    rows: int = 0
+    valid: int = 0
+    invalid: int = 0
+    created: int = 0
+    adopted: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    failed: int = 0
+    revoked: int = 0
+    missing_from_source: int = 0
+    lookups: int = 0
+    retries: int = 0
+    requests: int = 0
+    rate_limited: int = 0
+    duration_s: float = 0.0
+    paused: bool = False
+    aborted: str = ""
+    resets_in_s: float | None = None
+    rows_left: int = 0
+    by_error: dict[str, int] = field(default_factory=dict)
+    #: (seconds since start, rows finished) about once a second, for throughput charts
+    timeline: list[tuple[float, int]] = field(default_factory=list)
+
+    @property
+    def finished(self) -> int:
+        return self.invalid + self.created + self.updated + self.unchanged + self.failed
+
+    def fail(self, code: str) -> None:
+        self.failed += 1
+        self.by_error[code] = self.by_error.get(code, 0) + 1
+
+    def summary(self) -> dict[str, Any]:
+        """The keys of `--summary-json` (the contract's first, then ours)."""
+        out: dict[str, Any] = {
+            key: getattr(self, key)
+            for key in (
+                "rows",
+                "valid",
+                "invalid",
+                "created",
+                "updated",
+                "unchanged",
+                "failed",
+                "requests",
+                "retries",
+                "rate_limited",
+                "duration_s",
+            )
+        }
+        out.update(
+            adopted=self.adopted,
+            revoked=self.revoked,
+            missing_from_source=self.missing_from_source,
+            lookups=self.lookups,
+            paused=self.paused,
+            aborted=self.aborted or None,
+            rows_left=self.rows_left,
+            resets_in_s=self.resets_in_s,
+            failed_by_code=self.by_error,
+        )
+        out["duration_s"] = round(self.duration_s, 3)
+        return out
+
+
+@dataclass
+class PlanSummary:
+    """What a run would do, per action, without sending anything (a dry run)."""
+
+    counts: dict[str, int] = field(default_factory=dict)
+    rows: int = 0
+    invalid: int = 0
+
+    def add(self, action: str) -> None:
+        self.counts[action] = self.counts.get(action, 0) + 1
+
+
+@dataclass
+class ExportCounts:
+    """Rows written by `export`."""
+
+    created: int = 0
+    failed: int = 0
