@@ -1,0 +1,190 @@
+"""The ledger's row states and the named transitions between them, as a table."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from importer import ledger as ledger_module
+from importer.ledger import Ledger, Op, RowError, RowState, Source
+from importer.sandbox import SandboxConfig, running_sandbox
+from tests.engine_helpers import consent_rows, run, write_csv
+
+K = Source("K1", "in.csv", 2)
+ERROR = RowError("api", "server_error", "503", "{}", 503, "req_1")
+RUN = 1
+
+Event = Callable[[Ledger], None]
+
+
+def intent(op: Op = Op.CREATE) -> Event:
+    return lambda db: db.intent(RUN, K, op, body="{}", body_hash="h", patient_id="pt_1")
+
+
+def done(db: Ledger) -> None:
+    db.done(
+        RUN,
+        K,
+        Op.CREATE,
+        action="created",
+        payload_hash="h",
+        field_hashes={},
+        patient_id="pt_1",
+        request_id="req_1",
+        consent_id="c1",
+    )
+
+
+def unsent(before: RowState | None) -> Event:
+    return lambda db: db.unsent(K, before)
+
+
+#: How to bring K1 into each state, through transitions only.
+SETUP: dict[RowState | None, list[Event]] = {
+    None: [],
+    RowState.INVALID: [lambda db: db.invalid(RUN, K, ERROR)],
+    RowState.IN_FLIGHT: [intent()],
+    RowState.PENDING: [intent(), intent(), unsent(RowState.IN_FLIGHT)],
+    RowState.DONE: [intent(), done],
+    RowState.FAILED: [intent(), lambda db: db.failed(RUN, K, Op.CREATE, ERROR)],
+    RowState.REVOKED: [intent(), done, lambda db: db.revoked(RUN, "K1")],
+}
+EVENTS: dict[str, Event] = {
+    "intent": intent(),
+    "done": done,
+    "failed": lambda db: db.failed(RUN, K, Op.PATCH, ERROR),
+    "outcome_unknown": lambda db: db.outcome_unknown(RUN, K, Op.CREATE, ERROR),
+    "unsent (new row)": unsent(None),
+    "unsent (was done)": unsent(RowState.DONE),
+    "unsent (was failed)": unsent(RowState.FAILED),
+    "unsent (was in flight)": unsent(RowState.IN_FLIGHT),
+    "revoked": lambda db: db.revoked(RUN, "K1"),
+    "invalid": lambda db: db.invalid(RUN, K, ERROR),
+    "refused": lambda db: db.refused(RUN, K, ERROR),
+    "seen": lambda db: db.seen(["K1"], RUN),
+}
+
+
+def state_of(db: Ledger) -> RowState | None:
+    found = db.get(["K1"]).get("K1")
+    return found.state if found else None
+
+
+@pytest.mark.parametrize(
+    ("before", "event", "after"),
+    [
+        (None, "intent", RowState.IN_FLIGHT),
+        (RowState.DONE, "intent", RowState.IN_FLIGHT),  # a patch about to be sent
+        (RowState.FAILED, "intent", RowState.IN_FLIGHT),
+        (RowState.IN_FLIGHT, "done", RowState.DONE),
+        (RowState.IN_FLIGHT, "failed", RowState.FAILED),
+        (RowState.IN_FLIGHT, "outcome_unknown", RowState.IN_FLIGHT),  # a lookup comes next
+        (RowState.IN_FLIGHT, "unsent (new row)", None),  # never sent: as if never planned
+        (RowState.IN_FLIGHT, "unsent (was done)", RowState.DONE),
+        (RowState.IN_FLIGHT, "unsent (was failed)", RowState.FAILED),
+        (RowState.IN_FLIGHT, "unsent (was in flight)", RowState.PENDING),
+        (RowState.DONE, "unsent (was done)", RowState.DONE),  # only in-flight rows go back
+        (RowState.DONE, "revoked", RowState.REVOKED),
+        (None, "invalid", RowState.INVALID),
+        (RowState.FAILED, "invalid", RowState.INVALID),
+        (RowState.PENDING, "invalid", RowState.INVALID),
+        (RowState.DONE, "invalid", RowState.DONE),  # the consent stays; the error is noted
+        (RowState.IN_FLIGHT, "invalid", RowState.IN_FLIGHT),  # may exist: keep for a lookup
+        (RowState.REVOKED, "invalid", RowState.REVOKED),
+        (RowState.DONE, "refused", RowState.DONE),
+        (RowState.DONE, "seen", RowState.DONE),
+    ],
+)
+def test_transition(before: RowState | None, event: str, after: RowState | None) -> None:
+    db = Ledger(":memory:")
+    for step in SETUP[before]:
+        step(db)
+    assert state_of(db) == before
+    EVENTS[event](db)
+    assert state_of(db) == after
+
+
+@pytest.mark.parametrize(
+    ("event", "noted"),
+    [
+        ("refused", "server_error"),  # the error is kept for failed.csv
+        ("seen", None),  # an edit undone: the error goes
+        ("done", None),
+    ],
+)
+def test_errors_noted_and_cleared(event: str, noted: str | None) -> None:
+    db = Ledger(":memory:")
+    for step in [*SETUP[RowState.DONE], EVENTS["refused"]]:
+        step(db)
+    if event == "done":  # a later edit sent and stored
+        intent()(db)
+    if event != "refused":
+        EVENTS[event](db)
+    assert db.get(["K1"])["K1"].error_code == noted
+
+
+def test_a_crash_after_the_intent_leaves_the_row_in_flight_for_a_lookup(tmp_path: Path) -> None:
+    """A crash between the intent and the outcome: the outcome's transaction never
+    commits, and the reopened ledger says in flight, with the op that was being sent."""
+    db = Ledger(tmp_path / "l.db")
+    with db.transaction():
+        intent()(db)
+
+    def killed_before_commit() -> None:
+        with db.transaction():
+            done(db)
+            raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError):
+        killed_before_commit()
+    db.close()
+    reopened = Ledger(tmp_path / "l.db")
+    record = reopened.get(["K1"])["K1"]
+    assert (record.state, record.pending_op, record.consent_id) == (
+        RowState.IN_FLIGHT,
+        Op.CREATE,
+        None,
+    )
+
+
+def test_a_state_nobody_listed_is_refused() -> None:
+    db = Ledger(":memory:")
+    with pytest.raises(ValueError, match="half_done"):
+        db._upsert(RUN, K, {"state": "half_done"})
+
+
+def test_the_schema_comment_lists_every_state_and_op() -> None:
+    schema = ledger_module._SCHEMA
+    state_line = schema[schema.index("state TEXT NOT NULL") : schema.index("action TEXT")]
+    assert {s.value for s in RowState} <= set(state_line.replace("|", " ").split())
+    start = schema.index("op TEXT NOT NULL")
+    op_line = schema[start : schema.index("at TEXT NOT NULL", start)]
+    assert {o.value for o in Op} <= set(op_line.replace("|", " ").split())
+
+
+def test_every_state_and_op_a_run_writes_is_listed(tmp_path: Path) -> None:
+    """Runs that meet faults, invalid rows, edits, recreates and revocations write only
+    states and ops of the lists."""
+    ledger = tmp_path / "l.db"
+    rows = list(consent_rows(40))
+    rows[0]["scope"] = "nope"  # invalid
+    source = write_csv(tmp_path / "in.csv", rows)
+    with running_sandbox(SandboxConfig.with_fault_rate(0.3, seed=3, slow_delay_s=1.0)) as sb:
+        run(source, sb.base_url, ledger, max_attempts=2, timeout_s=0.5)
+        sb.configure(fault_unavailable=0, fault_error_after_store=0, fault_drop_after_store=0)
+        sb.configure(fault_slow_after_store=0)
+        rows[1]["status"] = "inactive"  # patch
+        rows[2]["scope"] = "research"  # recreate
+        write_csv(source, rows[:-3])  # three rows left: revoked
+        run(source, sb.base_url, ledger, on_immutable_change="recreate", revoke_missing=True)
+    with sqlite3.connect(ledger) as db:
+        states = {s for (s,) in db.execute("SELECT DISTINCT state FROM rows")}
+        ops = {o for (o,) in db.execute("SELECT DISTINCT op FROM attempts")}
+        pending = {o for (o,) in db.execute("SELECT DISTINCT pending_op FROM rows") if o}
+    assert states <= {s.value for s in RowState}
+    assert {"done", "invalid", "revoked"} <= states
+    assert ops | pending <= {o.value for o in Op}
+    assert {"create", "patch", "recreate", "revoke"} <= ops

@@ -1,0 +1,62 @@
+"""A ledger written by an earlier consent-import (commit 15ffa94) opens and resumes.
+
+tests/data/legacy-ledger-15ffa94.db was made by tests/data/make_legacy_ledger.py with
+that commit's code; it holds a row in every state that code wrote. Its server is gone,
+so the test points it at a new sandbox and reruns the last input it saw.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+from pathlib import Path
+
+from importer.export import export_csvs, status
+from importer.sandbox import SandboxConfig, running_sandbox
+from tests.engine_helpers import run
+
+DATA = Path(__file__).parent / "data"
+LEGACY = DATA / "legacy-ledger-15ffa94.db"
+SOURCE = DATA / "legacy-ledger-15ffa94.csv"
+DONE_CONSENTS = {
+    "consent_df2fe5e76b5de57b0c60a007",  # K000000 created
+    "consent_3ef993f757ccd8d4423c1dde",  # K000001 updated
+    "consent_d6b7311e3bc95efc49b8bdcb",  # K000005 created
+}
+
+
+def copy_for(tmp_path: Path, base_url: str) -> Path:
+    ledger = tmp_path / "legacy.db"
+    shutil.copy(LEGACY, ledger)
+    with sqlite3.connect(ledger) as db:  # the server it recorded is gone: this is its heir
+        db.execute("UPDATE meta SET value = ? WHERE key = 'base_url'", (base_url,))
+    return ledger
+
+
+def test_the_legacy_ledger_reads_as_it_was(tmp_path: Path) -> None:
+    ledger = copy_for(tmp_path, "http://127.0.0.1:1")
+    info = status(ledger)
+    assert info["rows_by_state"] == {
+        "done": 3,
+        "failed": 1,
+        "in_flight": 1,
+        "invalid": 1,
+        "revoked": 1,
+    }
+    counts = export_csvs(ledger, tmp_path / "created.csv", tmp_path / "failed.csv")
+    assert (counts.created, counts.failed) == (3, 3)  # failed: invalid, failed, in flight
+
+
+def test_a_rerun_on_the_legacy_ledger_sends_nothing_for_done_rows(tmp_path: Path) -> None:
+    with running_sandbox(SandboxConfig()) as sb:
+        ledger = copy_for(tmp_path, sb.base_url)
+        result = run(SOURCE, sb.base_url, ledger)
+        sent = [(r["method"], r["path"]) for r in sb.requests() if r["path"].startswith("/v1")]
+    stats = result.stats
+    assert (stats.rows, stats.unchanged, stats.invalid) == (6, 3, 1)
+    # K000006 was in flight: looked up (not found on this server), then posted once.
+    assert (stats.lookups, stats.created) == (1, 1)
+    assert sorted(method for method, _ in sent) == ["GET", "PATCH", "POST"]
+    # K000002's failed PATCH is sent again; no request touches a done row's consent.
+    assert not any(consent in path for _, path in sent for consent in DONE_CONSENTS)
+    assert stats.by_error == {"not_found": 1}  # that consent lived on the gone server

@@ -1,0 +1,149 @@
+"""plan_row as a decision table: (ledger record, row, options) -> plan."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+import pytest
+
+from importer.ledger import LedgerRow, Op, RowState
+from importer.models import ConsentIn
+from importer.normalize import Row, RowError
+from importer.options import RunOptions
+from importer.plan import RowPlan, Verdict, plan_row
+
+BODY = {
+    "patientId": "pt_1",
+    "scope": "treatment",
+    "category": ["treatment-consent"],
+    "status": "active",
+    "dateTime": "2024-01-01T00:00:00Z",
+    "policyUri": "https://clinic.example/policy/v1",
+}
+
+
+def row(**changes: Any) -> Row:
+    return Row("in.csv", 2, "K1", model=ConsentIn.model_validate({**BODY, **changes}))
+
+
+def record(
+    state: RowState,
+    *,
+    held: Row | None = None,
+    consent_id: str | None = "c1",
+    pending_op: Op | None = None,
+) -> LedgerRow:
+    """The ledger's record of K1; `held` is the body the server holds (default: BODY)."""
+    held = held or row()
+    return LedgerRow(
+        "K1",
+        state,
+        None,
+        consent_id,
+        held.body_hash,
+        held.field_hashes(),
+        pending_op,
+        None,
+        None,
+        None,
+    )
+
+
+INVALID_ROW = Row("in.csv", 2, "K1", errors=[RowError("in.csv", 2, "scope", "invalid_enum", "x")])
+SEND = Verdict.SEND
+FAIL, RECREATE = RunOptions(), RunOptions(on_immutable_change="recreate")
+SKIP_EXISTING = RunOptions(skip_existing=True)
+
+
+@pytest.mark.parametrize(
+    ("before", "the_row", "options", "plan"),
+    [
+        # new rows, and rows that never reached the server
+        (None, row(), FAIL, RowPlan(SEND, Op.CREATE)),
+        (None, row(), SKIP_EXISTING, RowPlan(SEND, Op.CREATE, lookup_first=True)),
+        (None, INVALID_ROW, FAIL, RowPlan(Verdict.INVALID)),
+        (record(RowState.INVALID, consent_id=None), row(), FAIL, RowPlan(SEND, Op.CREATE)),
+        (record(RowState.PENDING, consent_id=None), row(), FAIL, RowPlan(SEND, Op.CREATE)),
+        (record(RowState.FAILED, consent_id=None), row(), FAIL, RowPlan(SEND, Op.CREATE)),
+        # done: unchanged, patchable edit, immutable edit
+        (record(RowState.DONE), row(), FAIL, RowPlan(Verdict.UNCHANGED)),
+        (
+            record(RowState.DONE),
+            row(status="inactive"),
+            FAIL,
+            RowPlan(SEND, Op.PATCH, consent_id="c1"),
+        ),
+        (record(RowState.DONE), row(scope="research"), FAIL, RowPlan(Verdict.IMMUTABLE_CHANGE)),
+        (
+            record(RowState.DONE),
+            row(scope="research"),
+            RECREATE,
+            RowPlan(SEND, Op.RECREATE, consent_id="c1"),
+        ),
+        # an earlier edit whose PATCH failed: the same body is patched again
+        (record(RowState.FAILED), row(), FAIL, RowPlan(SEND, Op.PATCH, consent_id="c1")),
+        # in flight (a crash, or an unknown outcome): look up before any POST
+        (
+            record(RowState.IN_FLIGHT, consent_id=None, pending_op=Op.CREATE),
+            row(),
+            FAIL,
+            RowPlan(SEND, Op.CREATE, lookup_first=True),
+        ),
+        (
+            record(RowState.IN_FLIGHT, consent_id=None, pending_op=None),  # old ledgers
+            row(),
+            FAIL,
+            RowPlan(SEND, Op.CREATE, lookup_first=True),
+        ),
+        (
+            record(RowState.IN_FLIGHT, pending_op=Op.RECREATE),
+            row(scope="research"),
+            RECREATE,
+            RowPlan(SEND, Op.RECREATE, lookup_first=True, consent_id="c1"),
+        ),
+        (
+            record(RowState.IN_FLIGHT, consent_id="c2", pending_op=Op.RETIRE),
+            row(scope="research"),
+            FAIL,
+            RowPlan(SEND, Op.RETIRE, consent_id="c2"),
+        ),
+        # an unfinished PATCH: compare with what the server last held
+        (
+            record(RowState.IN_FLIGHT, pending_op=Op.PATCH),
+            row(status="inactive"),
+            FAIL,
+            RowPlan(SEND, Op.PATCH, consent_id="c1"),
+        ),
+        (
+            record(RowState.IN_FLIGHT, pending_op=Op.PATCH),
+            row(),
+            FAIL,
+            RowPlan(SEND, Op.PATCH, consent_id="c1"),
+        ),
+        # revoked (the ledger forgets the body's hash), then back in the source as it was
+        (
+            replace(record(RowState.REVOKED), payload_hash=None),
+            row(),
+            FAIL,
+            RowPlan(SEND, Op.PATCH, consent_id="c1"),
+        ),
+    ],
+)
+def test_plan_row(
+    before: LedgerRow | None, the_row: Row, options: RunOptions, plan: RowPlan
+) -> None:
+    assert plan_row(the_row, before, options) == plan
+
+
+@pytest.mark.parametrize(
+    ("plan", "label"),
+    [
+        (RowPlan(SEND, Op.CREATE), "create"),
+        (RowPlan(SEND, Op.CREATE, lookup_first=True), "create (after a lookup)"),
+        (RowPlan(Verdict.UNCHANGED), "unchanged"),
+        (RowPlan(Verdict.IMMUTABLE_CHANGE), "immutable_change"),
+    ],
+)
+def test_a_plan_as_the_dry_run_counts_it(plan: RowPlan, label: str) -> None:
+    assert plan.label == label
