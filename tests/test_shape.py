@@ -75,9 +75,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
         ({"a": {"b"}, "b": {"c"}, "c": {"b"}}, ["b", "c", "b"]),
     ],
 )
-def test_the_cycle_finder_finds_cycles(
-    graph: dict[str, set[str]], cycle: list[str] | None
-) -> None:
+def test_the_cycle_finder_finds_cycles(graph: dict[str, set[str]], cycle: list[str] | None) -> None:
     assert find_cycle(graph) == cycle
 
 
