@@ -451,21 +451,32 @@ def demo(samples: Path, out: Path) -> int:
 
 @cli.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
-@click.option("--port", default=8800, show_default=True, type=int, help="Port to listen on.")
+@click.option(
+    "--port", default=8800, show_default=True, type=int, help="Port to listen on (0: any free)."
+)
 @click.option(
     "--rate-limit",
-    metavar="N/SECONDS",
-    help="Fixed-window rate limit, e.g. 500/3600 (ClinikAPI's documented example).",
+    metavar="N[/SECONDS]",
+    help="Fixed-window rate limit, e.g. 500/3600 (ClinikAPI's documented example); "
+    "N alone is per 60 s.",
 )
 @click.option("--latency-ms", default=0.0, type=float, help="Latency added to every request.")
 @click.option("--jitter-ms", default=0.0, type=float, help="Random extra latency, up to this.")
 @click.option(
     "--fault-rate",
     default=0.0,
-    type=click.FloatRange(0, 1),
-    help="Probability of a fault, spread evenly over the four fault modes.",
+    type=float,
+    help="Probability of a fault (0 to 1), spread evenly over the four fault modes.",
 )
 @click.option("--seed", type=int, help="Seed for latency jitter and fault draws.")
+@click.option("--access-log", is_flag=True, help="Log every request.")
+@click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    default="info",
+    show_default=True,
+    help="The server's log level.",
+)
 def sandbox(
     host: str,
     port: int,
@@ -474,11 +485,14 @@ def sandbox(
     jitter_ms: float,
     fault_rate: float,
     seed: int | None,
+    access_log: bool,
+    log_level: str,
 ) -> int:
     """Serve a local ClinikAPI-compatible API for demos and tests (Ctrl-C stops it).
 
     Faults: 503 before storing; store then 500; store then drop the connection;
-    store then answer after a delay longer than a client's timeout.
+    store then answer after a delay longer than a client's timeout. `python -m
+    importer.sandbox` is this same command.
 
     \b
     Example:
@@ -487,17 +501,20 @@ def sandbox(
     from importer.sandbox import SandboxConfig, serve
 
     limit, window = _parse_rate_limit(rate_limit)
-    config = SandboxConfig.with_fault_rate(
-        fault_rate,
-        rate_limit=limit,
-        rate_window_s=window,
-        latency_ms=latency_ms,
-        jitter_ms=jitter_ms,
-        seed=seed,
-    )
+    try:
+        config = SandboxConfig.with_fault_rate(
+            fault_rate,
+            rate_limit=limit,
+            rate_window_s=window,
+            latency_ms=latency_ms,
+            jitter_ms=jitter_ms,
+            seed=seed,
+        )
+    except ValueError as exc:
+        raise UsageError(f"sandbox: {exc}") from None
     if host not in ("127.0.0.1", "localhost", "::1"):
         click.echo(f"warning: the sandbox listens on {host}, beyond this machine", err=True)
-    serve(config, host=host, port=port)
+    serve(config, host, port, access_log=access_log, log_level=log_level)
     return EXIT_OK
 
 
@@ -505,8 +522,8 @@ def _parse_rate_limit(text: str | None) -> tuple[int | None, float]:
     if text is None:
         return None, 60.0
     try:
-        count, seconds = text.split("/")
-        limit, window = int(count), float(seconds)
+        count, _, seconds = text.partition("/")
+        limit, window = int(count), float(seconds or 60)
     except ValueError:
         raise UsageError(f"--rate-limit {text}: expected N/SECONDS, e.g. 100/2") from None
     if limit < 1 or window <= 0:

@@ -1,10 +1,40 @@
-"""Shared fixtures: anyio runs every async test on asyncio."""
+"""Shared fixtures: anyio runs every async test on asyncio; one sandbox for the sandbox
+tests, reset to its defaults before each test that asks for it."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
+import httpx
 import pytest
+
+from importer.sandbox import RunningSandbox, SandboxConfig, running_sandbox
+
+#: The key the shared `client` sends (any well-formed key is accepted by the sandbox).
+SANDBOX_KEY = "clk_test_sandbox"
 
 
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+@pytest.fixture(scope="session")
+def _shared_sandbox() -> Iterator[RunningSandbox]:
+    with running_sandbox() as sb:
+        yield sb
+
+
+@pytest.fixture
+def server(_shared_sandbox: RunningSandbox) -> RunningSandbox:
+    """The session's sandbox, back to the default config with nothing stored."""
+    _shared_sandbox.configure(**SandboxConfig().to_json())
+    _shared_sandbox.reset()
+    return _shared_sandbox
+
+
+@pytest.fixture
+def client(server: RunningSandbox) -> Iterator[httpx.Client]:
+    """An httpx client for `server`, sending a valid key."""
+    with httpx.Client(base_url=server.base_url, headers={"x-api-key": SANDBOX_KEY}) as http:
+        yield http

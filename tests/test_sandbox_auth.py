@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import httpx
 import pytest
 
-from importer.sandbox import RunningSandbox, SandboxConfig, running_sandbox
+from importer.sandbox import RunningSandbox, running_sandbox
 
 REVOKED = "clk_live_revoked0001"
 
 
-@pytest.fixture(scope="module")
-def server() -> Iterator[RunningSandbox]:
-    with running_sandbox(SandboxConfig(revoked_keys=frozenset({REVOKED}))) as sb:
-        yield sb
+@pytest.fixture
+def server(server: RunningSandbox) -> RunningSandbox:
+    server.configure(revoked_keys=[REVOKED])
+    return server
 
 
 @pytest.mark.parametrize(

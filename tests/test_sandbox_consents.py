@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -18,19 +17,6 @@ CONSENT = {
     "category": ["treatment-consent"],
     "dateTime": "2024-03-01T09:30:00Z",
 }
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[RunningSandbox]:
-    with running_sandbox() as sb:
-        yield sb
-
-
-@pytest.fixture
-def client(server: RunningSandbox) -> Iterator[httpx.Client]:
-    server.reset()
-    with httpx.Client(base_url=server.base_url, headers={"x-api-key": KEY}) as client:
-        yield client
 
 
 def create(client: httpx.Client, **changes: Any) -> dict[str, Any]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -22,23 +21,17 @@ ROWS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def server() -> Iterator[RunningSandbox]:
-    with running_sandbox() as sb:
-        with httpx.Client(base_url=sb.base_url, headers={"x-api-key": KEY}) as client:
-            for patient, status, when in ROWS:
-                body: dict[str, Any] = {"patientId": patient, "scope": "treatment"}
-                body |= {"category": "treatment-consent", "status": status}
-                if when:
-                    body["dateTime"] = when
-                assert client.post("/v1/consents", json=body).status_code == 201
-        yield sb
-
-
 @pytest.fixture
-def client(server: RunningSandbox) -> Iterator[httpx.Client]:
+def server(server: RunningSandbox) -> RunningSandbox:
+    """The shared sandbox holding ROWS."""
     with httpx.Client(base_url=server.base_url, headers={"x-api-key": KEY}) as client:
-        yield client
+        for patient, status, when in ROWS:
+            body: dict[str, Any] = {"patientId": patient, "scope": "treatment"}
+            body |= {"category": "treatment-consent", "status": status}
+            if when:
+                body["dateTime"] = when
+            assert client.post("/v1/consents", json=body).status_code == 201
+    return server
 
 
 def rows_of(response: httpx.Response) -> list[int]:

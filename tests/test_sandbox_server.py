@@ -161,3 +161,21 @@ def test_bad_options_exit_2() -> None:
     )
     assert result.returncode == 2
     assert "the total fault rate must be between 0 and 1" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [["-m", "importer.sandbox"], ["-m", "importer", "sandbox"]],
+    ids=["python -m importer.sandbox", "consent-import sandbox"],
+)
+def test_both_sandbox_commands_are_one(entry: list[str]) -> None:
+    """`python -m importer.sandbox` is `consent-import sandbox`: same flags, same errors."""
+    run = [sys.executable, *entry]
+    shown = subprocess.run([*run, "--help"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    for flag in ("--rate-limit N[/SECONDS]", "--port", "--log-level", "--access-log", "--seed"):
+        assert flag in shown.stdout
+    bad = subprocess.run(
+        [*run, "--rate-limit", "5/x"], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert bad.returncode == 2
+    assert "--rate-limit 5/x: expected N/SECONDS, e.g. 100/2" in bad.stderr

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import anyio
@@ -21,23 +20,9 @@ BODY = {
 }
 
 
-@pytest.fixture(scope="module")
-def server() -> Iterator[RunningSandbox]:
-    with running_sandbox() as sb:
-        yield sb
-
-
 @pytest.fixture
 def sb(server: RunningSandbox) -> RunningSandbox:
-    server.configure(**SandboxConfig().to_json())  # back to the defaults
-    server.reset()
     return server
-
-
-@pytest.fixture
-def client(sb: RunningSandbox) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=sb.base_url, headers=KEY) as client:
-        yield client
 
 
 def test_stats_count_what_happened(sb: RunningSandbox, client: httpx.Client) -> None:

@@ -6,13 +6,12 @@ diagnostics name fields and rules, never values.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
 
-from importer.sandbox import RunningSandbox, running_sandbox
+from importer.sandbox import RunningSandbox
 from importer.sandbox.validation import parse_instant, validate_consent
 
 KEY = "clk_test_validation"
@@ -20,18 +19,6 @@ BASE = {"patientId": "pt_PHI", "scope": "treatment", "category": "treatment-cons
 STATUSES = "draft, proposed, active, rejected, inactive"
 INSTANT_RULE = "must be an ISO 8601 date-time with an offset (…Z or …+01:00)"
 DATE_RULE = "must be an ISO 8601 date or a date-time with an offset"
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[RunningSandbox]:
-    with running_sandbox() as sb:
-        yield sb
-
-
-@pytest.fixture
-def client(server: RunningSandbox) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=server.base_url, headers={"x-api-key": KEY}) as client:
-        yield client
 
 
 def without(*keys: str) -> dict[str, Any]:

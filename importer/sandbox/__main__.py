@@ -1,48 +1,18 @@
-"""`python -m importer.sandbox`: serve a sandbox without the full CLI (benchmarks, debugging).
+"""`python -m importer.sandbox`: the `consent-import sandbox` command, the same flags.
 
-Example: python -m importer.sandbox --port 8800 --rate-limit 500 --rate-window 3600
+Example: python -m importer.sandbox --port 8800 --rate-limit 500/3600
 """
 
 from __future__ import annotations
 
-import argparse
-
-from importer.sandbox.config import SandboxConfig
-from importer.sandbox.server import serve
+import sys
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Parse the options and serve until Ctrl-C."""
-    parser = argparse.ArgumentParser(
-        prog="python -m importer.sandbox",
-        description="Serve a local ClinikAPI-compatible sandbox.",
-        epilog="Example: python -m importer.sandbox --port 0 --fault-rate 0.1 --seed 7",
-    )
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8800, help="0 picks a free port")
-    parser.add_argument("--rate-limit", type=int, default=None, help="requests per window")
-    parser.add_argument("--rate-window", type=float, default=60.0, help="window in seconds")
-    parser.add_argument("--latency-ms", type=float, default=0.0)
-    parser.add_argument("--jitter-ms", type=float, default=0.0)
-    parser.add_argument("--fault-rate", type=float, default=0.0, help="spread over 4 modes")
-    parser.add_argument("--seed", type=int, default=None)
-    parser.add_argument("--access-log", action="store_true")
-    parser.add_argument(
-        "--log-level", default="info", choices=["debug", "info", "warning", "error"]
-    )
-    args = parser.parse_args(argv)
-    try:
-        config = SandboxConfig.with_fault_rate(
-            args.fault_rate,
-            rate_limit=args.rate_limit,
-            rate_window_s=args.rate_window,
-            latency_ms=args.latency_ms,
-            jitter_ms=args.jitter_ms,
-            seed=args.seed,
-        )
-    except ValueError as exc:
-        parser.error(str(exc))
-    serve(config, args.host, args.port, access_log=args.access_log, log_level=args.log_level)
+    """Run `consent-import sandbox` with these arguments (exit codes included)."""
+    from importer.cli import main as cli_main
+
+    cli_main(["sandbox", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":
