@@ -125,7 +125,7 @@ async def raw_client(url: str, count: int, concurrency: int) -> float:
 
 async def httpx_client(url: str, count: int, concurrency: int) -> float:
     """POST with the importer's own HTTP client; returns the seconds taken."""
-    client = make_http_client(base_url=url, concurrency=concurrency)
+    client = make_http_client(base_url=url, concurrency=concurrency, timeout_s=30)
     headers = {"x-api-key": KEY, "content-type": "application/json"}
     # Connect first, as the raw client does.
     await asyncio.gather(*(client.get(f"{url}/health") for _ in range(concurrency)))

@@ -14,27 +14,12 @@ from pathlib import Path
 
 import httpx
 
+from importer.mapping import CANONICAL_COLUMNS
+
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "benchmarks" / "data"
 KEY = "clk_test_benchmark00001234"
-HEADERS = [
-    "sourceKey",
-    "patientId",
-    "scope",
-    "category",
-    "status",
-    "dateTime",
-    "performerId",
-    "organizationId",
-    "policyUri",
-    "verified",
-    "verifiedWith",
-    "verificationDate",
-    "provisionType",
-    "provisionStart",
-    "provisionEnd",
-    "purpose",
-]
+HEADERS = CANONICAL_COLUMNS
 SCOPES = ["patient-privacy", "treatment", "research", "adr"]
 
 

@@ -170,7 +170,7 @@ def make_http_client(
     *,
     base_url: str,
     concurrency: int,
-    timeout_s: float = 30.0,
+    timeout_s: float,
     connect_timeout_s: float = 10.0,
 ) -> httpx.AsyncClient:
     """An `httpx.AsyncClient` for `base_url` with up to `concurrency` kept-alive connections.
@@ -446,10 +446,6 @@ class ClinikClient:
         `body` may be given already encoded, as UTF-8 JSON bytes.
         """
         return await self._request("PATCH", _consent_path(consent_id), json_body=body)
-
-    async def delete_consent(self, consent_id: str) -> ApiResponse:
-        """DELETE /v1/consents/{id}."""
-        return await self._request("DELETE", _consent_path(consent_id))
 
     async def search_consents(
         self,

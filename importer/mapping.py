@@ -40,6 +40,11 @@ SYNONYMS: dict[str, tuple[str, ...]] = {
     "sourceKey": ("source_key", "legacy_id", "consent_id"),
 }
 FIELDS = tuple(SYNONYMS)
+#: The columns of a canonical export, in order (what sample_data/ and the benchmarks write).
+CANONICAL_COLUMNS = (
+    "sourceKey",
+    *(f for f in FIELDS if f not in ("sourceKey", "policyRule", "sourceReferenceId")),
+)
 #: Fields the API requires; a file must feed each from a column or a default.
 REQUIRED_FIELDS = ("patientId", "scope", "category")
 #: Fields holding date-times, parsed with the source's timezone and date formats.

@@ -1,8 +1,8 @@
 """Pydantic models of ClinikAPI's consent bodies and envelopes, and row-error translation.
 
 `ConsentIn` and `ConsentPatch` are what we send: strict (`extra="forbid"`), camelCase on the
-wire, snake_case in Python. `Consent`, `Envelope`, `Meta`, `ApiIssue` and `ErrorBody` parse what
-the server sends back and are lenient, so a new server field never breaks a run.
+wire, snake_case in Python. What the server sends back is read by `importer.client` (the one
+reader of the envelope), leniently, so a new server field never breaks a run.
 
 `field_errors` turns a `ValidationError` into `FieldError`s: an API field path, a rule code and
 a message that names both and never the value (values are PHI).
@@ -18,7 +18,7 @@ import re
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
-from typing import Annotated, Any, Generic, TypeVar
+from typing import Annotated, Any
 
 from pydantic import (
     BaseModel,
@@ -31,8 +31,6 @@ from pydantic import (
     StringConstraints,
     Tag,
     ValidationError,
-    ValidatorFunctionWrapHandler,
-    WrapValidator,
     model_validator,
 )
 from pydantic.alias_generators import to_camel
@@ -41,17 +39,12 @@ from pydantic_core import PydanticCustomError, core_schema
 
 __all__ = [
     "CODES",
-    "ApiIssue",
     "Attachment",
     "Coding",
-    "Consent",
     "ConsentIn",
     "ConsentPatch",
     "DataRef",
-    "Envelope",
-    "ErrorBody",
     "FieldError",
-    "Meta",
     "Period",
     "Policy",
     "Provision",
@@ -308,111 +301,6 @@ class ConsentPatch(_ApiModel):
 def to_api_json(model: BaseModel) -> dict[str, Any]:
     """The JSON-ready dict the API expects: camelCase, no nulls, ISO 8601 strings, enum values."""
     return model.model_dump(mode="json", by_alias=True, exclude_none=True)
-
-
-# --- what the server sends: lenient --------------------------------------------------------
-
-
-class _ServerModel(BaseModel):
-    """Base of parsed server output: unknown fields kept, numbers accepted where text is."""
-
-    model_config = ConfigDict(
-        alias_generator=to_camel,
-        populate_by_name=True,
-        extra="allow",
-        coerce_numbers_to_str=True,
-        hide_input_in_errors=True,
-    )
-
-
-def _none_if_invalid(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
-    # Advisory fields (rate limits, issues): a malformed one must not turn a response the
-    # server acted on into an exception, which a caller could mistake for "not applied".
-    try:
-        return handler(value)
-    except ValidationError:
-        return None
-
-
-def _server_list(value: Any) -> Any:
-    if value is None:
-        return []
-    return [value] if isinstance(value, str) else value
-
-
-_ADVISORY = WrapValidator(_none_if_invalid)
-
-
-class Consent(_ServerModel):
-    """A stored consent as returned: `ConsentIn`'s fields plus `id`, loosely typed.
-
-    Enums are plain strings here (a server status such as `entered-in-error` must not break a
-    lookup; the StrEnums still compare equal), date-times may lack an offset, and nested
-    objects are dicts: the server owns their shape. A wrong type still fails, because a
-    lookup that silently lost `patientId` would not match and could post a duplicate.
-    """
-
-    id: str
-    patient_id: str | None = None
-    scope: str | None = None
-    category: Annotated[list[str], BeforeValidator(_server_list)] = Field(default_factory=list)
-    status: str | None = None
-    date_time: datetime | None = None
-    performer_id: str | None = None
-    organization_id: str | None = None
-    policy_uri: str | None = None
-    policies: list[dict[str, Any]] | None = None
-    policy_rule: str | None = None
-    source_attachment: dict[str, Any] | None = None
-    source_reference_id: str | None = None
-    verification: dict[str, Any] | list[dict[str, Any]] | None = None
-    provision: dict[str, Any] | None = None
-
-
-class Meta(_ServerModel):
-    """The `meta` of a response: request id, rate-limit window, next-page cursor.
-
-    A malformed number reads as None (unknown), never as an error.
-    """
-
-    request_id: str | None = None
-    timestamp: str | None = None
-    status: int | str | None = None  # undocumented: an HTTP status or a word
-    rate_limit_total: Annotated[int | None, _ADVISORY] = None
-    rate_limit_remaining: Annotated[int | None, _ADVISORY] = None
-    rate_limit_reset: Annotated[float | None, _ADVISORY] = None  # seconds until the reset
-    next_cursor: str | None = None
-
-
-DataT = TypeVar("DataT")
-
-
-class Envelope(_ServerModel, Generic[DataT]):
-    """A success response: `Envelope[Consent]`, `Envelope[list[Consent]]`, or `Envelope` (Any)."""
-
-    data: DataT | None = None
-    meta: Annotated[Meta | None, _ADVISORY] = None
-
-
-class ApiIssue(_ServerModel):
-    """One issue of an error response; `diagnostics` reads "field: message"."""
-
-    severity: str | None = None
-    code: str | None = None
-    diagnostics: str | None = None
-
-
-def _issues(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
-    return _none_if_invalid([] if value is None else value, handler) or []
-
-
-class ErrorBody(_ServerModel):
-    """An error response: `{"error", "code", "requestId", "issues"}`; bad `issues` read as []."""
-
-    error: str | None = None
-    code: str | None = None
-    request_id: str | None = None
-    issues: Annotated[list[ApiIssue], WrapValidator(_issues)] = Field(default_factory=list)
 
 
 # --- row-error translation -----------------------------------------------------------------

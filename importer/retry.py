@@ -73,16 +73,15 @@ def compute_wait(
     *,
     wait_initial: float,
     wait_max: float,
-    respect_retry_after: bool = True,
 ) -> float:
     """Seconds to wait after failed attempt `attempt_number` (1-based) raised `exc`.
 
     Full jitter below the doubling cap; after a 429, at least its `retry_after` (at most
-    `wait_max`) unless `respect_retry_after` is False.
+    `wait_max`).
     """
     cap = min(wait_initial * 2 ** max(attempt_number - 1, 0), wait_max)
     wait = random.uniform(0.0, max(cap, 0.0))
-    if respect_retry_after and isinstance(exc, RateLimitedError) and exc.retry_after is not None:
+    if isinstance(exc, RateLimitedError) and exc.retry_after is not None:
         wait = max(wait, min(exc.retry_after, wait_max))
     return wait
 
@@ -94,10 +93,9 @@ async def _sleep(seconds: float) -> None:
 
 def retrying(
     *,
-    attempts: int = 5,
+    attempts: int,
     wait_initial: float = 0.5,
     wait_max: float = 10.0,
-    respect_retry_after: bool = True,
     on_retry: Callable[[BaseException, int], None] | None = None,
     before_sleep: Callable[[tenacity.RetryCallState], None] | None = None,
 ) -> tenacity.AsyncRetrying:
@@ -106,8 +104,6 @@ def retrying(
     Args:
         attempts: total tries, the first included.
         wait_initial: cap of the first backoff; the cap doubles each retry up to `wait_max`.
-        respect_retry_after: wait at least a 429's `retry_after` (capped at `wait_max`; the
-            shared `Limiter` pause covers the rest). False leaves it all to the Limiter.
         on_retry: called with (exception, failed attempt number) before each retry's sleep.
         before_sleep: tenacity's raw hook, for callers that need the whole retry state.
     """
@@ -121,7 +117,6 @@ def retrying(
             state.attempt_number,
             wait_initial=wait_initial,
             wait_max=wait_max,
-            respect_retry_after=respect_retry_after,
         )
 
     def hook(state: tenacity.RetryCallState) -> None:

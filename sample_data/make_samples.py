@@ -15,26 +15,11 @@ from pathlib import Path
 
 from openpyxl import Workbook
 
+from importer.mapping import CANONICAL_COLUMNS
+
 HERE = Path(__file__).parent
 
-CANONICAL = [
-    "sourceKey",
-    "patientId",
-    "scope",
-    "category",
-    "status",
-    "dateTime",
-    "performerId",
-    "organizationId",
-    "policyUri",
-    "verified",
-    "verifiedWith",
-    "verificationDate",
-    "provisionType",
-    "provisionStart",
-    "provisionEnd",
-    "purpose",
-]
+CANONICAL = CANONICAL_COLUMNS
 
 
 def clean_csv() -> None:

@@ -282,7 +282,7 @@ def test_a_stop_starts_no_request_even_from_workers_waiting_for_a_slot(
     async def run_then_stop(sandbox: RunningSandbox) -> int:
         ledger = Ledger(ledger_path, base_url=sandbox.base_url)
         run_id = ledger.begin_run([str(source)])
-        async with make_http_client(base_url=sandbox.base_url, concurrency=3) as http:
+        async with make_http_client(base_url=sandbox.base_url, concurrency=3, timeout_s=30) as http:
             client = ClinikClient(
                 http, base_url=sandbox.base_url, api_key=KEY, limiter=Limiter(concurrency=3)
             )

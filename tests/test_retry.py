@@ -131,22 +131,19 @@ def test_full_jitter_stays_within_its_cap(attempt_number: int, cap: float) -> No
 
 
 @pytest.mark.parametrize(
-    ("retry_after", "respect", "low", "high"),
+    ("retry_after", "low", "high"),
     [
-        (7.0, True, 7.0, 7.0),  # longer than any jitter at attempt 1: exactly Retry-After
-        (0.1, True, 0.1, 0.5),  # shorter: at least it, at most the jitter cap
+        (7.0, 7.0, 7.0),  # longer than any jitter at attempt 1: exactly Retry-After
+        (0.1, 0.1, 0.5),  # shorter: at least it, at most the jitter cap
         # beyond wait_max the shared Limiter pause waits (and may stop the run), not a sleep
-        (3600.0, True, 10.0, 10.0),
-        (7.0, False, 0.0, 0.5),  # the Limiter pause covers it all
-        (None, True, 0.0, 0.5),
+        (3600.0, 10.0, 10.0),
+        (None, 0.0, 0.5),
     ],
 )
-def test_retry_after_is_a_floor(
-    retry_after: float | None, respect: bool, low: float, high: float
-) -> None:
+def test_retry_after_is_a_floor(retry_after: float | None, low: float, high: float) -> None:
     exc = RateLimitedError("429", status=429, retry_after=retry_after)
     for _ in range(50):
-        wait = compute_wait(exc, 1, wait_initial=0.5, wait_max=10.0, respect_retry_after=respect)
+        wait = compute_wait(exc, 1, wait_initial=0.5, wait_max=10.0)
         assert low <= wait <= high
 
 
@@ -186,4 +183,4 @@ def test_no_waits_restores_the_previous_setting() -> None:
 
 
 def test_retrying_is_tenacity() -> None:
-    assert isinstance(retrying(), tenacity.AsyncRetrying)
+    assert isinstance(retrying(attempts=5), tenacity.AsyncRetrying)
