@@ -450,6 +450,26 @@ def demo(samples: Path, out: Path) -> int:
     type=click.FloatRange(0, 1),
     help="Probability of a fault, spread evenly over the four fault modes.",
 )
+@click.option(
+    "--late-rate",
+    default=0.0,
+    type=click.FloatRange(0, 1),
+    help="Probability that a write answers 502/504 at once and is stored --late-ms later.",
+)
+@click.option("--late-ms", default=4000.0, show_default=True, type=click.FloatRange(min=0))
+@click.option(
+    "--search-lag-rate",
+    default=1.0,
+    show_default=True,
+    type=click.FloatRange(0, 1),
+    help="Share of new consents that search sees only --search-lag-ms later.",
+)
+@click.option(
+    "--search-lag-ms",
+    default=0.0,
+    type=click.FloatRange(min=0),
+    help="How far search lags behind the store (GET by id sees a consent at once).",
+)
 @click.option("--seed", type=int, help="Seed for latency jitter and fault draws.")
 def sandbox(
     host: str,
@@ -458,12 +478,17 @@ def sandbox(
     latency_ms: float,
     jitter_ms: float,
     fault_rate: float,
+    late_rate: float,
+    late_ms: float,
+    search_lag_rate: float,
+    search_lag_ms: float,
     seed: int | None,
 ) -> int:
     """Serve a local ClinikAPI-compatible API for demos and tests (Ctrl-C stops it).
 
     Faults: 503 before storing; store then 500; store then drop the connection;
-    store then answer after a delay longer than a client's timeout.
+    store then answer after a delay longer than a client's timeout; answer 502/504 at
+    once and store later (--late-rate); search lagging behind the store (--search-lag-ms).
 
     \b
     Example:
@@ -472,14 +497,21 @@ def sandbox(
     from importer.sandbox import SandboxConfig, serve
 
     limit, window = _parse_rate_limit(rate_limit)
-    config = SandboxConfig.with_fault_rate(
-        fault_rate,
-        rate_limit=limit,
-        rate_window_s=window,
-        latency_ms=latency_ms,
-        jitter_ms=jitter_ms,
-        seed=seed,
-    )
+    try:
+        config = SandboxConfig.with_fault_rate(
+            fault_rate,
+            rate_limit=limit,
+            rate_window_s=window,
+            latency_ms=latency_ms,
+            jitter_ms=jitter_ms,
+            fault_late=late_rate,
+            late_ms=late_ms,
+            fault_search_lag=search_lag_rate,
+            search_lag_ms=search_lag_ms,
+            seed=seed,
+        )
+    except ValueError as exc:  # e.g. --fault-rate and --late-rate adding up past 1
+        raise UsageError(f"sandbox: {exc}") from None
     if host not in ("127.0.0.1", "localhost", "::1"):
         click.echo(f"warning: the sandbox listens on {host}, beyond this machine", err=True)
     serve(config, host=host, port=port)
