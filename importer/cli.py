@@ -41,6 +41,51 @@ _earlier_ledger = click.option(
     help="The ledger of earlier runs.",
 )
 
+# Options `run` and `verify` share.
+_base_url = click.option(
+    "--base-url",
+    envvar="CLINIKAPI_BASE_URL",
+    default="https://api.clinikapi.com",
+    show_default=True,
+    help="API base URL (env CLINIKAPI_BASE_URL). Plain http:// only to loopback.",
+)
+_api_key = click.option(
+    "--api-key",
+    envvar="CLINIKAPI_API_KEY",
+    help="API key, clk_live_… or clk_test_… "
+    "(env CLINIKAPI_API_KEY; prefer the environment to the command line).",
+)
+_concurrency = click.option(
+    "--concurrency",
+    default=8,
+    show_default=True,
+    type=click.IntRange(1, 256),
+    help="Requests in flight at once.",
+)
+_timeout = click.option(
+    "--timeout",
+    "timeout_s",
+    default=30.0,
+    show_default=True,
+    type=click.FloatRange(min=0, min_open=True),
+    help="Read timeout per request (s).",
+)
+_max_attempts = click.option(
+    "--max-attempts",
+    default=5,
+    show_default=True,
+    type=click.IntRange(1, 20),
+    help="Tries per request for 429s, 5xx and network errors.",
+)
+_max_wait = click.option(
+    "--max-wait",
+    "max_wait_s",
+    type=click.FloatRange(min=0),
+    help="When the rate-limit window is spent and resets later than this many "
+    "seconds, stop cleanly: `run` exits 0 (paused) and resumes on the next run, "
+    "`verify` exits 3.",
+)
+
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="consent-import")
@@ -101,53 +146,17 @@ def validate(
     help="SQLite ledger of created ids and failures (holds PHI: kept owner-only). "
     "Rerun with the same ledger to resume or sync.",
 )
-@click.option(
-    "--base-url",
-    envvar="CLINIKAPI_BASE_URL",
-    default="https://api.clinikapi.com",
-    show_default=True,
-    help="API base URL (env CLINIKAPI_BASE_URL). Plain http:// only to loopback.",
-)
-@click.option(
-    "--api-key",
-    envvar="CLINIKAPI_API_KEY",
-    help="API key, clk_live_… or clk_test_… "
-    "(env CLINIKAPI_API_KEY; prefer the environment to the command line).",
-)
-@click.option(
-    "--concurrency",
-    default=8,
-    show_default=True,
-    type=click.IntRange(1, 256),
-    help="Requests in flight at once.",
-)
+@_base_url
+@_api_key
+@_concurrency
 @click.option(
     "--max-rps",
     type=click.FloatRange(min=0, min_open=True),
     help="Cap on requests started per second, on top of the server's window budget.",
 )
-@click.option(
-    "--timeout",
-    "timeout_s",
-    default=30.0,
-    show_default=True,
-    type=click.FloatRange(min=0, min_open=True),
-    help="Read timeout per request (s).",
-)
-@click.option(
-    "--max-attempts",
-    default=5,
-    show_default=True,
-    type=click.IntRange(1, 20),
-    help="Tries per request for 429s, 5xx and network errors.",
-)
-@click.option(
-    "--max-wait",
-    "max_wait_s",
-    type=click.FloatRange(min=0),
-    help="When the rate-limit window is spent and resets later than this many "
-    "seconds, stop cleanly (exit 0, paused) and resume on the next run.",
-)
+@_timeout
+@_max_attempts
+@_max_wait
 @click.option(
     "--on-immutable-change",
     type=click.Choice(["fail", "recreate"]),
@@ -402,6 +411,83 @@ def status(ledger: Path, runs: int, as_json: bool) -> int:
         for code, count in info["top_errors"].items():
             click.echo(f"  {code:<24} {count:>8,}")
     return EXIT_OK
+
+
+@cli.command()
+@_earlier_ledger
+@click.option(
+    "--sample",
+    type=click.IntRange(min=1),
+    metavar="N",
+    help="Read back N consents picked at random instead of all of them.",
+)
+@click.option(
+    "--report",
+    "reports",
+    multiple=True,
+    metavar="PATH",
+    help="Write the findings: .json, .csv or .html (they may hold patient ids: kept "
+    "owner-only). Repeatable.",
+)
+@_base_url
+@_api_key
+@_concurrency
+@_timeout
+@_max_attempts
+@_max_wait
+@click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors.")
+def verify(
+    ledger: Path,
+    sample: int | None,
+    reports: Sequence[str],
+    base_url: str,
+    api_key: str | None,
+    concurrency: int,
+    timeout_s: float,
+    max_attempts: int,
+    max_wait_s: float | None,
+    quiet: bool,
+) -> int:
+    """Read back what the ledger says was created or updated; report what disagrees.
+
+    Reports `missing` (the server lacks it), `differs` (fields differ from what was
+    sent), `duplicate` (another matching consent no ledger row claims) and rows whose
+    outcome is unknown. Reads only: it never writes to the server or the ledger. Exit 0
+    all agree, 1 something reported, 2 usage or configuration error, 3 stopped early.
+
+    \b
+    Example:
+      consent-import verify --ledger legacy.db --report verify.html
+    """
+    from importer.verify import (
+        VerifyConfig,
+        check_verify_report_paths,
+        summary_lines,
+        write_reports,
+    )
+    from importer.verify import verify as do_verify
+
+    paths = check_verify_report_paths(reports, ledger)
+    config = VerifyConfig(
+        ledger=ledger,
+        base_url=base_url,
+        api_key=api_key,
+        sample=sample,
+        concurrency=concurrency,
+        timeout_s=timeout_s,
+        max_attempts=max_attempts,
+        max_wait_s=max_wait_s,
+    )
+    result = do_verify(config, on_wait=None if quiet else _echo_wait)
+    write_reports(paths, result)
+    if not quiet:
+        for line in summary_lines(result, ledger):
+            click.echo(line)
+    return result.exit_code
+
+
+def _echo_wait(seconds: float, reason: str) -> None:
+    click.echo(f"waiting: {reason}", err=True)
 
 
 @cli.command()
