@@ -23,6 +23,7 @@ from importer.validate import validate_files
 
 if TYPE_CHECKING:
     from importer.pool import RunStats
+    from importer.verify import Plan
 
 EXIT_OK, EXIT_ROWS, EXIT_CONFIG, EXIT_ABORTED, EXIT_INTERNAL = 0, 1, 2, 3, 4
 
@@ -478,7 +479,11 @@ def verify(
         max_attempts=max_attempts,
         max_wait_s=max_wait_s,
     )
-    result = do_verify(config, on_wait=None if quiet else _echo_wait)
+    result = do_verify(
+        config,
+        on_wait=None if quiet else _echo_wait,
+        on_plan=None if quiet else _echo_plan,
+    )
     write_reports(paths, result)
     if not quiet:
         for line in summary_lines(result, ledger):
@@ -488,6 +493,15 @@ def verify(
 
 def _echo_wait(seconds: float, reason: str) -> None:
     click.echo(f"waiting: {reason}", err=True)
+
+
+def _echo_plan(plan: Plan) -> None:
+    consents = sum(len(rows) for rows in plan.searches.values()) + len(plan.gets)
+    click.echo(
+        f"Reading back {consents:,} consents: {len(plan.searches):,} patient searches, "
+        f"{len(plan.gets):,} reads by id",
+        err=True,
+    )
 
 
 @cli.command()

@@ -234,10 +234,18 @@ def check_verify_report_paths(paths: Sequence[str], ledger: Path) -> list[Path]:
 
 
 def verify(
-    config: VerifyConfig, *, on_wait: Callable[[float, str], None] | None = None
+    config: VerifyConfig,
+    *,
+    on_wait: Callable[[float, str], None] | None = None,
+    on_plan: Callable[[Plan], None] | None = None,
 ) -> VerifyResult:
-    """Read back the ledger's consents from the server; blocking. Never writes anywhere
-    but `config`'s reports (written by the caller)."""
+    """Read back the ledger's consents from the server; blocking. Writes nothing (the
+    caller writes the reports).
+
+    Args:
+        on_wait: called with (seconds, reason) before a long wait for the rate budget.
+        on_plan: called with the plan before the first request.
+    """
     api_key = check_api_key(config.api_key)
     base_url = check_base_url(config.base_url)
     if config.sample is not None and config.sample < 1:
@@ -260,6 +268,8 @@ def verify(
                 chosen = random.Random(config.seed).sample(everything, config.sample)
                 result.sampled = True
             plan = plan_reads(chosen, everything)
+            if on_plan is not None:
+                on_plan(plan)
             checker = _Checker(config, base_url, api_key, everything, result, on_wait)
             anyio.run(checker.run, plan)
             _drop_claimed(result, ledger)
