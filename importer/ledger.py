@@ -318,7 +318,7 @@ class Ledger:
     def done_consents(self) -> list[DoneConsent]:
         """Every row the ledger says the server holds (created, adopted, updated, recreated)."""
         return [
-            DoneConsent(r[0], r[1], r[2], r[3], r[4], r[5], json.loads(r[6] or "{}"))
+            DoneConsent(r[0], r[1], r[2], r[3], r[4], r[5], r[6] or "{}")
             for r in self.db.execute(
                 "SELECT source_key, source_file, source_row, consent_id, patient_id, "
                 "payload_hash, field_hashes FROM rows "
@@ -469,7 +469,14 @@ class DoneConsent:
     consent_id: str
     patient_id: str | None
     payload_hash: str | None
-    field_hashes: dict[str, str]
+    # Kept as the stored JSON and parsed when asked: a big ledger is read whole.
+    field_hashes_json: str
+
+    @property
+    def field_hashes(self) -> dict[str, str]:
+        """{field: short hash} of the body the server should hold."""
+        parsed: dict[str, str] = json.loads(self.field_hashes_json)
+        return parsed
 
 
 @dataclass(frozen=True, slots=True)

@@ -285,7 +285,10 @@ def verify(
 def _drop_claimed(result: VerifyResult, ledger: Ledger) -> None:
     """A consent that some ledger row claims is that row's, not a duplicate."""
     candidates = [f.duplicate_id for f in result.findings if f.kind == "duplicate"]
-    claimed = ledger.claimed_consents(c for c in candidates if c)
+    ids = [c for c in candidates if c]
+    claimed: set[str] = set()
+    for start in range(0, len(ids), 500):  # SQLite bounds the parameters of one query
+        claimed |= ledger.claimed_consents(ids[start : start + 500])
     result.findings = [
         f for f in result.findings if f.kind != "duplicate" or f.duplicate_id not in claimed
     ]

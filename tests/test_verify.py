@@ -208,7 +208,7 @@ def test_verify_never_writes_to_the_server_or_the_ledger(
 
 
 def done(key: str, patient: str | None) -> DoneConsent:
-    return DoneConsent(key, "in.csv", 2, f"consent_{key}", patient, None, {})
+    return DoneConsent(key, "in.csv", 2, f"consent_{key}", patient, None, "{}")
 
 
 @pytest.mark.parametrize(
@@ -406,3 +406,26 @@ def test_same_identity_ignores_fields_outside_the_identity() -> None:
     sent = body_field_hashes(normalised_body(body_of("K000001")))
     assert same_identity({**body_of("K000001"), "status": "inactive"}, sent)
     assert not same_identity({**body_of("K000001"), "scope": "research"}, sent)
+
+
+def test_reads_that_keep_failing_are_reported_unchecked(
+    imported: Path, sandbox: RunningSandbox, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sandbox.configure(fault_unavailable=1.0)  # every read answers 503
+    code, out = cli(imported, sandbox, capsys, "--max-attempts", "2")
+    assert code == 1
+    assert f"{ROWS} unchecked" in out
+    assert "could not read it: http_503" in out
+    assert sandbox.stats()["requests"] - ROWS == 2 * ROWS  # the import's POSTs, then 2 tries
+
+
+def test_a_ledger_with_nothing_done_agrees_without_a_request(
+    tmp_path: Path, sandbox: RunningSandbox, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = write_csv(tmp_path / "in.csv", consent_rows(2, patientId="not a valid id!"))
+    ledger = tmp_path / "l.db"
+    assert run(source, sandbox.base_url, ledger).exit_code == 1  # every row invalid
+    code, out = cli(ledger, sandbox, capsys)
+    assert code == 0
+    assert "0 of 0 consents" in out
+    assert sandbox.stats()["requests"] == 0
