@@ -183,6 +183,16 @@ def validate(
     "consents. Costs one search request per row.",
 )
 @click.option(
+    "--settle",
+    "settle_s",
+    default=DEFAULTS.settle_s,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    help="After an ambiguous answer to a POST (timeout, dropped connection, 5xx), wait "
+    "this many seconds before looking the consent up, so a consent the server stores or "
+    "indexes late is not posted twice; the run goes on meanwhile. 0: look up at once.",
+)
+@click.option(
     "--grace",
     "grace_s",
     default=DEFAULTS.grace_s,
@@ -237,6 +247,7 @@ def run(
     on_immutable_change: OnImmutableChange,
     revoke_missing: bool,
     skip_existing: bool,
+    settle_s: float,
     grace_s: float,
     dry_run: bool,
     summary_json: Path | None,
@@ -276,6 +287,7 @@ def run(
         max_attempts=max_attempts,
         max_wait_s=max_wait_s,
         grace_s=grace_s,
+        settle_s=settle_s,
         on_immutable_change=on_immutable_change,
         revoke_missing=revoke_missing,
         skip_existing=skip_existing,
@@ -336,6 +348,11 @@ def _print_run(stats: RunStats, ledger: Path) -> None:
         f"     {stats.requests:,} requests · {stats.retries:,} retries · "
         f"{stats.rate_limited:,} rate-limited · {stats.duration_s:,.1f} s"
     )
+    if stats.settled_adopted or stats.settled_reposted:
+        out.print(
+            f"     after --settle: {stats.settled_adopted:,} found and adopted, "
+            f"{stats.settled_reposted:,} posted again"
+        )
     if stats.missing_from_source:
         verb = "revoked" if stats.revoked else "left alone; --revoke-missing patches them inactive"
         out.print(f"     {stats.missing_from_source:,} rows missing from the source ({verb})")

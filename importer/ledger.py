@@ -89,6 +89,7 @@ CREATE TABLE IF NOT EXISTS rows (
     http_status INTEGER,
     request_id TEXT,
     cells TEXT,                      -- JSON of the source cells (invalid/failed rows only: PHI)
+    settle_after TEXT,               -- settling rows: look up no sooner (UTC ISO time)
     attempts INTEGER NOT NULL DEFAULT 0,
     first_run INTEGER,
     last_run INTEGER,                -- the last run whose input held this row
@@ -111,7 +112,7 @@ CREATE TABLE IF NOT EXISTS attempts (
 T = TypeVar("T")
 _SELECT_ROWS = (
     "SELECT source_key, state, action, consent_id, payload_hash, field_hashes, "
-    "pending_op, pending_body, pending_hash, error_code FROM rows"
+    "pending_op, pending_body, pending_hash, error_code, settle_after, updated_at FROM rows"
 )
 #: Rows that need a person: invalid, failed, sent with an outcome still unknown, or done
 #: but edited in a way the API cannot apply (the error stays until a run clears it).
@@ -127,6 +128,7 @@ _CLEARED = dict.fromkeys(
         "error_message",
         "http_status",
         "cells",
+        "settle_after",
     )
 )
 
@@ -158,6 +160,8 @@ class LedgerRow:
     pending_body: str | None
     pending_hash: str | None
     error_code: str | None
+    settle_after: str | None = None  # settling rows: look up no sooner than this
+    updated_at: str | None = None  # in-flight rows: when the intent was committed
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,6 +201,7 @@ class _Transitions:
             "pending_body": body,
             "pending_hash": body_hash,
             "patient_id": patient_id,
+            "settle_after": None,
         }
         if consent_id is not None:
             values["consent_id"] = consent_id
@@ -245,6 +250,22 @@ class _Transitions:
         """in_flight -> in_flight, error noted: a POST may have been stored; the next run
         looks it up before anything is posted again."""
         self._upsert(run_id, src, {**_error_values(error), "state": RowState.IN_FLIGHT})
+        self._attempt(run_id, src.key, op, "error", error=error)
+
+    def settling(
+        self, run_id: int, src: Source, op: Op, error: RowError, *, settle_after: str
+    ) -> None:
+        """in_flight -> settling: a POST's answer was ambiguous; look the consent up no
+        sooner than `settle_after` (kept across a crash), then adopt it or post again."""
+        values = {**_error_values(error), "state": RowState.SETTLING}
+        self._upsert(run_id, src, {**values, "settle_after": settle_after})
+        self._attempt(run_id, src.key, op, "error", error=error)
+
+    def gave_up(self, run_id: int, src: Source, op: Op, error: RowError) -> None:
+        """settling -> failed as outcome_unknown: ambiguous `--max-attempts` times. The op
+        stays, and the next run looks the consent up before posting."""
+        values = {**_error_values(error), "state": RowState.FAILED, "settle_after": None}
+        self._upsert(run_id, src, values)
         self._attempt(run_id, src.key, op, "error", error=error)
 
     def unsent(self, src: Source, before: RowState | None) -> None:
@@ -355,7 +376,8 @@ class Ledger(_Transitions):
     """Synchronous access to the ledger file; one connection, used by one thread at a time.
 
     Rows change only through the named transitions of `_Transitions` (`intent`, `done`,
-    `failed`, `outcome_unknown`, `unsent`, `revoked`, `invalid`, `refused`, `seen`);
+    `failed`, `outcome_unknown`, `settling`, `gave_up`, `unsent`, `revoked`, `invalid`,
+    `refused`, `seen`);
     call them inside a transaction (`AsyncLedger.write` runs each in one).
     """
 
@@ -369,6 +391,9 @@ class Ledger(_Transitions):
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute("PRAGMA busy_timeout=5000")
             self._db.executescript(_SCHEMA)
+            columns = {r[1] for r in self._db.execute("PRAGMA table_info(rows)")}
+            if "settle_after" not in columns:  # a ledger of a version before settling
+                self._db.execute("ALTER TABLE rows ADD COLUMN settle_after TEXT")
         except sqlite3.DatabaseError as exc:
             raise ConfigError(
                 f"ledger {self.path} is not a consent-import ledger ({exc}); give another --ledger"
@@ -467,6 +492,8 @@ class Ledger(_Transitions):
                     r[7],
                     r[8],
                     r[9],
+                    r[10],
+                    r[11],
                 )
         return found
 

@@ -100,6 +100,10 @@ class RunStats:
     revoked: int = 0
     missing_from_source: int = 0
     lookups: int = 0
+    #: rows waiting out --settle after an ambiguous answer, right now
+    settling: int = 0
+    settled_adopted: int = 0  # found by the lookup after settling
+    settled_reposted: int = 0  # not found after settling: posted again
     retries: int = 0
     requests: int = 0
     rate_limited: int = 0
@@ -143,6 +147,8 @@ class RunStats:
             revoked=self.revoked,
             missing_from_source=self.missing_from_source,
             lookups=self.lookups,
+            settled_adopted=self.settled_adopted,
+            settled_reposted=self.settled_reposted,
             paused=self.paused,
             aborted=self.aborted or None,
             rows_left=self.rows_left,
