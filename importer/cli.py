@@ -67,7 +67,8 @@ def cli() -> None:
 @click.option(
     "--redact",
     is_flag=True,
-    help="Leave every cell value out of the HTML report (for sharing outside the team).",
+    help="Leave every cell value out of the reports, for sharing outside the team (JSON "
+    "never holds any; refused with a .csv report, which is the rows' own cells).",
 )
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors.")
 def validate(
@@ -197,7 +198,12 @@ def validate(
     help="Write a report of the run: .json (summary, row errors) or .html. "
     "With --dry-run, a validation report (.json, .csv, .html). Repeatable.",
 )
-@click.option("--redact", is_flag=True, help="Leave every cell value out of the HTML report.")
+@click.option(
+    "--redact",
+    is_flag=True,
+    help="Leave every cell value out of the reports (JSON never holds any; refused "
+    "with a .csv report, which is the rows' own cells).",
+)
 @click.option(
     "--log-format",
     type=click.Choice(["text", "json"]),
@@ -248,13 +254,15 @@ def run(
           --concurrency 8 --summary-json summary.json
     """
     from importer.console import RunProgress, setup_logging
+    from importer.outputs import check_run
     from importer.report import check_run_report_paths, write_run_reports
     from importer.runner import RunConfig, plan_import, run_import
     from importer.runner import summary_json as write_summary
 
     setup_logging(log_format, quiet=quiet)
-    run_reports = [] if dry_run else check_run_report_paths(reports)
+    run_reports = [] if dry_run else check_run_report_paths(reports, redact=redact)
     the_mapping = load_mapping(mapping)
+    check_run(inputs, the_mapping, ledger, reports, summary_json)
     config = RunConfig(
         inputs=inputs,
         ledger=ledger,

@@ -10,6 +10,7 @@ from typing import Any
 
 from importer.errors import ConfigError
 from importer.ledger import Ledger
+from importer.outputs import check_export
 from importer.report import SafeCsvWriter, error_columns
 
 CREATED_COLUMNS = (
@@ -41,6 +42,9 @@ class ExportCounts:
 
 def export(ledger_path: Path, created: Path | None, failed: Path | None) -> ExportCounts:
     """Write created.csv and failed.csv (either may be None) from the ledger."""
+    if not ledger_path.is_file():
+        open_existing(ledger_path)  # says it is not there
+    check_export(ledger_path, created=created, failed=failed)
     ledger = open_existing(ledger_path)
     counts = ExportCounts()
     try:

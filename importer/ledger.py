@@ -113,6 +113,8 @@ class Ledger:
         _create_private(self.path)
         try:
             self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            _check_ours(self.db, self.path)
+            _make_private(self.path)
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=FULL")
             self.db.execute("PRAGMA busy_timeout=5000")
@@ -279,6 +281,25 @@ class Ledger:
         )
 
 
+def _check_ours(db: sqlite3.Connection, path: Path) -> None:
+    """Refuse another program's SQLite database before anything is written to it."""
+    tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    if tables and not {"meta", "runs", "rows"} <= tables:
+        db.close()
+        raise ConfigError(
+            f"ledger {path} is not a consent-import ledger (an SQLite database of something "
+            "else); it was left as it is: give another --ledger"
+        )
+
+
+def _make_private(path: Path) -> None:
+    """An adopted file keeps no mode wider than owner-only (SQLite's -wal and -shm
+    files take the database's mode when created)."""
+    for file in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+        if file.exists() and file.stat().st_mode & 0o077:
+            file.chmod(0o600)
+
+
 class _Transaction:
     def __init__(self, db: sqlite3.Connection) -> None:
         self.db = db
@@ -383,11 +404,23 @@ class _Waiter:
         self.error: BaseException | None = None
 
 
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
 def _create_private(path: Path) -> None:
-    """Create the ledger file readable by its owner only (it holds PHI)."""
+    """Create the ledger file readable by its owner only (it holds PHI); an existing file
+    is adopted only when empty or an SQLite database (`_check_ours` looks inside), and is
+    then made owner-only too, whatever mode it had."""
     if path.exists():
         if path.is_dir():
             raise ConfigError(f"ledger {path} is a directory; give a file path")
+        with path.open("rb") as handle:
+            head = handle.read(len(_SQLITE_MAGIC))
+        if head and head != _SQLITE_MAGIC:
+            raise ConfigError(
+                f"ledger {path} is not a consent-import ledger (not an SQLite database); "
+                "it was left as it is: give another --ledger"
+            )
         return
     try:
         fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)

@@ -22,6 +22,7 @@ from importer.limiter import Limiter
 from importer.lock import LedgerLock
 from importer.mapping import Mapping
 from importer.normalize import Normalizer, Row
+from importer.outputs import write_text
 from importer.pool import Importer, RunOptions, RunStats, plan_row
 from importer.report import ValidationSummary
 from importer.validate import open_tables
@@ -234,5 +235,6 @@ def _plan_batch(batch: list[Row], ledger: Ledger | None, options: RunOptions, pl
 
 
 def summary_json(path: Path, stats: RunStats, extra: dict[str, Any] | None = None) -> None:
+    """Counts and codes only, no PHI: written with the umask's mode, for log collectors."""
     document = {**stats.summary(), **(extra or {})}
-    path.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+    write_text(path, json.dumps(document, indent=2) + "\n", private=False)
