@@ -23,6 +23,7 @@ from importer.validate import validate_files
 
 if TYPE_CHECKING:
     from importer.pool import RunStats
+    from importer.revocation import RevokePlan
 
 EXIT_OK, EXIT_ROWS, EXIT_CONFIG, EXIT_ABORTED, EXIT_INTERNAL = 0, 1, 2, 3, 4
 
@@ -165,6 +166,12 @@ def validate(
     "source to inactive (the input is taken as the whole source).",
 )
 @click.option(
+    "--revoke-max",
+    metavar="N|P%",
+    help="Revoke at most N consents, or P% of the ledger's done rows, in one run; over "
+    "it, revoke none and exit 2. [default: 10%]",
+)
+@click.option(
     "--skip-existing",
     is_flag=True,
     help="Look each new row up before posting and "
@@ -230,6 +237,7 @@ def run(
     max_wait_s: float | None,
     on_immutable_change: str,
     revoke_missing: bool,
+    revoke_max: str | None,
     skip_existing: bool,
     grace_s: float,
     dry_run: bool,
@@ -276,6 +284,7 @@ def run(
         grace_s=grace_s,
         on_immutable_change=on_immutable_change,
         revoke_missing=revoke_missing,
+        revoke_max=revoke_max,
         skip_existing=skip_existing,
     )
     if dry_run:
@@ -290,6 +299,8 @@ def run(
             click.echo(f"Dry run: {plan.rows:,} rows; nothing was sent.")
             for action, count in sorted(plan.counts.items()):
                 click.echo(f"  {action:<28} {count:>10,}")
+            if plan.revoke is not None:
+                _print_revocations(plan.revoke)
         return EXIT_ROWS if plan.invalid or plan.counts.get("immutable_change") else EXIT_OK
     with RunProgress(enabled=not quiet) as progress:
         result = run_import(
@@ -305,7 +316,24 @@ def run(
     write_run_reports(run_reports, result.validation, stats, redact=redact)
     if not quiet:
         _print_run(stats, ledger)
+    if stats.revoke_refused:
+        click.echo(f"consent-import: error: {stats.revoke_refused}", err=True)
     return result.exit_code
+
+
+def _print_revocations(plan: RevokePlan, listed: int = 50) -> None:
+    """A dry run's revocations: how many, and where their rows were (file and row only:
+    keys may hold patient ids)."""
+    click.echo(
+        f"  would revoke {plan.in_scope:,} (rows missing from the source); "
+        f"{plan.out_of_scope:,} ledger rows of other files or systems out of scope"
+    )
+    for _, file, number, _ in plan.rows[:listed]:
+        click.echo(f"    {file} row {number}")
+    if plan.in_scope > listed:
+        click.echo(f"    … and {plan.in_scope - listed:,} more")
+    if plan.refusal or plan.note:
+        click.echo(f"  {plan.refusal or plan.note}")
 
 
 def _print_run(stats: RunStats, ledger: Path) -> None:
@@ -320,8 +348,21 @@ def _print_run(stats: RunStats, ledger: Path) -> None:
         f"{stats.rate_limited:,} rate-limited · {stats.duration_s:,.1f} s"
     )
     if stats.missing_from_source:
-        verb = "revoked" if stats.revoked else "left alone; --revoke-missing patches them inactive"
+        verb = (
+            "revoked"
+            if stats.revoked
+            else "none revoked"
+            if stats.revoke_refused or stats.revoke_note
+            else "left alone; --revoke-missing patches them inactive"
+        )
         out.print(f"     {stats.missing_from_source:,} rows missing from the source ({verb})")
+    if stats.revoke_out_of_scope:
+        out.print(
+            f"     {stats.revoke_out_of_scope:,} ledger rows of other files or source systems "
+            "were out of scope for --revoke-missing"
+        )
+    if stats.revoke_note:
+        out.print(f"     {stats.revoke_note}")
     if stats.paused:
         out.print(
             f"[yellow]Paused[/]: {stats.rows_left:,} rows left; the rate-limit budget resets "
@@ -405,6 +446,12 @@ def status(ledger: Path, runs: int, as_json: bool) -> int:
         click.echo(
             f"  run {run_info['id']:>4} {run_info['started_at']} {run_info['status']:<8} {counts}"
         )
+    for title, counts in (
+        ("Source systems", info["systems"]),
+        ("Source files", info["source_files"]),
+    ):
+        if counts and set(counts) != {"(none)"}:
+            click.echo(f"{title}: " + ", ".join(f"{k} {v:,}" for k, v in counts.items()))
     if info["top_errors"]:
         click.echo("Most common errors:")
         for code, count in info["top_errors"].items():

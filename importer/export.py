@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from importer.errors import ConfigError
+from importer.keys import split_key
 from importer.ledger import Ledger
 from importer.outputs import check_export
 from importer.report import SafeCsvWriter, error_columns
@@ -51,7 +52,9 @@ def export(ledger_path: Path, created: Path | None, failed: Path | None) -> Expo
         if created is not None:
             with SafeCsvWriter(created, CREATED_COLUMNS) as writer:
                 for row in ledger.iter_rows("state = 'done'"):
-                    writer.write({c: row[c] for c in CREATED_COLUMNS})
+                    cells = {c: row[c] for c in CREATED_COLUMNS}
+                    cells["source_key"] = split_key(row["source_key"])[1]  # as the file has it
+                    writer.write(cells)
                     counts.created += 1
         if failed is not None:
             counts.failed = _export_failed(ledger, failed)
@@ -89,11 +92,14 @@ def status(ledger_path: Path, *, runs: int = 10) -> dict[str, Any]:
             )
         )
         counts = ledger.counts()
+        systems, files = ledger.sources()
         return {
             "ledger": str(ledger_path),
             "rows_by_state": counts,
             "in_flight": counts.get("in_flight", 0),
             "top_errors": dict(errors.most_common(10)),
+            "systems": systems,
+            "source_files": files,
             "runs": ledger.runs(runs),
         }
     finally:

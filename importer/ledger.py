@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Container, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -267,6 +267,42 @@ class Ledger:
             "request_id, error_code) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (run_id, key, op, now_iso(), outcome, http_status, request_id, error_code),
         )
+
+    def missing_rows(
+        self, run_id: int | None = None, seen: Container[str] = frozenset()
+    ) -> Iterator[tuple[str, str, int, str | None]]:
+        """Done rows missing from the source: (key, file, row, consent id) of those run
+        `run_id` did not see; a dry run, which records nothing, passes the keys it saw."""
+        query = "SELECT source_key, source_file, source_row, consent_id FROM rows WHERE "
+        if run_id is None:
+            rows = self.db.execute(query + "state = 'done'")
+        else:
+            rows = self.db.execute(
+                query + "state = 'done' AND (last_run IS NULL OR last_run < ?)", (run_id,)
+            )
+        for key, file, number, consent_id in rows:
+            if key not in seen:
+                yield key, file, number, consent_id
+
+    def sources(self) -> tuple[dict[str, int], dict[str, int]]:
+        """Rows by source system ("(none)" for keys of no system) and by source file."""
+        systems = dict(
+            self.db.execute(
+                "SELECT CASE WHEN instr(source_key, char(31)) > 0 "
+                "THEN substr(source_key, 1, instr(source_key, char(31)) - 1) ELSE '(none)' END "
+                "AS system, count(*) FROM rows GROUP BY system ORDER BY system"
+            ).fetchall()
+        )
+        files = dict(
+            self.db.execute(
+                "SELECT source_file, count(*) FROM rows GROUP BY source_file ORDER BY source_file"
+            ).fetchall()
+        )
+        return systems, files
+
+    def done_count(self) -> int:
+        (count,) = self.db.execute("SELECT count(*) FROM rows WHERE state = 'done'").fetchone()
+        return int(count)
 
     def counts(self) -> dict[str, int]:
         return dict(self.db.execute("SELECT state, count(*) FROM rows GROUP BY state").fetchall())

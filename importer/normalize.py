@@ -30,6 +30,7 @@ import pandas as pd
 from pydantic import ValidationError
 
 from importer.fastcheck import proven_valid
+from importer.keys import namespaced
 from importer.mapping import DATE_FIELDS, FALSE_WORDS, TRUE_WORDS, Mapping
 from importer.models import ConsentIn, field_errors
 from importer.reader import EXCEL_SUFFIXES, Table, excel_serial_to_iso
@@ -256,6 +257,7 @@ class _FileNormalizer:
         self.parse_date = _date_parser(mapping, excel=excel)
         self.fields = sorted(set(columns) | set(mapping.defaults))
         self.keyed = bool(mapping.key) or "sourceKey" in columns
+        self.system = mapping.system
 
     def normalize(self, chunk: pd.DataFrame) -> list[Row]:
         """Every row of the chunk, with its model when valid."""
@@ -333,12 +335,16 @@ class _FileNormalizer:
 
     def _keys(self, raw: dict[str, list[Any]], size: int) -> list[str | None]:
         """The stable source key per row; None where the body's hash will serve."""
+        system = self.system
         if self.mapping.key:
             parts = [[str(v).strip() for v in raw[c]] for c in self.mapping.key]
-            return [None if not all(p) else "|".join(p) for p in zip(*parts, strict=True)]
+            return [
+                None if not all(p) else namespaced(system, "|".join(p))
+                for p in zip(*parts, strict=True)
+            ]
         header = self.columns.get("sourceKey")
         if header is not None:
-            return [str(v).strip() or None for v in raw[header]]
+            return [namespaced(system, k) if (k := str(v).strip()) else None for v in raw[header]]
         return [None] * size
 
     def _row(
@@ -394,6 +400,7 @@ class _FileNormalizer:
                 row.source_key = "sha256:" + row.body_hash[:32]
             else:
                 row.source_key = "cells:" + _digest(repr(values))
+            row.source_key = namespaced(self.system, row.source_key)
         if errors:
             row.model = None
         return row

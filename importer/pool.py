@@ -35,6 +35,8 @@ from importer.limiter import BudgetWaitTooLong, LimiterClosed
 from importer.normalize import Row
 from importer.report import ValidationSummary
 from importer.retry import retrying
+from importer.revocation import RevokeScope
+from importer.revocation import plan as plan_revocations
 
 log = logging.getLogger("importer.pool")
 
@@ -61,6 +63,8 @@ class RunOptions:
     on_immutable_change: str = "fail"  # or "recreate"
     revoke_missing: bool = False
     skip_existing: bool = False
+    #: which missing rows may be revoked, and how many (see importer.revocation)
+    revoke_scope: RevokeScope = field(default_factory=RevokeScope)
 
 
 @dataclass
@@ -75,6 +79,10 @@ class RunStats:
     failed: int = 0
     revoked: int = 0
     missing_from_source: int = 0
+    revoke_out_of_scope: int = 0  # ledger rows missing here, but of other files or systems
+    revoke_refused: str = ""  # over --revoke-max: nothing revoked (exit 2)
+    revoke_note: str = ""  # a correction file: nothing revoked
+    source_key: str = "column"  # or "natural", or "content hash" (a ledger made before)
     lookups: int = 0
     retries: int = 0
     requests: int = 0
@@ -118,6 +126,9 @@ class RunStats:
             adopted=self.adopted,
             revoked=self.revoked,
             missing_from_source=self.missing_from_source,
+            revoke_out_of_scope=self.revoke_out_of_scope,
+            revoke_refused=self.revoke_refused or None,
+            source_key=self.source_key,
             lookups=self.lookups,
             paused=self.paused,
             aborted=self.aborted or None,
@@ -510,19 +521,20 @@ class Importer:
     async def _missing_rows(self) -> None:
         """Rows done in earlier runs that this run's input no longer holds."""
         assert self._writer is not None
-        run_id = self.run_id
-        missing = await self._writer.write(
-            lambda ledger: [
-                (r["source_key"], r["source_file"], r["source_row"], r["consent_id"])
-                for r in ledger.iter_rows(
-                    "state = 'done' AND (last_run IS NULL OR last_run < ?)", (run_id,)
-                )
-            ]
+        run_id, scope = self.run_id, self.options.revoke_scope
+        plan = await self._writer.write(
+            lambda ledger: plan_revocations(ledger.missing_rows(run_id), ledger.done_count(), scope)
         )
-        self.stats.missing_from_source = len(missing)
-        if missing:
-            log.warning("%d rows are missing from the source since earlier runs", len(missing))
-        if not (missing and self.options.revoke_missing):
+        missing = plan.rows
+        self.stats.missing_from_source = plan.in_scope
+        self.stats.revoke_out_of_scope = plan.out_of_scope
+        if plan.in_scope:
+            log.warning("%d rows are missing from the source since earlier runs", plan.in_scope)
+        if not self.options.revoke_missing:
+            return
+        self.stats.revoke_refused, self.stats.revoke_note = plan.refusal, plan.note
+        if plan.refusal or plan.note:
+            (log.error if plan.refusal else log.warning)("%s", plan.refusal or plan.note)
             return
         send, receive = anyio.create_memory_object_stream[Work](self.options.concurrency * 2)
         async with anyio.create_task_group() as workers:

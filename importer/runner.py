@@ -24,7 +24,10 @@ from importer.mapping import Mapping
 from importer.normalize import Normalizer, Row
 from importer.outputs import write_text
 from importer.pool import Importer, RunOptions, RunStats, plan_row
+from importer.reader import Table
 from importer.report import ValidationSummary
+from importer.revocation import RevokeCap, RevokePlan, RevokeScope
+from importer.revocation import plan as plan_revocations
 from importer.validate import open_tables
 
 log = logging.getLogger("importer.run")
@@ -46,6 +49,7 @@ class RunConfig:
     grace_s: float = 30.0
     on_immutable_change: str = "fail"
     revoke_missing: bool = False
+    revoke_max: str | None = None  # N or P%; default 10% of the ledger's done rows
     skip_existing: bool = False
     handle_signals: bool = True
     options: RunOptions = field(init=False)
@@ -57,6 +61,7 @@ class RunConfig:
             on_immutable_change=self.on_immutable_change,
             revoke_missing=self.revoke_missing,
             skip_existing=self.skip_existing,
+            revoke_scope=RevokeScope(cap=RevokeCap.parse(self.revoke_max)),
         )
 
 
@@ -69,9 +74,12 @@ class RunResult:
 
     @property
     def exit_code(self) -> int:
-        """0 all rows done, 1 some invalid or failed, 3 aborted; a budget pause is 0."""
+        """0 all rows done, 1 some invalid or failed, 2 revocations over --revoke-max
+        (none made), 3 aborted; a budget pause is 0."""
         if self.stats.aborted and not self.stats.paused:
             return 3
+        if self.stats.revoke_refused:
+            return 2
         return 1 if self.stats.invalid or self.stats.failed else 0
 
 
@@ -87,6 +95,7 @@ def run_import(
     api_key = check_api_key(config.api_key)
     base_url = check_base_url(config.base_url)
     tables = open_tables(config.inputs, mapping)
+    _scope_revocations(config.options, mapping, tables)
     total = sum(t.count_rows() for t in tables)
     if on_total is not None:
         on_total(total)
@@ -116,6 +125,13 @@ def run_import(
         finally:
             ledger.close()
     return RunResult(stats, run_id, config.ledger, validation)
+
+
+def _scope_revocations(options: RunOptions, mapping: Mapping, tables: Sequence[Table]) -> None:
+    """What --revoke-missing may touch: this mapping's system, these inputs' names."""
+    options.revoke_scope = RevokeScope.of_run(
+        mapping.system, [(t.name, t.columns) for t in tables], options.revoke_scope.cap
+    )
 
 
 def _has_uvloop() -> bool:
@@ -189,6 +205,7 @@ class Plan:
     counts: dict[str, int] = field(default_factory=dict)
     rows: int = 0
     invalid: int = 0
+    revoke: RevokePlan | None = None  # with --revoke-missing and a ledger
 
     def add(self, action: str) -> None:
         self.counts[action] = self.counts.get(action, 0) + 1
@@ -199,19 +216,27 @@ def plan_import(
 ) -> Plan:
     """Validate and compare with the ledger: what would be created, patched, skipped."""
     tables = open_tables(inputs, mapping)
+    _scope_revocations(options, mapping, tables)
     normalizer = Normalizer(mapping)
     plan = Plan()
     context: AbstractContextManager[Ledger | None] = (
         closing(Ledger(ledger_path)) if ledger_path.exists() else nullcontext(None)
     )
+    seen: set[str] = set()
     with context as ledger:
         batch: list[Row] = []
         for row in chain.from_iterable(normalizer.rows(t) for t in tables):
             batch.append(row)
+            if options.revoke_missing:
+                seen.add(row.source_key)
             if len(batch) >= 500:
                 _plan_batch(batch, ledger, options, plan)
                 batch = []
         _plan_batch(batch, ledger, options, plan)
+        if ledger is not None and options.revoke_missing:
+            plan.revoke = plan_revocations(
+                ledger.missing_rows(seen=seen), ledger.done_count(), options.revoke_scope
+            )
     return plan
 
 
