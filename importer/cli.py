@@ -297,6 +297,8 @@ def run(
         plan = plan_import(inputs, the_mapping, ledger, config.options)
         if not quiet:
             click.echo(f"Dry run: {plan.rows:,} rows; nothing was sent.")
+            if plan.source_key != "column":
+                click.echo(_KEY_NOTES[plan.source_key])
             for action, count in sorted(plan.counts.items()):
                 click.echo(f"  {action:<28} {count:>10,}")
             if plan.revoke is not None:
@@ -319,6 +321,14 @@ def run(
     if stats.revoke_refused:
         click.echo(f"consent-import: error: {stats.revoke_refused}", err=True)
     return result.exit_code
+
+
+_KEY_NOTES = {
+    "natural": "Source key: no key column, so each row is keyed by its consent's natural "
+    "identity (patientId, scope, categories, dateTime); other edits are PATCHed",
+    "content hash": "Source key: no key column, and this ledger was made before natural keys: "
+    "rows are keyed by a hash of their whole body (an edited row is a new consent; see README)",
+}
 
 
 def _print_revocations(plan: RevokePlan, listed: int = 50) -> None:
@@ -347,6 +357,8 @@ def _print_run(stats: RunStats, ledger: Path) -> None:
         f"     {stats.requests:,} requests · {stats.retries:,} retries · "
         f"{stats.rate_limited:,} rate-limited · {stats.duration_s:,.1f} s"
     )
+    if stats.source_key != "column":
+        out.print(f"     {_KEY_NOTES[stats.source_key]}", soft_wrap=True)
     if stats.missing_from_source:
         verb = (
             "revoked"

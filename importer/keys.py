@@ -38,3 +38,13 @@ def natural_key(patient: str, scope: str, categories: Iterable[str], when: datet
     instant = "" if when is None else when.astimezone(UTC).isoformat()
     text = "\x1e".join((patient, scope, "\x1f".join(sorted(set(categories))), instant))
     return NATURAL_PREFIX + hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+#: The API fields a natural key pins: a row whose key matches holds the same values,
+#: however written (categories in another order, the instant in another zone).
+NATURAL_FIELDS = frozenset({"patientId", "scope", "category", "dateTime"})
+
+
+def pinned_fields(ledger_key: str) -> frozenset[str]:
+    """The fields whose equality the key itself guarantees."""
+    return NATURAL_FIELDS if split_key(ledger_key)[1].startswith(NATURAL_PREFIX) else frozenset()

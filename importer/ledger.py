@@ -137,6 +137,7 @@ class Ledger:
             self.db.execute(
                 "INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (SCHEMA_VERSION,)
             )
+            self.key_scheme = meta.get("key_scheme") or self._first_key_scheme()
             if base_url is None:
                 return
             known = meta.get("base_url")
@@ -148,6 +149,15 @@ class Ledger:
                     f"ledger {self.path} records imports into {known}, not {base_url}; "
                     "use another --ledger for another server"
                 )
+
+    def _first_key_scheme(self) -> str:
+        """How rows without a key column are keyed, recorded once per ledger. One that
+        already holds rows was made before natural keys: it keeps hashing whole bodies
+        ("content"), so its rows still match; a new ledger keys them by natural identity."""
+        held = self.db.execute("SELECT 1 FROM rows LIMIT 1").fetchone() is not None
+        scheme = "content" if held else "natural"
+        self.db.execute("INSERT INTO meta VALUES ('key_scheme', ?)", (scheme,))
+        return scheme
 
     def close(self) -> None:
         self.db.close()

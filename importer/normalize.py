@@ -30,7 +30,7 @@ import pandas as pd
 from pydantic import ValidationError
 
 from importer.fastcheck import proven_valid
-from importer.keys import namespaced
+from importer.keys import namespaced, natural_key
 from importer.mapping import DATE_FIELDS, FALSE_WORDS, TRUE_WORDS, Mapping
 from importer.models import ConsentIn, field_errors
 from importer.reader import EXCEL_SUFFIXES, Table, excel_serial_to_iso
@@ -151,10 +151,22 @@ class Batch:
 class Normalizer:
     """Maps and validates rows of any number of files, remembering source keys across them."""
 
-    def __init__(self, mapping: Mapping) -> None:
+    def __init__(self, mapping: Mapping, *, content_keys: bool = False) -> None:
         self.mapping = mapping
+        #: key rows without a key column by a hash of their whole body, as ledgers made
+        #: before natural keys do (see importer.keys)
+        self.content_keys = content_keys
+        self.unkeyed_files = 0
         self._keys = KeyIndex()
         self._files: list[str] = []
+
+    @property
+    def key_kind(self) -> str:
+        """Which source key the files read so far use: "column", "natural" or
+        "content hash"."""
+        if not self.unkeyed_files:
+            return "column"
+        return "content hash" if self.content_keys else "natural"
 
     def rows(self, table: Table) -> Iterator[Row]:
         """Every row of one table, in order, with its model when valid (what a run needs)."""
@@ -195,9 +207,15 @@ class Normalizer:
 
     def file_normalizer(self, table: Table) -> _FileNormalizer:
         columns = self.mapping.resolve(table.columns, table.name)
-        return _FileNormalizer(
-            self.mapping, columns, table.name, excel=table.path.suffix.lower() in EXCEL_SUFFIXES
+        file_rows = _FileNormalizer(
+            self.mapping,
+            columns,
+            table.name,
+            excel=table.path.suffix.lower() in EXCEL_SUFFIXES,
+            content_keys=self.content_keys,
         )
+        self.unkeyed_files += not file_rows.keyed
+        return file_rows
 
     def _duplicate(self, row: Row, first: int) -> None:
         """A repeat of an earlier row's source key: identical export rows would
@@ -249,7 +267,13 @@ class KeyIndex:
 
 class _FileNormalizer:
     def __init__(
-        self, mapping: Mapping, columns: dict[str, str], file: str, *, excel: bool
+        self,
+        mapping: Mapping,
+        columns: dict[str, str],
+        file: str,
+        *,
+        excel: bool,
+        content_keys: bool = False,
     ) -> None:
         self.mapping = mapping
         self.columns = columns
@@ -258,6 +282,7 @@ class _FileNormalizer:
         self.fields = sorted(set(columns) | set(mapping.defaults))
         self.keyed = bool(mapping.key) or "sourceKey" in columns
         self.system = mapping.system
+        self.content_keys = content_keys
 
     def normalize(self, chunk: pd.DataFrame) -> list[Row]:
         """Every row of the chunk, with its model when valid."""
@@ -269,7 +294,7 @@ class _FileNormalizer:
         counted; the rest take the full path, which names their errors."""
         with _gc_paused():
             if not self.keyed:
-                # Without a key column a row's key is its body's hash: bodies are needed.
+                # Without a key column a row's key comes from its model: bodies are needed.
                 rows = self._normalize(chunk)
                 hashed = [row.source_key for row in rows]
                 invalid = [(i, row) for i, row in enumerate(rows) if not row.valid]
@@ -335,17 +360,17 @@ class _FileNormalizer:
 
     def _keys(self, raw: dict[str, list[Any]], size: int) -> list[str | None]:
         """The stable source key per row; None where the body's hash will serve."""
-        system = self.system
+        keys: list[str | None]
         if self.mapping.key:
             parts = [[str(v).strip() for v in raw[c]] for c in self.mapping.key]
-            return [
-                None if not all(p) else namespaced(system, "|".join(p))
-                for p in zip(*parts, strict=True)
-            ]
-        header = self.columns.get("sourceKey")
-        if header is not None:
-            return [namespaced(system, k) if (k := str(v).strip()) else None for v in raw[header]]
-        return [None] * size
+            keys = [None if not all(p) else "|".join(p) for p in zip(*parts, strict=True)]
+        elif (header := self.columns.get("sourceKey")) is not None:
+            keys = [str(v).strip() or None for v in raw[header]]
+        else:
+            return [None] * size
+        if self.system is not None:
+            keys = [None if k is None else namespaced(self.system, k) for k in keys]
+        return keys
 
     def _row(
         self,
@@ -396,8 +421,13 @@ class _FileNormalizer:
                     "sourceKey", "missing_required", "the source key is empty; every row needs one"
                 )
                 row.source_key = "cells:" + _digest(repr(values))
-            elif row.model is not None:
+            elif row.model is not None and self.content_keys:
                 row.source_key = "sha256:" + row.body_hash[:32]
+            elif row.model is not None:
+                model = row.model
+                row.source_key = natural_key(
+                    model.patient_id, model.scope.value, model.category, model.date_time
+                )
             else:
                 row.source_key = "cells:" + _digest(repr(values))
             row.source_key = namespaced(self.system, row.source_key)

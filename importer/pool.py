@@ -30,6 +30,7 @@ from importer.errors import (
     RateLimitedError,
     TransportError,
 )
+from importer.keys import pinned_fields
 from importer.ledger import AsyncLedger, Ledger, LedgerRow
 from importer.limiter import BudgetWaitTooLong, LimiterClosed
 from importer.normalize import Row
@@ -743,7 +744,12 @@ def plan_row(row: Row, before: LedgerRow | None, options: RunOptions) -> Work | 
         if before.state == "done":
             return None
         return Work(Op.PATCH, row, before, consent_id=before.consent_id)
-    immutable = sorted(set(changed_fields(row, before)) - set(PATCHABLE))
+    # Fields a natural key pins are equal whenever the key matches: a difference there is
+    # only how they are written (category order, the zone of the instant).
+    changed = set(changed_fields(row, before)) - pinned_fields(row.source_key)
+    if not changed and before.state == "done":
+        return None
+    immutable = sorted(changed - set(PATCHABLE))
     if immutable:
         if options.on_immutable_change == "recreate":
             return Work(Op.RECREATE, row, before, consent_id=before.consent_id)

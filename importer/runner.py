@@ -103,6 +103,7 @@ def run_import(
     rows: Iterator[Row] = chain.from_iterable(normalizer.rows(t) for t in tables)
     with LedgerLock(config.ledger):
         ledger = Ledger(config.ledger, base_url=base_url)
+        normalizer.content_keys = ledger.key_scheme == "content"
         try:
             run_id = ledger.begin_run([t.name for t in tables])
             stats, validation = anyio.run(
@@ -117,6 +118,7 @@ def run_import(
                 on_wait,
                 backend_options={"use_uvloop": _has_uvloop()},
             )
+            stats.source_key = normalizer.key_kind
             if stats.aborted:
                 # Rows not yet read count too: everything the next run still has to do.
                 stats.rows_left = max(total - stats.finished, stats.rows_left)
@@ -206,6 +208,7 @@ class Plan:
     rows: int = 0
     invalid: int = 0
     revoke: RevokePlan | None = None  # with --revoke-missing and a ledger
+    source_key: str = "column"  # as RunStats.source_key
 
     def add(self, action: str) -> None:
         self.counts[action] = self.counts.get(action, 0) + 1
@@ -224,6 +227,7 @@ def plan_import(
     )
     seen: set[str] = set()
     with context as ledger:
+        normalizer.content_keys = ledger is not None and ledger.key_scheme == "content"
         batch: list[Row] = []
         for row in chain.from_iterable(normalizer.rows(t) for t in tables):
             batch.append(row)
@@ -237,6 +241,7 @@ def plan_import(
             plan.revoke = plan_revocations(
                 ledger.missing_rows(seen=seen), ledger.done_count(), options.revoke_scope
             )
+    plan.source_key = normalizer.key_kind
     return plan
 
 

@@ -95,13 +95,17 @@ provisionType = "permit"
 
 def write_rows(path: Path, count: int, seed: int, headers: list[str]) -> None:
     rng = random.Random(seed)
+    good = GOOD
+    if "sourceKey" not in headers:
+        # Keyed by natural identity: as in a real export, most rows are distinct consents.
+        good = {**GOOD, "patientId": ["pt_{n}"]}
     with path.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(headers)
         for n in range(count):
             row = []
             for name in headers:
-                pool = VALUES[name] if rng.random() < 0.08 else GOOD.get(name, VALUES[name][:3])
+                pool = VALUES[name] if rng.random() < 0.08 else good.get(name, VALUES[name][:3])
                 row.append(rng.choice(pool).format(n=n))
             writer.writerow(row)
 
