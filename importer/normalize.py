@@ -293,13 +293,16 @@ class _FileNormalizer:
         """The chunk's verdict without bodies: rows proven valid column-wise are only
         counted; the rest take the full path, which names their errors."""
         with _gc_paused():
-            if not self.keyed:
-                # Without a key column a row's key comes from its model: bodies are needed.
+            if not self.keyed and self.content_keys:
+                # Keyed by the body's hash (a ledger made before natural keys): bodies
+                # are needed.
                 rows = self._normalize(chunk)
                 hashed = [row.source_key for row in rows]
                 invalid = [(i, row) for i, row in enumerate(rows) if not row.valid]
                 return Checked(hashed, key_digests(hashed), invalid)
             headers, raw, prepared, keys = self._prepare(chunk)
+            if not self.keyed:
+                keys = self._natural_keys(prepared, len(chunk))
             proven = proven_valid(
                 prepared, keys, parse_date=self.parse_date, crosswalk=self.mapping.crosswalk
             )
@@ -309,7 +312,9 @@ class _FileNormalizer:
             for pos in np.flatnonzero(~proven).tolist():
                 values = tuple(column[pos] for column in raw.values())
                 cells = {name: prepared[name][pos] for name in names}
-                row = self._row(int(numbers[pos]), headers, values, cells, keys[pos])
+                # An unproven row's natural key comes from its model, as in `normalize`.
+                key = keys[pos] if self.keyed else None
+                row = self._row(int(numbers[pos]), headers, values, cells, key)
                 keys[pos] = row.source_key
                 if not row.valid:
                     checked.append((pos, row))
@@ -370,6 +375,31 @@ class _FileNormalizer:
             return [None] * size
         if self.system is not None:
             keys = [None if k is None else namespaced(self.system, k) for k in keys]
+        return keys
+
+    def _natural_keys(self, prepared: dict[str, list[str]], size: int) -> list[str | None]:
+        """Natural keys a column at a time, from the cells as the body would hold them
+        (None where the patient or the date is unusable: such rows take the full path).
+        For rows `proven_valid` passes, these equal the keys made from their models."""
+        empty = [""] * size
+        patients = prepared.get("patientId", empty)
+        crosswalk = self.mapping.crosswalk
+        if crosswalk is not None:
+            patients = [crosswalk.get(p, "") for p in patients]
+        keys: list[str | None] = []
+        parse, system = self.parse_date, self.system
+        for patient, scope, category, text in zip(
+            patients,
+            prepared.get("scope", empty),
+            prepared.get("category", empty),
+            prepared.get("dateTime", empty),
+            strict=True,
+        ):
+            when = parse(text) if text else None
+            if not patient or (text and when is None):
+                keys.append(None)
+            else:
+                keys.append(namespaced(system, natural_key(patient, scope, _split(category), when)))
         return keys
 
     def _row(
