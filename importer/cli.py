@@ -303,6 +303,8 @@ def run(
                 click.echo(f"  {action:<28} {count:>10,}")
             if plan.revoke is not None:
                 _print_revocations(plan.revoke)
+        if plan.revoke is not None and plan.revoke.refusal:
+            return EXIT_CONFIG  # as the run would
         return EXIT_ROWS if plan.invalid or plan.counts.get("immutable_change") else EXIT_OK
     with RunProgress(enabled=not quiet) as progress:
         result = run_import(
@@ -318,9 +320,7 @@ def run(
     write_run_reports(run_reports, result.validation, stats, redact=redact)
     if not quiet:
         _print_run(stats, ledger)
-    if stats.revoke_refused:
-        click.echo(f"consent-import: error: {stats.revoke_refused}", err=True)
-    return result.exit_code
+    return result.exit_code  # a refused revocation was logged as an error: exit 2
 
 
 _KEY_NOTES = {
@@ -331,17 +331,18 @@ _KEY_NOTES = {
 }
 
 
-def _print_revocations(plan: RevokePlan, listed: int = 50) -> None:
+def _print_revocations(plan: RevokePlan) -> None:
     """A dry run's revocations: how many, and where their rows were (file and row only:
     keys may hold patient ids)."""
     click.echo(
         f"  would revoke {plan.in_scope:,} (rows missing from the source); "
         f"{plan.out_of_scope:,} ledger rows of other files or systems out of scope"
     )
-    for _, file, number, _ in plan.rows[:listed]:
+    shown = plan.rows[:50]
+    for _, file, number, _ in shown:
         click.echo(f"    {file} row {number}")
-    if plan.in_scope > listed:
-        click.echo(f"    … and {plan.in_scope - listed:,} more")
+    if plan.in_scope > len(shown):
+        click.echo(f"    … and {plan.in_scope - len(shown):,} more")
     if plan.refusal or plan.note:
         click.echo(f"  {plan.refusal or plan.note}")
 

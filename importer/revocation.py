@@ -116,17 +116,20 @@ class RevokePlan:
     note: str = ""
 
 
-def plan(missing: Iterable[Missing], done_rows: int, scope: RevokeScope) -> RevokePlan:
-    """Sort the missing rows by scope and apply the cap. Keeps at most cap + 1 rows (a
-    wrong input can make the whole ledger "missing")."""
+def plan(
+    missing: Iterable[Missing], done_rows: int, scope: RevokeScope, *, keep: int = 0
+) -> RevokePlan:
+    """Sort the missing rows by scope and apply the cap. Keeps at most cap + 1 rows, or
+    `keep` (a dry run's list), since a wrong input can make the whole ledger "missing"."""
     result = RevokePlan()
     limit = scope.cap.limit(done_rows)
+    kept = max(limit + 1, keep)
     for row in missing:
         if not scope.holds(row[0], row[1]):
             result.out_of_scope += 1
             continue
         result.in_scope += 1
-        if len(result.rows) <= limit:
+        if len(result.rows) < kept:
             result.rows.append(row)
     if scope.correction_files:
         result.rows = []

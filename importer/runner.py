@@ -31,6 +31,8 @@ from importer.revocation import plan as plan_revocations
 from importer.validate import open_tables
 
 log = logging.getLogger("importer.run")
+#: How many of the rows a dry run would revoke it keeps, to list.
+REVOKES_LISTED = 50
 
 
 @dataclass
@@ -239,7 +241,10 @@ def plan_import(
         _plan_batch(batch, ledger, options, plan)
         if ledger is not None and options.revoke_missing:
             plan.revoke = plan_revocations(
-                ledger.missing_rows(seen=seen), ledger.done_count(), options.revoke_scope
+                ledger.missing_rows(seen=seen),
+                ledger.done_count(),
+                options.revoke_scope,
+                keep=REVOKES_LISTED,
             )
     plan.source_key = normalizer.key_kind
     return plan

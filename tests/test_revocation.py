@@ -119,7 +119,7 @@ def test_revocations_beyond_the_cap_are_refused_whole(
     assert _summary(tmp_path / "s.json")["revoked"] == revoked
     assert _statuses(sandbox_env) == ({"active": 20, "inactive": 10} if revoked else {"active": 30})
     if code == 2:
-        assert "would revoke 10" in err
+        assert "would revoke 10" in err  # logged as an error
         assert "nothing was revoked" in err
 
 
@@ -141,6 +141,14 @@ def test_a_dry_run_lists_what_it_would_revoke_without_phi(
     for row in rows:
         assert row["sourceKey"] not in out
         assert row["patientId"] not in out
+    # Over the cap, the dry run says the run would refuse, and exits as it would.
+    code, out, _ = run_cli(
+        ["run", "a.csv", "--ledger", "l.db", "--revoke-missing", "--revoke-max", "1", "--dry-run"],
+        capsys,
+    )
+    assert code == 2
+    assert "a.csv row 11" in out
+    assert "nothing was revoked" in out
     assert _statuses(sandbox_env) == {"active": 10}
 
 
