@@ -70,14 +70,19 @@ def check_run(
 
 def check_export(ledger: Path, *, created: Path | None, failed: Path | None) -> None:
     """`export`'s files against the ledger, each other, and every source file the ledger
-    recorded (as given to `run`, relative to the folder it ran in; best taken as relative
-    to this one): the fixed failed.csv of the last run must not be exported over."""
+    recorded: the fixed failed.csv of the last run must not be exported over. Names are
+    recorded as given to `run`, relative to the folder it ran in, which is not known: a
+    relative name is taken both from here and from the ledger's folder."""
     outputs: list[Named] = []
     if created is not None:
         outputs.append(("--created", created))
     if failed is not None:
         outputs.append(("--failed", failed))
-    sources = [("source file", Path(name)) for name in recorded_sources(ledger)]
+    sources: list[Named] = []
+    for name in recorded_sources(ledger):
+        sources.append(("source file", Path(name)))
+        if not Path(name).is_absolute():
+            sources.append(("source file", ledger.parent / name))
     check(outputs, [("--ledger", ledger), *sources])
 
 

@@ -268,3 +268,18 @@ def test_export_refuses_a_source_file_the_ledger_recorded(tmp_path: Path) -> Non
         outputs.check_export(tmp_path / "l.db", created=None, failed=failed)
     assert getattr(info.value, "exit_code", None) == 2
     assert failed.read_bytes() == before
+
+
+def test_export_finds_a_relative_source_name_beside_the_ledger(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The run recorded `victim.csv` in its own folder; the export runs from elsewhere."""
+    _files(tmp_path)
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    before = _contents(tmp_path)
+    ledger, victim = str(tmp_path / "l.db"), str(tmp_path / "victim.csv")
+    code, _, err = run_cli(["export", "--ledger", ledger, "--failed", victim], capsys)
+    assert code == 2, err
+    assert "same file" in err
+    assert _contents(tmp_path) == before
