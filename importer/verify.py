@@ -55,6 +55,7 @@ from importer.errors import (
     ConsentImportError,
     UsageError,
 )
+from importer.keys import split_key
 from importer.ledger import DoneConsent, Ledger, UnknownOutcome
 from importer.limiter import BudgetWaitTooLong, Limiter
 from importer.lock import LedgerLock
@@ -131,6 +132,7 @@ class Finding:
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
         out["fields"] = list(self.fields)
+        out["source_key"] = split_key(self.source_key)[1]  # as the file has it, no system
         return out
 
 
