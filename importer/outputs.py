@@ -61,7 +61,8 @@ def check_run(
     summary_json: Path | None,
 ) -> None:
     """`run`'s outputs (the ledger, reports, the summary) against its inputs."""
-    outputs: list[Named] = [("--ledger", ledger)]
+    # The lock file beside the ledger is rewritten by every run: an output too.
+    outputs: list[Named] = [("--ledger", ledger), ("the ledger's lock", Path(f"{ledger}.lock"))]
     outputs += [("--report", Path(p)) for p in reports]
     if summary_json is not None:
         outputs.append(("--summary-json", summary_json))

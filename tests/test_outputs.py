@@ -44,6 +44,7 @@ def _files(tmp: Path) -> None:
     (tmp / "m.toml").write_text("[source]\ntimezone = 'UTC'\n", encoding="utf-8")
     os.link(tmp / "victim.csv", tmp / "hard.csv")
     (tmp / "soft.csv").symlink_to(tmp / "victim.csv")
+    (tmp / "l2.db.lock").symlink_to(tmp / "victim.csv")
     ledger = Ledger(tmp / "l.db")
     run_id = ledger.begin_run(["victim.csv"])
     ledger.upsert("K1", run_id, "victim.csv", 2, state="failed", cells="{}")
@@ -70,6 +71,8 @@ COLLISIONS = [
     (["run", "victim.csv", "--ledger", "l.db", "--summary-json", "l.db"], ("l.db", "l.db")),
     (["run", "victim.csv", "--ledger", "new.db", "--summary-json", "new.db"], ("new.db", "new.db")),
     (["run", "victim.csv", "--ledger", "victim.csv"], ("victim.csv", "victim.csv")),
+    # the lock beside the ledger is rewritten by every run
+    (["run", "victim.csv", "--ledger", "l2.db"], ("l2.db.lock", "victim.csv")),
     (
         ["run", "victim.csv", "--mapping", "m.toml", "--summary-json", "m.toml"],
         ("m.toml", "m.toml"),
