@@ -24,7 +24,7 @@ from importer.version import __version__
 
 if TYPE_CHECKING:
     from importer.mapping import Mapping
-    from importer.results import RunStats
+    from importer.results import RevokePlan, RunStats
     from importer.verify import Plan
 
 EXIT_OK, EXIT_ROWS, EXIT_CONFIG, EXIT_ABORTED, EXIT_INTERNAL = 0, 1, 2, 3, 4
@@ -115,7 +115,8 @@ def cli() -> None:
 @click.option(
     "--redact",
     is_flag=True,
-    help="Leave every cell value out of the HTML report (for sharing outside the team).",
+    help="Leave every cell value out of the reports, for sharing outside the team (JSON "
+    "never holds any; refused with a .csv report, which is the rows' own cells).",
 )
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors.")
 def validate(
@@ -176,6 +177,12 @@ def validate(
     "source to inactive (the input is taken as the whole source).",
 )
 @click.option(
+    "--revoke-max",
+    metavar="N|P%",
+    help="Revoke at most N consents, or P% of the ledger's done rows, in one run; over "
+    "it, revoke none and exit 2. [default: 10%]",
+)
+@click.option(
     "--skip-existing",
     is_flag=True,
     help="Look each new row up before posting and "
@@ -219,7 +226,12 @@ def validate(
     help="Write a report of the run: .json (summary, row errors) or .html. "
     "With --dry-run, a validation report (.json, .csv, .html). Repeatable.",
 )
-@click.option("--redact", is_flag=True, help="Leave every cell value out of the HTML report.")
+@click.option(
+    "--redact",
+    is_flag=True,
+    help="Leave every cell value out of the reports (JSON never holds any; refused "
+    "with a .csv report, which is the rows' own cells).",
+)
 @click.option(
     "--log-format",
     type=click.Choice(["text", "json"]),
@@ -246,6 +258,7 @@ def run(
     max_wait_s: float | None,
     on_immutable_change: OnImmutableChange,
     revoke_missing: bool,
+    revoke_max: str | None,
     skip_existing: bool,
     settle_s: float,
     grace_s: float,
@@ -271,13 +284,15 @@ def run(
           --concurrency 8 --summary-json summary.json
     """
     from importer.console import RunProgress, setup_logging
+    from importer.outputs import check_run
     from importer.report import check_run_report_paths, write_run_reports
     from importer.runner import RunConfig, run_import
     from importer.runner import summary_json as write_summary
 
     setup_logging(log_format, quiet=quiet)
-    run_reports = [] if dry_run else check_run_report_paths(reports)
+    run_reports = [] if dry_run else check_run_report_paths(reports, redact=redact)
     the_mapping = load_mapping(mapping)
+    check_run(inputs, the_mapping, ledger, reports, summary_json)
     options = RunOptions(
         ledger=ledger,
         base_url=base_url,
@@ -290,6 +305,7 @@ def run(
         settle_s=settle_s,
         on_immutable_change=on_immutable_change,
         revoke_missing=revoke_missing,
+        revoke_max=revoke_max,
         skip_existing=skip_existing,
     )
     config = RunConfig(inputs=inputs, options=options, api_key=api_key)
@@ -303,13 +319,36 @@ def run(
             on_wait=progress.wait,
             on_total=progress.total,
         )
-    stats = result.stats
     if summary_json is not None:
-        write_summary(summary_json, stats)
-    write_run_reports(run_reports, result.validation, stats, redact=redact)
+        write_summary(summary_json, result.stats)
+    write_run_reports(run_reports, result.validation, result.stats, redact=redact)
     if not quiet:
-        _print_run(stats, ledger)
-    return result.exit_code
+        _print_run(result.stats, ledger)
+    return result.exit_code  # a refused revocation was logged as an error: exit 2
+
+
+_KEY_NOTES = {
+    "natural": "Source key: no key column, so each row is keyed by its consent's natural "
+    "identity (patientId, scope, categories, dateTime); other edits are PATCHed",
+    "content hash": "Source key: no key column, and this ledger was made before natural keys: "
+    "rows are keyed by a hash of their whole body (an edited row is a new consent; see README)",
+}
+
+
+def _print_revocations(plan: RevokePlan) -> None:
+    """A dry run's revocations: how many, and where their rows were (file and row only:
+    keys may hold patient ids)."""
+    click.echo(
+        f"  would revoke {plan.in_scope:,} (rows missing from the source); "
+        f"{plan.out_of_scope:,} ledger rows of other files or systems out of scope"
+    )
+    shown = plan.rows[:50]
+    for _, file, number, _ in shown:
+        click.echo(f"    {file} row {number}")
+    if plan.in_scope > len(shown):
+        click.echo(f"    … and {plan.in_scope - len(shown):,} more")
+    if plan.refusal or plan.note:
+        click.echo(f"  {plan.refusal or plan.note}")
 
 
 def _dry_run(
@@ -332,8 +371,14 @@ def _dry_run(
     plan = plan_import(inputs, mapping, options.ledger, options)
     if not quiet:
         click.echo(f"Dry run: {plan.rows:,} rows; nothing was sent.")
+        if plan.source_key != "column":
+            click.echo(_KEY_NOTES[plan.source_key])
         for action, count in sorted(plan.counts.items()):
             click.echo(f"  {action:<28} {count:>10,}")
+        if plan.revoke is not None:
+            _print_revocations(plan.revoke)
+    if plan.revoke is not None and plan.revoke.refusal:
+        return EXIT_CONFIG  # as the run would
     return EXIT_ROWS if plan.invalid or plan.counts.get("immutable_change") else EXIT_OK
 
 
@@ -348,14 +393,29 @@ def _print_run(stats: RunStats, ledger: Path) -> None:
         f"     {stats.requests:,} requests · {stats.retries:,} retries · "
         f"{stats.rate_limited:,} rate-limited · {stats.duration_s:,.1f} s"
     )
+    if stats.source_key != "column":
+        out.print(f"     {_KEY_NOTES[stats.source_key]}", soft_wrap=True)
     if stats.settled_adopted or stats.settled_reposted:
         out.print(
             f"     after --settle: {stats.settled_adopted:,} found and adopted, "
             f"{stats.settled_reposted:,} posted again"
         )
     if stats.missing_from_source:
-        verb = "revoked" if stats.revoked else "left alone; --revoke-missing patches them inactive"
+        verb = (
+            "revoked"
+            if stats.revoked
+            else "none revoked"
+            if stats.revoke_refused or stats.revoke_note
+            else "left alone; --revoke-missing patches them inactive"
+        )
         out.print(f"     {stats.missing_from_source:,} rows missing from the source ({verb})")
+    if stats.revoke_out_of_scope:
+        out.print(
+            f"     {stats.revoke_out_of_scope:,} ledger rows of other files or source systems "
+            "were out of scope for --revoke-missing"
+        )
+    if stats.revoke_note:
+        out.print(f"     {stats.revoke_note}")
     if stats.paused:
         out.print(
             f"[yellow]Paused[/]: {stats.rows_left:,} rows left; the rate-limit budget resets "
@@ -439,6 +499,12 @@ def status(ledger: Path, runs: int, as_json: bool) -> int:
         click.echo(
             f"  run {run_info['id']:>4} {run_info['started_at']} {run_info['status']:<8} {counts}"
         )
+    for title, counts in (
+        ("Source systems", info["systems"]),
+        ("Source files", info["source_files"]),
+    ):
+        if counts and set(counts) != {"(none)"}:
+            click.echo(f"{title}: " + ", ".join(f"{k} {v:,}" for k, v in counts.items()))
     if info["top_errors"]:
         click.echo("Most common errors:")
         for code, count in info["top_errors"].items():

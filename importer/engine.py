@@ -51,6 +51,8 @@ from importer.options import RunOptions
 from importer.plan import PATCHABLE, Verdict, immutable_changes, plan_row
 from importer.results import RunStats, ValidationSummary
 from importer.retry import retrying
+from importer.revocation import RevokeScope
+from importer.revocation import plan as plan_revocations
 from importer.settle import SettleQueue
 
 log = logging.getLogger("importer.engine")
@@ -127,12 +129,12 @@ class Engine:
         *,
         run_id: int,
         options: RunOptions,
+        revoke_scope: RevokeScope,
         on_progress: ProgressCallback | None = None,
     ) -> None:
-        self.client = client
-        self.ledger = ledger
-        self.run_id = run_id
+        self.client, self.ledger, self.run_id = client, ledger, run_id
         self.options = options
+        self.revoke_scope = revoke_scope
         self.observer = RunObserver(client.stats, on_progress)
         self.retry = RetryPolicy(options.max_attempts, self.observer.retried)
         self.record = Recorder(ledger, run_id)
@@ -276,15 +278,22 @@ class Engine:
     async def _missing_rows(self) -> AsyncIterator[Work]:
         """Rows done in earlier runs that this run's input no longer holds: counted, and
         revoked with --revoke-missing."""
-        run_id = self.run_id
-        missing = await self.record.read(lambda ledger: ledger.missing_from(run_id))
-        self.stats.missing_from_source = len(missing)
-        if missing:
-            log.warning("%d rows are missing from the source since earlier runs", len(missing))
-        if self.options.revoke_missing:
-            for src, consent_id in missing:
-                row = Row(src.file, src.row, src.key)
-                yield Work(Op.REVOKE, row, None, consent_id=consent_id)
+        run_id, scope, stats = self.run_id, self.revoke_scope, self.stats
+        plan = await self.record.read(
+            lambda ledger: plan_revocations(ledger.missing_rows(run_id), ledger.done_count(), scope)
+        )
+        stats.missing_from_source = plan.in_scope
+        stats.revoke_out_of_scope = plan.out_of_scope
+        if plan.in_scope:
+            log.warning("%d rows are missing from the source since earlier runs", plan.in_scope)
+        if not self.options.revoke_missing:
+            return
+        stats.revoke_refused, stats.revoke_note = plan.refusal, plan.note
+        if plan.refusal or plan.note:
+            (log.error if plan.refusal else log.warning)("%s", plan.refusal or plan.note)
+            return
+        for key, file, number, consent_id in plan.rows:
+            yield Work(Op.REVOKE, Row(file, number, key), None, consent_id=consent_id)
 
     # -- execute: one handler per op ------------------------------------------------
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Container, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -387,6 +387,8 @@ class Ledger(_Transitions):
             _create_private(self.path)
         try:
             self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            _check_ours(self._db, self.path)
+            _make_private(self.path)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute("PRAGMA busy_timeout=5000")
@@ -412,6 +414,7 @@ class Ledger(_Transitions):
             self._db.execute(
                 "INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (SCHEMA_VERSION,)
             )
+            self.key_scheme = meta.get("key_scheme") or self._first_key_scheme()
             if base_url is None:
                 return
             known = meta.get("base_url")
@@ -423,6 +426,15 @@ class Ledger(_Transitions):
                     f"ledger {self.path} records imports into {known}, not {base_url}; "
                     "use another --ledger for another server"
                 )
+
+    def _first_key_scheme(self) -> str:
+        """How rows without a key column are keyed, recorded once per ledger. One that
+        already holds rows was made before natural keys: it keeps hashing whole bodies
+        ("content"), so its rows still match; a new ledger keys them by natural identity."""
+        held = self._db.execute("SELECT 1 FROM rows LIMIT 1").fetchone() is not None
+        scheme = "content" if held else "natural"
+        self._db.execute("INSERT INTO meta VALUES ('key_scheme', ?)", (scheme,))
+        return scheme
 
     def close(self) -> None:
         self._db.close()
@@ -518,13 +530,6 @@ class Ledger(_Transitions):
         ).fetchone()
         return found[0] if found else None
 
-    def missing_from(self, run_id: int) -> list[tuple[Source, str]]:
-        """Done rows that run `run_id`'s input did not hold, with their consent ids."""
-        return [
-            (Source(r["source_key"], r["source_file"], r["source_row"]), r["consent_id"])
-            for r in self._rows("state = 'done' AND (last_run IS NULL OR last_run < ?)", (run_id,))
-        ]
-
     def created_rows(self) -> Iterator[sqlite3.Row]:
         """Rows whose consent the server holds as the row says (created.csv)."""
         return self._rows("state = 'done'")
@@ -532,6 +537,42 @@ class Ledger(_Transitions):
     def rows_needing_a_person(self) -> Iterator[sqlite3.Row]:
         """Invalid and failed rows, and done rows with an error noted (failed.csv)."""
         return self._rows(_NEEDS_A_PERSON)
+
+    def missing_rows(
+        self, run_id: int | None = None, seen: Container[str] = frozenset()
+    ) -> Iterator[tuple[str, str, int, str | None]]:
+        """Done rows missing from the source: (key, file, row, consent id) of those run
+        `run_id` did not see; a dry run, which records nothing, passes the keys it saw."""
+        query = "SELECT source_key, source_file, source_row, consent_id FROM rows WHERE "
+        if run_id is None:
+            rows = self._db.execute(query + "state = 'done'")
+        else:
+            rows = self._db.execute(
+                query + "state = 'done' AND (last_run IS NULL OR last_run < ?)", (run_id,)
+            )
+        for key, file, number, consent_id in rows:
+            if key not in seen:
+                yield key, file, number, consent_id
+
+    def sources(self) -> tuple[dict[str, int], dict[str, int]]:
+        """Rows by source system ("(none)" for keys of no system) and by source file."""
+        systems = dict(
+            self._db.execute(
+                "SELECT CASE WHEN instr(source_key, char(31)) > 0 "
+                "THEN substr(source_key, 1, instr(source_key, char(31)) - 1) ELSE '(none)' END "
+                "AS system, count(*) FROM rows GROUP BY system ORDER BY system"
+            ).fetchall()
+        )
+        files = dict(
+            self._db.execute(
+                "SELECT source_file, count(*) FROM rows GROUP BY source_file ORDER BY source_file"
+            ).fetchall()
+        )
+        return systems, files
+
+    def done_count(self) -> int:
+        (count,) = self._db.execute("SELECT count(*) FROM rows WHERE state = 'done'").fetchone()
+        return int(count)
 
     def counts(self) -> dict[str, int]:
         """Rows by state."""
@@ -625,6 +666,44 @@ def _error_values(error: RowError) -> dict[str, Any]:
         "request_id": error.request_id,
         "cells": error.cells,
     }
+
+
+def recorded_sources(path: Path) -> list[str]:
+    """The input names every run of the ledger at `path` recorded (read-only; none if it
+    is not there or not a ledger: opening it says so, with the right message)."""
+    if not path.is_file():
+        return []
+    names: set[str] = set()
+    try:
+        db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            for (inputs,) in db.execute("SELECT inputs FROM runs"):
+                names.update(json.loads(inputs or "[]"))
+            names.update(n for (n,) in db.execute("SELECT DISTINCT source_file FROM rows"))
+        finally:
+            db.close()
+    except (sqlite3.Error, ValueError):
+        return []
+    return sorted(names)
+
+
+def _check_ours(db: sqlite3.Connection, path: Path) -> None:
+    """Refuse another program's SQLite database before anything is written to it."""
+    tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    if tables and not {"meta", "runs", "rows"} <= tables:
+        db.close()
+        raise ConfigError(
+            f"ledger {path} is not a consent-import ledger (an SQLite database of something "
+            "else); it was left as it is: give another --ledger"
+        )
+
+
+def _make_private(path: Path) -> None:
+    """An adopted file keeps no mode wider than owner-only (SQLite's -wal and -shm
+    files take the database's mode when created)."""
+    for file in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+        if file.exists() and file.stat().st_mode & 0o077:
+            file.chmod(0o600)
 
 
 class _Transaction:
@@ -731,11 +810,23 @@ class _Waiter:
         self.error: BaseException | None = None
 
 
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
 def _create_private(path: Path) -> None:
-    """Create the ledger file readable by its owner only (it holds PHI)."""
+    """Create the ledger file readable by its owner only (it holds PHI); an existing file
+    is adopted only when empty or an SQLite database (`_check_ours` looks inside), and is
+    then made owner-only too, whatever mode it had."""
     if path.exists():
         if path.is_dir():
             raise ConfigError(f"ledger {path} is a directory; give a file path")
+        with path.open("rb") as handle:
+            head = handle.read(len(_SQLITE_MAGIC))
+        if head and head != _SQLITE_MAGIC:
+            raise ConfigError(
+                f"ledger {path} is not a consent-import ledger (not an SQLite database); "
+                "it was left as it is: give another --ledger"
+            )
         return
     try:
         fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)

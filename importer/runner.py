@@ -23,7 +23,9 @@ from importer.lock import LedgerLock
 from importer.mapping import Mapping
 from importer.normalize import Normalizer, Row
 from importer.options import DEFAULTS, RunOptions
+from importer.outputs import write_text
 from importer.results import RunStats, ValidationSummary
+from importer.revocation import RevokeScope
 from importer.validate import open_tables
 
 log = logging.getLogger("importer.run")
@@ -48,9 +50,12 @@ class RunResult:
 
     @property
     def exit_code(self) -> int:
-        """0 all rows done, 1 some invalid or failed, 3 aborted; a budget pause is 0."""
+        """0 all rows done, 1 some invalid or failed, 2 revocations over --revoke-max
+        (none made), 3 aborted; a budget pause is 0."""
         if self.stats.aborted and not self.stats.paused:
             return 3
+        if self.stats.revoke_refused:
+            return 2
         return 1 if self.stats.invalid or self.stats.failed else 0
 
 
@@ -66,6 +71,7 @@ def run_import(
     api_key = check_api_key(config.api_key)
     base_url = check_base_url(config.options.base_url)
     tables = open_tables(config.inputs, mapping)
+    scope = RevokeScope.of_tables(config.options.revoke_max, mapping, tables)
     total = sum(t.count_rows() for t in tables)
     if on_total is not None:
         on_total(total)
@@ -73,11 +79,13 @@ def run_import(
     rows: Iterator[Row] = chain.from_iterable(normalizer.rows(t) for t in tables)
     with LedgerLock(config.options.ledger):
         ledger = Ledger(config.options.ledger, base_url=base_url)
+        normalizer.content_keys = ledger.key_scheme == "content"
         try:
             run_id = ledger.begin_run([t.name for t in tables])
             stats, validation = anyio.run(
                 _run_async,
                 config,
+                scope,
                 ledger,
                 run_id,
                 rows,
@@ -87,6 +95,7 @@ def run_import(
                 on_wait,
                 backend_options={"use_uvloop": _has_uvloop()},
             )
+            stats.source_key = normalizer.key_kind
             if stats.aborted:
                 # Rows not yet read count too: everything the next run still has to do.
                 stats.rows_left = max(total - stats.finished, stats.rows_left)
@@ -104,6 +113,7 @@ def _has_uvloop() -> bool:
 
 async def _run_async(
     config: RunConfig,
+    revoke_scope: RevokeScope,
     ledger: Ledger,
     run_id: int,
     rows: Iterator[Row],
@@ -129,7 +139,14 @@ async def _run_async(
     )
     async with http:
         client = ClinikClient(http, base_url=base_url, api_key=api_key, limiter=limiter)
-        engine = Engine(client, ledger, run_id=run_id, options=options, on_progress=on_progress)
+        engine = Engine(
+            client,
+            ledger,
+            run_id=run_id,
+            options=options,
+            revoke_scope=revoke_scope,
+            on_progress=on_progress,
+        )
         with anyio.CancelScope() as scope:
             async with anyio.create_task_group() as tg:
                 if config.handle_signals:
@@ -158,5 +175,6 @@ async def _watch_signals(engine: Engine, scope: anyio.CancelScope, grace_s: floa
 
 
 def summary_json(path: Path, stats: RunStats, extra: dict[str, Any] | None = None) -> None:
+    """Counts and codes only, no PHI: written with the umask's mode, for log collectors."""
     document = {**stats.summary(), **(extra or {})}
-    path.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+    write_text(path, json.dumps(document, indent=2) + "\n", private=False)
