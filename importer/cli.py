@@ -7,17 +7,21 @@ Exit codes (the contract schedulers rely on): 0 all good, 1 some rows invalid or
 
 from __future__ import annotations
 
+import errno
+import logging
+import math
 import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import click
-from rich.console import Console
 
 from importer import __version__
-from importer.errors import ConsentImportError, UsageError
+from importer.console import plain_console
+from importer.errors import AbortError, ConsentImportError, UsageError
 from importer.mapping import load_mapping
 from importer.validate import validate_files
 
@@ -25,6 +29,33 @@ if TYPE_CHECKING:
     from importer.pool import RunStats
 
 EXIT_OK, EXIT_ROWS, EXIT_CONFIG, EXIT_ABORTED, EXIT_INTERNAL = 0, 1, 2, 3, 4
+
+log = logging.getLogger("importer.cli")
+
+
+# -- value types, checked when the command line is parsed (exit 2, one line) ------------
+
+
+class _Number(click.FloatRange):
+    """A float in a range that is also finite: click's FloatRange lets nan through (every
+    comparison with nan is false) and inf past an open maximum."""
+
+    name = "number"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = click.FLOAT.convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return super().convert(number, param, ctx)
+
+
+#: a request's read timeout: positive, at most a day
+_TIMEOUT = _Number(min=0, min_open=True, max=86400)
+#: seconds to wait (grace, max wait, latency): zero or more, at most a day
+_WAIT = _Number(min=0, max=86400)
+#: requests per second: a rate below one request per 100 s would look like a hang
+_RATE = _Number(min=0.01, max=1_000_000)
+_PORT = click.IntRange(0, 65535)
 
 _inputs = click.argument(
     "inputs", nargs=-1, required=True, type=click.Path(path_type=Path, dir_okay=True)
@@ -86,7 +117,7 @@ def validate(
     if not quiet:
         from importer.report import print_validation
 
-        print_validation(summary, Console(highlight=False))
+        print_validation(summary, plain_console())
     return EXIT_ROWS if summary.invalid else EXIT_OK
 
 
@@ -123,15 +154,16 @@ def validate(
 )
 @click.option(
     "--max-rps",
-    type=click.FloatRange(min=0, min_open=True),
-    help="Cap on requests started per second, on top of the server's window budget.",
+    type=_RATE,
+    help="Cap on requests started per second (at least 0.01), on top of the server's "
+    "window budget.",
 )
 @click.option(
     "--timeout",
     "timeout_s",
     default=30.0,
     show_default=True,
-    type=click.FloatRange(min=0, min_open=True),
+    type=_TIMEOUT,
     help="Read timeout per request (s).",
 )
 @click.option(
@@ -144,7 +176,7 @@ def validate(
 @click.option(
     "--max-wait",
     "max_wait_s",
-    type=click.FloatRange(min=0),
+    type=_WAIT,
     help="When the rate-limit window is spent and resets later than this many "
     "seconds, stop cleanly (exit 0, paused) and resume on the next run.",
 )
@@ -175,8 +207,16 @@ def validate(
     "grace_s",
     default=30.0,
     show_default=True,
-    type=float,
+    type=_WAIT,
     help="On Ctrl-C / SIGTERM, seconds to let in-flight requests settle.",
+)
+@click.option(
+    "--no-preflight",
+    is_flag=True,
+    help="Skip the checks before the first row: one request to see that the base URL is "
+    "ClinikAPI and takes the key and, on a ledger that has created nothing, up to 20 "
+    "lookups of the first valid rows (a consent already there means a rerun with a new "
+    "ledger: exit 2).",
 )
 @click.option(
     "--dry-run",
@@ -226,6 +266,7 @@ def run(
     revoke_missing: bool,
     skip_existing: bool,
     grace_s: float,
+    no_preflight: bool,
     dry_run: bool,
     summary_json: Path | None,
     reports: Sequence[str],
@@ -253,6 +294,36 @@ def run(
     from importer.runner import summary_json as write_summary
 
     setup_logging(log_format, quiet=quiet)
+    json_logs = log_format == "json"
+    log.info(
+        "start: consent-import %s, %d inputs, ledger %s, base URL host %s",
+        __version__,
+        len(inputs),
+        ledger,
+        urlsplit(base_url).netloc,
+        extra={
+            "fields": {
+                "event": "start",
+                "version": __version__,
+                "inputs": [str(p) for p in inputs],
+                "ledger": str(ledger),
+                "base_url_host": urlsplit(base_url).netloc,
+                "options": {
+                    "concurrency": concurrency,
+                    "max_rps": max_rps,
+                    "timeout_s": timeout_s,
+                    "max_attempts": max_attempts,
+                    "max_wait_s": max_wait_s,
+                    "on_immutable_change": on_immutable_change,
+                    "revoke_missing": revoke_missing,
+                    "skip_existing": skip_existing,
+                    "grace_s": grace_s,
+                    "preflight": not no_preflight,
+                    "dry_run": dry_run,
+                },
+            }
+        },
+    )
     run_reports = [] if dry_run else check_run_report_paths(reports)
     the_mapping = load_mapping(mapping)
     config = RunConfig(
@@ -269,21 +340,29 @@ def run(
         on_immutable_change=on_immutable_change,
         revoke_missing=revoke_missing,
         skip_existing=skip_existing,
+        preflight=not no_preflight,
     )
     if dry_run:
         if reports:
             validation = validate_files(inputs, the_mapping, reports, redact=redact)
-            if not quiet:
+            if not (quiet or json_logs):
                 from importer.report import print_validation
 
-                print_validation(validation, Console(highlight=False))
+                print_validation(validation, plain_console())
         plan = plan_import(inputs, the_mapping, ledger, config.options)
-        if not quiet:
+        log.info(
+            "dry run: %d rows",
+            plan.rows,
+            extra={
+                "fields": {"event": "summary", "dry_run": True, "rows": plan.rows, **plan.counts}
+            },
+        )
+        if not (quiet or json_logs):
             click.echo(f"Dry run: {plan.rows:,} rows; nothing was sent.")
             for action, count in sorted(plan.counts.items()):
                 click.echo(f"  {action:<28} {count:>10,}")
         return EXIT_ROWS if plan.invalid or plan.counts.get("immutable_change") else EXIT_OK
-    with RunProgress(enabled=not quiet) as progress:
+    with RunProgress(enabled=not (quiet or json_logs)) as progress:
         result = run_import(
             config,
             the_mapping,
@@ -295,13 +374,18 @@ def run(
     if summary_json is not None:
         write_summary(summary_json, stats)
     write_run_reports(run_reports, result.validation, stats, redact=redact)
-    if not quiet:
+    log.info(
+        "summary: %s",
+        ", ".join(f"{k} {v}" for k, v in stats.summary().items() if isinstance(v, int | float)),
+        extra={"fields": {"event": "summary", **stats.summary(), "exit_code": result.exit_code}},
+    )
+    if not (quiet or json_logs):
         _print_run(stats, ledger)
     return result.exit_code
 
 
 def _print_run(stats: RunStats, ledger: Path) -> None:
-    out = Console(highlight=False)
+    out = plain_console()
     out.print(
         f"Run: {stats.rows:,} rows · {stats.created:,} created "
         f"({stats.adopted:,} adopted after a lookup) · {stats.updated:,} updated · "
@@ -436,14 +520,14 @@ def demo(samples: Path, out: Path) -> int:
 
 @cli.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
-@click.option("--port", default=8800, show_default=True, type=int, help="Port to listen on.")
+@click.option("--port", default=8800, show_default=True, type=_PORT, help="Port to listen on.")
 @click.option(
     "--rate-limit",
     metavar="N/SECONDS",
     help="Fixed-window rate limit, e.g. 500/3600 (ClinikAPI's documented example).",
 )
-@click.option("--latency-ms", default=0.0, type=float, help="Latency added to every request.")
-@click.option("--jitter-ms", default=0.0, type=float, help="Random extra latency, up to this.")
+@click.option("--latency-ms", default=0.0, type=_WAIT, help="Latency added to every request.")
+@click.option("--jitter-ms", default=0.0, type=_WAIT, help="Random extra latency, up to this.")
 @click.option(
     "--fault-rate",
     default=0.0,
@@ -482,7 +566,12 @@ def sandbox(
     )
     if host not in ("127.0.0.1", "localhost", "::1"):
         click.echo(f"warning: the sandbox listens on {host}, beyond this machine", err=True)
-    serve(config, host=host, port=port)
+    try:
+        serve(config, host=host, port=port)
+    except OSError as exc:
+        if exc.errno not in (errno.EADDRINUSE, errno.EACCES, errno.EADDRNOTAVAIL):
+            raise
+        raise UsageError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
     return EXIT_OK
 
 
@@ -501,25 +590,52 @@ def _parse_rate_limit(text: str | None) -> tuple[int | None, float]:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point: run a command, map every failure to one line and an exit code."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    json_logs = _wants_json_logs(args)
     try:
-        code = cli.main(args=argv, prog_name="consent-import", standalone_mode=False)
+        code = cli.main(args=args, prog_name="consent-import", standalone_mode=False)
     except click.exceptions.Abort:
-        click.echo("consent-import: interrupted", err=True)
-        code = EXIT_ABORTED
+        code = _fail("interrupted", "aborted", EXIT_ABORTED, json_logs)
     except click.ClickException as exc:
-        exc.show()
-        code = EXIT_CONFIG
+        message = " ".join(exc.format_message().split())
+        if isinstance(exc, click.UsageError) and exc.ctx is not None:
+            message += f" (see {exc.ctx.command_path} --help)"
+        code = _fail(message, "usage", EXIT_CONFIG, json_logs)
     except ConsentImportError as exc:
-        click.echo(f"consent-import: error: {exc}", err=True)
-        code = exc.exit_code
+        kind = "aborted" if isinstance(exc, AbortError) else "config"
+        if exc.exit_code not in (EXIT_CONFIG, EXIT_ABORTED):
+            kind = "error"
+        code = _fail(str(exc), kind, exc.exit_code, json_logs)
     except Exception as exc:
         if os.environ.get("CONSENT_IMPORT_DEBUG"):
             raise
         # The message of an unexpected error may quote a cell, so only its type is shown.
-        click.echo(
-            f"consent-import: internal error ({type(exc).__name__}); rerun with "
-            "CONSENT_IMPORT_DEBUG=1 for details and please report it",
-            err=True,
+        message = (
+            f"internal error ({type(exc).__name__}); rerun with CONSENT_IMPORT_DEBUG=1 for "
+            "details and please report it"
         )
-        code = EXIT_INTERNAL
+        code = _fail(message, "internal", EXIT_INTERNAL, json_logs)
     sys.exit(code if isinstance(code, int) else EXIT_OK)
+
+
+def _wants_json_logs(args: list[str]) -> bool:
+    """Whether the command line asks for JSON logs, read before click parses it, so that
+    even a usage error is a JSON line."""
+    for i, arg in enumerate(args):
+        given = arg.removeprefix("--log-format=") if arg.startswith("--log-format=") else None
+        if given == "json" or (arg == "--log-format" and args[i + 1 : i + 2] == ["json"]):
+            return True
+    return False
+
+
+def _fail(message: str, kind: str, code: int, json_logs: bool) -> int:
+    """Say why the command failed, in one line on stderr (a JSON object with JSON logs)."""
+    if json_logs:
+        from importer.console import JsonFormatter
+
+        record = logging.LogRecord("importer.cli", logging.ERROR, "", 0, message, None, None)
+        record.fields = {"event": "error", "kind": kind, "exit_code": code}
+        click.echo(JsonFormatter().format(record), err=True)
+    else:
+        click.echo(f"consent-import: error: {message}", err=True)
+    return code

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
+from functools import partial
 from itertools import islice
 from typing import Any
 
@@ -28,6 +29,7 @@ from importer.errors import (
     ClientRequestError,
     ConsentImportError,
     RateLimitedError,
+    ServerUnreachable,
     TransportError,
 )
 from importer.ledger import AsyncLedger, Ledger, LedgerRow
@@ -265,6 +267,7 @@ class Importer:
             if not row.valid:
                 self.stats.invalid += 1
                 records.append(self._invalid_record(row, before))
+                _log_invalid(row)
                 self._on_progress("invalid", self.stats)
                 continue
             self.stats.valid += 1
@@ -308,7 +311,20 @@ class Importer:
             "patch them; rerun with --on-immutable-change recreate to replace it "
             "(immutable_change)"
         )
-        log.info("row failed: file=%s row=%d code=immutable_change", row.file, row.row)
+        log.info(
+            "row failed: file=%s row=%d code=immutable_change",
+            row.file,
+            row.row,
+            extra={
+                "fields": {
+                    "event": "row_failed",
+                    "file": row.file,
+                    "row": row.row,
+                    "field": "; ".join(fields),
+                    "code": "immutable_change",
+                }
+            },
+        )
         # The consent stays as it is (state unchanged, created.csv keeps it); the error
         # marks the row for failed.csv until the source is fixed.
         return self._error_record(
@@ -362,12 +378,17 @@ class Importer:
             # Stopped while waiting to send: the row's request never started (a patch or
             # retire intent stays in flight, which the next run settles).
             raise _Stop from None
+        except ServerUnreachable as exc:
+            # The breaker refused this request before it was sent: stop the run, the row
+            # is not failed (`_create` put it back, or left it in flight for a lookup).
+            self.stop(str(exc))
+            raise _Stop from None
 
     async def _create(self, work: Work) -> None:
         """POST the row, looking it up first whenever an earlier POST may have landed."""
         try:
             async for attempt in retrying(
-                attempts=self.options.max_attempts, on_retry=self._retried
+                attempts=self.options.max_attempts, on_retry=partial(self._retried, work=work)
             ):
                 with attempt:
                     if work.maybe_sent:
@@ -387,13 +408,13 @@ class Importer:
                     except (RateLimitedError, ClientRequestError, AuthError):
                         work.maybe_sent = False  # answered without storing
                         raise
-                    except (BudgetWaitTooLong, LimiterClosed):
-                        work.maybe_sent = False  # the limiter refused before sending
+                    except (BudgetWaitTooLong, LimiterClosed, ServerUnreachable):
+                        work.maybe_sent = False  # refused before sending
                         raise
                     consent_id = str(response.data["id"])
                     await self._created(work, consent_id, response.request_id)
                     return
-        except (BudgetWaitTooLong, LimiterClosed, _Stop):
+        except (BudgetWaitTooLong, LimiterClosed, ServerUnreachable, _Stop):
             await self._unsent(work)  # stays in flight if an earlier attempt may have landed
             raise  # `_do` pauses or stops the run
         except ConsentImportError as exc:
@@ -448,7 +469,7 @@ class Importer:
         body = {name: work.body[name] for name in PATCHABLE if name in work.body}
         try:
             async for attempt in retrying(
-                attempts=self.options.max_attempts, on_retry=self._retried
+                attempts=self.options.max_attempts, on_retry=partial(self._retried, work=work)
             ):
                 with attempt:
                     self._check_stop()
@@ -458,8 +479,8 @@ class Importer:
                     self.stats.updated += 1
                     self._on_progress("updated", self.stats)
                     return
-        except BudgetWaitTooLong:
-            raise  # not the row's failure: `_do` pauses the run
+        except (BudgetWaitTooLong, ServerUnreachable):
+            raise  # not the row's failure: `_do` pauses or stops the run
         except ConsentImportError as exc:
             if isinstance(exc, AuthError):
                 raise
@@ -650,6 +671,7 @@ class Importer:
             code,
             status,
             request_id,
+            extra={"fields": _row_fields("row_failed", work, exc, code=code)},
         )
         state = "in_flight" if sent and work.op in (Op.CREATE, Op.RECREATE) else "failed"
         values = {
@@ -694,9 +716,17 @@ class Importer:
         if self._stop:
             raise _Stop
 
-    def _retried(self, exc: BaseException, attempt: int) -> None:
+    def _retried(self, exc: BaseException, attempt: int, work: Work | None = None) -> None:
         self.stats.retries += 1
-        log.info("retrying after %s (attempt %d)", type(exc).__name__, attempt)
+        where = f" row {work.row.file}:{work.row.row}" if work is not None else ""
+        fields = _row_fields("retry", work, exc, attempt=attempt)
+        log.info(
+            "retrying%s after %s (attempt %d)",
+            where,
+            type(exc).__name__,
+            attempt,
+            extra={"fields": fields},
+        )
         self._on_progress("retry", self.stats)
 
     def _pause(self, exc: BudgetWaitTooLong) -> None:
@@ -771,6 +801,44 @@ def _categories(value: Any) -> frozenset[str]:
     if isinstance(value, str):
         return frozenset([value])
     return frozenset(str(v) for v in value)
+
+
+def _log_invalid(row: Row) -> None:
+    """One log line per invalid row: where and which rules, never the values."""
+    if not log.isEnabledFor(logging.INFO):
+        return
+    fields = "; ".join(e.field for e in row.errors)
+    codes = "; ".join(e.code for e in row.errors)
+    log.info(
+        "row invalid: file=%s row=%d field=%s code=%s",
+        row.file,
+        row.row,
+        fields,
+        codes,
+        extra={
+            "fields": {
+                "event": "row_invalid",
+                "file": row.file,
+                "row": row.row,
+                "field": fields,
+                "code": codes,
+            }
+        },
+    )
+
+
+def _row_fields(event: str, work: Work | None, exc: BaseException, **more: Any) -> dict[str, Any]:
+    """A row's log fields for a JSON log: file, row, the error's code, status, request id
+    and the fields its diagnostics name (the text before each ":"), never values."""
+    fields: dict[str, Any] = {"event": event, "error": type(exc).__name__, **more}
+    if work is not None:
+        fields.update(file=work.row.file, row=work.row.row, op=work.op.value)
+    if isinstance(exc, ApiError):
+        named = [i.split(":", 1)[0].strip() for i in exc.issues if ":" in i]
+        fields.update(status=exc.status, request_id=exc.request_id or None)
+        if named:
+            fields["field"] = "; ".join(named)
+    return fields
 
 
 def _error_code(exc: ConsentImportError) -> str:

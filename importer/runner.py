@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from itertools import chain
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import anyio
 import sniffio
@@ -23,6 +24,7 @@ from importer.lock import LedgerLock
 from importer.mapping import Mapping
 from importer.normalize import Normalizer, Row
 from importer.pool import Importer, RunOptions, RunStats, plan_row
+from importer.preflight import CircuitBreaker, run_checks
 from importer.report import ValidationSummary
 from importer.validate import open_tables
 
@@ -46,6 +48,8 @@ class RunConfig:
     on_immutable_change: str = "fail"
     revoke_missing: bool = False
     skip_existing: bool = False
+    #: check the server, and on a ledger that created nothing a sample of rows, first
+    preflight: bool = True
     handle_signals: bool = True
     options: RunOptions = field(init=False)
 
@@ -91,9 +95,24 @@ def run_import(
         on_total(total)
     normalizer = Normalizer(mapping)
     rows: Iterator[Row] = chain.from_iterable(normalizer.rows(t) for t in tables)
+    checked = 0
+    if config.preflight:
+        # Before the ledger exists or is bound to this base URL: a wrong one touches nothing.
+        _, checked = run_checks(base_url, api_key, timeout_s=config.timeout_s)
     with LedgerLock(config.ledger):
         ledger = Ledger(config.ledger, base_url=base_url)
         try:
+            if config.preflight and not config.skip_existing and ledger.created_nothing():
+                sampled, spent = run_checks(
+                    base_url,
+                    api_key,
+                    timeout_s=config.timeout_s,
+                    max_wait_s=config.max_wait_s,
+                    on_wait=on_wait,
+                    rows=rows,
+                    ledger=ledger.path,
+                )
+                rows, checked = sampled or rows, checked + spent
             run_id = ledger.begin_run([t.name for t in tables])
             stats, validation = anyio.run(
                 _run_async,
@@ -107,6 +126,7 @@ def run_import(
                 on_wait,
                 backend_options={"use_uvloop": _has_uvloop()},
             )
+            stats.requests += checked
             if stats.aborted:
                 # Rows not yet read count too: everything the next run still has to do.
                 stats.rows_left = max(total - stats.finished, stats.rows_left)
@@ -147,7 +167,10 @@ async def _run_async(
         base_url=base_url, concurrency=config.concurrency, timeout_s=config.timeout_s
     )
     async with http:
-        client = ClinikClient(http, base_url=base_url, api_key=api_key, limiter=limiter)
+        breaker = CircuitBreaker(urlsplit(base_url).netloc)
+        client = ClinikClient(
+            http, base_url=base_url, api_key=api_key, limiter=limiter, breaker=breaker
+        )
         importer = Importer(
             client, ledger, run_id=run_id, options=config.options, on_progress=on_progress
         )
