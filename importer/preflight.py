@@ -28,7 +28,7 @@ from urllib.parse import urlsplit
 import anyio
 import httpx
 
-from importer.client import ClinikClient, make_http_client
+from importer.client import ClinikClient, make_http_client, parse_rate
 from importer.errors import (
     AbortError,
     AuthError,
@@ -37,7 +37,7 @@ from importer.errors import (
     ServerUnreachable,
     TransportError,
 )
-from importer.limiter import Limiter
+from importer.limiter import Limiter, RateLimitInfo
 from importer.normalize import Row
 from importer.retry import retrying
 
@@ -113,7 +113,7 @@ class CircuitBreaker:
 # -- the server check ---------------------------------------------------------------
 
 
-async def check_server(client: ClinikClient) -> None:
+async def check_server(client: ClinikClient) -> httpx.Response:
     """One authenticated request; raise ConfigError (exit 2) unless ClinikAPI answered."""
     where = client.base_url + "/v1/consents"
     try:
@@ -150,6 +150,7 @@ async def check_server(client: ClinikClient) -> None:
     if status >= 500 or status == 429:
         # The server is there; the run's retries and budget handle a passing fault.
         log.warning("preflight: %s answered %d; starting anyway", where, status)
+    return response
 
 
 def _cause(exc: TransportError) -> str:
@@ -180,25 +181,33 @@ def _cause(exc: TransportError) -> str:
 
 
 async def check_first_run(
-    rows: Iterator[Row], client: ClinikClient, *, ledger: Path
+    rows: Iterator[Row], client: ClinikClient, *, ledger: Path, most: int = SAMPLE_REQUESTS
 ) -> Iterator[Row]:
-    """Look the first valid rows up; raise ConfigError (exit 2) if any already exists.
+    """Look the first valid rows up (at most `most` requests, never more than
+    `SAMPLE_REQUESTS`); raise ConfigError (exit 2) if any already exists.
 
     Returns `rows` as it was (the rows read for the sample come first again).
     """
+    most = min(most, SAMPLE_REQUESTS)
+    if most < 1:
+        log.warning(
+            "first-run check skipped: the server's rate-limit window is too small to spare "
+            "requests for it"
+        )
+        return rows
     read: list[Row] = []
     sample: list[Row] = []
     for row in rows:
         read.append(row)
         if row.valid:
             sample.append(row)
-        if len(sample) >= SAMPLE_REQUESTS or len(read) >= _SAMPLE_READ_MAX:
+        if len(sample) >= most or len(read) >= _SAMPLE_READ_MAX:
             break
     again = chain(read, rows)
     start = client.stats.requests
     checked = found = 0
     for row in sample:
-        if client.stats.requests - start >= SAMPLE_REQUESTS:
+        if client.stats.requests - start >= most:
             break
         body = row.body()
         try:
@@ -240,6 +249,16 @@ def _window(body: dict[str, Any]) -> tuple[str | None, str | None]:
     return (day - timedelta(days=1)).isoformat(), (day + timedelta(days=1)).isoformat()
 
 
+class _WindowLimiter(Limiter):
+    """A limiter that also keeps the last rate-limit window the server reported."""
+
+    window: RateLimitInfo | None = None
+
+    def observe(self, rate: RateLimitInfo) -> None:
+        self.window = rate
+        super().observe(rate)
+
+
 def run_checks(
     base_url: str,
     api_key: str,
@@ -249,22 +268,33 @@ def run_checks(
     on_wait: Callable[[float, str], None] | None = None,
     rows: Iterator[Row] | None = None,
     ledger: Path | None = None,
-) -> tuple[Iterator[Row] | None, int]:
+    window_limit: int | None = None,
+) -> tuple[Iterator[Row] | None, int, int | None]:
     """Run the server check or, given `rows`, the first-run check, on their own event
-    loop. Returns the rows (as given, sample first again) and the requests spent.
+    loop. Returns the rows (as given, sample first again), the requests spent and the
+    server's rate-limit window size when it said.
 
-    The lookups keep to the server's rate-limit window as the run does (`max_wait_s`).
+    The lookups keep to the server's window as the run does (`max_wait_s`), and spend at
+    most a tenth of it (`window_limit`, from the server check): a tiny plan's budget is
+    for consents.
     """
 
-    async def checks() -> tuple[Iterator[Row] | None, int]:
+    async def checks() -> tuple[Iterator[Row] | None, int, int | None]:
         http = make_http_client(base_url=base_url, concurrency=1, timeout_s=timeout_s)
-        limiter = Limiter(concurrency=1, max_wait_s=max_wait_s, on_wait=on_wait)
+        limiter = _WindowLimiter(concurrency=1, max_wait_s=max_wait_s, on_wait=on_wait)
         async with http:
             client = ClinikClient(http, base_url=base_url, api_key=api_key, limiter=limiter)
             if rows is None:
-                await check_server(client)
-                return None, client.stats.requests
+                response = await check_server(client)
+                window = parse_rate(_lower(response.headers), {})
+                return None, client.stats.requests, window.limit if window else None
             assert ledger is not None
-            return await check_first_run(rows, client, ledger=ledger), client.stats.requests
+            most = SAMPLE_REQUESTS if window_limit is None else window_limit // 10
+            checked = await check_first_run(rows, client, ledger=ledger, most=most)
+            return checked, client.stats.requests, window_limit
 
     return anyio.run(checks)
+
+
+def _lower(headers: httpx.Headers) -> dict[str, str]:
+    return {k.lower(): v for k, v in headers.items()}

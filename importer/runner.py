@@ -95,15 +95,15 @@ def run_import(
         on_total(total)
     normalizer = Normalizer(mapping)
     rows: Iterator[Row] = chain.from_iterable(normalizer.rows(t) for t in tables)
-    checked = 0
+    checked, window = 0, None
     if config.preflight:
         # Before the ledger exists or is bound to this base URL: a wrong one touches nothing.
-        _, checked = run_checks(base_url, api_key, timeout_s=config.timeout_s)
+        _, checked, window = run_checks(base_url, api_key, timeout_s=config.timeout_s)
     with LedgerLock(config.ledger):
         ledger = Ledger(config.ledger, base_url=base_url)
         try:
             if config.preflight and not config.skip_existing and ledger.created_nothing():
-                sampled, spent = run_checks(
+                sampled, spent, _ = run_checks(
                     base_url,
                     api_key,
                     timeout_s=config.timeout_s,
@@ -111,6 +111,7 @@ def run_import(
                     on_wait=on_wait,
                     rows=rows,
                     ledger=ledger.path,
+                    window_limit=window,
                 )
                 rows, checked = sampled or rows, checked + spent
             run_id = ledger.begin_run([t.name for t in tables])

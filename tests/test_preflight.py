@@ -64,9 +64,15 @@ def html_server() -> Iterator[str]:
 @pytest.mark.parametrize(
     ("where", "message"),
     [
-        ("refused", r"cannot reach ClinikAPI at http://127\.0\.0\.1:\d+/v1/consents: connection refused"),
+        (
+            "refused",
+            r"cannot reach ClinikAPI at http://127\.0\.0\.1:\d+/v1/consents: connection refused",
+        ),
         # https to the sandbox's plain-http port
-        ("tls", r"cannot reach ClinikAPI at https://127\.0\.0\.1:\d+/v1/consents: the TLS handshake failed"),
+        (
+            "tls",
+            r"reach ClinikAPI at https://127\.0\.0\.1:\d+/v1/consents: the TLS handshake failed",
+        ),
         # a base URL with an extra path: the sandbox answers 404
         ("extra_path", r"/api/v1/consents answered 404: no ClinikAPI consents endpoint there"),
         ("html", r"answered 200 with text/html, not ClinikAPI's JSON"),
@@ -124,7 +130,8 @@ def test_a_rerun_with_a_new_ledger_stops_before_creating_anything(tmp_path: Path
     message = str(info.value)
     assert f"{SAMPLE_REQUESTS} of the first {SAMPLE_REQUESTS} valid rows already exist" in message
     assert "looks like a rerun with a new ledger" in message
-    assert "--ledger" in message and "--skip-existing" in message
+    assert "--ledger" in message
+    assert "--skip-existing" in message
     assert spent <= 1 + SAMPLE_REQUESTS  # the server check, then at most 20 lookups
 
 
@@ -200,7 +207,7 @@ def test_the_breaker_trips_after_20_in_a_row_or_30_s_without_an_answer(
             clock.now += float(event.split()[1])
     assert bool(breaker.reason) is tripped
     if tripped:
-        with pytest.raises(ServerUnreachable, match="ClinikAPI at api.example is unreachable"):
+        with pytest.raises(ServerUnreachable, match=r"ClinikAPI at api\.example is unreachable"):
             breaker.check()
     else:
         breaker.check()
