@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 import click
 
 from importer import __version__
-from importer.console import plain_console
+from importer.console import plain_console, plural
 from importer.errors import AbortError, ConsentImportError, UsageError
 from importer.mapping import load_mapping
 from importer.validate import validate_files
@@ -358,7 +358,7 @@ def run(
             },
         )
         if not (quiet or json_logs):
-            click.echo(f"Dry run: {plan.rows:,} rows; nothing was sent.")
+            click.echo(f"Dry run: {plural(plan.rows, 'row')}; nothing was sent.")
             for action, count in sorted(plan.counts.items()):
                 click.echo(f"  {action:<28} {count:>10,}")
         return EXIT_ROWS if plan.invalid or plan.counts.get("immutable_change") else EXIT_OK
@@ -380,14 +380,15 @@ def run(
         extra={"fields": {"event": "summary", **stats.summary(), "exit_code": result.exit_code}},
     )
     if not (quiet or json_logs):
-        _print_run(stats, ledger)
+        _print_run(stats, ledger, result.total)
     return result.exit_code
 
 
-def _print_run(stats: RunStats, ledger: Path) -> None:
+def _print_run(stats: RunStats, ledger: Path, total: int) -> None:
     out = plain_console()
+    read = f"{stats.rows:,} of {plural(total, 'row')}" if total > stats.rows else ""
     out.print(
-        f"Run: {stats.rows:,} rows · {stats.created:,} created "
+        f"Run: {read or plural(stats.rows, 'row')} · {stats.created:,} created "
         f"({stats.adopted:,} adopted after a lookup) · {stats.updated:,} updated · "
         f"{stats.unchanged:,} unchanged · {stats.invalid:,} invalid · {stats.failed:,} failed"
     )
@@ -397,14 +398,18 @@ def _print_run(stats: RunStats, ledger: Path) -> None:
     )
     if stats.missing_from_source:
         verb = "revoked" if stats.revoked else "left alone; --revoke-missing patches them inactive"
-        out.print(f"     {stats.missing_from_source:,} rows missing from the source ({verb})")
+        missing = plural(stats.missing_from_source, "row")
+        out.print(f"     {missing} missing from the source ({verb})")
     if stats.paused:
         out.print(
-            f"[yellow]Paused[/]: {stats.rows_left:,} rows left; the rate-limit budget resets "
-            f"in {stats.resets_in_s or 0:,.0f} s. Rerun to resume."
+            f"[yellow]Paused[/]: {plural(stats.rows_left, 'row')} left; the rate-limit budget "
+            f"resets in {stats.resets_in_s or 0:,.0f} s. Rerun to resume."
         )
     elif stats.aborted:
         out.print(f"[red]Aborted[/]: {stats.aborted}. Rerun with the same ledger to resume.")
+    if total > stats.rows and (stats.paused or stats.aborted):
+        # Rows the run never read are left too, not only those read and not finished.
+        out.print(f"     {plural(total - stats.rows, 'row')} of the input not reached")
     for code, count in sorted(stats.by_error.items(), key=lambda kv: -kv[1]):
         out.print(f"     failed {code}: {count:,}")
     out.print(f"Ledger: {ledger} (consent-import export --ledger {ledger} ... for CSVs)")
@@ -436,9 +441,9 @@ def export(ledger: Path, created: Path | None, failed: Path | None) -> int:
         raise UsageError("export: give --created FILE.csv, --failed FILE.csv, or both")
     counts = do_export(ledger, created, failed)
     if created is not None:
-        click.echo(f"{counts.created:,} consents -> {created}")
+        click.echo(f"{plural(counts.created, 'consent')} -> {created}")
     if failed is not None:
-        click.echo(f"{counts.failed:,} invalid or failed rows -> {failed}")
+        click.echo(f"{plural(counts.failed, 'invalid or failed row')} -> {failed}")
     return EXIT_OK
 
 

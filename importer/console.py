@@ -25,6 +25,11 @@ from rich.progress import (
 from importer.pool import RunStats
 
 
+def plural(count: int, word: str, words: str | None = None) -> str:
+    """`1 row`, `2 rows`, `1,000 rows` (`words` when the plural is not word + "s")."""
+    return f"{count:,} {word if count == 1 else (words or word + 's')}"
+
+
 def plain_console() -> Console:
     """The console for stdout: colour and layout on a terminal; redirected (cron, systemd,
     a file), no colour and no wrapping, so each line stays whole for grep and parsers."""

@@ -69,6 +69,8 @@ class RunResult:
     run_id: int
     ledger: Path
     validation: ValidationSummary
+    #: rows in the input files (a stopped run read fewer: `stats.rows`)
+    total: int = 0
 
     @property
     def exit_code(self) -> int:
@@ -135,7 +137,7 @@ def run_import(
             ledger.finish_run(run_id, status, stats.summary())
         finally:
             ledger.close()
-    return RunResult(stats, run_id, config.ledger, validation)
+    return RunResult(stats, run_id, config.ledger, validation, total)
 
 
 def _has_uvloop() -> bool:
