@@ -296,9 +296,9 @@ def run(
     setup_logging(log_format, quiet=quiet)
     json_logs = log_format == "json"
     log.info(
-        "start: consent-import %s, %d inputs, ledger %s, base URL host %s",
+        "start: consent-import %s, %s, ledger %s, base URL host %s",
         __version__,
-        len(inputs),
+        plural(len(inputs), "input"),
         ledger,
         urlsplit(base_url).netloc,
         extra={
@@ -393,7 +393,7 @@ def _print_run(stats: RunStats, ledger: Path, total: int) -> None:
         f"{stats.unchanged:,} unchanged · {stats.invalid:,} invalid · {stats.failed:,} failed"
     )
     out.print(
-        f"     {stats.requests:,} requests · {stats.retries:,} retries · "
+        f"     {plural(stats.requests, 'request')} · {plural(stats.retries, 'retry', 'retries')} · "
         f"{stats.rate_limited:,} rate-limited · {stats.duration_s:,.1f} s"
     )
     if stats.missing_from_source:
