@@ -562,9 +562,13 @@ class ClinikClient:
             )
         except httpx.RequestError as exc:
             self.stats.transport_errors += 1
+            error = _transport_error(label, exc)
             if self.breaker is not None:
                 self.breaker.no_answer(f"{type(exc).__name__}: {str(exc).strip()[:100]}")
-            raise _transport_error(label, exc) from exc
+                if not error.sent:
+                    # The request that trips it never left: stop now rather than fail its row.
+                    self.breaker.check()
+            raise error from exc
 
         if self.breaker is not None:
             self.breaker.answered()
