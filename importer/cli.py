@@ -599,7 +599,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     json_logs = _wants_json_logs(args)
     try:
         code = cli.main(args=args, prog_name="consent-import", standalone_mode=False)
-    except click.exceptions.Abort:
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        # Ctrl-C outside a run's own signal handling (reading, the preflight): nothing sent.
         code = _fail("interrupted", "aborted", EXIT_ABORTED, json_logs)
     except click.ClickException as exc:
         message = " ".join(exc.format_message().split())

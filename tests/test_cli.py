@@ -284,3 +284,20 @@ def test_with_json_logs_every_error_is_one_json_line(
     assert record["event"] == "error"
     assert record["kind"] == kind
     assert record["exit_code"] == 2
+
+
+def test_an_internal_error_is_a_json_line_without_its_message(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(_path: object) -> None:
+        raise RuntimeError("pt_SECRET in a cell")  # an unexpected error quoting a value
+
+    monkeypatch.setattr("importer.cli.load_mapping", broken)
+    monkeypatch.delenv("CONSENT_IMPORT_DEBUG", raising=False)
+    (tmp_path / "a.csv").write_text(CLEAN, encoding="utf-8")
+    code, out, err = run_cli(["run", str(tmp_path / "a.csv"), "--log-format", "json"], capsys)
+    assert (code, out) == (4, "")
+    record = json.loads(err.splitlines()[-1])
+    assert (record["kind"], record["exit_code"]) == ("internal", 4)
+    assert "RuntimeError" in record["message"]
+    assert "SECRET" not in err
