@@ -12,6 +12,7 @@ from pathlib import Path
 
 from importer.export import export
 from importer.mapping import load_mapping
+from importer.console import plural
 from importer.runner import RunConfig, RunResult, run_import
 
 DEMO_KEY = "clk_test_demo0000sandbox"
@@ -80,7 +81,7 @@ def run_demo(samples: Path, out: Path, echo: Callable[[str], None]) -> int:
             again = _import(sample, samples, ledger, sandbox.base_url).stats
             echo(
                 f"{'':<11} rerun: {again.unchanged} unchanged, {again.created} created, "
-                f"{again.requests} requests"
+                f"{plural(again.requests, 'request')}"
             )
         server = sandbox.stats()
         echo(
