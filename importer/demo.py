@@ -10,9 +10,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from importer.console import plural
 from importer.export import export
 from importer.mapping import load_mapping
-from importer.console import plural
 from importer.runner import RunConfig, RunResult, run_import
 
 DEMO_KEY = "clk_test_demo0000sandbox"
