@@ -379,8 +379,11 @@ class Importer:
             # retire intent stays in flight, which the next run settles).
             raise _Stop from None
         except ServerUnreachable as exc:
-            # The breaker refused this request before it was sent: stop the run, the row
-            # is not failed (`_create` put it back, or left it in flight for a lookup).
+            # The server is gone: stop the run; the row is not failed. A create never sent
+            # is put back, one that may have landed stays in flight for a lookup, and a
+            # patch stays in flight to be sent again.
+            if work.op in (Op.CREATE, Op.RECREATE):
+                await self._unsent(work)
             self.stop(str(exc))
             raise _Stop from None
 
@@ -420,6 +423,7 @@ class Importer:
         except ConsentImportError as exc:
             if isinstance(exc, AuthError):
                 raise
+            await self._breaker_verdict(exc)
             await self._record_failure(work, exc, sent=work.maybe_sent)
 
     async def _lookup(self, work: Work) -> dict[str, Any] | None:
@@ -484,6 +488,7 @@ class Importer:
         except ConsentImportError as exc:
             if isinstance(exc, AuthError):
                 raise
+            await self._breaker_verdict(exc)
             await self._record_failure(work, exc, sent=True)
 
     async def _retire(self, work: Work) -> None:
@@ -711,6 +716,13 @@ class Importer:
             self._last_sample = now
             stats.timeline.append((round(now, 2), stats.finished))
         self._user_progress(event, stats)
+
+    async def _breaker_verdict(self, exc: ConsentImportError) -> None:
+        """Before a row fails for want of an answer: while no request is being answered,
+        wait for the breaker to trip (ServerUnreachable: not the row's fault) or for an
+        answer (the row's failure is its own)."""
+        if isinstance(exc, TransportError) and self.client.breaker is not None:
+            await self.client.breaker.verdict()
 
     def _check_stop(self) -> None:
         if self._stop:

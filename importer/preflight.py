@@ -73,16 +73,17 @@ class CircuitBreaker:
         self,
         target: str,
         *,
-        window_s: float = WINDOW_S,
+        window_s: float | None = None,
         max_in_a_row: int = MAX_IN_A_ROW,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.target = target
-        self.window_s = window_s
+        self.window_s = WINDOW_S if window_s is None else window_s
         self.max_in_a_row = max_in_a_row
         self._clock = clock
         self.in_a_row = 0
         self._since: float | None = None
+        self._cause = ""
         self.reason = ""
 
     def answered(self) -> None:
@@ -96,13 +97,31 @@ class CircuitBreaker:
         if self._since is None:
             self._since = now
         self.in_a_row += 1
-        lasted = now - self._since
-        if not self.reason and (self.in_a_row >= self.max_in_a_row or lasted >= self.window_s):
-            self.reason = (
-                f"ClinikAPI at {self.target} is unreachable: {self.in_a_row} requests in a row "
-                f"got no answer over {lasted:,.0f} s (last: {cause}); rows not reached stay "
-                "pending and rows in flight are looked up on the next run"
-            )
+        self._cause = cause
+        if self.in_a_row >= self.max_in_a_row or now - self._since >= self.window_s:
+            self._trip(now)
+
+    async def verdict(self, poll_s: float = 0.05) -> None:
+        """Wait while requests go unanswered: return once one is answered (or none is
+        failing), raise ServerUnreachable once the breaker trips, at the latest when the
+        window has passed since the first unanswered request."""
+        while self.in_a_row and not self.reason:
+            now = self._clock()
+            if self._since is not None and now - self._since >= self.window_s:
+                self._trip(now)
+                break
+            await anyio.sleep(poll_s)
+        self.check()
+
+    def _trip(self, now: float) -> None:
+        if self.reason:
+            return
+        lasted = now - (self._since if self._since is not None else now)
+        self.reason = (
+            f"ClinikAPI at {self.target} is unreachable: {self.in_a_row} requests in a row "
+            f"got no answer over {lasted:,.0f} s (last: {self._cause}); rows not reached stay "
+            "pending and rows in flight are looked up on the next run"
+        )
 
     def check(self) -> None:
         """Raise ServerUnreachable once tripped (before a request is sent)."""
