@@ -23,6 +23,7 @@ import anyio.to_thread
 from anyio.abc import ObjectReceiveStream, ObjectSendStream
 
 from importer.client import ClinikClient
+from importer.console import log_invalid_row, row_fields
 from importer.errors import (
     ApiError,
     AuthError,
@@ -267,7 +268,7 @@ class Importer:
             if not row.valid:
                 self.stats.invalid += 1
                 records.append(self._invalid_record(row, before))
-                _log_invalid(row)
+                log_invalid_row(log, row)
                 self._on_progress("invalid", self.stats)
                 continue
             self.stats.valid += 1
@@ -676,7 +677,7 @@ class Importer:
             code,
             status,
             request_id,
-            extra={"fields": _row_fields("row_failed", work, exc, code=code)},
+            extra={"fields": row_fields("row_failed", work.row, work.op.value, exc, code=code)},
         )
         state = "in_flight" if sent and work.op in (Op.CREATE, Op.RECREATE) else "failed"
         values = {
@@ -731,7 +732,8 @@ class Importer:
     def _retried(self, exc: BaseException, attempt: int, work: Work | None = None) -> None:
         self.stats.retries += 1
         where = f" row {work.row.file}:{work.row.row}" if work is not None else ""
-        fields = _row_fields("retry", work, exc, attempt=attempt)
+        row, op = (work.row, work.op.value) if work is not None else (None, None)
+        fields = row_fields("retry", row, op, exc, attempt=attempt)
         log.info(
             "retrying%s after %s (attempt %d)",
             where,
@@ -813,44 +815,6 @@ def _categories(value: Any) -> frozenset[str]:
     if isinstance(value, str):
         return frozenset([value])
     return frozenset(str(v) for v in value)
-
-
-def _log_invalid(row: Row) -> None:
-    """One log line per invalid row: where and which rules, never the values."""
-    if not log.isEnabledFor(logging.INFO):
-        return
-    fields = "; ".join(e.field for e in row.errors)
-    codes = "; ".join(e.code for e in row.errors)
-    log.info(
-        "row invalid: file=%s row=%d field=%s code=%s",
-        row.file,
-        row.row,
-        fields,
-        codes,
-        extra={
-            "fields": {
-                "event": "row_invalid",
-                "file": row.file,
-                "row": row.row,
-                "field": fields,
-                "code": codes,
-            }
-        },
-    )
-
-
-def _row_fields(event: str, work: Work | None, exc: BaseException, **more: Any) -> dict[str, Any]:
-    """A row's log fields for a JSON log: file, row, the error's code, status, request id
-    and the fields its diagnostics name (the text before each ":"), never values."""
-    fields: dict[str, Any] = {"event": event, "error": type(exc).__name__, **more}
-    if work is not None:
-        fields.update(file=work.row.file, row=work.row.row, op=work.op.value)
-    if isinstance(exc, ApiError):
-        named = [i.split(":", 1)[0].strip() for i in exc.issues if ":" in i]
-        fields.update(status=exc.status, request_id=exc.request_id or None)
-        if named:
-            fields["field"] = "; ".join(named)
-    return fields
 
 
 def _error_code(exc: ConsentImportError) -> str:
