@@ -141,8 +141,10 @@ class Ledger:
             if base_url is None:
                 return
             known = meta.get("base_url")
-            if known is None:
-                self.db.execute("INSERT INTO meta VALUES ('base_url', ?)", (base_url,))
+            if known is None or (known != base_url and self.created_nothing()):
+                # A ledger that never created anything holds no consent ids to mix up,
+                # so a first run with a wrong base URL does not bind it for good.
+                self.db.execute("INSERT OR REPLACE INTO meta VALUES ('base_url', ?)", (base_url,))
             elif known != base_url:
                 # Consent ids of one server mean nothing on another: never mix them.
                 raise ConfigError(
@@ -161,6 +163,13 @@ class Ledger:
 
     def close(self) -> None:
         self.db.close()
+
+    def created_nothing(self) -> bool:
+        """True when no row holds a consent id or may have created one (in flight)."""
+        found = self.db.execute(
+            "SELECT 1 FROM rows WHERE consent_id IS NOT NULL OR state = 'in_flight' LIMIT 1"
+        ).fetchone()
+        return found is None
 
     # -- transactions -------------------------------------------------------------
 

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
+from functools import partial
 from itertools import islice
 from typing import Any
 
@@ -22,12 +23,14 @@ import anyio.to_thread
 from anyio.abc import ObjectReceiveStream, ObjectSendStream
 
 from importer.client import ClinikClient
+from importer.console import log_invalid_row, row_fields
 from importer.errors import (
     ApiError,
     AuthError,
     ClientRequestError,
     ConsentImportError,
     RateLimitedError,
+    ServerUnreachable,
     TransportError,
 )
 from importer.keys import pinned_fields
@@ -277,6 +280,7 @@ class Importer:
             if not row.valid:
                 self.stats.invalid += 1
                 records.append(self._invalid_record(row, before))
+                log_invalid_row(log, row)
                 self._on_progress("invalid", self.stats)
                 continue
             self.stats.valid += 1
@@ -320,7 +324,20 @@ class Importer:
             "patch them; rerun with --on-immutable-change recreate to replace it "
             "(immutable_change)"
         )
-        log.info("row failed: file=%s row=%d code=immutable_change", row.file, row.row)
+        log.info(
+            "row failed: file=%s row=%d code=immutable_change",
+            row.file,
+            row.row,
+            extra={
+                "fields": {
+                    "event": "row_failed",
+                    "file": row.file,
+                    "row": row.row,
+                    "field": "; ".join(fields),
+                    "code": "immutable_change",
+                }
+            },
+        )
         # The consent stays as it is (state unchanged, created.csv keeps it); the error
         # marks the row for failed.csv until the source is fixed.
         return self._error_record(
@@ -374,12 +391,20 @@ class Importer:
             # Stopped while waiting to send: the row's request never started (a patch or
             # retire intent stays in flight, which the next run settles).
             raise _Stop from None
+        except ServerUnreachable as exc:
+            # The server is gone: stop the run; the row is not failed. A create never sent
+            # is put back, one that may have landed stays in flight for a lookup, and a
+            # patch stays in flight to be sent again.
+            if work.op in (Op.CREATE, Op.RECREATE):
+                await self._unsent(work)
+            self.stop(str(exc))
+            raise _Stop from None
 
     async def _create(self, work: Work) -> None:
         """POST the row, looking it up first whenever an earlier POST may have landed."""
         try:
             async for attempt in retrying(
-                attempts=self.options.max_attempts, on_retry=self._retried
+                attempts=self.options.max_attempts, on_retry=partial(self._retried, work=work)
             ):
                 with attempt:
                     if work.maybe_sent:
@@ -399,18 +424,19 @@ class Importer:
                     except (RateLimitedError, ClientRequestError, AuthError):
                         work.maybe_sent = False  # answered without storing
                         raise
-                    except (BudgetWaitTooLong, LimiterClosed):
-                        work.maybe_sent = False  # the limiter refused before sending
+                    except (BudgetWaitTooLong, LimiterClosed, ServerUnreachable):
+                        work.maybe_sent = False  # refused before sending
                         raise
                     consent_id = str(response.data["id"])
                     await self._created(work, consent_id, response.request_id)
                     return
-        except (BudgetWaitTooLong, LimiterClosed, _Stop):
+        except (BudgetWaitTooLong, LimiterClosed, ServerUnreachable, _Stop):
             await self._unsent(work)  # stays in flight if an earlier attempt may have landed
             raise  # `_do` pauses or stops the run
         except ConsentImportError as exc:
             if isinstance(exc, AuthError):
                 raise
+            await self._breaker_verdict(exc)
             await self._record_failure(work, exc, sent=work.maybe_sent)
 
     async def _lookup(self, work: Work) -> dict[str, Any] | None:
@@ -460,7 +486,7 @@ class Importer:
         body = {name: work.body[name] for name in PATCHABLE if name in work.body}
         try:
             async for attempt in retrying(
-                attempts=self.options.max_attempts, on_retry=self._retried
+                attempts=self.options.max_attempts, on_retry=partial(self._retried, work=work)
             ):
                 with attempt:
                     self._check_stop()
@@ -470,11 +496,12 @@ class Importer:
                     self.stats.updated += 1
                     self._on_progress("updated", self.stats)
                     return
-        except BudgetWaitTooLong:
-            raise  # not the row's failure: `_do` pauses the run
+        except (BudgetWaitTooLong, ServerUnreachable):
+            raise  # not the row's failure: `_do` pauses or stops the run
         except ConsentImportError as exc:
             if isinstance(exc, AuthError):
                 raise
+            await self._breaker_verdict(exc)
             await self._record_failure(work, exc, sent=True)
 
     async def _retire(self, work: Work) -> None:
@@ -663,6 +690,7 @@ class Importer:
             code,
             status,
             request_id,
+            extra={"fields": row_fields("row_failed", work.row, work.op.value, exc, code=code)},
         )
         state = "in_flight" if sent and work.op in (Op.CREATE, Op.RECREATE) else "failed"
         values = {
@@ -703,13 +731,29 @@ class Importer:
             stats.timeline.append((round(now, 2), stats.finished))
         self._user_progress(event, stats)
 
+    async def _breaker_verdict(self, exc: ConsentImportError) -> None:
+        """Before a row fails for want of an answer: while no request is being answered,
+        wait for the breaker to trip (ServerUnreachable: not the row's fault) or for an
+        answer (the row's failure is its own)."""
+        if isinstance(exc, TransportError) and self.client.breaker is not None:
+            await self.client.breaker.verdict()
+
     def _check_stop(self) -> None:
         if self._stop:
             raise _Stop
 
-    def _retried(self, exc: BaseException, attempt: int) -> None:
+    def _retried(self, exc: BaseException, attempt: int, work: Work | None = None) -> None:
         self.stats.retries += 1
-        log.info("retrying after %s (attempt %d)", type(exc).__name__, attempt)
+        where = f" row {work.row.file}:{work.row.row}" if work is not None else ""
+        row, op = (work.row, work.op.value) if work is not None else (None, None)
+        fields = row_fields("retry", row, op, exc, attempt=attempt)
+        log.info(
+            "retrying%s after %s (attempt %d)",
+            where,
+            type(exc).__name__,
+            attempt,
+            extra={"fields": fields},
+        )
         self._on_progress("retry", self.stats)
 
     def _pause(self, exc: BudgetWaitTooLong) -> None:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from itertools import chain
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import anyio
 import sniffio
@@ -24,6 +25,7 @@ from importer.mapping import Mapping
 from importer.normalize import Normalizer, Row
 from importer.outputs import write_text
 from importer.pool import Importer, RunOptions, RunStats, plan_row
+from importer.preflight import CircuitBreaker, run_checks
 from importer.reader import Table
 from importer.report import ValidationSummary
 from importer.revocation import RevokeCap, RevokePlan, RevokeScope
@@ -53,6 +55,8 @@ class RunConfig:
     revoke_missing: bool = False
     revoke_max: str | None = None  # N or P%; default 10% of the ledger's done rows
     skip_existing: bool = False
+    #: check the server, and on a ledger that created nothing a sample of rows, first
+    preflight: bool = True
     handle_signals: bool = True
     options: RunOptions = field(init=False)
 
@@ -73,6 +77,8 @@ class RunResult:
     run_id: int
     ledger: Path
     validation: ValidationSummary
+    #: rows in the input files (a stopped run read fewer: `stats.rows`)
+    total: int = 0
 
     @property
     def exit_code(self) -> int:
@@ -103,10 +109,26 @@ def run_import(
         on_total(total)
     normalizer = Normalizer(mapping)
     rows: Iterator[Row] = chain.from_iterable(normalizer.rows(t) for t in tables)
+    checked, window = 0, None
+    if config.preflight:
+        # Before the ledger exists or is bound to this base URL: a wrong one touches nothing.
+        _, checked, window = run_checks(base_url, api_key, timeout_s=config.timeout_s)
     with LedgerLock(config.ledger):
         ledger = Ledger(config.ledger, base_url=base_url)
         normalizer.content_keys = ledger.key_scheme == "content"
         try:
+            if config.preflight and not config.skip_existing and ledger.created_nothing():
+                sampled, spent, _ = run_checks(
+                    base_url,
+                    api_key,
+                    timeout_s=config.timeout_s,
+                    max_wait_s=config.max_wait_s,
+                    on_wait=on_wait,
+                    rows=rows,
+                    ledger=ledger.path,
+                    window_limit=window,
+                )
+                rows, checked = sampled or rows, checked + spent
             run_id = ledger.begin_run([t.name for t in tables])
             stats, validation = anyio.run(
                 _run_async,
@@ -121,6 +143,7 @@ def run_import(
                 backend_options={"use_uvloop": _has_uvloop()},
             )
             stats.source_key = normalizer.key_kind
+            stats.requests += checked
             if stats.aborted:
                 # Rows not yet read count too: everything the next run still has to do.
                 stats.rows_left = max(total - stats.finished, stats.rows_left)
@@ -128,7 +151,7 @@ def run_import(
             ledger.finish_run(run_id, status, stats.summary())
         finally:
             ledger.close()
-    return RunResult(stats, run_id, config.ledger, validation)
+    return RunResult(stats, run_id, config.ledger, validation, total)
 
 
 def _scope_revocations(options: RunOptions, mapping: Mapping, tables: Sequence[Table]) -> None:
@@ -168,7 +191,10 @@ async def _run_async(
         base_url=base_url, concurrency=config.concurrency, timeout_s=config.timeout_s
     )
     async with http:
-        client = ClinikClient(http, base_url=base_url, api_key=api_key, limiter=limiter)
+        breaker = CircuitBreaker(urlsplit(base_url).netloc)
+        client = ClinikClient(
+            http, base_url=base_url, api_key=api_key, limiter=limiter, breaker=breaker
+        )
         importer = Importer(
             client, ledger, run_id=run_id, options=config.options, on_progress=on_progress
         )
