@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -84,7 +85,27 @@ def status(ledger_path: Path, *, runs: int = 10) -> dict[str, Any]:
             "top_errors": dict(errors.most_common(10)),
             "systems": systems,
             "source_files": files,
-            "runs": ledger.runs(runs),
+            "runs": [_with_live_status(run) for run in ledger.runs(runs)],
         }
     finally:
         ledger.close()
+
+
+def _with_live_status(run: dict[str, Any]) -> dict[str, Any]:
+    """A run still marked running whose process is gone (killed, host rebooted) shows as
+    interrupted: its next run resumes it (the ledger marks it crashed then)."""
+    if run["status"] == "running" and not _alive(run.get("pid")):
+        return {**run, "status": "interrupted"}
+    return run
+
+
+def _alive(pid: Any) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process: it exists
+    return True

@@ -418,8 +418,10 @@ class Ledger(_Transitions):
             if base_url is None:
                 return
             known = meta.get("base_url")
-            if known is None:
-                self._db.execute("INSERT INTO meta VALUES ('base_url', ?)", (base_url,))
+            if known is None or (known != base_url and self.created_nothing()):
+                # A ledger that never created anything holds no consent ids to mix up,
+                # so a first run with a wrong base URL does not bind it for good.
+                self._db.execute("INSERT OR REPLACE INTO meta VALUES ('base_url', ?)", (base_url,))
             elif known != base_url:
                 # Consent ids of one server mean nothing on another: never mix them.
                 raise ConfigError(
@@ -438,6 +440,14 @@ class Ledger(_Transitions):
 
     def close(self) -> None:
         self._db.close()
+
+    def created_nothing(self) -> bool:
+        """True when no row holds a consent id or may have created one (in flight)."""
+        found = self._db.execute(
+            "SELECT 1 FROM rows WHERE consent_id IS NOT NULL "
+            "OR state IN ('in_flight', 'settling') OR error_code = 'outcome_unknown' LIMIT 1"
+        ).fetchone()
+        return found is None
 
     def transaction(self) -> _Transaction:
         return _Transaction(self._db)

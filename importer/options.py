@@ -38,6 +38,8 @@ class RunOptions:
             connection, a 5xx), wait this long before looking the consent up, so a server
             that stores it late or shows it in search late is not posted to twice; 0
             looks it up at once.
+        preflight: check the server first, and on a ledger that created nothing, a
+            sample of rows (importer.preflight).
     """
 
     ledger: Path = Path("consent-import.db")
@@ -53,6 +55,7 @@ class RunOptions:
     revoke_max: str | None = None
     skip_existing: bool = False
     settle_s: float = 30.0
+    preflight: bool = True
 
     def __post_init__(self) -> None:
         if self.on_immutable_change not in IMMUTABLE_CHANGE_CHOICES:

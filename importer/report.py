@@ -141,7 +141,8 @@ def print_validation(summary: ValidationSummary, console: Console, *, first: int
     """The terminal summary of a validation: counts, then the first errors, one a line."""
     files = len(summary.by_file)
     console.print(
-        f"Validated {files} file{'s' if files != 1 else ''}: {summary.rows:,} rows, "
+        f"Validated {files} file{'s' if files != 1 else ''}: {summary.rows:,} "
+        f"row{'s' if summary.rows != 1 else ''}, "
         f"[green]{summary.valid:,} valid[/], "
         f"[{'red' if summary.invalid else 'green'}]{summary.invalid:,} invalid[/]"
     )

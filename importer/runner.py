@@ -11,10 +11,12 @@ from dataclasses import dataclass, field
 from itertools import chain
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import anyio
 import sniffio
 
+from importer.breaker import CircuitBreaker
 from importer.client import ClinikClient, check_api_key, check_base_url, make_http_client
 from importer.engine import Engine
 from importer.ledger import Ledger
@@ -24,6 +26,7 @@ from importer.mapping import Mapping
 from importer.normalize import Normalizer, Row
 from importer.options import DEFAULTS, RunOptions
 from importer.outputs import write_text
+from importer.preflight import run_checks
 from importer.results import RunStats, ValidationSummary
 from importer.revocation import RevokeScope
 from importer.validate import open_tables
@@ -47,6 +50,8 @@ class RunResult:
     run_id: int
     ledger: Path
     validation: ValidationSummary
+    #: rows in the input files (a stopped run read fewer: `stats.rows`)
+    total: int = 0
 
     @property
     def exit_code(self) -> int:
@@ -77,10 +82,27 @@ def run_import(
         on_total(total)
     normalizer = Normalizer(mapping)
     rows: Iterator[Row] = chain.from_iterable(normalizer.rows(t) for t in tables)
-    with LedgerLock(config.options.ledger):
-        ledger = Ledger(config.options.ledger, base_url=base_url)
+    checked, window = 0, None
+    options = config.options
+    if options.preflight:
+        # Before the ledger exists or is bound to this base URL: a wrong one touches nothing.
+        _, checked, window = run_checks(base_url, api_key, timeout_s=options.timeout_s)
+    with LedgerLock(options.ledger):
+        ledger = Ledger(options.ledger, base_url=base_url)
         normalizer.content_keys = ledger.key_scheme == "content"
         try:
+            if options.preflight and not options.skip_existing and ledger.created_nothing():
+                sampled, spent, _ = run_checks(
+                    base_url,
+                    api_key,
+                    timeout_s=options.timeout_s,
+                    max_wait_s=options.max_wait_s,
+                    on_wait=on_wait,
+                    rows=rows,
+                    ledger=ledger.path,
+                    window_limit=window,
+                )
+                rows, checked = sampled or rows, checked + spent
             run_id = ledger.begin_run([t.name for t in tables])
             stats, validation = anyio.run(
                 _run_async,
@@ -96,6 +118,7 @@ def run_import(
                 backend_options={"use_uvloop": _has_uvloop()},
             )
             stats.source_key = normalizer.key_kind
+            stats.requests += checked
             if stats.aborted:
                 # Rows not yet read count too: everything the next run still has to do.
                 stats.rows_left = max(total - stats.finished, stats.rows_left)
@@ -103,7 +126,7 @@ def run_import(
             ledger.finish_run(run_id, status, stats.summary())
         finally:
             ledger.close()
-    return RunResult(stats, run_id, config.options.ledger, validation)
+    return RunResult(stats, run_id, config.options.ledger, validation, total)
 
 
 def _has_uvloop() -> bool:
@@ -138,7 +161,10 @@ async def _run_async(
         base_url=base_url, concurrency=options.concurrency, timeout_s=options.timeout_s
     )
     async with http:
-        client = ClinikClient(http, base_url=base_url, api_key=api_key, limiter=limiter)
+        breaker = CircuitBreaker(urlsplit(base_url).netloc)
+        client = ClinikClient(
+            http, base_url=base_url, api_key=api_key, limiter=limiter, breaker=breaker
+        )
         engine = Engine(
             client,
             ledger,
