@@ -276,6 +276,7 @@ def test_a_stop_starts_no_request_even_from_workers_waiting_for_a_slot(
     from importer.normalize import Normalizer
     from importer.options import RunOptions
     from importer.reader import open_table
+    from importer.revocation import RevokeScope
     from importer.sandbox.server import RunningSandbox
 
     source = write_csv(tmp_path / "in.csv", consent_rows(40))
@@ -289,7 +290,13 @@ def test_a_stop_starts_no_request_even_from_workers_waiting_for_a_slot(
             client = ClinikClient(
                 http, base_url=sandbox.base_url, api_key=KEY, limiter=Limiter(concurrency=3)
             )
-            importer = Engine(client, ledger, run_id=run_id, options=RunOptions(concurrency=3))
+            importer = Engine(
+                client,
+                ledger,
+                run_id=run_id,
+                options=RunOptions(concurrency=3),
+                revoke_scope=RevokeScope(),
+            )
             async with anyio.create_task_group() as group:
                 group.start_soon(importer.run, iter(rows))
                 with anyio.fail_after(20):
