@@ -49,14 +49,15 @@ def proven_valid(
     fields: dict[str, list[str]],
     keys: Sequence[str | None],
     *,
-    parse_date: Callable[[str], datetime | None],
+    parse_date: Callable[[str, str], datetime | None],
     crosswalk: dict[str, str] | None,
 ) -> Bools:
     """For each row, True when its body is certain to validate.
 
     `fields` are the prepared cells (trimmed, translated, defaulted) by row field, as the
     full path sees them; `keys` the source keys (None: empty, which the full path
-    reports). For keyed files only: an unkeyed row's key is its body's hash.
+    reports); `parse_date(field, cell)` reads a date cell as the full path does (one
+    reading per column). For keyed files only: an unkeyed row's key is its body's hash.
     """
     size = len(keys)
     if not fields.keys() <= KNOWN_FIELDS:
@@ -86,7 +87,7 @@ def proven_valid(
     dates: dict[str, list[datetime | None]] = {}
     for name in DATE_FIELDS:
         if name in fields:
-            parsed = [parse_date(v) if v else None for v in fields[name]]
+            parsed = [parse_date(name, v) if v else None for v in fields[name]]
             add([p is not None or not v for p, v in zip(parsed, fields[name], strict=True)])
             dates[name] = parsed
     if "provisionStart" in dates and "provisionEnd" in dates:

@@ -100,11 +100,14 @@ class SourceOptions:
         sheet: an Excel sheet by name or 0-based index.
         encoding: a Python codec name for CSV text.
         delimiter: one character, or "tab", "comma", "semicolon", "pipe".
+        header_row: the 1-based line (CSV) or row (Excel) of the header; the lines above
+            it (titles) are skipped. None: the first non-blank one.
     """
 
     sheet: str | int | None = None
     encoding: str | None = None
     delimiter: str | None = None
+    header_row: int | None = None
 
 
 # --- the formula escape ---------------------------------------------------------------------
@@ -297,7 +300,7 @@ class _CsvTable(Table):
         super().__init__(
             path,
             name,
-            layout.columns,
+            [c for c in layout.columns if c],
             header_row=layout.skip + 1,
             chunk_rows=chunk_rows,
             encoding=layout.encoding,
@@ -360,7 +363,7 @@ class _CsvTable(Table):
 
     def _finish(self, frame: pd.DataFrame, done: int) -> pd.DataFrame:
         """Row numbers, the unnamed-cells check, blank rows out, formula escapes undone."""
-        named = len(self.columns)
+        named = len(self._layout.columns)
         first = self.header_row + 1 + done
         if frame.shape[1] > named:
             extra = frame.iloc[:, named:]
@@ -370,6 +373,9 @@ class _CsvTable(Table):
                     row = first + int(np.flatnonzero(filled)[0])
                     raise _unnamed_cell(self.name, row, str(named + offset + 1))
             frame = frame.iloc[:, :named]
+        named_at = _named(self._layout.columns)
+        if named_at is not None:
+            frame = frame.iloc[:, named_at]
         frame.columns = pd.Index(self.columns)
         frame.index = pd.RangeIndex(first, first + len(frame))
         keep = _non_blank(frame)
@@ -420,7 +426,9 @@ def _open_csv(
     size = _SAMPLE_BYTES
     while True:
         sample, whole = _read_sample(path, encoding, size)
-        layout = _csv_layout(name, sample, whole, encoding, delimiter, path.suffix.lower())
+        layout = _csv_layout(
+            name, sample, whole, encoding, delimiter, path.suffix.lower(), options.header_row
+        )
         if layout is not None:
             break
         if size >= _MAX_SAMPLE_BYTES:
@@ -645,8 +653,18 @@ def _csv_layout(
     encoding: str,
     forced_delimiter: str | None,
     suffix: str,
+    header_row: int | None = None,
 ) -> _CsvLayout | None:
-    """Delimiter, header and width from the sample; None if the sample is too short to tell."""
+    """Delimiter, header and width from the sample; None if the sample is too short to tell.
+
+    With `header_row`, the lines above it are titles: left out of sniffing and skipped.
+    """
+    if header_row is not None:
+        lines = sample.splitlines(keepends=True)
+        if len(lines) < header_row + 1 and not whole:
+            return None
+        titles = "".join(lines[: header_row - 1])
+        sample = sample[len(titles) :]
     delimiter = forced_delimiter or _sniff(sample, whole, suffix)
     if forced_delimiter is not None and forced_delimiter not in _first_line(sample):
         # A header without the configured delimiter makes a one-column table, which no
@@ -657,6 +675,10 @@ def _csv_layout(
         _check_quotes(name, sample, delimiter)
     records = _parse(sample, delimiter, whole)
     skip = next((i for i, r in enumerate(records) if not _blank(r)), None)
+    if header_row is not None and skip != 0 and records:
+        raise InputError(
+            f"{name}: line {header_row} (source.header_row) is blank; give the line of the header"
+        )
     if skip is None:
         if whole:
             raise InputError(f"{name}: the file is empty; export it again with a header row")
@@ -667,6 +689,8 @@ def _csv_layout(
     columns = _header(name, header, skip + 1, lambda i: str(i + 1))
     width = max(len(r) for r in records[skip:])
     newline = "\r" if "\n" not in sample and "\r" in sample else "\n"
+    if header_row is not None:
+        skip = header_row - 1  # lines above the header: pandas skips lines
     return _CsvLayout(encoding, delimiter, columns, skip, width, newline, may_escape=True)
 
 
@@ -713,22 +737,29 @@ def _sniff(sample: str, whole: bool, suffix: str) -> str:
     return best
 
 
+def _named(names: list[str]) -> list[int] | None:
+    """Positions of the named columns, or None when every column is named."""
+    keep = [i for i, n in enumerate(names) if n]
+    return None if len(keep) == len(names) else keep
+
+
 def _blank(cells: list[str]) -> bool:
     return not "".join(cells).strip()
 
 
 def _header(name: str, cells: list[str], row: int, label: Callable[[int], str]) -> list[str]:
-    """The column names: stripped; trailing empty cells dropped; no gaps, no repeats."""
+    """The column names: stripped; trailing empty cells dropped; no repeats.
+
+    A column with an empty header before the last named one stays as "" and is left out
+    of the table (`_named`): a pandas index column is common, and no mapping can name it.
+    """
     names = [unescape_formula(cell).strip().lstrip("\ufeff").strip() for cell in cells]
     while names and not names[-1]:
         names.pop()
     seen: dict[str, int] = {}
     for i, column in enumerate(names):
         if not column:
-            raise InputError(
-                f"{name}: column {label(i)} has an empty header in row {row}; name it or "
-                "delete the column"
-            )
+            continue
         if column in seen:
             # Positions only: without a header row, these cells are a patient's values.
             raise InputError(
@@ -887,6 +918,7 @@ class _ExcelTable(Table):
         name: str,
         columns: list[str],
         *,
+        keep: list[int] | None = None,
         workbook: _Workbook,
         sheet: str,
         header_row: int,
@@ -895,8 +927,15 @@ class _ExcelTable(Table):
         chunk_rows: int,
     ) -> None:
         super().__init__(
-            path, name, columns, header_row=header_row, chunk_rows=chunk_rows, sheet=sheet
+            path,
+            name,
+            [c for c in columns if c],
+            header_row=header_row,
+            chunk_rows=chunk_rows,
+            sheet=sheet,
         )
+        self._width = len(columns)
+        self._keep = keep
         self._workbook = workbook
         self._first_column = first_column
         self._count = count
@@ -911,7 +950,8 @@ class _ExcelTable(Table):
             raise _no_rows(self.name)
 
     def chunks(self) -> Iterator[pd.DataFrame]:
-        named = len(self.columns)
+        named = self._width
+        keep = self._keep
         convert = _cell_text
         rows: list[list[str]] = []
         numbers: list[int] = []
@@ -927,7 +967,7 @@ class _ExcelTable(Table):
                 del texts[named:]
             elif len(texts) < named:
                 texts.extend([""] * (named - len(texts)))
-            rows.append(texts)
+            rows.append(texts if keep is None else [texts[i] for i in keep])
             numbers.append(number)
             if len(rows) == self.chunk_rows:
                 yield self._frame(rows, numbers)
@@ -983,12 +1023,21 @@ def _open_excel(
         header: tuple[int, list[Any]] | None = None
         count = 0
         for number, cells in enumerate(sheet.iter_rows(), start=1):
+            if options.header_row is not None and number <= options.header_row:
+                if number == options.header_row and not _blank_cells(cells):
+                    header = (number, cells)
+                continue
             if _blank_cells(cells):
                 continue
             if header is None:
                 header = (number, cells)
             else:
                 count += 1
+    if header is None and options.header_row is not None:
+        raise InputError(
+            f"{name}: row {options.header_row} (source.header_row) of sheet '{sheet_name}' is "
+            "blank; give the row of the header"
+        )
     if header is None:
         raise InputError(f"{name}: sheet '{sheet_name}' is empty; choose the sheet with the data")
     header_row, cells = header
@@ -1002,6 +1051,7 @@ def _open_excel(
         path,
         name,
         columns,
+        keep=_named(columns),
         workbook=workbook,
         sheet=sheet_name,
         header_row=header_row,
