@@ -306,6 +306,7 @@ def _print_run(stats: RunStats, ledger: Path) -> None:
         f"Run: {stats.rows:,} rows · {stats.created:,} created "
         f"({stats.adopted:,} adopted after a lookup) · {stats.updated:,} updated · "
         f"{stats.unchanged:,} unchanged · {stats.invalid:,} invalid · {stats.failed:,} failed"
+        + (f" · {stats.skipped:,} skipped (filtered out)" if stats.skipped else "")
     )
     out.print(
         f"     {stats.requests:,} requests · {stats.retries:,} retries · "

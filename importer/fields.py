@@ -563,7 +563,7 @@ class Assembler:
     before `policies[0]`; `finish` turns them into lists in index order.
     """
 
-    __slots__ = ("_live", "body")
+    __slots__ = ("_containers", "_live", "body")
 
     def __init__(self, base: dict[str, Any]) -> None:
         self.body = base
@@ -571,6 +571,8 @@ class Assembler:
         # (version-1 columns) count as live: version 1 never dropped them.
         self._live: set[int] = set()
         _mark_all(base, self._live)
+        # Objects made along paths; a leaf's own value (a coding) is never one.
+        self._containers: set[int] = set()
 
     def put(self, steps: tuple[Step, ...], value: Any, from_cell: bool) -> None:
         node = self.body
@@ -588,6 +590,7 @@ class Assembler:
                     item = child[index] = {}
                 child = item
             node = child
+            self._containers.add(id(node))
             if from_cell:
                 live.add(id(node))
         name, index = steps[-1]
@@ -626,6 +629,8 @@ class Assembler:
                 items = [self._clean(value[i]) for i in sorted(k for k in value if k != _ITEMS)]
                 kept = [i for i in items if i is not None]
                 return kept or None
+            if id(value) not in self._containers and id(value) not in self._live:
+                return value  # a leaf's value, e.g. one coding
             live = id(value) in self._live
             for name in list(value):
                 kept = self._clean(value[name])

@@ -302,7 +302,7 @@ def _validation_figures(summary: ValidationSummary) -> list[Figure]:
     total = sum(summary.by_rule.values())
     # A row can break several rules: say how many errors the invalid rows hold.
     errors = f"· {total:,} error{'s' if total != 1 else ''}" if total else ""
-    return [
+    figures = [
         _count("rows", "Rows", summary.rows, note=f"in {files:,} file{'s' if files != 1 else ''}"),
         _count("valid", "Valid", summary.valid, "good", _pct(summary.valid, summary.rows)),
         _count(
@@ -313,6 +313,11 @@ def _validation_figures(summary: ValidationSummary) -> list[Figure]:
             _sentences(_pct(summary.invalid, summary.rows), errors),
         ),
     ]
+    if summary.skipped:
+        figures.append(
+            _count("skipped", "Skipped", summary.skipped, note="filtered out; never sent")
+        )
+    return figures
 
 
 def _run_figures(stats: RunStats) -> list[Figure]:

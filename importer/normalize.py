@@ -477,6 +477,7 @@ class _FileNormalizer:
         v2: tuple[_ConsentPlan, int] | None = None,
     ) -> Row:
         consent = v2[0].key if v2 is not None else ""
+        labels = v2[0].labels if v2 is not None else {}
         row = Row(self.file, number, key or "", headers, values, consent=consent)
         errors = row.errors
 
@@ -487,8 +488,8 @@ class _FileNormalizer:
                     number,
                     name,
                     code,
-                    f"{self._label(name)}: {rule} ({code})",
-                    value=self._cell(row, name),
+                    f"{self._label(name, labels)}: {rule} ({code})",
+                    value=self._cell(row, name, labels),
                     consent=consent,
                 )
             )
@@ -507,8 +508,8 @@ class _FileNormalizer:
                 if name in already:
                     continue  # e.g. an unknown patient was dropped: not also "missing"
                 message = err.message
-                if name != err.field or name in self.columns or name in self._v2_labels:
-                    message = f"{self._label(name)}: {_rule_text(err.message)}"
+                if name != err.field or name in self.columns or name in labels:
+                    message = f"{self._label(name, labels)}: {_rule_text(err.message)}"
                 errors.append(
                     RowError(
                         self.file,
@@ -516,7 +517,7 @@ class _FileNormalizer:
                         name,
                         err.code,
                         message,
-                        value=self._cell(row, name),
+                        value=self._cell(row, name, labels),
                         consent=consent,
                     )
                 )
@@ -665,20 +666,20 @@ class _FileNormalizer:
             provision["purpose"] = [{"code": code} for code in _split(c["purpose"])]
         return provision
 
-    def _cell(self, row: Row, name: str) -> str:
+    def _cell(self, row: Row, name: str, labels: dict[str, Spec] | None = None) -> str:
         """The raw cell behind a field, for the HTML report's value column."""
         cells = row.cells
         if name == "sourceKey" and self.mapping.key:
             return "|".join(cells.get(c, "") for c in self.key_headers)
         header = self.columns.get(name)
-        if header is None and name in self._v2_labels:
-            spec = self._v2_labels[name]
+        if labels and name in labels:
+            spec = labels[name]
             header = self.headers.get(spec.columns[0]) if spec.columns else None
         return str(cells.get(header, "")) if header else ""
 
-    def _label(self, name: str) -> str:
-        spec = self._v2_labels.get(name)
-        if spec is not None and name not in self.columns:
+    def _label(self, name: str, labels: dict[str, Spec] | None = None) -> str:
+        spec = labels.get(name) if labels else None
+        if spec is not None:
             return f"{name} ({spec.describe()})" if spec.source != "value" else name
         header = self.columns.get(name)
         return f"{name} (column '{header}')" if header and header != name else name
@@ -702,6 +703,8 @@ class _ConsentPlan:
         self.dropped = dropped
         self.holds: list[bool] | None = None
         self._values: list[list[Value]] = []
+        #: The spec behind each field path (without indexes), to name it in row errors.
+        self.labels = {spec.path.plain: spec for spec in specs}
 
     def evaluate(self, cells: dict[str, list[str]], size: int) -> None:
         """Evaluate `when` and every spec over a chunk's cells, a column at a time."""

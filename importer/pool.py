@@ -68,6 +68,7 @@ class RunStats:
     rows: int = 0
     valid: int = 0
     invalid: int = 0
+    skipped: int = 0  # filtered out by the mapping, never sent (set by the runner)
     created: int = 0
     adopted: int = 0
     updated: int = 0
@@ -115,6 +116,7 @@ class RunStats:
             )
         }
         out.update(
+            skipped=self.skipped,
             adopted=self.adopted,
             revoked=self.revoked,
             missing_from_source=self.missing_from_source,

@@ -39,6 +39,8 @@ class ValidationSummary:
     rows: int = 0
     valid: int = 0
     invalid: int = 0
+    #: Rows a [[filter]] left out, or for which no [[consents]] `when` held: never sent.
+    skipped: int = 0
     by_rule: Counter[str] = field(default_factory=Counter)
     by_field: Counter[str] = field(default_factory=Counter)
     by_file: dict[str, FileCounts] = field(default_factory=dict)
@@ -58,6 +60,7 @@ class ValidationSummary:
         """A chunk's verdict: its rows counted, its invalid rows' errors kept."""
         counts = self.by_file.setdefault(batch.file, FileCounts())
         valid = batch.rows - len(batch.invalid)
+        self.skipped += batch.skipped
         self.rows += batch.rows
         counts.rows += batch.rows
         self.valid += valid
@@ -79,6 +82,7 @@ class ValidationSummary:
                 "rows": self.rows,
                 "valid": self.valid,
                 "invalid": self.invalid,
+                "skipped": self.skipped,
                 "by_rule": dict(self.by_rule.most_common()),
                 "by_field": dict(self.by_field.most_common()),
                 "by_file": {
@@ -93,6 +97,7 @@ class ValidationSummary:
                     "field": e.field,
                     "code": e.code,
                     "message": e.message,
+                    **({"consent": e.consent} if e.consent else {}),
                 }
                 for e in self.errors
             ],
@@ -199,6 +204,7 @@ def print_validation(summary: ValidationSummary, console: Console, *, first: int
         f"Validated {files} file{'s' if files != 1 else ''}: {summary.rows:,} rows, "
         f"[green]{summary.valid:,} valid[/], "
         f"[{'red' if summary.invalid else 'green'}]{summary.invalid:,} invalid[/]"
+        + (f", {summary.skipped:,} skipped (filtered out)" if summary.skipped else "")
     )
     if not summary.invalid:
         return
@@ -211,4 +217,4 @@ def print_validation(summary: ValidationSummary, console: Console, *, first: int
     shown = summary.errors[:first]
     console.print(f"First {len(shown)} of {len(summary.errors):,} errors:")
     for error in shown:
-        console.print(f"  {error.file}:{error.row}  {error.message}", soft_wrap=True)
+        console.print(f"  {error.where}  {error.message}", soft_wrap=True)

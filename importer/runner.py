@@ -107,6 +107,7 @@ def run_import(
                 on_wait,
                 backend_options={"use_uvloop": _has_uvloop()},
             )
+            stats.skipped = validation.skipped = normalizer.skipped
             if stats.aborted:
                 # Rows not yet read count too: everything the next run still has to do.
                 stats.rows_left = max(total - stats.finished, stats.rows_left)
