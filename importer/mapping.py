@@ -361,6 +361,8 @@ def _no_twice(
 ) -> None:
     """[columns]/[defaults] fields and [fields] paths must not name one path twice."""
     for name in (*columns, *defaults):
+        if name not in V1_PATHS:
+            continue  # sourceKey: not a body path
         v1 = parse_path(V1_PATHS[name], where)
         for spec in fields.values():
             if overlaps(v1, spec.path):

@@ -771,7 +771,7 @@ class DateColumn:
         self.label = label
         self.tz = tz
         self.excel = excel
-        self.families = _families(formats)
+        self.families = date_families(formats)
         self.candidates = list(range(len(self.families)))
         self.decided: int | None = 0 if len(self.families) <= 1 else None
 
@@ -836,7 +836,7 @@ class DateColumn:
 _DATE_PARTS = {"d": "d", "m": "m", "b": "m", "B": "m", "Y": "y", "y": "y", "j": "d"}
 
 
-def _families(formats: tuple[str, ...]) -> list[tuple[str, ...]]:
+def date_families(formats: tuple[str, ...]) -> list[tuple[str, ...]]:
     """Formats grouped by the order of their day, month and year, in first-seen order."""
     groups: dict[tuple[str, ...], list[str]] = {}
     for fmt in formats:
