@@ -14,11 +14,9 @@ from importer.validate import open_tables
 
 @dataclass
 class Preview:
-    """The rows shown (a row making several consents gives several), and how many rows
-    were skipped by the mapping's filters (or made no consent) before the last one shown."""
+    """The rows shown (a row making several consents gives several)."""
 
     rows: list[Row]
-    skipped: int
     missing: list[str]  # files in which the asked-for row does not exist or was skipped
 
     @property
@@ -43,7 +41,7 @@ def preview_rows(
         if row is not None and not found:
             missing.append(table.name)
         shown += found
-    return Preview(shown, normalizer.skipped, missing)
+    return Preview(shown, missing)
 
 
 def _take(made: Iterator[Row], count: int, number: int | None) -> Iterator[Row]:
@@ -74,9 +72,7 @@ def render(preview: Preview) -> Iterator[str]:
             for error in row.errors:
                 yield f"  {error.message}"
     for name in preview.missing:
-        yield f"{name}: no such row, or the mapping's filters skip it"
-    if preview.skipped:
-        yield f"{preview.skipped:,} rows skipped on the way (filtered out, or making no consent)"
+        yield f"{name}: no such row, or the mapping's filters skip it (or it makes no consent)"
 
 
 def _where(row: Row) -> str:
