@@ -460,36 +460,33 @@ def evaluate(
                 texts.append("")
     kind = spec.path.kind
     mapped = spec.map or {}
-    default = spec.default
-    out: list[Value] = []
+    # What an empty result gives: the same value for every such row, made once.
+    fill: Any = spec.value if spec.source == "value" else mapped.get("")
+    if fill is None:
+        fill = spec.default
+    empty = _EMPTY if fill is None else _convert_constant(spec, fill, parse_constant)
+    if spec.source == "value":
+        return [empty] * size
     if kind == DATE:
         dates = parse_date(texts) if parse_date is not None else [None] * size
-    cache: dict[str, Value] = {}
-    for i, text in enumerate(texts):
-        if not text:
-            value: Any = spec.value if spec.source == "value" else mapped.get("")
-            if value is None:
-                value = default
-            if value is None:
-                out.append(_EMPTY)
-            else:
-                out.append(_convert_constant(spec, value, parse_constant))
-            continue
-        if kind == DATE:
-            if mapped and text.casefold() in mapped:
+        out: list[Value] = []
+        for text, moment in zip(texts, dates, strict=True):
+            if not text:
+                out.append(empty)
+            elif mapped and text.casefold() in mapped:
                 got = mapped[text.casefold()]
                 out.append(_convert_constant(spec, got, parse_constant, from_cell=True))
             else:
-                moment = dates[i]
                 out.append(
                     (moment, True, None) if moment is not None else (None, True, "invalid_date")
                 )
-            continue
-        hit = cache.get(text)
-        if hit is None:
-            hit = cache[text] = _convert_cell(spec, text, mapped)
-        out.append(hit)
-    return out
+        return out
+    # One conversion per distinct text; rows share the result (fastcheck relies on it).
+    cache: dict[str, Value] = {"": empty}
+    for text in set(texts):
+        if text not in cache:
+            cache[text] = _convert_cell(spec, text, mapped)
+    return [cache[text] for text in texts]
 
 
 def _convert_cell(spec: Spec, text: str, mapped: dict[str, Any]) -> Value:
@@ -555,112 +552,97 @@ def _as_kind(spec: Spec, items: list[str]) -> Any:
 
 # --- assembling a body ------------------------------------------------------------------
 
+_OBJECT: Final = 0
+_LIST: Final = 1
+#: A compiled body tree: a leaf is the index of a spec's value; an object is
+#: (_OBJECT, ((name, child), ...)); a list is (_LIST, (item object, ...)) in index order.
+Node = Any
 
-class Assembler:
-    """Puts a row's values into a nested body, then applies the constants-alone rule.
 
-    Lists are built as {index: item} while values arrive, so `policies[2]` may come
-    before `policies[0]`; `finish` turns them into lists in index order.
+class Shape:
+    """A set of specs compiled into the body's tree, to build each row's body in one pass.
+
+    `build` applies the constants-alone rule: an object below the top level is kept only
+    when it holds at least one value from a non-empty cell (its own or a nested one);
+    lists keep their non-empty items in index order (`policies[2]` alone becomes the
+    first policy).
     """
 
-    __slots__ = ("_containers", "_live", "body")
-
-    def __init__(self, base: dict[str, Any]) -> None:
-        self.body = base
-        # Objects that hold a value from a non-empty cell. Objects of the base body
-        # (version-1 columns) count as live: version 1 never dropped them.
-        self._live: set[int] = set()
-        _mark_all(base, self._live)
-        # Objects made along paths; a leaf's own value (a coding) is never one.
-        self._containers: set[int] = set()
-
-    def put(self, steps: tuple[Step, ...], value: Any, from_cell: bool) -> None:
-        node = self.body
-        live = self._live
-        for name, index in steps[:-1]:
-            child = node.get(name)
-            if index is None:
-                if not isinstance(child, dict):
-                    child = node[name] = {}
-            else:
-                if not isinstance(child, dict) or not _is_items(child):
-                    child = node[name] = {_ITEMS: True}
-                item = child.get(index)
-                if item is None:
-                    item = child[index] = {}
-                child = item
-            node = child
-            self._containers.add(id(node))
-            if from_cell:
-                live.add(id(node))
-        name, index = steps[-1]
-        if index is None:
-            node[name] = value
-        else:  # a list leaf item (only codings/refs lists can be leaves with an index)
-            items = node.get(name)
-            if not isinstance(items, dict) or not _is_items(items):
-                items = node[name] = {_ITEMS: True}
-            items[index] = value
-
-    def remove(self, steps: tuple[Step, ...]) -> None:
-        """Take a path out (a consent overriding a top-level field)."""
-        node: Any = self.body
-        for name, index in steps[:-1]:
-            node = node.get(name)
-            if index is not None and isinstance(node, dict):
-                node = node.get(index)
-            if not isinstance(node, dict):
-                return
-        node.pop(steps[-1][0], None)
-
-    def finish(self) -> dict[str, Any]:
-        body = self.body
-        for name in list(body):
-            kept = self._clean(body[name])
-            if kept is None:
-                del body[name]
-            else:
-                body[name] = kept
-        return body
-
-    def _clean(self, value: Any) -> Any:
-        if isinstance(value, dict):
-            if _is_items(value):
-                items = [self._clean(value[i]) for i in sorted(k for k in value if k != _ITEMS)]
-                kept = [i for i in items if i is not None]
-                return kept or None
-            if id(value) not in self._containers and id(value) not in self._live:
-                return value  # a leaf's value, e.g. one coding
-            live = id(value) in self._live
-            for name in list(value):
-                kept = self._clean(value[name])
-                if kept is None:
-                    del value[name]
+    def __init__(self, specs: list[Spec]) -> None:
+        root: dict[str, Any] = {}
+        for number, spec in enumerate(specs):
+            node = root
+            *parents, (leaf, _) = spec.path.steps
+            for name, index in parents:
+                if index is None:
+                    node = node.setdefault(name, {})
                 else:
-                    value[name] = kept
-            return value if value and live else None
-        if isinstance(value, list):
-            cleaned = [self._clean(v) for v in value]
-            kept = [v for v in cleaned if v is not None]
-            return kept or None
-        return value
+                    items = node.setdefault(name, {_LIST_MARK: True})
+                    node = items.setdefault(index, {})
+            node[leaf] = number
+        self.root: tuple[tuple[str, Node], ...] = _compile(root)[1]
+
+    def build(self, values: tuple[Value, ...]) -> dict[str, Any]:
+        """The body part the specs make from one row's values (top level always kept)."""
+        body, _ = _build(self.root, values, top=True)
+        return body or {}
 
 
-_ITEMS: Final = "\x00items"  # marks a dict standing in for a list while assembling
+_LIST_MARK: Final = "\x00list"
 
 
-def _is_items(value: dict[Any, Any]) -> bool:
-    return _ITEMS in value
+def _compile(tree: dict[Any, Any]) -> Node:
+    if _LIST_MARK in tree:
+        items = sorted((k, v) for k, v in tree.items() if k != _LIST_MARK)
+        return (_LIST, tuple(_compile(v) for _, v in items))
+    return (
+        _OBJECT,
+        tuple(
+            (name, child if isinstance(child, int) else _compile(child))
+            for name, child in tree.items()
+        ),
+    )
 
 
-def _mark_all(value: Any, live: set[int]) -> None:
-    if isinstance(value, dict):
-        live.add(id(value))
-        for item in value.values():
-            _mark_all(item, live)
-    elif isinstance(value, list):
-        for item in value:
-            _mark_all(item, live)
+def _build(
+    items: tuple[tuple[str, Node], ...], values: tuple[Value, ...], *, top: bool = False
+) -> tuple[dict[str, Any] | None, bool]:
+    out: dict[str, Any] = {}
+    live = False
+    for name, child in items:
+        if type(child) is int:
+            value, from_cell, _ = values[child]
+            if value is not None:
+                out[name] = value
+                live = live or from_cell
+        elif child[0] == _OBJECT:
+            sub, sub_live = _build(child[1], values)
+            if sub is not None:
+                out[name] = sub
+                live = live or sub_live
+        else:
+            kept = []
+            for item in child[1]:
+                sub, sub_live = _build(item[1], values)
+                if sub is not None:
+                    kept.append(sub)
+                    live = live or sub_live
+            if kept:
+                out[name] = kept
+    if not top and (not out or not live):
+        return None, False
+    return out, live
+
+
+def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """`extra`'s fields added to `base` (a version-1 body), objects merged field by field."""
+    for name, value in extra.items():
+        mine = base.get(name)
+        if isinstance(mine, dict) and isinstance(value, dict):
+            merge(mine, value)
+        else:
+            base[name] = value
+    return base
 
 
 def match_header(headers: Iterable[str], name: str) -> str | None:

@@ -31,15 +31,17 @@ import pandas as pd
 from pydantic import ValidationError
 
 from importer.errors import ConfigError
-from importer.fastcheck import proven_valid
+from importer.fastcheck import proven_by_specs, proven_valid
 from importer.fields import (
+    BOOL,
     DATE,
     V1_PATHS,
-    Assembler,
     Condition,
+    Shape,
     Spec,
     Value,
     evaluate,
+    merge,
     overlaps,
     parse_path,
 )
@@ -226,17 +228,21 @@ class Normalizer:
     def _check_v2(
         self, file_rows: _FileNormalizer, file_index: int, chunk: pd.DataFrame, skipped: int
     ) -> Batch:
-        """A chunk's verdict through a version-2 mapping: every consent built and checked
-        (no column-wise proof covers paths and fan-out)."""
-        rows = file_rows.normalize(chunk)
+        """A chunk's verdict through a version-2 mapping: consents proven valid column-wise
+        are only counted; the rest are built and checked, which names their errors."""
+        keys, places, invalid = file_rows.check_v2(chunk)
         skipped += file_rows.take_skipped()
         self.skipped += skipped
-        where = file_index << 40 | np.array([row.row for row in rows], dtype=np.int64)
-        firsts = self._keys.add(key_digests([row.source_key for row in rows]), where)
-        for row, first in zip(rows, firsts.tolist(), strict=True):
-            if first >= 0:
-                self._duplicate(row, first)
-        return Batch(file_rows.file, len(rows), [row for row in rows if not row.valid], skipped)
+        where = file_index << 40 | np.array([number for number, _ in places], dtype=np.int64)
+        firsts = self._keys.add(key_digests(keys), where)
+        for index in np.flatnonzero(firsts >= 0).tolist():
+            row = invalid.get(index)
+            if row is None:
+                pos, consent = places[index][1], file_rows.consent_at(index, places)
+                row = invalid[index] = file_rows.plain_row(chunk, pos, keys[index])
+                row.consent = consent
+            self._duplicate(row, int(firsts[index]))
+        return Batch(file_rows.file, len(keys), [invalid[i] for i in sorted(invalid)], skipped)
 
     def _add_file(self, name: str) -> int:
         self._files.append(name)
@@ -368,10 +374,13 @@ class _FileNormalizer:
 
     def _cells(self, values: list[Any]) -> list[str]:
         """Cells trimmed, with [source] null_values read as empty."""
-        cells = [str(v).strip() for v in values]
+        cells: list[str] = list(map(str.strip, map(str, values)))
         nulls = self.nulls
         if nulls:
-            cells = [c if c.casefold() not in nulls else "" for c in cells]
+            # Folded once per distinct cell, not once per cell.
+            hits = {c for c in set(cells) if c.casefold() in nulls}
+            if hits:
+                cells = ["" if c in hits else c for c in cells]
         return cells
 
     def normalize(self, chunk: pd.DataFrame) -> list[Row]:
@@ -541,6 +550,73 @@ class _FileNormalizer:
             row.model = None
         return row
 
+    def check_v2(
+        self, chunk: pd.DataFrame
+    ) -> tuple[list[str], list[tuple[int, int]], dict[int, Row]]:
+        """Every consent of a chunk through a version-2 mapping: source keys, (row number,
+        position in the chunk) of each, and the invalid ones by index."""
+        headers, raw, prepared, keys = self._prepare(chunk)
+        size = len(chunk)
+        self._evaluate(raw, size)
+        numbers = chunk.index.tolist()
+        proofs = [self._proof(plan, prepared, keys, size) for plan in self._consents]
+        value_rows: list[tuple[Any, ...]] | None = None
+        names = list(prepared)
+        out_keys: list[str] = []
+        places: list[tuple[int, int]] = []
+        invalid: dict[int, Row] = {}
+        self._plan_of: list[str] = []
+        for pos in range(size):
+            made = False
+            for plan, proven in zip(self._consents, proofs, strict=True):
+                if plan.holds is not None and not plan.holds[pos]:
+                    continue
+                made = True
+                index = len(out_keys)
+                places.append((int(numbers[pos]), pos))
+                self._plan_of.append(plan.key)
+                key = keys[pos]
+                if proven[pos] and key is not None:
+                    out_keys.append(f"{key}#{plan.key}" if plan.key else key)
+                    continue
+                if value_rows is None:
+                    value_rows = list(zip(*raw.values(), strict=True))
+                cells = {n: prepared[n][pos] for n in names if n not in plan.dropped}
+                row = self._row(
+                    int(numbers[pos]), headers, value_rows[pos], cells, key, (plan, pos)
+                )
+                out_keys.append(row.source_key)
+                if not row.valid:
+                    invalid[index] = row
+            if not made:
+                self._skipped += 1
+        return out_keys, places, invalid
+
+    def consent_at(self, index: int, places: list[tuple[int, int]]) -> str:
+        """The [[consents]] key of the consent at `index` of the last `check_v2`."""
+        return self._plan_of[index]
+
+    def _proof(
+        self, plan: _ConsentPlan, prepared: dict[str, list[str]], keys: list[str | None], size: int
+    ) -> npt.NDArray[np.bool_]:
+        """Which rows' consent of this plan is certain to validate (keyed files only)."""
+        if not self.keyed or (plan.patient_from_v2 and self.mapping.crosswalk is not None):
+            return np.zeros(size, dtype=bool)
+        v1 = {n: cells for n, cells in prepared.items() if n not in plan.dropped}
+        proven = proven_valid(
+            v1,
+            keys,
+            parse_date=self.parse_date,
+            crosswalk=self.mapping.crosswalk,
+            supplied=plan.supplied,
+        )
+        return proven & proven_by_specs(plan.specs, plan.values, size)
+
+    def _evaluate(self, raw: dict[str, list[Any]], size: int) -> None:
+        cells = {name: self._cells(raw[header]) for name, header in self.headers.items()}
+        for plan in self._consents:
+            plan.evaluate(cells, size)
+
     def _consent_plans(self) -> list[_ConsentPlan]:
         """What each consent of a row is made of: one plan without [[consents]]."""
         top = list(self.mapping.fields.values())
@@ -564,11 +640,7 @@ class _FileNormalizer:
         """Rows through a version-2 mapping: per row, one Row per consent made."""
         headers, raw, prepared, keys = self._prepare(chunk)
         size = len(chunk)
-        cells: dict[str, list[str]] = {}
-        for name, header in self.headers.items():
-            cells[name] = self._cells(raw[header])
-        for plan in self._consents:
-            plan.evaluate(cells, size)
+        self._evaluate(raw, size)
         names = list(prepared)
         numbers = chunk.index.tolist()
         value_rows = list(zip(*raw.values(), strict=True))
@@ -702,7 +774,14 @@ class _ConsentPlan:
         self.specs = specs
         self.dropped = dropped
         self.holds: list[bool] | None = None
-        self._values: list[list[Value]] = []
+        self.shape = Shape(specs)
+        self.values: list[list[Value]] = []
+        top = {spec.path.steps[0][0] for spec in specs if len(spec.path.steps) == 1}
+        #: Required fields this consent gets from its specs, not from version-1 columns.
+        self.supplied = frozenset(top & {"patientId", "scope", "category"})
+        self.patient_from_v2 = "patientId" in top
+        self._rows: list[tuple[Value, ...]] = []
+        self._errors: dict[int, list[tuple[Spec, str]]] = {}
         #: The spec behind each field path (without indexes), to name it in row errors.
         self.labels = {spec.path.plain: spec for spec in specs}
 
@@ -725,20 +804,34 @@ class _ConsentPlan:
                     return [read.get(t) if t else None for t in texts]
 
             values.append(evaluate(spec, cells, size, reader, owner._constant_date))
-        self._values = values
+        self.values = values
+        self._rows = list(zip(*values, strict=True)) if values else [()] * size
+        self._errors = {}
+        for spec, results in zip(self.specs, values, strict=True):
+            if spec.path.kind not in (DATE, BOOL):
+                continue  # only dates and booleans can fail to read
+            for pos, (_, _, code) in enumerate(results):
+                if code is not None:
+                    self._errors.setdefault(pos, []).append((spec, code))
 
     def body(
         self, base: dict[str, Any], pos: int, fail: Callable[[str, str, str], None]
     ) -> dict[str, Any]:
         """The row's body: the version-1 part, then every spec's value put in place."""
-        assembler = Assembler(base)
-        for spec, values in zip(self.specs, self._values, strict=True):
-            value, from_cell, code = values[pos]
-            if code is not None:
-                fail(spec.path.plain, code, _V2_RULES[code])
-            elif value is not None:
-                assembler.put(spec.path.steps, value, from_cell)
-        return assembler.finish()
+        for spec, code in self._errors.get(pos, ()):
+            fail(spec.path.plain, code, _V2_RULES[code])
+        built = self.shape.build(self._rows[pos])
+        body = merge(base, built) if base else built
+        crosswalk = self.owner.mapping.crosswalk
+        if self.patient_from_v2 and crosswalk is not None and "patientId" in built:
+            # A patient id from [fields] is a legacy id too: resolved, never sent as is.
+            resolved = crosswalk.get(str(body["patientId"]))
+            if resolved is None:
+                fail("patientId", "unknown_patient", "not in the crosswalk; add it there")
+                del body["patientId"]
+            else:
+                body["patientId"] = resolved
+        return body
 
 
 _V2_RULES = {
