@@ -400,7 +400,11 @@ class _FileNormalizer:
                 return Checked(hashed, key_digests(hashed), invalid)
             headers, raw, prepared, keys = self._prepare(chunk)
             proven = proven_valid(
-                prepared, keys, parse_date=self.parse_date, crosswalk=self.mapping.crosswalk
+                prepared,
+                keys,
+                parse_date=self.parse_date,
+                crosswalk=self.mapping.crosswalk,
+                read_dates=self._chunk_dates,
             )
             numbers = chunk.index.tolist()
             names = list(prepared)
@@ -609,6 +613,7 @@ class _FileNormalizer:
             parse_date=self.parse_date,
             crosswalk=self.mapping.crosswalk,
             supplied=plan.supplied,
+            read_dates=self._chunk_dates,
         )
         return proven & proven_by_specs(plan.specs, plan.values, size)
 
@@ -872,13 +877,17 @@ class DateColumn:
         """Each distinct non-empty text of a chunk -> its date-time (None: unreadable)."""
         out: dict[str, datetime | None] = {}
         rest: list[str] = []
+        tz = self.tz
+        parse = datetime.fromisoformat
         for text in set(texts):
             if not text:
                 continue
             try:
-                out[text] = self._aware(datetime.fromisoformat(text))
+                value = parse(text)
             except ValueError:
                 rest.append(text)
+                continue
+            out[text] = value if value.tzinfo is not None else value.replace(tzinfo=tz)
         if not rest:
             return out
         if self.decided is None:
