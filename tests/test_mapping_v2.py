@@ -574,3 +574,89 @@ def test_a_date_column_two_formats_read_differently_is_refused(tmp_path: Path) -
         f"{source}: dateTime reads as both '%m.%d.%Y' and '%d.%m.%Y', which give different "
         "dates (day and month swapped); keep only the right one in date_formats"
     )
+
+
+# The column-wise proof for version-2 consents never passes a consent the models refuse.
+PROOF_MAPPING = """
+[source]
+key = ["ID"]
+null_values = ["NA"]
+
+[columns]
+patientId = "Patient"
+
+[fields]
+"status" = "Status"
+"performerId" = "Performer"
+"verification.verified" = { column = "Verified", map = { "X" = true } }
+"verification.verifiedWith" = "Witness"
+"provision.period.start" = "Start"
+"provision.period.end" = "End"
+"provision.actor[0].role" = "Role"
+"provision.actor[0].reference" = "Org"
+"provision.provision[0].type" = "Type"
+"provision.provision[0].purpose" = { column = "Purposes", split = ";" }
+"provision.purpose[0].system" = "System"
+"provision.data" = { column = "Data", split = ";" }
+
+[[consents]]
+key = "a"
+fields = { scope = "Scope", category = { value = "c1" } }
+
+[[consents]]
+key = "b"
+when = { column = "Second", not_empty = true }
+fields = { scope = { value = "research" }, category = "Category" }
+"""
+PROOF_CHOICES = {
+    "Patient": ["pt_1", "pt 2", "", "NA"],
+    "Status": ["active", "bogus", ""],
+    "Performer": ["pr_1", "pr!", ""],
+    "Verified": ["X", "yes", "maybe", ""],
+    "Witness": ["w_1", "w 1", ""],
+    "Start": ["2024-01-01", "2024-06-01", "soon", ""],
+    "End": ["2024-03-01", ""],
+    "Role": ["PRCP", ""],
+    "Org": ["Organization/o1", "o 1", ""],
+    "Type": ["deny", "permit", "maybe", ""],
+    "Purposes": ["HMARKT;HRESCH", ";", "|X", ""],
+    "System": ["http://s", ""],
+    "Data": ["d1;Doc/d2", "bad ref", ""],
+    "Scope": ["treatment", "marketing", ""],
+    "Second": ["y", ""],
+    "Category": ["c2", "", ";"],
+}
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_the_v2_proof_agrees_with_the_full_path(tmp_path: Path, seed: int) -> None:
+    import random
+
+    rng = random.Random(seed)
+    names = list(PROOF_CHOICES)
+    lines = ["ID," + ",".join(names)]
+    for n in range(800):
+        # Mostly the first (valid) choice, so that both verdicts come in numbers.
+        cells = [
+            PROOF_CHOICES[c][0] if rng.random() < 0.93 else rng.choice(PROOF_CHOICES[c])
+            for c in names
+        ]
+        lines.append(f"K{n}," + ",".join(cells))
+    source = tmp_path / "in.csv"
+    source.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    path = tmp_path / "m.toml"
+    path.write_text(PROOF_MAPPING, encoding="utf-8")
+    mapping = load_mapping(path)
+    full = {
+        (r.row, r.consent): sorted((e.field, e.code) for e in r.errors)
+        for r in Normalizer(mapping).rows(open_table(source, mapping.source))
+        if not r.valid
+    }
+    fast: dict[tuple[int, str], list[tuple[str, str]]] = {}
+    counted = 0
+    for batch in Normalizer(mapping).check(open_table(source, mapping.source)):
+        counted += batch.rows
+        for row in batch.invalid:
+            fast[row.row, row.consent] = sorted((e.field, e.code) for e in row.errors)
+    assert fast == full
+    assert 100 < len(full) < counted  # both kinds, in numbers
