@@ -135,6 +135,7 @@ class ErrorRow:
     message: str
     value: str
     full_value: str
+    consent: str = ""  # the [[consents]] key, for a row making several consents
 
 
 def write_validation_html(
@@ -437,6 +438,7 @@ def _error_row(error: RowError, *, redact: bool) -> ErrorRow:
         value=short,
         # Full value on hover only when it was cut, bounded so one huge cell can't bloat the page.
         full_value=_shorten(visible, 500) if short != visible else "",
+        consent=error.consent,
     )
 
 
