@@ -278,6 +278,67 @@ class Ledger:
             params,
         )
 
+    # -- read-only access (verify) ----------------------------------------------------
+
+    @classmethod
+    def open_readonly(cls, path: str | Path) -> Ledger:
+        """Open an existing ledger for reading only: nothing is created, migrated or written.
+
+        Raises:
+            ConfigError: no such file, not a ledger, or another schema version.
+        """
+        ledger = cls.__new__(cls)
+        ledger.path = Path(path)
+        if not ledger.path.is_file():
+            raise ConfigError(f"ledger {ledger.path} not found; give the --ledger of a run")
+        try:
+            uri = ledger.path.resolve().as_uri() + "?mode=ro"
+            ledger.db = sqlite3.connect(uri, uri=True, isolation_level=None)
+            ledger.db.execute("PRAGMA busy_timeout=5000")
+            meta = dict(ledger.db.execute("SELECT key, value FROM meta").fetchall())
+        except sqlite3.DatabaseError as exc:
+            raise ConfigError(
+                f"ledger {ledger.path} is not a consent-import ledger ({exc}); "
+                "give another --ledger"
+            ) from None
+        version = meta.get("schema_version")
+        if version is not None and version != SCHEMA_VERSION:
+            ledger.db.close()
+            raise ConfigError(
+                f"ledger {ledger.path} has schema version {version}; this consent-import "
+                f"reads version {SCHEMA_VERSION}"
+            )
+        return ledger
+
+    def base_url(self) -> str | None:
+        """The server this ledger records imports into (None before any run)."""
+        found = self.db.execute("SELECT value FROM meta WHERE key = 'base_url'").fetchone()
+        return None if found is None else str(found[0])
+
+    def done_consents(self) -> list[DoneConsent]:
+        """Every row the ledger says the server holds (created, adopted, updated, recreated)."""
+        return [
+            DoneConsent(r[0], r[1], r[2], r[3], r[4], r[5], r[6] or "{}")
+            for r in self.db.execute(
+                "SELECT source_key, source_file, source_row, consent_id, patient_id, "
+                "payload_hash, field_hashes FROM rows "
+                "WHERE state = 'done' AND consent_id IS NOT NULL ORDER BY source_file, source_row"
+            )
+        ]
+
+    def unknown_outcomes(self) -> list[UnknownOutcome]:
+        """Rows whose POST may or may not have created a consent: failed as
+        `outcome_unknown`, or a create still in flight or settling (left by a stopped run)."""
+        return [
+            UnknownOutcome(r[0], r[1], r[2], r[3], r[4], r[5])
+            for r in self.db.execute(
+                "SELECT source_key, source_file, source_row, consent_id, patient_id, state "
+                "FROM rows WHERE error_code = 'outcome_unknown' OR (state IN "
+                "('in_flight', 'settling') AND pending_op IN ('create', 'recreate')) "
+                "ORDER BY source_file, source_row"
+            )
+        ]
+
 
 class _Transaction:
     def __init__(self, db: sqlite3.Connection) -> None:
@@ -396,3 +457,35 @@ def _create_private(path: Path) -> None:
     except PermissionError:
         raise ConfigError(f"ledger {path}: no permission to create it") from None
     os.close(fd)
+
+
+@dataclass(frozen=True, slots=True)
+class DoneConsent:
+    """A row the ledger says the server holds, as `verify` reads it back."""
+
+    source_key: str
+    source_file: str
+    source_row: int
+    consent_id: str
+    patient_id: str | None
+    payload_hash: str | None
+    # Kept as the stored JSON and parsed when asked: a big ledger is read whole.
+    field_hashes_json: str
+
+    @property
+    def field_hashes(self) -> dict[str, str]:
+        """{field: short hash} of the body the server should hold."""
+        parsed: dict[str, str] = json.loads(self.field_hashes_json)
+        return parsed
+
+
+@dataclass(frozen=True, slots=True)
+class UnknownOutcome:
+    """A row whose create may or may not have reached the server."""
+
+    source_key: str
+    source_file: str
+    source_row: int
+    consent_id: str | None
+    patient_id: str | None
+    state: str

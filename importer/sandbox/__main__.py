@@ -25,6 +25,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--latency-ms", type=float, default=0.0)
     parser.add_argument("--jitter-ms", type=float, default=0.0)
     parser.add_argument("--fault-rate", type=float, default=0.0, help="spread over 4 modes")
+    parser.add_argument(
+        "--late-rate", type=float, default=0.0, help="P(502/504 at once, stored --late-ms later)"
+    )
+    parser.add_argument("--late-ms", type=float, default=4000.0)
+    parser.add_argument(
+        "--search-lag-rate", type=float, default=1.0, help="share of new consents that lag"
+    )
+    parser.add_argument(
+        "--search-lag-ms", type=float, default=0.0, help="search sees a new consent this late"
+    )
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--access-log", action="store_true")
     parser.add_argument(
@@ -38,6 +48,10 @@ def main(argv: list[str] | None = None) -> None:
             rate_window_s=args.rate_window,
             latency_ms=args.latency_ms,
             jitter_ms=args.jitter_ms,
+            fault_late=args.late_rate,
+            late_ms=args.late_ms,
+            fault_search_lag=args.search_lag_rate,
+            search_lag_ms=args.search_lag_ms,
             seed=args.seed,
         )
     except ValueError as exc:
