@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import difflib
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -404,8 +405,10 @@ def load_crosswalk(path: Path) -> dict[str, str]:
 def _no_unknown(table: dict[str, Any], allowed: set[str] | tuple[str, ...], where: str) -> None:
     for key in table:
         if key not in allowed:
+            guess = difflib.get_close_matches(key, sorted(allowed), n=1)
+            hint = f"; did you mean '{guess[0]}'?" if guess else ""
             raise ConfigError(
-                f"{where}: unknown key '{key}' (allowed: {', '.join(sorted(allowed))})"
+                f"{where}: unknown key '{key}'{hint} (allowed: {', '.join(sorted(allowed))})"
             )
 
 

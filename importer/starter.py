@@ -94,11 +94,7 @@ def draft_mapping(path: Path) -> Draft:
         header_row = None
     else:
         delimiter, header_row = _csv_shape(path)
-        table = open_table(
-            path,
-            SourceOptions(delimiter=delimiter, header_row=header_row if header_row > 1 else None),
-        )
-        header_row = header_row if header_row > 1 else None
+        table = open_table(path, SourceOptions(delimiter=delimiter, header_row=header_row))
     draft = Draft(table, header_row)
     _place_columns(draft)
     sample = _sample(table)
@@ -124,7 +120,8 @@ def write_draft(draft: Draft, output: Path) -> str:
     if table.delimiter is not None:
         out.append(f"delimiter = {_q(table.delimiter)}")
     if draft.header_row is not None:
-        out.append(f"header_row = {draft.header_row}   # the lines above are titles")
+        note = "   # the lines above are titles" if draft.header_row > 1 else ""
+        out.append(f"header_row = {draft.header_row}{note}")
     if draft.date_formats:
         note = (
             "   # TODO: day-first or month-first? every date read either way"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -660,3 +661,111 @@ def test_the_v2_proof_agrees_with_the_full_path(tmp_path: Path, seed: int) -> No
             fast[row.row, row.consent] = sorted((e.field, e.code) for e in row.errors)
     assert fast == full
     assert 100 < len(full) < counted  # both kinds, in numbers
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('fields = "x"', "fields: must be a table of path = source"),
+        (
+            '[fields]\nscope = { column = "A", join = "-" }',
+            "fields.scope.join: only goes with columns = [...]",
+        ),
+        (
+            '[fields]\nscope = { column = "A", map = 3 }',
+            'fields.scope.map: must be an inline table { "source" = "api" } or the name of a '
+            "[values.NAME] table",
+        ),
+        (
+            "[fields]\nscope = 3",
+            'fields.scope: must be a column header ("Signed Date") or a table '
+            'such as { column = "Signed Date" } or { value = "permit" }',
+        ),
+        (
+            '[[consents]]\nkey = "a"\nwhen = "x"',
+            'consents[1].when: must be a table like { column = "Type", in = ["X"] }',
+        ),
+        (
+            '[[consents]]\nkey = "a"\nfield = {}',
+            "consents[1]: unknown key 'field' (allowed: fields, key, when)",
+        ),
+        ('[[filter]]\ncolumn = "T"\nin = []', "filter[1].in: must be a non-empty list of strings"),
+        ('[[filter]]\ncolumn = "T"\nnot_empty = false', "filter[1].not_empty: must be true"),
+        (
+            '[fields]\n"provision.provision[0].typ" = "T"',
+            'fields."provision.provision[0].typ": unknown '
+            'path; did you mean "provision.provision[0].type"?',
+        ),
+    ],
+)
+def test_more_mapping_errors(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "mapping.toml"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(ConfigError) as caught:
+        load_mapping(path)
+    assert str(caught.value) == f"{path}: {message}"
+
+
+def test_an_unknown_section_gets_a_did_you_mean(tmp_path: Path) -> None:
+    path = tmp_path / "mapping.toml"
+    path.write_text('[feilds]\nscope = "A"\n', encoding="utf-8")
+    with pytest.raises(ConfigError) as caught:
+        load_mapping(path)
+    assert "unknown key 'feilds'; did you mean 'fields'?" in str(caught.value)
+
+
+def dated_rows(tmp_path: Path, cells: list[str], formats: str) -> list[Row]:
+    source = tmp_path / "in.csv"
+    source.write_text(
+        "patientId,scope,category,dateTime\n"
+        + "".join(f"pt_1,research,a,{cell}\n" for cell in cells),
+        encoding="utf-8",
+    )
+    path = tmp_path / "m.toml"
+    path.write_text(f"[source]\ndate_formats = {formats}\n", encoding="utf-8")
+    mapping = load_mapping(path)
+    table = open_table(source, mapping.source, chunk_rows=2)  # two rows a chunk
+    return list(Normalizer(mapping).rows(table))
+
+
+BOTH = '["%m.%d.%Y", "%d.%m.%Y"]'
+
+
+@pytest.mark.parametrize(
+    ("cells", "expected"),
+    [
+        # undecided in the first chunk (both read 01.01 and 02.02 alike), decided by the second
+        (
+            ["01.01.2024", "02.02.2024", "13.04.2024", "03.04.2024"],
+            ["2024-01-01", "2024-02-02", "2024-04-13", "2024-04-03"],
+        ),
+        # decided day-first by the first chunk: a later month-first cell is invalid
+        (["13.04.2024", "14.04.2024", "04.13.2024"], ["2024-04-13", "2024-04-14", None]),
+    ],
+)
+def test_a_date_column_is_decided_by_the_first_chunk_that_decides(
+    tmp_path: Path, cells: list[str], expected: list[str | None]
+) -> None:
+    rows = dated_rows(tmp_path, cells, BOTH)
+    assert [r.body()["dateTime"][:10] if r.valid else None for r in rows] == expected
+
+
+def test_a_later_chunk_the_candidates_read_differently_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=re.escape("reads as both '%m.%d.%Y' and '%d.%m.%Y'")):
+        dated_rows(tmp_path, ["12.12.2024", "11.11.2024", "03.04.2024", "05.06.2024"], BOTH)
+
+
+def test_excel_header_row(tmp_path: Path) -> None:
+    from openpyxl import Workbook
+
+    book = Workbook()
+    sheet = book.active
+    sheet.append(["Registry export"])
+    sheet.append(["Patient", "Scope", "Cat"])
+    sheet.append(["pt_1", "research", "a"])
+    book.save(tmp_path / "in.xlsx")
+    path = tmp_path / "m.toml"
+    path.write_text("[source]\nheader_row = 2\n" + MAPPING_HEAD, encoding="utf-8")
+    mapping = load_mapping(path)
+    [row] = list(Normalizer(mapping).rows(open_table(tmp_path / "in.xlsx", mapping.source)))
+    assert (row.row, row.valid) == (3, True)
