@@ -659,6 +659,8 @@ def _csv_layout(
 
     With `header_row`, the lines above it are titles: left out of sniffing and skipped.
     """
+    if header_row is not None and set(_first_record(sample)) >= _ERROR_COLUMNS:
+        header_row = None  # our own failed.csv, fed back: its header is its first line
     if header_row is not None:
         lines = sample.splitlines(keepends=True)
         if len(lines) < header_row + 1 and not whole:
@@ -692,6 +694,16 @@ def _csv_layout(
     if header_row is not None:
         skip = header_row - 1  # lines above the header: pandas skips lines
     return _CsvLayout(encoding, delimiter, columns, skip, width, newline, may_escape=True)
+
+
+#: The columns `export --failed` adds: a file carrying them is our own correction file.
+_ERROR_COLUMNS: Final = frozenset({"error_stage", "error_code", "error_message"})
+
+
+def _first_record(sample: str) -> list[str]:
+    """The first line's cells, split on whichever delimiter splits it most."""
+    line = _first_line(sample)
+    return max((line.split(d) for d in _DELIMITERS), key=len)
 
 
 def _first_line(sample: str) -> str:

@@ -769,3 +769,23 @@ def test_excel_header_row(tmp_path: Path) -> None:
     mapping = load_mapping(path)
     [row] = list(Normalizer(mapping).rows(open_table(tmp_path / "in.xlsx", mapping.source)))
     assert (row.row, row.valid) == (3, True)
+
+
+def test_a_failed_csv_of_a_file_with_titles_feeds_back_with_its_mapping(tmp_path: Path) -> None:
+    from importer.export import export
+
+    source = tmp_path / "in.csv"  # R3#hipaa is invalid
+    mapping = tmp_path / "m.toml"
+    mapping.write_text(CONSENTS.replace("[source]\n", "[source]\nheader_row = 3\n"), "utf-8")
+    source.write_text("Registry export\nGenerated today\n" + CONSENTS_CSV, encoding="utf-8")
+    ledger = tmp_path / "l.db"
+    with running_sandbox(SandboxConfig()) as sandbox:
+        first = run(source, sandbox.base_url, ledger, mapping=mapping)
+        assert (first.stats.created, first.stats.invalid) == (4, 1)
+        failed = tmp_path / "failed.csv"
+        export(ledger, None, failed)
+        fixed = tmp_path / "fixed.csv"
+        fixed.write_text(failed.read_text(encoding="utf-8-sig").replace("bogus", "active"), "utf-8")
+        again = run(fixed, sandbox.base_url, ledger, mapping=mapping)
+        assert (again.stats.created, again.stats.unchanged, again.stats.invalid) == (1, 1, 0)
+        assert sandbox.stats()["duplicates"] == 0
