@@ -177,15 +177,15 @@ class Mapping:
             name: match_header(headers, column) or column for name, column in self.columns.items()
         }
         v2_paths = self._v2_paths()
-        v2_names = {spec.path.text for spec in self.fields.values()} | {
-            s.path.text for c in self.consents for s in c.fields.values()
-        }
+        v2_specs = [*self.fields.values(), *(s for c in self.consents for s in c.fields.values())]
         guessed: dict[str, str] = {}
         for header in headers:
             name = _RECOGNISED.get(canonical_header(header))
             if name is None or name in self.columns:
                 continue
-            if V1_PATHS.get(name) in v2_names:
+            if name in V1_PATHS and any(
+                overlaps(parse_path(V1_PATHS[name], file_name), spec.path) for spec in v2_specs
+            ):
                 continue  # [fields] or [[consents]] fill it
             if name in guessed:
                 raise ConfigError(

@@ -789,3 +789,9 @@ def test_a_failed_csv_of_a_file_with_titles_feeds_back_with_its_mapping(tmp_path
         again = run(fixed, sandbox.base_url, ledger, mapping=mapping)
         assert (again.stats.created, again.stats.unchanged, again.stats.invalid) == (1, 1, 0)
         assert sandbox.stats()["duplicates"] == 0
+
+
+def test_a_recognised_header_gives_way_to_a_path_the_mapping_fills(tmp_path: Path) -> None:
+    text = "patientId,scope,category,purpose,P\npt_1,research,a,TREAT,HMARKT\n"
+    [row], _ = rows_of(tmp_path, text, '[fields]\n"provision.purpose[0].code" = "P"\n')
+    assert row.body()["provision"] == {"purpose": [{"code": "HMARKT"}]}
