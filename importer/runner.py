@@ -212,6 +212,8 @@ def plan_import(
                 _plan_batch(batch, ledger, options, plan)
                 batch = []
         _plan_batch(batch, ledger, options, plan)
+    if normalizer.skipped:
+        plan.counts["skipped"] = normalizer.skipped  # filtered out, or making no consent
     return plan
 
 
