@@ -10,7 +10,7 @@ import logging
 import sys
 import time
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.progress import (
@@ -22,21 +22,88 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from importer.pool import RunStats
+from importer.errors import ApiError
+
+if TYPE_CHECKING:
+    from importer.normalize import Row
+    from importer.pool import RunStats
+
+
+def plural(count: int, word: str, words: str | None = None) -> str:
+    """`1 row`, `2 rows`, `1,000 rows` (`words` when the plural is not word + "s")."""
+    return f"{count:,} {word if count == 1 else (words or word + 's')}"
+
+
+def plain_console() -> Console:
+    """The console for stdout: colour and layout on a terminal; redirected (cron, systemd,
+    a file), no colour and no wrapping, so each line stays whole for grep and parsers."""
+    return Console(highlight=False, soft_wrap=True)
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line, for log collectors."""
+    """One JSON object per line, for log collectors.
+
+    A record logged with `extra={"fields": {...}}` carries those keys too (`event`,
+    `file`, `row`, `code`, ...): never cell values.
+    """
 
     def format(self, record: logging.LogRecord) -> str:
-        return json.dumps(
-            {
-                "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"),
-                "level": record.levelname.lower(),
-                "logger": record.name,
-                "message": record.getMessage(),
+        document: dict[str, Any] = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, dict):
+            document.update({k: v for k, v in fields.items() if k not in document})
+        if record.exc_info:
+            # Only the type: an exception's message may quote a cell.
+            kind = record.exc_info[0]
+            document["exception"] = kind.__name__ if kind else None
+        return json.dumps(document, default=str)
+
+
+def log_invalid_row(log: logging.Logger, row: Row) -> None:
+    """One log line per invalid row: where and which rules, never the values."""
+    if not log.isEnabledFor(logging.INFO):
+        return
+    fields = "; ".join(e.field for e in row.errors)
+    codes = "; ".join(e.code for e in row.errors)
+    log.info(
+        "row invalid: file=%s row=%d field=%s code=%s",
+        row.file,
+        row.row,
+        fields,
+        codes,
+        extra={
+            "fields": {
+                "event": "row_invalid",
+                "file": row.file,
+                "row": row.row,
+                "field": fields,
+                "code": codes,
+                **({"consent": row.consent} if row.consent else {}),  # [[consents]] key
             }
-        )
+        },
+    )
+
+
+def row_fields(
+    event: str, row: Row | None, op: str | None, exc: BaseException, **more: Any
+) -> dict[str, Any]:
+    """A row's fields for a JSON log line: file, row, operation, the error's type, status
+    and request id, and the fields its diagnostics name (the text before each ":");
+    never values."""
+    fields: dict[str, Any] = {"event": event, "error": type(exc).__name__, **more}
+    if row is not None:
+        fields.update(file=row.file, row=row.row, op=op)
+    if isinstance(exc, ApiError):
+        named = [i.split(":", 1)[0].strip() for i in exc.issues if ":" in i]
+        fields.update(status=exc.status, request_id=exc.request_id or None)
+        if named:
+            fields["field"] = "; ".join(named)
+    return fields
 
 
 def setup_logging(log_format: str, *, quiet: bool, verbose: bool = False) -> None:
@@ -119,7 +186,8 @@ class RunProgress:
         if self._progress is not None:
             self._progress.console.print(message)
         else:
-            logging.getLogger("importer.run").warning(message)
+            fields = {"event": "budget_wait", "seconds": round(seconds, 1), "reason": reason}
+            logging.getLogger("importer.run").warning(message, extra={"fields": fields})
 
 
 def _duration(seconds: float) -> str:

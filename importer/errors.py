@@ -8,6 +8,7 @@ a cell value or a whole API key (values can be PHI).
     ├── ConfigError               bad mapping file, crosswalk, ledger lock (exit 2)
     ├── InputError                unreadable, empty or malformed input file (exit 2)
     ├── AbortError                the run stopped before the end: auth failure, signal (exit 3)
+    │   └── ServerUnreachable     every request failed to get an answer for a while (exit 3)
     └── ApiError                  a ClinikAPI error response (status, code, request id, issues)
         ├── AuthError             401 / 403: the key is wrong or lacks scope; aborts a run
         ├── RateLimitedError      429, with the server's Retry-After
@@ -48,6 +49,13 @@ class AbortError(ConsentImportError):
     """The run stopped before every row was processed; rerun to resume."""
 
     exit_code = 3
+
+
+class ServerUnreachable(AbortError):
+    """The circuit breaker tripped: no request got an answer for too long or too often.
+
+    Raised before a request is sent, so the request that gets it never left this machine.
+    """
 
 
 class ApiError(ConsentImportError):

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import jinja2
 
 from importer import __version__
+from importer.outputs import write_text
 
 if TYPE_CHECKING:
     from importer.normalize import RowError
@@ -148,14 +149,14 @@ def write_validation_html(
     title: str = "Validation report",
 ) -> None:
     """Write the HTML report of a validation (a dry run) to `path`."""
-    path.write_text(render_validation_html(summary, redact=redact, title=title), encoding="utf-8")
+    write_text(path, render_validation_html(summary, redact=redact, title=title))
 
 
 def write_run_html(
     path: Path, summary: ValidationSummary, stats: RunStats, *, redact: bool = False
 ) -> None:
     """Write the HTML report of a run: the validation plus what the API did."""
-    path.write_text(render_run_html(summary, stats, redact=redact), encoding="utf-8")
+    write_text(path, render_run_html(summary, stats, redact=redact))
 
 
 def render_validation_html(
@@ -563,7 +564,7 @@ def _clock_text(seconds: float, step: float) -> str:
 
 def write_verify_html(path: Path, result: VerifyResult) -> None:
     """Write the HTML report of `verify` to `path`, in the style of the other reports."""
-    path.write_text(render_verify_html(result), encoding="utf-8")
+    write_text(path, render_verify_html(result))
 
 
 def render_verify_html(result: VerifyResult) -> str:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Container, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -113,6 +113,8 @@ class Ledger:
         _create_private(self.path)
         try:
             self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            _check_ours(self.db, self.path)
+            _make_private(self.path)
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=FULL")
             self.db.execute("PRAGMA busy_timeout=5000")
@@ -135,11 +137,14 @@ class Ledger:
             self.db.execute(
                 "INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (SCHEMA_VERSION,)
             )
+            self.key_scheme = meta.get("key_scheme") or self._first_key_scheme()
             if base_url is None:
                 return
             known = meta.get("base_url")
-            if known is None:
-                self.db.execute("INSERT INTO meta VALUES ('base_url', ?)", (base_url,))
+            if known is None or (known != base_url and self.created_nothing()):
+                # A ledger that never created anything holds no consent ids to mix up,
+                # so a first run with a wrong base URL does not bind it for good.
+                self.db.execute("INSERT OR REPLACE INTO meta VALUES ('base_url', ?)", (base_url,))
             elif known != base_url:
                 # Consent ids of one server mean nothing on another: never mix them.
                 raise ConfigError(
@@ -147,8 +152,24 @@ class Ledger:
                     "use another --ledger for another server"
                 )
 
+    def _first_key_scheme(self) -> str:
+        """How rows without a key column are keyed, recorded once per ledger. One that
+        already holds rows was made before natural keys: it keeps hashing whole bodies
+        ("content"), so its rows still match; a new ledger keys them by natural identity."""
+        held = self.db.execute("SELECT 1 FROM rows LIMIT 1").fetchone() is not None
+        scheme = "content" if held else "natural"
+        self.db.execute("INSERT INTO meta VALUES ('key_scheme', ?)", (scheme,))
+        return scheme
+
     def close(self) -> None:
         self.db.close()
+
+    def created_nothing(self) -> bool:
+        """True when no row holds a consent id or may have created one (in flight)."""
+        found = self.db.execute(
+            "SELECT 1 FROM rows WHERE consent_id IS NOT NULL OR state = 'in_flight' LIMIT 1"
+        ).fetchone()
+        return found is None
 
     # -- transactions -------------------------------------------------------------
 
@@ -266,6 +287,42 @@ class Ledger:
             (run_id, key, op, now_iso(), outcome, http_status, request_id, error_code),
         )
 
+    def missing_rows(
+        self, run_id: int | None = None, seen: Container[str] = frozenset()
+    ) -> Iterator[tuple[str, str, int, str | None]]:
+        """Done rows missing from the source: (key, file, row, consent id) of those run
+        `run_id` did not see; a dry run, which records nothing, passes the keys it saw."""
+        query = "SELECT source_key, source_file, source_row, consent_id FROM rows WHERE "
+        if run_id is None:
+            rows = self.db.execute(query + "state = 'done'")
+        else:
+            rows = self.db.execute(
+                query + "state = 'done' AND (last_run IS NULL OR last_run < ?)", (run_id,)
+            )
+        for key, file, number, consent_id in rows:
+            if key not in seen:
+                yield key, file, number, consent_id
+
+    def sources(self) -> tuple[dict[str, int], dict[str, int]]:
+        """Rows by source system ("(none)" for keys of no system) and by source file."""
+        systems = dict(
+            self.db.execute(
+                "SELECT CASE WHEN instr(source_key, char(31)) > 0 "
+                "THEN substr(source_key, 1, instr(source_key, char(31)) - 1) ELSE '(none)' END "
+                "AS system, count(*) FROM rows GROUP BY system ORDER BY system"
+            ).fetchall()
+        )
+        files = dict(
+            self.db.execute(
+                "SELECT source_file, count(*) FROM rows GROUP BY source_file ORDER BY source_file"
+            ).fetchall()
+        )
+        return systems, files
+
+    def done_count(self) -> int:
+        (count,) = self.db.execute("SELECT count(*) FROM rows WHERE state = 'done'").fetchone()
+        return int(count)
+
     def counts(self) -> dict[str, int]:
         return dict(self.db.execute("SELECT state, count(*) FROM rows GROUP BY state").fetchall())
 
@@ -338,6 +395,25 @@ class Ledger:
                 "ORDER BY source_file, source_row"
             )
         ]
+
+
+def _check_ours(db: sqlite3.Connection, path: Path) -> None:
+    """Refuse another program's SQLite database before anything is written to it."""
+    tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    if tables and not {"meta", "runs", "rows"} <= tables:
+        db.close()
+        raise ConfigError(
+            f"ledger {path} is not a consent-import ledger (an SQLite database of something "
+            "else); it was left as it is: give another --ledger"
+        )
+
+
+def _make_private(path: Path) -> None:
+    """An adopted file keeps no mode wider than owner-only (SQLite's -wal and -shm
+    files take the database's mode when created)."""
+    for file in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+        if file.exists() and file.stat().st_mode & 0o077:
+            file.chmod(0o600)
 
 
 class _Transaction:
@@ -444,11 +520,23 @@ class _Waiter:
         self.error: BaseException | None = None
 
 
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
 def _create_private(path: Path) -> None:
-    """Create the ledger file readable by its owner only (it holds PHI)."""
+    """Create the ledger file readable by its owner only (it holds PHI); an existing file
+    is adopted only when empty or an SQLite database (`_check_ours` looks inside), and is
+    then made owner-only too, whatever mode it had."""
     if path.exists():
         if path.is_dir():
             raise ConfigError(f"ledger {path} is a directory; give a file path")
+        with path.open("rb") as handle:
+            head = handle.read(len(_SQLITE_MAGIC))
+        if head and head != _SQLITE_MAGIC:
+            raise ConfigError(
+                f"ledger {path} is not a consent-import ledger (not an SQLite database); "
+                "it was left as it is: give another --ledger"
+            )
         return
     try:
         fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)

@@ -71,9 +71,12 @@ _SOURCE_KEYS = {
     "key",
     "timezone",
     "date_formats",
+    "system",
     "header_row",
     "null_values",
 }
+#: A source system's name namespaces its keys in the ledger: letters, digits, `_.-`.
+_SYSTEM = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _CONSENT_KEYS = {"key", "when", "fields"}
 _PATIENTS_KEYS = {"crosswalk"}
 
@@ -103,6 +106,9 @@ class Mapping:
     defaults: dict[str, str | bool] = field(default_factory=dict)
     crosswalk: dict[str, str] | None = field(default=None, repr=False)  # patient ids: PHI
     path: Path | None = None
+    crosswalk_path: Path | None = None
+    #: `[source] system`: its rows' keys are namespaced in the ledger by it
+    system: str | None = None
     # Version 2 (see importer.fields).
     null_values: frozenset[str] = frozenset()
     filters: tuple[Condition, ...] = ()
@@ -228,9 +234,10 @@ def load_mapping(path: str | Path | None) -> Mapping:
     _no_twice(columns, defaults, fields, str(path))
     patients = _table(doc, "patients", where)
     _no_unknown(patients, _PATIENTS_KEYS, f"{where} [patients]")
-    crosswalk = None
+    crosswalk = crosswalk_path = None
     if "crosswalk" in patients:
-        crosswalk = load_crosswalk(path.parent / _string(patients["crosswalk"], where, "crosswalk"))
+        crosswalk_path = path.parent / _string(patients["crosswalk"], where, "crosswalk")
+        crosswalk = load_crosswalk(crosswalk_path)
     return Mapping(
         source=SourceOptions(
             sheet=_sheet(source.get("sheet"), where),
@@ -250,6 +257,8 @@ def load_mapping(path: str | Path | None) -> Mapping:
         filters=v2.filters,
         fields=fields,
         consents=consents,
+        crosswalk_path=crosswalk_path,
+        system=_system(source.get("system"), where),
     )
 
 
@@ -511,6 +520,17 @@ def _key(value: Any, where: str) -> tuple[str, ...]:
     if isinstance(value, str):
         value = [value]
     return _string_list(value, where, "key")
+
+
+def _system(value: Any, where: str) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not _SYSTEM.fullmatch(value):
+        raise ConfigError(
+            f"{where} [source]: 'system' must be a name of letters, digits, '_', '.' or '-' "
+            '(at most 64), e.g. "clinic_a"'
+        )
+    return value
 
 
 def _timezone(value: Any, where: str) -> ZoneInfo:

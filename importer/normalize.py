@@ -45,6 +45,7 @@ from importer.fields import (
     overlaps,
     parse_path,
 )
+from importer.keys import namespaced, natural_key
 from importer.mapping import DATE_FIELDS, FALSE_WORDS, TRUE_WORDS, Mapping
 from importer.models import ConsentIn, field_errors
 from importer.reader import EXCEL_SUFFIXES, Table, excel_serial_to_iso
@@ -181,12 +182,24 @@ class Batch:
 class Normalizer:
     """Maps and validates rows of any number of files, remembering source keys across them."""
 
-    def __init__(self, mapping: Mapping) -> None:
+    def __init__(self, mapping: Mapping, *, content_keys: bool = False) -> None:
         self.mapping = mapping
+        #: key rows without a key column by a hash of their whole body, as ledgers made
+        #: before natural keys do (see importer.keys)
+        self.content_keys = content_keys
+        self.unkeyed_files = 0
         self._keys = KeyIndex()
         self._files: list[str] = []
         #: Rows skipped so far: filtered out, or making no consent.
         self.skipped = 0
+
+    @property
+    def key_kind(self) -> str:
+        """Which source key the files read so far use: "column", "natural" or
+        "content hash"."""
+        if not self.unkeyed_files:
+            return "column"
+        return "content hash" if self.content_keys else "natural"
 
     def rows(self, table: Table) -> Iterator[Row]:
         """Every row of one table, in order, with its model when valid (what a run needs).
@@ -256,13 +269,16 @@ class Normalizer:
 
     def file_normalizer(self, table: Table) -> _FileNormalizer:
         columns = self.mapping.resolve(table.columns, table.name)
-        return _FileNormalizer(
+        file_rows = _FileNormalizer(
             self.mapping,
             columns,
             table.name,
             excel=table.path.suffix.lower() in EXCEL_SUFFIXES,
             headers=table.columns,
+            content_keys=self.content_keys,
         )
+        self.unkeyed_files += not file_rows.keyed
+        return file_rows
 
     def _duplicate(self, row: Row, first: int) -> None:
         """A repeat of an earlier row's source key: identical export rows would
@@ -322,6 +338,7 @@ class _FileNormalizer:
         *,
         excel: bool,
         headers: list[str] | None = None,
+        content_keys: bool = False,
     ) -> None:
         self.mapping = mapping
         self.columns = columns
@@ -331,6 +348,8 @@ class _FileNormalizer:
         self.headers = mapping.header_map(list(headers or columns.values()), file)
         self.key_headers = tuple(self.headers.get(c, c) for c in mapping.key)
         self.nulls = mapping.null_values
+        self.system = mapping.system
+        self.content_keys = content_keys
         self.v2 = mapping.builds_v2
         self._excel = excel
         # One reading per date column (see DateColumn), decided as chunks come.
@@ -398,13 +417,16 @@ class _FileNormalizer:
         """The chunk's verdict without bodies: rows proven valid column-wise are only
         counted; the rest take the full path, which names their errors."""
         with _gc_paused():
-            if not self.keyed:
-                # Without a key column a row's key is its body's hash: bodies are needed.
+            if not self.keyed and self.content_keys:
+                # Keyed by the body's hash (a ledger made before natural keys): bodies
+                # are needed.
                 rows = self._normalize(chunk)
                 hashed = [row.source_key for row in rows]
                 invalid = [(i, row) for i, row in enumerate(rows) if not row.valid]
                 return Checked(hashed, key_digests(hashed), invalid)
             headers, raw, prepared, keys = self._prepare(chunk)
+            if not self.keyed:
+                keys = self._natural_keys(prepared, len(chunk))
             proven = proven_valid(
                 prepared,
                 keys,
@@ -418,7 +440,9 @@ class _FileNormalizer:
             for pos in np.flatnonzero(~proven).tolist():
                 values = tuple(column[pos] for column in raw.values())
                 cells = {name: prepared[name][pos] for name in names}
-                row = self._row(int(numbers[pos]), headers, values, cells, keys[pos])
+                # An unproven row's natural key comes from its model, as in `normalize`.
+                key = keys[pos] if self.keyed else None
+                row = self._row(int(numbers[pos]), headers, values, cells, key)
                 keys[pos] = row.source_key
                 if not row.valid:
                     checked.append((pos, row))
@@ -478,13 +502,42 @@ class _FileNormalizer:
 
     def _keys(self, raw: dict[str, list[Any]], size: int) -> list[str | None]:
         """The stable source key per row; None where the body's hash will serve."""
+        keys: list[str | None]
         if self.mapping.key:
             parts = [self._cells(raw[c]) for c in self.key_headers]
-            return [None if not all(p) else "|".join(p) for p in zip(*parts, strict=True)]
-        header = self.columns.get("sourceKey")
-        if header is not None:
-            return [c or None for c in self._cells(raw[header])]
-        return [None] * size
+            keys = [None if not all(p) else "|".join(p) for p in zip(*parts, strict=True)]
+        elif (header := self.columns.get("sourceKey")) is not None:
+            keys = [c or None for c in self._cells(raw[header])]
+        else:
+            return [None] * size
+        if self.system is not None:
+            keys = [None if k is None else namespaced(self.system, k) for k in keys]
+        return keys
+
+    def _natural_keys(self, prepared: dict[str, list[str]], size: int) -> list[str | None]:
+        """Natural keys a column at a time, from the cells as the body would hold them
+        (None where the patient or the date is unusable: such rows take the full path).
+        For rows `proven_valid` passes, these equal the keys made from their models."""
+        empty = [""] * size
+        patients = prepared.get("patientId", empty)
+        crosswalk = self.mapping.crosswalk
+        if crosswalk is not None:
+            patients = [crosswalk.get(p, "") for p in patients]
+        keys: list[str | None] = []
+        parse, system = self.parse_date, self.system
+        for patient, scope, category, text in zip(
+            patients,
+            prepared.get("scope", empty),
+            prepared.get("category", empty),
+            prepared.get("dateTime", empty),
+            strict=True,
+        ):
+            when = parse("dateTime", text) if text else None
+            if not patient or (text and when is None):
+                keys.append(None)
+            else:
+                keys.append(namespaced(system, natural_key(patient, scope, _split(category), when)))
+        return keys
 
     def _row(
         self,
@@ -549,10 +602,16 @@ class _FileNormalizer:
                     "sourceKey", "missing_required", "the source key is empty; every row needs one"
                 )
                 row.source_key = "cells:" + _digest(repr(values))
-            elif row.model is not None:
+            elif row.model is not None and self.content_keys:
                 row.source_key = "sha256:" + row.body_hash[:32]
+            elif row.model is not None:
+                model = row.model
+                row.source_key = natural_key(
+                    model.patient_id, model.scope.value, model.category, model.date_time
+                )
             else:
                 row.source_key = "cells:" + _digest(repr(values))
+            row.source_key = namespaced(self.system, row.source_key)
         if consent:
             # Each consent of the row has its own key, so reruns and patches go per consent.
             row.source_key += "#" + consent

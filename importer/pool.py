@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
+from functools import partial
 from itertools import islice
 from typing import Any
 
@@ -22,19 +23,24 @@ import anyio.to_thread
 from anyio.abc import ObjectReceiveStream, ObjectSendStream
 
 from importer.client import ClinikClient
+from importer.console import log_invalid_row, row_fields
 from importer.errors import (
     ApiError,
     AuthError,
     ClientRequestError,
     ConsentImportError,
     RateLimitedError,
+    ServerUnreachable,
     TransportError,
 )
+from importer.keys import pinned_fields
 from importer.ledger import AsyncLedger, Ledger, LedgerRow
 from importer.limiter import BudgetWaitTooLong, LimiterClosed
 from importer.normalize import Row
 from importer.report import ValidationSummary
 from importer.retry import retrying
+from importer.revocation import RevokeScope
+from importer.revocation import plan as plan_revocations
 
 log = logging.getLogger("importer.pool")
 
@@ -61,6 +67,8 @@ class RunOptions:
     on_immutable_change: str = "fail"  # or "recreate"
     revoke_missing: bool = False
     skip_existing: bool = False
+    #: which missing rows may be revoked, and how many (see importer.revocation)
+    revoke_scope: RevokeScope = field(default_factory=RevokeScope)
 
 
 @dataclass
@@ -76,6 +84,10 @@ class RunStats:
     failed: int = 0
     revoked: int = 0
     missing_from_source: int = 0
+    revoke_out_of_scope: int = 0  # ledger rows missing here, but of other files or systems
+    revoke_refused: str = ""  # over --revoke-max: nothing revoked (exit 2)
+    revoke_note: str = ""  # a correction file: nothing revoked
+    source_key: str = "column"  # or "natural", or "content hash" (a ledger made before)
     lookups: int = 0
     retries: int = 0
     requests: int = 0
@@ -120,6 +132,9 @@ class RunStats:
             adopted=self.adopted,
             revoked=self.revoked,
             missing_from_source=self.missing_from_source,
+            revoke_out_of_scope=self.revoke_out_of_scope,
+            revoke_refused=self.revoke_refused or None,
+            source_key=self.source_key,
             lookups=self.lookups,
             paused=self.paused,
             aborted=self.aborted or None,
@@ -267,6 +282,7 @@ class Importer:
             if not row.valid:
                 self.stats.invalid += 1
                 records.append(self._invalid_record(row, before))
+                log_invalid_row(log, row)
                 self._on_progress("invalid", self.stats)
                 continue
             self.stats.valid += 1
@@ -310,7 +326,20 @@ class Importer:
             "patch them; rerun with --on-immutable-change recreate to replace it "
             "(immutable_change)"
         )
-        log.info("row failed: file=%s row=%d code=immutable_change", row.file, row.row)
+        log.info(
+            "row failed: file=%s row=%d code=immutable_change",
+            row.file,
+            row.row,
+            extra={
+                "fields": {
+                    "event": "row_failed",
+                    "file": row.file,
+                    "row": row.row,
+                    "field": "; ".join(fields),
+                    "code": "immutable_change",
+                }
+            },
+        )
         # The consent stays as it is (state unchanged, created.csv keeps it); the error
         # marks the row for failed.csv until the source is fixed.
         return self._error_record(
@@ -364,12 +393,20 @@ class Importer:
             # Stopped while waiting to send: the row's request never started (a patch or
             # retire intent stays in flight, which the next run settles).
             raise _Stop from None
+        except ServerUnreachable as exc:
+            # The server is gone: stop the run; the row is not failed. A create never sent
+            # is put back, one that may have landed stays in flight for a lookup, and a
+            # patch stays in flight to be sent again.
+            if work.op in (Op.CREATE, Op.RECREATE):
+                await self._unsent(work)
+            self.stop(str(exc))
+            raise _Stop from None
 
     async def _create(self, work: Work) -> None:
         """POST the row, looking it up first whenever an earlier POST may have landed."""
         try:
             async for attempt in retrying(
-                attempts=self.options.max_attempts, on_retry=self._retried
+                attempts=self.options.max_attempts, on_retry=partial(self._retried, work=work)
             ):
                 with attempt:
                     if work.maybe_sent:
@@ -389,18 +426,19 @@ class Importer:
                     except (RateLimitedError, ClientRequestError, AuthError):
                         work.maybe_sent = False  # answered without storing
                         raise
-                    except (BudgetWaitTooLong, LimiterClosed):
-                        work.maybe_sent = False  # the limiter refused before sending
+                    except (BudgetWaitTooLong, LimiterClosed, ServerUnreachable):
+                        work.maybe_sent = False  # refused before sending
                         raise
                     consent_id = str(response.data["id"])
                     await self._created(work, consent_id, response.request_id)
                     return
-        except (BudgetWaitTooLong, LimiterClosed, _Stop):
+        except (BudgetWaitTooLong, LimiterClosed, ServerUnreachable, _Stop):
             await self._unsent(work)  # stays in flight if an earlier attempt may have landed
             raise  # `_do` pauses or stops the run
         except ConsentImportError as exc:
             if isinstance(exc, AuthError):
                 raise
+            await self._breaker_verdict(exc)
             await self._record_failure(work, exc, sent=work.maybe_sent)
 
     async def _lookup(self, work: Work) -> dict[str, Any] | None:
@@ -450,7 +488,7 @@ class Importer:
         body = {name: work.body[name] for name in PATCHABLE if name in work.body}
         try:
             async for attempt in retrying(
-                attempts=self.options.max_attempts, on_retry=self._retried
+                attempts=self.options.max_attempts, on_retry=partial(self._retried, work=work)
             ):
                 with attempt:
                     self._check_stop()
@@ -460,11 +498,12 @@ class Importer:
                     self.stats.updated += 1
                     self._on_progress("updated", self.stats)
                     return
-        except BudgetWaitTooLong:
-            raise  # not the row's failure: `_do` pauses the run
+        except (BudgetWaitTooLong, ServerUnreachable):
+            raise  # not the row's failure: `_do` pauses or stops the run
         except ConsentImportError as exc:
             if isinstance(exc, AuthError):
                 raise
+            await self._breaker_verdict(exc)
             await self._record_failure(work, exc, sent=True)
 
     async def _retire(self, work: Work) -> None:
@@ -512,19 +551,20 @@ class Importer:
     async def _missing_rows(self) -> None:
         """Rows done in earlier runs that this run's input no longer holds."""
         assert self._writer is not None
-        run_id = self.run_id
-        missing = await self._writer.write(
-            lambda ledger: [
-                (r["source_key"], r["source_file"], r["source_row"], r["consent_id"])
-                for r in ledger.iter_rows(
-                    "state = 'done' AND (last_run IS NULL OR last_run < ?)", (run_id,)
-                )
-            ]
+        run_id, scope = self.run_id, self.options.revoke_scope
+        plan = await self._writer.write(
+            lambda ledger: plan_revocations(ledger.missing_rows(run_id), ledger.done_count(), scope)
         )
-        self.stats.missing_from_source = len(missing)
-        if missing:
-            log.warning("%d rows are missing from the source since earlier runs", len(missing))
-        if not (missing and self.options.revoke_missing):
+        missing = plan.rows
+        self.stats.missing_from_source = plan.in_scope
+        self.stats.revoke_out_of_scope = plan.out_of_scope
+        if plan.in_scope:
+            log.warning("%d rows are missing from the source since earlier runs", plan.in_scope)
+        if not self.options.revoke_missing:
+            return
+        self.stats.revoke_refused, self.stats.revoke_note = plan.refusal, plan.note
+        if plan.refusal or plan.note:
+            (log.error if plan.refusal else log.warning)("%s", plan.refusal or plan.note)
             return
         send, receive = anyio.create_memory_object_stream[Work](self.options.concurrency * 2)
         async with anyio.create_task_group() as workers:
@@ -652,6 +692,7 @@ class Importer:
             code,
             status,
             request_id,
+            extra={"fields": row_fields("row_failed", work.row, work.op.value, exc, code=code)},
         )
         state = "in_flight" if sent and work.op in (Op.CREATE, Op.RECREATE) else "failed"
         values = {
@@ -692,13 +733,29 @@ class Importer:
             stats.timeline.append((round(now, 2), stats.finished))
         self._user_progress(event, stats)
 
+    async def _breaker_verdict(self, exc: ConsentImportError) -> None:
+        """Before a row fails for want of an answer: while no request is being answered,
+        wait for the breaker to trip (ServerUnreachable: not the row's fault) or for an
+        answer (the row's failure is its own)."""
+        if isinstance(exc, TransportError) and self.client.breaker is not None:
+            await self.client.breaker.verdict()
+
     def _check_stop(self) -> None:
         if self._stop:
             raise _Stop
 
-    def _retried(self, exc: BaseException, attempt: int) -> None:
+    def _retried(self, exc: BaseException, attempt: int, work: Work | None = None) -> None:
         self.stats.retries += 1
-        log.info("retrying after %s (attempt %d)", type(exc).__name__, attempt)
+        where = f" row {work.row.file}:{work.row.row}" if work is not None else ""
+        row, op = (work.row, work.op.value) if work is not None else (None, None)
+        fields = row_fields("retry", row, op, exc, attempt=attempt)
+        log.info(
+            "retrying%s after %s (attempt %d)",
+            where,
+            type(exc).__name__,
+            attempt,
+            extra={"fields": fields},
+        )
         self._on_progress("retry", self.stats)
 
     def _pause(self, exc: BudgetWaitTooLong) -> None:
@@ -733,7 +790,12 @@ def plan_row(row: Row, before: LedgerRow | None, options: RunOptions) -> Work | 
         if before.state == "done":
             return None
         return Work(Op.PATCH, row, before, consent_id=before.consent_id)
-    immutable = sorted(set(changed_fields(row, before)) - set(PATCHABLE))
+    # Fields a natural key pins are equal whenever the key matches: a difference there is
+    # only how they are written (category order, the zone of the instant).
+    changed = set(changed_fields(row, before)) - pinned_fields(row.source_key)
+    if not changed and before.state == "done":
+        return None
+    immutable = sorted(changed - set(PATCHABLE))
     if immutable:
         if options.on_immutable_change == "recreate":
             return Work(Op.RECREATE, row, before, consent_id=before.consent_id)

@@ -48,6 +48,9 @@ def run(
     **options: Any,
 ) -> RunResult:
     options.setdefault("handle_signals", False)
+    # The engine's tests count requests and spend budgets; the preflight's are in
+    # tests/test_preflight.py.
+    options.setdefault("preflight", False)
     options.setdefault("api_key", KEY)
     config = RunConfig(
         inputs=source if isinstance(source, list) else [source],
