@@ -166,21 +166,23 @@ def proven_by_specs(specs: Sequence[Spec], values: Sequence[Sequence[Value]], si
     for spec, column in zip(specs, values, strict=True):
         rule = _value_rule(spec)
         # Rows with the same cell share one entry object (fields.evaluate): each distinct
-        # entry is judged once.
-        distinct = {id(entry): entry for entry in column}
+        # entry is judged once. A constant's column is one entry throughout.
+        distinct = (
+            {id(column[0]): column[0]}
+            if spec.source == "value" and column
+            else {id(entry): entry for entry in column}
+        )
         verdicts = {
             key: code is None and (value is None or rule(value))
             for key, (value, _, code) in distinct.items()
         }
         filled = {key: entry[0] is not None for key, entry in distinct.items()}
-        ids = list(map(id, column))
+        ids = list(map(id, column)) if len(distinct) > 1 else []
         if not all(verdicts.values()):
-            ok &= np.array([verdicts[i] for i in ids], dtype=bool)
+            ok &= np.array([verdicts[i] for i in ids], dtype=bool) if ids else np.zeros(size, bool)
         steps = spec.path.steps
         parent, leaf = steps[:-1], steps[-1][0]
-        is_filled = (
-            [filled[i] for i in ids] if len(filled) > 1 else [next(iter(filled.values()))] * size
-        )
+        is_filled = [filled[i] for i in ids] if ids else [any(filled.values())] * size
         if len(steps) == 1 and leaf in _TOP_REQUIRED:
             ok &= np.array(is_filled, dtype=bool)
         if parent:

@@ -399,7 +399,7 @@ class _FileNormalizer:
 
     def _cells(self, values: list[Any]) -> list[str]:
         """Cells trimmed, with [source] null_values read as empty."""
-        cells: list[str] = list(map(str.strip, map(str, values)))
+        cells: list[str] = list(map(str.strip, values))  # the reader gives str cells
         nulls = self.nulls
         if nulls:
             # Folded once per distinct cell, not once per cell.
