@@ -182,7 +182,8 @@ def proven_by_specs(specs: Sequence[Spec], values: Sequence[Sequence[Value]], si
             ok &= np.array([verdicts[i] for i in ids], dtype=bool) if ids else np.zeros(size, bool)
         steps = spec.path.steps
         parent, leaf = steps[:-1], steps[-1][0]
-        is_filled = [filled[i] for i in ids] if ids else [any(filled.values())] * size
+        same = set(filled.values())
+        is_filled = [filled[i] for i in ids] if len(same) > 1 else [any(same)] * size
         if len(steps) == 1 and leaf in _TOP_REQUIRED:
             ok &= np.array(is_filled, dtype=bool)
         if parent:

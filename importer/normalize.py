@@ -261,7 +261,9 @@ class Normalizer:
                 row = invalid[index] = file_rows.plain_row(chunk, pos, keys[index])
                 row.consent = consent
             self._duplicate(row, int(firsts[index]))
-        return Batch(file_rows.file, len(keys), [invalid[i] for i in sorted(invalid)], skipped)
+        # Reports list a row's consents together, in row order.
+        order = sorted(invalid, key=lambda i: (places[i][1], i))
+        return Batch(file_rows.file, len(keys), [invalid[i] for i in order], skipped)
 
     def _add_file(self, name: str) -> int:
         self._files.append(name)
@@ -623,42 +625,50 @@ class _FileNormalizer:
         self, chunk: pd.DataFrame
     ) -> tuple[list[str], list[tuple[int, int]], dict[int, Row]]:
         """Every consent of a chunk through a version-2 mapping: source keys, (row number,
-        position in the chunk) of each, and the invalid ones by index."""
+        position in the chunk) of each, and the invalid ones by index.
+
+        Consents come plan by plan (all `#research`, then all `#hipaa`): keys of different
+        plans never collide, and within a plan rows keep their order, which is all the
+        duplicate check needs. Proven consents cost a key each; the rest are built.
+        """
         headers, raw, prepared, keys = self._prepare(chunk)
         size = len(chunk)
         self._evaluate(raw, size)
         numbers = chunk.index.tolist()
-        proofs = [self._proof(plan, prepared, keys, size) for plan in self._consents]
         value_rows: list[tuple[Any, ...]] | None = None
         names = list(prepared)
         out_keys: list[str] = []
         places: list[tuple[int, int]] = []
         invalid: dict[int, Row] = {}
-        self._plan_of: list[str] = []
-        for pos in range(size):
-            made = False
-            for plan, proven in zip(self._consents, proofs, strict=True):
-                if plan.holds is not None and not plan.holds[pos]:
-                    continue
-                made = True
+        self._plan_of = []
+        made = np.zeros(size, dtype=bool)
+        has_key = np.array([k is not None for k in keys], dtype=bool)
+        for plan in self._consents:
+            holds = (
+                np.array(plan.holds, dtype=bool)
+                if plan.holds is not None
+                else np.ones(size, dtype=bool)
+            )
+            made |= holds
+            proven = self._proof(plan, prepared, keys, size) & holds & has_key
+            suffix = f"#{plan.key}" if plan.key else ""
+            for pos in np.flatnonzero(holds).tolist():
                 index = len(out_keys)
                 places.append((int(numbers[pos]), pos))
                 self._plan_of.append(plan.key)
-                key = keys[pos]
-                if proven[pos] and key is not None:
-                    out_keys.append(f"{key}#{plan.key}" if plan.key else key)
+                if proven[pos]:
+                    out_keys.append(f"{keys[pos]}{suffix}")
                     continue
                 if value_rows is None:
                     value_rows = list(zip(*raw.values(), strict=True))
                 cells = {n: prepared[n][pos] for n in names if n not in plan.dropped}
                 row = self._row(
-                    int(numbers[pos]), headers, value_rows[pos], cells, key, (plan, pos)
+                    int(numbers[pos]), headers, value_rows[pos], cells, keys[pos], (plan, pos)
                 )
                 out_keys.append(row.source_key)
                 if not row.valid:
                     invalid[index] = row
-            if not made:
-                self._skipped += 1
+        self._skipped += int(size - made.sum())
         return out_keys, places, invalid
 
     def consent_at(self, index: int, places: list[tuple[int, int]]) -> str:
