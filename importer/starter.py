@@ -174,14 +174,22 @@ def _q(text: str) -> str:
 
 
 def _open_excel_data_sheet(path: Path) -> Table:
-    """The first sheet with rows under a header (a cover sheet is common)."""
+    """The default sheet when it holds rows under a header, else the first sheet that
+    does (a cover sheet first is common)."""
     from python_calamine import CalamineError, CalamineWorkbook
 
+    try:
+        table = open_table(path)
+    except InputError as exc:
+        last: InputError | None = exc
+    else:
+        if len(table.columns) >= 2:
+            return table
+        last = None
     try:
         names = CalamineWorkbook.from_path(str(path)).sheet_names
     except CalamineError:  # open_table says what is wrong with the file
         return open_table(path)
-    last: InputError | None = None
     for name in names:
         try:
             table = open_table(path, SourceOptions(sheet=name))
