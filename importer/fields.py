@@ -7,7 +7,7 @@ This module parses and checks those parts of a mapping file, and turns one row's
 into the nested body.
 
 Values are evaluated a column at a time over a chunk (`evaluate`), so a spec costs one
-pass over its cells; the per-row part only puts values into place (`Assembler`).
+pass over its cells; the per-row part only puts values into place (`Shape`).
 
 The constants-alone rule: an object below the body's top level (`verification`,
 `provision`, `provision.provision[0]`, a policy, an actor…) is sent only when at least one

@@ -257,7 +257,7 @@ class Normalizer:
         for index in np.flatnonzero(firsts >= 0).tolist():
             row = invalid.get(index)
             if row is None:
-                pos, consent = places[index][1], file_rows.consent_at(index, places)
+                pos, consent = places[index][1], file_rows.consent_at(index)
                 row = invalid[index] = file_rows.plain_row(chunk, pos, keys[index])
                 row.consent = consent
             self._duplicate(row, int(firsts[index]))
@@ -358,6 +358,7 @@ class _FileNormalizer:
         self._date_columns: dict[str, DateColumn] = {}
         self._chunk_dates: dict[str, dict[str, datetime | None]] = {}
         self._skipped = 0
+        self._plan_of: list[str] = []  # the consent key of each of check_v2's consents
         self._consents = self._consent_plans()
         self._v2_labels = {spec.path.plain: spec for plan in self._consents for spec in plan.specs}
 
@@ -671,7 +672,7 @@ class _FileNormalizer:
         self._skipped += int(size - made.sum())
         return out_keys, places, invalid
 
-    def consent_at(self, index: int, places: list[tuple[int, int]]) -> str:
+    def consent_at(self, index: int) -> str:
         """The [[consents]] key of the consent at `index` of the last `check_v2`."""
         return self._plan_of[index]
 
