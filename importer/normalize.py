@@ -359,7 +359,7 @@ class _FileNormalizer:
         self._chunk_dates: dict[str, dict[str, datetime | None]] = {}
         self._skipped = 0
         self._plan_of: list[str] = []  # the consent key of each of check_v2's consents
-        self._consents = self._consent_plans()
+        self._consents = _consent_plans(self, mapping)
         self._v2_labels = {spec.path.plain: spec for plan in self._consents for spec in plan.specs}
 
     def parse_date(self, name: str, text: str) -> datetime | None:
@@ -569,7 +569,7 @@ class _FileNormalizer:
                 )
             )
 
-        body = self._body(cells, fail)
+        body = _v1_body(cells, fail, self.parse_date, self.mapping.crosswalk)
         if v2 is not None:
             body = v2[0].body(body, v2[1], fail)
         try:
@@ -698,25 +698,6 @@ class _FileNormalizer:
         for plan in self._consents:
             plan.evaluate(cells, size)
 
-    def _consent_plans(self) -> list[_ConsentPlan]:
-        """What each consent of a row is made of: one plan without [[consents]]."""
-        top = list(self.mapping.fields.values())
-        if not self.mapping.consents:
-            return [_ConsentPlan(self, "", None, top, frozenset())]
-        plans = []
-        for consent in self.mapping.consents:
-            own = list(consent.fields.values())
-            # The consent's own fields override top-level ones naming the same place,
-            # and version-1 [columns]/[defaults] fields too.
-            kept = [t for t in top if not any(overlaps(t.path, o.path) for o in own)]
-            dropped = frozenset(
-                name
-                for name, path in V1_PATHS.items()
-                if any(overlaps(parse_path(path, "v1"), o.path) for o in own)
-            )
-            plans.append(_ConsentPlan(self, consent.key, consent.when, [*kept, *own], dropped))
-        return plans
-
     def _normalize_v2(self, chunk: pd.DataFrame) -> list[Row]:
         """Rows through a version-2 mapping: per row, one Row per consent made."""
         headers, raw, prepared, keys = self._prepare(chunk)
@@ -747,78 +728,6 @@ class _FileNormalizer:
                 self._skipped += 1
         return rows
 
-    def _body(self, c: dict[str, str], fail: Callable[[str, str, str], None]) -> dict[str, Any]:
-        """Assemble the API body from one row's prepared cells; faults go to `fail`."""
-        body: dict[str, Any] = {name: c[name] for name in _PLAIN_FIELDS if c.get(name)}
-        dates: dict[str, datetime] = {}
-        for name in DATE_FIELDS:
-            text = c.get(name)
-            if text:
-                parsed = self.parse_date(name, text)
-                if parsed is None:
-                    fail(
-                        name, "invalid_date", "not a date-time in ISO 8601 or a date_formats format"
-                    )
-                    body.pop(name, None)
-                else:
-                    dates[name] = parsed
-        if "dateTime" in dates:
-            body["dateTime"] = dates["dateTime"]
-        patient = body.get("patientId")
-        if patient is not None and self.mapping.crosswalk is not None:
-            resolved = self.mapping.crosswalk.get(patient)
-            if resolved is None:
-                fail("patientId", "unknown_patient", "not in the crosswalk; add it there")
-                del body["patientId"]
-            else:
-                body["patientId"] = resolved
-        category = c.get("category")
-        if category:
-            body["category"] = _split(category)
-        if c.get("verified") or c.get("verifiedWith") or "verificationDate" in dates:
-            verification = self._verification(c, dates, fail)
-            if verification is not None:
-                body["verification"] = verification
-        provision = self._provision(c, dates)
-        if provision:
-            body["provision"] = provision
-        return body
-
-    @staticmethod
-    def _verification(
-        c: dict[str, str], dates: dict[str, datetime], fail: Callable[[str, str, str], None]
-    ) -> dict[str, Any] | None:
-        verification: dict[str, Any] = {}
-        flag = c.get("verified", "").casefold()
-        if flag in TRUE_WORDS:
-            verification["verified"] = True
-        elif flag in FALSE_WORDS:
-            verification["verified"] = False
-        elif flag:
-            fail("verified", "invalid_boolean", "must be Y/N, yes/no, true/false or 1/0")
-            return None
-        if c.get("verifiedWith"):
-            verification["verifiedWith"] = c["verifiedWith"]
-        if "verificationDate" in dates:
-            verification["verificationDate"] = dates["verificationDate"]
-        return verification
-
-    @staticmethod
-    def _provision(c: dict[str, str], dates: dict[str, datetime]) -> dict[str, Any]:
-        provision: dict[str, Any] = {}
-        if c.get("provisionType"):
-            provision["type"] = c["provisionType"]
-        period = {
-            end: dates[name]
-            for end, name in (("start", "provisionStart"), ("end", "provisionEnd"))
-            if name in dates
-        }
-        if period:
-            provision["period"] = period
-        if c.get("purpose"):
-            provision["purpose"] = [{"code": code} for code in _split(c["purpose"])]
-        return provision
-
     def _cell(self, row: Row, name: str, labels: dict[str, Spec] | None = None) -> str:
         """The raw cell behind a field, for the HTML report's value column."""
         cells = row.cells
@@ -836,6 +745,102 @@ class _FileNormalizer:
             return f"{name} ({spec.describe()})" if spec.source != "value" else name
         header = self.columns.get(name)
         return f"{name} (column '{header}')" if header and header != name else name
+
+
+def _consent_plans(owner: _FileNormalizer, mapping: Mapping) -> list[_ConsentPlan]:
+    """What each consent of a row is made of: one plan without [[consents]]."""
+    top = list(mapping.fields.values())
+    if not mapping.consents:
+        return [_ConsentPlan(owner, "", None, top, frozenset())]
+    plans = []
+    for consent in mapping.consents:
+        own = list(consent.fields.values())
+        # The consent's own fields override top-level ones naming the same place,
+        # and version-1 [columns]/[defaults] fields too.
+        kept = [t for t in top if not any(overlaps(t.path, o.path) for o in own)]
+        dropped = frozenset(
+            name
+            for name, path in V1_PATHS.items()
+            if any(overlaps(parse_path(path, "v1"), o.path) for o in own)
+        )
+        plans.append(_ConsentPlan(owner, consent.key, consent.when, [*kept, *own], dropped))
+    return plans
+
+
+def _v1_body(
+    c: dict[str, str],
+    fail: Callable[[str, str, str], None],
+    parse_date: Callable[[str, str], datetime | None],
+    crosswalk: dict[str, str] | None,
+) -> dict[str, Any]:
+    """Assemble the API body from one row's prepared cells; faults go to `fail`."""
+    body: dict[str, Any] = {name: c[name] for name in _PLAIN_FIELDS if c.get(name)}
+    dates: dict[str, datetime] = {}
+    for name in DATE_FIELDS:
+        text = c.get(name)
+        if text:
+            parsed = parse_date(name, text)
+            if parsed is None:
+                fail(name, "invalid_date", "not a date-time in ISO 8601 or a date_formats format")
+                body.pop(name, None)
+            else:
+                dates[name] = parsed
+    if "dateTime" in dates:
+        body["dateTime"] = dates["dateTime"]
+    patient = body.get("patientId")
+    if patient is not None and crosswalk is not None:
+        resolved = crosswalk.get(patient)
+        if resolved is None:
+            fail("patientId", "unknown_patient", "not in the crosswalk; add it there")
+            del body["patientId"]
+        else:
+            body["patientId"] = resolved
+    category = c.get("category")
+    if category:
+        body["category"] = _split(category)
+    if c.get("verified") or c.get("verifiedWith") or "verificationDate" in dates:
+        verification = _verification(c, dates, fail)
+        if verification is not None:
+            body["verification"] = verification
+    provision = _provision(c, dates)
+    if provision:
+        body["provision"] = provision
+    return body
+
+
+def _verification(
+    c: dict[str, str], dates: dict[str, datetime], fail: Callable[[str, str, str], None]
+) -> dict[str, Any] | None:
+    verification: dict[str, Any] = {}
+    flag = c.get("verified", "").casefold()
+    if flag in TRUE_WORDS:
+        verification["verified"] = True
+    elif flag in FALSE_WORDS:
+        verification["verified"] = False
+    elif flag:
+        fail("verified", "invalid_boolean", "must be Y/N, yes/no, true/false or 1/0")
+        return None
+    if c.get("verifiedWith"):
+        verification["verifiedWith"] = c["verifiedWith"]
+    if "verificationDate" in dates:
+        verification["verificationDate"] = dates["verificationDate"]
+    return verification
+
+
+def _provision(c: dict[str, str], dates: dict[str, datetime]) -> dict[str, Any]:
+    provision: dict[str, Any] = {}
+    if c.get("provisionType"):
+        provision["type"] = c["provisionType"]
+    period = {
+        end: dates[name]
+        for end, name in (("start", "provisionStart"), ("end", "provisionEnd"))
+        if name in dates
+    }
+    if period:
+        provision["period"] = period
+    if c.get("purpose"):
+        provision["purpose"] = [{"code": code} for code in _split(c["purpose"])]
+    return provision
 
 
 class _ConsentPlan:
