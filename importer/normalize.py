@@ -249,7 +249,7 @@ class Normalizer:
     ) -> Batch:
         """A chunk's verdict through a version-2 mapping: consents proven valid column-wise
         are only counted; the rest are built and checked, which names their errors."""
-        keys, places, invalid = file_rows.check_v2(chunk)
+        keys, places, invalid = file_rows.v2_rows.check(chunk)
         skipped += file_rows.take_skipped()
         self.skipped += skipped
         where = file_index << 40 | np.array([number for number, _ in places], dtype=np.int64)
@@ -257,7 +257,7 @@ class Normalizer:
         for index in np.flatnonzero(firsts >= 0).tolist():
             row = invalid.get(index)
             if row is None:
-                pos, consent = places[index][1], file_rows.consent_at(index)
+                pos, consent = places[index][1], file_rows.v2_rows.consent_at(index)
                 row = invalid[index] = file_rows.plain_row(chunk, pos, keys[index])
                 row.consent = consent
             self._duplicate(row, int(firsts[index]))
@@ -358,9 +358,7 @@ class _FileNormalizer:
         self._date_columns: dict[str, DateColumn] = {}
         self._chunk_dates: dict[str, dict[str, datetime | None]] = {}
         self._skipped = 0
-        self._plan_of: list[str] = []  # the consent key of each of check_v2's consents
-        self._consents = _consent_plans(self, mapping)
-        self._v2_labels = {spec.path.plain: spec for plan in self._consents for spec in plan.specs}
+        self.v2_rows = _V2Rows(self, mapping)
 
     def parse_date(self, name: str, text: str) -> datetime | None:
         """A date cell of field `name` in the current chunk, read the column's one way."""
@@ -476,7 +474,7 @@ class _FileNormalizer:
 
     def _normalize(self, chunk: pd.DataFrame) -> list[Row]:
         if self.v2:
-            return self._normalize_v2(chunk)
+            return self.v2_rows.normalize(chunk)
         headers, raw, prepared, keys = self._prepare(chunk)
         names = list(prepared)
         numbers = chunk.index.tolist()
@@ -578,7 +576,7 @@ class _FileNormalizer:
             already = {e.field for e in errors}
             for err in field_errors(exc):
                 name = err.field
-                if name not in self._v2_labels:
+                if name not in self.v2_rows.labels:
                     name = _API_TO_ROW_FIELD.get(err.field, err.field)
                 if name in already:
                     continue  # e.g. an unknown patient was dropped: not also "missing"
@@ -622,112 +620,6 @@ class _FileNormalizer:
             row.model = None
         return row
 
-    def check_v2(
-        self, chunk: pd.DataFrame
-    ) -> tuple[list[str], list[tuple[int, int]], dict[int, Row]]:
-        """Every consent of a chunk through a version-2 mapping: source keys, (row number,
-        position in the chunk) of each, and the invalid ones by index.
-
-        Consents come plan by plan (all `#research`, then all `#hipaa`): keys of different
-        plans never collide, and within a plan rows keep their order, which is all the
-        duplicate check needs. Proven consents cost a key each; the rest are built.
-        """
-        headers, raw, prepared, keys = self._prepare(chunk)
-        size = len(chunk)
-        self._evaluate(raw, size)
-        numbers = chunk.index.tolist()
-        value_rows: list[tuple[Any, ...]] | None = None
-        names = list(prepared)
-        out_keys: list[str] = []
-        places: list[tuple[int, int]] = []
-        invalid: dict[int, Row] = {}
-        self._plan_of = []
-        made = np.zeros(size, dtype=bool)
-        has_key = np.array([k is not None for k in keys], dtype=bool)
-        for plan in self._consents:
-            holds = (
-                np.array(plan.holds, dtype=bool)
-                if plan.holds is not None
-                else np.ones(size, dtype=bool)
-            )
-            made |= holds
-            proven = self._proof(plan, prepared, keys, size) & holds & has_key
-            suffix = f"#{plan.key}" if plan.key else ""
-            for pos in np.flatnonzero(holds).tolist():
-                index = len(out_keys)
-                places.append((int(numbers[pos]), pos))
-                self._plan_of.append(plan.key)
-                if proven[pos]:
-                    out_keys.append(f"{keys[pos]}{suffix}")
-                    continue
-                if value_rows is None:
-                    value_rows = list(zip(*raw.values(), strict=True))
-                cells = {n: prepared[n][pos] for n in names if n not in plan.dropped}
-                row = self._row(
-                    int(numbers[pos]), headers, value_rows[pos], cells, keys[pos], (plan, pos)
-                )
-                out_keys.append(row.source_key)
-                if not row.valid:
-                    invalid[index] = row
-        self._skipped += int(size - made.sum())
-        return out_keys, places, invalid
-
-    def consent_at(self, index: int) -> str:
-        """The [[consents]] key of the consent at `index` of the last `check_v2`."""
-        return self._plan_of[index]
-
-    def _proof(
-        self, plan: _ConsentPlan, prepared: dict[str, list[str]], keys: list[str | None], size: int
-    ) -> npt.NDArray[np.bool_]:
-        """Which rows' consent of this plan is certain to validate (keyed files only)."""
-        if not self.keyed or (plan.patient_from_v2 and self.mapping.crosswalk is not None):
-            return np.zeros(size, dtype=bool)
-        v1 = {n: cells for n, cells in prepared.items() if n not in plan.dropped}
-        proven = proven_valid(
-            v1,
-            keys,
-            parse_date=self.parse_date,
-            crosswalk=self.mapping.crosswalk,
-            supplied=plan.supplied,
-            read_dates=self._chunk_dates,
-        )
-        return proven & proven_by_specs(plan.specs, plan.values, size)
-
-    def _evaluate(self, raw: dict[str, list[Any]], size: int) -> None:
-        cells = {name: self._cells(raw[header]) for name, header in self.headers.items()}
-        for plan in self._consents:
-            plan.evaluate(cells, size)
-
-    def _normalize_v2(self, chunk: pd.DataFrame) -> list[Row]:
-        """Rows through a version-2 mapping: per row, one Row per consent made."""
-        headers, raw, prepared, keys = self._prepare(chunk)
-        size = len(chunk)
-        self._evaluate(raw, size)
-        names = list(prepared)
-        numbers = chunk.index.tolist()
-        value_rows = list(zip(*raw.values(), strict=True))
-        rows: list[Row] = []
-        for pos in range(size):
-            made = False
-            for plan in self._consents:
-                if plan.holds is not None and not plan.holds[pos]:
-                    continue
-                made = True
-                row_cells = {n: prepared[n][pos] for n in names if n not in plan.dropped}
-                rows.append(
-                    self._row(
-                        int(numbers[pos]),
-                        headers,
-                        value_rows[pos],
-                        row_cells,
-                        keys[pos],
-                        (plan, pos),
-                    )
-                )
-            if not made:
-                self._skipped += 1
-        return rows
-
     def _cell(self, row: Row, name: str, labels: dict[str, Spec] | None = None) -> str:
         """The raw cell behind a field, for the HTML report's value column."""
         cells = row.cells
@@ -745,6 +637,126 @@ class _FileNormalizer:
             return f"{name} ({spec.describe()})" if spec.source != "value" else name
         header = self.columns.get(name)
         return f"{name} (column '{header}')" if header and header != name else name
+
+
+class _V2Rows:
+    """A file's rows through a version-2 mapping: its consent plans, each row's consents
+    checked (`check`, for validate) or built (`normalize`, for a run)."""
+
+    def __init__(self, owner: _FileNormalizer, mapping: Mapping) -> None:
+        self.owner = owner
+        self.consents = _consent_plans(owner, mapping)
+        self.plan_of: list[str] = []  # the consent key of each of `check`'s consents
+        #: the [fields] specs by row field, for error labels
+        self.labels = {spec.path.plain: spec for plan in self.consents for spec in plan.specs}
+
+    def check(self, chunk: pd.DataFrame) -> tuple[list[str], list[tuple[int, int]], dict[int, Row]]:
+        """Every consent of a chunk through a version-2 mapping: source keys, (row number,
+        position in the chunk) of each, and the invalid ones by index.
+
+        Consents come plan by plan (all `#research`, then all `#hipaa`): keys of different
+        plans never collide, and within a plan rows keep their order, which is all the
+        duplicate check needs. Proven consents cost a key each; the rest are built.
+        """
+        headers, raw, prepared, keys = self.owner._prepare(chunk)
+        size = len(chunk)
+        self._evaluate(raw, size)
+        numbers = chunk.index.tolist()
+        value_rows: list[tuple[Any, ...]] | None = None
+        names = list(prepared)
+        out_keys: list[str] = []
+        places: list[tuple[int, int]] = []
+        invalid: dict[int, Row] = {}
+        self.plan_of = []
+        made = np.zeros(size, dtype=bool)
+        has_key = np.array([k is not None for k in keys], dtype=bool)
+        for plan in self.consents:
+            holds = (
+                np.array(plan.holds, dtype=bool)
+                if plan.holds is not None
+                else np.ones(size, dtype=bool)
+            )
+            made |= holds
+            proven = self._proof(plan, prepared, keys, size) & holds & has_key
+            suffix = f"#{plan.key}" if plan.key else ""
+            for pos in np.flatnonzero(holds).tolist():
+                index = len(out_keys)
+                places.append((int(numbers[pos]), pos))
+                self.plan_of.append(plan.key)
+                if proven[pos]:
+                    out_keys.append(f"{keys[pos]}{suffix}")
+                    continue
+                if value_rows is None:
+                    value_rows = list(zip(*raw.values(), strict=True))
+                cells = {n: prepared[n][pos] for n in names if n not in plan.dropped}
+                row = self.owner._row(
+                    int(numbers[pos]), headers, value_rows[pos], cells, keys[pos], (plan, pos)
+                )
+                out_keys.append(row.source_key)
+                if not row.valid:
+                    invalid[index] = row
+        self.owner._skipped += int(size - made.sum())
+        return out_keys, places, invalid
+
+    def consent_at(self, index: int) -> str:
+        """The [[consents]] key of the consent at `index` of the last `check`."""
+        return self.plan_of[index]
+
+    def _proof(
+        self, plan: _ConsentPlan, prepared: dict[str, list[str]], keys: list[str | None], size: int
+    ) -> npt.NDArray[np.bool_]:
+        """Which rows' consent of this plan is certain to validate (keyed files only)."""
+        if not self.owner.keyed or (
+            plan.patient_from_v2 and self.owner.mapping.crosswalk is not None
+        ):
+            return np.zeros(size, dtype=bool)
+        v1 = {n: cells for n, cells in prepared.items() if n not in plan.dropped}
+        proven = proven_valid(
+            v1,
+            keys,
+            parse_date=self.owner.parse_date,
+            crosswalk=self.owner.mapping.crosswalk,
+            supplied=plan.supplied,
+            read_dates=self.owner._chunk_dates,
+        )
+        return proven & proven_by_specs(plan.specs, plan.values, size)
+
+    def _evaluate(self, raw: dict[str, list[Any]], size: int) -> None:
+        cells = {
+            name: self.owner._cells(raw[header]) for name, header in self.owner.headers.items()
+        }
+        for plan in self.consents:
+            plan.evaluate(cells, size)
+
+    def normalize(self, chunk: pd.DataFrame) -> list[Row]:
+        """Rows through a version-2 mapping: per row, one Row per consent made."""
+        headers, raw, prepared, keys = self.owner._prepare(chunk)
+        size = len(chunk)
+        self._evaluate(raw, size)
+        names = list(prepared)
+        numbers = chunk.index.tolist()
+        value_rows = list(zip(*raw.values(), strict=True))
+        rows: list[Row] = []
+        for pos in range(size):
+            made = False
+            for plan in self.consents:
+                if plan.holds is not None and not plan.holds[pos]:
+                    continue
+                made = True
+                row_cells = {n: prepared[n][pos] for n in names if n not in plan.dropped}
+                rows.append(
+                    self.owner._row(
+                        int(numbers[pos]),
+                        headers,
+                        value_rows[pos],
+                        row_cells,
+                        keys[pos],
+                        (plan, pos),
+                    )
+                )
+            if not made:
+                self.owner._skipped += 1
+        return rows
 
 
 def _consent_plans(owner: _FileNormalizer, mapping: Mapping) -> list[_ConsentPlan]:
