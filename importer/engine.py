@@ -44,7 +44,7 @@ from importer.errors import (
     ServerError,
     ServerUnreachable,
 )
-from importer.ledger import AsyncLedger, Ledger, LedgerRow, Op, RowError, Source
+from importer.ledger import AsyncLedger, Ledger, LedgerRow, Op, RowError, RowState, Source
 from importer.lookup import find_consent
 from importer.normalize import Row
 from importer.observer import ProgressCallback, RunObserver
@@ -91,6 +91,11 @@ class Work:
         if self._body is None:
             self._body = self.row.body()
         return self._body
+
+    @property
+    def prior_hashes(self) -> dict[str, str]:
+        """The field hashes of what the server last held for this row (none if new)."""
+        return self.prior.field_hashes if self.prior is not None else {}
 
     @property
     def patient_id(self) -> str | None:
@@ -344,64 +349,83 @@ class Executor:
             raise _Stop from None
 
     async def _create(self, work: Work) -> None:
-        """POST the row, looking it up first whenever an earlier POST may have landed."""
+        """POST the row, looking it up first whenever an earlier POST may have landed;
+        then take the consent as the row's (adopt, retire), never to POST again."""
         try:
-            async for attempt in self.retry(work):
-                with attempt:
-                    if work.maybe_sent:
-                        found = await self._lookup(work)
-                        if work.settled:  # back from settling: count what it found
-                            work.settled = False
-                            adopted = found is not None
-                            self.observer.on("settled_adopted" if adopted else "settled_reposted")
-                        if found is not None:
-                            await self._adopt(work, found)
-                            return
-                        work.maybe_sent = False
-                    self._check_stop()
-                    await self.record.intent(work, work.op)
-                    work.maybe_sent = True
-                    try:
-                        response = await self.client.create_consent(work.row.body_json.encode())
-                    except NoResponseError as exc:
-                        work.maybe_sent = exc.sent
-                        if exc.sent and self.options.settle_s > 0:
-                            raise _Ambiguous(exc) from exc
-                        raise
-                    except ServerError as exc:  # any 5xx: it may have stored the consent
-                        if self.options.settle_s > 0:
-                            raise _Ambiguous(exc) from exc
-                        raise
-                    except (RateLimitedError, ClientRequestError, *_RUN_STOPPERS):
-                        work.maybe_sent = False  # answered, or refused before sending
-                        raise
-                    await self._created(work, str(response.data["id"]), response.request_id)
-                    return
+            outcome = await self._post(work)
         except (BudgetWaitTooLong, LimiterClosed, ServerUnreachable, _Stop):
             await self.record.unsent(work)  # stays in flight if an earlier attempt may have landed
             raise  # `_do` pauses or stops the run
         except _Ambiguous as ambiguous:
             await self._ambiguous(work, ambiguous.error)
+            return
         except AuthError:
             raise
         except ConsentImportError as exc:
             await self._breaker_verdict(exc)
             await self._failure(work, exc, sent=work.maybe_sent)
+            return
+        if isinstance(outcome, dict):
+            await self._adopt(work, outcome)
+        else:
+            await self._created(work, *outcome)
+
+    async def _post(self, work: Work) -> dict[str, Any] | tuple[str, str]:
+        """The retried part of a create: the lookup and the POST, nothing after them.
+        Returns the consent found, or the new consent's id and the request id."""
+        async for attempt in self.retry(work):
+            with attempt:
+                if work.maybe_sent:
+                    found = await self._lookup(work)
+                    if work.settled:  # back from settling: count what it found
+                        work.settled = False
+                        adopted = found is not None
+                        self.observer.on("settled_adopted" if adopted else "settled_reposted")
+                    if found is not None:
+                        return found
+                    work.maybe_sent = False
+                self._check_stop()
+                await self.record.intent(work, work.op)
+                work.maybe_sent = True
+                try:
+                    response = await self.client.create_consent(work.row.body_json.encode())
+                except NoResponseError as exc:
+                    work.maybe_sent = exc.sent
+                    if exc.sent and self.options.settle_s > 0:
+                        raise _Ambiguous(exc) from exc
+                    raise
+                except ServerError as exc:  # any 5xx: it may have stored the consent
+                    if self.options.settle_s > 0:
+                        raise _Ambiguous(exc) from exc
+                    raise
+                except (RateLimitedError, ClientRequestError, *_RUN_STOPPERS):
+                    work.maybe_sent = False  # answered, or refused before sending
+                    raise
+                return str(response.data["id"]), response.request_id
+        raise AssertionError("unreachable: the retry policy re-raises the last error")
 
     async def _lookup(self, work: Work) -> dict[str, Any] | None:
         """The consent an earlier POST of this row may have created, if the server has it
-        and no other row of the ledger claims it."""
+        and no other row of the ledger claims it. For a recreate, the consent it replaces
+        is never a candidate: the edit may be in a field the lookup does not match on."""
         self._check_stop()
         self.observer.on("lookup")
         own = work.prior.consent_id if work.prior else None
+        replaced: set[str] = set()
+        if work.op is Op.RECREATE:
+            key = work.row.source_key
+            previous = await self.record.read(lambda ledger: ledger.previous_consent(key))
+            replaced = {c for c in (own, previous) if c}
+            own = None
 
         async def claimed(ids: list[str]) -> set[str]:
             return await self.record.read(lambda ledger: ledger.claimed_consents(ids))
 
-        return await find_consent(self.client, work.body, claimed, own=own)
+        return await find_consent(self.client, work.body, claimed, own=own, replaced=replaced)
 
     async def _adopt(self, work: Work, consent: dict[str, Any]) -> None:
-        """Take a found consent as the row's; patch it where it differs from the row."""
+        """Take a found consent as the row's; patch it where it differs from the row. A
+        PATCH that fails leaves the row on the found consent (never posted again)."""
         self.observer.on("found")
         consent_id = str(consent["id"])
         differing = {
@@ -412,7 +436,13 @@ class Executor:
         request_id = ""
         if differing:
             await self.record.intent(work, Op.PATCH, consent_id=consent_id, body=differing)
-            request_id = (await self.client.patch_consent(consent_id, differing)).request_id
+            try:
+                request_id = await self._send_patch(work, consent_id, differing)
+            except _RUN_STOPPERS:
+                raise  # stays in flight as a PATCH of the found consent
+            except ConsentImportError as exc:
+                await self._patch_failed(work, exc, consent_id, differing, adopted=True)
+                return
         await self._created(work, consent_id, request_id, action="adopted")
 
     async def _created(
@@ -429,40 +459,103 @@ class Executor:
 
     async def _patch(self, work: Work) -> None:
         assert work.consent_id is not None
+        consent_id = work.consent_id
         body = {name: work.body[name] for name in PATCHABLE if name in work.body}
+        # Always a status: a row without one means the server's default, and its consent
+        # may be inactive (revoked, then back in the source).
+        body.setdefault("status", "active")
+        await self.record.intent(work, Op.PATCH, consent_id=consent_id)
         try:
-            async for attempt in self.retry(work):
-                with attempt:
-                    self._check_stop()
-                    await self.record.intent(work, Op.PATCH, consent_id=work.consent_id)
-                    response = await self.client.patch_consent(work.consent_id, body)
-                    self.record.done(work, "updated", response.request_id)
-                    self.observer.on("updated")
-                    return
+            request_id = await self._send_patch(work, consent_id, body)
         except _RUN_STOPPERS:
             raise  # not the row's failure: `_do` stops or pauses the run
         except ConsentImportError as exc:
-            await self._breaker_verdict(exc)
-            await self._failure(work, exc, sent=True)
+            await self._patch_failed(work, exc, consent_id, body)
+            return
+        self.record.done(work, "updated", request_id)
+        self.observer.on("updated")
+
+    async def _send_patch(self, work: Work, consent_id: str, body: dict[str, Any]) -> str:
+        """PATCH a consent with the run's retries; the request id of the answer."""
+        async for attempt in self.retry(work):
+            with attempt:
+                self._check_stop()
+                return (await self.client.patch_consent(consent_id, body)).request_id
+        raise AssertionError("unreachable: the retry policy re-raises the last error")
+
+    async def _patch_failed(
+        self,
+        work: Work,
+        exc: ConsentImportError,
+        consent_id: str,
+        body: dict[str, Any],
+        *,
+        adopted: bool = False,
+    ) -> None:
+        """A PATCH of the row's consent failed: the row keeps the consent, with the error
+        noted, and the next run sends the fields again. A recreate that adopted its new
+        consent still retires the old one (a rerun then completes it)."""
+        await self._breaker_verdict(exc)
+        code = error_code(exc)
+        if isinstance(exc, NoResponseError) and exc.sent:
+            code = "patch_outcome_unknown"  # not a create's: no lookup, a PATCH again
+        self._log_failed(work, exc, code)
+        error = replace(_row_error(work, exc), code=code)
+        if adopted and work.op is Op.RECREATE:
+            await self.record.intent(work, Op.RETIRE, consent_id=consent_id)
+            await self.record.retire_pending(work, error)
+        else:
+            hashes = work.row.field_hashes() if adopted else dict(work.prior_hashes)
+            kept = {name: h for name, h in hashes.items() if name not in body}
+            revoked = work.prior is not None and work.prior.state is RowState.REVOKED
+            state = RowState.REVOKED if revoked and not adopted else RowState.DONE
+            await self.record.patch_failed(work, error, state, consent_id, kept)
+        self.observer.failed(code)
 
     async def _retire(self, work: Work) -> None:
-        """After a recreate: the replaced consent becomes inactive."""
+        """After a recreate: the replaced consent becomes inactive. A PATCH that keeps
+        failing leaves the row in flight with the retire, which a rerun sends again."""
         key = work.row.source_key
         old = await self.record.read(lambda ledger: ledger.previous_consent(key))
         if old:
-            await _send_inactive(self.client, self.retry, old)
+            try:
+                await _send_inactive(self.client, self.retry, old)
+            except _RUN_STOPPERS:
+                raise
+            except ConsentImportError as exc:
+                await self._breaker_verdict(exc)
+                code = error_code(exc)
+                self._log_failed(work, exc, code)
+                await self.record.retire_pending(work, _row_error(work, exc))
+                self.observer.failed(code)
+                return
         self.record.done(work, "recreated", "", consent_id=work.consent_id)
         self.observer.on("recreated")
 
     async def _revoke(self, work: Work) -> None:
+        """A row gone from the source: its consent becomes inactive. The intent comes
+        first; a PATCH that keeps failing leaves the row done with the error noted, for
+        the next --revoke-missing run (failed.csv lists it until then)."""
         assert work.consent_id is not None
-        await _send_inactive(self.client, self.retry, work.consent_id)
-        await self.record.revoked(work.row.source_key)
+        self._check_stop()
+        key = work.row.source_key
+        await self.record.revoking(key)
+        try:
+            await _send_inactive(self.client, self.retry, work.consent_id)
+        except _RUN_STOPPERS:
+            raise
+        except ConsentImportError as exc:
+            await self._breaker_verdict(exc)
+            code = error_code(exc)
+            self._log_failed(work, exc, code)
+            await self.record.revoke_failed(key, _row_error(work, exc))
+            self.observer.failed(code)
+            return
+        await self.record.revoked(key)
         self.observer.on("revoked")
 
-    async def _failure(self, work: Work, exc: ConsentImportError, *, sent: bool) -> None:
-        """The row failed for this run; an unknown outcome stays in flight for a lookup."""
-        code = error_code(exc)
+    def _log_failed(self, work: Work, exc: ConsentImportError, code: str) -> None:
+        """The row_failed line: file, row, code, status and request id (never a value)."""
         status = exc.status if isinstance(exc, ApiError) else None
         request_id = exc.request_id if isinstance(exc, ApiError) else None
         log.info(
@@ -474,6 +567,11 @@ class Executor:
             request_id,
             extra={"fields": row_fields("row_failed", work.row, work.op.value, exc, code=code)},
         )
+
+    async def _failure(self, work: Work, exc: ConsentImportError, *, sent: bool) -> None:
+        """The row failed for this run; an unknown outcome stays in flight for a lookup."""
+        code = error_code(exc)
+        self._log_failed(work, exc, code)
         error = _row_error(work, exc)
         unknown = sent and work.op in (Op.CREATE, Op.RECREATE)
         await self.record.failure(work, error, outcome_unknown=unknown)
@@ -613,6 +711,42 @@ class Recorder:
     async def gave_up(self, work: Work, error: RowError) -> None:
         run_id, src, op = self.run_id, work.src, work.op
         await self.writer.write(lambda ledger: ledger.gave_up(run_id, src, op, error))
+
+    async def patch_failed(
+        self,
+        work: Work,
+        error: RowError,
+        state: RowState,
+        consent_id: str,
+        field_hashes: dict[str, str],
+    ) -> None:
+        run_id, src = self.run_id, work.src
+        await self.writer.write(
+            lambda ledger: ledger.patch_failed(
+                run_id,
+                src,
+                Op.PATCH,
+                error,
+                state=state,
+                consent_id=consent_id,
+                field_hashes=field_hashes,
+            )
+        )
+
+    async def retire_pending(self, work: Work, error: RowError) -> None:
+        """The retire failed: in flight with it, the error noted, for the next run."""
+        run_id, src = self.run_id, work.src
+        await self.writer.write(
+            lambda ledger: ledger.outcome_unknown(run_id, src, Op.RETIRE, error)
+        )
+
+    async def revoking(self, key: str) -> None:
+        run_id = self.run_id
+        await self.writer.write(lambda ledger: ledger.revoking(run_id, key))
+
+    async def revoke_failed(self, key: str, error: RowError) -> None:
+        run_id = self.run_id
+        await self.writer.write(lambda ledger: ledger.revoke_failed(run_id, key, error))
 
     async def revoked(self, key: str) -> None:
         run_id = self.run_id

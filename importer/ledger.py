@@ -80,7 +80,8 @@ CREATE TABLE IF NOT EXISTS rows (
     patient_id TEXT,
     payload_hash TEXT,               -- hash of the body the server holds (done rows)
     field_hashes TEXT,               -- JSON {field: short hash} of that body
-    pending_op TEXT,                 -- create | patch | recreate | retire (Op; in_flight rows)
+    pending_op TEXT,                 -- create | patch | recreate | retire | revoke
+                                     -- (Op; in_flight rows)
     pending_body TEXT,               -- the body being sent (in_flight rows only: PHI)
     pending_hash TEXT,
     error_stage TEXT,                -- validate | sync | api
@@ -281,11 +282,69 @@ class _Transitions:
             (back, src.key),
         )
 
+    def patch_failed(
+        self,
+        run_id: int,
+        src: Source,
+        op: Op,
+        error: RowError,
+        *,
+        state: RowState,
+        consent_id: str,
+        field_hashes: dict[str, str],
+    ) -> None:
+        """in_flight -> done (or revoked), error noted: a PATCH of the row's consent was
+        refused or went unanswered. The row keeps its consent (created.csv, verify and
+        revocation still see it); `field_hashes` leave out the fields the PATCH carried,
+        so the next run sends them again, whatever the server made of this one."""
+        values = {**_error_values(error), "state": state, "consent_id": consent_id}
+        values.update(
+            pending_op=None,
+            pending_body=None,
+            pending_hash=None,
+            settle_after=None,
+            payload_hash=None,
+            field_hashes=json.dumps(field_hashes),
+        )
+        self._upsert(run_id, src, values)
+        self._attempt(run_id, src.key, op, "error", error=error)
+
+    def revoking(self, run_id: int, key: str) -> None:
+        """done -> in_flight (revoke): the PATCH to inactive is about to be sent. A crash
+        after it leaves the row to the next run's revocation, or to a PATCH that makes
+        the consent active again if the row is back in the source."""
+        self._db.execute(
+            "UPDATE rows SET state = 'in_flight', pending_op = 'revoke', updated_at = ? "
+            "WHERE source_key = ?",
+            (now_iso(), key),
+        )
+        self._db.execute("UPDATE rows SET attempts = attempts + 1 WHERE source_key = ?", (key,))
+
+    def revoke_failed(self, run_id: int, key: str, error: RowError) -> None:
+        """in_flight (revoke) -> done, error noted: the consent may still be active; the
+        next run with --revoke-missing tries again, and failed.csv lists the row."""
+        self._db.execute(
+            "UPDATE rows SET state = 'done', pending_op = NULL, pending_body = NULL, "
+            "error_stage = ?, error_code = ?, error_message = ?, http_status = ?, "
+            "request_id = ?, updated_at = ? WHERE source_key = ?",
+            (
+                error.stage,
+                error.code,
+                error.message,
+                error.http_status,
+                error.request_id,
+                now_iso(),
+                key,
+            ),
+        )
+        self._attempt(run_id, key, Op.REVOKE, "error", error=error)
+
     def revoked(self, run_id: int, key: str) -> None:
         """done -> revoked: the row left the source and its consent is now inactive."""
         self._db.execute(
             "UPDATE rows SET state = 'revoked', action = 'revoked', payload_hash = NULL, "
-            "pending_op = NULL, pending_body = NULL, updated_at = ? WHERE source_key = ?",
+            "pending_op = NULL, pending_body = NULL, error_stage = NULL, error_code = NULL, "
+            "error_message = NULL, http_status = NULL, updated_at = ? WHERE source_key = ?",
             (now_iso(), key),
         )
         self._attempt(run_id, key, Op.REVOKE, "ok")
@@ -376,8 +435,8 @@ class Ledger(_Transitions):
     """Synchronous access to the ledger file; one connection, used by one thread at a time.
 
     Rows change only through the named transitions of `_Transitions` (`intent`, `done`,
-    `failed`, `outcome_unknown`, `settling`, `gave_up`, `unsent`, `revoked`, `invalid`,
-    `refused`, `seen`);
+    `failed`, `patch_failed`, `outcome_unknown`, `settling`, `gave_up`, `unsent`,
+    `revoking`, `revoke_failed`, `revoked`, `invalid`, `refused`, `seen`);
     call them inside a transaction (`AsyncLedger.write` runs each in one).
     """
 
@@ -553,13 +612,15 @@ class Ledger(_Transitions):
     ) -> Iterator[tuple[str, str, int, str | None]]:
         """Done rows missing from the source: (key, file, row, consent id) of those run
         `run_id` did not see; a dry run, which records nothing, passes the keys it saw."""
-        query = "SELECT source_key, source_file, source_row, consent_id FROM rows WHERE "
+        # A revoke a crash cut short is in flight: it is sent again.
+        query = (
+            "SELECT source_key, source_file, source_row, consent_id FROM rows WHERE "
+            "(state = 'done' OR (state = 'in_flight' AND pending_op = 'revoke'))"
+        )
         if run_id is None:
-            rows = self._db.execute(query + "state = 'done'")
+            rows = self._db.execute(query)
         else:
-            rows = self._db.execute(
-                query + "state = 'done' AND (last_run IS NULL OR last_run < ?)", (run_id,)
-            )
+            rows = self._db.execute(query + " AND (last_run IS NULL OR last_run < ?)", (run_id,))
         for key, file, number, consent_id in rows:
             if key not in seen:
                 yield key, file, number, consent_id

@@ -7,7 +7,7 @@ other rows of the ledger already claim.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -20,12 +20,15 @@ async def find_consent(
     claimed: Callable[[list[str]], Awaitable[set[str]]],
     *,
     own: str | None,
+    replaced: Collection[str] = (),
 ) -> dict[str, Any] | None:
     """The server's consent that `body` would create, unless another row claims it.
 
     Args:
         claimed: which of these consent ids some row of the ledger holds.
         own: the consent id the ledger holds for this very row, if any (not a claim).
+        replaced: consents a recreate of this row replaces: never the row's new one,
+            though they may match it (the edit can be in a field the match leaves out).
     """
     date_from, date_to = search_window(body)
     found = await client.search_consents(
@@ -34,7 +37,7 @@ async def find_consent(
     matches = [c for c in found if matches_consent(c, body)]
     if not matches:
         return None
-    taken = await claimed([str(c["id"]) for c in matches]) - {own}
+    taken = (await claimed([str(c["id"]) for c in matches]) - {own}) | set(replaced)
     for consent in matches:
         if str(consent["id"]) not in taken:
             return consent

@@ -80,7 +80,10 @@ def plan_row(row: Row, before: LedgerRow | None, options: RunOptions) -> RowPlan
         before is not None
         and before.state is RowState.FAILED
         and before.error_code == "outcome_unknown"
-        and before.pending_op in (Op.CREATE, Op.RECREATE, None)
+        and (
+            before.pending_op in (Op.CREATE, Op.RECREATE)
+            or (before.pending_op is None and before.consent_id is None)  # older ledgers
+        )
     ):
         # Gave up after ambiguous answers: the consent may exist; look before posting.
         again = before.pending_op or Op.CREATE
@@ -105,6 +108,10 @@ def plan_row(row: Row, before: LedgerRow | None, options: RunOptions) -> RowPlan
             )
         if op is Op.RETIRE:
             return RowPlan(Verdict.SEND, op, consent_id=before.consent_id)
+        if op is Op.PATCH and before.payload_hash is None and before.consent_id is not None:
+            # An adoption's PATCH a crash cut short: the consent is the row's, what it
+            # holds unknown; patch it to the row (never a create, never a refusal).
+            return RowPlan(Verdict.SEND, Op.PATCH, consent_id=before.consent_id)
         # An unfinished PATCH is safe to send again (it replaces values): go on and
         # compare with what the server last held.
     if before.payload_hash == row.body_hash:
