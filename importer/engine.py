@@ -464,6 +464,7 @@ class Executor:
         # Always a status: a row without one means the server's default, and its consent
         # may be inactive (revoked, then back in the source).
         body.setdefault("status", "active")
+        self._check_stop()
         await self.record.intent(work, Op.PATCH, consent_id=consent_id)
         try:
             request_id = await self._send_patch(work, consent_id, body)

@@ -13,11 +13,12 @@ from typing import Any
 
 import pytest
 
+from importer.cli import main
 from importer.client import ClinikClient
 from importer.errors import ClientRequestError, ConsentImportError, NoResponseError, ServerError
 from importer.ledger import Ledger
 from importer.sandbox import SandboxConfig, running_sandbox
-from tests.engine_helpers import consent_rows, ledger_ids, run, write_csv
+from tests.engine_helpers import KEY, consent_rows, ledger_ids, run, write_csv
 
 _real_patch = ClinikClient.patch_consent
 _real_create = ClinikClient.create_consent
@@ -355,3 +356,25 @@ def test_a_revoke_cut_short_by_a_crash_is_revoked_by_the_next_run(
         result = run(source, sandbox.base_url, ledger, revoke_missing=True, revoke_max="1")
     assert (result.exit_code, result.stats.revoked) == (0, 1)
     assert record(ledger, "K000001")[:2] == ("revoked", None)
+
+
+def test_a_failing_revoke_through_the_cli_exits_1_not_as_an_internal_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The reviewer's exit-4 repro: `run --revoke-missing` while every PATCH answers 500."""
+    rows = list(consent_rows(6))
+    source, ledger = write_csv(tmp_path / "in.csv", rows), tmp_path / "l.db"
+    monkeypatch.setenv("CLINIKAPI_API_KEY", KEY)
+    monkeypatch.chdir(tmp_path)
+    with running_sandbox(SandboxConfig()) as sandbox:
+        run(source, sandbox.base_url, ledger)
+        write_csv(source, rows[:1] + rows[2:])
+        fail_patch(monkeypatch, lambda body: True, _server_error)
+        args = ["run", str(source), "--ledger", str(ledger), "--base-url", sandbox.base_url]
+        args += ["--revoke-missing", "--revoke-max", "1", "--no-preflight", "--settle", "0"]
+        with pytest.raises(SystemExit) as exited:
+            main([*args, "--max-attempts", "2"])
+    assert exited.value.code == 1
+    assert "internal error" not in capsys.readouterr().err
+    assert runs_left_running(ledger) == 0
+    assert record(ledger, "K000001")[3] == "server_error"

@@ -69,6 +69,14 @@ EVENTS: dict[str, Event] = {
     "seen": lambda db: db.seen(["K1"], RUN),
     "settling": lambda db: db.settling(RUN, K, Op.CREATE, ERROR, settle_after=T),
     "gave_up": lambda db: db.gave_up(RUN, K, Op.CREATE, ERROR),
+    "patch_failed": lambda db: db.patch_failed(
+        RUN, K, Op.PATCH, ERROR, state=RowState.DONE, consent_id="c1", field_hashes={}
+    ),
+    "patch_failed (was revoked)": lambda db: db.patch_failed(
+        RUN, K, Op.PATCH, ERROR, state=RowState.REVOKED, consent_id="c1", field_hashes={}
+    ),
+    "revoking": lambda db: db.revoking(RUN, "K1"),
+    "revoke_failed": lambda db: db.revoke_failed(RUN, "K1", ERROR),
 }
 
 
@@ -105,6 +113,13 @@ def state_of(db: Ledger) -> RowState | None:
         (RowState.SETTLING, "done", RowState.DONE),  # found and adopted
         (RowState.SETTLING, "gave_up", RowState.FAILED),  # --max-attempts ambiguous answers
         (RowState.SETTLING, "invalid", RowState.SETTLING),  # may exist: keep for a lookup
+        # a PATCH refused or unanswered: the row keeps its consent, the error noted
+        (RowState.IN_FLIGHT, "patch_failed", RowState.DONE),
+        (RowState.IN_FLIGHT, "patch_failed (was revoked)", RowState.REVOKED),
+        # a revoke: intent first; a PATCH that keeps failing leaves the row done
+        (RowState.DONE, "revoking", RowState.IN_FLIGHT),
+        (RowState.IN_FLIGHT, "revoke_failed", RowState.DONE),
+        (RowState.IN_FLIGHT, "revoked", RowState.REVOKED),
     ],
 )
 def test_transition(before: RowState | None, event: str, after: RowState | None) -> None:
@@ -133,6 +148,30 @@ def test_errors_noted_and_cleared(event: str, noted: str | None) -> None:
     if event != "refused":
         EVENTS[event](db)
     assert db.get(["K1"])["K1"].error_code == noted
+
+
+@pytest.mark.parametrize(
+    ("steps", "noted", "pending", "missing"),
+    [
+        # a failed PATCH: the error noted, the fields it carried forgotten, still done
+        (["patch_failed"], "server_error", None, True),
+        # a revoke cut short by a crash is revoked again by the next run
+        (["revoking"], None, Op.REVOKE, True),
+        # a revoke refused: done with the error, revoked by the next --revoke-missing
+        (["revoking", "revoke_failed"], "server_error", None, True),
+        # revoked at last: the error goes
+        (["revoking", "revoke_failed", "revoking", "revoked"], None, None, False),
+    ],
+)
+def test_failed_patches_and_revokes_keep_the_row_on_its_consent(
+    steps: list[str], noted: str | None, pending: Op | None, missing: bool
+) -> None:
+    db = Ledger(":memory:")
+    for step in [*SETUP[RowState.DONE], *(EVENTS[s] for s in steps)]:
+        step(db)
+    after = db.get(["K1"])["K1"]
+    assert (after.error_code, after.pending_op, after.consent_id) == (noted, pending, "c1")
+    assert bool(list(db.missing_rows(RUN + 1))) == missing
 
 
 def test_a_crash_after_the_intent_leaves_the_row_in_flight_for_a_lookup(tmp_path: Path) -> None:

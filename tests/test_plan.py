@@ -154,6 +154,54 @@ AT = datetime(2026, 1, 1, 10, 0, tzinfo=UTC)
             FAIL,
             RowPlan(SEND, Op.CREATE, lookup_first=True),
         ),
+        # an adoption's PATCH a crash cut short (no hashes yet): a PATCH of that consent
+        (
+            replace(record(RowState.IN_FLIGHT, pending_op=Op.PATCH), payload_hash=None),
+            row(),
+            FAIL,
+            RowPlan(SEND, Op.PATCH, consent_id="c1"),
+        ),
+        (
+            replace(
+                record(RowState.IN_FLIGHT, pending_op=Op.PATCH), payload_hash=None, field_hashes={}
+            ),
+            row(scope="research"),
+            RECREATE,
+            RowPlan(SEND, Op.PATCH, consent_id="c1"),
+        ),
+        # a PATCH with no answer (older ledgers: failed, outcome_unknown, no op): a PATCH
+        # of the row's consent again, never a lookup and a create
+        (
+            replace(record(RowState.FAILED), error_code="outcome_unknown"),
+            row(policyUri="https://clinic.example/policy/v2"),
+            FAIL,
+            RowPlan(SEND, Op.PATCH, consent_id="c1"),
+        ),
+        (
+            replace(record(RowState.FAILED, pending_op=Op.PATCH), error_code="outcome_unknown"),
+            row(status="inactive"),
+            FAIL,
+            RowPlan(SEND, Op.PATCH, consent_id="c1"),
+        ),
+        # ... and now: done, the fields it carried without a hash, so they are sent again
+        (
+            replace(
+                record(RowState.DONE),
+                payload_hash=None,
+                field_hashes={k: v for k, v in row().field_hashes().items() if k != "status"},
+                error_code="patch_outcome_unknown",
+            ),
+            row(),
+            FAIL,
+            RowPlan(SEND, Op.PATCH, consent_id="c1"),
+        ),
+        # a revoke a crash cut short, the row back in the source: a PATCH (to active)
+        (
+            record(RowState.IN_FLIGHT, pending_op=Op.REVOKE),
+            row(),
+            FAIL,
+            RowPlan(SEND, Op.PATCH, consent_id="c1"),
+        ),
         # revoked (the ledger forgets the body's hash), then back in the source as it was
         (
             replace(record(RowState.REVOKED), payload_hash=None),
