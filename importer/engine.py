@@ -78,6 +78,8 @@ class Work:
     not_before: datetime | None = None  # look the consent up no sooner (UTC)
     ambiguous: int = 0  # ambiguous answers to this row's POSTs in this run
     settled: bool = False  # back from waiting out --settle: count what the lookup finds
+    # An adopted consent's PATCH failed (a recreate): noted once the old one is retired.
+    patch_error: tuple[RowError, dict[str, str]] | None = None
     _body: dict[str, Any] | None = None
 
     @property
@@ -502,15 +504,18 @@ class Executor:
             code = "patch_outcome_unknown"  # not a create's: no lookup, a PATCH again
         self._log_failed(work, exc, code)
         error = replace(_row_error(work, exc), code=code)
+        hashes = work.row.field_hashes() if adopted else dict(work.prior_hashes)
+        kept = {name: h for name, h in hashes.items() if name not in body}
         if adopted and work.op is Op.RECREATE:
+            # The found consent is the row's new one: the old one is retired all the same.
+            work.patch_error = (error, kept)
             await self.record.intent(work, Op.RETIRE, consent_id=consent_id)
-            await self.record.retire_pending(work, error)
-        else:
-            hashes = work.row.field_hashes() if adopted else dict(work.prior_hashes)
-            kept = {name: h for name, h in hashes.items() if name not in body}
-            revoked = work.prior is not None and work.prior.state is RowState.REVOKED
-            state = RowState.REVOKED if revoked and not adopted else RowState.DONE
-            await self.record.patch_failed(work, error, state, consent_id, kept)
+            work.consent_id = consent_id
+            await self._retire(work)
+            return
+        revoked = work.prior is not None and work.prior.state is RowState.REVOKED
+        state = RowState.REVOKED if revoked and not adopted else RowState.DONE
+        await self.record.patch_failed(work, error, state, consent_id, kept)
         self.observer.failed(code)
 
     async def _retire(self, work: Work) -> None:
@@ -530,6 +535,12 @@ class Executor:
                 await self.record.retire_pending(work, _row_error(work, exc))
                 self.observer.failed(code)
                 return
+        if work.patch_error is not None:  # the new consent's PATCH failed: note it now
+            error, kept = work.patch_error
+            assert work.consent_id is not None
+            await self.record.patch_failed(work, error, RowState.DONE, work.consent_id, kept)
+            self.observer.failed(error.code)
+            return
         self.record.done(work, "recreated", "", consent_id=work.consent_id)
         self.observer.on("recreated")
 

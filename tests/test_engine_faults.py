@@ -181,6 +181,44 @@ def test_a_rerun_retire_that_fails_again_stays_resumable(
     assert record(ledger, "K000002") == ("done", None, left[2], None)
 
 
+def test_a_recreate_that_adopts_its_new_consent_and_cannot_patch_it_still_retires(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A crash after a recreate's POST, the row edited again (status), its PATCH failing:
+    the new consent stays the row's, the old one is retired, nothing is posted again."""
+    rows = list(consent_rows(4, organizationId="org_a"))
+    source, ledger = write_csv(tmp_path / "in.csv", rows), tmp_path / "l.db"
+    with running_sandbox(SandboxConfig()) as sandbox:
+        run(source, sandbox.base_url, ledger)
+        old = ledger_ids(ledger)["K000001"]
+        rows[1]["organizationId"] = "org_b"
+        write_csv(source, rows)
+
+        async def crashing(self: ClinikClient, body: bytes) -> Any:
+            await _real_create(self, body)
+            raise Crash
+
+        monkeypatch.setattr(ClinikClient, "create_consent", crashing)
+        with pytest.raises((Crash, BaseExceptionGroup)):
+            run(source, sandbox.base_url, ledger, on_immutable_change="recreate")
+        heal(monkeypatch)
+        rows[1]["status"] = "draft"
+        write_csv(source, rows)
+        fail_patch(monkeypatch, lambda body: body.get("status") == "draft", _server_error)
+        failing = run(
+            source, sandbox.base_url, ledger, on_immutable_change="recreate", max_attempts=2
+        )
+        stored = {c["id"]: c for c in consents_of(sandbox, rows[1]["patientId"])}
+        (new,) = (c["id"] for c in stored.values() if c.get("organizationId") == "org_b")
+        assert (failing.exit_code, len(stored), stored[old]["status"]) == (1, 2, "inactive")
+        assert record(ledger, "K000001") == ("done", None, new, "server_error")
+        heal(monkeypatch)
+        rerun = run(source, sandbox.base_url, ledger, on_immutable_change="recreate")
+        stored = {c["id"]: c for c in consents_of(sandbox, rows[1]["patientId"])}
+    assert (rerun.exit_code, len(stored), stored[new]["status"]) == (0, 2, "draft")
+    assert record(ledger, "K000001") == ("done", None, new, None)
+
+
 # -- adoption (findings 3, 8) ----------------------------------------------------------------
 
 
