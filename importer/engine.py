@@ -12,8 +12,10 @@ A row goes through four steps, in this order in this file:
 
 The one rule that keeps consents from being created twice: once a POST may have reached
 the server (timeout after sending, dropped connection, 5xx), the next step for that row
-is a lookup, never a blind re-post. To change what happens to an in-flight row, read
-`Executor._create` (and `_ambiguous`) and the ledger transitions they call.
+is a lookup, never a blind re-post. Only the lookup and the POST are retried
+(`Executor._post`); adopting, patching and retiring come after and never lead back to a
+POST. To change what happens to an in-flight row, read `Executor._create` (and
+`_ambiguous`) and the ledger transitions they call.
 """
 
 from __future__ import annotations
