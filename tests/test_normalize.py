@@ -143,7 +143,7 @@ def test_bad_dates_are_invalid_date(tmp_path: Path, cell: str) -> None:
 def test_value_maps_are_trimmed_and_case_insensitive(tmp_path: Path) -> None:
     rows = rows_of(
         tmp_path,
-        "MRN,Type,Status\n1,  hipaa ,SIGNED\n2,Research,revoked\n3,treatment,active\n",
+        "MRN,Type,Status\npt_1,  hipaa ,SIGNED\npt_2,Research,revoked\npt_3,treatment,active\n",
         "[columns]\npatientId='MRN'\nscope='Type'\ncategory='Type'\nstatus='Status'\n"
         "[values.scope]\nHIPAA='patient-privacy'\nresearch='research'\n"
         "[values.category]\nHIPAA='hipaa-notice'\n"
