@@ -156,6 +156,30 @@ def test_value_maps_are_trimmed_and_case_insensitive(tmp_path: Path) -> None:
     ]
 
 
+@pytest.mark.parametrize(
+    ("cell", "categories"),
+    [
+        ("Surgery", ["surgical-consent"]),
+        ("Surgery;HIPAA", ["surgical-consent", "hipaa-notice"]),  # each code translated
+        ("surgery | other", ["surgical-consent", "other"]),  # one not in the map stays
+        ("Both", ["treatment-consent", "hipaa-notice"]),  # a whole cell may map to two
+        ("Surgery;Both", ["surgical-consent", "treatment-consent", "hipaa-notice"]),
+        ("Surgery;HIPAA ", ["hipaa-notice", "surgical-consent"]),  # the whole cell's own entry
+    ],
+)
+def test_multi_value_cells_are_translated_code_by_code(
+    tmp_path: Path, cell: str, categories: list[str]
+) -> None:
+    [row] = rows_of(
+        tmp_path,
+        f"patientId,scope,Kinds\npt_1,treatment,{cell}\n",
+        "[columns]\ncategory='Kinds'\n"
+        "[values.category]\nSurgery='surgical-consent'\nHIPAA='hipaa-notice'\n"
+        "Both='treatment-consent;hipaa-notice'\n'Surgery;HIPAA'='hipaa-notice|surgical-consent'\n",
+    )
+    assert body(row)["category"] == categories
+
+
 def test_boolean_value_maps(tmp_path: Path) -> None:
     [row] = rows_of(
         tmp_path,
