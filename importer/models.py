@@ -334,9 +334,7 @@ CODES: dict[str, str] = {
     "empty_value": "must not be empty",
 }
 
-_PATIENT_ID_RULE = (
-    "must be a ClinikAPI patient id (pt_...); legacy ids need a [patients] crosswalk"
-)
+_PATIENT_ID_RULE = "must be a ClinikAPI patient id (pt_...); legacy ids need a [patients] crosswalk"
 _REFERENCE_RULE = "must be an id (1-128 letters, digits, '-', '_' or '.'), optionally as Type/id"
 
 # pydantic error type -> our code. Anything not here is `invalid_value`.

@@ -417,7 +417,9 @@ def test_patient_ids_must_look_like_clinikapi_patient_ids(value: str, valid: boo
         assert [(e.field, e.code, e.message) for e in errors_of(body(patientId=value))] == expected
 
 
-@pytest.mark.parametrize(("field", "make"), [("patientId", lambda v: body(patientId=v)), *ID_FIELDS])
+@pytest.mark.parametrize(
+    ("field", "make"), [("patientId", lambda v: body(patientId=v)), *ID_FIELDS]
+)
 def test_an_id_of_the_wrong_type_is_invalid_type(field: str, make: Any) -> None:
     assert pairs(make(12345)) == [(field, "invalid_type")]
 

@@ -160,7 +160,7 @@ def test_value_maps_are_trimmed_and_case_insensitive(tmp_path: Path) -> None:
     ("cell", "categories"),
     [
         ("Surgery", ["surgical-consent"]),
-        ("Surgery;HIPAA", ["surgical-consent", "hipaa-notice"]),  # each code translated
+        ("HIPAA;Surgery", ["hipaa-notice", "surgical-consent"]),  # each code translated
         ("surgery | other", ["surgical-consent", "other"]),  # one not in the map stays
         ("Both", ["treatment-consent", "hipaa-notice"]),  # a whole cell may map to two
         ("Surgery;Both", ["surgical-consent", "treatment-consent", "hipaa-notice"]),

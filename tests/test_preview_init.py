@@ -206,7 +206,9 @@ def test_init_names_a_crosswalk_relative_to_the_mapping(
     doc, code, _, err = init_and_validate(source, output, capsys)
     assert code == 1, err
     crosswalk = doc["patients"]["crosswalk"]  # type: ignore[index]
-    assert (output.parent / crosswalk).resolve() == (SAMPLES / "legacy_ehr/mrn_to_patient.csv").resolve()
+    assert (output.parent / crosswalk).resolve() == (
+        SAMPLES / "legacy_ehr/mrn_to_patient.csv"
+    ).resolve()
 
 
 def validate_counts(out: str) -> tuple[str, str]:
