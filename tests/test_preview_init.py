@@ -181,7 +181,7 @@ def test_init_never_sends_legacy_ids_as_patient_ids(
     for name in files:
         shutil.copy(SAMPLES / name, tmp_path)
     source = tmp_path / Path(files[0]).name
-    doc, code, out, err = init_and_validate(source, tmp_path / "mapping.toml", capsys)
+    doc, code, _, err = init_and_validate(source, tmp_path / "mapping.toml", capsys)
     assert code == validate_code, err
     if patients is None:
         assert "patients" not in doc
@@ -189,12 +189,12 @@ def test_init_never_sends_legacy_ids_as_patient_ids(
     assert doc["patients"] == {"crosswalk": patients}
     if code == 2:
         assert "TODO-mrn_to_patient.csv not found" in err
-    else:  # resolved through the crosswalk: no row is sent with a legacy id
-        args = ["preview", str(source), "--mapping", str(tmp_path / "mapping.toml")]
-        _, out, _ = run_cli([*args, "--rows", "50"], capsys)
-        assert '"patientId": "pt_' in out
-        assert "0000001" not in out
-        assert "patientId: must be a ClinikAPI patient id" not in out
+    else:  # resolved through the crosswalk: no row is refused for a legacy id
+        report = tmp_path / "errors.json"
+        args = ["validate", str(source), "--mapping", str(tmp_path / "mapping.toml")]
+        run_cli([*args, "--report", str(report)], capsys)
+        assert "scope" in report.read_text(encoding="utf-8")  # the report holds the errors
+        assert "must be a ClinikAPI patient id" not in report.read_text(encoding="utf-8")
 
 
 def test_init_names_a_crosswalk_relative_to_the_mapping(
@@ -215,7 +215,8 @@ def validate_counts(out: str) -> tuple[str, str]:
     """(the "N valid, M invalid" line's counts, the "By rule:" line) of validate's output."""
     counts = re.search(r"\d+ rows, \d+ valid, \d+ invalid", out)
     rules = re.search(r"By rule:.*", out)
-    assert counts is not None and rules is not None, out
+    assert counts is not None, out
+    assert rules is not None, out
     return counts.group(0), rules.group(0)
 
 
