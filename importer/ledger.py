@@ -321,8 +321,19 @@ class _Transitions:
         self._db.execute("UPDATE rows SET attempts = attempts + 1 WHERE source_key = ?", (key,))
 
     def revoke_failed(self, run_id: int, key: str, error: RowError) -> None:
-        """in_flight (revoke) -> done, error noted: the consent may still be active; the
-        next run with --revoke-missing tries again, and failed.csv lists the row."""
+        """in_flight (revoke) -> done, error noted: the consent may still be active (or
+        not: a 5xx may have applied it); the next run with --revoke-missing tries again,
+        and failed.csv lists the row. Its status is no longer taken as known, so a row
+        back in the source is PATCHed (to its status, or active)."""
+        found = self._db.execute(
+            "SELECT field_hashes FROM rows WHERE source_key = ?", (key,)
+        ).fetchone()
+        hashes = json.loads(found[0] or "{}") if found else {}
+        hashes.pop("status", None)
+        self._db.execute(
+            "UPDATE rows SET payload_hash = NULL, field_hashes = ? WHERE source_key = ?",
+            (json.dumps(hashes), key),
+        )
         self._db.execute(
             "UPDATE rows SET state = 'done', pending_op = NULL, pending_body = NULL, "
             "error_stage = ?, error_code = ?, error_message = ?, http_status = ?, "

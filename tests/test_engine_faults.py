@@ -323,16 +323,19 @@ def test_a_refused_patch_keeps_the_row_on_its_consent(
 # -- revocation (findings 7, 10) ---------------------------------------------------------------
 
 
+@pytest.mark.parametrize("back", [False, True], ids=["still_gone", "back_in_the_source"])
 def test_a_revoke_that_fails_fails_the_row_and_the_next_run_revokes_it(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, back: bool
 ) -> None:
+    """The PATCH answers 500 after it applied (a 5xx says nothing of that): the next run
+    revokes the row, or, if the row is back in the source, makes its consent active."""
     rows = list(consent_rows(6))
     source, ledger = write_csv(tmp_path / "in.csv", rows), tmp_path / "l.db"
     with running_sandbox(SandboxConfig()) as sandbox:
         run(source, sandbox.base_url, ledger)
         gone = ledger_ids(ledger)["K000001"]
         write_csv(source, rows[:1] + rows[2:])
-        fail_patch(monkeypatch, lambda body: body == INACTIVE, _server_error)
+        fail_patch(monkeypatch, lambda body: body == INACTIVE, _server_error, after_sending=True)
         failing = run(
             source, sandbox.base_url, ledger, revoke_missing=True, revoke_max="1", max_attempts=2
         )
@@ -343,6 +346,13 @@ def test_a_revoke_that_fails_fails_the_row_and_the_next_run_revokes_it(
         with closing(Ledger(ledger)) as db:
             assert "K000001" in {r["source_key"] for r in db.rows_needing_a_person()}
         heal(monkeypatch)
+        if back:  # the row returns instead: its consent is made active, whatever it is
+            write_csv(source, rows)
+            returned = run(source, sandbox.base_url, ledger)
+            stored = {c["id"]: c["status"] for c in sandbox.consents()}
+            assert (returned.exit_code, returned.stats.updated, stored[gone]) == (0, 1, "active")
+            assert record(ledger, "K000001") == ("done", None, gone, None)
+            return
         again = run(source, sandbox.base_url, ledger, revoke_missing=True, revoke_max="1")
         stored = {c["id"]: c["status"] for c in sandbox.consents()}
     assert (again.exit_code, again.stats.revoked) == (0, 1)
