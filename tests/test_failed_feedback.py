@@ -5,6 +5,7 @@ created consent is revoked or marked invalid."""
 from __future__ import annotations
 
 import csv
+import json
 import shutil
 from pathlib import Path
 
@@ -112,10 +113,28 @@ def test_the_fixed_failed_csv_feeds_back_sending_only_what_failed(
     )  # fmt: skip
     assert code == 0, out
     # 6 consents were invalid; REC-1005's #research was created the first time
-    assert "6 created" in out and "1 unchanged" in out and "0 invalid" in out
-    assert "revoked" not in out.replace("none revoked", "")
+    summary = json.loads(Path("s.json").read_text(encoding="utf-8"))
+    counts = {k: summary.get(k, 0) for k in ("created", "unchanged", "invalid", "revoked")}
+    assert counts == {"created": 6, "unchanged": 1, "invalid": 0, "revoked": 0}
+    assert "duplicate_row" not in out
     assert server.stats()["duplicates"] == 0
     assert cli(["export", "--ledger", "rc.db", "--failed", "again.csv"], capsys)[0] == 0
     assert read_failed(Path("again.csv")) == {}
     code, out = cli(["status", "--ledger", "rc.db", "--json"], capsys)
-    assert "invalid" not in __import__("json").loads(out)["rows_by_state"]
+    assert "invalid" not in json.loads(out)["rows_by_state"]
+
+
+def test_validates_csv_report_lists_a_row_once_too(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    report = tmp_path / "errors.csv"
+    code, _ = cli(
+        ["validate", str(REGISTRY / "registry_export.csv"), "--mapping",
+         str(REGISTRY / "mapping.toml"), "--report", str(report), "-q"],
+        capsys,
+    )  # fmt: skip
+    assert code == 1
+    rows = read_failed(report)
+    assert sorted(rows) == ["REC-1005", "REC-1011", "REC-1012", "REC-1013"]
+    assert rows["REC-1011"]["error_code"] == "#hipaa: unknown_patient; #research: unknown_patient"
+    assert rows["REC-1005"]["error_message"].startswith("#hipaa: dateTime (column")
