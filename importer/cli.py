@@ -485,7 +485,12 @@ def _print_run(stats: RunStats, ledger: Path, total: int) -> None:
             f"resets in {stats.resets_in_s or 0:,.0f} s. Rerun to resume."
         )
     elif stats.aborted:
-        out.print(f"[red]Aborted[/]: {stats.aborted}. Rerun with the same ledger to resume.")
+        # Rows read but not finished count too: a stop after the whole file was read
+        # must not read as rows lost.
+        out.print(
+            f"[red]Aborted[/]: {stats.aborted}; {plural(stats.rows_left, 'row')} left. "
+            "Rerun with the same ledger to resume."
+        )
     if total > stats.rows and (stats.paused or stats.aborted):
         # Rows the run never read are left too, not only those read and not finished.
         out.print(f"     {plural(total - stats.rows, 'row')} of the input not reached")
