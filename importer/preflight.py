@@ -46,6 +46,7 @@ __all__ = [
     "CircuitBreaker",
     "check_first_run",
     "check_server",
+    "refused_key",
 ]
 
 log = logging.getLogger("importer.preflight")
@@ -75,11 +76,7 @@ async def check_server(client: ClinikClient) -> httpx.Response:
     envelope = isinstance(body, dict) and bool({"data", "error", "code"} & set(body))
     code = body.get("code") if isinstance(body, dict) else None
     if status in (401, 403):
-        raise ConfigError(
-            f"ClinikAPI at {where} refused the API key {client.masked_key} "
-            f"({status} {code or response.reason_phrase}): check the key and its scope "
-            "(nothing was sent)"
-        )
+        raise refused_key(where, client.masked_key, status, code or response.reason_phrase)
     if status == 404:
         raise ConfigError(
             f"{where} answered 404: no ClinikAPI consents endpoint there; check --base-url "
@@ -94,6 +91,15 @@ async def check_server(client: ClinikClient) -> httpx.Response:
         # The server is there; the run's retries and budget handle a passing fault.
         log.warning("preflight: %s answered %d; starting anyway", where, status)
     return response
+
+
+def refused_key(where: str, masked_key: str, status: int, code: str) -> ConfigError:
+    """A 401/403 before anything was done: no request with this key can succeed, so it is
+    a setting to fix (exit 2), not a run to resume."""
+    return ConfigError(
+        f"ClinikAPI at {where} refused the API key {masked_key} ({status} {code}): check "
+        "the key and its scope (nothing was sent)"
+    )
 
 
 def _cause(exc: NoResponseError) -> str:

@@ -63,6 +63,7 @@ from importer.lookup import matches_consent
 from importer.models import ConsentIn
 from importer.normalize import body_field_hashes
 from importer.options import DEFAULTS
+from importer.preflight import refused_key
 from importer.report import SafeCsvWriter, check_report_paths, write_json
 from importer.results import KINDS, Finding, VerifyResult
 from importer.retry import retrying
@@ -269,6 +270,11 @@ class _Checker:
                 http, base_url=self.base_url, api_key=self.api_key, limiter=limiter
             )
             pending = iter(jobs)
+            # The first read goes alone: a refused key is then one request and one line
+            # (exit 2, as run's preflight), not a refusal per worker.
+            first = next(pending, None)
+            if first is not None:
+                await first()
             async with anyio.create_task_group() as tg:
                 self._scope = tg.cancel_scope
                 for _ in range(min(self.config.concurrency, len(jobs))):
@@ -359,6 +365,11 @@ class _Checker:
             )
             return False
         except AuthError as exc:
+            if self._scope is None:  # the first read: nothing was verified yet
+                assert self._client is not None
+                where = self.base_url + "/v1/consents"
+                code = exc.code or "no code"
+                raise refused_key(where, self._client.masked_key, exc.status, code) from None
             self._stop(f"authentication failed ({exc.status} {exc.code or 'no code'})")
             return False
         except ConsentImportError as exc:
