@@ -728,7 +728,13 @@ def demo(samples: Path, out: Path) -> int:
     type=_SHARE,
     help="Probability that a write answers 502/504 at once and is stored --late-ms later.",
 )
-@click.option("--late-ms", default=4000.0, show_default=True, type=_MILLIS)
+@click.option(
+    "--late-ms",
+    default=4000.0,
+    show_default=True,
+    type=_MILLIS,
+    help="How long after its 502/504 a --late-rate write is stored.",
+)
 @click.option(
     "--search-lag-rate",
     default=1.0,

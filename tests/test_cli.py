@@ -302,3 +302,33 @@ def test_an_internal_error_is_a_json_line_without_its_message(
     assert (record["kind"], record["exit_code"]) == ("internal", 4)
     assert "RuntimeError" in record["message"]
     assert "SECRET" not in err
+
+
+def _readme_command_rows() -> dict[str, str]:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    table = readme.split("## Commands", 1)[1].split("Every command has", 1)[0]
+    rows = re.findall(r"^\| `consent-import (\w+)(.*)$", table, flags=re.M)
+    return dict(rows)
+
+
+def _long_flags(command: str) -> set[str]:
+    params = cli.commands[command].params
+    return {o for p in params for o in (*p.opts, *p.secondary_opts) if o.startswith("--")}
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_the_readme_command_table_names_exactly_the_flags_of_help(command: str) -> None:
+    row = _readme_command_rows()[command]
+    named = set(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", row))
+    flags = _long_flags(command) - {"--help"}
+    assert sorted(named - flags) == [], "named in the README but not in --help"
+    assert sorted(flags - named) == [], "in --help but not in the README's row"
+
+
+@pytest.mark.parametrize(
+    ("command", "option"), [(c, p.name) for c in COMMANDS for p in cli.commands[c].params]
+)
+def test_every_option_has_help_text(command: str, option: str) -> None:
+    [param] = [p for p in cli.commands[command].params if p.name == option]
+    if param.param_type_name == "option":
+        assert getattr(param, "help", None), f"{command} {param.opts[0]} has no help text"
