@@ -89,7 +89,12 @@ async def check_server(client: ClinikClient) -> httpx.Response:
         )
     if status >= 500 or status == 429:
         # The server is there; the run's retries and budget handle a passing fault.
-        log.warning("preflight: %s answered %d; starting anyway", where, status)
+        log.warning(
+            "preflight: %s answered %d; starting anyway",
+            where,
+            status,
+            extra={"fields": {"event": "preflight", "status": status}},
+        )
     return response
 
 
@@ -141,7 +146,8 @@ async def check_first_run(
     if most < 1:
         log.warning(
             "first-run check skipped: the server's rate-limit window is too small to spare "
-            "requests for it"
+            "requests for it",
+            extra={"fields": {"event": "first_run_check", "skipped": True}},
         )
         return rows
     read: list[Row] = []
@@ -183,7 +189,11 @@ async def check_first_run(
             "ledger; nothing was sent. Rerun with the ledger that imported them (--ledger "
             "PATH), or pass --skip-existing to adopt the existing consents (one lookup per row)"
         )
-    log.info("first-run check: none of %d sampled rows exists on the server", checked)
+    log.info(
+        "first-run check: none of %d sampled rows exists on the server",
+        checked,
+        extra={"fields": {"event": "first_run_check", "checked": checked, "found": 0}},
+    )
     return again
 
 
