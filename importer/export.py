@@ -9,7 +9,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from importer.errors import ConfigError
+from importer.errors import ConfigError, no_such_file
 from importer.keys import split_key
 from importer.ledger import Ledger
 from importer.outputs import check_export
@@ -30,7 +30,7 @@ FAILED_EXTRA = ("error_stage", "error_code", "error_message", "http_status", "re
 
 def open_existing(path: Path) -> Ledger:
     if not path.is_file():
-        raise ConfigError(f"ledger {path} not found; give the --ledger of a run")
+        raise ConfigError(no_such_file("ledger", path, "give the --ledger of a run"))
     return Ledger(path)
 
 

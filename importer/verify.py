@@ -55,6 +55,7 @@ from importer.errors import (
     ConfigError,
     ConsentImportError,
     UsageError,
+    no_such_file,
 )
 from importer.ledger import DoneConsent, Ledger, UnknownOutcome
 from importer.limiter import Limiter
@@ -165,6 +166,8 @@ def verify(
     base_url = check_base_url(config.base_url)
     if config.sample is not None and config.sample < 1:
         raise UsageError("--sample must be at least 1")
+    if not config.ledger.is_file():  # said before the lock, which would leave its file
+        raise ConfigError(no_such_file("ledger", config.ledger, "give the --ledger of a run"))
     started = time.monotonic()
     with LedgerLock(config.ledger):
         ledger = Ledger.open_readonly(config.ledger)

@@ -131,7 +131,7 @@ def test_csv_report_feeds_back_unchanged_after_a_fix(
         (
             "a.csv",
             ["validate", "{tmp}/a.csv", "--mapping", "{tmp}/none.toml"],
-            r"mapping file .* not found",
+            r"mapping file .* no such file",
         ),
         (
             "a.csv",
@@ -158,9 +158,9 @@ def test_csv_report_feeds_back_unchanged_after_a_fix(
         (
             "a.csv",
             ["export", "--ledger", "{tmp}/none.db", "--created", "{tmp}/c.csv"],
-            r"ledger .*none\.db not found",
+            r"ledger .*none\.db: no such file",
         ),
-        ("a.csv", ["status", "--ledger", "{tmp}/none.db"], r"ledger .*none\.db not found"),
+        ("a.csv", ["status", "--ledger", "{tmp}/none.db"], r"ledger .*none\.db: no such file"),
         ("a.csv", ["run", "{tmp}/a.csv", "--concurrency", "0"], r"concurrency"),
         ("garbage.csv", ["validate", "{tmp}/garbage.csv"], r"garbage\.csv: "),
         ("quote.csv", ["validate", "{tmp}/quote.csv"], r"quote\.csv: .*quote"),
@@ -332,3 +332,51 @@ def test_every_option_has_help_text(command: str, option: str) -> None:
     [param] = [p for p in cli.commands[command].params if p.name == option]
     if param.param_type_name == "option":
         assert getattr(param, "help", None), f"{command} {param.opts[0]} has no help text"
+
+
+@pytest.mark.parametrize(
+    ("args", "mapping", "expected"),
+    [
+        (["validate", "{tmp}/none.csv"], None, "{tmp}/none.csv: no such file; check the path"),
+        (
+            ["validate", "{tmp}/a.csv", "--mapping", "{tmp}/none.toml"],
+            None,
+            "mapping file {tmp}/none.toml: no such file; check --mapping",
+        ),
+        # the path tried, and where it is read from
+        (
+            ["validate", "{tmp}/a.csv", "--mapping", "{tmp}/m.toml"],
+            '[patients]\ncrosswalk = "nope.csv"\n',
+            "crosswalk file {tmp}/nope.csv: no such file; [patients] crosswalk is read "
+            "relative to the mapping file's folder",
+        ),
+        (
+            ["export", "--ledger", "{tmp}/none.db", "--created", "{tmp}/c.csv"],
+            None,
+            "ledger {tmp}/none.db: no such file; give the --ledger of a run",
+        ),
+        (
+            ["status", "--ledger", "{tmp}/none.db"],
+            None,
+            "ledger {tmp}/none.db: no such file; give the --ledger of a run",
+        ),
+        (
+            ["verify", "--ledger", "{tmp}/none.db", "--api-key", "clk_test_abcd1234"],
+            None,
+            "ledger {tmp}/none.db: no such file; give the --ledger of a run",
+        ),
+    ],
+)
+def test_a_missing_file_is_said_one_way(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    args: list[str],
+    mapping: str | None,
+    expected: str,
+) -> None:
+    (tmp_path / "a.csv").write_text(CLEAN, encoding="utf-8")
+    if mapping is not None:
+        (tmp_path / "m.toml").write_text(mapping, encoding="utf-8")
+    code, _, err = run_cli([a.replace("{tmp}", str(tmp_path)) for a in args], capsys)
+    assert code == 2
+    assert err == f"consent-import: error: {expected.replace('{tmp}', str(tmp_path))}\n"

@@ -349,7 +349,7 @@ def test_a_missing_ledger_exits_2(
 ) -> None:
     code, out = cli(tmp_path / "none.db", sandbox, capsys)
     assert code == 2
-    assert "not found" in out
+    assert "no such file" in out
     assert not (tmp_path / "none.db").exists()  # never created
 
 
