@@ -466,8 +466,10 @@ def _print_run(stats: RunStats, ledger: Path, total: int) -> None:
         verb = (
             "revoked"
             if stats.revoked
+            else "none revoked: a correction file"
+            if stats.revoke_note
             else "none revoked"
-            if stats.revoke_refused or stats.revoke_note
+            if stats.revoke_refused
             else "left alone; --revoke-missing patches them inactive"
         )
         missing = plural(stats.missing_from_source, "row")
@@ -477,8 +479,9 @@ def _print_run(stats: RunStats, ledger: Path, total: int) -> None:
             f"     {stats.revoke_out_of_scope:,} ledger rows of other files or source systems "
             "were out of scope for --revoke-missing"
         )
-    if stats.revoke_note:
-        out.print(f"     {stats.revoke_note}")
+    if stats.revoke_note and not stats.missing_from_source:
+        # The run's warning gave the whole reason; the summary only names it.
+        out.print("     none revoked: a correction file")
     if stats.paused:
         out.print(
             f"[yellow]Paused[/]: {plural(stats.rows_left, 'row')} left; the rate-limit budget "

@@ -138,3 +138,16 @@ def test_validates_csv_report_lists_a_row_once_too(
     assert sorted(rows) == ["REC-1005", "REC-1011", "REC-1012", "REC-1013"]
     assert rows["REC-1011"]["error_code"] == "#hipaa: unknown_patient; #research: unknown_patient"
     assert rows["REC-1005"]["error_message"].startswith("#hipaa: dateTime (column")
+
+
+def test_the_correction_file_notice_is_said_once(
+    registry: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    first_run(capsys)
+    with pytest.raises(SystemExit):
+        main(["run", "failed.csv", "--mapping", "mapping.toml", "--ledger", "rc.db",
+              "--revoke-missing"])  # fmt: skip
+    out, err = capsys.readouterr()
+    assert (out + err).count("is a correction file") == 1, out + err
+    # the summary still says why nothing was revoked
+    assert "     none revoked: a correction file" in out.splitlines()
