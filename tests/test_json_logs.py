@@ -29,8 +29,12 @@ def json_lines(
     [
         # a first run: the first-run check says what it found
         ({}, [], {"first_run_check", "summary"}),
-        # requests answer 503 once in a while: retries
-        ({"fault_unavailable": 0.4, "seed": 7}, ["--no-preflight"], {"retry", "summary"}),
+        # requests answer 503 once in a while: retries (enough that no row runs out)
+        (
+            {"fault_unavailable": 0.4, "seed": 7},
+            ["--no-preflight", "--max-attempts", "20"],
+            {"retry", "summary"},
+        ),
     ],
 )
 def test_every_json_log_line_has_an_event(
