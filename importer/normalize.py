@@ -45,11 +45,24 @@ from importer.fields import (
     overlaps,
     parse_path,
 )
-from importer.keys import namespaced, natural_key
+from importer.keys import (
+    CELLS_PREFIX,
+    NATURAL_FIELDS,
+    NATURAL_PREFIX,
+    KeyTally,
+    is_stable,
+    namespaced,
+    natural_key,
+    split_key,
+)
 from importer.mapping import DATE_FIELDS, FALSE_WORDS, TRUE_WORDS, Mapping
-from importer.models import ConsentIn, field_errors
+from importer.models import ConsentIdentity, ConsentIn, field_errors
 from importer.reader import EXCEL_SUFFIXES, Table, excel_serial_to_iso
 
+#: Where an error's field name ends its first part ("category.0" -> "category").
+_KEY_ROOT = re.compile(r"[.\[ ]")
+#: How a natural key's collision names its field.
+NATURAL_KEY_FIELD = "/".join(("patientId", "scope", "category", "dateTime"))
 #: API field paths (as the models report them) -> the row field a user filled in.
 _API_TO_ROW_FIELD = {
     "provision.type": "provisionType",
@@ -192,6 +205,8 @@ class Normalizer:
         self._files: list[str] = []
         #: Rows skipped so far: filtered out, or making no consent.
         self.skipped = 0
+        #: Invalid rows read so far without a stable key (read by --revoke-missing).
+        self.tally = KeyTally()
 
     @property
     def key_kind(self) -> str:
@@ -214,9 +229,12 @@ class Normalizer:
             self.skipped += skipped + file_rows.take_skipped()
             where = file_index << 40 | np.array([row.row for row in rows], dtype=np.int64)
             firsts = self._keys.add(key_digests([row.source_key for row in rows]), where)
+            tally = self.tally
             for row, first in zip(rows, firsts.tolist(), strict=True):
                 if first >= 0:
                     self._duplicate(row, first)
+                if row.model is None and not is_stable(row.source_key):
+                    tally.unstable += 1
                 yield row
 
     def check(self, table: Table) -> Iterator[Batch]:
@@ -287,14 +305,24 @@ class Normalizer:
         otherwise be sent twice."""
         file, number = self._files[first >> 40], first & ((1 << 40) - 1)
         where = f"row {number}" if file == row.file else f"{file} row {number}"
+        if split_key(row.source_key)[1].startswith(NATURAL_PREFIX):
+            # No key column: the two rows are one consent as far as the ledger can tell.
+            name, value = NATURAL_KEY_FIELD, ""
+            message = (
+                f"{name}: same patient, scope, categories and date-time as {where} (the "
+                "natural key); give the file a key column ([source] key) to import both"
+            )
+        else:
+            name, value = "sourceKey", row.source_key
+            message = f"sourceKey: same source key as {where}; a row is imported once"
         row.errors.append(
             RowError(
                 row.file,
                 row.row,
-                "sourceKey",
+                name,
                 "duplicate_row",
-                f"sourceKey: same source key as {where}; a row is imported once (duplicate_row)",
-                value=row.source_key,
+                f"{message} (duplicate_row)",
+                value=value,
                 consent=row.consent,
             )
         )
@@ -602,7 +630,7 @@ class _FileNormalizer:
                 fail(
                     "sourceKey", "missing_required", "the source key is empty; every row needs one"
                 )
-                row.source_key = "cells:" + _digest(repr(values))
+                row.source_key = CELLS_PREFIX + _digest(repr(values))
             elif row.model is not None and self.content_keys:
                 row.source_key = "sha256:" + row.body_hash[:32]
             elif row.model is not None:
@@ -610,8 +638,12 @@ class _FileNormalizer:
                 row.source_key = natural_key(
                     model.patient_id, model.scope.value, model.category, model.date_time
                 )
+            elif not self.content_keys and (identity := _identity(body, errors)) is not None:
+                # Invalid elsewhere (a typo in status, say): still the same consent, so
+                # the ledger keeps its row rather than take it for missing.
+                row.source_key = natural_key(*identity)
             else:
-                row.source_key = "cells:" + _digest(repr(values))
+                row.source_key = CELLS_PREFIX + _digest(repr(values))
             row.source_key = namespaced(self.system, row.source_key)
         if consent:
             # Each consent of the row has its own key, so reruns and patches go per consent.
@@ -1064,6 +1096,20 @@ def _gc_paused() -> Iterator[None]:
     finally:
         if paused:
             gc.enable()
+
+
+def _identity(
+    body: dict[str, Any], errors: list[RowError]
+) -> tuple[str, str, list[str], datetime | None] | None:
+    """An invalid row's natural identity, when every field it is made of holds (None:
+    one does not, and the row has no stable key)."""
+    if any(_KEY_ROOT.split(e.field, maxsplit=1)[0] in NATURAL_FIELDS for e in errors):
+        return None  # e.g. a dateTime that does not parse is missing from the body
+    try:
+        found = ConsentIdentity.model_validate(body)
+    except ValidationError:
+        return None
+    return found.patient_id, found.scope.value, found.category, found.date_time
 
 
 def _split(text: str) -> list[str]:

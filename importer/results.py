@@ -182,13 +182,19 @@ Missing = tuple[str, str, int, str | None]
 @dataclass
 class RevokePlan:
     """The missing rows in scope, how many were out of it, and why none is revoked:
-    `refusal` (over the cap: the run exits 2) or `note` (a correction file)."""
+    `refusal` (over the cap: the run exits 2) or `note` (a correction file, or rows
+    without a stable key), and `reason`, that why as a word for JSON logs."""
 
     rows: list[Missing] = field(default_factory=list)
     in_scope: int = 0
     out_of_scope: int = 0
     refusal: str = ""
     note: str = ""
+    reason: str = ""  # "over_cap", "correction_file", "unstable_keys"
+
+    def log_fields(self) -> dict[str, object]:
+        """The JSON log's fields of the line saying why nothing is revoked."""
+        return {"event": "revoke_skipped", "reason": self.reason, "missing": self.in_scope}
 
 
 @dataclass
