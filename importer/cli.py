@@ -215,8 +215,9 @@ def validate(
 @click.option(
     "--revoke-max",
     metavar="N|P%",
-    help="Revoke at most N consents, or P% of the ledger's done rows, in one run; over "
-    "it, revoke none and exit 2. [default: 10%]",
+    help="Revoke at most N consents, or P% of the done rows in scope (this run's source "
+    "system, or its files' names), in one run; over it, revoke none and exit 2. "
+    "[default: 10%]",
 )
 @click.option(
     "--skip-existing",

@@ -272,7 +272,7 @@ def test_an_invalid_row_under_natural_keys_never_revokes_its_consent(
         assert stats.revoke_note == ""
 
 
-@pytest.mark.parametrize("log_format", ["text", "json"])
+@pytest.mark.parametrize("log_format", ["text", "json", "dry-run"])
 def test_the_brake_is_said_on_the_terminal_and_in_the_json_log(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], sandbox_env: object, log_format: str
 ) -> None:
@@ -283,9 +283,13 @@ def test_the_brake_is_said_on_the_terminal_and_in_the_json_log(
     rows[1]["scope"] = "treatmnt"
     del rows[2]
     write_csv(tmp_path / "in.csv", rows)
-    code, out, err = run_cli(["run", "in.csv", *flags, "--log-format", log_format], capsys)
+    extra = ["--dry-run"] if log_format == "dry-run" else ["--log-format", log_format]
+    code, out, err = run_cli(["run", "in.csv", *flags, *extra], capsys)
     assert code == 1, err
     assert _statuses(sandbox_env) == {"active": 12}
+    if log_format == "dry-run":  # says what the run would: nothing revoked
+        assert "  1 invalid row has no stable key" in out
+        return
     if log_format == "text":
         assert "2 rows missing from the source (none revoked)" in out
         assert "     1 invalid row has no stable key" in out
