@@ -630,27 +630,29 @@ class _FileNormalizer:
                 fail(
                     "sourceKey", "missing_required", "the source key is empty; every row needs one"
                 )
-                row.source_key = CELLS_PREFIX + _digest(repr(values))
-            elif row.model is not None and self.content_keys:
-                row.source_key = "sha256:" + row.body_hash[:32]
-            elif row.model is not None:
-                model = row.model
-                row.source_key = natural_key(
-                    model.patient_id, model.scope.value, model.category, model.date_time
-                )
-            elif not self.content_keys and (identity := _identity(body, errors)) is not None:
-                # Invalid elsewhere (a typo in status, say): still the same consent, so
-                # the ledger keeps its row rather than take it for missing.
-                row.source_key = natural_key(*identity)
-            else:
-                row.source_key = CELLS_PREFIX + _digest(repr(values))
-            row.source_key = namespaced(self.system, row.source_key)
+            row.source_key = namespaced(self.system, self._key_without_column(row, body))
         if consent:
             # Each consent of the row has its own key, so reruns and patches go per consent.
             row.source_key += "#" + consent
         if errors:
             row.model = None
         return row
+
+    def _key_without_column(self, row: Row, body: dict[str, Any]) -> str:
+        """A row's key when no key column gives one: its natural identity (or body hash,
+        in a content-hash ledger); the hash of its cells when nothing stable is left."""
+        model = row.model if not row.errors else None
+        if self.keyed:
+            pass  # its key cell is empty: the row is invalid, whatever else it holds
+        elif model is not None and self.content_keys:
+            return "sha256:" + row.body_hash[:32]
+        elif model is not None:
+            return natural_key(model.patient_id, model.scope.value, model.category, model.date_time)
+        elif not self.content_keys and (identity := _identity(body, row.errors)) is not None:
+            # Invalid elsewhere (a typo in status, say): still the same consent, so the
+            # ledger keeps its row rather than take it for missing.
+            return natural_key(*identity)
+        return CELLS_PREFIX + _digest(repr(row.values))
 
     def _cell(self, row: Row, name: str, labels: dict[str, Spec] | None = None) -> str:
         """The raw cell behind a field, for the HTML report's value column."""

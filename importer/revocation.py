@@ -17,12 +17,11 @@ consent looks missing, so three guards stand before a revocation:
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from pathlib import PurePath
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from importer.errors import UsageError
 from importer.keys import KeyTally, split_key
@@ -39,7 +38,7 @@ DEFAULT_CAP = "10%"
 class DoneRows(Protocol):
     """What the cap reads of the ledger: its done rows (importer.ledger.Ledger)."""
 
-    def created_rows(self) -> Iterator[sqlite3.Row]: ...
+    def created_rows(self) -> Iterator[Any]: ...  # rows with source_key, source_file
 
 
 def is_correction_file(columns: Iterable[str]) -> bool:
