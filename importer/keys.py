@@ -24,7 +24,8 @@ from datetime import UTC, datetime
 SYSTEM_SEPARATOR = "\x1f"
 #: The prefix of natural keys; content-hash keys (ledgers made before) are "sha256:".
 NATURAL_PREFIX = "nk:"
-#: The prefix of keys made from an invalid row's cells (see `is_stable`).
+#: The prefix of keys made from an invalid row's cells: not stable across runs, so such
+#: a row may stand for any row of the ledger (one `--revoke-missing` thinks gone).
 CELLS_PREFIX = "cells:"
 
 
@@ -37,12 +38,6 @@ def split_key(ledger_key: str) -> tuple[str | None, str]:
     """(system or None, the source key as the file gives it)."""
     system, sep, key = ledger_key.partition(SYSTEM_SEPARATOR)
     return (system, key) if sep else (None, ledger_key)
-
-
-def is_stable(ledger_key: str) -> bool:
-    """Does this key name the same row in every run? A cells key does not: the row it
-    stands for may be any row of the ledger, e.g. one `--revoke-missing` thinks gone."""
-    return not split_key(ledger_key)[1].startswith(CELLS_PREFIX)
 
 
 @dataclass

@@ -50,7 +50,6 @@ from importer.keys import (
     NATURAL_FIELDS,
     NATURAL_PREFIX,
     KeyTally,
-    is_stable,
     namespaced,
     natural_key,
     split_key,
@@ -229,12 +228,9 @@ class Normalizer:
             self.skipped += skipped + file_rows.take_skipped()
             where = file_index << 40 | np.array([row.row for row in rows], dtype=np.int64)
             firsts = self._keys.add(key_digests([row.source_key for row in rows]), where)
-            tally = self.tally
             for row, first in zip(rows, firsts.tolist(), strict=True):
                 if first >= 0:
                     self._duplicate(row, first)
-                if row.model is None and not is_stable(row.source_key):
-                    tally.unstable += 1
                 yield row
 
     def check(self, table: Table) -> Iterator[Batch]:
@@ -296,6 +292,7 @@ class Normalizer:
             excel=table.path.suffix.lower() in EXCEL_SUFFIXES,
             headers=table.columns,
             content_keys=self.content_keys,
+            tally=self.tally,
         )
         self.unkeyed_files += not file_rows.keyed
         return file_rows
@@ -369,8 +366,11 @@ class _FileNormalizer:
         excel: bool,
         headers: list[str] | None = None,
         content_keys: bool = False,
+        tally: KeyTally | None = None,
     ) -> None:
         self.mapping = mapping
+        #: counts the rows given a key made from their cells (importer.keys.CELLS_PREFIX)
+        self.tally = tally or KeyTally()
         self.columns = columns
         self.file = file
         self.fields = sorted(set(columns) | set(mapping.defaults))
@@ -652,6 +652,7 @@ class _FileNormalizer:
             # Invalid elsewhere (a typo in status, say): still the same consent, so the
             # ledger keeps its row rather than take it for missing.
             return natural_key(*identity)
+        self.tally.unstable += 1
         return CELLS_PREFIX + _digest(repr(row.values))
 
     def _cell(self, row: Row, name: str, labels: dict[str, Spec] | None = None) -> str:

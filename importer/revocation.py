@@ -8,7 +8,7 @@ consent looks missing, so three guards stand before a revocation:
   rows that needed fixing) revokes nothing;
 - the scope: only rows of this run's `[source] system`, or without one, rows last seen in
   a file of the same name as one of this run's inputs (and of no system);
-- a run that read an invalid row without a stable key (importer.keys.is_stable: its
+- a run that read an invalid row without a stable key (importer.keys.CELLS_PREFIX: its
   patientId, scope, category or dateTime, or its key column, unusable) revokes nothing:
   that row's ledger row looks missing, and any missing row could be it;
 - the cap, `--revoke-max` (a count, or a share of the done rows in the scope; 10% by
