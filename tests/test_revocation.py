@@ -272,6 +272,26 @@ def test_an_invalid_row_under_natural_keys_never_revokes_its_consent(
         assert stats.revoke_note == ""
 
 
+@pytest.mark.parametrize(("emptied", "revoked"), [(True, 0), (False, 1)])
+def test_an_empty_key_cell_brakes_revocation_too(
+    tmp_path: Path, emptied: bool, revoked: int
+) -> None:
+    rows = list(consent_rows(12))
+    source = write_csv(tmp_path / "in.csv", rows)
+    with running_sandbox(SandboxConfig()) as sandbox:
+        assert run(source, sandbox.base_url, tmp_path / "l.db").exit_code == 0
+        if emptied:  # its key gone, the row could be the one K000001 was
+            rows[1]["sourceKey"] = ""
+        else:
+            del rows[1]
+        write_csv(source, rows)
+        result = run(
+            source, sandbox.base_url, tmp_path / "l.db", revoke_missing=True, revoke_max="1"
+        )
+        assert (result.stats.missing_from_source, result.stats.revoked) == (1, revoked)
+        assert ("no stable key" in result.stats.revoke_note) is emptied
+
+
 @pytest.mark.parametrize("log_format", ["text", "json", "dry-run"])
 def test_the_brake_is_said_on_the_terminal_and_in_the_json_log(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], sandbox_env: object, log_format: str
