@@ -59,7 +59,7 @@ from importer.models import ConsentIdentity, ConsentIn, field_errors
 from importer.reader import EXCEL_SUFFIXES, Table, excel_serial_to_iso
 
 #: Where an error's field name ends its first part ("category.0" -> "category").
-_KEY_ROOT = re.compile(r"[.\[ ]")
+_KEY_ROOT = re.compile(r"[.\[]")
 #: How a natural key's collision names its field.
 NATURAL_KEY_FIELD = "/".join(("patientId", "scope", "category", "dateTime"))
 #: API field paths (as the models report them) -> the row field a user filled in.
@@ -642,16 +642,16 @@ class _FileNormalizer:
         """A row's key when no key column gives one: its natural identity (or body hash,
         in a content-hash ledger); the hash of its cells when nothing stable is left."""
         model = row.model if not row.errors else None
-        if self.keyed:
-            pass  # its key cell is empty: the row is invalid, whatever else it holds
-        elif model is not None and self.content_keys:
-            return "sha256:" + row.body_hash[:32]
-        elif model is not None:
-            return natural_key(model.patient_id, model.scope.value, model.category, model.date_time)
-        elif not self.content_keys and (identity := _identity(body, row.errors)) is not None:
-            # Invalid elsewhere (a typo in status, say): still the same consent, so the
-            # ledger keeps its row rather than take it for missing.
-            return natural_key(*identity)
+        if not self.keyed:  # (a keyed row here has an empty key cell: nothing is stable)
+            if model is not None and self.content_keys:
+                return "sha256:" + row.body_hash[:32]
+            if model is not None:
+                when = model.date_time
+                return natural_key(model.patient_id, model.scope.value, model.category, when)
+            if not self.content_keys and (identity := _identity(body, row.errors)) is not None:
+                # Invalid elsewhere (a typo in status, say): still the same consent, so
+                # the ledger keeps its row rather than take it for missing.
+                return natural_key(*identity)
         self.tally.unstable += 1
         return CELLS_PREFIX + _digest(repr(row.values))
 
