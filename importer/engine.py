@@ -294,6 +294,7 @@ class Engine:
         if not self.options.revoke_missing:
             return
         stats.revoke_refused, stats.revoke_note = plan.refusal, plan.note
+        stats.revoke_reason = plan.reason
         if plan.refusal or plan.note:
             (log.error if plan.refusal else log.warning)(
                 "%s", plan.refusal or plan.note, extra={"fields": plan.log_fields()}
