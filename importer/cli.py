@@ -23,12 +23,13 @@ from importer.console import plain_console, plural
 from importer.errors import AbortError, ConsentImportError, UsageError
 from importer.mapping import load_mapping
 from importer.options import DEFAULTS, IMMUTABLE_CHANGE_CHOICES, RunOptions
+from importer.results import RevokePlan
 from importer.validate import validate_files
 from importer.version import __version__
 
 if TYPE_CHECKING:
     from importer.mapping import Mapping
-    from importer.results import RevokePlan, RunStats
+    from importer.results import RunStats
     from importer.verify import Plan
 
 EXIT_OK, EXIT_ROWS, EXIT_CONFIG, EXIT_ABORTED, EXIT_INTERNAL = 0, 1, 2, 3, 4
@@ -215,8 +216,9 @@ def validate(
 @click.option(
     "--revoke-max",
     metavar="N|P%",
-    help="Revoke at most N consents, or P% of the ledger's done rows, in one run; over "
-    "it, revoke none and exit 2. [default: 10%]",
+    help="Revoke at most N consents, or P% of the done rows in scope (this run's source "
+    "system, or its files' names), in one run; over it, revoke none and exit 2. "
+    "[default: 10%]",
 )
 @click.option(
     "--skip-existing",
@@ -466,7 +468,7 @@ def _print_run(stats: RunStats, ledger: Path, total: int) -> None:
         verb = (
             "revoked"
             if stats.revoked
-            else "none revoked: a correction file"
+            else f"none revoked: {RevokePlan.named(stats.revoke_reason)}"
             if stats.revoke_note
             else "none revoked"
             if stats.revoke_refused
@@ -481,7 +483,7 @@ def _print_run(stats: RunStats, ledger: Path, total: int) -> None:
         )
     if stats.revoke_note and not stats.missing_from_source:
         # The run's warning gave the whole reason; the summary only names it.
-        out.print("     none revoked: a correction file")
+        out.print(f"     none revoked: {RevokePlan.named(stats.revoke_reason)}")
     if stats.paused:
         out.print(
             f"[yellow]Paused[/]: {plural(stats.rows_left, 'row')} left; the rate-limit budget "

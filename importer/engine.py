@@ -294,7 +294,7 @@ class Engine:
         revoked with --revoke-missing."""
         run_id, scope, stats = self.run_id, self.revoke_scope, self.stats
         plan = await self.record.read(
-            lambda ledger: plan_revocations(ledger.missing_rows(run_id), ledger.done_count(), scope)
+            lambda ledger: plan_revocations(ledger.missing_rows(run_id), ledger, scope)
         )
         stats.missing_from_source = plan.in_scope
         stats.revoke_out_of_scope = plan.out_of_scope
@@ -303,8 +303,11 @@ class Engine:
         if not self.options.revoke_missing:
             return
         stats.revoke_refused, stats.revoke_note = plan.refusal, plan.note
+        stats.revoke_reason = plan.reason
         if plan.refusal or plan.note:
-            (log.error if plan.refusal else log.warning)("%s", plan.refusal or plan.note)
+            (log.error if plan.refusal else log.warning)(
+                "%s", plan.refusal or plan.note, extra={"fields": plan.log_fields()}
+            )
             return
         for key, file, number, consent_id in plan.rows:
             yield Work(Op.REVOKE, Row(file, number, key), None, consent_id=consent_id)

@@ -5,12 +5,17 @@ column, else its consent's natural identity (patientId, scope, the set of catego
 dateTime: the fields a lookup matches on), so an edit of a patchable field (status,
 policy, verification, provision) is a PATCH of the same consent, not a second one.
 A `[source] system` namespaces keys in the ledger, so two systems' keys never meet.
+
+A row with none of these usable (an empty key cell; a patientId, scope, category or
+dateTime too broken to name its consent) gets a key made from its cells: unique within
+the run, but not stable across runs, so its ledger row cannot be found.
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 #: Separates a source system's name from the key in the ledger's `source_key`: a control
@@ -19,6 +24,9 @@ from datetime import UTC, datetime
 SYSTEM_SEPARATOR = "\x1f"
 #: The prefix of natural keys; content-hash keys (ledgers made before) are "sha256:".
 NATURAL_PREFIX = "nk:"
+#: The prefix of keys made from an invalid row's cells: not stable across runs, so such
+#: a row may stand for any row of the ledger (one `--revoke-missing` thinks gone).
+CELLS_PREFIX = "cells:"
 
 
 def namespaced(system: str | None, key: str) -> str:
@@ -30,6 +38,14 @@ def split_key(ledger_key: str) -> tuple[str | None, str]:
     """(system or None, the source key as the file gives it)."""
     system, sep, key = ledger_key.partition(SYSTEM_SEPARATOR)
     return (system, key) if sep else (None, ledger_key)
+
+
+@dataclass
+class KeyTally:
+    """Invalid rows read so far without a stable key: the normalizer counts them as it
+    reads, and `--revoke-missing` reads the count once every row is read."""
+
+    unstable: int = 0
 
 
 def natural_key(patient: str, scope: str, categories: Iterable[str], when: datetime | None) -> str:

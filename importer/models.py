@@ -294,6 +294,18 @@ class ConsentIn(_ApiModel):
     provision: Provision | None = None
 
 
+class ConsentIdentity(_ApiModel):
+    """The fields a natural key pins (importer.keys), checked alone: an invalid row whose
+    identity holds keeps its natural key, so its ledger row is still found."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    patient_id: PatientId
+    scope: Scope
+    category: Categories
+    date_time: DateTime | None = None
+
+
 class ConsentPatch(_ApiModel):
     """The body of `PATCH /v1/consents/{id}`; each field given replaces the stored one."""
 

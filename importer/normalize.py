@@ -45,11 +45,23 @@ from importer.fields import (
     overlaps,
     parse_path,
 )
-from importer.keys import namespaced, natural_key
+from importer.keys import (
+    CELLS_PREFIX,
+    NATURAL_FIELDS,
+    NATURAL_PREFIX,
+    KeyTally,
+    namespaced,
+    natural_key,
+    split_key,
+)
 from importer.mapping import DATE_FIELDS, FALSE_WORDS, TRUE_WORDS, Mapping
-from importer.models import ConsentIn, field_errors
+from importer.models import ConsentIdentity, ConsentIn, field_errors
 from importer.reader import EXCEL_SUFFIXES, Table, excel_serial_to_iso
 
+#: Where an error's field name ends its first part ("category.0" -> "category").
+_KEY_ROOT = re.compile(r"[.\[]")
+#: How a natural key's collision names its field.
+NATURAL_KEY_FIELD = "/".join(("patientId", "scope", "category", "dateTime"))
 #: API field paths (as the models report them) -> the row field a user filled in.
 _API_TO_ROW_FIELD = {
     "provision.type": "provisionType",
@@ -194,6 +206,8 @@ class Normalizer:
         self._files: list[str] = []
         #: Rows skipped so far: filtered out, or making no consent.
         self.skipped = 0
+        #: Invalid rows read so far without a stable key (read by --revoke-missing).
+        self.tally = KeyTally()
 
     @property
     def key_kind(self) -> str:
@@ -280,6 +294,7 @@ class Normalizer:
             excel=table.path.suffix.lower() in EXCEL_SUFFIXES,
             headers=table.columns,
             content_keys=self.content_keys,
+            tally=self.tally,
         )
         self.unkeyed_files += not file_rows.keyed
         return file_rows
@@ -289,14 +304,24 @@ class Normalizer:
         otherwise be sent twice."""
         file, number = self._files[first >> 40], first & ((1 << 40) - 1)
         where = f"row {number}" if file == row.file else f"{file} row {number}"
+        if split_key(row.source_key)[1].startswith(NATURAL_PREFIX):
+            # No key column: the two rows are one consent as far as the ledger can tell.
+            name, value = NATURAL_KEY_FIELD, ""
+            message = (
+                f"{name}: same patient, scope, categories and date-time as {where} (the "
+                "natural key); give the file a key column ([source] key) to import both"
+            )
+        else:
+            name, value = "sourceKey", row.source_key
+            message = f"sourceKey: same source key as {where}; a row is imported once"
         row.errors.append(
             RowError(
                 row.file,
                 row.row,
-                "sourceKey",
+                name,
                 "duplicate_row",
-                f"sourceKey: same source key as {where}; a row is imported once (duplicate_row)",
-                value=row.source_key,
+                f"{message} (duplicate_row)",
+                value=value,
                 consent=row.consent,
             )
         )
@@ -343,8 +368,11 @@ class _FileNormalizer:
         excel: bool,
         headers: list[str] | None = None,
         content_keys: bool = False,
+        tally: KeyTally | None = None,
     ) -> None:
         self.mapping = mapping
+        #: counts the rows given a key made from their cells (importer.keys.CELLS_PREFIX)
+        self.tally = tally or KeyTally()
         self.columns = columns
         self.file = file
         self.fields = sorted(set(columns) | set(mapping.defaults))
@@ -609,23 +637,30 @@ class _FileNormalizer:
                 fail(
                     "sourceKey", "missing_required", "the source key is empty; every row needs one"
                 )
-                row.source_key = "cells:" + _digest(repr(values))
-            elif row.model is not None and self.content_keys:
-                row.source_key = "sha256:" + row.body_hash[:32]
-            elif row.model is not None:
-                model = row.model
-                row.source_key = natural_key(
-                    model.patient_id, model.scope.value, model.category, model.date_time
-                )
-            else:
-                row.source_key = "cells:" + _digest(repr(values))
-            row.source_key = namespaced(self.system, row.source_key)
+            row.source_key = namespaced(self.system, self._key_without_column(row, body))
         if consent:
             # Each consent of the row has its own key, so reruns and patches go per consent.
             row.source_key += "#" + consent
         if errors:
             row.model = None
         return row
+
+    def _key_without_column(self, row: Row, body: dict[str, Any]) -> str:
+        """A row's key when no key column gives one: its natural identity (or body hash,
+        in a content-hash ledger); the hash of its cells when nothing stable is left."""
+        model = row.model if not row.errors else None
+        if not self.keyed:  # (a keyed row here has an empty key cell: nothing is stable)
+            if model is not None and self.content_keys:
+                return "sha256:" + row.body_hash[:32]
+            if model is not None:
+                when = model.date_time
+                return natural_key(model.patient_id, model.scope.value, model.category, when)
+            if not self.content_keys and (identity := _identity(body, row.errors)) is not None:
+                # Invalid elsewhere (a typo in status, say): still the same consent, so
+                # the ledger keeps its row rather than take it for missing.
+                return natural_key(*identity)
+        self.tally.unstable += 1
+        return CELLS_PREFIX + _digest(repr(row.values))
 
     def _cell(self, row: Row, name: str, labels: dict[str, Spec] | None = None) -> str:
         """The raw cell behind a field, for the HTML report's value column."""
@@ -1071,6 +1106,20 @@ def _gc_paused() -> Iterator[None]:
     finally:
         if paused:
             gc.enable()
+
+
+def _identity(
+    body: dict[str, Any], errors: list[RowError]
+) -> tuple[str, str, list[str], datetime | None] | None:
+    """An invalid row's natural identity, when every field it is made of holds (None:
+    one does not, and the row has no stable key)."""
+    if any(_KEY_ROOT.split(e.field, maxsplit=1)[0] in NATURAL_FIELDS for e in errors):
+        return None  # e.g. a dateTime that does not parse is missing from the body
+    try:
+        found = ConsentIdentity.model_validate(body)
+    except ValidationError:
+        return None
+    return found.patient_id, found.scope.value, found.category, found.date_time
 
 
 def split_codes(text: str) -> list[str]:

@@ -32,7 +32,7 @@ class RunOptions:
         on_immutable_change: fail the row, or recreate its consent and retire the old one.
         revoke_missing: patch consents whose rows left the source to inactive.
         revoke_max: at most this many revocations in one run, "N" or "P%" of the
-            ledger's done rows (None: 10%); over it, none (see importer.revocation).
+            done rows in scope (None: 10%); over it, none (see importer.revocation).
         skip_existing: look each new row up before posting it, and adopt a match.
         settle_s: after an ambiguous answer to a POST (a timeout after sending, a dropped
             connection, a 5xx), wait this long before looking the consent up, so a server

@@ -168,8 +168,8 @@ def plan_import(
     """A dry run: validate and compare with the ledger; what would be created, patched,
     skipped, revoked. Sends nothing and writes nothing."""
     tables = open_tables(inputs, mapping)
-    scope = RevokeScope.of_tables(options.revoke_max, mapping, tables)
     normalizer = Normalizer(mapping)
+    scope = RevokeScope.of_tables(options.revoke_max, mapping, tables, normalizer.tally)
     summary = PlanSummary()
     context: AbstractContextManager[Ledger | None] = (
         closing(Ledger(ledger_path)) if ledger_path.exists() else nullcontext(None)
@@ -188,9 +188,7 @@ def plan_import(
         _count(batch, ledger, options, summary)
         if ledger is not None and options.revoke_missing:
             missing = ledger.missing_rows(seen=seen)
-            summary.revoke = plan_revocations(
-                missing, ledger.done_count(), scope, keep=REVOKES_LISTED
-            )
+            summary.revoke = plan_revocations(missing, ledger, scope, keep=REVOKES_LISTED)
     summary.source_key = normalizer.key_kind
     if normalizer.skipped:
         summary.counts["skipped"] = normalizer.skipped  # filtered out, or making no consent

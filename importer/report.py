@@ -172,4 +172,5 @@ def print_validation(summary: ValidationSummary, console: Console, *, first: int
     shown = summary.errors[:first]
     console.print(f"First {len(shown)} of {len(summary.errors):,} errors:")
     for error in shown:
-        console.print(f"  {error.where}  {error.message}", soft_wrap=True)
+        # Not markup: a message may hold brackets ("[source] key"), and so may a file name.
+        console.print(f"  {error.where}  {error.message}", soft_wrap=True, markup=False)

@@ -109,7 +109,8 @@ class RunStats:
     missing_from_source: int = 0
     revoke_out_of_scope: int = 0  # ledger rows missing here, but of other files or systems
     revoke_refused: str = ""  # over --revoke-max: nothing revoked (exit 2)
-    revoke_note: str = ""  # a correction file: nothing revoked
+    revoke_note: str = ""  # a correction file, or rows without a stable key: nothing revoked
+    revoke_reason: str = ""  # RevokePlan.reason
     source_key: str = "column"  # or "natural", or "content hash" (a ledger made before)
     lookups: int = 0
     #: rows waiting out --settle after an ambiguous answer, right now
@@ -182,13 +183,27 @@ Missing = tuple[str, str, int, str | None]
 @dataclass
 class RevokePlan:
     """The missing rows in scope, how many were out of it, and why none is revoked:
-    `refusal` (over the cap: the run exits 2) or `note` (a correction file)."""
+    `refusal` (over the cap: the run exits 2) or `note` (a correction file, or rows
+    without a stable key), and `reason`, that why as a word for JSON logs."""
 
     rows: list[Missing] = field(default_factory=list)
     in_scope: int = 0
     out_of_scope: int = 0
     refusal: str = ""
     note: str = ""
+    reason: str = ""  # "over_cap", "correction_file", "unstable_keys"
+
+    @staticmethod
+    def named(reason: str) -> str:
+        """What a run's summary calls the brake (its warning gives the whole note)."""
+        return {
+            "correction_file": "a correction file",
+            "unstable_keys": "rows without a stable key",
+        }.get(reason, "see the warning")
+
+    def log_fields(self) -> dict[str, object]:
+        """The JSON log's fields of the line saying why nothing is revoked."""
+        return {"event": "revoke_skipped", "reason": self.reason, "missing": self.in_scope}
 
 
 @dataclass

@@ -75,11 +75,11 @@ def run_import(
     api_key = check_api_key(config.api_key)
     base_url = check_base_url(config.options.base_url)
     tables = open_tables(config.inputs, mapping)
-    scope = RevokeScope.of_tables(config.options.revoke_max, mapping, tables)
+    normalizer = Normalizer(mapping)
+    scope = RevokeScope.of_tables(config.options.revoke_max, mapping, tables, normalizer.tally)
     total = sum(t.count_rows() for t in tables)
     if on_total is not None:
         on_total(total)
-    normalizer = Normalizer(mapping)
     rows: Iterator[Row] = chain.from_iterable(normalizer.rows(t) for t in tables)
     checked, window = 0, None
     options = config.options

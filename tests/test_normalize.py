@@ -253,18 +253,26 @@ def test_a_source_system_namespaces_its_keys(
 
 
 @pytest.mark.parametrize(
-    ("csv_text", "duplicate_of"),
+    ("csv_text", "field", "duplicate_of"),
     [
         # the same key column value twice
-        ("sourceKey,patientId,scope,category\nK,pt_1,treatment,c\nK,pt_2,treatment,c\n", "row 2"),
-        # no key column: two rows of one consent (natural identity)
-        ("patientId,scope,category\npt_1,treatment,c\npt_1,treatment,c\n", "row 2"),
+        (
+            "sourceKey,patientId,scope,category\nK,pt_1,treatment,c\nK,pt_2,treatment,c\n",
+            "sourceKey",
+            "row 2",
+        ),
+        # no key column: two rows of one consent (natural identity), named as such
+        (
+            "patientId,scope,category\npt_1,treatment,c\npt_1,treatment,c\n",
+            "patientId/scope/category/dateTime",
+            "row 2 (the natural key)",
+        ),
     ],
 )
-def test_duplicate_rows(tmp_path: Path, csv_text: str, duplicate_of: str) -> None:
+def test_duplicate_rows(tmp_path: Path, csv_text: str, field: str, duplicate_of: str) -> None:
     first, second = rows_of(tmp_path, csv_text)
     assert first.valid
-    assert errors(second) == [("sourceKey", "duplicate_row")]
+    assert errors(second) == [(field, "duplicate_row")]
     assert duplicate_of in second.errors[0].message
 
 

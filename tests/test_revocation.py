@@ -14,7 +14,7 @@ from importer.cli import main
 from importer.errors import UsageError
 from importer.revocation import RevokeCap, is_correction_file
 from importer.sandbox import SandboxConfig, running_sandbox
-from tests.engine_helpers import KEY, consent_rows, write_csv
+from tests.engine_helpers import KEY, consent_rows, run, write_csv
 
 
 @pytest.fixture(autouse=True)
@@ -216,3 +216,137 @@ def test_a_correction_file_is_known_by_its_error_columns(
     columns: list[str], correction: bool
 ) -> None:
     assert is_correction_file(columns) is correction
+
+
+def _unkeyed(n: int) -> list[dict[str, str]]:
+    rows = list(consent_rows(n))
+    for row in rows:
+        del row["sourceKey"]
+    return rows
+
+
+# (the edit to row 2 of 12 unkeyed rows; then invalid, missing, revoked, whether the
+# brake's note is given): a typo outside the natural key keeps the row's key (its
+# consent is not "missing"); a typo inside it leaves the row without a stable key,
+# so the run revokes nothing at all.
+@pytest.mark.parametrize(
+    ("edit", "counts", "braked"),
+    [
+        ({"status": "actve"}, (1, 0, 0), False),  # the reviewer's repro (A5)
+        ({"status": "actve", "policyUri": ""}, (1, 0, 0), False),
+        ({"scope": "treatmnt"}, (1, 1, 0), True),
+        ({"dateTime": "2024-13-45"}, (1, 1, 0), True),
+        ({"patientId": ""}, (1, 1, 0), True),
+        (None, (0, 1, 1), False),  # the row really left: revoked (the test can fail)
+    ],
+)
+def test_an_invalid_row_under_natural_keys_never_revokes_its_consent(
+    tmp_path: Path,
+    edit: dict[str, str] | None,
+    counts: tuple[int, int, int],
+    braked: bool,
+) -> None:
+    rows = _unkeyed(12)
+    source = write_csv(tmp_path / "in.csv", rows)
+    with running_sandbox(SandboxConfig()) as sandbox:
+        assert run(source, sandbox.base_url, tmp_path / "l.db").exit_code == 0
+        if edit is None:
+            del rows[1]
+        else:
+            rows[1].update(edit)
+        write_csv(source, rows)
+        result = run(
+            source, sandbox.base_url, tmp_path / "l.db", revoke_missing=True, revoke_max="1"
+        )
+        stats = result.stats
+        assert (stats.invalid, stats.missing_from_source, stats.revoked) == counts
+        assert _statuses(sandbox) == (
+            {"active": 11, "inactive": 1} if counts[2] else {"active": 12}
+        )
+    if braked:
+        assert stats.revoke_note == (
+            "1 invalid row has no stable key (patientId, scope, category or dateTime "
+            "unusable, or an empty key column): any missing row could be it, so this run "
+            "revokes nothing; fix it and rerun"
+        )
+    else:
+        assert stats.revoke_note == ""
+
+
+@pytest.mark.parametrize(("emptied", "revoked"), [(True, 0), (False, 1)])
+def test_an_empty_key_cell_brakes_revocation_too(
+    tmp_path: Path, emptied: bool, revoked: int
+) -> None:
+    rows = list(consent_rows(12))
+    source = write_csv(tmp_path / "in.csv", rows)
+    with running_sandbox(SandboxConfig()) as sandbox:
+        assert run(source, sandbox.base_url, tmp_path / "l.db").exit_code == 0
+        if emptied:  # its key gone, the row could be the one K000001 was
+            rows[1]["sourceKey"] = ""
+        else:
+            del rows[1]
+        write_csv(source, rows)
+        result = run(
+            source, sandbox.base_url, tmp_path / "l.db", revoke_missing=True, revoke_max="1"
+        )
+        assert (result.stats.missing_from_source, result.stats.revoked) == (1, revoked)
+        assert ("no stable key" in result.stats.revoke_note) is emptied
+
+
+@pytest.mark.parametrize("log_format", ["text", "json", "dry-run"])
+def test_the_brake_is_said_on_the_terminal_and_in_the_json_log(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], sandbox_env: object, log_format: str
+) -> None:
+    rows = _unkeyed(12)
+    write_csv(tmp_path / "in.csv", rows)
+    flags = ["--ledger", "l.db", "--revoke-missing", "--revoke-max", "5"]
+    assert run_cli(["run", "in.csv", *flags, "-q"], capsys)[0] == 0
+    rows[1]["scope"] = "treatmnt"
+    del rows[2]
+    write_csv(tmp_path / "in.csv", rows)
+    extra = ["--dry-run"] if log_format == "dry-run" else ["--log-format", log_format]
+    code, out, err = run_cli(["run", "in.csv", *flags, *extra], capsys)
+    assert code == 1, err
+    assert _statuses(sandbox_env) == {"active": 12}
+    if log_format == "dry-run":  # says what the run would: nothing revoked
+        assert "  1 invalid row has no stable key" in out
+        return
+    if log_format == "text":
+        assert "2 rows missing from the source (none revoked: rows without a stable key)" in out
+        assert "WARNING: 1 invalid row has no stable key" in err
+        return
+    lines = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+    braked = [line for line in lines if line.get("event") == "revoke_skipped"]
+    assert [(b["level"], b["reason"], b["missing"]) for b in braked] == [
+        ("warning", "unstable_keys", 2)
+    ]
+    assert "no stable key" in braked[0]["message"]
+
+
+# (the cap; then the exit code and how many of b.csv's 5 missing rows are revoked): the
+# share is of the 6 done rows in scope (b.csv's), not of the ledger's 66 (A6).
+@pytest.mark.parametrize(
+    ("cap", "code", "revoked"),
+    [
+        (None, 2, 0),  # the default 10% of 6 = 0 (was 10% of 66 = 6: 5 revoked)
+        ("83%", 2, 0),  # 4.98 rows
+        ("84%", 0, 5),  # 5.04 rows
+        ("5", 0, 5),  # a count is a count
+    ],
+)
+def test_the_revoke_share_is_of_the_rows_in_scope(
+    tmp_path: Path, cap: str | None, code: int, revoked: int
+) -> None:
+    a = write_csv(tmp_path / "a.csv", consent_rows(60))
+    b_rows = list(consent_rows(6, start=1000))
+    b = write_csv(tmp_path / "b.csv", b_rows)
+    with running_sandbox(SandboxConfig()) as sandbox:
+        assert run([a, b], sandbox.base_url, tmp_path / "l.db").exit_code == 0
+        write_csv(b, b_rows[:1])  # a wrong, partial extract of b
+        options = {"revoke_max": cap} if cap else {}
+        result = run(b, sandbox.base_url, tmp_path / "l.db", revoke_missing=True, **options)
+        assert (result.exit_code, result.stats.revoked) == (code, revoked)
+        assert result.stats.revoke_out_of_scope == 60
+        assert _statuses(sandbox) == ({"active": 61, "inactive": 5} if revoked else {"active": 66})
+    if code == 2:
+        assert f"of 6 done rows in scope = {0 if cap is None else 4}" in result.stats.revoke_refused

@@ -8,12 +8,16 @@ import json
 import shutil
 import sqlite3
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
 from importer import retry
 from importer.cli import main
+from importer.keys import natural_key
+from importer.mapping import load_mapping, open_tables
+from importer.normalize import Normalizer
 from importer.sandbox import SandboxConfig, running_sandbox
 from tests.engine_helpers import KEY, consent_rows, run, write_csv
 
@@ -153,3 +157,77 @@ def test_validate_finds_two_rows_of_one_consent(
     errors = json.loads((tmp_path / "r.json").read_text(encoding="utf-8"))["errors"]
     assert [e["code"] for e in errors] == ["duplicate_row"] * invalid
     assert code == invalid
+
+
+NATURAL_DUPLICATE = (
+    "patientId/scope/category/dateTime: same patient, scope, categories and date-time as "
+    "row 2 (the natural key); give the file a key column ([source] key) to import both "
+    "(duplicate_row)"
+)
+
+
+# (the file's header and second row; then the duplicate's field and message)
+@pytest.mark.parametrize(
+    ("header", "second", "field", "message"),
+    [
+        (
+            "patientId,scope,category,status,dateTime,policyUri",
+            "pt_1,treatment,b;a,active,2024-01-01T11:00:00+01:00,https://p/v2",
+            "patientId/scope/category/dateTime",
+            NATURAL_DUPLICATE,
+        ),
+        (  # an invalid row keeps its natural key (A5), so it is found too
+            "patientId,scope,category,status,dateTime,policyUri",
+            "pt_1,treatment,a;b,actve,2024-01-01T10:00:00Z,https://p/v2",
+            "patientId/scope/category/dateTime",
+            NATURAL_DUPLICATE,
+        ),
+        (
+            "sourceKey,patientId,scope,category,status,dateTime,policyUri",
+            "K1,pt_2,treatment,a,active,2024-01-01T10:00:00Z,https://p/v2",
+            "sourceKey",
+            "sourceKey: same source key as row 2; a row is imported once (duplicate_row)",
+        ),
+    ],
+)
+def test_a_natural_key_collision_names_the_natural_key(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    header: str,
+    second: str,
+    field: str,
+    message: str,
+) -> None:
+    first = "pt_1,treatment,a;b,active,2024-01-01T10:00:00Z,https://p/v1"
+    if header.startswith("sourceKey"):
+        first = "K1," + first
+    source = tmp_path / "nk.csv"
+    source.write_text(f"{header}\n{first}\n{second}\n", encoding="utf-8")
+    code, out, _ = run_cli(["validate", str(source), "--report", str(tmp_path / "r.json")], capsys)
+    errors = json.loads((tmp_path / "r.json").read_text(encoding="utf-8"))["errors"]
+    duplicates = [e for e in errors if e["code"] == "duplicate_row"]
+    assert [(e["row"], e["field"], e["message"]) for e in duplicates] == [(3, field, message)]
+    assert f"nk.csv:3  {message}" in out
+    assert code == 1
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [{"status": "actve"}, {"status": "actve", "category": "b|a|b"}, {"verified": "maybe"}],
+)
+def test_a_run_and_validate_key_an_invalid_row_by_its_natural_identity(
+    tmp_path: Path, edit: dict[str, str]
+) -> None:
+    row = {"patientId": "pt_1", "scope": "treatment", "category": "a;b", "verified": "yes"}
+    row |= {"status": "active", "dateTime": "2024-01-01T10:00:00Z"}
+    source = write_csv(tmp_path / "in.csv", [row, {**row, "patientId": "pt_2", **edit}])
+    mapping = load_mapping(None)
+    (table,) = open_tables([source], mapping)
+    rows = list(Normalizer(mapping).rows(table))
+    assert [r.valid for r in rows] == [True, False]
+    when = datetime(2024, 1, 1, 10, tzinfo=UTC)
+    assert rows[1].source_key == natural_key("pt_2", "treatment", ["a", "b"], when)
+    (table,) = open_tables([source], mapping)
+    normalizer = Normalizer(mapping)
+    checked = [r for batch in normalizer.check(table) for r in batch.invalid]
+    assert [(r.row, r.source_key) for r in checked] == [(3, rows[1].source_key)]
