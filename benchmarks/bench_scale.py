@@ -80,7 +80,9 @@ def edited_csv(rows: int) -> Path:
 
 def ledger_bytes(ledger: Path) -> int:
     return sum(
-        p.stat().st_size for p in (ledger, Path(f"{ledger}-wal"), Path(f"{ledger}-shm")) if p.exists()
+        p.stat().st_size
+        for p in (ledger, Path(f"{ledger}-wal"), Path(f"{ledger}-shm"))
+        if p.exists()
     )
 
 
@@ -90,8 +92,10 @@ def crash_recovery(rows: int, tmp: Path) -> tuple[int, int, int]:
     ledger = tmp / "crash.db"
     with sandbox_process() as url:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "importer", "run", str(source), "--ledger", str(ledger)]
-            + ["--concurrency", CONCURRENCY, "--quiet"],
+            [
+                *(sys.executable, "-m", "importer", "run", str(source)),
+                *("--ledger", str(ledger), "--concurrency", CONCURRENCY, "--quiet"),
+            ],
             env={**os.environ, "CLINIKAPI_API_KEY": KEY, "CLINIKAPI_BASE_URL": url},
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

@@ -58,6 +58,12 @@ _PLAIN_FIELDS = (
     "sourceReferenceId",
 )
 _SPLIT = re.compile(r"[;|]")
+#: Rows whose bodies a run builds at a time (models cost kilobytes a row; a chunk of
+#: them was most of a run's memory).
+_SLICE = 1_000
+#: Bump when a change of this module changes the body made from the same cells: every
+#: stored cells digest then misses once, and the rerun compares bodies instead.
+_BODY_RULES = "1"
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +101,9 @@ class Row:
     errors: list[RowError] = field(default_factory=list)
     _json: str | None = field(default=None, repr=False)
     _hash: str | None = None
+    #: a 64-bit digest of the row's prepared cells and the mapping (`cells_digests`):
+    #: a rerun that finds it in the ledger knows the body is unchanged without making it
+    cells_digest: int | None = None
 
     @property
     def valid(self) -> bool:
@@ -128,6 +137,31 @@ class Row:
         return {name: _digest(repr(value))[:12] for name, value in self.body().items()}
 
 
+@dataclass(frozen=True, slots=True)
+class Unchanged:
+    """A count of rows of `file` a rerun found unchanged in the ledger, without bodies."""
+
+    file: str
+    count: int
+
+
+#: The rows of a chunk the ledger holds as done with the same cells digest: asked with
+#: their source keys and cells digests, answers True for each such row.
+UnchangedCheck = Callable[[list[str], npt.NDArray[np.int64]], npt.NDArray[np.bool_]]
+
+
+@dataclass(slots=True)
+class Prepared:
+    """A chunk's cells, a column at a time: raw by header, prepared by row field, the
+    source keys (None: empty) and each row's cells digest."""
+
+    headers: tuple[str, ...]
+    raw: dict[str, list[Any]]
+    fields: dict[str, list[str]]
+    keys: list[str | None]
+    digests: npt.NDArray[np.int64]
+
+
 @dataclass(slots=True)
 class Checked:
     """A chunk's verdict from `_FileNormalizer.check`: every row's source key and its
@@ -157,16 +191,63 @@ class Normalizer:
 
     def rows(self, table: Table) -> Iterator[Row]:
         """Every row of one table, in order, with its model when valid (what a run needs)."""
+        for item in self.rows_or_unchanged(table, None):
+            assert isinstance(item, Row)
+            yield item
+
+    def rows_or_unchanged(
+        self, table: Table, unchanged: UnchangedCheck | None
+    ) -> Iterator[Row | Unchanged]:
+        """Every row of one table, with its model when valid; with `unchanged`, rows it
+        confirms come as counts instead (`Unchanged`), their bodies never built.
+
+        `unchanged(keys, digests)` is asked once a chunk, for the rows `fastcheck` proves
+        valid, whether the ledger holds each key as done with that cells digest. The
+        other rows are built `_SLICE` at a time, so a run holds a slice of models, not a
+        chunk of them.
+        """
         file_rows = self.file_normalizer(table)
         file_index = self._add_file(table.name)
         for chunk in table.chunks():
-            rows = file_rows.normalize(chunk)
-            where = file_index << 40 | np.array([row.row for row in rows], dtype=np.int64)
-            firsts = self._keys.add(key_digests([row.source_key for row in rows]), where)
-            for row, first in zip(rows, firsts.tolist(), strict=True):
-                if first >= 0:
-                    self._duplicate(row, first)
-                yield row
+            with _gc_paused():
+                prepared = file_rows.prepare(chunk)
+                skip = np.zeros(len(chunk), dtype=bool)
+                if unchanged is not None and file_rows.keyed:
+                    candidates = np.flatnonzero(file_rows.proven(prepared)).tolist()
+                    if candidates:
+                        keys = [prepared.keys[pos] or "" for pos in candidates]
+                        digests = prepared.digests[candidates]
+                        skip[candidates] = unchanged(keys, digests)
+            numbers = chunk.index.to_numpy(dtype=np.int64)
+            for start in range(0, len(chunk), _SLICE):
+                with _gc_paused():
+                    here = range(start, min(start + _SLICE, len(chunk)))
+                    built = {
+                        pos: file_rows.row_at(prepared, int(numbers[pos]), pos)
+                        for pos in here
+                        if not skip[pos]
+                    }
+                    keys = [
+                        built[pos].source_key if pos in built else prepared.keys[pos] or ""
+                        for pos in here
+                    ]
+                    where = file_index << 40 | numbers[start : start + len(here)]
+                    firsts = self._keys.add(key_digests(keys), where).tolist()
+                    for pos, first in zip(here, firsts, strict=True):
+                        if first >= 0 and pos not in built:
+                            # A repeat of an earlier key is reported, even if unchanged.
+                            built[pos] = file_rows.row_at(prepared, int(numbers[pos]), pos)
+                            skip[pos] = False
+                        if first >= 0:
+                            self._duplicate(built[pos], first)
+                    same = int(np.count_nonzero(skip[start : start + len(here)]))
+                if same:
+                    yield Unchanged(table.name, same)
+                yield from (built[pos] for pos in sorted(built))
+
+    def in_input(self, keys: list[str]) -> npt.NDArray[np.bool_]:
+        """For each key, whether the input read so far held it (by its 64-bit digest)."""
+        return self._keys.contains(key_digests(keys))
 
     def check(self, table: Table) -> Iterator[Batch]:
         """The verdict on every row of one table, a chunk at a time, without bodies.
@@ -224,6 +305,13 @@ class KeyIndex:
         self._keys = np.empty(0, dtype=np.uint64)
         self._where = np.empty(0, dtype=np.int64)
 
+    def contains(self, keys: npt.NDArray[np.uint64]) -> npt.NDArray[np.bool_]:
+        if not len(self._keys):
+            return np.zeros(len(keys), dtype=bool)
+        pos = np.minimum(np.searchsorted(self._keys, keys), len(self._keys) - 1)
+        found: npt.NDArray[np.bool_] = self._keys[pos] == keys
+        return found
+
     def add(
         self, keys: npt.NDArray[np.uint64], here: npt.NDArray[np.int64]
     ) -> npt.NDArray[np.int64]:
@@ -256,6 +344,41 @@ class _FileNormalizer:
         self.parse_date = _date_parser(mapping, excel=excel)
         self.fields = sorted(set(columns) | set(mapping.defaults))
         self.keyed = bool(mapping.key) or "sourceKey" in columns
+        self._digest_key = _cells_digest_key(mapping, self.fields, excel=excel)
+
+    def prepare(self, chunk: pd.DataFrame) -> Prepared:
+        """The chunk's cells a column at a time, with each row's cells digest."""
+        headers, raw, prepared, keys = self._prepare(chunk)
+        return Prepared(headers, raw, prepared, keys, self.cells_digests(prepared, len(chunk)))
+
+    def proven(self, prepared: Prepared) -> npt.NDArray[np.bool_]:
+        """Rows `fastcheck` proves valid (their bodies are certain to validate)."""
+        return proven_valid(
+            prepared.fields,
+            prepared.keys,
+            parse_date=self.parse_date,
+            crosswalk=self.mapping.crosswalk,
+        )
+
+    def row_at(self, prepared: Prepared, number: int, pos: int) -> Row:
+        """The full row at position `pos` of a prepared chunk: its model or its errors."""
+        values = tuple(column[pos] for column in prepared.raw.values())
+        cells = {name: column[pos] for name, column in prepared.fields.items()}
+        row = self._row(number, prepared.headers, values, cells, prepared.keys[pos])
+        row.cells_digest = int(prepared.digests[pos])
+        return row
+
+    def cells_digests(self, fields: dict[str, list[str]], size: int) -> npt.NDArray[np.int64]:
+        """Per row, a 64-bit SipHash of its prepared cells, keyed by everything else that
+        makes its body (mapping, file kind, body rules): equal digests, equal bodies."""
+        if not fields:
+            return np.zeros(size, dtype=np.int64)
+        joined = np.array(
+            ["\x1f".join(cells) for cells in zip(*fields.values(), strict=True)], dtype=object
+        )
+        hashed = pd.util.hash_array(joined, categorize=False, hash_key=self._digest_key)
+        digests: npt.NDArray[np.int64] = hashed.view(np.int64)
+        return digests
 
     def normalize(self, chunk: pd.DataFrame) -> list[Row]:
         """Every row of the chunk, with its model when valid."""
@@ -518,6 +641,14 @@ def key_digests(keys: list[str]) -> npt.NDArray[np.uint64]:
         np.array(keys, dtype=object), categorize=False
     )
     return digests
+
+
+def _cells_digest_key(mapping: Mapping, fields: list[str], *, excel: bool) -> str:
+    """The SipHash key of a file's cells digests (16 characters): a digest of the body
+    rules, the mapping (with its crosswalk) and the file kind."""
+    crosswalk = sorted((mapping.crosswalk or {}).items())
+    text = repr((_BODY_RULES, dataclasses.replace(mapping, path=None), crosswalk, fields, excel))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 @contextmanager

@@ -16,12 +16,12 @@ import anyio
 import sniffio
 
 from importer.client import ClinikClient, check_api_key, check_base_url, make_http_client
-from importer.engine import Engine
+from importer.engine import Engine, InInput
 from importer.ledger import Ledger
 from importer.limiter import Limiter
 from importer.lock import LedgerLock
 from importer.mapping import Mapping
-from importer.normalize import Normalizer, Row
+from importer.normalize import Normalizer, Row, Unchanged
 from importer.options import DEFAULTS, RunOptions
 from importer.results import RunStats, ValidationSummary
 from importer.validate import open_tables
@@ -70,9 +70,12 @@ def run_import(
     if on_total is not None:
         on_total(total)
     normalizer = Normalizer(mapping)
-    rows: Iterator[Row] = chain.from_iterable(normalizer.rows(t) for t in tables)
     with LedgerLock(config.options.ledger):
         ledger = Ledger(config.options.ledger, base_url=base_url)
+        # Rows the ledger holds as done from the same cells come as counts, no bodies.
+        rows: Iterator[Row | Unchanged] = chain.from_iterable(
+            normalizer.rows_or_unchanged(t, ledger.unchanged) for t in tables
+        )
         try:
             run_id = ledger.begin_run([t.name for t in tables])
             stats, validation = anyio.run(
@@ -81,6 +84,7 @@ def run_import(
                 ledger,
                 run_id,
                 rows,
+                normalizer.in_input,
                 api_key,
                 base_url,
                 on_progress,
@@ -106,7 +110,8 @@ async def _run_async(
     config: RunConfig,
     ledger: Ledger,
     run_id: int,
-    rows: Iterator[Row],
+    rows: Iterator[Row | Unchanged],
+    in_input: InInput,
     api_key: str,
     base_url: str,
     on_progress: Callable[[str, RunStats], None] | None,
@@ -134,7 +139,7 @@ async def _run_async(
             async with anyio.create_task_group() as tg:
                 if config.handle_signals:
                     tg.start_soon(_watch_signals, engine, scope, options.grace_s)
-                await engine.run(rows)
+                await engine.run(rows, in_input)
                 tg.cancel_scope.cancel()
         stats = engine.stats
         if scope.cancelled_caught:

@@ -1,0 +1,139 @@
+"""Millions of rows (issue 13), checked structurally, never by time or bytes: a run holds
+a bounded number of rows, and a rerun builds bodies only for rows that changed."""
+
+from __future__ import annotations
+
+import gc
+import weakref
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from importer import engine as engine_module
+from importer import normalize
+from importer.normalize import Row
+from importer.observer import RunObserver
+from importer.sandbox import RunningSandbox
+from tests.engine_helpers import consent_rows, run, write_csv
+
+
+@pytest.fixture
+def bodies(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """How many request bodies were assembled from cells (one slot, counted in place)."""
+    built = [0]
+    assemble = normalize._FileNormalizer._body
+
+    def counted(self: Any, *args: Any) -> Any:
+        built[0] += 1
+        return assemble(self, *args)
+
+    monkeypatch.setattr(normalize._FileNormalizer, "_body", counted)
+    return built
+
+
+EDITS: dict[str, Any] = {
+    "nothing": lambda rows: rows,
+    "one status": lambda rows: [{**rows[0], "status": "inactive"}, *rows[1:]],
+    "one new row": lambda rows: [*rows, *consent_rows(1, start=len(rows))],
+    "one row gone": lambda rows: rows[1:],
+}
+
+
+@pytest.mark.parametrize(
+    ("edit", "built", "requests", "unchanged"),
+    [
+        ("nothing", 0, 0, 60),
+        ("one status", 1, 1, 59),  # the edited row's body, for its PATCH
+        ("one new row", 1, 1, 60),
+        ("one row gone", 0, 0, 59),  # noted missing, nothing sent
+    ],
+)
+def test_a_rerun_builds_bodies_only_for_rows_that_changed(
+    tmp_path: Path,
+    server: RunningSandbox,
+    bodies: list[int],
+    edit: str,
+    built: int,
+    requests: int,
+    unchanged: int,
+) -> None:
+    rows = list(consent_rows(60))
+    ledger = tmp_path / "l.db"
+    run(write_csv(tmp_path / "a.csv", rows), server.base_url, ledger)
+    assert bodies[0] == 60
+    bodies[0] = 0
+    result = run(write_csv(tmp_path / "b.csv", EDITS[edit](rows)), server.base_url, ledger)
+    assert bodies[0] == built
+    assert (result.stats.requests, result.stats.unchanged) == (requests, unchanged)
+    assert result.stats.missing_from_source == (edit == "one row gone")
+    assert result.validation.valid == result.stats.rows
+
+
+def test_an_edited_mapping_compares_bodies_again(
+    tmp_path: Path, server: RunningSandbox, bodies: list[int]
+) -> None:
+    """Same cells, another mapping: the digests miss and the bodies decide (here the new
+    mapping makes the same bodies: unchanged, nothing sent)."""
+    source = write_csv(tmp_path / "a.csv", consent_rows(20))
+    ledger = tmp_path / "l.db"
+    run(source, server.base_url, ledger)
+    mapping = tmp_path / "m.toml"
+    mapping.write_text('[values.status]\nenabled = "active"\n', encoding="utf-8")
+    bodies[0] = 0
+    result = run(source, server.base_url, ledger, mapping=mapping)
+    assert bodies[0] == 20
+    assert (result.stats.unchanged, result.stats.requests) == (20, 0)
+    bodies[0] = 0
+    run(source, server.base_url, ledger, mapping=mapping)  # digests stored: bulk again
+    assert bodies[0] == 0
+
+
+def test_work_is_released_once_its_outcome_is_recorded(
+    tmp_path: Path, server: RunningSandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    alive = [0]
+    peak = [0]
+
+    class Counted(engine_module.Work):
+        def __post_init__(self) -> None:
+            alive[0] += 1
+            peak[0] = max(peak[0], alive[0])
+            weakref.finalize(self, lambda: alive.__setitem__(0, alive[0] - 1))
+
+    monkeypatch.setattr(engine_module, "Work", Counted)
+    concurrency = 4
+    result = run(
+        write_csv(tmp_path / "a.csv", consent_rows(1200)),
+        server.base_url,
+        tmp_path / "l.db",
+        concurrency=concurrency,
+    )
+    gc.collect()
+    assert result.stats.created == 1200
+    assert alive[0] == 0
+    # At most a planned batch, the queue to the workers and one per worker.
+    assert peak[0] <= engine_module._BATCH + 4 * concurrency
+
+
+def test_a_run_holds_a_slice_of_rows_not_the_file(
+    tmp_path: Path, server: RunningSandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rows (with their models) alive at once, sampled as rows are read: a slice of the
+    input and the rows planned, however big the file's chunk."""
+    monkeypatch.setattr(normalize, "_SLICE", 100)
+    samples: list[int] = []
+    read = RunObserver.read
+
+    def sampled(self: RunObserver, row: Row) -> None:
+        if self.stats.rows % 250 == 0:
+            samples.append(sum(isinstance(o, Row) for o in gc.get_objects()))
+        read(self, row)
+
+    monkeypatch.setattr(RunObserver, "read", sampled)
+    result = run(
+        write_csv(tmp_path / "a.csv", consent_rows(1500)), server.base_url, tmp_path / "l.db"
+    )
+    assert result.stats.created == 1500
+    assert len(samples) == 6
+    assert max(samples) <= 100 + engine_module._BATCH + 64
