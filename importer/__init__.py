@@ -26,13 +26,25 @@ if TYPE_CHECKING:
     from importer.mapping import Mapping, load_mapping
     from importer.options import RunOptions
     from importer.plan import plan_import
-    from importer.results import ExportCounts, PlanSummary, RunStats, ValidationSummary
+    from importer.results import (
+        ExportCounts,
+        PlanSummary,
+        RunStats,
+        ValidationSummary,
+        VerifyResult,
+    )
     from importer.runner import RunConfig, RunResult, run_import
     from importer.sandbox import SandboxConfig, running_sandbox
     from importer.validate import validate_files
+    from importer.verify import VerifyConfig
+    from importer.verify import verify as verify_ledger
 
-#: Each public name and the module that holds it.
-_HOMES = {
+#: Each public name and the module that holds it (and its name there, if another:
+#: `importer.verify` is a module, so its function is `verify_ledger` here).
+_HOMES: dict[str, str | tuple[str, str]] = {
+    "verify_ledger": ("importer.verify", "verify"),
+    "VerifyConfig": "importer.verify",
+    "VerifyResult": "importer.results",
     "validate_files": "importer.validate",
     "plan_import": "importer.plan",
     "run_import": "importer.runner",
@@ -63,6 +75,8 @@ __all__ = [
     "RunStats",
     "SandboxConfig",
     "ValidationSummary",
+    "VerifyConfig",
+    "VerifyResult",
     "__version__",
     "export_csvs",
     "load_mapping",
@@ -71,6 +85,7 @@ __all__ = [
     "running_sandbox",
     "status",
     "validate_files",
+    "verify_ledger",
 ]
 
 
@@ -78,6 +93,7 @@ def __getattr__(name: str) -> Any:
     home = _HOMES.get(name)
     if home is None:
         raise AttributeError(f"module 'importer' has no attribute {name!r}")
-    value = getattr(importlib.import_module(home), name)
+    module, attribute = home if isinstance(home, tuple) else (home, name)
+    value = getattr(importlib.import_module(module), attribute)
     globals()[name] = value  # once loaded, a plain attribute
     return value

@@ -25,6 +25,7 @@ from importer.version import __version__
 if TYPE_CHECKING:
     from importer.mapping import Mapping
     from importer.results import RunStats
+    from importer.verify import Plan
 
 EXIT_OK, EXIT_ROWS, EXIT_CONFIG, EXIT_ABORTED, EXIT_INTERNAL = 0, 1, 2, 3, 4
 
@@ -41,6 +42,51 @@ _earlier_ledger = click.option(
     type=click.Path(path_type=Path, dir_okay=False),
     required=True,
     help="The ledger of earlier runs.",
+)
+
+# Options `run` and `verify` share.
+_base_url = click.option(
+    "--base-url",
+    envvar="CLINIKAPI_BASE_URL",
+    default=DEFAULTS.base_url,
+    show_default=True,
+    help="API base URL (env CLINIKAPI_BASE_URL). Plain http:// only to loopback.",
+)
+_api_key = click.option(
+    "--api-key",
+    envvar="CLINIKAPI_API_KEY",
+    help="API key, clk_live_… or clk_test_… "
+    "(env CLINIKAPI_API_KEY; prefer the environment to the command line).",
+)
+_concurrency = click.option(
+    "--concurrency",
+    default=DEFAULTS.concurrency,
+    show_default=True,
+    type=click.IntRange(1, 256),
+    help="Requests in flight at once.",
+)
+_timeout = click.option(
+    "--timeout",
+    "timeout_s",
+    default=DEFAULTS.timeout_s,
+    show_default=True,
+    type=click.FloatRange(min=0, min_open=True),
+    help="Read timeout per request (s).",
+)
+_max_attempts = click.option(
+    "--max-attempts",
+    default=DEFAULTS.max_attempts,
+    show_default=True,
+    type=click.IntRange(1, 20),
+    help="Tries per request for 429s, 5xx and network errors.",
+)
+_max_wait = click.option(
+    "--max-wait",
+    "max_wait_s",
+    type=click.FloatRange(min=0),
+    help="When the rate-limit window is spent and resets later than this many "
+    "seconds, stop cleanly: `run` exits 0 (paused) and resumes on the next run, "
+    "`verify` exits 3.",
 )
 
 
@@ -103,53 +149,17 @@ def validate(
     help="SQLite ledger of created ids and failures (holds PHI: kept owner-only). "
     "Rerun with the same ledger to resume or sync.",
 )
-@click.option(
-    "--base-url",
-    envvar="CLINIKAPI_BASE_URL",
-    default=DEFAULTS.base_url,
-    show_default=True,
-    help="API base URL (env CLINIKAPI_BASE_URL). Plain http:// only to loopback.",
-)
-@click.option(
-    "--api-key",
-    envvar="CLINIKAPI_API_KEY",
-    help="API key, clk_live_… or clk_test_… "
-    "(env CLINIKAPI_API_KEY; prefer the environment to the command line).",
-)
-@click.option(
-    "--concurrency",
-    default=DEFAULTS.concurrency,
-    show_default=True,
-    type=click.IntRange(1, 256),
-    help="Requests in flight at once.",
-)
+@_base_url
+@_api_key
+@_concurrency
 @click.option(
     "--max-rps",
     type=click.FloatRange(min=0, min_open=True),
     help="Cap on requests started per second, on top of the server's window budget.",
 )
-@click.option(
-    "--timeout",
-    "timeout_s",
-    default=DEFAULTS.timeout_s,
-    show_default=True,
-    type=click.FloatRange(min=0, min_open=True),
-    help="Read timeout per request (s).",
-)
-@click.option(
-    "--max-attempts",
-    default=DEFAULTS.max_attempts,
-    show_default=True,
-    type=click.IntRange(1, 20),
-    help="Tries per request for 429s, 5xx and network errors.",
-)
-@click.option(
-    "--max-wait",
-    "max_wait_s",
-    type=click.FloatRange(min=0),
-    help="When the rate-limit window is spent and resets later than this many "
-    "seconds, stop cleanly (exit 0, paused) and resume on the next run.",
-)
+@_timeout
+@_max_attempts
+@_max_wait
 @click.option(
     "--on-immutable-change",
     type=click.Choice(IMMUTABLE_CHANGE_CHOICES),
@@ -171,6 +181,16 @@ def validate(
     help="Look each new row up before posting and "
     "adopt an existing match, for a first import into a tenant that already holds "
     "consents. Costs one search request per row.",
+)
+@click.option(
+    "--settle",
+    "settle_s",
+    default=DEFAULTS.settle_s,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    help="After an ambiguous answer to a POST (timeout, dropped connection, 5xx), wait "
+    "this many seconds before looking the consent up, so a consent the server stores or "
+    "indexes late is not posted twice; the run goes on meanwhile. 0: look up at once.",
 )
 @click.option(
     "--grace",
@@ -227,6 +247,7 @@ def run(
     on_immutable_change: OnImmutableChange,
     revoke_missing: bool,
     skip_existing: bool,
+    settle_s: float,
     grace_s: float,
     dry_run: bool,
     summary_json: Path | None,
@@ -266,6 +287,7 @@ def run(
         max_attempts=max_attempts,
         max_wait_s=max_wait_s,
         grace_s=grace_s,
+        settle_s=settle_s,
         on_immutable_change=on_immutable_change,
         revoke_missing=revoke_missing,
         skip_existing=skip_existing,
@@ -326,6 +348,11 @@ def _print_run(stats: RunStats, ledger: Path) -> None:
         f"     {stats.requests:,} requests · {stats.retries:,} retries · "
         f"{stats.rate_limited:,} rate-limited · {stats.duration_s:,.1f} s"
     )
+    if stats.settled_adopted or stats.settled_reposted:
+        out.print(
+            f"     after --settle: {stats.settled_adopted:,} found and adopted, "
+            f"{stats.settled_reposted:,} posted again"
+        )
     if stats.missing_from_source:
         verb = "revoked" if stats.revoked else "left alone; --revoke-missing patches them inactive"
         out.print(f"     {stats.missing_from_source:,} rows missing from the source ({verb})")
@@ -420,6 +447,96 @@ def status(ledger: Path, runs: int, as_json: bool) -> int:
 
 
 @cli.command()
+@_earlier_ledger
+@click.option(
+    "--sample",
+    type=click.IntRange(min=1),
+    metavar="N",
+    help="Read back N consents picked at random instead of all of them.",
+)
+@click.option(
+    "--report",
+    "reports",
+    multiple=True,
+    metavar="PATH",
+    help="Write the findings: .json, .csv or .html (they may hold patient ids: kept "
+    "owner-only). Repeatable.",
+)
+@_base_url
+@_api_key
+@_concurrency
+@_timeout
+@_max_attempts
+@_max_wait
+@click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors.")
+def verify(
+    ledger: Path,
+    sample: int | None,
+    reports: Sequence[str],
+    base_url: str,
+    api_key: str | None,
+    concurrency: int,
+    timeout_s: float,
+    max_attempts: int,
+    max_wait_s: float | None,
+    quiet: bool,
+) -> int:
+    """Read back what the ledger says was created or updated; report what disagrees.
+
+    Reports `missing` (the server lacks it), `differs` (fields differ from what was
+    sent), `duplicate` (another matching consent no ledger row claims) and rows whose
+    outcome is unknown. Reads only: it never writes to the server or the ledger. Exit 0
+    all agree, 1 something reported, 2 usage or configuration error, 3 stopped early.
+
+    \b
+    Example:
+      consent-import verify --ledger legacy.db --report verify.html
+    """
+    from importer.verify import (
+        VerifyConfig,
+        check_verify_report_paths,
+        summary_lines,
+        write_reports,
+    )
+    from importer.verify import verify as do_verify
+
+    paths = check_verify_report_paths(reports, ledger)
+    config = VerifyConfig(
+        ledger=ledger,
+        base_url=base_url,
+        api_key=api_key,
+        sample=sample,
+        concurrency=concurrency,
+        timeout_s=timeout_s,
+        max_attempts=max_attempts,
+        max_wait_s=max_wait_s,
+    )
+    result = do_verify(
+        config,
+        on_wait=None if quiet else _echo_wait,
+        on_plan=None if quiet else _echo_plan,
+    )
+    write_reports(paths, result)
+    if not quiet:
+        for line in summary_lines(result, ledger):
+            click.echo(line)
+    return result.exit_code
+
+
+def _echo_wait(seconds: float, reason: str) -> None:
+    click.echo(f"waiting: {reason}", err=True)
+
+
+def _echo_plan(plan: Plan) -> None:
+    consents = sum(len(rows) for rows in plan.searches.values()) + len(plan.gets)
+    click.echo(
+        f"Reading back {consents:,} consents: {len(plan.searches):,} patient searches, "
+        f"{len(plan.gets):,} reads by id",
+        err=True,
+    )
+
+
+@cli.command()
 @click.option(
     "--samples",
     type=click.Path(path_type=Path, file_okay=False),
@@ -468,6 +585,26 @@ def demo(samples: Path, out: Path) -> int:
     type=float,
     help="Probability of a fault (0 to 1), spread evenly over the four fault modes.",
 )
+@click.option(
+    "--late-rate",
+    default=0.0,
+    type=click.FloatRange(0, 1),
+    help="Probability that a write answers 502/504 at once and is stored --late-ms later.",
+)
+@click.option("--late-ms", default=4000.0, show_default=True, type=click.FloatRange(min=0))
+@click.option(
+    "--search-lag-rate",
+    default=1.0,
+    show_default=True,
+    type=click.FloatRange(0, 1),
+    help="Share of new consents that search sees only --search-lag-ms later.",
+)
+@click.option(
+    "--search-lag-ms",
+    default=0.0,
+    type=click.FloatRange(min=0),
+    help="How far search lags behind the store (GET by id sees a consent at once).",
+)
 @click.option("--seed", type=int, help="Seed for latency jitter and fault draws.")
 @click.option("--access-log", is_flag=True, help="Log every request.")
 @click.option(
@@ -484,6 +621,10 @@ def sandbox(
     latency_ms: float,
     jitter_ms: float,
     fault_rate: float,
+    late_rate: float,
+    late_ms: float,
+    search_lag_rate: float,
+    search_lag_ms: float,
     seed: int | None,
     access_log: bool,
     log_level: str,
@@ -491,8 +632,9 @@ def sandbox(
     """Serve a local ClinikAPI-compatible API for demos and tests (Ctrl-C stops it).
 
     Faults: 503 before storing; store then 500; store then drop the connection;
-    store then answer after a delay longer than a client's timeout. `python -m
-    importer.sandbox` is this same command.
+    store then answer after a delay longer than a client's timeout; answer 502/504 at
+    once and store later (--late-rate); search lagging behind the store (--search-lag-ms).
+    `python -m importer.sandbox` is this same command.
 
     \b
     Example:
@@ -508,9 +650,13 @@ def sandbox(
             rate_window_s=window,
             latency_ms=latency_ms,
             jitter_ms=jitter_ms,
+            fault_late=late_rate,
+            late_ms=late_ms,
+            fault_search_lag=search_lag_rate,
+            search_lag_ms=search_lag_ms,
             seed=seed,
         )
-    except ValueError as exc:
+    except ValueError as exc:  # e.g. --fault-rate and --late-rate adding up past 1
         raise UsageError(f"sandbox: {exc}") from None
     if host not in ("127.0.0.1", "localhost", "::1"):
         click.echo(f"warning: the sandbox listens on {host}, beyond this machine", err=True)

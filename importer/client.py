@@ -14,7 +14,7 @@ import math
 import re
 import time
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -463,6 +463,22 @@ class ClinikClient:
             date_to: YYYY-MM-DD, inclusive.
             count: page size, at most 100.
         """
+        pages = self.search_pages(
+            patient_id=patient_id, date_from=date_from, date_to=date_to, status=status, count=count
+        )
+        return [consent async for page, _ in pages for consent in page]
+
+    async def search_pages(
+        self,
+        *,
+        patient_id: str,
+        date_from: str | None = None,
+        date_to: str | None = None,
+        status: str | None = None,
+        count: int = 100,
+    ) -> AsyncGenerator[tuple[list[dict[str, Any]], bool], None]:
+        """The pages of `search_consents`, one request each, for a caller that may stop
+        early: each page's consents, and whether another page follows."""
         params: dict[str, str] = {
             "patientId": patient_id,
             "count": str(max(1, min(count, MAX_PAGE_SIZE))),
@@ -474,14 +490,13 @@ class ClinikClient:
         if status:
             params["status"] = status
         label = "GET /v1/consents"
-        consents: list[dict[str, Any]] = []
         seen: set[str] = set()
         while True:
             response = await self._request("GET", _CONSENTS, params=params)
             page, cursor = _page(response, label)
-            consents.extend(page)
+            yield page, cursor is not None
             if cursor is None:
-                return consents
+                return
             if cursor in seen:
                 # A loop would never end; a partial answer could pass for "not found".
                 raise ServerError(

@@ -78,12 +78,17 @@ class RunProgress:
                 MofNCompleteColumn(),
                 TextColumn("{task.fields[rate]} rows/s"),
                 TimeRemainingColumn(),
-                TextColumn("retries {task.fields[retries]} · 429s {task.fields[limited]}"),
+                TextColumn(
+                    "retries {task.fields[retries]} · 429s {task.fields[limited]} · "
+                    "settling {task.fields[settling]}"
+                ),
                 console=self.console,
                 transient=False,
             )
             self._progress.start()
-            self._task = self._progress.add_task("rows", total=None, rate="-", retries=0, limited=0)
+            self._task = self._progress.add_task(
+                "rows", total=None, rate="-", retries=0, limited=0, settling=0
+            )
         return self
 
     def __exit__(
@@ -104,7 +109,12 @@ class RunProgress:
         elapsed = self._progress.tasks[0].elapsed or 0.0
         rate = f"{done / elapsed:,.0f}" if elapsed > 0.5 else "-"
         self._progress.update(
-            self._task, completed=done, rate=rate, retries=stats.retries, limited=stats.rate_limited
+            self._task,
+            completed=done,
+            rate=rate,
+            retries=stats.retries,
+            limited=stats.rate_limited,
+            settling=stats.settling,
         )
 
     def wait(self, seconds: float, reason: str) -> None:

@@ -95,6 +95,8 @@ def run_demo(samples: Path, out: Path, echo: Callable[[str], None]) -> int:
 
 def _import(sample: SampleSet, samples: Path, ledger: Path, base_url: str) -> RunResult:
     mapping = load_mapping(samples / sample.mapping if sample.mapping else None)
-    options = RunOptions(ledger=ledger, base_url=base_url, concurrency=8, timeout_s=1.5)
+    options = RunOptions(
+        ledger=ledger, base_url=base_url, concurrency=8, timeout_s=1.5, settle_s=1.0
+    )
     config = RunConfig([samples / name for name in sample.inputs], options, api_key=DEMO_KEY)
     return run_import(config, mapping)

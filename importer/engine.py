@@ -21,7 +21,8 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
 from itertools import islice
 from typing import Any, TypeVar
 
@@ -42,6 +43,7 @@ from importer.errors import (
     LimiterClosed,
     NoResponseError,
     RateLimitedError,
+    ServerError,
 )
 from importer.ledger import AsyncLedger, Ledger, LedgerRow, Op, RowError, Source
 from importer.lookup import find_consent
@@ -51,6 +53,7 @@ from importer.options import RunOptions
 from importer.plan import PATCHABLE, Verdict, immutable_changes, plan_row
 from importer.results import RunStats, ValidationSummary
 from importer.retry import retrying
+from importer.settle import SettleQueue
 
 log = logging.getLogger("importer.engine")
 T = TypeVar("T")
@@ -70,6 +73,9 @@ class Work:
     prior: LedgerRow | None
     maybe_sent: bool = False  # an earlier POST of this row may have created the consent
     consent_id: str | None = None
+    not_before: datetime | None = None  # look the consent up no sooner (UTC)
+    ambiguous: int = 0  # ambiguous answers to this row's POSTs in this run
+    settled: bool = False  # back from waiting out --settle: count what the lookup finds
     _body: dict[str, Any] | None = None
 
     @property
@@ -105,6 +111,14 @@ class _Stop(Exception):
     """Raised inside a worker when the run is stopping before this row is sent."""
 
 
+class _Ambiguous(Exception):
+    """A POST's answer says nothing of whether it stored the consent (with --settle)."""
+
+    def __init__(self, error: ConsentImportError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
 class Engine:
     """Runs rows through the ledger and the API: two workers per request slot."""
 
@@ -126,6 +140,7 @@ class Engine:
         # Outcomes not yet committed are bounded (each holds its row): two per worker.
         self.record = Recorder(ledger, run_id, max_unsettled=4 * options.concurrency)
         self._stop = False
+        self._settling = SettleQueue[Work]()
         self._handlers: dict[Op, Callable[[Work], Awaitable[None]]] = {
             Op.CREATE: self._create,
             Op.RECREATE: self._create,
@@ -174,11 +189,16 @@ class Engine:
             self.stats.aborted = self.stats.aborted or reason
             if self.client.limiter is not None:
                 self.client.limiter.close()
+            self._settling.stop()
 
     async def _pump(self, jobs: AsyncIterator[Work]) -> bool:
-        """Feed `jobs` to the workers; True when every job was taken (no stop)."""
+        """Feed `jobs`, then rows back from settling, to the workers; True when every job
+        was taken (no stop). Returns once no row is at work or settling."""
         concurrency = self.options.concurrency
         send, receive = anyio.create_memory_object_stream[Work](concurrency * 2)
+        self._settling = settling = SettleQueue[Work]()
+        if self._stop:
+            settling.stop()
         async with anyio.create_task_group() as workers:
             # Twice as many workers as requests may be in flight (the limiter holds them to
             # --concurrency): while one waits for its row's intent to commit, another's
@@ -187,23 +207,39 @@ class Engine:
             for _ in range(concurrency * 2):
                 workers.start_soon(self._worker, receive.clone())
             receive.close()
-            async with send:
-                async for work in jobs:
-                    if self._stop:
-                        return False
-                    await send.send(work)
+            async with send, anyio.create_task_group() as feeders:
+                observer = self.observer
+                feeders.start_soon(settling.drain, send.clone(), observer.settled, observer.dropped)
+                try:
+                    async for work in jobs:
+                        if self._stop:
+                            break
+                        if work.not_before is not None:
+                            self._wait_out(work, _seconds_until(work.not_before))
+                        else:
+                            await settling.send(send, work)
+                finally:
+                    settling.input_done()
         return not self._stop
 
     async def _worker(self, receive: ObjectReceiveStream[Work]) -> None:
         async with receive:
             async for work in receive:
-                if self._stop:
-                    self.observer.on("left")
-                    continue
                 try:
+                    if self._stop:
+                        self.observer.on("left")
+                        continue
                     await self._do(work)
                 except _Stop:
                     self.observer.on("left")
+                finally:
+                    self._settling.finished()
+
+    def _wait_out(self, work: Work, seconds: float) -> None:
+        """Park a row whose POST may have landed until the server has had `seconds`."""
+        work.not_before, work.settled = None, True
+        self._settling.push(anyio.current_time() + max(seconds, 0.0), work)
+        self.observer.on("settling")
 
     # -- plan ---------------------------------------------------------------------
 
@@ -239,7 +275,9 @@ class Engine:
             plan = plan_row(row, before, self.options)
             if plan.verdict is Verdict.SEND:
                 assert plan.op is not None
-                jobs.append(Work(plan.op, row, before, plan.lookup_first, plan.consent_id))
+                jobs.append(
+                    Work(plan.op, row, before, plan.lookup_first, plan.consent_id, plan.not_before)
+                )
             elif plan.verdict is Verdict.UNCHANGED:
                 seen.append(row)
                 self.observer.on("unchanged")
@@ -294,6 +332,10 @@ class Engine:
                 with attempt:
                     if work.maybe_sent:
                         found = await self._lookup(work)
+                        if work.settled:  # back from settling: count what it found
+                            work.settled = False
+                            adopted = found is not None
+                            self.observer.on("settled_adopted" if adopted else "settled_reposted")
                         if found is not None:
                             await self._adopt(work, found)
                             return
@@ -305,6 +347,12 @@ class Engine:
                         response = await self.client.create_consent(work.row.body_json.encode())
                     except NoResponseError as exc:
                         work.maybe_sent = exc.sent
+                        if exc.sent and self.options.settle_s > 0:
+                            raise _Ambiguous(exc) from exc
+                        raise
+                    except ServerError as exc:  # any 5xx: it may have stored the consent
+                        if self.options.settle_s > 0:
+                            raise _Ambiguous(exc) from exc
                         raise
                     except (RateLimitedError, ClientRequestError, *_RUN_STOPPERS):
                         work.maybe_sent = False  # answered, or refused before sending
@@ -314,6 +362,8 @@ class Engine:
         except (BudgetWaitTooLong, LimiterClosed, _Stop):
             await self.record.unsent(work)  # stays in flight if an earlier attempt may have landed
             raise  # `_do` pauses or stops the run
+        except _Ambiguous as ambiguous:
+            await self._ambiguous(work, ambiguous.error)
         except AuthError:
             raise
         except ConsentImportError as exc:
@@ -380,24 +430,15 @@ class Engine:
         key = work.row.source_key
         old = await self.record.read(lambda ledger: ledger.previous_consent(key))
         if old:
-            await self._send_inactive(old)
+            await _send_inactive(self.client, self.retry, old)
         await self.record.done(work, "recreated", "", consent_id=work.consent_id)
         self.observer.on("recreated")
 
     async def _revoke(self, work: Work) -> None:
         assert work.consent_id is not None
-        await self._send_inactive(work.consent_id)
+        await _send_inactive(self.client, self.retry, work.consent_id)
         await self.record.revoked(work.row.source_key)
         self.observer.on("revoked")
-
-    async def _send_inactive(self, consent_id: str) -> None:
-        async for attempt in self.retry():
-            with attempt:
-                try:
-                    await self.client.patch_consent(consent_id, {"status": "inactive"})
-                except ClientRequestError as exc:
-                    if exc.status != 404:  # already gone is as good as inactive
-                        raise
 
     async def _failure(self, work: Work, exc: ConsentImportError, *, sent: bool) -> None:
         """The row failed for this run; an unknown outcome stays in flight for a lookup."""
@@ -412,11 +453,26 @@ class Engine:
             status,
             request_id,
         )
-        cells = json.dumps(work.row.cells)
-        error = RowError("api", code, str(exc), cells, status, request_id)
+        error = _row_error(work, exc)
         unknown = sent and work.op in (Op.CREATE, Op.RECREATE)
         await self.record.failure(work, error, outcome_unknown=unknown)
         self.observer.failed(code)
+
+    async def _ambiguous(self, work: Work, exc: ConsentImportError) -> None:
+        """A POST may have stored the consent: the row settles for --settle seconds, then
+        is looked up; after --max-attempts such answers it fails as outcome_unknown."""
+        work.ambiguous += 1
+        error = _row_error(work, exc)
+        if work.ambiguous >= self.options.max_attempts:
+            log.info("row failed: file=%s row=%d code=outcome_unknown", work.row.file, work.row.row)
+            gave_up = replace(error, code="outcome_unknown")
+            await self.record.gave_up(work, gave_up)
+            self.observer.failed("outcome_unknown")
+            return
+        settle_s = self.options.settle_s
+        settle_after = datetime.now(UTC) + timedelta(seconds=settle_s)
+        await self.record.settling(work, error, settle_after.isoformat(timespec="milliseconds"))
+        self._wait_out(work, settle_s)
 
     def _check_stop(self) -> None:
         if self._stop:
@@ -517,6 +573,16 @@ class Recorder:
         else:
             await self.writer.write(lambda ledger: ledger.failed(run_id, src, op, error))
 
+    async def settling(self, work: Work, error: RowError, settle_after: str) -> None:
+        run_id, src, op = self.run_id, work.src, work.op
+        await self.writer.write(
+            lambda ledger: ledger.settling(run_id, src, op, error, settle_after=settle_after)
+        )
+
+    async def gave_up(self, work: Work, error: RowError) -> None:
+        run_id, src, op = self.run_id, work.src, work.op
+        await self.writer.write(lambda ledger: ledger.gave_up(run_id, src, op, error))
+
     async def revoked(self, key: str) -> None:
         run_id = self.run_id
         await self.writer.write(lambda ledger: ledger.revoked(run_id, key))
@@ -550,6 +616,28 @@ def _refused_note(row: Row, before: LedgerRow) -> _Note:
     log.info("row failed: file=%s row=%d code=immutable_change", row.file, row.row)
     error = RowError("sync", "immutable_change", message, json.dumps(row.cells))
     return Source(row.source_key, row.file, row.row), Ledger.refused, error
+
+
+async def _send_inactive(client: ClinikClient, retry: RetryPolicy, consent_id: str) -> None:
+    """PATCH a consent to inactive; one already gone is as good as inactive."""
+    async for attempt in retry():
+        with attempt:
+            try:
+                await client.patch_consent(consent_id, {"status": "inactive"})
+            except ClientRequestError as exc:
+                if exc.status != 404:
+                    raise
+
+
+def _row_error(work: Work, exc: ConsentImportError) -> RowError:
+    status = exc.status if isinstance(exc, ApiError) else None
+    request_id = exc.request_id if isinstance(exc, ApiError) else None
+    cells = json.dumps(work.row.cells)
+    return RowError("api", error_code(exc), str(exc), cells, status, request_id)
+
+
+def _seconds_until(when: datetime) -> float:
+    return (when - datetime.now(UTC)).total_seconds()
 
 
 def error_code(exc: ConsentImportError) -> str:

@@ -1,4 +1,5 @@
-"""Self-contained HTML reports of a validation or a run, for the people who fix the data.
+"""Self-contained HTML reports of a validation, a run or a verify, for the people who fix
+the data.
 
 One file, no network: inline CSS and inline SVG charts whose geometry is computed here, so
 the template only places numbers. The template autoescapes everything, because every cell
@@ -24,7 +25,7 @@ from importer.version import __version__
 
 if TYPE_CHECKING:
     from importer.normalize import RowError
-    from importer.results import RunStats, ValidationSummary
+    from importer.results import RunStats, ValidationSummary, VerifyResult
 
 #: Rows of the error table. Past a few thousand rows a page opens and prints slowly and
 #: nobody reads it; the counts and charts stay exact, and the CSV report has every row.
@@ -546,3 +547,68 @@ def _clock_text(seconds: float, step: float) -> str:
     if hours:
         return f"{hours}h{minutes:02d}"
     return f"{minutes}m{secs:02d}" if secs else f"{minutes}m"
+
+
+# -- verify ---------------------------------------------------------------------------
+
+
+def write_verify_html(path: Path, result: VerifyResult) -> None:
+    """Write the HTML report of `verify` to `path`, in the style of the other reports."""
+    path.write_text(render_verify_html(result), encoding="utf-8")
+
+
+def render_verify_html(result: VerifyResult) -> str:
+    """The HTML of `write_verify_html`."""
+    counts = result.counts()
+    shown = result.findings[:TABLE_ROWS]
+    total = len(result.findings)
+    fields: dict[str, int] = {}
+    for finding in result.findings:
+        for name in finding.fields:
+            fields[name] = fields.get(name, 0) + 1
+    read = result.checked + counts["unchecked"]
+    if result.aborted:
+        status = ("warn", "Stopped early")
+    elif total:
+        status = ("bad", f"{total:,} finding{'s' if total != 1 else ''}")
+    else:
+        status = ("good", f"All {read:,} consents agree")
+    note = f"a sample of {result.ledger_consents:,}" if result.sampled else ""
+    figures = [
+        _count("read", "Read back", read, note=note or f"of {result.ledger_consents:,}"),
+        _count("agree", "Agree", result.agree, "good", _pct(result.agree, read)),
+        *(
+            _count(kind.replace("_", "-"), kind.replace("_", " ").capitalize(), n, _tone(n))
+            for kind, n in counts.items()
+        ),
+    ]
+    traffic = [
+        _count("requests", "Requests", result.requests, note="GET only"),
+        _count("searched", "Patients searched", result.searched_patients),
+        _count("fetched", "Fetched by id", result.fetched_by_id),
+        _count("retries", "Retries", result.retries),
+        Figure(
+            "duration", "Duration", _duration_text(result.duration_s), round(result.duration_s, 3)
+        ),
+    ]
+    env_template = _template().environment.get_template("verify.html")
+    return env_template.render(
+        title="Verify report",
+        version=__version__,
+        generated=datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z").strip(),
+        ledger=result.ledger,
+        status=status,
+        aborted=result.aborted,
+        figures=figures,
+        traffic_figures=traffic,
+        by_kind=bar_chart((kind, n) for kind, n in counts.items()),
+        by_field=bar_chart(sorted(fields.items(), key=lambda kv: (-kv[1], kv[0]))),
+        findings=shown,
+        total_text=f"{total:,}",
+        shown_text=f"{len(shown):,}",
+        capped=len(shown) < total,
+    )
+
+
+def _tone(n: int) -> str:
+    return "bad" if n else ""

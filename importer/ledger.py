@@ -111,10 +111,11 @@ CREATE TABLE IF NOT EXISTS rows (
     http_status INTEGER,
     request_id TEXT,
     cells TEXT,                      -- JSON of the source cells (invalid/failed rows only: PHI)
+    settle_after TEXT,               -- settling rows: look up no sooner (UTC ISO time)
     attempts INTEGER NOT NULL DEFAULT 0,
     first_run INTEGER,
     last_run INTEGER,                -- the last run whose input held this row
-    updated_at INTEGER NOT NULL      -- Unix seconds
+    updated_at INTEGER NOT NULL      -- Unix time in milliseconds
 ) WITHOUT ROWID
 """
 _SCHEMA = f"""
@@ -147,7 +148,7 @@ CREATE TABLE IF NOT EXISTS attempts (
 T = TypeVar("T")
 _SELECT_ROWS = (
     "SELECT source_key, state, action, consent_id, payload_hash, field_hashes, "
-    "pending_op, pending_body, pending_hash, error_code FROM rows"
+    "pending_op, pending_body, pending_hash, error_code, settle_after, updated_at FROM rows"
 )
 #: Done rows with no error noted, by key and cells digest: what a rerun skips in bulk.
 _UNCHANGED = (
@@ -168,6 +169,7 @@ _CLEARED = dict.fromkeys(
         "error_message",
         "http_status",
         "cells",
+        "settle_after",
     )
 )
 
@@ -177,7 +179,15 @@ def now_iso() -> str:
 
 
 def _now() -> int:
-    return int(time.time())
+    """`updated_at` as stored: Unix milliseconds (an ISO text takes 29 bytes a row)."""
+    return time.time_ns() // 1_000_000
+
+
+def _iso(stored: int | str | None) -> str | None:
+    """A stored `updated_at` as `now_iso` writes times (a legacy text as it is)."""
+    if not isinstance(stored, int):
+        return stored
+    return datetime.fromtimestamp(stored / 1000, UTC).isoformat(timespec="milliseconds")
 
 
 def pack_hash(hex_digest: str | None) -> bytes | str | None:
@@ -245,6 +255,8 @@ class LedgerRow:
     pending_body: str | None
     pending_hash: str | None
     error_code: str | None
+    settle_after: str | None = None  # settling rows: look up no sooner than this
+    updated_at: str | None = None  # in-flight rows: when the intent was committed
 
 
 @dataclass(frozen=True, slots=True)
@@ -284,6 +296,7 @@ class _Transitions:
             "pending_body": body,
             "pending_hash": body_hash,
             "patient_id": patient_id,
+            "settle_after": None,
         }
         if consent_id is not None:
             values["consent_id"] = consent_id
@@ -334,6 +347,22 @@ class _Transitions:
         """in_flight -> in_flight, error noted: a POST may have been stored; the next run
         looks it up before anything is posted again."""
         self._upsert(run_id, src, {**_error_values(error), "state": RowState.IN_FLIGHT})
+        self._attempt(run_id, src.key, op, "error", error=error)
+
+    def settling(
+        self, run_id: int, src: Source, op: Op, error: RowError, *, settle_after: str
+    ) -> None:
+        """in_flight -> settling: a POST's answer was ambiguous; look the consent up no
+        sooner than `settle_after` (kept across a crash), then adopt it or post again."""
+        values = {**_error_values(error), "state": RowState.SETTLING}
+        self._upsert(run_id, src, {**values, "settle_after": settle_after})
+        self._attempt(run_id, src.key, op, "error", error=error)
+
+    def gave_up(self, run_id: int, src: Source, op: Op, error: RowError) -> None:
+        """settling -> failed as outcome_unknown: ambiguous `--max-attempts` times. The op
+        stays, and the next run looks the consent up before posting."""
+        values = {**_error_values(error), "state": RowState.FAILED, "settle_after": None}
+        self._upsert(run_id, src, values)
         self._attempt(run_id, src.key, op, "error", error=error)
 
     def unsent(self, src: Source, before: RowState | None) -> None:
@@ -429,7 +458,8 @@ class Ledger(_Transitions):
     """Synchronous access to the ledger file; one connection, used by one thread at a time.
 
     Rows change only through the named transitions of `_Transitions` (`intent`, `done`,
-    `failed`, `outcome_unknown`, `unsent`, `revoked`, `invalid`, `refused`, `seen`);
+    `failed`, `outcome_unknown`, `settling`, `gave_up`, `unsent`, `revoked`, `invalid`,
+    `refused`, `seen`);
     call them inside a transaction (`AsyncLedger.write` runs each in one).
     """
 
@@ -444,6 +474,9 @@ class Ledger(_Transitions):
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute("PRAGMA busy_timeout=5000")
             self._db.executescript(_SCHEMA)
+            columns = {r[1] for r in self._db.execute("PRAGMA table_info(rows)")}
+            if "settle_after" not in columns:  # a ledger of a version before settling
+                self._db.execute("ALTER TABLE rows ADD COLUMN settle_after TEXT")
         except sqlite3.DatabaseError as exc:
             raise ConfigError(
                 f"ledger {self.path} is not a consent-import ledger ({exc}); give another --ledger"
@@ -484,14 +517,14 @@ class Ledger(_Transitions):
         db = self._db
         db.create_function("pack_hash", 1, pack_hash, deterministic=True)
         db.create_function("pack_fields", 1, _pack_json_field_hashes, deterministic=True)
-        db.create_function("unix_seconds", 1, _unix_seconds, deterministic=True)
+        db.create_function("unix_ms", 1, _unix_ms, deterministic=True)
         kept = ", ".join(_KEPT_COLUMNS)
         with self.transaction():
             db.execute(_ROWS_TABLE.replace("IF NOT EXISTS rows", "rows_next"))
             db.execute(
                 f"INSERT INTO rows_next ({kept}, payload_hash, field_hashes, updated_at) "  # noqa: S608
                 f"SELECT {kept}, pack_hash(payload_hash), pack_fields(field_hashes), "
-                "unix_seconds(updated_at) FROM rows"
+                "unix_ms(updated_at) FROM rows"
             )
             db.execute("DROP TABLE rows")
             db.execute("ALTER TABLE rows_next RENAME TO rows")
@@ -578,6 +611,8 @@ class Ledger(_Transitions):
                     r[7],
                     r[8],
                     r[9],
+                    r[10],
+                    _iso(r[11]),
                 )
         return found
 
@@ -669,6 +704,69 @@ class Ledger(_Transitions):
             params,
         )
 
+    # -- read-only access (verify) ----------------------------------------------------
+
+    @classmethod
+    def open_readonly(cls, path: str | Path) -> Ledger:
+        """Open an existing ledger for reading only: nothing is created, migrated or written.
+
+        Raises:
+            ConfigError: no such file, not a ledger, or another schema version.
+        """
+        ledger = cls.__new__(cls)
+        ledger.path = Path(path)
+        ledger._reads = None
+        if not ledger.path.is_file():
+            raise ConfigError(f"ledger {ledger.path} not found; give the --ledger of a run")
+        try:
+            uri = ledger.path.resolve().as_uri() + "?mode=ro"
+            ledger._db = sqlite3.connect(uri, uri=True, isolation_level=None)
+            ledger._db.execute("PRAGMA busy_timeout=5000")
+            meta = dict(ledger._db.execute("SELECT key, value FROM meta").fetchall())
+        except sqlite3.DatabaseError as exc:
+            raise ConfigError(
+                f"ledger {ledger.path} is not a consent-import ledger ({exc}); "
+                "give another --ledger"
+            ) from None
+        version = meta.get("schema_version")
+        # A ledger this code would migrate reads the same (its reads take both forms).
+        if version is not None and version != SCHEMA_VERSION and version not in _MIGRATES:
+            ledger._db.close()
+            raise ConfigError(
+                f"ledger {ledger.path} has schema version {version}; this consent-import "
+                f"reads version {SCHEMA_VERSION}"
+            )
+        return ledger
+
+    def base_url(self) -> str | None:
+        """The server this ledger records imports into (None before any run)."""
+        found = self._db.execute("SELECT value FROM meta WHERE key = 'base_url'").fetchone()
+        return None if found is None else str(found[0])
+
+    def done_consents(self) -> list[DoneConsent]:
+        """Every row the ledger says the server holds (created, adopted, updated, recreated)."""
+        return [
+            DoneConsent(r[0], r[1], r[2], r[3], r[4], unpack_hash(r[5]), r[6])
+            for r in self._db.execute(
+                "SELECT source_key, source_file, source_row, consent_id, patient_id, "
+                "payload_hash, field_hashes FROM rows "
+                "WHERE state = 'done' AND consent_id IS NOT NULL ORDER BY source_file, source_row"
+            )
+        ]
+
+    def unknown_outcomes(self) -> list[UnknownOutcome]:
+        """Rows whose POST may or may not have created a consent: failed as
+        `outcome_unknown`, or a create still in flight or settling (left by a stopped run)."""
+        return [
+            UnknownOutcome(r[0], r[1], r[2], r[3], r[4], r[5])
+            for r in self._db.execute(
+                "SELECT source_key, source_file, source_row, consent_id, patient_id, state "
+                "FROM rows WHERE error_code = 'outcome_unknown' OR (state IN "
+                "('in_flight', 'settling') AND pending_op IN ('create', 'recreate')) "
+                "ORDER BY source_file, source_row"
+            )
+        ]
+
 
 #: Columns of schema 1 copied as they are by the migration.
 _KEPT_COLUMNS = (
@@ -689,6 +787,7 @@ _KEPT_COLUMNS = (
     "http_status",
     "request_id",
     "cells",
+    "settle_after",
     "attempts",
     "first_run",
     "last_run",
@@ -699,9 +798,9 @@ def _pack_json_field_hashes(text: str | None) -> bytes | str | None:
     return pack_field_hashes(json.loads(text)) if text else None
 
 
-def _unix_seconds(text: str | None) -> int:
+def _unix_ms(text: str | None) -> int:
     try:
-        return int(datetime.fromisoformat(text or "").timestamp())
+        return int(datetime.fromisoformat(text or "").timestamp() * 1000)
     except ValueError:
         return _now()
 
@@ -857,3 +956,34 @@ def _create_private(path: Path) -> None:
     except PermissionError:
         raise ConfigError(f"ledger {path}: no permission to create it") from None
     os.close(fd)
+
+
+@dataclass(frozen=True, slots=True)
+class DoneConsent:
+    """A row the ledger says the server holds, as `verify` reads it back."""
+
+    source_key: str
+    source_file: str
+    source_row: int
+    consent_id: str
+    patient_id: str | None
+    payload_hash: str | None
+    # Kept as stored and unpacked when asked: a big ledger is read whole.
+    field_hashes_stored: bytes | str | None
+
+    @property
+    def field_hashes(self) -> dict[str, str]:
+        """{field: short hash} of the body the server should hold."""
+        return unpack_field_hashes(self.field_hashes_stored)
+
+
+@dataclass(frozen=True, slots=True)
+class UnknownOutcome:
+    """A row whose create may or may not have reached the server."""
+
+    source_key: str
+    source_file: str
+    source_row: int
+    consent_id: str | None
+    patient_id: str | None
+    state: str

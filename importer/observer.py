@@ -33,6 +33,9 @@ _COUNTS = {
     "lookup": "lookups",
     "retry": "retries",
     "left": "rows_left",  # not done because the run stopped
+    "settling": "settling",  # an ambiguous answer: the row waits out --settle
+    "settled_adopted": "settled_adopted",
+    "settled_reposted": "settled_reposted",
 }
 
 
@@ -74,6 +77,16 @@ class RunObserver:
         name = _COUNTS[event]
         setattr(self.stats, name, getattr(self.stats, name) + 1)
         self._emit(event)
+
+    def settled(self, _row: object = None) -> None:
+        """A settling row's wait is over: it is looked up now."""
+        self.stats.settling -= 1
+        self._emit("settled")
+
+    def dropped(self, _row: object = None) -> None:
+        """The run stopped while a row settled (the ledger keeps it settling)."""
+        self.settled()
+        self.on("left")
 
     def failed(self, code: str) -> None:
         self.stats.fail(code)

@@ -32,6 +32,10 @@ class RunOptions:
         on_immutable_change: fail the row, or recreate its consent and retire the old one.
         revoke_missing: patch consents whose rows left the source to inactive.
         skip_existing: look each new row up before posting it, and adopt a match.
+        settle_s: after an ambiguous answer to a POST (a timeout after sending, a dropped
+            connection, a 5xx), wait this long before looking the consent up, so a server
+            that stores it late or shows it in search late is not posted to twice; 0
+            looks it up at once.
     """
 
     ledger: Path = Path("consent-import.db")
@@ -45,6 +49,7 @@ class RunOptions:
     on_immutable_change: OnImmutableChange = "fail"
     revoke_missing: bool = False
     skip_existing: bool = False
+    settle_s: float = 30.0
 
     def __post_init__(self) -> None:
         if self.on_immutable_change not in IMMUTABLE_CHANGE_CHOICES:
@@ -53,6 +58,8 @@ class RunOptions:
             )
         if self.concurrency < 1 or self.max_attempts < 1:
             raise ValueError("concurrency and max_attempts must be at least 1")
+        if self.settle_s < 0:
+            raise ValueError("settle_s must be at least 0")
 
 
 #: The defaults, for the CLI's help and for callers that change only a few.

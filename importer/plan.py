@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from contextlib import AbstractContextManager, closing, nullcontext
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from enum import StrEnum
 from itertools import chain
 from pathlib import Path
@@ -43,12 +44,15 @@ class RowPlan:
             options ask to adopt existing consents): search before posting.
         consent_id: the consent the op acts on (patch, retire), or the one a recreate
             replaces.
+        not_before: the lookup waits until then (UTC): an ambiguous answer, or an
+            intent a crash cut short, is given `settle_s` to show on the server.
     """
 
     verdict: Verdict
     op: Op | None = None
     lookup_first: bool = False
     consent_id: str | None = None
+    not_before: datetime | None = None
 
     @property
     def label(self) -> str:
@@ -58,6 +62,7 @@ class RowPlan:
         return f"{self.op} (after a lookup)" if self.lookup_first else self.op.value
 
 
+SEND = Verdict.SEND
 _UNCHANGED = RowPlan(Verdict.UNCHANGED)
 _INVALID = RowPlan(Verdict.INVALID)
 _IMMUTABLE = RowPlan(Verdict.IMMUTABLE_CHANGE)
@@ -68,6 +73,15 @@ def plan_row(row: Row, before: LedgerRow | None, options: RunOptions) -> RowPlan
     if not row.valid:
         return _INVALID
     if (
+        before is not None
+        and before.state is RowState.FAILED
+        and before.error_code == "outcome_unknown"
+        and before.pending_op in (Op.CREATE, Op.RECREATE, None)
+    ):
+        # Gave up after ambiguous answers: the consent may exist; look before posting.
+        again = before.pending_op or Op.CREATE
+        return RowPlan(SEND, again, lookup_first=True, consent_id=before.consent_id)
+    if (
         before is None
         or before.state in (RowState.INVALID, RowState.PENDING)
         or (before.state is RowState.FAILED and before.consent_id is None)
@@ -76,8 +90,15 @@ def plan_row(row: Row, before: LedgerRow | None, options: RunOptions) -> RowPlan
     if before.state in (RowState.IN_FLIGHT, RowState.SETTLING):
         op = before.pending_op or Op.CREATE
         if op in (Op.CREATE, Op.RECREATE):
-            # Outcome unknown: the lookup decides between adopting and posting.
-            return RowPlan(Verdict.SEND, op, lookup_first=True, consent_id=before.consent_id)
+            # Outcome unknown: the lookup decides between adopting and posting, once the
+            # server has had its time to show the consent.
+            return RowPlan(
+                SEND,
+                op,
+                lookup_first=True,
+                consent_id=before.consent_id,
+                not_before=_settle_deadline(before, options.settle_s),
+            )
         if op is Op.RETIRE:
             return RowPlan(Verdict.SEND, op, consent_id=before.consent_id)
         # An unfinished PATCH is safe to send again (it replaces values): go on and
@@ -91,6 +112,26 @@ def plan_row(row: Row, before: LedgerRow | None, options: RunOptions) -> RowPlan
             return RowPlan(Verdict.SEND, Op.RECREATE, consent_id=before.consent_id)
         return _IMMUTABLE
     return RowPlan(Verdict.SEND, Op.PATCH, consent_id=before.consent_id)
+
+
+def _settle_deadline(before: LedgerRow, settle_s: float) -> datetime | None:
+    """When a row whose POST may have landed can be looked up: a settling row at its
+    stored deadline, an in-flight row (a crash cut it short) `settle_s` after its intent."""
+    if settle_s <= 0:
+        return None
+    if before.state is RowState.SETTLING:
+        return _parse_time(before.settle_after)
+    intent_at = _parse_time(before.updated_at)
+    return None if intent_at is None else intent_at + timedelta(seconds=settle_s)
+
+
+def _parse_time(text: str | None) -> datetime | None:
+    if not text:
+        return None
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError:
+        return None
 
 
 def changed_fields(row: Row, before: LedgerRow) -> list[str]:

@@ -1,12 +1,12 @@
-"""What the library's calls return: the counts of a validation, a dry run, a run and an
-export. A leaf module: the engine fills these and the reports read them, and neither
-imports the other.
+"""What the library's calls return: the counts of a validation, a dry run, a run, an
+export and a verify. A leaf module: the engine fills these and the reports read them,
+and neither imports the other.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -108,6 +108,10 @@ class RunStats:
     revoked: int = 0
     missing_from_source: int = 0
     lookups: int = 0
+    #: rows waiting out --settle after an ambiguous answer, right now
+    settling: int = 0
+    settled_adopted: int = 0  # found by the lookup after settling
+    settled_reposted: int = 0  # not found after settling: posted again
     retries: int = 0
     requests: int = 0
     rate_limited: int = 0
@@ -151,6 +155,8 @@ class RunStats:
             revoked=self.revoked,
             missing_from_source=self.missing_from_source,
             lookups=self.lookups,
+            settled_adopted=self.settled_adopted,
+            settled_reposted=self.settled_reposted,
             paused=self.paused,
             aborted=self.aborted or None,
             rows_left=self.rows_left,
@@ -179,3 +185,94 @@ class ExportCounts:
 
     created: int = 0
     failed: int = 0
+
+
+#: What `verify` reports, by kind.
+KINDS = ("missing", "differs", "duplicate", "outcome_unknown", "unchecked")
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One disagreement between the ledger and the server.
+
+    `patient_id` and `source_key` may be PHI: report files carry them, the terminal never.
+    """
+
+    kind: str
+    source_file: str
+    source_row: int
+    source_key: str
+    consent_id: str | None
+    patient_id: str | None = None
+    fields: tuple[str, ...] = ()
+    duplicate_id: str | None = None
+    detail: str = ""
+
+    def line(self) -> str:
+        """The finding as the terminal shows it: where, which consent, what; no values."""
+        where = f"{self.source_file}:{self.source_row}"
+        text = f"{self.kind:<15} {where}  {self.consent_id or '(no consent id)'}"
+        if self.fields:
+            text += f"  fields: {', '.join(self.fields)}"
+        if self.duplicate_id:
+            text += f"  duplicate: {self.duplicate_id}"
+        return f"{text}  ({self.detail})" if self.detail else text
+
+    def to_json(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["fields"] = list(self.fields)
+        return out
+
+
+@dataclass
+class VerifyResult:
+    """What a verify found and what it cost."""
+
+    ledger: str = ""
+    ledger_consents: int = 0
+    checked: int = 0
+    agree: int = 0
+    sampled: bool = False
+    searched_patients: int = 0
+    fetched_by_id: int = 0
+    requests: int = 0
+    retries: int = 0
+    rate_limited: int = 0
+    duration_s: float = 0.0
+    aborted: str = ""
+    resets_in_s: float | None = None
+    findings: list[Finding] = field(default_factory=list)
+
+    @property
+    def exit_code(self) -> int:
+        """3 stopped before the end (rerun it), 1 something reported, 0 all agree."""
+        if self.aborted:
+            return 3
+        return 1 if self.findings else 0
+
+    def counts(self) -> dict[str, int]:
+        counts = dict.fromkeys(KINDS, 0)
+        for finding in self.findings:
+            counts[finding.kind] += 1
+        return counts
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "ledger_consents": self.ledger_consents,
+            "checked": self.checked,
+            "agree": self.agree,
+            **self.counts(),
+            "sampled": self.sampled,
+            "searched_patients": self.searched_patients,
+            "fetched_by_id": self.fetched_by_id,
+            "requests": self.requests,
+            "retries": self.retries,
+            "rate_limited": self.rate_limited,
+            "duration_s": round(self.duration_s, 3),
+            "complete": not self.aborted,
+            "aborted": self.aborted or None,
+            "resets_in_s": self.resets_in_s,
+        }
+
+    def to_json(self) -> dict[str, Any]:
+        return {"summary": self.summary(), "findings": [f.to_json() for f in self.findings]}

@@ -50,6 +50,8 @@ def run(
     handle_signals: bool = False,
     **options: Any,
 ) -> RunResult:
+    # Today's tests of faults look up at once; the tests of --settle give it.
+    options.setdefault("settle_s", 0.0)
     config = RunConfig(
         inputs=source if isinstance(source, list) else [source],
         options=RunOptions(ledger=ledger, base_url=base_url, **options),

@@ -16,6 +16,7 @@ from tests.engine_helpers import consent_rows, run, write_csv
 K = Source("K1", "in.csv", 2)
 ERROR = RowError("api", "server_error", "503", "{}", 503, "req_1")
 RUN = 1
+T = "2026-01-01T10:00:30.000+00:00"
 
 Event = Callable[[Ledger], None]
 
@@ -51,6 +52,7 @@ SETUP: dict[RowState | None, list[Event]] = {
     RowState.DONE: [intent(), done],
     RowState.FAILED: [intent(), lambda db: db.failed(RUN, K, Op.CREATE, ERROR)],
     RowState.REVOKED: [intent(), done, lambda db: db.revoked(RUN, "K1")],
+    RowState.SETTLING: [intent(), lambda db: db.settling(RUN, K, Op.CREATE, ERROR, settle_after=T)],
 }
 EVENTS: dict[str, Event] = {
     "intent": intent(),
@@ -65,6 +67,8 @@ EVENTS: dict[str, Event] = {
     "invalid": lambda db: db.invalid(RUN, K, ERROR),
     "refused": lambda db: db.refused(RUN, K, ERROR),
     "seen": lambda db: db.seen([("K1", None)], RUN),
+    "settling": lambda db: db.settling(RUN, K, Op.CREATE, ERROR, settle_after=T),
+    "gave_up": lambda db: db.gave_up(RUN, K, Op.CREATE, ERROR),
 }
 
 
@@ -96,6 +100,11 @@ def state_of(db: Ledger) -> RowState | None:
         (RowState.REVOKED, "invalid", RowState.REVOKED),
         (RowState.DONE, "refused", RowState.DONE),
         (RowState.DONE, "seen", RowState.DONE),
+        (RowState.IN_FLIGHT, "settling", RowState.SETTLING),  # an ambiguous answer
+        (RowState.SETTLING, "intent", RowState.IN_FLIGHT),  # looked up, not found: posted again
+        (RowState.SETTLING, "done", RowState.DONE),  # found and adopted
+        (RowState.SETTLING, "gave_up", RowState.FAILED),  # --max-attempts ambiguous answers
+        (RowState.SETTLING, "invalid", RowState.SETTLING),  # may exist: keep for a lookup
     ],
 )
 def test_transition(before: RowState | None, event: str, after: RowState | None) -> None:
@@ -191,3 +200,32 @@ def test_every_state_and_op_a_run_writes_is_listed(tmp_path: Path) -> None:
     # Only failed attempts have rows (a success is the row's own state and action).
     assert outcomes == {"error"}
     assert {"create"} <= ops
+
+
+@pytest.mark.parametrize(
+    ("event", "settle_after", "pending_op"),
+    [
+        ("settling", T, Op.CREATE),  # the deadline is stored: a crash keeps it
+        ("intent", None, Op.CREATE),  # a new POST clears it
+        ("gave_up", None, Op.CREATE),  # failed, its op kept for the lookup next run
+    ],
+)
+def test_the_settle_deadline_and_the_op_are_kept(
+    event: str, settle_after: str | None, pending_op: Op
+) -> None:
+    db = Ledger(":memory:")
+    for step in SETUP[RowState.SETTLING]:
+        step(db)
+    EVENTS[event](db)
+    record = db.get(["K1"])["K1"]
+    assert (record.settle_after, record.pending_op) == (settle_after, pending_op)
+
+
+def test_a_ledger_from_before_settling_gains_the_column(tmp_path: Path) -> None:
+    legacy = Path(__file__).parent / "data" / "legacy-ledger-15ffa94.db"
+    copy = tmp_path / "old.db"
+    copy.write_bytes(legacy.read_bytes())
+    Ledger(copy).close()
+    with sqlite3.connect(copy) as db:
+        columns = {r[1] for r in db.execute("PRAGMA table_info(rows)")}
+    assert "settle_after" in columns

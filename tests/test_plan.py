@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -54,6 +55,8 @@ INVALID_ROW = Row("in.csv", 2, "K1", errors=[RowError("in.csv", 2, "scope", "inv
 SEND = Verdict.SEND
 FAIL, RECREATE = RunOptions(), RunOptions(on_immutable_change="recreate")
 SKIP_EXISTING = RunOptions(skip_existing=True)
+SETTLE_5 = RunOptions(settle_s=5)
+AT = datetime(2026, 1, 1, 10, 0, tzinfo=UTC)
 
 
 @pytest.mark.parametrize(
@@ -120,6 +123,36 @@ SKIP_EXISTING = RunOptions(skip_existing=True)
             row(),
             FAIL,
             RowPlan(SEND, Op.PATCH, consent_id="c1"),
+        ),
+        # settling: the lookup waits for the stored deadline (kept across a crash)
+        (
+            replace(
+                record(RowState.SETTLING, consent_id=None, pending_op=Op.CREATE),
+                settle_after="2026-01-01T10:00:30.000+00:00",
+            ),
+            row(),
+            FAIL,
+            RowPlan(SEND, Op.CREATE, lookup_first=True, not_before=AT + timedelta(seconds=30)),
+        ),
+        # in flight when a run died: `settle_s` after its intent
+        (
+            replace(
+                record(RowState.IN_FLIGHT, consent_id=None, pending_op=Op.CREATE),
+                updated_at="2026-01-01T10:00:00.000+00:00",
+            ),
+            row(),
+            SETTLE_5,
+            RowPlan(SEND, Op.CREATE, lookup_first=True, not_before=AT + timedelta(seconds=5)),
+        ),
+        # gave up after --max-attempts ambiguous answers: looked up before any POST
+        (
+            replace(
+                record(RowState.FAILED, consent_id=None, pending_op=Op.CREATE),
+                error_code="outcome_unknown",
+            ),
+            row(),
+            FAIL,
+            RowPlan(SEND, Op.CREATE, lookup_first=True),
         ),
         # revoked (the ledger forgets the body's hash), then back in the source as it was
         (

@@ -53,7 +53,10 @@ def test_stats_count_what_happened(sb: RunningSandbox, client: httpx.Client) -> 
             "error_after_store": 0,
             "drop_after_store": 0,
             "slow_after_store": 0,
+            "late": 0,
+            "search_lag": 0,
         },
+        "late_pending": 0,
     }
 
 

@@ -3,7 +3,9 @@
 Every `/v1` request passes one gateway, in this order: arrival is counted, the key is
 checked (401s do not spend the budget), the rate window is hit (429), latency is slept,
 a fault is drawn (503 happens here, before anything is stored), then the route runs.
-After-store faults are applied by the write routes once the write has happened.
+After-store faults are applied by the write routes once the write has happened; a late
+write is validated, answered 502/504 at once and done `late_ms` later. A new consent may
+stay out of search for `search_lag_ms` (GET by id sees it at once).
 
 Search pages: `data` is the list of consents, oldest first; `meta.nextCursor` is the
 cursor of the next page, or null on the last one. `count` defaults to 20, at most 100.
@@ -17,6 +19,7 @@ import json
 import logging
 import re
 import secrets
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -54,7 +57,9 @@ _CODES = {
     422: "VALIDATION_ERROR",
     429: "RATE_LIMITED",
     500: "INTERNAL_ERROR",
+    502: "INTERNAL_ERROR",
     503: "INTERNAL_ERROR",
+    504: "INTERNAL_ERROR",
 }
 # uvicorn logs this when a response is left unfinished, which the drop fault does on purpose.
 _DROP_LOG_MESSAGE = "ASGI callable returned without completing response."
@@ -311,8 +316,9 @@ class _ConsentRoutes:
         if issues:
             raise _Reject(422, issues)
         assert isinstance(body, dict)
-        consent = self.state.store.create(body)
-        self.state.creates += 1
+        if call.fault is Fault.LATE:
+            return self._late(call, lambda: self.state.create(body))
+        consent = self.state.create(body)
         return await self._after_write(call, 201, consent)
 
     async def read(self, request: Request, call: _Call) -> Response:
@@ -324,11 +330,21 @@ class _ConsentRoutes:
         if issues:
             raise _Reject(422, issues)
         assert isinstance(body, dict)
-        consent = self.state.store.patch(request.path_params["consent_id"], body)
+        consent_id = request.path_params["consent_id"]
+        if call.fault is Fault.LATE:
+            if self.state.store.get(consent_id) is None:
+                raise _Reject(404, ["id: no such consent"])
+            return self._late(call, lambda: self._patch_now(consent_id, body))
+        consent = self._patch_now(consent_id, body)
         if consent is None:
             raise _Reject(404, ["id: no such consent"])
-        self.state.patches += 1
         return await self._after_write(call, 200, consent)
+
+    def _patch_now(self, consent_id: str, changes: dict[str, Any]) -> dict[str, Any] | None:
+        consent = self.state.store.patch(consent_id, changes)
+        if consent is not None:
+            self.state.patches += 1
+        return consent
 
     async def delete(self, request: Request, call: _Call) -> Response:
         consent_id = request.path_params["consent_id"]
@@ -342,7 +358,7 @@ class _ConsentRoutes:
         if isinstance(query, list):
             raise _Reject(400, query)
         try:
-            page = self.state.store.search(query)
+            page = self.state.store.search(query, time.monotonic())
         except CursorError:
             raise _Reject(400, ["cursor: not a cursor this server handed out"]) from None
         return _ok(call, 200, page.consents, nextCursor=page.next_cursor)
@@ -352,6 +368,13 @@ class _ConsentRoutes:
         if consent is None:
             raise _Reject(404, ["id: no such consent"])
         return consent
+
+    def _late(self, call: _Call, write: Callable[[], object]) -> Response:
+        """Answer 502/504 now and do the write `late_ms` later: a gateway gave up waiting."""
+        state = self.state
+        state.count_fault(Fault.LATE)
+        state.later(state.config.late_ms / 1000.0, write)
+        return _error(call, state.faults.late_status(), ["gateway: the backend did not answer"])
 
     async def _after_write(self, call: _Call, status: int, consent: dict[str, Any]) -> Response:
         """Answer a write that has happened, unless an after-store fault says otherwise."""

@@ -6,12 +6,13 @@ import asyncio
 import contextlib
 import time
 from collections import Counter, deque
+from collections.abc import Callable
 from typing import Any
 
 from importer.sandbox.config import SandboxConfig
 from importer.sandbox.faults import Fault, FaultInjector
 from importer.sandbox.ratelimit import FixedWindow
-from importer.sandbox.store import ConsentStore
+from importer.sandbox.store import Consent, ConsentStore
 
 #: How many requests `GET /__sandbox/requests` remembers.
 REQUEST_LOG_SIZE = 100_000
@@ -30,6 +31,8 @@ class SandboxState:
         self.faults = FaultInjector(config.seed)
         self.log: deque[dict[str, Any]] = deque(maxlen=REQUEST_LOG_SIZE)
         self._stopping = asyncio.Event()
+        # Late writes not yet done; reset cancels them, so a test starts clean.
+        self._pending: set[asyncio.TimerHandle] = set()
         self._reset_counters()
 
     def _reset_counters(self) -> None:
@@ -77,6 +80,27 @@ class SandboxState:
         """Count a fault that was actually applied."""
         self.fault_counts[fault.value] += 1
 
+    # --- writes ----------------------------------------------------------------------
+
+    def create(self, body: dict[str, Any]) -> Consent:
+        """Store a validated body as a new consent, hidden from search for a drawn lag."""
+        lag = self.faults.search_lag_s(self.config)
+        if lag:
+            self.count_fault(Fault.SEARCH_LAG)
+        consent = self.store.create(body, time.monotonic() + lag)
+        self.creates += 1
+        return consent
+
+    def later(self, seconds: float, write: Callable[[], object]) -> None:
+        """Do `write` on this loop `seconds` from now (a late write), unless reset first."""
+
+        def fire() -> None:
+            self._pending.discard(handle)
+            write()
+
+        handle = asyncio.get_running_loop().call_later(seconds, fire)
+        self._pending.add(handle)
+
     # --- slow answers and shutdown ---------------------------------------------------
 
     async def pause(self, seconds: float) -> None:
@@ -107,13 +131,17 @@ class SandboxState:
             "duplicates": self.store.duplicates,
             "rate_limited": self.rate_limited,
             "faults": {fault.value: self.fault_counts[fault.value] for fault in Fault},
+            "late_pending": len(self._pending),
         }
 
     def reset(self) -> None:
-        """Clear consents, counters, log and rate window; reseed the fault draws.
+        """Clear consents, counters, log and rate window; drop late writes; reseed the draws.
 
         Requests in flight keep running and are still counted when they end.
         """
+        for handle in self._pending:
+            handle.cancel()
+        self._pending.clear()
         in_flight = self.in_flight
         self.store.clear()
         self.log.clear()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import math
 import secrets
 from collections import Counter
 from collections.abc import Iterable
@@ -36,6 +37,7 @@ class _Entry:
     seq: int
     fingerprint: Fingerprint
     day: date | None  # the UTC date of dateTime, for dateFrom/dateTo
+    searchable_at: float  # monotonic time from which search sees it (a lagging index)
 
 
 class ConsentStore:
@@ -56,8 +58,11 @@ class ConsentStore:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def create(self, body: dict[str, Any]) -> Consent:
-        """Store a validated body under a new id; status defaults to `active`."""
+    def create(self, body: dict[str, Any], searchable_at: float = 0.0) -> Consent:
+        """Store a validated body under a new id; status defaults to `active`.
+
+        GET by id sees it at once; search only from `searchable_at` (monotonic seconds).
+        """
         consent_id = f"consent_{secrets.token_hex(12)}"
         consent: Consent = {"id": consent_id, **body}
         consent.setdefault("status", "active")
@@ -65,9 +70,8 @@ class ConsentStore:
         when = consent.get("dateTime")
         instant = parse_instant(when) if isinstance(when, str) else None
         fingerprint = _fingerprint(consent, instant)
-        self._entries[consent_id] = _Entry(
-            consent, self._seq, fingerprint, None if instant is None else instant.date()
-        )
+        day = None if instant is None else instant.date()
+        self._entries[consent_id] = _Entry(consent, self._seq, fingerprint, day, searchable_at)
         self._by_patient.setdefault(str(consent["patientId"]), {})[consent_id] = None
         if self._fingerprints[fingerprint]:
             self.duplicates += 1
@@ -118,8 +122,8 @@ class ConsentStore:
         """Every consent in creation order."""
         return [entry.consent for entry in self._entries.values()]
 
-    def search(self, query: SearchQuery) -> Page:
-        """The consents matching `query`, oldest first, one page at a time.
+    def search(self, query: SearchQuery, now: float = math.inf) -> Page:
+        """The consents matching `query` and searchable at `now`, oldest first, a page at a time.
 
         Raises:
             CursorError: the cursor is not one this store handed out.
@@ -134,7 +138,7 @@ class ConsentStore:
         last_seq = 0
         for consent_id in ids:
             entry = self._entries[consent_id]
-            if entry.seq <= after or not _matches(entry, query):
+            if entry.seq <= after or entry.searchable_at > now or not _matches(entry, query):
                 continue
             if len(found) == query.count:
                 # One more match exists, so the page gets a cursor.
