@@ -103,8 +103,6 @@ CREATE TABLE IF NOT EXISTS rows (
     cells_hash INTEGER,              -- digest of the cells that made that body (done rows):
                                      -- a rerun finds unchanged rows by it, without bodies
     pending_op TEXT,                 -- create | patch | recreate | retire (Op; in_flight rows)
-    pending_body TEXT,               -- the body being sent (in_flight rows only: PHI)
-    pending_hash TEXT,
     error_stage TEXT,                -- validate | sync | api
     error_code TEXT,
     error_message TEXT,
@@ -131,6 +129,15 @@ CREATE TABLE IF NOT EXISTS runs (
 );
 {_ROWS_TABLE};
 CREATE INDEX IF NOT EXISTS rows_state ON rows (state);
+-- The body of each request in flight (PHI), apart from `rows`: a row's record stays the
+-- same small size from its intent on, so the pages of `rows` stay full.
+CREATE TABLE IF NOT EXISTS bodies (
+    source_key TEXT PRIMARY KEY,
+    body TEXT NOT NULL,
+    hash TEXT
+);
+-- Rows with an error noted are few: `status` counts them without reading every row.
+CREATE INDEX IF NOT EXISTS rows_errors ON rows (error_code) WHERE error_code IS NOT NULL;
 -- Failed attempts only (a row's successes are its state, action and attempts count).
 CREATE TABLE IF NOT EXISTS attempts (
     id INTEGER PRIMARY KEY,
@@ -147,9 +154,13 @@ CREATE TABLE IF NOT EXISTS attempts (
 
 T = TypeVar("T")
 _SELECT_ROWS = (
-    "SELECT source_key, state, action, consent_id, payload_hash, field_hashes, "
-    "pending_op, pending_body, pending_hash, error_code, settle_after, updated_at FROM rows"
+    "SELECT source_key, state, action, consent_id, payload_hash, field_hashes, pending_op, "
+    "(SELECT body FROM bodies p WHERE p.source_key = rows.source_key), "
+    "(SELECT hash FROM bodies p WHERE p.source_key = rows.source_key), "
+    "error_code, settle_after, updated_at FROM rows"
 )
+#: Marks a pending body an upsert leaves as it is.
+_KEEP: Any = object()
 #: Done rows with no error noted, by key and cells digest: what a rerun skips in bulk.
 _UNCHANGED = (
     "SELECT source_key, cells_hash FROM rows WHERE source_key IN "
@@ -370,22 +381,25 @@ class _Transitions:
         no row at all for a new one: the request was never sent."""
         if before is None:
             self._db.execute("DELETE FROM rows WHERE source_key = ?", (src.key,))
+            self._db.execute("DELETE FROM bodies WHERE source_key = ?", (src.key,))
             return
         back = RowState.PENDING if before is RowState.IN_FLIGHT else before
-        self._db.execute(
-            "UPDATE rows SET state = ?, pending_op = NULL, pending_body = NULL "
+        changed = self._db.execute(
+            "UPDATE rows SET state = ?, pending_op = NULL "
             "WHERE source_key = ? AND state = 'in_flight'",
             (back, src.key),
         )
+        if changed.rowcount:
+            self._db.execute("DELETE FROM bodies WHERE source_key = ?", (src.key,))
 
     def revoked(self, run_id: int, key: str) -> None:
         """done -> revoked: the row left the source and its consent is now inactive."""
         self._db.execute(
             "UPDATE rows SET state = 'revoked', action = 'revoked', payload_hash = NULL, "
-            "cells_hash = NULL, pending_op = NULL, pending_body = NULL, updated_at = ? "
-            "WHERE source_key = ?",
+            "cells_hash = NULL, pending_op = NULL, updated_at = ? WHERE source_key = ?",
             (_now(), key),
         )
+        self._db.execute("DELETE FROM bodies WHERE source_key = ?", (key,))
 
     def invalid(self, run_id: int, src: Source, error: RowError) -> None:
         """-> invalid, or the error noted on a row that holds a consent (its state kept):
@@ -429,6 +443,8 @@ class _Transitions:
     def _upsert(self, run_id: int, src: Source, values: dict[str, Any]) -> None:
         """Create or update one row's record with `values` (column = value)."""
         RowState(values["state"])  # a state nobody listed is a bug: fail the transaction
+        body = values.pop("pending_body", _KEEP)
+        body_hash = values.pop("pending_hash", None)
         values["updated_at"] = _now()
         columns = ", ".join(values)
         marks = ", ".join("?" * len(values))
@@ -440,6 +456,12 @@ class _Transitions:
             f"last_run = excluded.last_run, {updates}",
             (src.key, src.file, src.row, run_id, run_id, *values.values()),
         )
+        if body is None:
+            self._db.execute("DELETE FROM bodies WHERE source_key = ?", (src.key,))
+        elif body is not _KEEP:
+            self._db.execute(
+                "INSERT OR REPLACE INTO bodies VALUES (?, ?, ?)", (src.key, body, body_hash)
+            )
 
     def _attempt(self, run_id: int, key: str, op: Op, outcome: str, *, error: RowError) -> None:
         """A failed attempt (successes are not kept apart: the row holds them)."""
@@ -522,6 +544,10 @@ class Ledger(_Transitions):
         with self.transaction():
             db.execute(_ROWS_TABLE.replace("IF NOT EXISTS rows", "rows_next"))
             db.execute(
+                "INSERT INTO bodies SELECT source_key, pending_body, pending_hash FROM rows "
+                "WHERE pending_body IS NOT NULL"
+            )
+            db.execute(
                 f"INSERT INTO rows_next ({kept}, payload_hash, field_hashes, updated_at) "  # noqa: S608
                 f"SELECT {kept}, pack_hash(payload_hash), pack_fields(field_hashes), "
                 "unix_ms(updated_at) FROM rows"
@@ -529,6 +555,7 @@ class Ledger(_Transitions):
             db.execute("DROP TABLE rows")
             db.execute("ALTER TABLE rows_next RENAME TO rows")
             db.execute("CREATE INDEX rows_state ON rows (state)")
+            db.execute("CREATE INDEX rows_errors ON rows (error_code) WHERE error_code IS NOT NULL")
             db.execute("DELETE FROM attempts WHERE outcome = 'ok'")
             db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (SCHEMA_VERSION,))
         db.execute("VACUUM")
@@ -779,8 +806,6 @@ _KEPT_COLUMNS = (
     "previous_consent_id",
     "patient_id",
     "pending_op",
-    "pending_body",
-    "pending_hash",
     "error_stage",
     "error_code",
     "error_message",
