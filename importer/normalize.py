@@ -226,27 +226,27 @@ class Normalizer:
                         skip[candidates] = unchanged(keys, digests)
             numbers = chunk.index.to_numpy(dtype=np.int64)
             for start in range(0, len(chunk), _SLICE):
+                stop = min(start + _SLICE, len(chunk))
                 with _gc_paused():
-                    here = range(start, min(start + _SLICE, len(chunk)))
+                    skipped = skip[start:stop].tolist()
                     built = {
                         pos: file_rows.row_at(prepared, int(numbers[pos]), pos)
-                        for pos in here
-                        if not skip[pos]
+                        for pos, same in enumerate(skipped, start)
+                        if not same
                     }
-                    keys = [
-                        built[pos].source_key if pos in built else prepared.keys[pos] or ""
-                        for pos in here
-                    ]
-                    where = file_index << 40 | numbers[start : start + len(here)]
-                    firsts = self._keys.add(key_digests(keys), where).tolist()
-                    for pos, first in zip(here, firsts, strict=True):
-                        if first >= 0 and pos not in built:
+                    keys = [key or "" for key in prepared.keys[start:stop]]
+                    for pos, row in built.items():
+                        keys[pos - start] = row.source_key
+                    where = file_index << 40 | numbers[start:stop]
+                    firsts = self._keys.add(key_digests(keys), where)
+                    for at in np.flatnonzero(firsts >= 0).tolist():
+                        pos = start + at
+                        if pos not in built:
                             # A repeat of an earlier key is reported, even if unchanged.
                             built[pos] = file_rows.row_at(prepared, int(numbers[pos]), pos)
-                            skip[pos] = False
-                        if first >= 0:
-                            self._duplicate(built[pos], first)
-                    same = int(np.count_nonzero(skip[start : start + len(here)]))
+                            skipped[at] = False
+                        self._duplicate(built[pos], int(firsts[at]))
+                same = skipped.count(True)
                 if same:
                     yield Unchanged(table.name, same)
                 yield from (built[pos] for pos in sorted(built))

@@ -37,6 +37,7 @@ EDITS: dict[str, Any] = {
     "one status": lambda rows: [{**rows[0], "status": "inactive"}, *rows[1:]],
     "one new row": lambda rows: [*rows, *consent_rows(1, start=len(rows))],
     "one row gone": lambda rows: rows[1:],
+    "a row repeated": lambda rows: [*rows, rows[0]],
 }
 
 
@@ -47,6 +48,7 @@ EDITS: dict[str, Any] = {
         ("one status", 1, 1, 59),  # the edited row's body, for its PATCH
         ("one new row", 1, 1, 60),
         ("one row gone", 0, 0, 59),  # noted missing, nothing sent
+        ("a row repeated", 1, 0, 60),  # the repeat is built, to report it as duplicate_row
     ],
 )
 def test_a_rerun_builds_bodies_only_for_rows_that_changed(
@@ -67,7 +69,8 @@ def test_a_rerun_builds_bodies_only_for_rows_that_changed(
     assert bodies[0] == built
     assert (result.stats.requests, result.stats.unchanged) == (requests, unchanged)
     assert result.stats.missing_from_source == (edit == "one row gone")
-    assert result.validation.valid == result.stats.rows
+    assert result.stats.invalid == (edit == "a row repeated")
+    assert result.validation.valid == result.stats.rows - result.stats.invalid
 
 
 def test_an_edited_mapping_compares_bodies_again(
