@@ -163,8 +163,10 @@ _SELECT_ROWS = (
 _KEEP: Any = object()
 #: Done rows with no error noted, by key and cells digest: what a rerun skips in bulk.
 _UNCHANGED = (
-    "SELECT source_key, cells_hash FROM rows WHERE source_key IN "
-    "(SELECT value FROM json_each(?)) AND state = 'done' AND error_code IS NULL"
+    # CROSS JOIN: the keys outside, one lookup by primary key each (through the state
+    # index, SQLite would look each row up twice).
+    "SELECT r.source_key, r.cells_hash FROM json_each(?) AS k CROSS JOIN rows AS r "
+    "ON r.source_key = k.value WHERE r.state = 'done' AND r.error_code IS NULL"
 )
 #: Rows that need a person: invalid, failed, sent with an outcome still unknown, or done
 #: but edited in a way the API cannot apply (the error stays until a run clears it).
