@@ -7,27 +7,62 @@ Exit codes (the contract schedulers rely on): 0 all good, 1 some rows invalid or
 
 from __future__ import annotations
 
+import errno
+import logging
+import math
 import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import click
-from rich.console import Console
 
-from importer.errors import ConsentImportError, UsageError
+from importer.console import plain_console, plural
+from importer.errors import AbortError, ConsentImportError, UsageError
 from importer.mapping import load_mapping
-from importer.options import DEFAULTS, IMMUTABLE_CHANGE_CHOICES, OnImmutableChange, RunOptions
+from importer.options import DEFAULTS, IMMUTABLE_CHANGE_CHOICES, RunOptions
 from importer.validate import validate_files
 from importer.version import __version__
 
 if TYPE_CHECKING:
     from importer.mapping import Mapping
-    from importer.results import RunStats
+    from importer.results import RevokePlan, RunStats
     from importer.verify import Plan
 
 EXIT_OK, EXIT_ROWS, EXIT_CONFIG, EXIT_ABORTED, EXIT_INTERNAL = 0, 1, 2, 3, 4
+
+log = logging.getLogger("importer.cli")
+
+
+# -- value types, checked when the command line is parsed (exit 2, one line) ------------
+
+
+class _Number(click.FloatRange):
+    """A float in a range that is also finite: click's FloatRange lets nan through (every
+    comparison with nan is false) and inf past an open maximum."""
+
+    name = "number"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = click.FLOAT.convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return super().convert(number, param, ctx)
+
+
+#: a request's read timeout: positive, at most a day
+_TIMEOUT = _Number(min=0, min_open=True, max=86400)
+#: seconds to wait (grace, max wait, latency): zero or more, at most a day
+_WAIT = _Number(min=0, max=86400)
+#: requests per second: a rate below one request per 100 s would look like a hang
+_RATE = _Number(min=0.01, max=1_000_000)
+#: the sandbox's added delays, in ms: zero or more, at most an hour
+_MILLIS = _Number(min=0, max=3_600_000)
+#: a probability
+_SHARE = _Number(min=0, max=1)
+_PORT = click.IntRange(0, 65535)
 
 _inputs = click.argument(
     "inputs", nargs=-1, required=True, type=click.Path(path_type=Path, dir_okay=True)
@@ -70,7 +105,7 @@ _timeout = click.option(
     "timeout_s",
     default=DEFAULTS.timeout_s,
     show_default=True,
-    type=click.FloatRange(min=0, min_open=True),
+    type=_TIMEOUT,
     help="Read timeout per request (s).",
 )
 _max_attempts = click.option(
@@ -83,7 +118,7 @@ _max_attempts = click.option(
 _max_wait = click.option(
     "--max-wait",
     "max_wait_s",
-    type=click.FloatRange(min=0),
+    type=_WAIT,
     help="When the rate-limit window is spent and resets later than this many "
     "seconds, stop cleanly: `run` exits 0 (paused) and resumes on the next run, "
     "`verify` exits 3.",
@@ -115,7 +150,8 @@ def cli() -> None:
 @click.option(
     "--redact",
     is_flag=True,
-    help="Leave every cell value out of the HTML report (for sharing outside the team).",
+    help="Leave every cell value out of the reports, for sharing outside the team (JSON "
+    "never holds any; refused with a .csv report, which is the rows' own cells).",
 )
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors.")
 def validate(
@@ -134,7 +170,7 @@ def validate(
     if not quiet:
         from importer.report import print_validation
 
-        print_validation(summary, Console(highlight=False))
+        print_validation(summary, plain_console())
     return EXIT_ROWS if summary.invalid else EXIT_OK
 
 
@@ -154,8 +190,9 @@ def validate(
 @_concurrency
 @click.option(
     "--max-rps",
-    type=click.FloatRange(min=0, min_open=True),
-    help="Cap on requests started per second, on top of the server's window budget.",
+    type=_RATE,
+    help="Cap on requests started per second (at least 0.01), on top of the server's "
+    "window budget.",
 )
 @_timeout
 @_max_attempts
@@ -176,6 +213,12 @@ def validate(
     "source to inactive (the input is taken as the whole source).",
 )
 @click.option(
+    "--revoke-max",
+    metavar="N|P%",
+    help="Revoke at most N consents, or P% of the ledger's done rows, in one run; over "
+    "it, revoke none and exit 2. [default: 10%]",
+)
+@click.option(
     "--skip-existing",
     is_flag=True,
     help="Look each new row up before posting and "
@@ -187,7 +230,7 @@ def validate(
     "settle_s",
     default=DEFAULTS.settle_s,
     show_default=True,
-    type=click.FloatRange(min=0),
+    type=_WAIT,
     help="After an ambiguous answer to a POST (timeout, dropped connection, 5xx), wait "
     "this many seconds before looking the consent up, so a consent the server stores or "
     "indexes late is not posted twice; the run goes on meanwhile. 0: look up at once.",
@@ -197,8 +240,16 @@ def validate(
     "grace_s",
     default=DEFAULTS.grace_s,
     show_default=True,
-    type=float,
+    type=_WAIT,
     help="On Ctrl-C / SIGTERM, seconds to let in-flight requests settle.",
+)
+@click.option(
+    "--no-preflight",
+    is_flag=True,
+    help="Skip the checks before the first row: one request to see that the base URL is "
+    "ClinikAPI and takes the key and, on a ledger that has created nothing, up to 20 "
+    "lookups of the first valid rows (a consent already there means a rerun with a new "
+    "ledger: exit 2).",
 )
 @click.option(
     "--dry-run",
@@ -219,7 +270,12 @@ def validate(
     help="Write a report of the run: .json (summary, row errors) or .html. "
     "With --dry-run, a validation report (.json, .csv, .html). Repeatable.",
 )
-@click.option("--redact", is_flag=True, help="Leave every cell value out of the HTML report.")
+@click.option(
+    "--redact",
+    is_flag=True,
+    help="Leave every cell value out of the reports (JSON never holds any; refused "
+    "with a .csv report, which is the rows' own cells).",
+)
 @click.option(
     "--log-format",
     type=click.Choice(["text", "json"]),
@@ -236,25 +292,15 @@ def validate(
 def run(
     inputs: Sequence[Path],
     mapping: Path | None,
-    ledger: Path,
-    base_url: str,
     api_key: str | None,
-    concurrency: int,
-    max_rps: float | None,
-    timeout_s: float,
-    max_attempts: int,
-    max_wait_s: float | None,
-    on_immutable_change: OnImmutableChange,
-    revoke_missing: bool,
-    skip_existing: bool,
-    settle_s: float,
-    grace_s: float,
+    no_preflight: bool,
     dry_run: bool,
     summary_json: Path | None,
     reports: Sequence[str],
     redact: bool,
     log_format: str,
     quiet: bool,
+    **option_values: Any,
 ) -> int:
     """Post every valid row to ClinikAPI; never the same consent twice.
 
@@ -271,45 +317,93 @@ def run(
           --concurrency 8 --summary-json summary.json
     """
     from importer.console import RunProgress, setup_logging
+    from importer.outputs import check_run
     from importer.report import check_run_report_paths, write_run_reports
     from importer.runner import RunConfig, run_import
     from importer.runner import summary_json as write_summary
 
     setup_logging(log_format, quiet=quiet)
-    run_reports = [] if dry_run else check_run_report_paths(reports)
+    shown = not (quiet or log_format == "json")
+    # The other flags are RunOptions' fields by name (their defaults come from it too).
+    options = RunOptions(**option_values, preflight=not no_preflight)
+    ledger = options.ledger
+    _log_start(inputs, options, dry_run=dry_run)
+    run_reports = [] if dry_run else check_run_report_paths(reports, redact=redact)
     the_mapping = load_mapping(mapping)
-    options = RunOptions(
-        ledger=ledger,
-        base_url=base_url,
-        concurrency=concurrency,
-        max_rps=max_rps,
-        timeout_s=timeout_s,
-        max_attempts=max_attempts,
-        max_wait_s=max_wait_s,
-        grace_s=grace_s,
-        settle_s=settle_s,
-        on_immutable_change=on_immutable_change,
-        revoke_missing=revoke_missing,
-        skip_existing=skip_existing,
-    )
-    config = RunConfig(inputs=inputs, options=options, api_key=api_key)
+    check_run(inputs, the_mapping, ledger, reports, summary_json)
     if dry_run:
-        return _dry_run(inputs, the_mapping, options, reports, redact=redact, quiet=quiet)
-    with RunProgress(enabled=not quiet) as progress:
+        return _dry_run(inputs, the_mapping, options, reports, redact=redact, quiet=not shown)
+    with RunProgress(enabled=shown) as progress:
         result = run_import(
-            config,
+            RunConfig(inputs=inputs, options=options, api_key=api_key),
             the_mapping,
             on_progress=lambda event, stats: progress.update(event, stats),
             on_wait=progress.wait,
             on_total=progress.total,
         )
-    stats = result.stats
     if summary_json is not None:
-        write_summary(summary_json, stats)
-    write_run_reports(run_reports, result.validation, stats, redact=redact)
-    if not quiet:
-        _print_run(stats, ledger)
-    return result.exit_code
+        write_summary(summary_json, result.stats)
+    write_run_reports(run_reports, result.validation, result.stats, redact=redact)
+    summary = result.stats.summary()
+    log.info(
+        "summary: %s",
+        ", ".join(f"{k} {v}" for k, v in summary.items() if isinstance(v, int | float)),
+        extra={"fields": {"event": "summary", **summary, "exit_code": result.exit_code}},
+    )
+    if shown:
+        _print_run(result.stats, ledger, result.total)
+    return result.exit_code  # a refused revocation was logged as an error: exit 2
+
+
+_KEY_NOTES = {
+    "natural": "Source key: no key column, so each row is keyed by its consent's natural "
+    "identity (patientId, scope, categories, dateTime); other edits are PATCHed",
+    "content hash": "Source key: no key column, and this ledger was made before natural keys: "
+    "rows are keyed by a hash of their whole body (an edited row is a new consent; see README)",
+}
+
+
+def _print_revocations(plan: RevokePlan) -> None:
+    """A dry run's revocations: how many, and where their rows were (file and row only:
+    keys may hold patient ids)."""
+    click.echo(
+        f"  would revoke {plan.in_scope:,} (rows missing from the source); "
+        f"{plan.out_of_scope:,} ledger rows of other files or systems out of scope"
+    )
+    shown = plan.rows[:50]
+    for _, file, number, _ in shown:
+        click.echo(f"    {file} row {number}")
+    if plan.in_scope > len(shown):
+        click.echo(f"    … and {plan.in_scope - len(shown):,} more")
+    if plan.refusal or plan.note:
+        click.echo(f"  {plan.refusal or plan.note}")
+
+
+def _log_start(inputs: Sequence[Path], options: RunOptions, *, dry_run: bool) -> None:
+    host = urlsplit(options.base_url).netloc
+    names = ["concurrency", "max_rps", "timeout_s", "max_attempts", "max_wait_s"]
+    names += ["on_immutable_change", "revoke_missing", "skip_existing", "grace_s", "settle_s"]
+    log.info(
+        "start: consent-import %s, %s, ledger %s, base URL host %s",
+        __version__,
+        plural(len(inputs), "input"),
+        options.ledger,
+        host,
+        extra={
+            "fields": {
+                "event": "start",
+                "version": __version__,
+                "inputs": [str(p) for p in inputs],
+                "ledger": str(options.ledger),
+                "base_url_host": host,
+                "options": {
+                    **{name: getattr(options, name) for name in names},
+                    "preflight": options.preflight,
+                    "dry_run": dry_run,
+                },
+            }
+        },
+    )
 
 
 def _dry_run(
@@ -328,41 +422,72 @@ def _dry_run(
         if not quiet:
             from importer.report import print_validation
 
-            print_validation(validation, Console(highlight=False))
+            print_validation(validation, plain_console())
     plan = plan_import(inputs, mapping, options.ledger, options)
+    log.info(
+        "dry run: %d rows",
+        plan.rows,
+        extra={"fields": {"event": "summary", "dry_run": True, "rows": plan.rows, **plan.counts}},
+    )
     if not quiet:
-        click.echo(f"Dry run: {plan.rows:,} rows; nothing was sent.")
+        click.echo(f"Dry run: {plural(plan.rows, 'row')}; nothing was sent.")
+        if plan.source_key != "column":
+            click.echo(_KEY_NOTES[plan.source_key])
         for action, count in sorted(plan.counts.items()):
             click.echo(f"  {action:<28} {count:>10,}")
+        if plan.revoke is not None:
+            _print_revocations(plan.revoke)
+    if plan.revoke is not None and plan.revoke.refusal:
+        return EXIT_CONFIG  # as the run would
     return EXIT_ROWS if plan.invalid or plan.counts.get("immutable_change") else EXIT_OK
 
 
-def _print_run(stats: RunStats, ledger: Path) -> None:
-    out = Console(highlight=False)
+def _print_run(stats: RunStats, ledger: Path, total: int) -> None:
+    out = plain_console()
+    read = f"{stats.rows:,} of {plural(total, 'row')}" if total > stats.rows else ""
     out.print(
-        f"Run: {stats.rows:,} rows · {stats.created:,} created "
+        f"Run: {read or plural(stats.rows, 'row')} · {stats.created:,} created "
         f"({stats.adopted:,} adopted after a lookup) · {stats.updated:,} updated · "
         f"{stats.unchanged:,} unchanged · {stats.invalid:,} invalid · {stats.failed:,} failed"
     )
     out.print(
-        f"     {stats.requests:,} requests · {stats.retries:,} retries · "
+        f"     {plural(stats.requests, 'request')} · {plural(stats.retries, 'retry', 'retries')} · "
         f"{stats.rate_limited:,} rate-limited · {stats.duration_s:,.1f} s"
     )
+    if stats.source_key != "column":
+        out.print(f"     {_KEY_NOTES[stats.source_key]}", soft_wrap=True)
     if stats.settled_adopted or stats.settled_reposted:
         out.print(
             f"     after --settle: {stats.settled_adopted:,} found and adopted, "
             f"{stats.settled_reposted:,} posted again"
         )
     if stats.missing_from_source:
-        verb = "revoked" if stats.revoked else "left alone; --revoke-missing patches them inactive"
-        out.print(f"     {stats.missing_from_source:,} rows missing from the source ({verb})")
+        verb = (
+            "revoked"
+            if stats.revoked
+            else "none revoked"
+            if stats.revoke_refused or stats.revoke_note
+            else "left alone; --revoke-missing patches them inactive"
+        )
+        missing = plural(stats.missing_from_source, "row")
+        out.print(f"     {missing} missing from the source ({verb})")
+    if stats.revoke_out_of_scope:
+        out.print(
+            f"     {stats.revoke_out_of_scope:,} ledger rows of other files or source systems "
+            "were out of scope for --revoke-missing"
+        )
+    if stats.revoke_note:
+        out.print(f"     {stats.revoke_note}")
     if stats.paused:
         out.print(
-            f"[yellow]Paused[/]: {stats.rows_left:,} rows left; the rate-limit budget resets "
-            f"in {stats.resets_in_s or 0:,.0f} s. Rerun to resume."
+            f"[yellow]Paused[/]: {plural(stats.rows_left, 'row')} left; the rate-limit budget "
+            f"resets in {stats.resets_in_s or 0:,.0f} s. Rerun to resume."
         )
     elif stats.aborted:
         out.print(f"[red]Aborted[/]: {stats.aborted}. Rerun with the same ledger to resume.")
+    if total > stats.rows and (stats.paused or stats.aborted):
+        # Rows the run never read are left too, not only those read and not finished.
+        out.print(f"     {plural(total - stats.rows, 'row')} of the input not reached")
     for code, count in sorted(stats.by_error.items(), key=lambda kv: -kv[1]):
         out.print(f"     failed {code}: {count:,}")
     out.print(f"Ledger: {ledger} (consent-import export --ledger {ledger} ... for CSVs)")
@@ -394,9 +519,9 @@ def export(ledger: Path, created: Path | None, failed: Path | None) -> int:
         raise UsageError("export: give --created FILE.csv, --failed FILE.csv, or both")
     counts = export_csvs(ledger, created, failed)
     if created is not None:
-        click.echo(f"{counts.created:,} consents -> {created}")
+        click.echo(f"{plural(counts.created, 'consent')} -> {created}")
     if failed is not None:
-        click.echo(f"{counts.failed:,} invalid or failed rows -> {failed}")
+        click.echo(f"{plural(counts.failed, 'invalid or failed row')} -> {failed}")
     return EXIT_OK
 
 
@@ -439,6 +564,12 @@ def status(ledger: Path, runs: int, as_json: bool) -> int:
         click.echo(
             f"  run {run_info['id']:>4} {run_info['started_at']} {run_info['status']:<8} {counts}"
         )
+    for title, counts in (
+        ("Source systems", info["systems"]),
+        ("Source files", info["source_files"]),
+    ):
+        if counts and set(counts) != {"(none)"}:
+            click.echo(f"{title}: " + ", ".join(f"{k} {v:,}" for k, v in counts.items()))
     if info["top_errors"]:
         click.echo("Most common errors:")
         for code, count in info["top_errors"].items():
@@ -569,7 +700,7 @@ def demo(samples: Path, out: Path) -> int:
 @cli.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
 @click.option(
-    "--port", default=8800, show_default=True, type=int, help="Port to listen on (0: any free)."
+    "--port", default=8800, show_default=True, type=_PORT, help="Port to listen on (0: any free)."
 )
 @click.option(
     "--rate-limit",
@@ -577,32 +708,32 @@ def demo(samples: Path, out: Path) -> int:
     help="Fixed-window rate limit, e.g. 500/3600 (ClinikAPI's documented example); "
     "N alone is per 60 s.",
 )
-@click.option("--latency-ms", default=0.0, type=float, help="Latency added to every request.")
-@click.option("--jitter-ms", default=0.0, type=float, help="Random extra latency, up to this.")
+@click.option("--latency-ms", default=0.0, type=_MILLIS, help="Latency added to every request.")
+@click.option("--jitter-ms", default=0.0, type=_MILLIS, help="Random extra latency, up to this.")
 @click.option(
     "--fault-rate",
     default=0.0,
-    type=float,
-    help="Probability of a fault (0 to 1), spread evenly over the four fault modes.",
+    type=_SHARE,
+    help="Probability of a fault, spread evenly over the four fault modes.",
 )
 @click.option(
     "--late-rate",
     default=0.0,
-    type=click.FloatRange(0, 1),
+    type=_SHARE,
     help="Probability that a write answers 502/504 at once and is stored --late-ms later.",
 )
-@click.option("--late-ms", default=4000.0, show_default=True, type=click.FloatRange(min=0))
+@click.option("--late-ms", default=4000.0, show_default=True, type=_MILLIS)
 @click.option(
     "--search-lag-rate",
     default=1.0,
     show_default=True,
-    type=click.FloatRange(0, 1),
+    type=_SHARE,
     help="Share of new consents that search sees only --search-lag-ms later.",
 )
 @click.option(
     "--search-lag-ms",
     default=0.0,
-    type=click.FloatRange(min=0),
+    type=_MILLIS,
     help="How far search lags behind the store (GET by id sees a consent at once).",
 )
 @click.option("--seed", type=int, help="Seed for latency jitter and fault draws.")
@@ -660,7 +791,12 @@ def sandbox(
         raise UsageError(f"sandbox: {exc}") from None
     if host not in ("127.0.0.1", "localhost", "::1"):
         click.echo(f"warning: the sandbox listens on {host}, beyond this machine", err=True)
-    serve(config, host, port, access_log=access_log, log_level=log_level)
+    try:
+        serve(config, host, port, access_log=access_log, log_level=log_level)
+    except OSError as exc:
+        if exc.errno not in (errno.EADDRINUSE, errno.EACCES, errno.EADDRNOTAVAIL):
+            raise
+        raise UsageError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
     return EXIT_OK
 
 
@@ -679,25 +815,53 @@ def _parse_rate_limit(text: str | None) -> tuple[int | None, float]:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point: run a command, map every failure to one line and an exit code."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    json_logs = _wants_json_logs(args)
     try:
-        code = cli.main(args=argv, prog_name="consent-import", standalone_mode=False)
-    except click.exceptions.Abort:
-        click.echo("consent-import: interrupted", err=True)
-        code = EXIT_ABORTED
+        code = cli.main(args=args, prog_name="consent-import", standalone_mode=False)
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        # Ctrl-C outside a run's own signal handling (reading, the preflight): nothing sent.
+        code = _fail("interrupted", "aborted", EXIT_ABORTED, json_logs)
     except click.ClickException as exc:
-        exc.show()
-        code = EXIT_CONFIG
+        message = " ".join(exc.format_message().split())
+        if isinstance(exc, click.UsageError) and exc.ctx is not None:
+            message += f" (see {exc.ctx.command_path} --help)"
+        code = _fail(message, "usage", EXIT_CONFIG, json_logs)
     except ConsentImportError as exc:
-        click.echo(f"consent-import: error: {exc}", err=True)
-        code = exc.exit_code
+        kind = "aborted" if isinstance(exc, AbortError) else "config"
+        if exc.exit_code not in (EXIT_CONFIG, EXIT_ABORTED):
+            kind = "error"
+        code = _fail(str(exc), kind, exc.exit_code, json_logs)
     except Exception as exc:
         if os.environ.get("CONSENT_IMPORT_DEBUG"):
             raise
         # The message of an unexpected error may quote a cell, so only its type is shown.
-        click.echo(
-            f"consent-import: internal error ({type(exc).__name__}); rerun with "
-            "CONSENT_IMPORT_DEBUG=1 for details and please report it",
-            err=True,
+        message = (
+            f"internal error ({type(exc).__name__}); rerun with CONSENT_IMPORT_DEBUG=1 for "
+            "details and please report it"
         )
-        code = EXIT_INTERNAL
+        code = _fail(message, "internal", EXIT_INTERNAL, json_logs)
     sys.exit(code if isinstance(code, int) else EXIT_OK)
+
+
+def _wants_json_logs(args: list[str]) -> bool:
+    """Whether the command line asks for JSON logs, read before click parses it, so that
+    even a usage error is a JSON line."""
+    for i, arg in enumerate(args):
+        given = arg.removeprefix("--log-format=") if arg.startswith("--log-format=") else None
+        if given == "json" or (arg == "--log-format" and args[i + 1 : i + 2] == ["json"]):
+            return True
+    return False
+
+
+def _fail(message: str, kind: str, code: int, json_logs: bool) -> int:
+    """Say why the command failed, in one line on stderr (a JSON object with JSON logs)."""
+    if json_logs:
+        from importer.console import JsonFormatter
+
+        record = logging.LogRecord("importer.cli", logging.ERROR, "", 0, message, None, None)
+        record.fields = {"event": "error", "kind": kind, "exit_code": code}
+        click.echo(JsonFormatter().format(record), err=True)
+    else:
+        click.echo(f"consent-import: error: {message}", err=True)
+    return code

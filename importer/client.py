@@ -18,7 +18,7 @@ from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import httpx
@@ -35,6 +35,9 @@ from importer.errors import (
 from importer.http11 import Http11Transport
 from importer.limiter import Limiter, RateLimitInfo
 from importer.version import __version__
+
+if TYPE_CHECKING:
+    from importer.breaker import CircuitBreaker
 
 __all__ = [
     "ApiResponse",
@@ -56,8 +59,9 @@ DEFAULT_RETRY_AFTER_S = 1.0
 MAX_PAGE_SIZE = 100
 
 _KEY_PREFIX = re.compile(r"clk_(?:live|test)_")
-# The rest must be a legal header value without spaces; the server judges the rest.
-_KEY_SHAPE = re.compile(r"clk_(?:live|test)_[\x21-\x7e]+")
+# The API facts: the prefix, then only letters and digits (any other shape is refused by
+# the server as INVALID_KEY_FORMAT, so it is refused here before a run starts).
+_KEY_SHAPE = re.compile(r"clk_(?:live|test)_[A-Za-z0-9]+", re.ASCII)
 # Failures where the request certainly never left this machine; anything else may have
 # reached the server, so a POST must be looked up before it is sent again.
 _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.ProxyError)
@@ -119,8 +123,9 @@ def check_api_key(key: str | None) -> str:
     key = key.strip()
     if not _KEY_SHAPE.fullmatch(key):
         raise ConfigError(
-            f"the API key {mask_key(key)} is not a ClinikAPI key: keys look like clk_live_… "
-            "(production) or clk_test_… (sandbox); check the key you passed"
+            f"the API key {mask_key(key)} is not a ClinikAPI key: keys are clk_live_… "
+            "(production) or clk_test_… (sandbox) followed by letters and digits only; "
+            "check the key you passed"
         )
     return key
 
@@ -396,6 +401,8 @@ class ClinikClient:
         base_url: checked with `check_base_url`.
         api_key: checked with `check_api_key`.
         limiter: shared by every worker; each request is made inside `limiter.slot()`.
+        breaker: told whether each request got an HTTP answer; once tripped, no request
+            is sent (`ServerUnreachable`).
     """
 
     def __init__(
@@ -405,8 +412,10 @@ class ClinikClient:
         base_url: str,
         api_key: str,
         limiter: Limiter | None = None,
+        breaker: CircuitBreaker | None = None,
     ) -> None:
         self._http = http
+        self.breaker = breaker
         # httpx logs every request's URL at INFO, and a search's URL holds a patient id:
         # an application that turns INFO on for everything must not get PHI from us.
         logging.getLogger("httpx").setLevel(logging.WARNING)
@@ -508,6 +517,17 @@ class ClinikClient:
             seen.add(cursor)
             params["cursor"] = cursor
 
+    async def probe(self) -> httpx.Response:
+        """GET /v1/consents?count=1, the cheapest authenticated request, answered raw (the
+        preflight judges whether ClinikAPI answered); raises NoResponseError without one."""
+        self.stats.requests += 1
+        try:
+            return await self._http.request(
+                "GET", self._consents_url, params={"count": "1"}, headers=self._headers
+            )
+        except httpx.RequestError as exc:
+            raise _transport_error(f"GET {_CONSENTS}", exc) from exc
+
     # -- one request ------------------------------------------------------------------------
 
     async def _request(
@@ -535,6 +555,8 @@ class ClinikClient:
     ) -> ApiResponse:
         # The label never holds the query: a patient id is nobody's business in a log line.
         label = f"{method} {path}"
+        if self.breaker is not None:
+            self.breaker.check()
         self.stats.requests += 1
         content: bytes | None = None
         if json_body is not None:
@@ -551,8 +573,16 @@ class ClinikClient:
             )
         except httpx.RequestError as exc:
             self.stats.transport_errors += 1
-            raise _transport_error(label, exc) from exc
+            error = _transport_error(label, exc)
+            if self.breaker is not None:
+                self.breaker.no_answer(f"{type(exc).__name__}: {str(exc).strip()[:100]}")
+                if not error.sent:
+                    # The request that trips it never left: stop now rather than fail its row.
+                    self.breaker.check()
+            raise error from exc
 
+        if self.breaker is not None:
+            self.breaker.answered()
         status = response.status_code
         self.stats.by_status[status] = self.stats.by_status.get(status, 0) + 1
         try:

@@ -10,7 +10,7 @@ import logging
 import sys
 import time
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.progress import (
@@ -22,21 +22,43 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from importer.results import RunStats
+if TYPE_CHECKING:
+    from importer.results import RunStats
+
+
+def plural(count: int, word: str, words: str | None = None) -> str:
+    """`1 row`, `2 rows`, `1,000 rows` (`words` when the plural is not word + "s")."""
+    return f"{count:,} {word if count == 1 else (words or word + 's')}"
+
+
+def plain_console() -> Console:
+    """The console for stdout: colour and layout on a terminal; redirected (cron, systemd,
+    a file), no colour and no wrapping, so each line stays whole for grep and parsers."""
+    return Console(highlight=False, soft_wrap=True)
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line, for log collectors."""
+    """One JSON object per line, for log collectors.
+
+    A record logged with `extra={"fields": {...}}` carries those keys too (`event`,
+    `file`, `row`, `code`, ...): never cell values.
+    """
 
     def format(self, record: logging.LogRecord) -> str:
-        return json.dumps(
-            {
-                "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"),
-                "level": record.levelname.lower(),
-                "logger": record.name,
-                "message": record.getMessage(),
-            }
-        )
+        document: dict[str, Any] = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, dict):
+            document.update({k: v for k, v in fields.items() if k not in document})
+        if record.exc_info:
+            # Only the type: an exception's message may quote a cell.
+            kind = record.exc_info[0]
+            document["exception"] = kind.__name__ if kind else None
+        return json.dumps(document, default=str)
 
 
 def setup_logging(log_format: str, *, quiet: bool, verbose: bool = False) -> None:
@@ -129,7 +151,8 @@ class RunProgress:
         if self._progress is not None:
             self._progress.console.print(message)
         else:
-            logging.getLogger("importer.run").warning(message)
+            fields = {"event": "budget_wait", "seconds": round(seconds, 1), "reason": reason}
+            logging.getLogger("importer.run").warning(message, extra={"fields": fields})
 
 
 def _duration(seconds: float) -> str:

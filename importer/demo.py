@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from importer.console import plural
 from importer.export import export_csvs
 from importer.mapping import load_mapping
 from importer.options import RunOptions
@@ -81,7 +82,7 @@ def run_demo(samples: Path, out: Path, echo: Callable[[str], None]) -> int:
             again = _import(sample, samples, ledger, sandbox.base_url).stats
             echo(
                 f"{'':<11} rerun: {again.unchanged} unchanged, {again.created} created, "
-                f"{again.requests} requests"
+                f"{plural(again.requests, 'request')}"
             )
         server = sandbox.stats()
         echo(

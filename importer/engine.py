@@ -4,7 +4,7 @@ A row goes through four steps, in this order in this file:
 
 1. **plan**: `importer.plan.plan_row` decides from the row, its ledger record and the
    options: send an op, or nothing (unchanged, invalid, an edit the API cannot apply);
-2. **execute**: one handler per `Op`, chosen from `_HANDLERS`, retried by one
+2. **execute**: one handler per `Op`, chosen from `Executor`'s table, retried by one
    `RetryPolicy`;
 3. **record**: every step through a named transition of `importer.ledger.Ledger`
    (intent before the request, outcome after), grouped into shared commits;
@@ -13,7 +13,7 @@ A row goes through four steps, in this order in this file:
 The one rule that keeps consents from being created twice: once a POST may have reached
 the server (timeout after sending, dropped connection, 5xx), the next step for that row
 is a lookup, never a blind re-post. To change what happens to an in-flight row, read
-`_create` and the ledger transitions it calls.
+`Executor._create` (and `_ambiguous`) and the ledger transitions they call.
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ from importer.errors import (
     NoResponseError,
     RateLimitedError,
     ServerError,
+    ServerUnreachable,
 )
 from importer.ledger import AsyncLedger, Ledger, LedgerRow, Op, RowError, Source
 from importer.lookup import find_consent
@@ -53,6 +54,9 @@ from importer.options import RunOptions
 from importer.plan import PATCHABLE, Verdict, immutable_changes, plan_row
 from importer.results import RunStats, ValidationSummary
 from importer.retry import retrying
+from importer.revocation import RevokeScope
+from importer.revocation import plan as plan_revocations
+from importer.rowlog import log_invalid_row, row_fields
 from importer.settle import SettleQueue
 
 log = logging.getLogger("importer.engine")
@@ -61,7 +65,7 @@ T = TypeVar("T")
 #: Rows pulled from the reader per hop to the reader thread.
 _BATCH = 256
 #: Errors that are not the row's: they stop (or pause) the run, and `_do` handles them.
-_RUN_STOPPERS = (AuthError, BudgetWaitTooLong, LimiterClosed)
+_RUN_STOPPERS = (AuthError, BudgetWaitTooLong, LimiterClosed, ServerUnreachable)
 
 
 @dataclass
@@ -98,13 +102,17 @@ class Work:
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """How every request of a run is retried: one policy, one count of retries."""
+    """How every request of a run is retried: one policy, one count of retries (each
+    reported with the row it was for, if any)."""
 
     attempts: int
-    on_retry: Callable[[BaseException, int], None]
+    on_retry: Callable[[BaseException, int, Row | None, str | None], None]
 
-    def __call__(self) -> tenacity.AsyncRetrying:
-        return retrying(attempts=self.attempts, on_retry=self.on_retry)
+    def __call__(self, work: Work | None = None) -> tenacity.AsyncRetrying:
+        row, op = (work.row, work.op.value) if work is not None else (None, None)
+        return retrying(
+            attempts=self.attempts, on_retry=lambda exc, n: self.on_retry(exc, n, row, op)
+        )
 
 
 class _Stop(Exception):
@@ -129,25 +137,19 @@ class Engine:
         *,
         run_id: int,
         options: RunOptions,
+        revoke_scope: RevokeScope,
         on_progress: ProgressCallback | None = None,
     ) -> None:
-        self.client = client
-        self.ledger = ledger
-        self.run_id = run_id
+        self.client, self.ledger, self.run_id = client, ledger, run_id
         self.options = options
+        self.revoke_scope = revoke_scope
         self.observer = RunObserver(client.stats, on_progress)
         self.retry = RetryPolicy(options.max_attempts, self.observer.retried)
         # Outcomes not yet committed are bounded (each holds its row): two per worker.
         self.record = Recorder(ledger, run_id, max_unsettled=4 * options.concurrency)
         self._stop = False
         self._settling = SettleQueue[Work]()
-        self._handlers: dict[Op, Callable[[Work], Awaitable[None]]] = {
-            Op.CREATE: self._create,
-            Op.RECREATE: self._create,
-            Op.PATCH: self._patch,
-            Op.RETIRE: self._retire,
-            Op.REVOKE: self._revoke,
-        }
+        self.executor = Executor(self)
 
     @property
     def stats(self) -> RunStats:
@@ -179,6 +181,10 @@ class Engine:
                 self.record.writer.close()
         self.observer.finished()
         return self.stats
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop
 
     def stop(self, reason: str) -> None:
         """Take no new rows and start no new request; rows already sent settle. Safe to
@@ -215,7 +221,7 @@ class Engine:
                         if self._stop:
                             break
                         if work.not_before is not None:
-                            self._wait_out(work, _seconds_until(work.not_before))
+                            self.wait_out(work, _seconds_until(work.not_before))
                         else:
                             await settling.send(send, work)
                 finally:
@@ -229,13 +235,13 @@ class Engine:
                     if self._stop:
                         self.observer.on("left")
                         continue
-                    await self._do(work)
+                    await self.executor.do(work)
                 except _Stop:
                     self.observer.on("left")
                 finally:
                     self._settling.finished()
 
-    def _wait_out(self, work: Work, seconds: float) -> None:
+    def wait_out(self, work: Work, seconds: float) -> None:
         """Park a row whose POST may have landed until the server has had `seconds`."""
         work.not_before, work.settled = None, True
         self._settling.push(anyio.current_time() + max(seconds, 0.0), work)
@@ -283,6 +289,7 @@ class Engine:
                 self.observer.on("unchanged")
             elif plan.verdict is Verdict.INVALID:
                 invalid.append(row)
+                log_invalid_row(log, row)
                 self.observer.on("invalid")
             else:
                 assert before is not None
@@ -294,29 +301,52 @@ class Engine:
     async def _missing_rows(self, in_input: InInput | None) -> AsyncIterator[Work]:
         """Rows done in earlier runs that this run's input no longer holds: counted, and
         revoked with --revoke-missing."""
-        run_id = self.run_id
-        missing = await self.record.read(lambda ledger: ledger.missing_from(run_id, in_input))
-        self.stats.missing_from_source = len(missing)
-        if missing:
-            log.warning("%d rows are missing from the source since earlier runs", len(missing))
-        if self.options.revoke_missing:
-            for src, consent_id in missing:
-                row = Row(src.file, src.row, src.key)
-                yield Work(Op.REVOKE, row, None, consent_id=consent_id)
+        run_id, scope, stats = self.run_id, self.revoke_scope, self.stats
+        plan = await self.record.read(
+            lambda ledger: plan_revocations(
+                ledger.missing_rows(run_id, in_input=in_input), ledger.done_count(), scope
+            )
+        )
+        stats.missing_from_source = plan.in_scope
+        stats.revoke_out_of_scope = plan.out_of_scope
+        if plan.in_scope:
+            log.warning("%d rows are missing from the source since earlier runs", plan.in_scope)
+        if not self.options.revoke_missing:
+            return
+        stats.revoke_refused, stats.revoke_note = plan.refusal, plan.note
+        if plan.refusal or plan.note:
+            (log.error if plan.refusal else log.warning)("%s", plan.refusal or plan.note)
+            return
+        for key, file, number, consent_id in plan.rows:
+            yield Work(Op.REVOKE, Row(file, number, key), None, consent_id=consent_id)
 
-    # -- execute: one handler per op ------------------------------------------------
 
-    async def _do(self, work: Work) -> None:
+class Executor:
+    """Execute: one handler per op, chosen from a table, retried by the run's policy."""
+
+    def __init__(self, run: Engine) -> None:
+        self.run = run
+        self.client, self.options, self.retry = run.client, run.options, run.retry
+        self.record, self.observer = run.record, run.observer
+        self._handlers: dict[Op, Callable[[Work], Awaitable[None]]] = {
+            Op.CREATE: self._create,
+            Op.RECREATE: self._create,
+            Op.PATCH: self._patch,
+            Op.RETIRE: self._retire,
+            Op.REVOKE: self._revoke,
+        }
+
+    async def do(self, work: Work) -> None:
         try:
             await self._handlers[work.op](work)
         except AuthError as exc:
             await self._failure(work, exc, sent=False)
-            self.stop(f"authentication failed ({exc.status} {exc.code or 'no code'})")
+            self.run.stop(f"authentication failed ({exc.status} {exc.code or 'no code'})")
             raise _Stop from None
         except BudgetWaitTooLong as exc:
             # Any operation's request: the budget resets past --max-wait, so pause the run.
             if self.observer.paused(exc.reset_in_s):
-                self.stop(
+                self.run.stop(
                     f"the rate-limit budget resets in {exc.reset_in_s:,.0f} s, past --max-wait"
                 )
             raise _Stop from None
@@ -324,11 +354,19 @@ class Engine:
             # Stopped while waiting to send: the row's request never started (a patch or
             # retire intent stays in flight, which the next run settles).
             raise _Stop from None
+        except ServerUnreachable as exc:
+            # The server is gone: stop the run; the row is not failed. A create never sent
+            # is put back, one that may have landed stays in flight for a lookup, and a
+            # patch stays in flight to be sent again.
+            if work.op in (Op.CREATE, Op.RECREATE):
+                await self.record.unsent(work)
+            self.run.stop(str(exc))
+            raise _Stop from None
 
     async def _create(self, work: Work) -> None:
         """POST the row, looking it up first whenever an earlier POST may have landed."""
         try:
-            async for attempt in self.retry():
+            async for attempt in self.retry(work):
                 with attempt:
                     if work.maybe_sent:
                         found = await self._lookup(work)
@@ -359,7 +397,7 @@ class Engine:
                         raise
                     await self._created(work, str(response.data["id"]), response.request_id)
                     return
-        except (BudgetWaitTooLong, LimiterClosed, _Stop):
+        except (BudgetWaitTooLong, LimiterClosed, ServerUnreachable, _Stop):
             await self.record.unsent(work)  # stays in flight if an earlier attempt may have landed
             raise  # `_do` pauses or stops the run
         except _Ambiguous as ambiguous:
@@ -367,6 +405,7 @@ class Engine:
         except AuthError:
             raise
         except ConsentImportError as exc:
+            await self._breaker_verdict(exc)
             await self._failure(work, exc, sent=work.maybe_sent)
 
     async def _lookup(self, work: Work) -> dict[str, Any] | None:
@@ -412,7 +451,7 @@ class Engine:
         assert work.consent_id is not None
         body = {name: work.body[name] for name in PATCHABLE if name in work.body}
         try:
-            async for attempt in self.retry():
+            async for attempt in self.retry(work):
                 with attempt:
                     self._check_stop()
                     await self.record.intent(work, Op.PATCH, consent_id=work.consent_id)
@@ -423,6 +462,7 @@ class Engine:
         except _RUN_STOPPERS:
             raise  # not the row's failure: `_do` stops or pauses the run
         except ConsentImportError as exc:
+            await self._breaker_verdict(exc)
             await self._failure(work, exc, sent=True)
 
     async def _retire(self, work: Work) -> None:
@@ -452,6 +492,7 @@ class Engine:
             code,
             status,
             request_id,
+            extra={"fields": row_fields("row_failed", work.row, work.op.value, exc, code=code)},
         )
         error = _row_error(work, exc)
         unknown = sent and work.op in (Op.CREATE, Op.RECREATE)
@@ -470,12 +511,25 @@ class Engine:
             self.observer.failed("outcome_unknown")
             return
         settle_s = self.options.settle_s
+        fields = row_fields("settling", work.row, work.op.value, exc, settle_s=settle_s)
+        log.info(
+            "row settling: file=%s row=%d for %.0f s after %s",
+            *(work.row.file, work.row.row, settle_s, type(exc).__name__),
+            extra={"fields": fields},
+        )
         settle_after = datetime.now(UTC) + timedelta(seconds=settle_s)
         await self.record.settling(work, error, settle_after.isoformat(timespec="milliseconds"))
-        self._wait_out(work, settle_s)
+        self.run.wait_out(work, settle_s)
+
+    async def _breaker_verdict(self, exc: ConsentImportError) -> None:
+        """Before a row fails for want of an answer: while no request is being answered,
+        wait for the breaker to trip (ServerUnreachable: not the row's fault) or for an
+        answer (the row's failure is its own)."""
+        if isinstance(exc, NoResponseError) and self.client.breaker is not None:
+            await self.client.breaker.verdict()
 
     def _check_stop(self) -> None:
-        if self._stop:
+        if self.run.stopping:
             raise _Stop
 
 
@@ -613,7 +667,20 @@ def _refused_note(row: Row, before: LedgerRow) -> _Note:
         "created, and the API cannot patch them; rerun with --on-immutable-change "
         "recreate to replace it (immutable_change)"
     )
-    log.info("row failed: file=%s row=%d code=immutable_change", row.file, row.row)
+    log.info(
+        "row failed: file=%s row=%d code=immutable_change",
+        row.file,
+        row.row,
+        extra={
+            "fields": {
+                "event": "row_failed",
+                "file": row.file,
+                "row": row.row,
+                "field": "; ".join(immutable_changes(row, before)),
+                "code": "immutable_change",
+            }
+        },
+    )
     error = RowError("sync", "immutable_change", message, json.dumps(row.cells))
     return Source(row.source_key, row.file, row.row), Ledger.refused, error
 

@@ -9,8 +9,9 @@ a cell value or a whole API key (values can be PHI).
     ├── InputError                unreadable, empty or malformed input file (exit 2)
     ├── AbortError                the run stopped before the end: auth failure, signal (exit 3)
     │   ├── LimiterClosed         the run is stopping: this request was never started
-    │   └── BudgetWaitTooLong     the rate-limit budget resets past --max-wait: the run
-    │                             pauses (exit 0, rerun after the reset to resume)
+    │   ├── BudgetWaitTooLong     the rate-limit budget resets past --max-wait: the run
+    │   │                         pauses (exit 0, rerun after the reset to resume)
+    │   └── ServerUnreachable     every request failed to get an answer for a while (exit 3)
     ├── ApiError                  a ClinikAPI error response (status, code, request id, issues)
     │   ├── AuthError             401 / 403: the key is wrong or lacks scope; aborts a run
     │   ├── RateLimitedError      429, with the server's Retry-After
@@ -76,6 +77,13 @@ class BudgetWaitTooLong(AbortError):
             "than the allowed wait; run the import again after that to resume"
         )
         self.reset_in_s = reset_in_s
+
+
+class ServerUnreachable(AbortError):
+    """The circuit breaker tripped: no request got an answer for too long or too often.
+
+    Raised before a request is sent, so the request that gets it never left this machine.
+    """
 
 
 class ApiError(ConsentImportError):

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 from importer.errors import ConfigError
+from importer.keys import split_key
 from importer.ledger import Ledger
+from importer.outputs import check_export
 from importer.report import SafeCsvWriter, error_columns
 from importer.results import ExportCounts
 
@@ -32,13 +35,18 @@ def open_existing(path: Path) -> Ledger:
 
 def export_csvs(ledger_path: Path, created: Path | None, failed: Path | None) -> ExportCounts:
     """Write created.csv and failed.csv (either may be None) from the ledger."""
+    if not ledger_path.is_file():
+        open_existing(ledger_path)  # says it is not there
+    check_export(ledger_path, created=created, failed=failed)
     ledger = open_existing(ledger_path)
     counts = ExportCounts()
     try:
         if created is not None:
             with SafeCsvWriter(created, CREATED_COLUMNS) as writer:
                 for row in ledger.created_rows():
-                    writer.write({c: row[c] for c in CREATED_COLUMNS})
+                    cells = {c: row[c] for c in CREATED_COLUMNS}
+                    cells["source_key"] = split_key(row["source_key"])[1]  # as the file has it
+                    writer.write(cells)
                     counts.created += 1
         if failed is not None:
             counts.failed = _export_failed(ledger, failed)
@@ -69,12 +77,35 @@ def status(ledger_path: Path, *, runs: int = 10) -> dict[str, Any]:
     try:
         errors = Counter(ledger.error_counts())
         counts = ledger.counts()
+        systems, files = ledger.sources()
         return {
             "ledger": str(ledger_path),
             "rows_by_state": counts,
             "in_flight": counts.get("in_flight", 0),
             "top_errors": dict(errors.most_common(10)),
-            "runs": ledger.runs(runs),
+            "systems": systems,
+            "source_files": files,
+            "runs": [_with_live_status(run) for run in ledger.runs(runs)],
         }
     finally:
         ledger.close()
+
+
+def _with_live_status(run: dict[str, Any]) -> dict[str, Any]:
+    """A run still marked running whose process is gone (killed, host rebooted) shows as
+    interrupted: its next run resumes it (the ledger marks it crashed then)."""
+    if run["status"] == "running" and not _alive(run.get("pid")):
+        return {**run, "status": "interrupted"}
+    return run
+
+
+def _alive(pid: Any) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process: it exists
+    return True

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import jinja2
 
+from importer.outputs import write_text
 from importer.version import __version__
 
 if TYPE_CHECKING:
@@ -145,14 +146,14 @@ def write_validation_html(
     title: str = "Validation report",
 ) -> None:
     """Write the HTML report of a validation (a dry run) to `path`."""
-    path.write_text(render_validation_html(summary, redact=redact, title=title), encoding="utf-8")
+    write_text(path, render_validation_html(summary, redact=redact, title=title))
 
 
 def write_run_html(
     path: Path, summary: ValidationSummary, stats: RunStats, *, redact: bool = False
 ) -> None:
     """Write the HTML report of a run: the validation plus what the API did."""
-    path.write_text(render_run_html(summary, stats, redact=redact), encoding="utf-8")
+    write_text(path, render_run_html(summary, stats, redact=redact))
 
 
 def render_validation_html(
@@ -554,7 +555,7 @@ def _clock_text(seconds: float, step: float) -> str:
 
 def write_verify_html(path: Path, result: VerifyResult) -> None:
     """Write the HTML report of `verify` to `path`, in the style of the other reports."""
-    path.write_text(render_verify_html(result), encoding="utf-8")
+    write_text(path, render_verify_html(result))
 
 
 def render_verify_html(result: VerifyResult) -> str:

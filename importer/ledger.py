@@ -18,7 +18,7 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Container, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -494,6 +494,8 @@ class Ledger(_Transitions):
             _create_private(self.path)
         try:
             self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            _check_ours(self._db, self.path)
+            _make_private(self.path)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute("PRAGMA busy_timeout=5000")
@@ -511,7 +513,7 @@ class Ledger(_Transitions):
         meta = dict(self._db.execute("SELECT key, value FROM meta").fetchall())
         version = meta.get("schema_version")
         if version in _MIGRATES:
-            self._migrate(version)
+            _migrate(self, version)
         elif version is not None and version != SCHEMA_VERSION:
             raise ConfigError(
                 f"ledger {self.path} has schema version {version}; this consent-import "
@@ -521,11 +523,14 @@ class Ledger(_Transitions):
             self._db.execute(
                 "INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (SCHEMA_VERSION,)
             )
+            self.key_scheme = meta.get("key_scheme") or self._first_key_scheme()
             if base_url is None:
                 return
             known = meta.get("base_url")
-            if known is None:
-                self._db.execute("INSERT INTO meta VALUES ('base_url', ?)", (base_url,))
+            if known is None or (known != base_url and self.created_nothing()):
+                # A ledger that never created anything holds no consent ids to mix up,
+                # so a first run with a wrong base URL does not bind it for good.
+                self._db.execute("INSERT OR REPLACE INTO meta VALUES ('base_url', ?)", (base_url,))
             elif known != base_url:
                 # Consent ids of one server mean nothing on another: never mix them.
                 raise ConfigError(
@@ -533,47 +538,27 @@ class Ledger(_Transitions):
                     "use another --ledger for another server"
                 )
 
-    def _migrate(self, version: str) -> None:
-        """Rewrite a ledger of schema `version` as this schema, in place and once: the
-        same rows and guarantees, done rows' hashes packed, successes' attempts rows
-        dropped, the file compacted. Digests of cells come with the next rerun."""
-        started = time.monotonic()
-        db = self._db
-        db.create_function("pack_hash", 1, pack_hash, deterministic=True)
-        db.create_function("pack_fields", 1, _pack_json_field_hashes, deterministic=True)
-        db.create_function("unix_ms", 1, _unix_ms, deterministic=True)
-        kept = ", ".join(_KEPT_COLUMNS)
-        with self.transaction():
-            db.execute(_ROWS_TABLE.replace("IF NOT EXISTS rows", "rows_next"))
-            db.execute(
-                "INSERT INTO bodies SELECT source_key, pending_body, pending_hash FROM rows "
-                "WHERE pending_body IS NOT NULL"
-            )
-            db.execute(
-                f"INSERT INTO rows_next ({kept}, payload_hash, field_hashes, updated_at) "  # noqa: S608
-                f"SELECT {kept}, pack_hash(payload_hash), pack_fields(field_hashes), "
-                "unix_ms(updated_at) FROM rows"
-            )
-            db.execute("DROP TABLE rows")
-            db.execute("ALTER TABLE rows_next RENAME TO rows")
-            db.execute("CREATE INDEX rows_state ON rows (state)")
-            db.execute("CREATE INDEX rows_errors ON rows (error_code) WHERE error_code IS NOT NULL")
-            db.execute("DELETE FROM attempts WHERE outcome = 'ok'")
-            db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (SCHEMA_VERSION,))
-        db.execute("VACUUM")
-        log.warning(
-            "ledger %s: upgraded from schema %s to %s in place, once (%.1f s): the same rows, "
-            "in a smaller file",
-            self.path,
-            version,
-            SCHEMA_VERSION,
-            time.monotonic() - started,
-        )
+    def _first_key_scheme(self) -> str:
+        """How rows without a key column are keyed, recorded once per ledger. One that
+        already holds rows was made before natural keys: it keeps hashing whole bodies
+        ("content"), so its rows still match; a new ledger keys them by natural identity."""
+        held = self._db.execute("SELECT 1 FROM rows LIMIT 1").fetchone() is not None
+        scheme = "content" if held else "natural"
+        self._db.execute("INSERT INTO meta VALUES ('key_scheme', ?)", (scheme,))
+        return scheme
 
     def close(self) -> None:
         if self._reads is not None:
             self._reads.close()
         self._db.close()
+
+    def created_nothing(self) -> bool:
+        """True when no row holds a consent id or may have created one (in flight)."""
+        found = self._db.execute(
+            "SELECT 1 FROM rows WHERE consent_id IS NOT NULL "
+            "OR state IN ('in_flight', 'settling') OR error_code = 'outcome_unknown' LIMIT 1"
+        ).fetchone()
+        return found is None
 
     def transaction(self) -> _Transaction:
         return _Transaction(self._db)
@@ -666,31 +651,6 @@ class Ledger(_Transitions):
         ).fetchone()
         return found[0] if found else None
 
-    def missing_from(
-        self, run_id: int, in_input: Callable[[list[str]], npt.NDArray[np.bool_]] | None = None
-    ) -> list[tuple[Source, str]]:
-        """Done rows that run `run_id`'s input did not hold, with their consent ids:
-        those `in_input(keys)` says it did not hold, or (without it) those the run did
-        not note as seen."""
-        if in_input is None:
-            return [
-                (Source(r["source_key"], r["source_file"], r["source_row"]), r["consent_id"])
-                for r in self._rows(
-                    "state = 'done' AND (last_run IS NULL OR last_run < ?)", (run_id,)
-                )
-            ]
-        missing: list[tuple[Source, str]] = []
-        cursor = self._db.execute(
-            "SELECT source_key, source_file, source_row, consent_id FROM rows "
-            "WHERE state = 'done' ORDER BY source_file, source_row"
-        )
-        while part := cursor.fetchmany(10_000):
-            held = in_input([r[0] for r in part])
-            missing += [
-                (Source(r[0], r[1], r[2]), r[3]) for r, h in zip(part, held, strict=True) if not h
-            ]
-        return missing
-
     def unchanged(self, keys: list[str], digests: npt.NDArray[np.int64]) -> npt.NDArray[np.bool_]:
         """For each key, whether the ledger holds it as done, with no error noted, made
         from cells of this digest: one read for the lot, on a connection of its own (the
@@ -711,6 +671,58 @@ class Ledger(_Transitions):
     def rows_needing_a_person(self) -> Iterator[sqlite3.Row]:
         """Invalid and failed rows, and done rows with an error noted (failed.csv)."""
         return self._rows(_NEEDS_A_PERSON)
+
+    def missing_rows(
+        self,
+        run_id: int | None = None,
+        seen: Container[str] = frozenset(),
+        *,
+        in_input: Callable[[list[str]], npt.NDArray[np.bool_]] | None = None,
+    ) -> Iterator[tuple[str, str, int, str | None]]:
+        """Done rows missing from the source: (key, file, row, consent id) of those run
+        `run_id` did not see; a dry run, which records nothing, passes the keys it saw.
+        A run passes `in_input(keys)`, which says which keys its input held: rows found
+        unchanged in bulk are not noted as seen one by one."""
+        query = "SELECT source_key, source_file, source_row, consent_id FROM rows WHERE "
+        if in_input is not None:
+            cursor = self._db.execute(query + "state = 'done'")
+            while part := cursor.fetchmany(10_000):
+                held = in_input([r[0] for r in part]).tolist()
+                yield from (
+                    (key, file, number, consent_id)
+                    for (key, file, number, consent_id), h in zip(part, held, strict=True)
+                    if not h
+                )
+            return
+        if run_id is None:
+            rows = self._db.execute(query + "state = 'done'")
+        else:
+            rows = self._db.execute(
+                query + "state = 'done' AND (last_run IS NULL OR last_run < ?)", (run_id,)
+            )
+        for key, file, number, consent_id in rows:
+            if key not in seen:
+                yield key, file, number, consent_id
+
+    def sources(self) -> tuple[dict[str, int], dict[str, int]]:
+        """Rows by source system ("(none)" for keys of no system) and by source file."""
+        systems = dict(
+            self._db.execute(
+                "SELECT CASE WHEN instr(source_key, char(31)) > 0 "
+                "THEN substr(source_key, 1, instr(source_key, char(31)) - 1) ELSE '(none)' END "
+                "AS system, count(*) FROM rows GROUP BY system ORDER BY system"
+            ).fetchall()
+        )
+        files = dict(
+            self._db.execute(
+                "SELECT source_file, count(*) FROM rows GROUP BY source_file ORDER BY source_file"
+            ).fetchall()
+        )
+        return systems, files
+
+    def done_count(self) -> int:
+        (count,) = self._db.execute("SELECT count(*) FROM rows WHERE state = 'done'").fetchone()
+        return int(count)
 
     def counts(self) -> dict[str, int]:
         """Rows by state."""
@@ -797,6 +809,44 @@ class Ledger(_Transitions):
         ]
 
 
+def _migrate(ledger: Ledger, version: str) -> None:
+    """Rewrite a ledger of schema `version` as this schema, in place and once: the
+    same rows and guarantees, done rows' hashes packed, successes' attempts rows
+    dropped, the file compacted. Digests of cells come with the next rerun."""
+    started = time.monotonic()
+    db = ledger._db
+    db.create_function("pack_hash", 1, pack_hash, deterministic=True)
+    db.create_function("pack_fields", 1, _pack_json_field_hashes, deterministic=True)
+    db.create_function("unix_ms", 1, _unix_ms, deterministic=True)
+    kept = ", ".join(_KEPT_COLUMNS)
+    with ledger.transaction():
+        db.execute(_ROWS_TABLE.replace("IF NOT EXISTS rows", "rows_next"))
+        db.execute(
+            "INSERT INTO bodies SELECT source_key, pending_body, pending_hash FROM rows "
+            "WHERE pending_body IS NOT NULL"
+        )
+        db.execute(
+            f"INSERT INTO rows_next ({kept}, payload_hash, field_hashes, updated_at) "  # noqa: S608
+            f"SELECT {kept}, pack_hash(payload_hash), pack_fields(field_hashes), "
+            "unix_ms(updated_at) FROM rows"
+        )
+        db.execute("DROP TABLE rows")
+        db.execute("ALTER TABLE rows_next RENAME TO rows")
+        db.execute("CREATE INDEX rows_state ON rows (state)")
+        db.execute("CREATE INDEX rows_errors ON rows (error_code) WHERE error_code IS NOT NULL")
+        db.execute("DELETE FROM attempts WHERE outcome = 'ok'")
+        db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (SCHEMA_VERSION,))
+    db.execute("VACUUM")
+    log.warning(
+        "ledger %s: upgraded from schema %s to %s in place, once (%.1f s): the same rows, "
+        "in a smaller file",
+        ledger.path,
+        version,
+        SCHEMA_VERSION,
+        time.monotonic() - started,
+    )
+
+
 #: Columns of schema 1 copied as they are by the migration.
 _KEPT_COLUMNS = (
     "source_key",
@@ -841,6 +891,44 @@ def _error_values(error: RowError) -> dict[str, Any]:
         "request_id": error.request_id,
         "cells": error.cells,
     }
+
+
+def recorded_sources(path: Path) -> list[str]:
+    """The input names every run of the ledger at `path` recorded (read-only; none if it
+    is not there or not a ledger: opening it says so, with the right message)."""
+    if not path.is_file():
+        return []
+    names: set[str] = set()
+    try:
+        db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            for (inputs,) in db.execute("SELECT inputs FROM runs"):
+                names.update(json.loads(inputs or "[]"))
+            names.update(n for (n,) in db.execute("SELECT DISTINCT source_file FROM rows"))
+        finally:
+            db.close()
+    except (sqlite3.Error, ValueError):
+        return []
+    return sorted(names)
+
+
+def _check_ours(db: sqlite3.Connection, path: Path) -> None:
+    """Refuse another program's SQLite database before anything is written to it."""
+    tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    if tables and not {"meta", "runs", "rows"} <= tables:
+        db.close()
+        raise ConfigError(
+            f"ledger {path} is not a consent-import ledger (an SQLite database of something "
+            "else); it was left as it is: give another --ledger"
+        )
+
+
+def _make_private(path: Path) -> None:
+    """An adopted file keeps no mode wider than owner-only (SQLite's -wal and -shm
+    files take the database's mode when created)."""
+    for file in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+        if file.exists() and file.stat().st_mode & 0o077:
+            file.chmod(0o600)
 
 
 class _Transaction:
@@ -970,11 +1058,23 @@ class _Waiter:
         self.error: BaseException | None = None
 
 
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
 def _create_private(path: Path) -> None:
-    """Create the ledger file readable by its owner only (it holds PHI)."""
+    """Create the ledger file readable by its owner only (it holds PHI); an existing file
+    is adopted only when empty or an SQLite database (`_check_ours` looks inside), and is
+    then made owner-only too, whatever mode it had."""
     if path.exists():
         if path.is_dir():
             raise ConfigError(f"ledger {path} is a directory; give a file path")
+        with path.open("rb") as handle:
+            head = handle.read(len(_SQLITE_MAGIC))
+        if head and head != _SQLITE_MAGIC:
+            raise ConfigError(
+                f"ledger {path} is not a consent-import ledger (not an SQLite database); "
+                "it was left as it is: give another --ledger"
+            )
         return
     try:
         fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)

@@ -27,12 +27,7 @@ async def find_consent(
         claimed: which of these consent ids some row of the ledger holds.
         own: the consent id the ledger holds for this very row, if any (not a claim).
     """
-    date_from = date_to = None
-    if "dateTime" in body:
-        # A day either side: the server's idea of "the date" may be another zone's.
-        day = datetime.fromisoformat(body["dateTime"]).astimezone(UTC).date()
-        date_from = (day - timedelta(days=1)).isoformat()
-        date_to = (day + timedelta(days=1)).isoformat()
+    date_from, date_to = search_window(body)
     found = await client.search_consents(
         patient_id=body["patientId"], date_from=date_from, date_to=date_to
     )
@@ -44,6 +39,15 @@ async def find_consent(
         if str(consent["id"]) not in taken:
             return consent
     return None
+
+
+def search_window(body: dict[str, Any]) -> tuple[str | None, str | None]:
+    """The search's dates: a day either side of the consent's date (the server's idea of
+    "the date" may be another zone's); none without a date."""
+    if "dateTime" not in body:
+        return None, None
+    day = datetime.fromisoformat(body["dateTime"]).astimezone(UTC).date()
+    return (day - timedelta(days=1)).isoformat(), (day + timedelta(days=1)).isoformat()
 
 
 def matches_consent(consent: dict[str, Any], body: dict[str, Any]) -> bool:

@@ -54,7 +54,9 @@ TRUE_WORDS = frozenset({"y", "yes", "true", "t", "1"})
 FALSE_WORDS = frozenset({"n", "no", "false", "f", "0"})
 
 _SECTIONS = {"source", "columns", "values", "defaults", "patients"}
-_SOURCE_KEYS = {"sheet", "encoding", "delimiter", "key", "timezone", "date_formats"}
+_SOURCE_KEYS = {"sheet", "encoding", "delimiter", "key", "timezone", "date_formats", "system"}
+#: A source system's name namespaces its keys in the ledger: letters, digits, `_.-`.
+_SYSTEM = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _PATIENTS_KEYS = {"crosswalk"}
 
 
@@ -83,6 +85,9 @@ class Mapping:
     defaults: dict[str, str | bool] = field(default_factory=dict)
     crosswalk: dict[str, str] | None = field(default=None, repr=False)  # patient ids: PHI
     path: Path | None = None
+    crosswalk_path: Path | None = None
+    #: `[source] system`: its rows' keys are namespaced in the ledger by it
+    system: str | None = None
 
     def resolve(self, headers: list[str], file_name: str) -> dict[str, str]:
         """Return {field: header} for one input file.
@@ -144,9 +149,10 @@ def load_mapping(path: str | Path | None) -> Mapping:
     defaults = _defaults(doc, where)
     patients = _table(doc, "patients", where)
     _no_unknown(patients, _PATIENTS_KEYS, f"{where} [patients]")
-    crosswalk = None
+    crosswalk = crosswalk_path = None
     if "crosswalk" in patients:
-        crosswalk = load_crosswalk(path.parent / _string(patients["crosswalk"], where, "crosswalk"))
+        crosswalk_path = path.parent / _string(patients["crosswalk"], where, "crosswalk")
+        crosswalk = load_crosswalk(crosswalk_path)
     return Mapping(
         source=SourceOptions(
             sheet=_sheet(source.get("sheet"), where),
@@ -161,6 +167,8 @@ def load_mapping(path: str | Path | None) -> Mapping:
         defaults=defaults,
         crosswalk=crosswalk,
         path=path,
+        crosswalk_path=crosswalk_path,
+        system=_system(source.get("system"), where),
     )
 
 
@@ -285,6 +293,17 @@ def _key(value: Any, where: str) -> tuple[str, ...]:
     if isinstance(value, str):
         value = [value]
     return _string_list(value, where, "key")
+
+
+def _system(value: Any, where: str) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not _SYSTEM.fullmatch(value):
+        raise ConfigError(
+            f"{where} [source]: 'system' must be a name of letters, digits, '_', '.' or '-' "
+            '(at most 64), e.g. "clinic_a"'
+        )
+    return value
 
 
 def _timezone(value: Any, where: str) -> ZoneInfo:

@@ -30,6 +30,7 @@ import pandas as pd
 from pydantic import ValidationError
 
 from importer.fastcheck import proven_valid
+from importer.keys import namespaced, natural_key
 from importer.mapping import DATE_FIELDS, FALSE_WORDS, TRUE_WORDS, Mapping
 from importer.models import ConsentIn, field_errors
 from importer.reader import EXCEL_SUFFIXES, Table, excel_serial_to_iso
@@ -190,10 +191,22 @@ class Batch:
 class Normalizer:
     """Maps and validates rows of any number of files, remembering source keys across them."""
 
-    def __init__(self, mapping: Mapping) -> None:
+    def __init__(self, mapping: Mapping, *, content_keys: bool = False) -> None:
         self.mapping = mapping
+        #: key rows without a key column by a hash of their whole body, as ledgers made
+        #: before natural keys do (see importer.keys)
+        self.content_keys = content_keys
+        self.unkeyed_files = 0
         self._keys = KeyIndex()
         self._files: list[str] = []
+
+    @property
+    def key_kind(self) -> str:
+        """Which source key the files read so far use: "column", "natural" or
+        "content hash"."""
+        if not self.unkeyed_files:
+            return "column"
+        return "content hash" if self.content_keys else "natural"
 
     def rows(self, table: Table) -> Iterator[Row]:
         """Every row of one table, in order, with its model when valid (what a run needs)."""
@@ -218,10 +231,15 @@ class Normalizer:
             with _gc_paused():
                 prepared = file_rows.prepare(chunk)
                 skip = np.zeros(len(chunk), dtype=bool)
-                if unchanged is not None and file_rows.keyed:
-                    candidates = np.flatnonzero(file_rows.proven(prepared)).tolist()
+                # Keys of the rows that may be skipped: the key column's, or natural keys
+                # made a column at a time (not content hashes: those need the body).
+                fast_keys = prepared.keys
+                if unchanged is not None and (file_rows.keyed or not file_rows.content_keys):
+                    if not file_rows.keyed:
+                        fast_keys = file_rows.natural_keys(prepared.fields, len(chunk))
+                    candidates = np.flatnonzero(file_rows.proven(prepared, fast_keys)).tolist()
                     if candidates:
-                        keys = [prepared.keys[pos] or "" for pos in candidates]
+                        keys = [fast_keys[pos] or "" for pos in candidates]
                         digests = prepared.digests[candidates]
                         skip[candidates] = unchanged(keys, digests)
             numbers = chunk.index.to_numpy(dtype=np.int64)
@@ -234,7 +252,7 @@ class Normalizer:
                         for pos, same in enumerate(skipped, start)
                         if not same
                     }
-                    keys = [key or "" for key in prepared.keys[start:stop]]
+                    keys = [key or "" for key in fast_keys[start:stop]]
                     for pos, row in built.items():
                         keys[pos - start] = row.source_key
                     where = file_index << 40 | numbers[start:stop]
@@ -281,9 +299,15 @@ class Normalizer:
 
     def file_normalizer(self, table: Table) -> _FileNormalizer:
         columns = self.mapping.resolve(table.columns, table.name)
-        return _FileNormalizer(
-            self.mapping, columns, table.name, excel=table.path.suffix.lower() in EXCEL_SUFFIXES
+        file_rows = _FileNormalizer(
+            self.mapping,
+            columns,
+            table.name,
+            excel=table.path.suffix.lower() in EXCEL_SUFFIXES,
+            content_keys=self.content_keys,
         )
+        self.unkeyed_files += not file_rows.keyed
+        return file_rows
 
     def _duplicate(self, row: Row, first: int) -> None:
         """A repeat of an earlier row's source key: identical export rows would
@@ -342,7 +366,13 @@ class KeyIndex:
 
 class _FileNormalizer:
     def __init__(
-        self, mapping: Mapping, columns: dict[str, str], file: str, *, excel: bool
+        self,
+        mapping: Mapping,
+        columns: dict[str, str],
+        file: str,
+        *,
+        excel: bool,
+        content_keys: bool = False,
     ) -> None:
         self.mapping = mapping
         self.columns = columns
@@ -350,6 +380,8 @@ class _FileNormalizer:
         self.parse_date = _date_parser(mapping, excel=excel)
         self.fields = sorted(set(columns) | set(mapping.defaults))
         self.keyed = bool(mapping.key) or "sourceKey" in columns
+        self.system = mapping.system
+        self.content_keys = content_keys
         self._digest_key = _cells_digest_key(mapping, self.fields, excel=excel)
 
     def prepare(self, chunk: pd.DataFrame) -> Prepared:
@@ -357,11 +389,11 @@ class _FileNormalizer:
         headers, raw, prepared, keys = self._prepare(chunk)
         return Prepared(headers, raw, prepared, keys, self.cells_digests(prepared, len(chunk)))
 
-    def proven(self, prepared: Prepared) -> npt.NDArray[np.bool_]:
+    def proven(self, prepared: Prepared, keys: list[str | None]) -> npt.NDArray[np.bool_]:
         """Rows `fastcheck` proves valid (their bodies are certain to validate)."""
         return proven_valid(
             prepared.fields,
-            prepared.keys,
+            keys,
             parse_date=self.parse_date,
             crosswalk=self.mapping.crosswalk,
         )
@@ -395,13 +427,16 @@ class _FileNormalizer:
         """The chunk's verdict without bodies: rows proven valid column-wise are only
         counted; the rest take the full path, which names their errors."""
         with _gc_paused():
-            if not self.keyed:
-                # Without a key column a row's key is its body's hash: bodies are needed.
+            if not self.keyed and self.content_keys:
+                # Keyed by the body's hash (a ledger made before natural keys): bodies
+                # are needed.
                 rows = self._normalize(chunk)
                 hashed = [row.source_key for row in rows]
                 invalid = [(i, row) for i, row in enumerate(rows) if not row.valid]
                 return Checked(hashed, key_digests(hashed), invalid)
             headers, raw, prepared, keys = self._prepare(chunk)
+            if not self.keyed:
+                keys = self.natural_keys(prepared, len(chunk))
             proven = proven_valid(
                 prepared, keys, parse_date=self.parse_date, crosswalk=self.mapping.crosswalk
             )
@@ -411,7 +446,9 @@ class _FileNormalizer:
             for pos in np.flatnonzero(~proven).tolist():
                 values = tuple(column[pos] for column in raw.values())
                 cells = {name: prepared[name][pos] for name in names}
-                row = self._row(int(numbers[pos]), headers, values, cells, keys[pos])
+                # An unproven row's natural key comes from its model, as in `normalize`.
+                key = keys[pos] if self.keyed else None
+                row = self._row(int(numbers[pos]), headers, values, cells, key)
                 keys[pos] = row.source_key
                 if not row.valid:
                     checked.append((pos, row))
@@ -462,13 +499,42 @@ class _FileNormalizer:
 
     def _keys(self, raw: dict[str, list[Any]], size: int) -> list[str | None]:
         """The stable source key per row; None where the body's hash will serve."""
+        keys: list[str | None]
         if self.mapping.key:
             parts = [[str(v).strip() for v in raw[c]] for c in self.mapping.key]
-            return [None if not all(p) else "|".join(p) for p in zip(*parts, strict=True)]
-        header = self.columns.get("sourceKey")
-        if header is not None:
-            return [str(v).strip() or None for v in raw[header]]
-        return [None] * size
+            keys = [None if not all(p) else "|".join(p) for p in zip(*parts, strict=True)]
+        elif (header := self.columns.get("sourceKey")) is not None:
+            keys = [str(v).strip() or None for v in raw[header]]
+        else:
+            return [None] * size
+        if self.system is not None:
+            keys = [None if k is None else namespaced(self.system, k) for k in keys]
+        return keys
+
+    def natural_keys(self, prepared: dict[str, list[str]], size: int) -> list[str | None]:
+        """Natural keys a column at a time, from the cells as the body would hold them
+        (None where the patient or the date is unusable: such rows take the full path).
+        For rows `proven_valid` passes, these equal the keys made from their models."""
+        empty = [""] * size
+        patients = prepared.get("patientId", empty)
+        crosswalk = self.mapping.crosswalk
+        if crosswalk is not None:
+            patients = [crosswalk.get(p, "") for p in patients]
+        keys: list[str | None] = []
+        parse, system = self.parse_date, self.system
+        for patient, scope, category, text in zip(
+            patients,
+            prepared.get("scope", empty),
+            prepared.get("category", empty),
+            prepared.get("dateTime", empty),
+            strict=True,
+        ):
+            when = parse(text) if text else None
+            if not patient or (text and when is None):
+                keys.append(None)
+            else:
+                keys.append(namespaced(system, natural_key(patient, scope, _split(category), when)))
+        return keys
 
     def _row(
         self,
@@ -519,10 +585,16 @@ class _FileNormalizer:
                     "sourceKey", "missing_required", "the source key is empty; every row needs one"
                 )
                 row.source_key = "cells:" + _digest(repr(values))
-            elif row.model is not None:
+            elif row.model is not None and self.content_keys:
                 row.source_key = "sha256:" + row.body_hash[:32]
+            elif row.model is not None:
+                model = row.model
+                row.source_key = natural_key(
+                    model.patient_id, model.scope.value, model.category, model.date_time
+                )
             else:
                 row.source_key = "cells:" + _digest(repr(values))
+            row.source_key = namespaced(self.system, row.source_key)
         if errors:
             row.model = None
         return row

@@ -15,6 +15,7 @@ import anyio
 from importer.client import ClientStats
 from importer.normalize import Row, Unchanged
 from importer.results import RunStats, ValidationSummary
+from importer.rowlog import row_fields
 
 log = logging.getLogger("importer.engine")
 
@@ -92,8 +93,15 @@ class RunObserver:
         self.stats.fail(code)
         self._emit("failed")
 
-    def retried(self, exc: BaseException, attempt: int) -> None:
-        log.info("retrying after %s (attempt %d)", type(exc).__name__, attempt)
+    def retried(self, exc: BaseException, attempt: int, row: Row | None, op: str | None) -> None:
+        where = f" row {row.file}:{row.row}" if row is not None else ""
+        log.info(
+            "retrying%s after %s (attempt %d)",
+            where,
+            type(exc).__name__,
+            attempt,
+            extra={"fields": row_fields("retry", row, op, exc, attempt=attempt)},
+        )
         self.on("retry")
 
     def paused(self, reset_in_s: float) -> bool:

@@ -31,11 +31,15 @@ class RunOptions:
         grace_s: after Ctrl-C / SIGTERM, how long in-flight requests may settle.
         on_immutable_change: fail the row, or recreate its consent and retire the old one.
         revoke_missing: patch consents whose rows left the source to inactive.
+        revoke_max: at most this many revocations in one run, "N" or "P%" of the
+            ledger's done rows (None: 10%); over it, none (see importer.revocation).
         skip_existing: look each new row up before posting it, and adopt a match.
         settle_s: after an ambiguous answer to a POST (a timeout after sending, a dropped
             connection, a 5xx), wait this long before looking the consent up, so a server
             that stores it late or shows it in search late is not posted to twice; 0
             looks it up at once.
+        preflight: check the server first, and on a ledger that created nothing, a
+            sample of rows (importer.preflight).
     """
 
     ledger: Path = Path("consent-import.db")
@@ -48,8 +52,10 @@ class RunOptions:
     grace_s: float = 30.0
     on_immutable_change: OnImmutableChange = "fail"
     revoke_missing: bool = False
+    revoke_max: str | None = None
     skip_existing: bool = False
     settle_s: float = 30.0
+    preflight: bool = True
 
     def __post_init__(self) -> None:
         if self.on_immutable_change not in IMMUTABLE_CHANGE_CHOICES:

@@ -14,13 +14,18 @@ from enum import StrEnum
 from itertools import chain
 from pathlib import Path
 
+from importer.keys import pinned_fields
 from importer.ledger import Ledger, LedgerRow, Op, RowState
 from importer.mapping import Mapping
 from importer.normalize import Normalizer, Row
 from importer.options import RunOptions
 from importer.results import PlanSummary
+from importer.revocation import RevokeScope
+from importer.revocation import plan as plan_revocations
 from importer.validate import open_tables
 
+#: How many of the rows a dry run would revoke it keeps, to list.
+REVOKES_LISTED = 50
 #: Fields ClinikAPI lets a PATCH replace; a change to any other field cannot be patched.
 PATCHABLE = ("status", "policyUri", "verification", "provision")
 
@@ -107,7 +112,12 @@ def plan_row(row: Row, before: LedgerRow | None, options: RunOptions) -> RowPlan
         if before.state is RowState.DONE:
             return _UNCHANGED
         return RowPlan(Verdict.SEND, Op.PATCH, consent_id=before.consent_id)
-    if immutable_changes(row, before):
+    # Fields a natural key pins are equal whenever the key matches: a difference there is
+    # only how they are written (category order, the zone of the instant).
+    changed = set(changed_fields(row, before)) - pinned_fields(row.source_key)
+    if not changed and before.state is RowState.DONE:
+        return _UNCHANGED
+    if changed - set(PATCHABLE):
         if options.on_immutable_change == "recreate":
             return RowPlan(Verdict.SEND, Op.RECREATE, consent_id=before.consent_id)
         return _IMMUTABLE
@@ -141,29 +151,41 @@ def changed_fields(row: Row, before: LedgerRow) -> list[str]:
 
 
 def immutable_changes(row: Row, before: LedgerRow) -> list[str]:
-    """The changed fields a PATCH cannot apply."""
-    return sorted(set(changed_fields(row, before)) - set(PATCHABLE))
+    """The changed fields a PATCH cannot apply (less those a natural key pins)."""
+    changed = set(changed_fields(row, before)) - pinned_fields(row.source_key)
+    return sorted(changed - set(PATCHABLE))
 
 
 def plan_import(
     inputs: Sequence[str | Path], mapping: Mapping, ledger_path: Path, options: RunOptions
 ) -> PlanSummary:
     """A dry run: validate and compare with the ledger; what would be created, patched,
-    skipped. Sends nothing and writes nothing."""
+    skipped, revoked. Sends nothing and writes nothing."""
     tables = open_tables(inputs, mapping)
+    scope = RevokeScope.of_tables(options.revoke_max, mapping, tables)
     normalizer = Normalizer(mapping)
     summary = PlanSummary()
     context: AbstractContextManager[Ledger | None] = (
         closing(Ledger(ledger_path)) if ledger_path.exists() else nullcontext(None)
     )
+    seen: set[str] = set()
     with context as ledger:
+        normalizer.content_keys = ledger is not None and ledger.key_scheme == "content"
         batch: list[Row] = []
         for row in chain.from_iterable(normalizer.rows(t) for t in tables):
             batch.append(row)
+            if options.revoke_missing:
+                seen.add(row.source_key)
             if len(batch) >= 500:
                 _count(batch, ledger, options, summary)
                 batch = []
         _count(batch, ledger, options, summary)
+        if ledger is not None and options.revoke_missing:
+            missing = ledger.missing_rows(seen=seen)
+            summary.revoke = plan_revocations(
+                missing, ledger.done_count(), scope, keep=REVOKES_LISTED
+            )
+    summary.source_key = normalizer.key_kind
     return summary
 
 

@@ -29,7 +29,13 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 from pandas.errors import ParserError
-from python_calamine import CalamineError, CalamineWorkbook, PasswordError
+from python_calamine import (
+    CalamineError,
+    CalamineSheet,
+    CalamineWorkbook,
+    PasswordError,
+    SheetVisibleEnum,
+)
 
 from importer.errors import ConfigError, InputError
 
@@ -88,6 +94,12 @@ _EOF_IN_QUOTES: Final = re.compile(r"EOF inside string starting at row (\d+)")
 _SERIAL: Final = re.compile(r"\d{1,7}(?:\.\d+)?")
 
 _Bools = npt.NDArray[np.bool_]
+#: Excel's first line naming the delimiter, which Excel hides when it opens the file.
+_SEP_LINE: Final = re.compile(r"sep=([^\r\n\"])(?:\r\n|\n|\r)", re.IGNORECASE)
+
+# The csv module refuses a field over 128 KiB by default; a long note or an embedded
+# document in the first rows is a cell like any other (pandas' parser has no such limit).
+csv.field_size_limit(max(csv.field_size_limit(), 2**31 - 1))
 
 
 @dataclass(frozen=True)
@@ -290,6 +302,7 @@ class _CsvLayout:
     width: int  # most cells seen in a record of the sample, at least len(columns)
     newline: str
     may_escape: bool  # some cell might start with our formula escape
+    preamble: int = 0  # non-blank records before the header (Excel's `sep=` line)
 
 
 class _CsvTable(Table):
@@ -407,8 +420,8 @@ class _CsvTable(Table):
         counter = _RecordCounter(delimiter[0], ord(layout.newline))
         for block in blocks:
             counter.feed(block)
-        # The first non-blank record is the header.
-        return max(counter.finish() - 1, 0)
+        # The first non-blank record after the preamble is the header.
+        return max(counter.finish() - 1 - layout.preamble, 0)
 
 
 def _open_csv(
@@ -647,8 +660,17 @@ def _csv_layout(
     suffix: str,
 ) -> _CsvLayout | None:
     """Delimiter, header and width from the sample; None if the sample is too short to tell."""
-    delimiter = forced_delimiter or _sniff(sample, whole, suffix)
-    if forced_delimiter is not None and forced_delimiter not in _first_line(sample):
+    declared = _SEP_LINE.match(sample)
+    if declared is not None:
+        # Excel's `sep=;` line: the file says its delimiter, and the line is not the header.
+        delimiter = forced_delimiter or declared.group(1)
+    else:
+        delimiter = forced_delimiter or _sniff(sample, whole, suffix)
+    if (
+        declared is None
+        and forced_delimiter is not None
+        and forced_delimiter not in _first_line(sample)
+    ):
         # A header without the configured delimiter makes a one-column table, which no
         # mapping wants: the file says otherwise (a fixed failed.csv we wrote with ",",
         # fed back with the legacy export's mapping), so the file's own delimiter wins.
@@ -656,7 +678,8 @@ def _csv_layout(
     if whole:
         _check_quotes(name, sample, delimiter)
     records = _parse(sample, delimiter, whole)
-    skip = next((i for i, r in enumerate(records) if not _blank(r)), None)
+    preamble = 0 if declared is None else 1
+    skip = next((i for i, r in enumerate(records) if i >= preamble and not _blank(r)), None)
     if skip is None:
         if whole:
             raise InputError(f"{name}: the file is empty; export it again with a header row")
@@ -667,7 +690,9 @@ def _csv_layout(
     columns = _header(name, header, skip + 1, lambda i: str(i + 1))
     width = max(len(r) for r in records[skip:])
     newline = "\r" if "\n" not in sample and "\r" in sample else "\n"
-    return _CsvLayout(encoding, delimiter, columns, skip, width, newline, may_escape=True)
+    return _CsvLayout(
+        encoding, delimiter, columns, skip, width, newline, may_escape=True, preamble=preamble
+    )
 
 
 def _first_line(sample: str) -> str:
@@ -908,10 +933,11 @@ class _ExcelTable(Table):
         # The open pass counted the rows already; parsing the sheet again would double
         # the cost of opening.
         if self._count == 0:
-            raise _no_rows(self.name)
+            raise _no_rows(_sheet_label(self.name, self.sheet))
 
     def chunks(self) -> Iterator[pd.DataFrame]:
         named = len(self.columns)
+        where = _sheet_label(self.name, self.sheet)
         convert = _cell_text
         rows: list[list[str]] = []
         numbers: list[int] = []
@@ -923,7 +949,7 @@ class _ExcelTable(Table):
                 if not _blank(texts[named:]):
                     offset = next(i for i, t in enumerate(texts[named:]) if t.strip())
                     column = _column_letter(self._first_column + named + offset)
-                    raise _unnamed_cell(self.name, number, column)
+                    raise _unnamed_cell(where, number, column)
                 del texts[named:]
             elif len(texts) < named:
                 texts.extend([""] * (named - len(texts)))
@@ -952,8 +978,7 @@ class _ExcelTable(Table):
                 raise self._workbook.unreadable() from None
             if sheet.start is None:
                 return
-            # iter_rows pads the rows above the used range, so positions are real rows.
-            for number, cells in enumerate(sheet.iter_rows(), start=1):
+            for number, cells in _sheet_rows(sheet, fill_below=self.header_row):
                 if number > self.header_row:
                     yield number, cells
 
@@ -970,7 +995,10 @@ def _open_excel(
         raise _not_excel(name, head, suffix)
     workbook = _Workbook(path, name, by_content)
     with workbook.open() as book:
-        sheet_name = _pick_sheet(name, book.sheet_names, options.sheet)
+        hidden = {
+            meta.name for meta in book.sheets_metadata if meta.visible != SheetVisibleEnum.Visible
+        }
+        sheet_name = _pick_sheet(name, book.sheet_names, options.sheet, hidden)
         try:
             sheet = book.get_sheet_by_name(sheet_name)
         except CalamineError:
@@ -980,20 +1008,24 @@ def _open_excel(
                 f"{name}: sheet '{sheet_name}' is empty; choose the sheet with the data"
             )
         first_column = sheet.start[1]
-        header: tuple[int, list[Any]] | None = None
-        count = 0
-        for number, cells in enumerate(sheet.iter_rows(), start=1):
-            if _blank_cells(cells):
-                continue
-            if header is None:
-                header = (number, cells)
-            else:
-                count += 1
-    if header is None:
-        raise InputError(f"{name}: sheet '{sheet_name}' is empty; choose the sheet with the data")
+        # The header as it is (a merged title or header cell is not spread over columns),
+        # then the rows below it as Excel shows them (merged cells filled).
+        header = next(
+            ((n, cells) for n, cells in enumerate(sheet.iter_rows(), 1) if not _blank_cells(cells)),
+            None,
+        )
+        if header is None:
+            raise InputError(
+                f"{name}: sheet '{sheet_name}' is empty; choose the sheet with the data"
+            )
+        count = sum(
+            1
+            for number, cells in _sheet_rows(sheet, fill_below=header[0])
+            if number > header[0] and not _blank_cells(cells)
+        )
     header_row, cells = header
     columns = _header(
-        name,
+        _sheet_label(name, sheet_name),
         [_cell_text(cell) for cell in cells],
         header_row,
         lambda i: _column_letter(first_column + i),
@@ -1029,12 +1061,49 @@ def _not_excel(name: str, head: bytes, suffix: str) -> InputError:
     )
 
 
-def _pick_sheet(name: str, sheets: list[str], wanted: str | int | None) -> str:
+def _sheet_label(name: str, sheet: str | None) -> str:
+    """The file as errors name it: an Excel file with its sheet."""
+    return name if sheet is None else f"{name}, sheet '{sheet}'"
+
+
+def _sheet_rows(sheet: CalamineSheet, *, fill_below: int) -> Iterator[tuple[int, list[Any]]]:
+    """(row number, cells) of a sheet, with each merged range below row `fill_below`
+    holding its top-left value in every cell, as Excel shows it (calamine leaves the other
+    cells of the range empty)."""
+    first_column = sheet.start[1] if sheet.start is not None else 0
+    merges = sorted(
+        (r0, c0, r1, c1)
+        for (r0, c0), (r1, c1) in (sheet.merged_cell_ranges or [])
+        if r0 >= fill_below and (r1, c1) != (r0, c0)
+    )
+    upcoming = 0
+    active: list[tuple[int, int, int, Any]] = []  # (last row, first column, last column, value)
+    # iter_rows pads the rows above the used range, so positions are real rows.
+    for index, cells in enumerate(sheet.iter_rows()):
+        while upcoming < len(merges) and merges[upcoming][0] == index:
+            _, c0, r1, c1 = merges[upcoming]
+            at = c0 - first_column
+            value = cells[at] if 0 <= at < len(cells) else ""
+            active.append((r1, c0, c1, value))
+            upcoming += 1
+        if active:
+            active = [m for m in active if m[0] >= index]
+            cells = list(cells)
+            for _, c0, c1, value in active:
+                for at in range(max(c0 - first_column, 0), min(c1 - first_column + 1, len(cells))):
+                    cells[at] = value
+        yield index + 1, cells
+
+
+def _pick_sheet(
+    name: str, sheets: list[str], wanted: str | int | None, hidden: set[str] | None = None
+) -> str:
     listed = ", ".join(f"'{s}'" for s in sheets)
     if wanted is None:
         if not sheets:
             raise InputError(f"{name}: the workbook has no sheets")
-        return sheets[0]
+        # The first sheet a person sees, not a hidden lookup or settings sheet.
+        return next((s for s in sheets if s not in (hidden or set())), sheets[0])
     if isinstance(wanted, int):
         if 0 <= wanted < len(sheets):
             return sheets[wanted]

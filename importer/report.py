@@ -17,6 +17,8 @@ from rich.console import Console
 
 from importer.errors import UsageError
 from importer.normalize import Row
+from importer.outputs import AtomicFile
+from importer.outputs import write_text as write_whole
 from importer.reader import escape_formula
 from importer.results import RunStats, ValidationSummary
 
@@ -24,8 +26,12 @@ REPORT_SUFFIXES = (".json", ".csv", ".html")
 ERROR_COLUMNS = ("error_stage", "error_code", "error_message")
 
 
-def check_report_paths(paths: Sequence[str]) -> list[Path]:
-    """Refuse report paths of a kind we cannot write, before any work is done."""
+def check_report_paths(paths: Sequence[str | Path], *, redact: bool = False) -> list[Path]:
+    """Refuse report paths of a kind we cannot write, before any work is done.
+
+    `--redact` applies to every form: HTML leaves values out, JSON never holds them. A CSV
+    report *is* the rows' cells (to fix and feed back), so it cannot be redacted: refused.
+    """
     checked = []
     for path in paths:
         suffix = Path(path).suffix.lower()
@@ -34,13 +40,18 @@ def check_report_paths(paths: Sequence[str]) -> list[Path]:
                 f"--report {path}: unknown report type '{suffix or '(none)'}'; "
                 "use .json, .csv or .html"
             )
+        if redact and suffix == ".csv":
+            raise UsageError(
+                f"--redact does not apply to a .csv report ({path}): it holds the rows' own "
+                "cells, to fix and feed back; leave out --redact or the .csv report"
+            )
         checked.append(Path(path))
     return checked
 
 
-def check_run_report_paths(paths: Sequence[str]) -> list[Path]:
+def check_run_report_paths(paths: Sequence[str | Path], *, redact: bool = False) -> list[Path]:
     """`run --report` writes .json and .html; invalid rows as CSV come from `export`."""
-    checked = check_report_paths(paths)
+    checked = check_report_paths(paths, redact=redact)
     for path in checked:
         if path.suffix.lower() == ".csv":
             raise UsageError(
@@ -64,16 +75,18 @@ def write_run_reports(
 
 
 def write_json(path: Path, document: dict[str, Any]) -> None:
-    path.write_text(json.dumps(document, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    write_whole(path, json.dumps(document, indent=2, ensure_ascii=False) + "\n")
 
 
 class SafeCsvWriter:
-    """A CSV writer whose every cell is escaped against formula injection."""
+    """A CSV writer whose every cell is escaped against formula injection; the file is
+    owner-only and appears whole when closed (an error discards it)."""
 
     def __init__(self, path: Path, columns: Sequence[str]) -> None:
         self.columns = list(columns)
         # utf-8-sig so Excel opens non-ASCII names correctly; our reader strips the BOM.
-        self._handle: IO[str] = path.open("w", newline="", encoding="utf-8-sig")
+        self._file = AtomicFile(path, newline="", encoding="utf-8-sig")
+        self._handle: IO[str] = self._file.handle
         self._writer = csv.writer(self._handle)
         self._writer.writerow([escape_formula(c) for c in self.columns])
 
@@ -83,7 +96,11 @@ class SafeCsvWriter:
         )
 
     def close(self) -> None:
-        self._handle.close()
+        """Put the complete file in place."""
+        self._file.commit()
+
+    def discard(self) -> None:
+        self._file.discard()
 
     def __enter__(self) -> SafeCsvWriter:
         return self
@@ -91,7 +108,10 @@ class SafeCsvWriter:
     def __exit__(
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        self.close()
+        if kind is None:
+            self.close()
+        else:
+            self.discard()
 
 
 def error_columns(
@@ -121,7 +141,8 @@ def print_validation(summary: ValidationSummary, console: Console, *, first: int
     """The terminal summary of a validation: counts, then the first errors, one a line."""
     files = len(summary.by_file)
     console.print(
-        f"Validated {files} file{'s' if files != 1 else ''}: {summary.rows:,} rows, "
+        f"Validated {files} file{'s' if files != 1 else ''}: {summary.rows:,} "
+        f"row{'s' if summary.rows != 1 else ''}, "
         f"[green]{summary.valid:,} valid[/], "
         f"[{'red' if summary.invalid else 'green'}]{summary.invalid:,} invalid[/]"
     )

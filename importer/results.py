@@ -9,6 +9,8 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from importer.keys import split_key
+
 if TYPE_CHECKING:
     from importer.normalize import Batch, Row, RowError
 
@@ -107,6 +109,10 @@ class RunStats:
     failed: int = 0
     revoked: int = 0
     missing_from_source: int = 0
+    revoke_out_of_scope: int = 0  # ledger rows missing here, but of other files or systems
+    revoke_refused: str = ""  # over --revoke-max: nothing revoked (exit 2)
+    revoke_note: str = ""  # a correction file: nothing revoked
+    source_key: str = "column"  # or "natural", or "content hash" (a ledger made before)
     lookups: int = 0
     #: rows waiting out --settle after an ambiguous answer, right now
     settling: int = 0
@@ -154,6 +160,9 @@ class RunStats:
             adopted=self.adopted,
             revoked=self.revoked,
             missing_from_source=self.missing_from_source,
+            revoke_out_of_scope=self.revoke_out_of_scope,
+            revoke_refused=self.revoke_refused or None,
+            source_key=self.source_key,
             lookups=self.lookups,
             settled_adopted=self.settled_adopted,
             settled_reposted=self.settled_reposted,
@@ -167,6 +176,22 @@ class RunStats:
         return out
 
 
+#: (ledger key, source file, source row, consent id) of a row missing from the source
+Missing = tuple[str, str, int, str | None]
+
+
+@dataclass
+class RevokePlan:
+    """The missing rows in scope, how many were out of it, and why none is revoked:
+    `refusal` (over the cap: the run exits 2) or `note` (a correction file)."""
+
+    rows: list[Missing] = field(default_factory=list)
+    in_scope: int = 0
+    out_of_scope: int = 0
+    refusal: str = ""
+    note: str = ""
+
+
 @dataclass
 class PlanSummary:
     """What a run would do, per action, without sending anything (a dry run)."""
@@ -174,6 +199,8 @@ class PlanSummary:
     counts: dict[str, int] = field(default_factory=dict)
     rows: int = 0
     invalid: int = 0
+    revoke: RevokePlan | None = None  # with --revoke-missing and a ledger
+    source_key: str = "column"  # as RunStats.source_key
 
     def add(self, action: str) -> None:
         self.counts[action] = self.counts.get(action, 0) + 1
@@ -221,6 +248,7 @@ class Finding:
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
         out["fields"] = list(self.fields)
+        out["source_key"] = split_key(self.source_key)[1]  # as the file has it, no system
         return out
 
 

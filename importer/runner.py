@@ -11,10 +11,12 @@ from dataclasses import dataclass, field
 from itertools import chain
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import anyio
 import sniffio
 
+from importer.breaker import CircuitBreaker
 from importer.client import ClinikClient, check_api_key, check_base_url, make_http_client
 from importer.engine import Engine, InInput
 from importer.ledger import Ledger
@@ -23,7 +25,10 @@ from importer.lock import LedgerLock
 from importer.mapping import Mapping
 from importer.normalize import Normalizer, Row, Unchanged
 from importer.options import DEFAULTS, RunOptions
+from importer.outputs import write_text
+from importer.preflight import run_checks
 from importer.results import RunStats, ValidationSummary
+from importer.revocation import RevokeScope
 from importer.validate import open_tables
 
 log = logging.getLogger("importer.run")
@@ -45,12 +50,17 @@ class RunResult:
     run_id: int
     ledger: Path
     validation: ValidationSummary
+    #: rows in the input files (a stopped run read fewer: `stats.rows`)
+    total: int = 0
 
     @property
     def exit_code(self) -> int:
-        """0 all rows done, 1 some invalid or failed, 3 aborted; a budget pause is 0."""
+        """0 all rows done, 1 some invalid or failed, 2 revocations over --revoke-max
+        (none made), 3 aborted; a budget pause is 0."""
         if self.stats.aborted and not self.stats.paused:
             return 3
+        if self.stats.revoke_refused:
+            return 2
         return 1 if self.stats.invalid or self.stats.failed else 0
 
 
@@ -66,21 +76,43 @@ def run_import(
     api_key = check_api_key(config.api_key)
     base_url = check_base_url(config.options.base_url)
     tables = open_tables(config.inputs, mapping)
+    scope = RevokeScope.of_tables(config.options.revoke_max, mapping, tables)
     total = sum(t.count_rows() for t in tables)
     if on_total is not None:
         on_total(total)
     normalizer = Normalizer(mapping)
-    with LedgerLock(config.options.ledger):
-        ledger = Ledger(config.options.ledger, base_url=base_url)
+    checked, window = 0, None
+    options = config.options
+    if options.preflight:
+        # Before the ledger exists or is bound to this base URL: a wrong one touches nothing.
+        _, checked, window = run_checks(base_url, api_key, timeout_s=options.timeout_s)
+    with LedgerLock(options.ledger):
+        ledger = Ledger(options.ledger, base_url=base_url)
+        normalizer.content_keys = ledger.key_scheme == "content"
         # Rows the ledger holds as done from the same cells come as counts, no bodies.
         rows: Iterator[Row | Unchanged] = chain.from_iterable(
             normalizer.rows_or_unchanged(t, ledger.unchanged) for t in tables
         )
         try:
+            if options.preflight and not options.skip_existing and ledger.created_nothing():
+                # A ledger that created nothing holds nothing unchanged: plain rows.
+                plain = chain.from_iterable(normalizer.rows(t) for t in tables)
+                sampled, spent, _ = run_checks(
+                    base_url,
+                    api_key,
+                    timeout_s=options.timeout_s,
+                    max_wait_s=options.max_wait_s,
+                    on_wait=on_wait,
+                    rows=plain,
+                    ledger=ledger.path,
+                    window_limit=window,
+                )
+                rows, checked = sampled or plain, checked + spent
             run_id = ledger.begin_run([t.name for t in tables])
             stats, validation = anyio.run(
                 _run_async,
                 config,
+                scope,
                 ledger,
                 run_id,
                 rows,
@@ -91,6 +123,8 @@ def run_import(
                 on_wait,
                 backend_options={"use_uvloop": _has_uvloop()},
             )
+            stats.source_key = normalizer.key_kind
+            stats.requests += checked
             if stats.aborted:
                 # Rows not yet read count too: everything the next run still has to do.
                 stats.rows_left = max(total - stats.finished, stats.rows_left)
@@ -98,7 +132,7 @@ def run_import(
             ledger.finish_run(run_id, status, stats.summary())
         finally:
             ledger.close()
-    return RunResult(stats, run_id, config.options.ledger, validation)
+    return RunResult(stats, run_id, config.options.ledger, validation, total)
 
 
 def _has_uvloop() -> bool:
@@ -108,6 +142,7 @@ def _has_uvloop() -> bool:
 
 async def _run_async(
     config: RunConfig,
+    revoke_scope: RevokeScope,
     ledger: Ledger,
     run_id: int,
     rows: Iterator[Row | Unchanged],
@@ -133,8 +168,18 @@ async def _run_async(
         base_url=base_url, concurrency=options.concurrency, timeout_s=options.timeout_s
     )
     async with http:
-        client = ClinikClient(http, base_url=base_url, api_key=api_key, limiter=limiter)
-        engine = Engine(client, ledger, run_id=run_id, options=options, on_progress=on_progress)
+        breaker = CircuitBreaker(urlsplit(base_url).netloc)
+        client = ClinikClient(
+            http, base_url=base_url, api_key=api_key, limiter=limiter, breaker=breaker
+        )
+        engine = Engine(
+            client,
+            ledger,
+            run_id=run_id,
+            options=options,
+            revoke_scope=revoke_scope,
+            on_progress=on_progress,
+        )
         with anyio.CancelScope() as scope:
             async with anyio.create_task_group() as tg:
                 if config.handle_signals:
@@ -163,5 +208,6 @@ async def _watch_signals(engine: Engine, scope: anyio.CancelScope, grace_s: floa
 
 
 def summary_json(path: Path, stats: RunStats, extra: dict[str, Any] | None = None) -> None:
+    """Counts and codes only, no PHI: written with the umask's mode, for log collectors."""
     document = {**stats.summary(), **(extra or {})}
-    path.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+    write_text(path, json.dumps(document, indent=2) + "\n", private=False)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from importer import outputs
 from importer.mapping import Mapping
 from importer.normalize import Normalizer
 from importer.reader import Table, open_table
@@ -34,7 +35,11 @@ def validate_files(
     redact: bool = False,
 ) -> ValidationSummary:
     """Validate every row of `inputs` and write `reports` (.json, .csv, .html)."""
-    paths = check_report_paths(reports)
+    paths = check_report_paths(reports, redact=redact)
+    outputs.check(
+        [("--report", p) for p in paths],
+        [*(("input", Path(p)) for p in inputs), *outputs.mapping_inputs(mapping)],
+    )
     tables = open_tables(inputs, mapping)
     summary = ValidationSummary()
     csv_paths = [p for p in paths if p.suffix.lower() == ".csv"]
@@ -47,9 +52,12 @@ def validate_files(
                 for row in batch.invalid:
                     for writer in writers:
                         writer.write(row_error_cells(row))
-    finally:
+    except BaseException:
         for writer in writers:
-            writer.close()
+            writer.discard()
+        raise
+    for writer in writers:
+        writer.close()
     for path in paths:
         suffix = path.suffix.lower()
         if suffix == ".json":

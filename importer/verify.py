@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 import time
 from collections import defaultdict
@@ -40,6 +39,7 @@ from typing import Any
 import anyio
 from pydantic import ValidationError
 
+from importer import outputs
 from importer.client import (
     MAX_PAGE_SIZE,
     ClinikClient,
@@ -140,11 +140,10 @@ def plan_reads(chosen: Sequence[DoneConsent], everything: Sequence[DoneConsent])
 
 
 def check_verify_report_paths(paths: Sequence[str], ledger: Path) -> list[Path]:
-    """Report paths of a kind we write, none of them the ledger itself."""
+    """Report paths of a kind we write, none of them the ledger or another report, each
+    in a writable folder (importer.outputs)."""
     checked = check_report_paths(paths)
-    for path in checked:
-        if path.resolve() == ledger.resolve():
-            raise UsageError(f"--report {path} is the ledger; give another path")
+    outputs.check([("--report", p) for p in checked], [("--ledger", ledger)])
     return checked
 
 
@@ -477,9 +476,8 @@ def same_identity(consent: dict[str, Any], sent: dict[str, str]) -> bool:
 
 def write_reports(paths: Sequence[Path], result: VerifyResult) -> None:
     """The report files: .json, .csv (one line per finding) or .html. They may hold PHI
-    (patient ids, source keys), so they are created readable by their owner only."""
+    (patient ids, source keys), so they are written owner-only (importer.outputs)."""
     for path in paths:
-        _create_private(path)
         suffix = path.suffix.lower()
         if suffix == ".json":
             write_json(path, result.to_json())
@@ -493,15 +491,6 @@ def write_reports(paths: Sequence[Path], result: VerifyResult) -> None:
             from importer.html_report import write_verify_html
 
             write_verify_html(path, result)
-
-
-def _create_private(path: Path) -> None:
-    """Create (or truncate) `path` as owner-only before anything is written to it."""
-    fd = os.open(path, os.O_CREAT | os.O_TRUNC | os.O_WRONLY, 0o600)
-    try:
-        os.fchmod(fd, 0o600)
-    finally:
-        os.close(fd)
 
 
 def summary_lines(result: VerifyResult, ledger: Path) -> list[str]:

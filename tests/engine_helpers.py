@@ -52,6 +52,9 @@ def run(
 ) -> RunResult:
     # Today's tests of faults look up at once; the tests of --settle give it.
     options.setdefault("settle_s", 0.0)
+    # The engine's tests count requests and spend budgets; the preflight's are in
+    # tests/test_preflight.py.
+    options.setdefault("preflight", False)
     config = RunConfig(
         inputs=source if isinstance(source, list) else [source],
         options=RunOptions(ledger=ledger, base_url=base_url, **options),

@@ -54,7 +54,7 @@ def test_validate_all_valid_exits_0(tmp_path: Path, capsys: pytest.CaptureFixtur
     (tmp_path / "a.csv").write_text(CLEAN, encoding="utf-8")
     code, out, err = run_cli(["validate", str(tmp_path / "a.csv")], capsys)
     assert (code, err) == (0, "")
-    assert "1 rows, 1 valid, 0 invalid" in out
+    assert "1 row, 1 valid, 0 invalid" in out  # singular since issue 15
 
 
 def test_validate_some_invalid_exits_1_and_writes_reports(
@@ -205,3 +205,99 @@ def test_api_key_is_never_printed_whole(tmp_path: Path, capsys: pytest.CaptureFi
     )
     assert code == 2
     assert key not in out + err
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--timeout", "nan"], r"--timeout.*'nan' is not a finite number"),
+        (["--timeout", "inf"], r"--timeout.*'inf' is not a finite number"),
+        (["--timeout", "0"], r"--timeout.*0<x<=86400"),
+        (["--max-rps", "1e-300"], r"--max-rps.*0\.01<=x<=1000000"),  # hung forever before
+        (["--max-rps", "nan"], r"--max-rps.*not a finite number"),
+        (["--max-wait", "nan"], r"--max-wait.*not a finite number"),
+        (["--max-wait", "-1"], r"--max-wait.*0<=x<=86400"),
+        (["--grace", "-5"], r"--grace.*0<=x<=86400"),
+        (["--grace", "soon"], r"--grace.*'soon' is not a valid float"),
+        # only letters and digits after the prefix (the server refuses any other shape)
+        (["--api-key", "clk_test_abc!@#"], r"the API key clk_test_… is not a ClinikAPI key"),
+        (["--api-key", "clk_live_abc-1234_xyz9"], r"followed by letters and digits only"),
+    ],
+)
+def test_run_values_are_checked_when_parsed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], message: str
+) -> None:
+    (tmp_path / "a.csv").write_text(CLEAN, encoding="utf-8")
+    base = ["run", str(tmp_path / "a.csv"), "--ledger", str(tmp_path / "l.db")]
+    code, out, err = run_cli([*base, "--api-key", "clk_test_abcd1234", *args], capsys)
+    assert code == 2
+    assert out == ""
+    assert len(err.splitlines()) == 1, err
+    assert re.search(message, err), err
+    assert not (tmp_path / "l.db").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--port", "99999"], r"--port.*99999 is not in the range 0<=x<=65535"),
+        (["--port", "-1"], r"--port.*0<=x<=65535"),
+        (["--port", "{busy}"], r"cannot listen on 127\.0\.0\.1:\d+: Address already in use"),
+        (["--latency-ms", "nan"], r"--latency-ms.*not a finite number"),
+    ],
+)
+def test_sandbox_values_and_a_busy_port_are_exit_2(
+    capsys: pytest.CaptureFixture[str], args: list[str], message: str
+) -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = str(busy.getsockname()[1])
+        code, _, err = run_cli(["sandbox", *(a.replace("{busy}", port) for a in args)], capsys)
+    assert code == 2
+    assert len(err.splitlines()) == 1, err
+    assert re.search(message, err), err
+
+
+@pytest.mark.parametrize(
+    ("args", "kind"),
+    [
+        (["run", "{tmp}/a.csv", "--log-format", "json", "--timeout", "nan"], "usage"),
+        (["run", "{tmp}/a.csv", "--log-format=json", "--no-such-flag"], "usage"),
+        (["run", "{tmp}/none.csv", "--log-format", "json"], "config"),
+        (["run", "{tmp}/a.csv", "--log-format", "json", "--api-key", "nope"], "config"),
+    ],
+)
+def test_with_json_logs_every_error_is_one_json_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], kind: str
+) -> None:
+    (tmp_path / "a.csv").write_text(CLEAN, encoding="utf-8")
+    code, out, err = run_cli([a.replace("{tmp}", str(tmp_path)) for a in args], capsys)
+    assert code == 2
+    assert out == ""
+    records = [json.loads(line) for line in err.splitlines()]  # each line is JSON
+    assert [r["event"] for r in records if r["level"] == "error"] == ["error"]
+    record = records[-1]
+    assert record["level"] == "error"
+    assert record["event"] == "error"
+    assert record["kind"] == kind
+    assert record["exit_code"] == 2
+
+
+def test_an_internal_error_is_a_json_line_without_its_message(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(_path: object) -> None:
+        raise RuntimeError("pt_SECRET in a cell")  # an unexpected error quoting a value
+
+    monkeypatch.setattr("importer.cli.load_mapping", broken)
+    monkeypatch.delenv("CONSENT_IMPORT_DEBUG", raising=False)
+    (tmp_path / "a.csv").write_text(CLEAN, encoding="utf-8")
+    code, out, err = run_cli(["run", str(tmp_path / "a.csv"), "--log-format", "json"], capsys)
+    assert (code, out) == (4, "")
+    record = json.loads(err.splitlines()[-1])
+    assert (record["kind"], record["exit_code"]) == ("internal", 4)
+    assert "RuntimeError" in record["message"]
+    assert "SECRET" not in err

@@ -55,6 +55,10 @@ def test_sigkill_mid_run_then_rerun_creates_each_row_once(tmp_path: Path, kill_a
         proc.send_signal(signal.SIGKILL)
         proc.communicate(timeout=30)
         assert proc.returncode == -signal.SIGKILL
+        status = start_cli(["status", "--ledger", str(ledger), "--json"], sandbox.base_url)
+        status_out, _ = status.communicate(timeout=60)
+        # the killed run's process is gone: not "running"
+        assert [r["status"] for r in json.loads(status_out)["runs"]] == ["interrupted"]
         stored_at_kill = sandbox.stats()["consents"]
         assert 0 < stored_at_kill < 400
         result = run(source, sandbox.base_url, ledger, concurrency=8)
@@ -88,10 +92,13 @@ def test_sigterm_settles_in_flight_requests_and_exits_3(tmp_path: Path) -> None:
         )
         wait_for(lambda: sandbox.stats()["creates"] >= 20)
         proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=60)
+        out, err = proc.communicate(timeout=60)
         assert proc.returncode == 3, err
         assert "Traceback" not in err
         counts = json.loads(summary.read_text())
+        # the summary counts the rows of the file, and says how many were never read
+        assert f"Run: {counts['rows']:,} of 300 rows · " in out
+        assert f"     {300 - counts['rows']:,} rows of the input not reached" in out.splitlines()
         # every request that was sent was answered and recorded: nothing is in flight
         assert counts["created"] == sandbox.stats()["consents"] == len(ledger_ids(ledger))
         assert counts["aborted"] == "interrupted by SIGTERM"

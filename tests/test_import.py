@@ -209,7 +209,10 @@ def test_missing_rows_are_reported_and_revoked_only_when_asked(tmp_path: Path) -
         result = run(source, sandbox.base_url, tmp_path / "l.db")
         assert result.stats.missing_from_source == 1
         assert {c["id"]: c["status"] for c in sandbox.consents()}[gone] == "active"
-        result = run(source, sandbox.base_url, tmp_path / "l.db", revoke_missing=True)
+        # (1 of 6 is over the default cap of 10%: the cap has its own tests)
+        result = run(
+            source, sandbox.base_url, tmp_path / "l.db", revoke_missing=True, revoke_max="1"
+        )
         assert (result.stats.missing_from_source, result.stats.revoked) == (1, 1)
         assert {c["id"]: c["status"] for c in sandbox.consents()}[gone] == "inactive"
         assert sandbox.stats()["deletes"] == 0  # never deleted
@@ -273,6 +276,7 @@ def test_a_stop_starts_no_request_even_from_workers_waiting_for_a_slot(
     from importer.normalize import Normalizer
     from importer.options import RunOptions
     from importer.reader import open_table
+    from importer.revocation import RevokeScope
     from importer.sandbox.server import RunningSandbox
 
     source = write_csv(tmp_path / "in.csv", consent_rows(40))
@@ -286,7 +290,13 @@ def test_a_stop_starts_no_request_even_from_workers_waiting_for_a_slot(
             client = ClinikClient(
                 http, base_url=sandbox.base_url, api_key=KEY, limiter=Limiter(concurrency=3)
             )
-            importer = Engine(client, ledger, run_id=run_id, options=RunOptions(concurrency=3))
+            importer = Engine(
+                client,
+                ledger,
+                run_id=run_id,
+                options=RunOptions(concurrency=3),
+                revoke_scope=RevokeScope(),
+            )
             async with anyio.create_task_group() as group:
                 group.start_soon(importer.run, iter(rows))
                 with anyio.fail_after(20):
@@ -321,12 +331,14 @@ def test_revokes_past_max_wait_pause_the_run_like_any_other_request(tmp_path: Pa
     with running_sandbox(SandboxConfig(rate_limit=11, rate_window_s=3600)) as sandbox:
         run(source, sandbox.base_url, ledger)
         write_csv(source, rows[:2])  # six rows left the source
-        result = run(source, sandbox.base_url, ledger, revoke_missing=True, max_wait_s=2)
+        result = run(
+            source, sandbox.base_url, ledger, revoke_missing=True, revoke_max="6", max_wait_s=2
+        )
         assert result.stats.paused
         assert result.exit_code == 0
         assert result.stats.missing_from_source == 6
         assert 1 <= result.stats.revoked <= 3
         sandbox.configure(rate_limit=None)
-        result = run(source, sandbox.base_url, ledger, revoke_missing=True)
+        result = run(source, sandbox.base_url, ledger, revoke_missing=True, revoke_max="6")
         revoked = [c for c in sandbox.consents() if c["status"] == "inactive"]
         assert len(revoked) == 6

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from importer.keys import natural_key
 from importer.mapping import load_mapping
 from importer.normalize import Normalizer, Row
 from importer.reader import open_table
@@ -198,10 +199,33 @@ def test_source_key_from_key_columns(tmp_path: Path) -> None:
     assert errors(rows[1]) == [("sourceKey", "missing_required")]
 
 
-def test_source_key_defaults_to_the_body_hash(tmp_path: Path) -> None:
+def test_source_key_defaults_to_the_natural_identity(tmp_path: Path) -> None:
+    # Issue 10 changed the default from a hash of the whole body (an edit made a new key).
     rows = rows_of(tmp_path, f"{HEAD}\npt_1,treatment,c\npt_2,treatment,c\n")
-    assert rows[0].source_key == "sha256:" + rows[0].body_hash[:32]
+    assert rows[0].source_key == natural_key("pt_1", "treatment", ["c"], None)
     assert rows[0].source_key != rows[1].source_key
+
+
+def test_a_ledger_made_before_natural_keys_keeps_the_body_hash(tmp_path: Path) -> None:
+    source = tmp_path / "in.csv"
+    source.write_text(f"{HEAD}\npt_1,treatment,c\n", encoding="utf-8")
+    mapping = load_mapping(None)
+    normalizer = Normalizer(mapping, content_keys=True)
+    [row] = normalizer.rows(open_table(source, mapping.source))
+    assert row.source_key == "sha256:" + row.body_hash[:32]
+    assert normalizer.key_kind == "content hash"
+
+
+@pytest.mark.parametrize(
+    ("system", "expected"),
+    [(None, "K1"), ("clinic_a", "clinic_a\x1fK1")],
+)
+def test_a_source_system_namespaces_its_keys(
+    tmp_path: Path, system: str | None, expected: str
+) -> None:
+    mapping = f'[source]\nsystem = "{system}"\n' if system else ""
+    [row] = rows_of(tmp_path, "sourceKey,patientId,scope,category\nK1,pt_1,treatment,c\n", mapping)
+    assert row.source_key == expected
 
 
 @pytest.mark.parametrize(
@@ -209,7 +233,7 @@ def test_source_key_defaults_to_the_body_hash(tmp_path: Path) -> None:
     [
         # the same key column value twice
         ("sourceKey,patientId,scope,category\nK,pt_1,treatment,c\nK,pt_2,treatment,c\n", "row 2"),
-        # no key column: identical rows hash alike
+        # no key column: two rows of one consent (natural identity)
         ("patientId,scope,category\npt_1,treatment,c\npt_1,treatment,c\n", "row 2"),
     ],
 )

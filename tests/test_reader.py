@@ -704,7 +704,9 @@ def test_excel_errors(tmp_path: Path, make: Callable[[Path], Path], message: str
     path = make(tmp_path)
     text = error(lambda: list(open_table(path).chunks()))
     separator = ", " if message.startswith("row ") else ": "
-    assert text == f"{path}{separator}{message}"
+    # Errors about a sheet's cells name the sheet (issue 15); file-level ones cannot.
+    sheet = ", sheet 'Sheet'" if message.startswith(("row ", "has ", "column")) else ""
+    assert text == f"{path}{sheet}{separator}{message}"
     assert "Smith" not in text
 
 
@@ -774,3 +776,100 @@ def test_a_delimiter_missing_from_the_header_gives_way_to_the_sniffed_one(tmp_pa
     # a delimiter the header does hold is kept, even where another would also split it
     path.write_text("a;b,c\n1;2,3\n", encoding="utf-8")
     assert open_table(path, SourceOptions(delimiter=";")).columns == ["a", "b,c"]
+
+
+# --- messy files (issue 15) ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        # a cell over the csv module's 128 KiB field limit, in the sniffed first rows
+        (
+            "id,note\n1," + "x" * 200_000 + "\n2,short\n",
+            {2: ["1", "x" * 200_000], 3: ["2", "short"]},
+        ),
+        ('id,note\n1,"' + "y\n" * 70_000 + '"\n', {2: ["1", "y\n" * 70_000]}),  # quoted, lines
+    ],
+)
+def test_long_cells_are_read_whole(
+    tmp_path: Path, content: str, expected: dict[int, list[str]]
+) -> None:
+    table = open_table(write(tmp_path, "in.csv", content))
+    assert rows(table) == expected
+    assert table.count_rows() == len(expected)
+
+
+@pytest.mark.parametrize(
+    ("content", "delimiter"),
+    [
+        ("sep=;\nid;name\n1;a,b\n2;c\n", ";"),  # Excel's line: honoured, not the header
+        ("SEP=|\r\nid|name\r\n1|a,b\r\n2|c\r\n", "|"),
+        ("sep=\t\nid\tname\n1\ta,b\n2\tc\n", "\t"),
+        ('sep=,\nid,name\n1,"a,b"\n2,c\n', ","),
+    ],
+)
+def test_excels_sep_line_names_the_delimiter(tmp_path: Path, content: str, delimiter: str) -> None:
+    table = open_table(write(tmp_path, "in.csv", content))
+    assert (table.delimiter, table.columns, table.header_row) == (delimiter, ["id", "name"], 2)
+    assert rows(table) == {3: ["1", "a,b"], 4: ["2", "c"]}  # row numbers are the file's lines
+    assert table.count_rows() == 2
+
+
+def messy_workbook(tmp_path: Path) -> Path:
+    """A hidden lookup sheet first, then the data with merged cells."""
+    book = openpyxl.Workbook()
+    lookup = book.active
+    assert lookup is not None
+    lookup.title = "Lookup"
+    lookup.append(["code", "meaning"])
+    lookup.append(["T", "treatment"])
+    lookup.sheet_state = "hidden"
+    data = book.create_sheet("Consents")
+    data.append(["patientId", "scope", "category"])
+    data.append(["pt_1", "treatment", "treatment-consent"])
+    data.append([None, "research", "research-participation"])
+    data.merge_cells("A2:A3")  # one patient's two consents: pt_1 merged down
+    data.append(["pt_2", "adr", None])
+    data.merge_cells("B4:C4")  # one value over two columns
+    path = tmp_path / "messy.xlsx"
+    book.save(path)
+    return path
+
+
+def test_excel_skips_hidden_sheets_and_fills_merged_cells(tmp_path: Path) -> None:
+    table = open_table(messy_workbook(tmp_path))
+    assert (table.sheet, table.columns) == ("Consents", ["patientId", "scope", "category"])
+    assert rows(table) == {
+        2: ["pt_1", "treatment", "treatment-consent"],
+        3: ["pt_1", "research", "research-participation"],  # as Excel shows it
+        4: ["pt_2", "adr", "adr"],
+    }
+    assert table.count_rows() == 3
+
+
+def test_a_hidden_sheet_named_in_the_mapping_is_read(tmp_path: Path) -> None:
+    table = open_table(messy_workbook(tmp_path), SourceOptions(sheet="Lookup"))
+    assert rows(table) == {2: ["T", "treatment"]}
+
+
+@pytest.mark.parametrize(
+    ("cells", "message"),
+    [
+        ({"A1": "id", "A2": 1, "C2": "x"}, "in.xlsx, sheet 'Data', row 2: a value in column C"),
+        ({"A1": "id", "B1": "id", "A2": 1}, "in.xlsx, sheet 'Data': columns A and B have the same"),
+        ({"A1": "id"}, "in.xlsx, sheet 'Data': has a header row but no rows to import"),
+    ],
+)
+def test_excel_errors_name_the_sheet(
+    tmp_path: Path, cells: dict[str, object], message: str
+) -> None:
+    book = openpyxl.Workbook()
+    sheet = book.active
+    assert sheet is not None
+    sheet.title = "Data"
+    for ref, value in cells.items():
+        sheet[ref] = value
+    book.save(tmp_path / "in.xlsx")
+    text = error(lambda: rows(open_table(tmp_path / "in.xlsx")))
+    assert message in text

@@ -166,3 +166,76 @@ def test_a_run_config_repr_never_shows_the_key() -> None:
     config = RunConfig(["in.csv"], api_key="clk_test_s3cretKEYa1b2")
     assert "s3cretKEY" not in repr(config)
     assert "in.csv" in repr(config)
+
+
+def test_every_json_log_line_of_a_run_with_faults_parses(tmp_path: Path) -> None:
+    rows = list(consent_rows(30))
+    rows[3]["scope"] = "nope"  # invalid
+    rows[5]["patientId"] = "pt_SECRETPATIENT"  # the server refuses it (422)
+    source = write_csv(tmp_path / "in.csv", rows)
+    known = frozenset(r["patientId"] for r in rows) - {"pt_SECRETPATIENT"}
+    config = SandboxConfig(
+        known_patients=known,
+        fault_unavailable=0.15,
+        fault_error_after_store=0.05,
+        seed=5,
+        rate_limit=12,
+        rate_window_s=2,
+    )
+    summary = tmp_path / "s.json"
+    with running_sandbox(config) as sandbox:
+        result = cli(
+            [
+                "run",
+                str(source),
+                "--ledger",
+                str(tmp_path / "l.db"),
+                "--log-format",
+                "json",
+                "--max-wait",
+                "30",
+                "--settle",  # retry 5xx at once, as before --settle: this test reads retries
+                "0",
+                "--summary-json",
+                str(summary),
+            ],
+            sandbox.base_url,
+        )
+    assert result.returncode == 1, result.stderr
+    assert result.stdout == ""  # the human summary is for terminals, not the JSON log
+    records = [json.loads(line) for line in result.stderr.splitlines()]
+    events = [r.get("event") for r in records]
+    assert events[0] == "start"
+    start = records[0]
+    assert start["base_url_host"] == sandbox.base_url.removeprefix("http://")
+    assert start["inputs"] == [str(source)]
+    assert start["options"]["concurrency"] == 8
+    [invalid] = [r for r in records if r.get("event") == "row_invalid"]
+    assert (invalid["row"], invalid["field"], invalid["code"]) == (5, "scope", "invalid_enum")
+    [failed] = [r for r in records if r.get("event") == "row_failed"]
+    assert (failed["row"], failed["code"], failed["status"]) == (7, "api_validation", 422)
+    assert failed["request_id"].startswith("req_")
+    retries = [r for r in records if r.get("event") == "retry"]
+    assert retries
+    assert all(isinstance(r["row"], int) and r["file"] == str(source) for r in retries)
+    assert any(str(r.get("request_id")).startswith("req_") for r in retries)
+    assert any(r.get("event") == "budget_wait" for r in records)
+    assert events[-1] == "summary"
+    assert set(json.loads(summary.read_text())) <= set(records[-1])
+    assert records[-1]["exit_code"] == 1
+    assert "SECRETPATIENT" not in result.stderr
+    assert KEY not in result.stderr
+
+
+def test_redirected_output_is_never_wrapped(tmp_path: Path) -> None:
+    rows = list(consent_rows(1))
+    source = write_csv(tmp_path / "a-rather-long-input-file-name-for-a-wrapping-check.csv", rows)
+    ledger = tmp_path / "a-rather-long-ledger-name-that-makes-the-last-line-long.db"
+    with running_sandbox(SandboxConfig()) as sandbox:
+        result = cli(["run", str(source), "--ledger", str(ledger)], sandbox.base_url)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("Run: 1 row · 1 created (0 adopted after a lookup) · 0 updated")
+    assert lines[0].endswith("· 0 invalid · 0 failed")  # one line, however long
+    assert lines[-1] == f"Ledger: {ledger} (consent-import export --ledger {ledger} ... for CSVs)"
+    assert "\x1b[" not in result.stdout + result.stderr  # no colour, no progress bar

@@ -160,7 +160,8 @@ def test_bad_options_exit_2() -> None:
         timeout=60,
     )
     assert result.returncode == 2
-    assert "the total fault rate must be between 0 and 1" in result.stderr
+    # `python -m importer.sandbox` is `consent-import sandbox`: the CLI's range check
+    assert "--fault-rate': 2.0 is not in the range 0<=x<=1" in result.stderr
 
 
 @pytest.mark.parametrize(
