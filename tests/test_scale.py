@@ -150,3 +150,16 @@ def test_a_run_holds_a_slice_of_rows_not_the_file(
     # of its own, whatever the file's size (all 1,500 rows were alive at once before).
     concurrency = DEFAULTS.concurrency
     assert max(samples) <= 100 + 2 * engine_module._BATCH + 8 * concurrency
+
+
+def test_a_file_without_a_key_column_reruns_in_bulk_too(
+    tmp_path: Path, server: RunningSandbox, bodies: list[int]
+) -> None:
+    """Natural keys (patient, scope, categories, date) are made a column at a time."""
+    rows = [{k: v for k, v in row.items() if k != "sourceKey"} for row in consent_rows(30)]
+    source, ledger = write_csv(tmp_path / "export.csv", rows), tmp_path / "l.db"
+    run(source, server.base_url, ledger)
+    bodies[0] = 0
+    result = run(source, server.base_url, ledger)
+    assert bodies[0] == 0
+    assert (result.stats.unchanged, result.stats.requests) == (30, 0)
