@@ -164,9 +164,10 @@ _KEEP: Any = object()
 #: Done rows with no error noted, by key and cells digest: what a rerun skips in bulk.
 _UNCHANGED = (
     # CROSS JOIN: the keys outside, one lookup by primary key each (through the state
-    # index, SQLite would look each row up twice).
-    "SELECT r.source_key, r.cells_hash FROM json_each(?) AS k CROSS JOIN rows AS r "
-    "ON r.source_key = k.value WHERE r.state = 'done' AND r.error_code IS NULL"
+    # index, SQLite would look each row up twice). k.key is the key's place in the list.
+    "SELECT k.key, r.cells_hash FROM json_each(?) AS k CROSS JOIN rows AS r "
+    "ON r.source_key = k.value WHERE r.state = 'done' AND r.error_code IS NULL "
+    "AND r.cells_hash IS NOT NULL"
 )
 #: Rows that need a person: invalid, failed, sent with an outcome still unknown, or done
 #: but edited in a way the API cannot apply (the error stays until a run clears it).
@@ -658,10 +659,11 @@ class Ledger(_Transitions):
         if self._reads is None:
             self._reads = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             self._reads.execute("PRAGMA busy_timeout=5000")
-        known = dict(self._reads.execute(_UNCHANGED, (json.dumps(keys),)).fetchall())
-        stored = np.array([known.get(key, 0) or 0 for key in keys], dtype=np.int64)
-        has = np.array([known.get(key) is not None for key in keys], dtype=bool)
-        same: npt.NDArray[np.bool_] = has & (stored == digests)
+        found = self._reads.execute(_UNCHANGED, (json.dumps(keys),)).fetchall()
+        same = np.zeros(len(keys), dtype=bool)
+        if found:
+            at, stored = np.array(found, dtype=np.int64).T
+            same[at] = stored == digests[at]
         return same
 
     def created_rows(self) -> Iterator[sqlite3.Row]:

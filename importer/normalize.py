@@ -329,39 +329,67 @@ class Normalizer:
 
 class KeyIndex:
     """The source keys seen so far, as sorted 64-bit digests with where each was first
-    seen: 16 bytes a row, checked a batch at a time with numpy."""
+    seen: 16 bytes a row, checked a batch at a time with numpy.
+
+    Two sorted runs: the old keys, and the recent ones, merged into the old when they
+    grow past an eighth of them (at least `_RECENT` keys). A run adds a slice at a time;
+    merging the whole index on every slice made it quadratic in the file's size.
+    """
+
+    _RECENT = 65_536
 
     def __init__(self) -> None:
         self._keys = np.empty(0, dtype=np.uint64)
         self._where = np.empty(0, dtype=np.int64)
+        self._recent_keys = np.empty(0, dtype=np.uint64)
+        self._recent_where = np.empty(0, dtype=np.int64)
 
     def contains(self, keys: npt.NDArray[np.uint64]) -> npt.NDArray[np.bool_]:
-        if not len(self._keys):
-            return np.zeros(len(keys), dtype=bool)
-        pos = np.minimum(np.searchsorted(self._keys, keys), len(self._keys) - 1)
-        found: npt.NDArray[np.bool_] = self._keys[pos] == keys
-        return found
+        return self._first(keys) >= 0
+
+    def _first(self, keys: npt.NDArray[np.uint64]) -> npt.NDArray[np.int64]:
+        """For each key, where it was first seen, or -1."""
+        first = np.full(len(keys), -1, dtype=np.int64)
+        for known, where in ((self._keys, self._where), (self._recent_keys, self._recent_where)):
+            if len(known) and len(keys):
+                pos = np.minimum(np.searchsorted(known, keys), len(known) - 1)
+                seen = known[pos] == keys
+                first[seen] = where[pos[seen]]
+        return first
 
     def add(
         self, keys: npt.NDArray[np.uint64], here: npt.NDArray[np.int64]
     ) -> npt.NDArray[np.int64]:
         """Add a batch of key digests and where each row is; for each key, -1 if it is
         new, else where it was first seen."""
-        first = np.full(len(keys), -1, dtype=np.int64)
-        if len(self._keys) and len(keys):
-            pos = np.minimum(np.searchsorted(self._keys, keys), len(self._keys) - 1)
-            seen = self._keys[pos] == keys
-            first[seen] = self._where[pos[seen]]
+        first = self._first(keys)
         unique, first_index, inverse = np.unique(keys, return_index=True, return_inverse=True)
         earliest = first_index[inverse]
         repeat = (earliest != np.arange(len(keys))) & (first < 0)
         first[repeat] = here[earliest[repeat]]
         new = first[first_index] < 0
-        merged_keys = np.concatenate([self._keys, unique[new]])
-        merged_where = np.concatenate([self._where, here[first_index[new]]])
-        order = np.argsort(merged_keys, kind="stable")
-        self._keys, self._where = merged_keys[order], merged_where[order]
+        self._recent_keys, self._recent_where = _merged(
+            self._recent_keys, self._recent_where, unique[new], here[first_index[new]]
+        )
+        if len(self._recent_keys) > max(self._RECENT, len(self._keys) // 8):
+            self._keys, self._where = _merged(
+                self._keys, self._where, self._recent_keys, self._recent_where
+            )
+            self._recent_keys = np.empty(0, dtype=np.uint64)
+            self._recent_where = np.empty(0, dtype=np.int64)
         return first
+
+
+def _merged(
+    keys: npt.NDArray[np.uint64],
+    where: npt.NDArray[np.int64],
+    more_keys: npt.NDArray[np.uint64],
+    more_where: npt.NDArray[np.int64],
+) -> tuple[npt.NDArray[np.uint64], npt.NDArray[np.int64]]:
+    merged_keys = np.concatenate([keys, more_keys])
+    merged_where = np.concatenate([where, more_where])
+    order = np.argsort(merged_keys, kind="stable")
+    return merged_keys[order], merged_where[order]
 
 
 class _FileNormalizer:

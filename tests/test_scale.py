@@ -8,6 +8,7 @@ import weakref
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from importer import engine as engine_module
@@ -163,3 +164,26 @@ def test_a_file_without_a_key_column_reruns_in_bulk_too(
     result = run(source, server.base_url, ledger)
     assert bodies[0] == 0
     assert (result.stats.unchanged, result.stats.requests) == (30, 0)
+
+
+@pytest.mark.parametrize("slice_size", [1, 7, 100, 1000])
+def test_the_key_index_finds_the_same_repeats_whatever_the_slices(
+    monkeypatch: pytest.MonkeyPatch, slice_size: int
+) -> None:
+    """Added a slice at a time (two sorted runs, merged now and then), the index answers
+    as one batch does: where each repeated key was first seen."""
+    monkeypatch.setattr(normalize.KeyIndex, "_RECENT", 16)
+    rng = np.random.default_rng(5)
+    keys = rng.integers(0, 300, size=1000).astype(np.uint64)
+    here = np.arange(1000, dtype=np.int64) + 10
+    whole = normalize.KeyIndex().add(keys, here)
+    index = normalize.KeyIndex()
+    sliced = np.concatenate(
+        [
+            index.add(keys[i : i + slice_size], here[i : i + slice_size])
+            for i in range(0, 1000, slice_size)
+        ]
+    )
+    assert sliced.tolist() == whole.tolist()
+    assert index.contains(keys).all()
+    assert not index.contains(np.array([1000, 2000], dtype=np.uint64)).any()
