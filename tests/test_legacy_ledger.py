@@ -16,6 +16,7 @@ import pytest
 
 from importer import normalize
 from importer.export import export_csvs, status
+from importer.ledger import Ledger
 from importer.sandbox import SandboxConfig, running_sandbox
 from tests.engine_helpers import run
 
@@ -106,3 +107,23 @@ def test_a_second_rerun_of_a_legacy_ledger_skips_its_done_rows_in_bulk(
     # body; K000002 (its PATCH failed) and K000004 (invalid) are built again.
     assert result.stats.unchanged == 4
     assert built[0] == 2
+
+
+def test_verify_reads_the_same_consents_before_and_after_the_migration(tmp_path: Path) -> None:
+    ledger = copy_for(tmp_path, "http://127.0.0.1:1")
+
+    def read() -> list[tuple[str, str | None, dict[str, str]]]:
+        readonly = Ledger.open_readonly(ledger)  # never migrates
+        try:
+            return [
+                (d.consent_id, d.payload_hash, d.field_hashes) for d in readonly.done_consents()
+            ]
+        finally:
+            readonly.close()
+
+    before = read()
+    Ledger(ledger).close()  # migrates
+    after = read()
+    assert {consent for consent, _, _ in after} == DONE_CONSENTS
+    assert after == before
+    assert all(len(digest or "") == 64 and len(fields) >= 5 for _, digest, fields in after)
