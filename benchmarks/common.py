@@ -59,6 +59,105 @@ def canonical_csv(rows: int, name: str | None = None) -> Path:
     return path
 
 
+REGISTRY_MAPPING = """
+[source]
+header_row = 3
+null_values = ["NA"]
+key = ["Record ID"]
+
+[[filter]]
+column = "Record Type"
+in = ["CONSENT"]
+
+[columns]
+patientId = "Participant"
+status = "Status"
+
+[values.status]
+"Signed" = "active"
+
+[fields]
+"sourceAttachment.url" = "Scan URL"
+"sourceAttachment.contentType" = { value = "application/pdf" }
+"verification.verified" = { value = true }
+"verification.verifiedWith" = "Witness"
+
+[[consents]]
+key = "research"
+[consents.fields]
+"scope" = { value = "research" }
+"category" = { value = "research-participation" }
+"dateTime" = { columns = ["Signed Date", "Signed Time"], formats = ["%m/%d/%Y %H:%M"] }
+"policies[0].uri" = { template = "https://registry.example/forms/{Form}/v{Version}" }
+"provision.type" = { value = "permit" }
+"provision.actor[0].role" = { value = "PRCP" }
+"provision.actor[0].reference" = { template = "Organization/{Org}" }
+"provision.provision[0].type" = { value = "deny" }
+"provision.provision[0].purpose" = { column = "Opt-outs", split = ";", system = "http://s" }
+
+[[consents]]
+key = "hipaa"
+when = { column = "HIPAA Date", not_empty = true }
+[consents.fields]
+"scope" = { value = "patient-privacy" }
+"category" = { value = "hipaa-notice" }
+"dateTime" = { column = "HIPAA Date", formats = ["%m/%d/%Y"] }
+"""
+
+
+def registry_csv(rows: int) -> tuple[Path, Path]:
+    """A registry-style export of `rows` consent rows, every one making two consents with
+    nested provisions, and its version-2 mapping (made once, then reused)."""
+    DATA.mkdir(parents=True, exist_ok=True)
+    path = DATA / f"registry_{rows}.csv"
+    mapping = DATA / "registry.toml"
+    mapping.write_text(REGISTRY_MAPPING, encoding="utf-8")
+    if path.exists():
+        return path, mapping
+    tmp = path.with_suffix(".tmp")
+    with tmp.open("w", newline="", encoding="utf-8") as handle:
+        handle.write("Registry export\nGenerated for the benchmark\n")
+        writer = csv.writer(handle)
+        writer.writerow(
+            [
+                "Record ID",
+                "Participant",
+                "Record Type",
+                "Form",
+                "Version",
+                "Signed Date",
+                "Signed Time",
+                "Status",
+                "Opt-outs",
+                "Org",
+                "Scan URL",
+                "Witness",
+                "HIPAA Date",
+            ]
+        )
+        for i in range(rows):
+            date = f"{1 + i % 12:02d}/{1 + i % 28:02d}/2023"
+            writer.writerow(
+                [
+                    f"R{i:09d}",
+                    f"pt_{i % 250_000:07d}",
+                    "CONSENT",
+                    "RD" if i % 2 else "GEN",
+                    str(1 + i % 3),
+                    date,
+                    f"{i % 24:02d}:{i % 60:02d}",
+                    "Signed",
+                    "HMARKT;HRESCH" if i % 3 else "HMARKT",
+                    f"org_{i % 50}",
+                    f"https://registry.example/scans/{i}.pdf",
+                    f"pr_{i % 1000}" if i % 2 else "NA",
+                    date,
+                ]
+            )
+    tmp.rename(path)
+    return path, mapping
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

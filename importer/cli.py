@@ -449,6 +449,7 @@ def _print_run(stats: RunStats, ledger: Path, total: int) -> None:
         f"Run: {read or plural(stats.rows, 'row')} · {stats.created:,} created "
         f"({stats.adopted:,} adopted after a lookup) · {stats.updated:,} updated · "
         f"{stats.unchanged:,} unchanged · {stats.invalid:,} invalid · {stats.failed:,} failed"
+        + (f" · {stats.skipped:,} skipped (filtered out)" if stats.skipped else "")
     )
     out.print(
         f"     {plural(stats.requests, 'request')} · {plural(stats.retries, 'retry', 'retries')} · "
@@ -797,6 +798,67 @@ def sandbox(
         if exc.errno not in (errno.EADDRINUSE, errno.EACCES, errno.EADDRNOTAVAIL):
             raise
         raise UsageError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    return EXIT_OK
+
+
+# --- version-2 mapping helpers (issue 14): preview and init -------------------------------
+
+
+@cli.command()
+@_inputs
+@_mapping
+@click.option(
+    "--rows",
+    "count",
+    default=5,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="How many rows to show, from the top.",
+)
+@click.option("--row", "number", type=click.IntRange(min=1), help="Show this spreadsheet row.")
+def preview(inputs: Sequence[Path], mapping: Path | None, count: int, number: int | None) -> int:
+    """Print the exact JSON body (or bodies) `run` would send for a few rows, or their
+    errors. Reads only; never calls the API. Exit as `validate`.
+
+    \b
+    Example:
+      consent-import preview export.csv --mapping mapping.toml --row 12
+    """
+    from importer.preview import preview_rows, render
+
+    shown = preview_rows(inputs, load_mapping(mapping), rows=count, row=number)
+    out = plain_console()
+    for line in render(shown):
+        out.print(line, markup=False)
+    return EXIT_ROWS if shown.invalid or shown.missing else EXIT_OK
+
+
+@cli.command()
+@click.argument("source", type=click.Path(path_type=Path, dir_okay=False))
+@click.option(
+    "--output",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=Path("mapping.toml"),
+    show_default=True,
+    help="Where to write the mapping (never overwritten).",
+)
+def init(source: Path, output: Path) -> int:
+    """Write a starting mapping for an export: how to read it, its recognised columns,
+    the values to translate. Edit it, then `preview` and `validate` with it.
+
+    \b
+    Example:
+      consent-import init export.csv --output mapping.toml
+    """
+    from importer.starter import init_mapping
+
+    draft = init_mapping(source, output)
+    todo = len(draft.guessed) + len(draft.values) + len(draft.others)
+    click.echo(
+        f"Wrote {output}: {len(draft.columns)} columns placed, {len(draft.others)} left as "
+        f"comments, {len(draft.values)} value tables to fill in ({todo} TODOs). Next: edit it, "
+        f"then consent-import preview {source} --mapping {output}"
+    )
     return EXIT_OK
 
 

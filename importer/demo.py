@@ -30,6 +30,7 @@ SAMPLES = (
     SampleSet("clean", ("consents.csv",), None),
     SampleSet("legacy_ehr", ("legacy_ehr/consents_export.csv",), "legacy_ehr/mapping.toml"),
     SampleSet("workbook", ("clinic_consents.xlsx",), "clinic_consents.toml"),
+    SampleSet("registry", ("registry/registry_export.csv",), "registry/mapping.toml"),
 )
 
 
@@ -67,7 +68,9 @@ def run_demo(samples: Path, out: Path, echo: Callable[[str], None]) -> int:
             echo(
                 f"{sample.name:<11} {stats.rows:>3} rows: {stats.created} created "
                 f"({stats.adopted} adopted after a lookup), {stats.unchanged} unchanged, "
-                f"{stats.invalid} invalid, {stats.failed} failed; {stats.requests} requests, "
+                f"{stats.invalid} invalid, {stats.failed} failed"
+                f"{f', {stats.skipped} skipped' if stats.skipped else ''}; "
+                f"{stats.requests} requests, "
                 f"{stats.retries} retries, {stats.rate_limited} rate-limited"
             )
             counts = export_csvs(

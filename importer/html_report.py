@@ -136,6 +136,7 @@ class ErrorRow:
     message: str
     value: str
     full_value: str
+    consent: str = ""  # the [[consents]] key, for a row making several consents
 
 
 def write_validation_html(
@@ -303,7 +304,7 @@ def _validation_figures(summary: ValidationSummary) -> list[Figure]:
     total = sum(summary.by_rule.values())
     # A row can break several rules: say how many errors the invalid rows hold.
     errors = f"· {total:,} error{'s' if total != 1 else ''}" if total else ""
-    return [
+    figures = [
         _count("rows", "Rows", summary.rows, note=f"in {files:,} file{'s' if files != 1 else ''}"),
         _count("valid", "Valid", summary.valid, "good", _pct(summary.valid, summary.rows)),
         _count(
@@ -314,6 +315,11 @@ def _validation_figures(summary: ValidationSummary) -> list[Figure]:
             _sentences(_pct(summary.invalid, summary.rows), errors),
         ),
     ]
+    if summary.skipped:
+        figures.append(
+            _count("skipped", "Skipped", summary.skipped, note="filtered out; never sent")
+        )
+    return figures
 
 
 def _run_figures(stats: RunStats) -> list[Figure]:
@@ -433,6 +439,7 @@ def _error_row(error: RowError, *, redact: bool) -> ErrorRow:
         value=short,
         # Full value on hover only when it was cut, bounded so one huge cell can't bloat the page.
         full_value=_shorten(visible, 500) if short != visible else "",
+        consent=error.consent,
     )
 
 

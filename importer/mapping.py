@@ -8,6 +8,8 @@ how the file is read, and resolve legacy patient ids through a crosswalk.
 from __future__ import annotations
 
 import csv
+import dataclasses
+import difflib
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -16,6 +18,19 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from importer.errors import ConfigError
+from importer.fields import (
+    V1_PATHS,
+    Condition,
+    ConsentSpec,
+    Spec,
+    header_hint,
+    match_header,
+    overlaps,
+    parse_condition,
+    parse_path,
+    parse_spec,
+    toml_key,
+)
 from importer.reader import SourceOptions
 
 #: Row fields a column can feed, with the header spellings recognised without a mapping.
@@ -53,10 +68,21 @@ DATE_FIELDS = ("dateTime", "verificationDate", "provisionStart", "provisionEnd")
 TRUE_WORDS = frozenset({"y", "yes", "true", "t", "1"})
 FALSE_WORDS = frozenset({"n", "no", "false", "f", "0"})
 
-_SECTIONS = {"source", "columns", "values", "defaults", "patients"}
-_SOURCE_KEYS = {"sheet", "encoding", "delimiter", "key", "timezone", "date_formats", "system"}
+_SECTIONS = {"source", "columns", "values", "defaults", "patients", "filter", "fields", "consents"}
+_SOURCE_KEYS = {
+    "sheet",
+    "encoding",
+    "delimiter",
+    "key",
+    "timezone",
+    "date_formats",
+    "system",
+    "header_row",
+    "null_values",
+}
 #: A source system's name namespaces its keys in the ledger: letters, digits, `_.-`.
 _SYSTEM = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+_CONSENT_KEYS = {"key", "when", "fields"}
 _PATIENTS_KEYS = {"crosswalk"}
 
 
@@ -88,29 +114,90 @@ class Mapping:
     crosswalk_path: Path | None = None
     #: `[source] system`: its rows' keys are namespaced in the ledger by it
     system: str | None = None
+    # Version 2 (see importer.fields).
+    null_values: frozenset[str] = frozenset()
+    filters: tuple[Condition, ...] = ()
+    fields: dict[str, Spec] = field(default_factory=dict)
+    consents: tuple[ConsentSpec, ...] = ()
+
+    @property
+    def builds_v2(self) -> bool:
+        """Whether bodies are built by path ([fields] or [[consents]]), not by version 1."""
+        return bool(self.fields or self.consents)
+
+    def _v2_paths(self) -> set[str]:
+        """Top-level body fields every consent gets from [fields] or its own table."""
+        top = {spec.path.steps[0][0] for spec in self.fields.values()}
+        if self.consents:
+            top |= set.intersection(
+                *({s.path.steps[0][0] for s in c.fields.values()} for c in self.consents)
+            )
+        return top
+
+    def headers_used(self) -> list[tuple[str, str]]:
+        """(TOML key, header) for every header the version-2 parts name."""
+        used = [(toml_key("filter", i + 1, "column"), f.column) for i, f in enumerate(self.filters)]
+        for spec in self.fields.values():
+            used += [(spec.key, h) for h in spec.headers]
+        for number, consent in enumerate(self.consents, start=1):
+            if consent.when is not None:
+                used.append((toml_key("consents", number, "when", "column"), consent.when.column))
+            for spec in consent.fields.values():
+                used += [(spec.key, h) for h in spec.headers]
+        return used
+
+    def header_map(self, headers: list[str], file_name: str) -> dict[str, str]:
+        """{name in the mapping: the file's header} for every header the mapping names,
+        matched after trimming and case-folding; ConfigError names a missing one."""
+        found: dict[str, str] = {}
+        where = str(self.path) if self.path else "mapping"
+        for key, name in self.headers_used():
+            header = match_header(headers, name)
+            if header is None:
+                raise ConfigError(
+                    f"{where}: {key}: column '{name}' is not in {file_name}"
+                    f"{header_hint(headers, name)} (check the spelling, and [source] "
+                    "header_row if the header is not the first line)"
+                )
+            found[name] = header
+        for column in (*self.columns.values(), *self.key):
+            header = match_header(headers, column)
+            if header is not None:
+                found[column] = header
+        return found
 
     def resolve(self, headers: list[str], file_name: str) -> dict[str, str]:
         """Return {field: header} for one input file.
 
-        Raises ConfigError when the mapping names a column the file lacks, or when a
-        required field has neither a column nor a default.
+        Headers match after trimming and case-folding. Raises ConfigError when the mapping
+        names a column the file lacks, or when a required field has neither a column nor
+        a default.
         """
-        present = set(headers)
         for column in (*self.columns.values(), *self.key):
-            if column not in present:
-                # The file's own header cells are not echoed: in an export without a
-                # header row they are the first patient's values.
+            if match_header(headers, column) is None:
+                # The file's own header cells are not echoed (only a close match is): in
+                # an export without a header row they are the first patient's values.
                 raise ConfigError(
                     f"{file_name}: the mapping names column '{column}', which the file "
                     f"does not have (its header row has {len(headers)} columns; check the "
-                    "name's spelling, and that the file has a header row)"
+                    f"name's spelling, and that the file has a header row)"
+                    f"{header_hint(headers, column)}"
                 )
-        resolved = dict(self.columns)
+        self.header_map(headers, file_name)
+        resolved = {
+            name: match_header(headers, column) or column for name, column in self.columns.items()
+        }
+        v2_paths = self._v2_paths()
+        v2_specs = [*self.fields.values(), *(s for c in self.consents for s in c.fields.values())]
         guessed: dict[str, str] = {}
         for header in headers:
             name = _RECOGNISED.get(canonical_header(header))
             if name is None or name in self.columns:
                 continue
+            if name in V1_PATHS and any(
+                overlaps(parse_path(V1_PATHS[name], file_name), spec.path) for spec in v2_specs
+            ):
+                continue  # [fields] or [[consents]] fill it
             if name in guessed:
                 raise ConfigError(
                     f"{file_name}: columns '{guessed[name]}' and '{header}' both look like "
@@ -118,7 +205,7 @@ class Mapping:
                 )
             guessed[name] = resolved[name] = header
         for name in REQUIRED_FIELDS:
-            if name not in resolved and name not in self.defaults:
+            if name not in resolved and name not in self.defaults and name not in v2_paths:
                 spellings = ", ".join((name, *SYNONYMS[name]))
                 raise ConfigError(
                     f"{file_name}: no column for required field '{name}' (looked for: "
@@ -145,8 +232,11 @@ def load_mapping(path: str | Path | None) -> Mapping:
     source = _table(doc, "source", where)
     _no_unknown(source, _SOURCE_KEYS, f"{where} [source]")
     columns = _string_table(doc, "columns", where, fields=True)
-    values = _values(doc, where)
+    v2 = _load_v2(doc, source, str(path))
+    values = _values(doc, where, extra=v2.map_names)
     defaults = _defaults(doc, where)
+    fields, consents = v2.resolve_maps(values, str(path))
+    _no_twice(columns, defaults, fields, str(path))
     patients = _table(doc, "patients", where)
     _no_unknown(patients, _PATIENTS_KEYS, f"{where} [patients]")
     crosswalk = crosswalk_path = None
@@ -158,6 +248,7 @@ def load_mapping(path: str | Path | None) -> Mapping:
             sheet=_sheet(source.get("sheet"), where),
             encoding=_encoding(source.get("encoding"), where),
             delimiter=_optional_string(source.get("delimiter"), where, "delimiter"),
+            header_row=_header_row(source.get("header_row"), str(path)),
         ),
         key=_key(source.get("key"), where),
         timezone=_timezone(source.get("timezone", "UTC"), where),
@@ -167,9 +258,133 @@ def load_mapping(path: str | Path | None) -> Mapping:
         defaults=defaults,
         crosswalk=crosswalk,
         path=path,
+        null_values=v2.null_values,
+        filters=v2.filters,
+        fields=fields,
+        consents=consents,
         crosswalk_path=crosswalk_path,
         system=_system(source.get("system"), where),
     )
+
+
+@dataclass
+class _V2:
+    """The version-2 parts of a mapping file, before `[values]` tables are attached."""
+
+    null_values: frozenset[str] = frozenset()
+    filters: tuple[Condition, ...] = ()
+    fields: dict[str, Spec] = field(default_factory=dict)
+    consents: tuple[ConsentSpec, ...] = ()
+
+    @property
+    def map_names(self) -> set[str]:
+        specs = [*self.fields.values(), *(s for c in self.consents for s in c.fields.values())]
+        return {s.map_name for s in specs if s.map_name}
+
+    def resolve_maps(
+        self, values: dict[str, dict[str, str | bool]], where: str
+    ) -> tuple[dict[str, Spec], tuple[ConsentSpec, ...]]:
+        def attach(spec: Spec) -> Spec:
+            if spec.map_name is None:
+                return spec
+            table = values.get(spec.map_name)
+            if table is None:
+                raise ConfigError(
+                    f"{where}: {spec.key}.map: no table [values.{spec.map_name}]; add it, or "
+                    "write the map inline"
+                )
+            return dataclasses.replace(spec, map=dict(table))
+
+        fields = {k: attach(s) for k, s in self.fields.items()}
+        consents = tuple(
+            dataclasses.replace(c, fields={k: attach(s) for k, s in c.fields.items()})
+            for c in self.consents
+        )
+        return fields, consents
+
+
+def _load_v2(doc: dict[str, Any], source: dict[str, Any], where: str) -> _V2:
+    """`[source] null_values`, `[[filter]]`, `[fields]` and `[[consents]]`."""
+    v2 = _V2()
+    if "null_values" in source:
+        nulls = source["null_values"]
+        if not isinstance(nulls, list) or not all(isinstance(v, str) for v in nulls):
+            raise ConfigError(f"{where}: source.null_values: must be a list of strings")
+        v2.null_values = frozenset(v.strip().casefold() for v in nulls)
+    filters = doc.get("filter", [])
+    if not isinstance(filters, list):
+        raise ConfigError(f"{where}: filter: write each filter as a [[filter]] table")
+    v2.filters = tuple(
+        parse_condition(f, f"{where}: {toml_key('filter', i + 1)}") for i, f in enumerate(filters)
+    )
+    fields = doc.get("fields", {})
+    if not isinstance(fields, dict):
+        raise ConfigError(f"{where}: fields: must be a table of path = source")
+    v2.fields = _field_specs(fields, where, ("fields",))
+    consents = doc.get("consents", [])
+    if not isinstance(consents, list):
+        raise ConfigError(f"{where}: consents: write each consent as a [[consents]] table")
+    seen: set[str] = set()
+    parsed = []
+    for number, table in enumerate(consents, start=1):
+        here = toml_key("consents", number)
+        if not isinstance(table, dict):
+            raise ConfigError(f"{where}: {here}: must be a table")
+        for key in table:
+            if key not in _CONSENT_KEYS:
+                raise ConfigError(
+                    f"{where}: {here}: unknown key '{key}' (allowed: fields, key, when)"
+                )
+        key = table.get("key")
+        if not isinstance(key, str) or not re.fullmatch(r"[A-Za-z0-9_.-]{1,40}", key):
+            raise ConfigError(
+                f"{where}: {here}.key: needs a short name (letters, digits, '-', '_', '.'), "
+                'e.g. key = "hipaa"; it is appended to the row\'s source key'
+            )
+        if key in seen:
+            raise ConfigError(f"{where}: {here}.key: '{key}' is used twice; keys must differ")
+        seen.add(key)
+        when = table.get("when")
+        condition = None if when is None else parse_condition(when, f"{where}: {here}.when")
+        own = table.get("fields", {})
+        if not isinstance(own, dict):
+            raise ConfigError(f"{where}: {here}.fields: must be a table of path = source")
+        parsed.append(
+            ConsentSpec(key, condition, _field_specs(own, where, ("consents", number, "fields")))
+        )
+    v2.consents = tuple(parsed)
+    return v2
+
+
+def _field_specs(
+    table: dict[str, Any], where: str, prefix: tuple[str | int, ...]
+) -> dict[str, Spec]:
+    specs: dict[str, Spec] = {}
+    for text, raw in table.items():
+        key = toml_key(*prefix, text)
+        path = parse_path(text, f"{where}: {key}")
+        spec = parse_spec(path, raw, key, where)
+        for other in specs.values():
+            if overlaps(other.path, path):
+                raise ConfigError(f"{where}: {key}: overlaps {other.key}; a path is filled once")
+        specs[text] = spec
+    return specs
+
+
+def _no_twice(
+    columns: dict[str, str], defaults: dict[str, str | bool], fields: dict[str, Spec], where: str
+) -> None:
+    """[columns]/[defaults] fields and [fields] paths must not name one path twice."""
+    for name in (*columns, *defaults):
+        if name not in V1_PATHS:
+            continue  # sourceKey: not a body path
+        v1 = parse_path(V1_PATHS[name], where)
+        for spec in fields.values():
+            if overlaps(v1, spec.path):
+                section = "columns" if name in columns else "defaults"
+                raise ConfigError(
+                    f"{where}: {spec.key}: {section}.{name} fills the same path; keep one"
+                )
 
 
 def load_crosswalk(path: Path) -> dict[str, str]:
@@ -204,8 +419,10 @@ def load_crosswalk(path: Path) -> dict[str, str]:
 def _no_unknown(table: dict[str, Any], allowed: set[str] | tuple[str, ...], where: str) -> None:
     for key in table:
         if key not in allowed:
+            guess = difflib.get_close_matches(key, sorted(allowed), n=1)
+            hint = f"; did you mean '{guess[0]}'?" if guess else ""
             raise ConfigError(
-                f"{where}: unknown key '{key}' (allowed: {', '.join(sorted(allowed))})"
+                f"{where}: unknown key '{key}'{hint} (allowed: {', '.join(sorted(allowed))})"
             )
 
 
@@ -239,9 +456,14 @@ def _string_table(doc: dict[str, Any], name: str, where: str, *, fields: bool) -
     return {key: _string(value, where, f"{name}.{key}") for key, value in table.items()}
 
 
-def _values(doc: dict[str, Any], where: str) -> dict[str, dict[str, str | bool]]:
+def _values(
+    doc: dict[str, Any],
+    where: str,
+    *,
+    extra: set[str] = frozenset(),  # type: ignore[assignment]
+) -> dict[str, dict[str, str | bool]]:
     table = _table(doc, "values", where)
-    _no_unknown(table, FIELDS, f"{where} [values]")
+    _no_unknown(table, (*FIELDS, *sorted(extra)), f"{where} [values]")
     values: dict[str, dict[str, str | bool]] = {}
     for name, translations in table.items():
         if not isinstance(translations, dict):
@@ -260,7 +482,7 @@ def _defaults(doc: dict[str, Any], where: str) -> dict[str, str | bool]:
 
 
 def _value(name: str, value: Any, where: str, section: str) -> str | bool:
-    if name == "verified" and isinstance(value, bool):
+    if (name == "verified" or name not in FIELDS) and isinstance(value, bool):
         return value
     if not isinstance(value, str):
         kind = "a string or a boolean" if name == "verified" else "a string"
@@ -274,6 +496,16 @@ def _sheet(value: Any, where: str) -> str | int | None:
     if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
         return value
     raise ConfigError(f"{where}: 'sheet' must be a sheet name or a 0-based index")
+
+
+def _header_row(value: Any, where: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(
+            f"{where}: source.header_row: must be the 1-based line number of the header, e.g. 3"
+        )
+    return value
 
 
 def _encoding(value: Any, where: str) -> str | None:

@@ -23,13 +23,28 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from functools import lru_cache
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
 from pydantic import ValidationError
 
-from importer.fastcheck import proven_valid
+from importer.errors import ConfigError
+from importer.fastcheck import proven_by_specs, proven_valid
+from importer.fields import (
+    BOOL,
+    DATE,
+    V1_PATHS,
+    Condition,
+    Shape,
+    Spec,
+    Value,
+    evaluate,
+    merge,
+    overlaps,
+    parse_path,
+)
 from importer.keys import namespaced, natural_key
 from importer.mapping import DATE_FIELDS, FALSE_WORDS, TRUE_WORDS, Mapping
 from importer.models import ConsentIn, field_errors
@@ -59,12 +74,6 @@ _PLAIN_FIELDS = (
     "sourceReferenceId",
 )
 _SPLIT = re.compile(r"[;|]")
-#: Rows whose bodies a run builds at a time (models cost kilobytes a row; a chunk of
-#: them was most of a run's memory).
-_SLICE = 1_000
-#: Bump when a change of this module changes the body made from the same cells: every
-#: stored cells digest then misses once, and the rerun compares bodies instead.
-_BODY_RULES = "1"
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +91,14 @@ class RowError:
     message: str
     stage: str = "validate"
     value: str = dataclasses.field(default="", repr=False)  # no PHI in reprs
+    consent: str = ""  # the [[consents]] key of a row making several consents
+
+    @property
+    def where(self) -> str:
+        """`file:row`, or `file:row#key` for one consent of a row making several."""
+        return (
+            f"{self.file}:{self.row}#{self.consent}" if self.consent else f"{self.file}:{self.row}"
+        )
 
 
 @dataclass(slots=True)
@@ -102,6 +119,7 @@ class Row:
     errors: list[RowError] = field(default_factory=list)
     _json: str | None = field(default=None, repr=False)
     _hash: str | None = None
+    consent: str = ""  # the [[consents]] key, for a row making several consents
     #: a 64-bit digest of the row's prepared cells and the mapping (`cells_digests`):
     #: a rerun that finds it in the ledger knows the body is unchanged without making it
     cells_digest: int | None = None
@@ -142,6 +160,14 @@ def body_field_hashes(body: dict[str, Any]) -> dict[str, str]:
     """A short hash per top-level field of a parsed API body (`Row.field_hashes`; `verify`
     hashes the server's copy the same way to compare without keeping values)."""
     return {name: _digest(repr(value))[:12] for name, value in body.items()}
+
+
+#: Rows whose bodies a run builds at a time (models cost kilobytes a row; a chunk of
+#: them was most of a run's memory).
+_SLICE = 1_000
+#: Bump when a change of this module changes the body made from the same cells: every
+#: stored cells digest then misses once, and the rerun compares bodies instead.
+_BODY_RULES = "1"
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,6 +212,7 @@ class Batch:
     file: str
     rows: int
     invalid: list[Row]
+    skipped: int = 0  # rows a [[filter]] left out, or for which no [[consents]] `when` holds
 
 
 class Normalizer:
@@ -199,6 +226,8 @@ class Normalizer:
         self.unkeyed_files = 0
         self._keys = KeyIndex()
         self._files: list[str] = []
+        #: Rows skipped so far: filtered out, or making no consent.
+        self.skipped = 0
 
     @property
     def key_kind(self) -> str:
@@ -209,7 +238,10 @@ class Normalizer:
         return "content hash" if self.content_keys else "natural"
 
     def rows(self, table: Table) -> Iterator[Row]:
-        """Every row of one table, in order, with its model when valid (what a run needs)."""
+        """Every row of one table, in order, with its model when valid (what a run needs).
+
+        A row making several consents ([[consents]]) gives one Row per consent.
+        """
         for item in self.rows_or_unchanged(table, None):
             assert isinstance(item, Row)
             yield item
@@ -223,51 +255,73 @@ class Normalizer:
         `unchanged(keys, digests)` is asked once a chunk, for the rows `fastcheck` proves
         valid, whether the ledger holds each key as done with that cells digest. The
         other rows are built `_SLICE` at a time, so a run holds a slice of models, not a
-        chunk of them.
+        chunk of them. Version-2 mappings build a chunk's rows whole, without a digest.
         """
         file_rows = self.file_normalizer(table)
         file_index = self._add_file(table.name)
         for chunk in table.chunks():
+            chunk, skipped = file_rows.prefilter(chunk)
+            if file_rows.v2:
+                rows = file_rows.normalize(chunk)
+                self.skipped += skipped + file_rows.take_skipped()
+                where = file_index << 40 | np.array([row.row for row in rows], dtype=np.int64)
+                firsts = self._keys.add(key_digests([row.source_key for row in rows]), where)
+                for row, first in zip(rows, firsts.tolist(), strict=True):
+                    if first >= 0:
+                        self._duplicate(row, first)
+                    yield row
+                continue
+            self.skipped += skipped
+            yield from self._v1_rows(file_rows, file_index, chunk, unchanged)
+
+    def _v1_rows(
+        self,
+        file_rows: _FileNormalizer,
+        file_index: int,
+        chunk: pd.DataFrame,
+        unchanged: UnchangedCheck | None,
+    ) -> Iterator[Row | Unchanged]:
+        """One chunk of a version-1 file: unchanged rows counted, the rest built."""
+        with _gc_paused():
+            prepared = file_rows.prepare(chunk)
+            skip = np.zeros(len(chunk), dtype=bool)
+            # Keys of the rows that may be skipped: the key column's, or natural keys
+            # made a column at a time (not content hashes: those need the body).
+            fast_keys = prepared.keys
+            if unchanged is not None and (file_rows.keyed or not file_rows.content_keys):
+                if not file_rows.keyed:
+                    fast_keys = file_rows._natural_keys(prepared.fields, len(chunk))
+                candidates = np.flatnonzero(file_rows.proven(prepared, fast_keys)).tolist()
+                if candidates:
+                    keys = [fast_keys[pos] or "" for pos in candidates]
+                    digests = prepared.digests[candidates]
+                    skip[candidates] = unchanged(keys, digests)
+        numbers = chunk.index.to_numpy(dtype=np.int64)
+        for start in range(0, len(chunk), _SLICE):
+            stop = min(start + _SLICE, len(chunk))
             with _gc_paused():
-                prepared = file_rows.prepare(chunk)
-                skip = np.zeros(len(chunk), dtype=bool)
-                # Keys of the rows that may be skipped: the key column's, or natural keys
-                # made a column at a time (not content hashes: those need the body).
-                fast_keys = prepared.keys
-                if unchanged is not None and (file_rows.keyed or not file_rows.content_keys):
-                    if not file_rows.keyed:
-                        fast_keys = file_rows.natural_keys(prepared.fields, len(chunk))
-                    candidates = np.flatnonzero(file_rows.proven(prepared, fast_keys)).tolist()
-                    if candidates:
-                        keys = [fast_keys[pos] or "" for pos in candidates]
-                        digests = prepared.digests[candidates]
-                        skip[candidates] = unchanged(keys, digests)
-            numbers = chunk.index.to_numpy(dtype=np.int64)
-            for start in range(0, len(chunk), _SLICE):
-                stop = min(start + _SLICE, len(chunk))
-                with _gc_paused():
-                    skipped = skip[start:stop].tolist()
-                    built = {
-                        pos: file_rows.row_at(prepared, int(numbers[pos]), pos)
-                        for pos, same in enumerate(skipped, start)
-                        if not same
-                    }
-                    keys = [key or "" for key in fast_keys[start:stop]]
-                    for pos, row in built.items():
-                        keys[pos - start] = row.source_key
-                    where = file_index << 40 | numbers[start:stop]
-                    firsts = self._keys.add(key_digests(keys), where)
-                    for at in np.flatnonzero(firsts >= 0).tolist():
-                        pos = start + at
-                        if pos not in built:
-                            # A repeat of an earlier key is reported, even if unchanged.
-                            built[pos] = file_rows.row_at(prepared, int(numbers[pos]), pos)
-                            skipped[at] = False
-                        self._duplicate(built[pos], int(firsts[at]))
-                same = skipped.count(True)
-                if same:
-                    yield Unchanged(table.name, same)
-                yield from (built[pos] for pos in sorted(built))
+                skipped = skip[start:stop].tolist()
+                built = {
+                    pos: file_rows.row_at(prepared, int(numbers[pos]), pos)
+                    for pos, same in enumerate(skipped, start)
+                    if not same
+                }
+                keys = [key or "" for key in fast_keys[start:stop]]
+                for pos, row in built.items():
+                    keys[pos - start] = row.source_key
+                where = file_index << 40 | numbers[start:stop]
+                firsts = self._keys.add(key_digests(keys), where)
+                for at in np.flatnonzero(firsts >= 0).tolist():
+                    pos = start + at
+                    if pos not in built:
+                        # A repeat of an earlier key is reported, even if unchanged.
+                        built[pos] = file_rows.row_at(prepared, int(numbers[pos]), pos)
+                        skipped[at] = False
+                    self._duplicate(built[pos], int(firsts[at]))
+            same = skipped.count(True)
+            if same:
+                yield Unchanged(file_rows.file, same)
+            yield from (built[pos] for pos in sorted(built))
 
     def in_input(self, keys: list[str]) -> npt.NDArray[np.bool_]:
         """For each key, whether the input read so far held it (by its 64-bit digest)."""
@@ -282,7 +336,12 @@ class Normalizer:
         file_rows = self.file_normalizer(table)
         file_index = self._add_file(table.name)
         for chunk in table.chunks():
+            chunk, skipped = file_rows.prefilter(chunk)
+            if file_rows.v2:
+                yield self._check_v2(file_rows, file_index, chunk, skipped)
+                continue
             checked = file_rows.check(chunk)
+            self.skipped += skipped
             where = file_index << 40 | chunk.index.to_numpy(dtype=np.int64)
             firsts = self._keys.add(checked.digests, where)
             invalid = dict(checked.invalid)
@@ -291,7 +350,28 @@ class Normalizer:
                 if row is None:
                     row = invalid[pos] = file_rows.plain_row(chunk, pos, checked.keys[pos])
                 self._duplicate(row, int(firsts[pos]))
-            yield Batch(table.name, len(chunk), [invalid[pos] for pos in sorted(invalid)])
+            yield Batch(table.name, len(chunk), [invalid[pos] for pos in sorted(invalid)], skipped)
+
+    def _check_v2(
+        self, file_rows: _FileNormalizer, file_index: int, chunk: pd.DataFrame, skipped: int
+    ) -> Batch:
+        """A chunk's verdict through a version-2 mapping: consents proven valid column-wise
+        are only counted; the rest are built and checked, which names their errors."""
+        keys, places, invalid = file_rows.v2_rows.check(chunk)
+        skipped += file_rows.take_skipped()
+        self.skipped += skipped
+        where = file_index << 40 | np.array([number for number, _ in places], dtype=np.int64)
+        firsts = self._keys.add(key_digests(keys), where)
+        for index in np.flatnonzero(firsts >= 0).tolist():
+            row = invalid.get(index)
+            if row is None:
+                pos, consent = places[index][1], file_rows.v2_rows.consent_at(index)
+                row = invalid[index] = file_rows.plain_row(chunk, pos, keys[index])
+                row.consent = consent
+            self._duplicate(row, int(firsts[index]))
+        # Reports list a row's consents together, in row order.
+        order = sorted(invalid, key=lambda i: (places[i][1], i))
+        return Batch(file_rows.file, len(keys), [invalid[i] for i in order], skipped)
 
     def _add_file(self, name: str) -> int:
         self._files.append(name)
@@ -304,6 +384,7 @@ class Normalizer:
             columns,
             table.name,
             excel=table.path.suffix.lower() in EXCEL_SUFFIXES,
+            headers=table.columns,
             content_keys=self.content_keys,
         )
         self.unkeyed_files += not file_rows.keyed
@@ -322,6 +403,7 @@ class Normalizer:
                 "duplicate_row",
                 f"sourceKey: same source key as {where}; a row is imported once (duplicate_row)",
                 value=row.source_key,
+                consent=row.consent,
             )
         )
         row.model = None
@@ -400,16 +482,26 @@ class _FileNormalizer:
         file: str,
         *,
         excel: bool,
+        headers: list[str] | None = None,
         content_keys: bool = False,
     ) -> None:
         self.mapping = mapping
         self.columns = columns
         self.file = file
-        self.parse_date = _date_parser(mapping, excel=excel)
         self.fields = sorted(set(columns) | set(mapping.defaults))
         self.keyed = bool(mapping.key) or "sourceKey" in columns
+        self.headers = mapping.header_map(list(headers or columns.values()), file)
+        self.key_headers = tuple(self.headers.get(c, c) for c in mapping.key)
+        self.nulls = mapping.null_values
         self.system = mapping.system
         self.content_keys = content_keys
+        self.v2 = mapping.builds_v2
+        self._excel = excel
+        # One reading per date column (see DateColumn), decided as chunks come.
+        self._date_columns: dict[str, DateColumn] = {}
+        self._chunk_dates: dict[str, dict[str, datetime | None]] = {}
+        self._skipped = 0
+        self.v2_rows = _V2Rows(self, mapping)
         self._digest_key = _cells_digest_key(mapping, self.fields, excel=excel)
 
     def prepare(self, chunk: pd.DataFrame) -> Prepared:
@@ -424,6 +516,7 @@ class _FileNormalizer:
             keys,
             parse_date=self.parse_date,
             crosswalk=self.mapping.crosswalk,
+            read_dates=self._chunk_dates,
         )
 
     def row_at(self, prepared: Prepared, number: int, pos: int) -> Row:
@@ -435,16 +528,70 @@ class _FileNormalizer:
         return row
 
     def cells_digests(self, fields: dict[str, list[str]], size: int) -> npt.NDArray[np.int64]:
-        """Per row, a 64-bit SipHash of its prepared cells, keyed by everything else that
-        makes its body (mapping, file kind, body rules): equal digests, equal bodies."""
+        """Per row, a 64-bit SipHash of its prepared cells (dates as read: a column's
+        reading is decided across chunks), keyed by all else that makes its body."""
         if not fields:
             return np.zeros(size, dtype=np.int64)
-        joined = np.array(
-            ["\x1f".join(cells) for cells in zip(*fields.values(), strict=True)], dtype=object
-        )
+        columns = []
+        for name, cells in fields.items():
+            dates = self._chunk_dates.get(name)
+            if dates is not None:
+                read = {text: repr(when) for text, when in dates.items()}
+                cells = [read.get(cell, cell) for cell in cells]
+            columns.append(cells)
+        joined = np.array(["\x1f".join(row) for row in zip(*columns, strict=True)], dtype=object)
         hashed = pd.util.hash_array(joined, categorize=False, hash_key=self._digest_key)
         digests: npt.NDArray[np.int64] = hashed.view(np.int64)
         return digests
+
+    def parse_date(self, name: str, text: str) -> datetime | None:
+        """A date cell of field `name` in the current chunk, read the column's one way."""
+        dates = self._chunk_dates.get(name)
+        return dates.get(text) if dates is not None else None
+
+    def _date_column(self, name: str, label: str, formats: tuple[str, ...]) -> DateColumn:
+        column = self._date_columns.get(name)
+        if column is None:
+            column = self._date_columns[name] = DateColumn(
+                self.file, label, formats, self.mapping.timezone, excel=self._excel
+            )
+        return column
+
+    def prefilter(self, chunk: pd.DataFrame) -> tuple[pd.DataFrame, int]:
+        """The chunk without the rows a [[filter]] leaves out, and how many those were."""
+        if not self.mapping.filters or not len(chunk):
+            return chunk, 0
+        keep = np.ones(len(chunk), dtype=bool)
+        for condition in self.mapping.filters:
+            cells = self._cells(chunk[self.headers[condition.column]].tolist())
+            keep &= np.array(condition.holds(cells), dtype=bool)
+        if keep.all():
+            return chunk, 0
+        return chunk[keep], int((~keep).sum())
+
+    def _constant_date(self, text: str) -> datetime | None:
+        """A date written in the mapping (value, default, map): ISO 8601."""
+        try:
+            value = datetime.fromisoformat(text)
+        except ValueError:
+            return None
+        return value.replace(tzinfo=self.mapping.timezone) if value.tzinfo is None else value
+
+    def take_skipped(self) -> int:
+        """Rows of the last chunks for which no [[consents]] `when` held; resets."""
+        skipped, self._skipped = self._skipped, 0
+        return skipped
+
+    def _cells(self, values: list[Any]) -> list[str]:
+        """Cells trimmed, with [source] null_values read as empty."""
+        cells: list[str] = list(map(str.strip, values))  # the reader gives str cells
+        nulls = self.nulls
+        if nulls:
+            # Folded once per distinct cell, not once per cell.
+            hits = {c for c in set(cells) if c.casefold() in nulls}
+            if hits:
+                cells = ["" if c in hits else c for c in cells]
+        return cells
 
     def normalize(self, chunk: pd.DataFrame) -> list[Row]:
         """Every row of the chunk, with its model when valid."""
@@ -464,9 +611,13 @@ class _FileNormalizer:
                 return Checked(hashed, key_digests(hashed), invalid)
             headers, raw, prepared, keys = self._prepare(chunk)
             if not self.keyed:
-                keys = self.natural_keys(prepared, len(chunk))
+                keys = self._natural_keys(prepared, len(chunk))
             proven = proven_valid(
-                prepared, keys, parse_date=self.parse_date, crosswalk=self.mapping.crosswalk
+                prepared,
+                keys,
+                parse_date=self.parse_date,
+                crosswalk=self.mapping.crosswalk,
+                read_dates=self._chunk_dates,
             )
             numbers = chunk.index.tolist()
             names = list(prepared)
@@ -496,9 +647,18 @@ class _FileNormalizer:
         headers = tuple(str(c) for c in chunk.columns)
         raw = {h: chunk[h].to_numpy(dtype=object).tolist() for h in headers}
         prepared = {name: self._column(raw, name, len(chunk)) for name in self.fields}
+        self._chunk_dates = {
+            name: self._date_column(name, self._label(name), self.mapping.date_formats).read(
+                prepared[name]
+            )
+            for name in DATE_FIELDS
+            if name in prepared
+        }
         return headers, raw, prepared, self._keys(raw, len(chunk))
 
     def _normalize(self, chunk: pd.DataFrame) -> list[Row]:
+        if self.v2:
+            return self.v2_rows.normalize(chunk)
         headers, raw, prepared, keys = self._prepare(chunk)
         names = list(prepared)
         numbers = chunk.index.tolist()
@@ -514,7 +674,7 @@ class _FileNormalizer:
     def _column(self, raw: dict[str, list[Any]], name: str, size: int) -> list[str]:
         """One field's cells for the chunk: trimmed, translated, defaulted."""
         header = self.columns.get(name)
-        values = [str(v).strip() for v in raw[header]] if header else [""] * size
+        values = self._cells(raw[header]) if header else [""] * size
         translations = self.mapping.values.get(name)
         if translations:
             table = {k: _as_text(v) for k, v in translations.items()}
@@ -529,17 +689,17 @@ class _FileNormalizer:
         """The stable source key per row; None where the body's hash will serve."""
         keys: list[str | None]
         if self.mapping.key:
-            parts = [[str(v).strip() for v in raw[c]] for c in self.mapping.key]
+            parts = [self._cells(raw[c]) for c in self.key_headers]
             keys = [None if not all(p) else "|".join(p) for p in zip(*parts, strict=True)]
         elif (header := self.columns.get("sourceKey")) is not None:
-            keys = [str(v).strip() or None for v in raw[header]]
+            keys = [c or None for c in self._cells(raw[header])]
         else:
             return [None] * size
         if self.system is not None:
             keys = [None if k is None else namespaced(self.system, k) for k in keys]
         return keys
 
-    def natural_keys(self, prepared: dict[str, list[str]], size: int) -> list[str | None]:
+    def _natural_keys(self, prepared: dict[str, list[str]], size: int) -> list[str | None]:
         """Natural keys a column at a time, from the cells as the body would hold them
         (None where the patient or the date is unusable: such rows take the full path).
         For rows `proven_valid` passes, these equal the keys made from their models."""
@@ -557,7 +717,7 @@ class _FileNormalizer:
             prepared.get("dateTime", empty),
             strict=True,
         ):
-            when = parse(text) if text else None
+            when = parse("dateTime", text) if text else None
             if not patient or (text and when is None):
                 keys.append(None)
             else:
@@ -571,8 +731,11 @@ class _FileNormalizer:
         values: tuple[str, ...],
         cells: dict[str, str],
         key: str | None,
+        v2: tuple[_ConsentPlan, int] | None = None,
     ) -> Row:
-        row = Row(self.file, number, key or "", headers, values)
+        consent = v2[0].key if v2 is not None else ""
+        labels = v2[0].labels if v2 is not None else {}
+        row = Row(self.file, number, key or "", headers, values, consent=consent)
         errors = row.errors
 
         def fail(name: str, code: str, rule: str) -> None:
@@ -582,26 +745,37 @@ class _FileNormalizer:
                     number,
                     name,
                     code,
-                    f"{self._label(name)}: {rule} ({code})",
-                    value=self._cell(row, name),
+                    f"{self._label(name, labels)}: {rule} ({code})",
+                    value=self._cell(row, name, labels),
+                    consent=consent,
                 )
             )
 
-        body = self._body(cells, fail)
+        body = _v1_body(cells, fail, self.parse_date, self.mapping.crosswalk)
+        if v2 is not None:
+            body = v2[0].body(body, v2[1], fail)
         try:
             model = ConsentIn.model_validate(body)
         except ValidationError as exc:
             already = {e.field for e in errors}
             for err in field_errors(exc):
-                name = _API_TO_ROW_FIELD.get(err.field, err.field)
+                name = err.field
+                if name not in self.v2_rows.labels:
+                    name = _API_TO_ROW_FIELD.get(err.field, err.field)
                 if name in already:
                     continue  # e.g. an unknown patient was dropped: not also "missing"
                 message = err.message
-                if name != err.field or name in self.columns:
-                    message = f"{self._label(name)}: {_rule_text(err.message)}"
+                if name != err.field or name in self.columns or name in labels:
+                    message = f"{self._label(name, labels)}: {_rule_text(err.message)}"
                 errors.append(
                     RowError(
-                        self.file, number, name, err.code, message, value=self._cell(row, name)
+                        self.file,
+                        number,
+                        name,
+                        err.code,
+                        message,
+                        value=self._cell(row, name, labels),
+                        consent=consent,
                     )
                 )
         else:
@@ -623,121 +797,435 @@ class _FileNormalizer:
             else:
                 row.source_key = "cells:" + _digest(repr(values))
             row.source_key = namespaced(self.system, row.source_key)
+        if consent:
+            # Each consent of the row has its own key, so reruns and patches go per consent.
+            row.source_key += "#" + consent
         if errors:
             row.model = None
         return row
 
-    def _body(self, c: dict[str, str], fail: Callable[[str, str, str], None]) -> dict[str, Any]:
-        """Assemble the API body from one row's prepared cells; faults go to `fail`."""
-        body: dict[str, Any] = {name: c[name] for name in _PLAIN_FIELDS if c.get(name)}
-        dates: dict[str, datetime] = {}
-        for name in DATE_FIELDS:
-            text = c.get(name)
-            if text:
-                parsed = self.parse_date(text)
-                if parsed is None:
-                    fail(
-                        name, "invalid_date", "not a date-time in ISO 8601 or a date_formats format"
+    def _cell(self, row: Row, name: str, labels: dict[str, Spec] | None = None) -> str:
+        """The raw cell behind a field, for the HTML report's value column."""
+        cells = row.cells
+        if name == "sourceKey" and self.mapping.key:
+            return "|".join(cells.get(c, "") for c in self.key_headers)
+        header = self.columns.get(name)
+        if labels and name in labels:
+            spec = labels[name]
+            header = self.headers.get(spec.columns[0]) if spec.columns else None
+        return str(cells.get(header, "")) if header else ""
+
+    def _label(self, name: str, labels: dict[str, Spec] | None = None) -> str:
+        spec = labels.get(name) if labels else None
+        if spec is not None:
+            return f"{name} ({spec.describe()})" if spec.source != "value" else name
+        header = self.columns.get(name)
+        return f"{name} (column '{header}')" if header and header != name else name
+
+
+class _V2Rows:
+    """A file's rows through a version-2 mapping: its consent plans, each row's consents
+    checked (`check`, for validate) or built (`normalize`, for a run)."""
+
+    def __init__(self, owner: _FileNormalizer, mapping: Mapping) -> None:
+        self.owner = owner
+        self.consents = _consent_plans(owner, mapping)
+        self.plan_of: list[str] = []  # the consent key of each of `check`'s consents
+        #: the [fields] specs by row field, for error labels
+        self.labels = {spec.path.plain: spec for plan in self.consents for spec in plan.specs}
+
+    def check(self, chunk: pd.DataFrame) -> tuple[list[str], list[tuple[int, int]], dict[int, Row]]:
+        """Every consent of a chunk through a version-2 mapping: source keys, (row number,
+        position in the chunk) of each, and the invalid ones by index.
+
+        Consents come plan by plan (all `#research`, then all `#hipaa`): keys of different
+        plans never collide, and within a plan rows keep their order, which is all the
+        duplicate check needs. Proven consents cost a key each; the rest are built.
+        """
+        headers, raw, prepared, keys = self.owner._prepare(chunk)
+        size = len(chunk)
+        self._evaluate(raw, size)
+        numbers = chunk.index.tolist()
+        value_rows: list[tuple[Any, ...]] | None = None
+        names = list(prepared)
+        out_keys: list[str] = []
+        places: list[tuple[int, int]] = []
+        invalid: dict[int, Row] = {}
+        self.plan_of = []
+        made = np.zeros(size, dtype=bool)
+        has_key = np.array([k is not None for k in keys], dtype=bool)
+        for plan in self.consents:
+            holds = (
+                np.array(plan.holds, dtype=bool)
+                if plan.holds is not None
+                else np.ones(size, dtype=bool)
+            )
+            made |= holds
+            proven = self._proof(plan, prepared, keys, size) & holds & has_key
+            suffix = f"#{plan.key}" if plan.key else ""
+            for pos in np.flatnonzero(holds).tolist():
+                index = len(out_keys)
+                places.append((int(numbers[pos]), pos))
+                self.plan_of.append(plan.key)
+                if proven[pos]:
+                    out_keys.append(f"{keys[pos]}{suffix}")
+                    continue
+                if value_rows is None:
+                    value_rows = list(zip(*raw.values(), strict=True))
+                cells = {n: prepared[n][pos] for n in names if n not in plan.dropped}
+                row = self.owner._row(
+                    int(numbers[pos]), headers, value_rows[pos], cells, keys[pos], (plan, pos)
+                )
+                out_keys.append(row.source_key)
+                if not row.valid:
+                    invalid[index] = row
+        self.owner._skipped += int(size - made.sum())
+        return out_keys, places, invalid
+
+    def consent_at(self, index: int) -> str:
+        """The [[consents]] key of the consent at `index` of the last `check`."""
+        return self.plan_of[index]
+
+    def _proof(
+        self, plan: _ConsentPlan, prepared: dict[str, list[str]], keys: list[str | None], size: int
+    ) -> npt.NDArray[np.bool_]:
+        """Which rows' consent of this plan is certain to validate (keyed files only)."""
+        if not self.owner.keyed or (
+            plan.patient_from_v2 and self.owner.mapping.crosswalk is not None
+        ):
+            return np.zeros(size, dtype=bool)
+        v1 = {n: cells for n, cells in prepared.items() if n not in plan.dropped}
+        proven = proven_valid(
+            v1,
+            keys,
+            parse_date=self.owner.parse_date,
+            crosswalk=self.owner.mapping.crosswalk,
+            supplied=plan.supplied,
+            read_dates=self.owner._chunk_dates,
+        )
+        return proven & proven_by_specs(plan.specs, plan.values, size)
+
+    def _evaluate(self, raw: dict[str, list[Any]], size: int) -> None:
+        cells = {
+            name: self.owner._cells(raw[header]) for name, header in self.owner.headers.items()
+        }
+        for plan in self.consents:
+            plan.evaluate(cells, size)
+
+    def normalize(self, chunk: pd.DataFrame) -> list[Row]:
+        """Rows through a version-2 mapping: per row, one Row per consent made."""
+        headers, raw, prepared, keys = self.owner._prepare(chunk)
+        size = len(chunk)
+        self._evaluate(raw, size)
+        names = list(prepared)
+        numbers = chunk.index.tolist()
+        value_rows = list(zip(*raw.values(), strict=True))
+        rows: list[Row] = []
+        for pos in range(size):
+            made = False
+            for plan in self.consents:
+                if plan.holds is not None and not plan.holds[pos]:
+                    continue
+                made = True
+                row_cells = {n: prepared[n][pos] for n in names if n not in plan.dropped}
+                rows.append(
+                    self.owner._row(
+                        int(numbers[pos]),
+                        headers,
+                        value_rows[pos],
+                        row_cells,
+                        keys[pos],
+                        (plan, pos),
                     )
-                    body.pop(name, None)
-                else:
-                    dates[name] = parsed
-        if "dateTime" in dates:
-            body["dateTime"] = dates["dateTime"]
-        patient = body.get("patientId")
-        if patient is not None and self.mapping.crosswalk is not None:
-            resolved = self.mapping.crosswalk.get(patient)
+                )
+            if not made:
+                self.owner._skipped += 1
+        return rows
+
+
+def _consent_plans(owner: _FileNormalizer, mapping: Mapping) -> list[_ConsentPlan]:
+    """What each consent of a row is made of: one plan without [[consents]]."""
+    top = list(mapping.fields.values())
+    if not mapping.consents:
+        return [_ConsentPlan(owner, "", None, top, frozenset())]
+    plans = []
+    for consent in mapping.consents:
+        own = list(consent.fields.values())
+        # The consent's own fields override top-level ones naming the same place,
+        # and version-1 [columns]/[defaults] fields too.
+        kept = [t for t in top if not any(overlaps(t.path, o.path) for o in own)]
+        dropped = frozenset(
+            name
+            for name, path in V1_PATHS.items()
+            if any(overlaps(parse_path(path, "v1"), o.path) for o in own)
+        )
+        plans.append(_ConsentPlan(owner, consent.key, consent.when, [*kept, *own], dropped))
+    return plans
+
+
+def _v1_body(
+    c: dict[str, str],
+    fail: Callable[[str, str, str], None],
+    parse_date: Callable[[str, str], datetime | None],
+    crosswalk: dict[str, str] | None,
+) -> dict[str, Any]:
+    """Assemble the API body from one row's prepared cells; faults go to `fail`."""
+    body: dict[str, Any] = {name: c[name] for name in _PLAIN_FIELDS if c.get(name)}
+    dates: dict[str, datetime] = {}
+    for name in DATE_FIELDS:
+        text = c.get(name)
+        if text:
+            parsed = parse_date(name, text)
+            if parsed is None:
+                fail(name, "invalid_date", "not a date-time in ISO 8601 or a date_formats format")
+                body.pop(name, None)
+            else:
+                dates[name] = parsed
+    if "dateTime" in dates:
+        body["dateTime"] = dates["dateTime"]
+    patient = body.get("patientId")
+    if patient is not None and crosswalk is not None:
+        resolved = crosswalk.get(patient)
+        if resolved is None:
+            fail("patientId", "unknown_patient", "not in the crosswalk; add it there")
+            del body["patientId"]
+        else:
+            body["patientId"] = resolved
+    category = c.get("category")
+    if category:
+        body["category"] = _split(category)
+    if c.get("verified") or c.get("verifiedWith") or "verificationDate" in dates:
+        verification = _verification(c, dates, fail)
+        if verification is not None:
+            body["verification"] = verification
+    provision = _provision(c, dates)
+    if provision:
+        body["provision"] = provision
+    return body
+
+
+def _verification(
+    c: dict[str, str], dates: dict[str, datetime], fail: Callable[[str, str, str], None]
+) -> dict[str, Any] | None:
+    verification: dict[str, Any] = {}
+    flag = c.get("verified", "").casefold()
+    if flag in TRUE_WORDS:
+        verification["verified"] = True
+    elif flag in FALSE_WORDS:
+        verification["verified"] = False
+    elif flag:
+        fail("verified", "invalid_boolean", "must be Y/N, yes/no, true/false or 1/0")
+        return None
+    if c.get("verifiedWith"):
+        verification["verifiedWith"] = c["verifiedWith"]
+    if "verificationDate" in dates:
+        verification["verificationDate"] = dates["verificationDate"]
+    return verification
+
+
+def _provision(c: dict[str, str], dates: dict[str, datetime]) -> dict[str, Any]:
+    provision: dict[str, Any] = {}
+    if c.get("provisionType"):
+        provision["type"] = c["provisionType"]
+    period = {
+        end: dates[name]
+        for end, name in (("start", "provisionStart"), ("end", "provisionEnd"))
+        if name in dates
+    }
+    if period:
+        provision["period"] = period
+    if c.get("purpose"):
+        provision["purpose"] = [{"code": code} for code in _split(c["purpose"])]
+    return provision
+
+
+class _ConsentPlan:
+    """One consent a row can make: its key, its `when`, and the specs filling its body."""
+
+    def __init__(
+        self,
+        owner: _FileNormalizer,
+        key: str,
+        when: Condition | None,
+        specs: list[Spec],
+        dropped: frozenset[str],
+    ) -> None:
+        self.owner = owner
+        self.key = key
+        self.when = when
+        self.specs = specs
+        self.dropped = dropped
+        self.holds: list[bool] | None = None
+        self.shape = Shape(specs)
+        self.values: list[list[Value]] = []
+        top = {spec.path.steps[0][0] for spec in specs if len(spec.path.steps) == 1}
+        #: Required fields this consent gets from its specs, not from version-1 columns.
+        self.supplied = frozenset(top & {"patientId", "scope", "category"})
+        self.patient_from_v2 = "patientId" in top
+        self._rows: list[tuple[Value, ...]] = []
+        self._errors: dict[int, list[tuple[Spec, str]]] = {}
+        #: The spec behind each field path (without indexes), to name it in row errors.
+        self.labels = {spec.path.plain: spec for spec in specs}
+
+    def evaluate(self, cells: dict[str, list[str]], size: int) -> None:
+        """Evaluate `when` and every spec over a chunk's cells, a column at a time."""
+        owner = self.owner
+        self.holds = self.when.holds(cells[self.when.column]) if self.when else None
+        values = []
+        for spec in self.specs:
+            reader = None
+            if spec.path.kind == DATE and spec.source != "value":
+                column = owner._date_column(
+                    f"{self.key}:{spec.key}",
+                    f"{spec.path.plain} ({spec.describe()})",
+                    spec.formats if spec.formats is not None else owner.mapping.date_formats,
+                )
+
+                def reader(texts: list[str], column: DateColumn = column) -> list[datetime | None]:
+                    read = column.read(texts)
+                    return [read.get(t) if t else None for t in texts]
+
+            values.append(evaluate(spec, cells, size, reader, owner._constant_date))
+        self.values = values
+        self._rows = list(zip(*values, strict=True)) if values else [()] * size
+        self._errors = {}
+        for spec, results in zip(self.specs, values, strict=True):
+            if spec.path.kind not in (DATE, BOOL):
+                continue  # only dates and booleans can fail to read
+            for pos, (_, _, code) in enumerate(results):
+                if code is not None:
+                    self._errors.setdefault(pos, []).append((spec, code))
+
+    def body(
+        self, base: dict[str, Any], pos: int, fail: Callable[[str, str, str], None]
+    ) -> dict[str, Any]:
+        """The row's body: the version-1 part, then every spec's value put in place."""
+        for spec, code in self._errors.get(pos, ()):
+            fail(spec.path.plain, code, _V2_RULES[code])
+        built = self.shape.build(self._rows[pos])
+        body = merge(base, built) if base else built
+        crosswalk = self.owner.mapping.crosswalk
+        if self.patient_from_v2 and crosswalk is not None and "patientId" in built:
+            # A patient id from [fields] is a legacy id too: resolved, never sent as is.
+            resolved = crosswalk.get(str(body["patientId"]))
             if resolved is None:
                 fail("patientId", "unknown_patient", "not in the crosswalk; add it there")
                 del body["patientId"]
             else:
                 body["patientId"] = resolved
-        category = c.get("category")
-        if category:
-            body["category"] = _split(category)
-        if c.get("verified") or c.get("verifiedWith") or "verificationDate" in dates:
-            verification = self._verification(c, dates, fail)
-            if verification is not None:
-                body["verification"] = verification
-        provision = self._provision(c, dates)
-        if provision:
-            body["provision"] = provision
         return body
 
-    @staticmethod
-    def _verification(
-        c: dict[str, str], dates: dict[str, datetime], fail: Callable[[str, str, str], None]
-    ) -> dict[str, Any] | None:
-        verification: dict[str, Any] = {}
-        flag = c.get("verified", "").casefold()
-        if flag in TRUE_WORDS:
-            verification["verified"] = True
-        elif flag in FALSE_WORDS:
-            verification["verified"] = False
-        elif flag:
-            fail("verified", "invalid_boolean", "must be Y/N, yes/no, true/false or 1/0")
-            return None
-        if c.get("verifiedWith"):
-            verification["verifiedWith"] = c["verifiedWith"]
-        if "verificationDate" in dates:
-            verification["verificationDate"] = dates["verificationDate"]
-        return verification
 
-    @staticmethod
-    def _provision(c: dict[str, str], dates: dict[str, datetime]) -> dict[str, Any]:
-        provision: dict[str, Any] = {}
-        if c.get("provisionType"):
-            provision["type"] = c["provisionType"]
-        period = {
-            end: dates[name]
-            for end, name in (("start", "provisionStart"), ("end", "provisionEnd"))
-            if name in dates
-        }
-        if period:
-            provision["period"] = period
-        if c.get("purpose"):
-            provision["purpose"] = [{"code": code} for code in _split(c["purpose"])]
-        return provision
-
-    def _cell(self, row: Row, name: str) -> str:
-        """The raw cell behind a field, for the HTML report's value column."""
-        cells = row.cells
-        if name == "sourceKey" and self.mapping.key:
-            return "|".join(cells.get(c, "") for c in self.mapping.key)
-        header = self.columns.get(name)
-        return str(cells.get(header, "")) if header else ""
-
-    def _label(self, name: str) -> str:
-        header = self.columns.get(name)
-        return f"{name} (column '{header}')" if header and header != name else name
+_V2_RULES = {
+    "invalid_date": "not a date-time in ISO 8601 or one of the formats given",
+    "invalid_boolean": "must be Y/N, yes/no, true/false or 1/0, or be listed in the map",
+}
 
 
-def _date_parser(mapping: Mapping, *, excel: bool) -> Callable[[str], datetime | None]:
-    """A cached parser: ISO 8601 first, then the mapping's formats, then Excel serials."""
-    tz, formats = mapping.timezone, mapping.date_formats
+class DateColumn:
+    """How one date column of a file is read: one way for the whole column.
 
-    @lru_cache(maxsize=65536)
-    def parse(text: str) -> datetime | None:
-        value: datetime | None = None
-        try:
-            value = datetime.fromisoformat(text)
-        except ValueError:
-            for fmt in formats:
-                try:
-                    value = datetime.strptime(text, fmt)
-                    break
-                except ValueError:
-                    continue
-            if value is None and excel:
-                iso = excel_serial_to_iso(text)
-                value = datetime.fromisoformat(iso) if iso else None
-        if value is None:
-            return None
-        if value.tzinfo is None:
-            value = value.replace(tzinfo=tz)
-        return value
+    ISO 8601 cells are read as such. The other cells are read with one *family* of the
+    formats: formats with the same day/month/year order (`%m/%d/%Y` and `%m/%d/%Y %I:%M
+    %p` are one family; `%d.%m.%Y` another), each cell with the family's first format
+    that reads it. The family is the first that reads every non-empty cell; when none
+    does, the one reading most (its unreadable cells are `invalid_date`); when two read
+    every cell but give different dates, the file is refused (ConfigError).
 
-    return parse
+    Chunks: the choice is made from the first chunk that decides it and kept. Until then
+    (say every cell so far is 01.01.2024 or ISO), the families that read every cell and
+    agree stay candidates; a later chunk narrows them. A later chunk in which the
+    remaining candidates disagree is refused like the first (`run` may have sent rows of
+    earlier chunks by then: they were read identically by every candidate).
+    """
+
+    def __init__(
+        self, file: str, label: str, formats: tuple[str, ...], tz: ZoneInfo, *, excel: bool
+    ) -> None:
+        self.file = file
+        self.label = label
+        self.tz = tz
+        self.excel = excel
+        self.families = date_families(formats)
+        self.candidates = list(range(len(self.families)))
+        self.decided: int | None = 0 if len(self.families) <= 1 else None
+
+    def read(self, texts: list[str]) -> dict[str, datetime | None]:
+        """Each distinct non-empty text of a chunk -> its date-time (None: unreadable)."""
+        out: dict[str, datetime | None] = {}
+        rest: list[str] = []
+        tz = self.tz
+        parse = datetime.fromisoformat
+        for text in set(texts):
+            if not text:
+                continue
+            try:
+                value = parse(text)
+            except ValueError:
+                rest.append(text)
+                continue
+            out[text] = value if value.tzinfo is not None else value.replace(tzinfo=tz)
+        if not rest:
+            return out
+        if self.decided is None:
+            self._decide(rest)
+        index = self.decided if self.decided is not None else self.candidates[0]
+        family = self.families[index] if self.families else ()
+        for text in rest:
+            out[text] = self._parse(family, text)
+        return out
+
+    def _decide(self, texts: list[str]) -> None:
+        results = {i: [self._parse(self.families[i], t) for t in texts] for i in self.candidates}
+        full = [i for i in self.candidates if all(v is not None for v in results[i])]
+        if len(full) >= 2:
+            first = full[0]
+            for other in full[1:]:
+                if results[other] != results[first]:
+                    raise ConfigError(
+                        f"{self.file}: {self.label} reads as both '{self.families[first][0]}' "
+                        f"and '{self.families[other][0]}', which give different dates (day and "
+                        "month swapped); keep only the right one in date_formats"
+                    )
+            self.candidates = full
+            return
+        if len(full) == 1:
+            self.decided = full[0]
+            return
+        counts = {i: sum(v is not None for v in results[i]) for i in self.candidates}
+        self.decided = max(self.candidates, key=lambda i: (counts[i], -i))
+
+    @lru_cache(maxsize=65536)  # noqa: B019 - one DateColumn per column of a run
+    def _parse(self, family: tuple[str, ...], text: str) -> datetime | None:
+        for fmt in family:
+            try:
+                return self._aware(datetime.strptime(text, fmt))
+            except ValueError:
+                continue
+        if self.excel:
+            iso = excel_serial_to_iso(text)
+            if iso:
+                return self._aware(datetime.fromisoformat(iso))
+        return None
+
+    def _aware(self, value: datetime) -> datetime:
+        return value.replace(tzinfo=self.tz) if value.tzinfo is None else value
+
+
+_DATE_PARTS = {"d": "d", "m": "m", "b": "m", "B": "m", "Y": "y", "y": "y", "j": "d"}
+
+
+def date_families(formats: tuple[str, ...]) -> list[tuple[str, ...]]:
+    """Formats grouped by the order of their day, month and year, in first-seen order."""
+    groups: dict[tuple[str, ...], list[str]] = {}
+    for fmt in formats:
+        order = tuple(
+            dict.fromkeys(
+                _DATE_PARTS[c] for c in re.findall(r"%([a-zA-Z])", fmt) if c in _DATE_PARTS
+            )
+        )
+        groups.setdefault(order, []).append(fmt)
+    return [tuple(g) for g in groups.values()]
 
 
 def key_digests(keys: list[str]) -> npt.NDArray[np.uint64]:

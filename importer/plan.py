@@ -186,6 +186,8 @@ def plan_import(
                 missing, ledger.done_count(), scope, keep=REVOKES_LISTED
             )
     summary.source_key = normalizer.key_kind
+    if normalizer.skipped:
+        summary.counts["skipped"] = normalizer.skipped  # filtered out, or making no consent
     return summary
 
 

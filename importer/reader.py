@@ -112,11 +112,14 @@ class SourceOptions:
         sheet: an Excel sheet by name or 0-based index.
         encoding: a Python codec name for CSV text.
         delimiter: one character, or "tab", "comma", "semicolon", "pipe".
+        header_row: the 1-based line (CSV) or row (Excel) of the header; the lines above
+            it (titles) are skipped. None: the first non-blank one.
     """
 
     sheet: str | int | None = None
     encoding: str | None = None
     delimiter: str | None = None
+    header_row: int | None = None
 
 
 # --- the formula escape ---------------------------------------------------------------------
@@ -310,7 +313,7 @@ class _CsvTable(Table):
         super().__init__(
             path,
             name,
-            layout.columns,
+            [c for c in layout.columns if c],
             header_row=layout.skip + 1,
             chunk_rows=chunk_rows,
             encoding=layout.encoding,
@@ -373,7 +376,7 @@ class _CsvTable(Table):
 
     def _finish(self, frame: pd.DataFrame, done: int) -> pd.DataFrame:
         """Row numbers, the unnamed-cells check, blank rows out, formula escapes undone."""
-        named = len(self.columns)
+        named = len(self._layout.columns)
         first = self.header_row + 1 + done
         if frame.shape[1] > named:
             extra = frame.iloc[:, named:]
@@ -383,6 +386,9 @@ class _CsvTable(Table):
                     row = first + int(np.flatnonzero(filled)[0])
                     raise _unnamed_cell(self.name, row, str(named + offset + 1))
             frame = frame.iloc[:, :named]
+        named_at = _named(self._layout.columns)
+        if named_at is not None:
+            frame = frame.iloc[:, named_at]
         frame.columns = pd.Index(self.columns)
         frame.index = pd.RangeIndex(first, first + len(frame))
         keep = _non_blank(frame)
@@ -433,7 +439,9 @@ def _open_csv(
     size = _SAMPLE_BYTES
     while True:
         sample, whole = _read_sample(path, encoding, size)
-        layout = _csv_layout(name, sample, whole, encoding, delimiter, path.suffix.lower())
+        layout = _csv_layout(
+            name, sample, whole, encoding, delimiter, path.suffix.lower(), options.header_row
+        )
         if layout is not None:
             break
         if size >= _MAX_SAMPLE_BYTES:
@@ -658,9 +666,24 @@ def _csv_layout(
     encoding: str,
     forced_delimiter: str | None,
     suffix: str,
+    header_row: int | None = None,
 ) -> _CsvLayout | None:
-    """Delimiter, header and width from the sample; None if the sample is too short to tell."""
-    declared = _SEP_LINE.match(sample)
+    """Delimiter, header and width from the sample; None if the sample is too short to tell.
+
+    With `header_row`, the lines above it are titles: left out of sniffing and skipped
+    (an Excel `sep=` line among them is a title too).
+    """
+    titled = 0  # non-blank title lines above `header_row`
+    if header_row is not None and set(_first_record(sample)) >= _ERROR_COLUMNS:
+        header_row = None  # our own failed.csv, fed back: its header is its first line
+    if header_row is not None:
+        lines = sample.splitlines(keepends=True)
+        if len(lines) < header_row + 1 and not whole:
+            return None
+        titles = lines[: header_row - 1]
+        titled = sum(1 for line in titles if line.strip())
+        sample = sample[len("".join(titles)) :]
+    declared = _SEP_LINE.match(sample) if header_row is None else None
     if declared is not None:
         # Excel's `sep=;` line: the file says its delimiter, and the line is not the header.
         delimiter = forced_delimiter or declared.group(1)
@@ -680,6 +703,10 @@ def _csv_layout(
     records = _parse(sample, delimiter, whole)
     preamble = 0 if declared is None else 1
     skip = next((i for i, r in enumerate(records) if i >= preamble and not _blank(r)), None)
+    if header_row is not None and skip != 0 and records:
+        raise InputError(
+            f"{name}: line {header_row} (source.header_row) is blank; give the line of the header"
+        )
     if skip is None:
         if whole:
             raise InputError(f"{name}: the file is empty; export it again with a header row")
@@ -690,9 +717,22 @@ def _csv_layout(
     columns = _header(name, header, skip + 1, lambda i: str(i + 1))
     width = max(len(r) for r in records[skip:])
     newline = "\r" if "\n" not in sample and "\r" in sample else "\n"
+    if header_row is not None:
+        skip = header_row - 1  # lines above the header: pandas skips lines
+        preamble = titled
     return _CsvLayout(
         encoding, delimiter, columns, skip, width, newline, may_escape=True, preamble=preamble
     )
+
+
+#: The columns `export --failed` adds: a file carrying them is our own correction file.
+_ERROR_COLUMNS: Final = frozenset({"error_stage", "error_code", "error_message"})
+
+
+def _first_record(sample: str) -> list[str]:
+    """The first line's cells, split on whichever delimiter splits it most."""
+    line = _first_line(sample)
+    return max((line.split(d) for d in _DELIMITERS), key=len)
 
 
 def _first_line(sample: str) -> str:
@@ -738,22 +778,29 @@ def _sniff(sample: str, whole: bool, suffix: str) -> str:
     return best
 
 
+def _named(names: list[str]) -> list[int] | None:
+    """Positions of the named columns, or None when every column is named."""
+    keep = [i for i, n in enumerate(names) if n]
+    return None if len(keep) == len(names) else keep
+
+
 def _blank(cells: list[str]) -> bool:
     return not "".join(cells).strip()
 
 
 def _header(name: str, cells: list[str], row: int, label: Callable[[int], str]) -> list[str]:
-    """The column names: stripped; trailing empty cells dropped; no gaps, no repeats."""
+    """The column names: stripped; trailing empty cells dropped; no repeats.
+
+    A column with an empty header before the last named one stays as "" and is left out
+    of the table (`_named`): a pandas index column is common, and no mapping can name it.
+    """
     names = [unescape_formula(cell).strip().lstrip("\ufeff").strip() for cell in cells]
     while names and not names[-1]:
         names.pop()
     seen: dict[str, int] = {}
     for i, column in enumerate(names):
         if not column:
-            raise InputError(
-                f"{name}: column {label(i)} has an empty header in row {row}; name it or "
-                "delete the column"
-            )
+            continue
         if column in seen:
             # Positions only: without a header row, these cells are a patient's values.
             raise InputError(
@@ -912,6 +959,7 @@ class _ExcelTable(Table):
         name: str,
         columns: list[str],
         *,
+        keep: list[int] | None = None,
         workbook: _Workbook,
         sheet: str,
         header_row: int,
@@ -920,8 +968,15 @@ class _ExcelTable(Table):
         chunk_rows: int,
     ) -> None:
         super().__init__(
-            path, name, columns, header_row=header_row, chunk_rows=chunk_rows, sheet=sheet
+            path,
+            name,
+            [c for c in columns if c],
+            header_row=header_row,
+            chunk_rows=chunk_rows,
+            sheet=sheet,
         )
+        self._width = len(columns)
+        self._keep = keep
         self._workbook = workbook
         self._first_column = first_column
         self._count = count
@@ -936,7 +991,8 @@ class _ExcelTable(Table):
             raise _no_rows(_sheet_label(self.name, self.sheet))
 
     def chunks(self) -> Iterator[pd.DataFrame]:
-        named = len(self.columns)
+        named = self._width
+        keep = self._keep
         where = _sheet_label(self.name, self.sheet)
         convert = _cell_text
         rows: list[list[str]] = []
@@ -953,7 +1009,7 @@ class _ExcelTable(Table):
                 del texts[named:]
             elif len(texts) < named:
                 texts.extend([""] * (named - len(texts)))
-            rows.append(texts)
+            rows.append(texts if keep is None else [texts[i] for i in keep])
             numbers.append(number)
             if len(rows) == self.chunk_rows:
                 yield self._frame(rows, numbers)
@@ -1009,11 +1065,22 @@ def _open_excel(
             )
         first_column = sheet.start[1]
         # The header as it is (a merged title or header cell is not spread over columns),
-        # then the rows below it as Excel shows them (merged cells filled).
+        # then the rows below it as Excel shows them (merged cells filled). With
+        # `header_row`, the rows above it are titles.
+        wanted = options.header_row
         header = next(
-            ((n, cells) for n, cells in enumerate(sheet.iter_rows(), 1) if not _blank_cells(cells)),
+            (
+                (n, cells)
+                for n, cells in enumerate(sheet.iter_rows(), 1)
+                if (n == wanted if wanted is not None else True) and not _blank_cells(cells)
+            ),
             None,
         )
+        if header is None and wanted is not None:
+            raise InputError(
+                f"{name}: row {wanted} (source.header_row) of sheet '{sheet_name}' is blank; "
+                "give the row of the header"
+            )
         if header is None:
             raise InputError(
                 f"{name}: sheet '{sheet_name}' is empty; choose the sheet with the data"
@@ -1034,6 +1101,7 @@ def _open_excel(
         path,
         name,
         columns,
+        keep=_named(columns),
         workbook=workbook,
         sheet=sheet_name,
         header_row=header_row,

@@ -145,6 +145,7 @@ def print_validation(summary: ValidationSummary, console: Console, *, first: int
         f"row{'s' if summary.rows != 1 else ''}, "
         f"[green]{summary.valid:,} valid[/], "
         f"[{'red' if summary.invalid else 'green'}]{summary.invalid:,} invalid[/]"
+        + (f", {summary.skipped:,} skipped (filtered out)" if summary.skipped else "")
     )
     if not summary.invalid:
         return
@@ -157,4 +158,4 @@ def print_validation(summary: ValidationSummary, console: Console, *, first: int
     shown = summary.errors[:first]
     console.print(f"First {len(shown)} of {len(summary.errors):,} errors:")
     for error in shown:
-        console.print(f"  {error.file}:{error.row}  {error.message}", soft_wrap=True)
+        console.print(f"  {error.where}  {error.message}", soft_wrap=True)

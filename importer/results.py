@@ -29,6 +29,8 @@ class ValidationSummary:
     rows: int = 0
     valid: int = 0
     invalid: int = 0
+    #: Rows a [[filter]] left out, or for which no [[consents]] `when` held: never sent.
+    skipped: int = 0
     by_rule: Counter[str] = field(default_factory=Counter)
     by_field: Counter[str] = field(default_factory=Counter)
     by_file: dict[str, FileCounts] = field(default_factory=dict)
@@ -56,6 +58,7 @@ class ValidationSummary:
         """A chunk's verdict: its rows counted, its invalid rows' errors kept."""
         counts = self.by_file.setdefault(batch.file, FileCounts())
         valid = batch.rows - len(batch.invalid)
+        self.skipped += batch.skipped
         self.rows += batch.rows
         counts.rows += batch.rows
         self.valid += valid
@@ -77,6 +80,7 @@ class ValidationSummary:
                 "rows": self.rows,
                 "valid": self.valid,
                 "invalid": self.invalid,
+                "skipped": self.skipped,
                 "by_rule": dict(self.by_rule.most_common()),
                 "by_field": dict(self.by_field.most_common()),
                 "by_file": {
@@ -91,6 +95,7 @@ class ValidationSummary:
                     "field": e.field,
                     "code": e.code,
                     "message": e.message,
+                    **({"consent": e.consent} if e.consent else {}),
                 }
                 for e in self.errors
             ],
@@ -102,6 +107,7 @@ class RunStats:
     rows: int = 0
     valid: int = 0
     invalid: int = 0
+    skipped: int = 0  # filtered out by the mapping, never sent (set by the runner)
     created: int = 0
     adopted: int = 0
     updated: int = 0
@@ -157,6 +163,7 @@ class RunStats:
             )
         }
         out.update(
+            skipped=self.skipped,
             adopted=self.adopted,
             revoked=self.revoked,
             missing_from_source=self.missing_from_source,

@@ -32,6 +32,7 @@ def log_invalid_row(log: logging.Logger, row: Row) -> None:
                 "row": row.row,
                 "field": fields,
                 "code": codes,
+                **({"consent": row.consent} if row.consent else {}),  # [[consents]] key
             }
         },
     )

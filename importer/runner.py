@@ -123,6 +123,8 @@ def run_import(
                 on_wait,
                 backend_options={"use_uvloop": _has_uvloop()},
             )
+            stats.skipped = validation.skipped = normalizer.skipped
+            stats.skipped = validation.skipped = normalizer.skipped
             stats.source_key = normalizer.key_kind
             stats.requests += checked
             if stats.aborted:

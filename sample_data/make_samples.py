@@ -193,7 +193,69 @@ def workbook() -> None:
     book.save(HERE / "clinic_consents.xlsx")
 
 
+def registry() -> None:
+    """A rare-disease registry's export that needs a version-2 mapping: title lines above
+    the header, visit rows among the consents (a filter), NA cells, the signing date and
+    time in two columns, opt-outs as nested deny provisions, a recipient organisation as
+    an actor, and a HIPAA acknowledgement on some rows (a second consent)."""
+    folder = HERE / "registry"
+    folder.mkdir(exist_ok=True)
+    header = [
+        "Record ID",
+        "Participant ID",
+        "Record Type",
+        "Form Code",
+        "Form Version",
+        "Signed Date",
+        "Signed Time",
+        "Consent Status",
+        "Opt-out Purposes",
+        "Share With Org",
+        "Scan URL",
+        "Witness ID",
+        "HIPAA Signed Date",
+    ]
+    rows = []
+    for i in range(1, 15):
+        kind = "VISIT" if i in (3, 9) else "CONSENT"
+        rows.append(
+            [
+                f"REC-{1000 + i}",
+                f"RDR-{i:04d}",
+                kind,
+                "RDR-MAIN" if i % 3 else "RDR-GEN",
+                str(1 + i % 2),
+                f"{1 + i % 12:02d}/{1 + i % 27:02d}/2024",
+                f"{8 + i % 9:02d}:{(i * 7) % 60:02d}" if i % 4 else "NA",
+                "Withdrawn" if i == 6 else "Signed",
+                {1: "HMARKT;HRESCH", 4: "HMARKT", 7: "NA", 10: "HRESCH"}.get(i, ""),
+                "org_biobank" if i % 2 else "N/A",
+                f"https://registry.example/scans/{1000 + i}.pdf" if i % 5 else "-",
+                f"pr_{200 + i}" if i % 3 == 1 else "",
+                f"{1 + i % 12:02d}/{2 + i % 27:02d}/2024" if i % 2 else "NA",
+            ]
+        )
+    # The deliberately invalid rows (sample_data/README.md lists them).
+    rows[10][1] = "RDR-0999"  # row 14: not in the crosswalk
+    rows[11][5] = "02/30/2024"  # row 15: no such day
+    rows[12][7] = "On hold"  # row 16: a status the mapping does not translate
+    rows[4][12] = "2024-13-01"  # row 8: the HIPAA date has month 13 (second consent only)
+    out = io.StringIO()
+    out.write("Rare Disease Registry RDR-7: consent export\n")
+    out.write("Exported 2024-06-30; participant data, handle as PHI\n")
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    (folder / "registry_export.csv").write_text(out.getvalue(), encoding="utf-8")
+    with (folder / "participants.csv").open("w", newline="", encoding="utf-8") as handle:
+        crosswalk = csv.writer(handle, lineterminator="\n")
+        crosswalk.writerow(["participant_id", "patientId"])
+        for i in range(1, 15):
+            crosswalk.writerow([f"RDR-{i:04d}", f"pt_reg_{i:04d}"])
+
+
 if __name__ == "__main__":
     clean_csv()
     legacy_ehr()
     workbook()
+    registry()

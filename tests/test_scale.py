@@ -24,13 +24,13 @@ from tests.engine_helpers import consent_rows, run, write_csv
 def bodies(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """How many request bodies were assembled from cells (one slot, counted in place)."""
     built = [0]
-    assemble = normalize._FileNormalizer._body
+    assemble = normalize._v1_body
 
-    def counted(self: Any, *args: Any) -> Any:
+    def counted(*args: Any) -> Any:
         built[0] += 1
-        return assemble(self, *args)
+        return assemble(*args)
 
-    monkeypatch.setattr(normalize._FileNormalizer, "_body", counted)
+    monkeypatch.setattr(normalize, "_v1_body", counted)
     return built
 
 

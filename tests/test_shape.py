@@ -128,13 +128,18 @@ def sizes() -> list[tuple[str, str, int]]:
     return out
 
 
+#: Over the limit, knowingly, each with its reason (keep this empty).
+KNOWN_TOO_LONG: dict[str, int] = {}
+
+
 def test_no_class_over_350_lines_and_no_function_over_80() -> None:
-    too_long = [
-        (name, lines)
+    too_long = {
+        name: lines
         for name, kind, lines in sizes()
         if lines > (MAX_CLASS_LINES if kind == "class" else MAX_FUNCTION_LINES)
-    ]
-    assert too_long == []
+    }
+    # A known one may shrink, never grow; anything else over the limit fails.
+    assert {n: v for n, v in too_long.items() if v > KNOWN_TOO_LONG.get(n, 0)} == {}
 
 
 def test_the_public_api_is_stated_and_every_name_loads() -> None:

@@ -1,0 +1,344 @@
+"""`init`: a starting mapping for a new export, written from what the file shows.
+
+It detects how to read the file (encoding, delimiter, the header row under title lines,
+the sheet holding the data, date formats), puts every recognised column under
+`[columns]` and every other one in a comment, and lists the distinct values of the
+columns feeding `scope`, `status`, `category` and `provisionType` under `[values.FIELD]`
+to translate. A required field it cannot place gets an empty default, which makes every
+row invalid (exit 1) with a message naming it, rather than a guess sent to the API.
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import io
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+from importer.errors import InputError, UsageError
+from importer.mapping import (
+    _RECOGNISED,
+    DATE_FIELDS,
+    REQUIRED_FIELDS,
+    canonical_header,
+)
+from importer.models import ProvisionType, Scope, Status
+from importer.normalize import date_families
+from importer.reader import EXCEL_SUFFIXES, SourceOptions, Table, open_table
+
+#: Fields whose values are translated, with the values the API takes.
+_ENUM_FIELDS = {
+    "scope": [m.value for m in Scope],
+    "status": [m.value for m in Status],
+    "category": [],
+    "provisionType": [m.value for m in ProvisionType],
+}
+_MAX_VALUES = 50
+_CODE = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
+_SAMPLE_ROWS = 5000
+#: Words in a header that suggest a field, tried when no synonym matches.
+_HINTS = (
+    ("patientId", ("mrn", "patient", "medicalrecord")),
+    ("status", ("status", "state")),
+    ("scope", ("consenttype", "formtype", "type", "scope")),
+    ("dateTime", ("signed", "consentdate", "date")),
+    ("sourceKey", ("recordid", "consentid", "legacyid")),
+)
+#: Date formats tried on date columns, in families (month-first before day-first).
+_DATE_FORMATS = (
+    "%m/%d/%Y %I:%M %p",
+    "%m/%d/%Y %I:%M:%S %p",
+    "%m/%d/%Y %H:%M:%S",
+    "%m/%d/%Y %H:%M",
+    "%m/%d/%Y",
+    "%m/%d/%y",
+    "%d/%m/%Y %H:%M:%S",
+    "%d/%m/%Y %H:%M",
+    "%d/%m/%Y",
+    "%d.%m.%Y %H:%M",
+    "%d.%m.%Y",
+    "%m-%d-%Y",
+    "%d-%m-%Y",
+    "%Y/%m/%d %H:%M",
+    "%Y/%m/%d",
+    "%Y%m%d",
+    "%d %b %Y",
+    "%b %d, %Y",
+)
+_DELIMITERS = (",", ";", "\t", "|")
+
+
+@dataclass
+class Draft:
+    """What init found, ready to be written as TOML."""
+
+    table: Table
+    header_row: int | None = None
+    columns: dict[str, str] = field(default_factory=dict)  # field -> header
+    guessed: set[str] = field(default_factory=set)  # fields placed by a hint, not a synonym
+    others: list[str] = field(default_factory=list)
+    date_formats: list[str] = field(default_factory=list)
+    ambiguous_dates: bool = False
+    values: dict[str, list[str]] = field(default_factory=dict)
+    too_many: dict[str, int] = field(default_factory=dict)
+
+
+def draft_mapping(path: Path) -> Draft:
+    """Read the file and work out a starting mapping."""
+    if path.suffix.lower() in EXCEL_SUFFIXES:
+        table = _open_excel_data_sheet(path)
+        header_row = None
+    else:
+        delimiter, header_row = _csv_shape(path)
+        table = open_table(path, SourceOptions(delimiter=delimiter, header_row=header_row))
+    draft = Draft(table, header_row)
+    _place_columns(draft)
+    sample = _sample(table)
+    _find_dates(draft, sample)
+    _find_values(draft, table)
+    return draft
+
+
+def write_draft(draft: Draft, output: Path) -> str:
+    """The mapping as TOML text (written to `output` by the caller)."""
+    table = draft.table
+    out = [
+        f"# Starting mapping for {table.name}, written by `consent-import init`.",
+        "# Check every line marked TODO, then: consent-import preview FILE --mapping "
+        f"{output.name}",
+        "",
+        "[source]",
+    ]
+    if table.sheet is not None:
+        out.append(f"sheet = {_q(table.sheet)}")
+    if table.encoding is not None:
+        out.append(f"encoding = {_q(table.encoding)}")
+    if table.delimiter is not None:
+        out.append(f"delimiter = {_q(table.delimiter)}")
+    if draft.header_row is not None:
+        note = "   # the lines above are titles" if draft.header_row > 1 else ""
+        out.append(f"header_row = {draft.header_row}{note}")
+    if draft.date_formats:
+        note = (
+            "   # TODO: day-first or month-first? every date read either way"
+            if draft.ambiguous_dates
+            else ""
+        )
+        out.append(f"date_formats = [{', '.join(_q(f) for f in draft.date_formats)}]{note}")
+    out.append('# timezone = "UTC"   # the zone of date-times written without an offset')
+    out.append('# null_values = ["NA", "NULL"]   # cells read as empty')
+    out += ["", "[columns]   # API field = column header"]
+    for name, header in draft.columns.items():
+        note = "   # TODO: guessed from the header; check" if name in draft.guessed else ""
+        out.append(f"{name} = {_q(header)}{note}")
+    for header in draft.others:
+        out.append(f"# ? = {_q(header)}   # not recognised; name a field, or use [fields]")
+    missing = [n for n in REQUIRED_FIELDS if n not in draft.columns]
+    if missing:
+        out += [
+            "",
+            "[defaults]   # TODO: required fields without a column: every row is invalid until",
+            "             # each is named under [columns] or given a value here",
+        ]
+        out += [f'{name} = ""' for name in missing]
+    for name, values in draft.values.items():
+        allowed = _ENUM_FIELDS[name]
+        hint = f" (one of: {', '.join(allowed)})" if allowed else ""
+        out += ["", f"[values.{name}]   # TODO: the API value for each value found{hint}"]
+        for value in values:
+            same = next((a for a in allowed if a == value.strip().casefold()), "")
+            if not allowed and _CODE.fullmatch(value):
+                same = value  # already a code (category codes are free)
+            if same:
+                out.append(f"{_q(value)} = {_q(same)}")
+            elif name in REQUIRED_FIELDS:
+                # Empty until filled in: the field is then missing and the row invalid.
+                out.append(f'{_q(value)} = ""   # TODO')
+            else:
+                # Left as it is, an unknown value makes the row invalid; an empty
+                # translation would leave the optional field out and the row valid.
+                out.append(f'# {_q(value)} = ""   # TODO')
+    for name, count in draft.too_many.items():
+        out += ["", f"# {name}: more than {count} distinct values; translate with [values.{name}]"]
+    return "\n".join(out) + "\n"
+
+
+def _q(text: str) -> str:
+    """A TOML basic string."""
+    escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\t", "\\t")
+    return f'"{escaped}"'
+
+
+def _open_excel_data_sheet(path: Path) -> Table:
+    """The default sheet when it holds rows under a header, else the first sheet that
+    does (a cover sheet first is common)."""
+    from python_calamine import CalamineError, CalamineWorkbook
+
+    try:
+        table = open_table(path)
+    except InputError as exc:
+        last: InputError | None = exc
+    else:
+        if len(table.columns) >= 2:
+            return table
+        last = None
+    try:
+        names = CalamineWorkbook.from_path(str(path)).sheet_names
+    except CalamineError:  # open_table says what is wrong with the file
+        return open_table(path)
+    for name in names:
+        try:
+            table = open_table(path, SourceOptions(sheet=name))
+        except InputError as exc:
+            last = exc
+            continue
+        if len(table.columns) >= 2:
+            return table
+    raise last or InputError(f"{path}: no sheet holds a header row and rows")
+
+
+def _csv_shape(path: Path) -> tuple[str, int]:
+    """(delimiter, 1-based header line): the delimiter splitting the lines most evenly,
+    and the first line as wide as most lines (title lines above it are narrower)."""
+    try:
+        with path.open("rb") as handle:
+            raw = handle.read(256 * 1024)
+    except OSError:
+        raw = b""  # open_table below says what is wrong
+    try:
+        text = codecs.getincrementaldecoder("utf-8-sig")("strict").decode(raw, False)
+    except UnicodeDecodeError:
+        text = raw.decode("cp1252", "replace")
+    lines = text.splitlines()[:200]
+    best: tuple[float, int, str, int] | None = None
+    for delimiter in _DELIMITERS:
+        widths = [len(r) for r in csv.reader(io.StringIO("\n".join(lines)), delimiter=delimiter)]
+        filled = [w for w in widths if w > 1]
+        if not filled:
+            continue
+        width, count = Counter(filled).most_common(1)[0]
+        header = next(i for i, w in enumerate(widths) if w == width) + 1
+        score = (count / len(widths), width, delimiter, header)
+        if best is None or score[:2] > best[:2]:
+            best = score
+    if best is None:
+        table = open_table(path)
+        return table.delimiter or ",", table.header_row
+    return best[2], best[3]
+
+
+def _place_columns(draft: Draft) -> None:
+    for header in draft.table.columns:
+        name = _RECOGNISED.get(canonical_header(header))
+        if name is not None and name not in draft.columns:
+            draft.columns[name] = header
+    for header in draft.table.columns:
+        if header in draft.columns.values():
+            continue
+        folded = canonical_header(header)
+        for name, words in _HINTS:
+            if name not in draft.columns and any(w in folded for w in words):
+                draft.columns[name] = header
+                draft.guessed.add(name)
+                break
+        else:
+            draft.others.append(header)
+    if "scope" in draft.columns and "category" not in draft.columns:
+        # A consent-type column usually says both what the consent is about and its kind.
+        draft.columns["category"] = draft.columns["scope"]
+        if "scope" in draft.guessed:
+            draft.guessed.add("category")
+
+
+def _sample(table: Table) -> dict[str, list[str]]:
+    cells: dict[str, list[str]] = {h: [] for h in table.columns}
+    taken = 0
+    for chunk in table.chunks():
+        for header in table.columns:
+            cells[header] += [str(v).strip() for v in chunk[header].tolist()]
+        taken += len(chunk)
+        if taken >= _SAMPLE_ROWS:
+            break
+    return cells
+
+
+def _find_dates(draft: Draft, sample: dict[str, list[str]]) -> None:
+    """Formats reading the date columns' cells that are not ISO 8601."""
+    texts: list[str] = []
+    for name in DATE_FIELDS:
+        header = draft.columns.get(name)
+        if header is not None:
+            texts += [t for t in sample[header] if t and not _is_iso(t)]
+    if not texts:
+        return
+    reads = {fmt: sum(_reads(fmt, t) for t in texts) for fmt in _DATE_FORMATS}
+    # One family (day/month/year order) per column: see normalize.DateColumn.
+    scored = sorted(date_families(_DATE_FORMATS), key=lambda f: -sum(reads[x] for x in f))
+    formats = scored[0]
+    total = sum(reads[f] for f in formats)
+    if total == 0:
+        return
+    draft.date_formats = [f for f in formats if reads[f]]
+    draft.ambiguous_dates = any(sum(reads[f] for f in other) == total for other in scored[1:])
+
+
+def _reads(fmt: str, text: str) -> bool:
+    try:
+        datetime.strptime(text, fmt)
+    except ValueError:
+        return False
+    return True
+
+
+def _is_iso(text: str) -> bool:
+    try:
+        datetime.fromisoformat(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _find_values(draft: Draft, table: Table) -> None:
+    """Distinct values (first seen order, at most 50) of the columns feeding enums."""
+    wanted = {n: h for n, h in draft.columns.items() if n in _ENUM_FIELDS}
+    found: dict[str, dict[str, None]] = {n: {} for n in wanted}
+    for chunk in table.chunks():
+        for name, header in wanted.items():
+            if name in draft.too_many:
+                continue
+            seen = found[name]
+            for value in chunk[header].tolist():
+                text = str(value).strip()
+                if text:
+                    seen.setdefault(text, None)
+            if len(seen) > _MAX_VALUES:
+                draft.too_many[name] = _MAX_VALUES
+        if len(draft.too_many) == len(wanted):
+            break
+    for name, seen in found.items():
+        if name in draft.too_many:
+            continue
+        folded: dict[str, str] = {}
+        for value in seen:
+            folded.setdefault(value.casefold(), value)  # [values] keys match case-folded
+        draft.values[name] = list(folded.values())
+
+
+def init_mapping(source: Path, output: Path) -> Draft:
+    """Write a starting mapping for `source` to `output`; refuses to overwrite."""
+    if output.exists():
+        raise UsageError(f"{output}: already exists; init never overwrites a file (use --output)")
+    draft = draft_mapping(source)
+    text = write_draft(draft, output)
+    try:
+        with output.open("x", encoding="utf-8") as handle:
+            handle.write(text)
+    except FileExistsError:
+        raise UsageError(f"{output}: already exists; init never overwrites a file") from None
+    except OSError as exc:
+        raise UsageError(f"{output}: cannot be written ({exc.strerror})") from None
+    return draft
