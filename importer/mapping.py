@@ -12,6 +12,7 @@ import dataclasses
 import difflib
 import re
 import tomllib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,7 @@ from importer.fields import (
     parse_spec,
     toml_key,
 )
-from importer.reader import SourceOptions
+from importer.reader import SourceOptions, Table, open_table
 
 #: Row fields a column can feed, with the header spellings recognised without a mapping.
 SYNONYMS: dict[str, tuple[str, ...]] = {
@@ -212,6 +213,14 @@ class Mapping:
                     f"{spellings}); name it under [columns] or give it a value under [defaults]"
                 )
         return resolved
+
+
+def open_tables(inputs: Sequence[str | Path], mapping: Mapping) -> list[Table]:
+    """Open every input up front, so a bad file or mapping fails before any work."""
+    tables = [open_table(path, mapping.source) for path in inputs]
+    for table in tables:
+        mapping.resolve(table.columns, table.name)
+    return tables
 
 
 def load_mapping(path: str | Path | None) -> Mapping:

@@ -16,13 +16,12 @@ from pathlib import Path
 
 from importer.keys import pinned_fields
 from importer.ledger import Ledger, LedgerRow, Op, RowState
-from importer.mapping import Mapping
+from importer.mapping import Mapping, open_tables
 from importer.normalize import Normalizer, Row
 from importer.options import RunOptions
 from importer.results import PlanSummary
 from importer.revocation import RevokeScope
 from importer.revocation import plan as plan_revocations
-from importer.validate import open_tables
 
 #: How many of the rows a dry run would revoke it keeps, to list.
 REVOKES_LISTED = 50

@@ -7,9 +7,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from importer.mapping import Mapping
+from importer.mapping import Mapping, open_tables
 from importer.normalize import Normalizer, Row
-from importer.validate import open_tables
 
 
 @dataclass

@@ -674,7 +674,7 @@ def _csv_layout(
     (an Excel `sep=` line among them is a title too).
     """
     titled = 0  # non-blank title lines above `header_row`
-    if header_row is not None and set(_first_record(sample)) >= _ERROR_COLUMNS:
+    if header_row is not None and set(_first_record(sample)) >= set(ERROR_COLUMNS):
         header_row = None  # our own failed.csv, fed back: its header is its first line
     if header_row is not None:
         lines = sample.splitlines(keepends=True)
@@ -725,8 +725,9 @@ def _csv_layout(
     )
 
 
-#: The columns `export --failed` adds: a file carrying them is our own correction file.
-_ERROR_COLUMNS: Final = frozenset({"error_stage", "error_code", "error_message"})
+#: The columns `export --failed` adds (after the input's own): a file carrying them is our
+#: own correction file. The reader, reports, exports and revocation all read this one tuple.
+ERROR_COLUMNS: Final = ("error_stage", "error_code", "error_message")
 
 
 def _first_record(sample: str) -> list[str]:

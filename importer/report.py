@@ -19,11 +19,10 @@ from importer.errors import UsageError
 from importer.normalize import Row
 from importer.outputs import AtomicFile
 from importer.outputs import write_text as write_whole
-from importer.reader import escape_formula
+from importer.reader import ERROR_COLUMNS, escape_formula
 from importer.results import RunStats, ValidationSummary
 
 REPORT_SUFFIXES = (".json", ".csv", ".html")
-ERROR_COLUMNS = ("error_stage", "error_code", "error_message")
 
 
 def check_report_paths(paths: Sequence[str | Path], *, redact: bool = False) -> list[Path]:

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 from importer.errors import UsageError
 from importer.keys import split_key
-from importer.report import ERROR_COLUMNS
+from importer.reader import ERROR_COLUMNS
 from importer.results import Missing, RevokePlan
 
 if TYPE_CHECKING:

@@ -22,14 +22,13 @@ from importer.engine import Engine, InInput
 from importer.ledger import Ledger
 from importer.limiter import Limiter
 from importer.lock import LedgerLock
-from importer.mapping import Mapping
+from importer.mapping import Mapping, open_tables
 from importer.normalize import Normalizer, Row, Unchanged
 from importer.options import DEFAULTS, RunOptions
 from importer.outputs import write_text
 from importer.preflight import run_checks
 from importer.results import RunStats, ValidationSummary
 from importer.revocation import RevokeScope
-from importer.validate import open_tables
 
 log = logging.getLogger("importer.run")
 

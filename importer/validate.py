@@ -6,9 +6,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from importer import outputs
-from importer.mapping import Mapping
+from importer.mapping import Mapping, open_tables
 from importer.normalize import Normalizer
-from importer.reader import Table, open_table
 from importer.report import (
     SafeCsvWriter,
     check_report_paths,
@@ -17,14 +16,6 @@ from importer.report import (
     write_json,
 )
 from importer.results import ValidationSummary
-
-
-def open_tables(inputs: Sequence[str | Path], mapping: Mapping) -> list[Table]:
-    """Open every input up front, so a bad file or mapping fails before any work."""
-    tables = [open_table(path, mapping.source) for path in inputs]
-    for table in tables:
-        mapping.resolve(table.columns, table.name)
-    return tables
 
 
 def validate_files(
