@@ -853,12 +853,17 @@ def init(source: Path, output: Path) -> int:
     from importer.starter import init_mapping
 
     draft = init_mapping(source, output)
-    todo = len(draft.guessed) + len(draft.values) + len(draft.others)
     click.echo(
         f"Wrote {output}: {len(draft.columns)} columns placed, {len(draft.others)} left as "
-        f"comments, {len(draft.values)} value tables to fill in ({todo} TODOs). Next: edit it, "
+        f"comments, {draft.todos} lines marked TODO. Next: edit it, "
         f"then consent-import preview {source} --mapping {output}"
     )
+    if draft.legacy_patients:
+        found = "check the one it names" if draft.crosswalk else "name yours"
+        click.echo(
+            "The patient column holds legacy ids, not ClinikAPI patient ids (pt_...): they are "
+            f"resolved through [patients] crosswalk; {found}."
+        )
     return EXIT_OK
 
 

@@ -21,10 +21,19 @@ import numpy.typing as npt
 
 from importer.fields import BOOL, CODES, DATE, LIST, REFS, Spec, Step, Value
 from importer.mapping import DATE_FIELDS, FALSE_WORDS, TRUE_WORDS
-from importer.models import ID_PATTERN, REFERENCE_PATTERN, ProvisionType, Scope, Status
+from importer.models import (
+    ID_PATTERN,
+    PATIENT_ID_PATTERN,
+    REFERENCE_PATTERN,
+    ProvisionType,
+    Scope,
+    Status,
+)
 
 #: The models' id rule (ASCII letters, digits, `-`, `_`, `.`; 1-128).
 _ID = re.compile(ID_PATTERN)
+#: The models' patient id rule: an id starting `pt_`.
+_PATIENT_ID = re.compile(PATIENT_ID_PATTERN)
 #: An ASCII letter or digit: a category cell holding one has a code left after splitting
 #: on `;`/`|` and stripping (whitespace rules differ between `re` and `str.strip`, so a
 #: wider "not a separator nor a space" test could pass a cell the full path empties).
@@ -83,7 +92,7 @@ def proven_valid(
         if crosswalk is not None:
             # An unknown patient is an error; a known one is sent as its new id.
             patients = [crosswalk.get(v, "") for v in patients]
-        add([_ID.fullmatch(v) is not None for v in patients])
+        add([_PATIENT_ID.fullmatch(v) is not None for v in patients])
     for name in _OPTIONAL_IDS:
         if name in fields:
             add([not v or _ID.fullmatch(v) is not None for v in fields[name]])
@@ -219,6 +228,8 @@ def _value_rule(spec: Spec) -> Callable[[Any], bool]:
     plain = spec.path.plain
     leaf = spec.path.steps[-1][0]
     kind = spec.path.kind
+    if plain == "patientId":
+        return lambda v: isinstance(v, str) and _PATIENT_ID.fullmatch(v) is not None
     if plain in _ID_PATHS:
         return lambda v: isinstance(v, str) and _ID.fullmatch(v) is not None
     if plain in _ENUM_PATHS:

@@ -92,7 +92,12 @@ ID_PATTERN = r"^[A-Za-z0-9._-]{1,128}$"
 #: the documentation does not say which form `actor.reference` and `data.reference` take.
 REFERENCE_PATTERN = r"^(?:[A-Za-z][A-Za-z0-9]{0,63}/)?[A-Za-z0-9._-]{1,128}$"
 
+#: A ClinikAPI patient id (`pt_…`, docs/clinikapi.md). A legacy id (an MRN such as `0000001`)
+#: is a valid id but not a patient's: sent, it files the consent under no patient or the wrong one.
+PATIENT_ID_PATTERN = r"^pt_[A-Za-z0-9._-]{1,125}$"
+
 Id = Annotated[str, StringConstraints(pattern=ID_PATTERN)]
+PatientId = Annotated[str, StringConstraints(pattern=PATIENT_ID_PATTERN)]
 Reference = Annotated[str, StringConstraints(pattern=REFERENCE_PATTERN)]
 Text = Annotated[str, StringConstraints(min_length=1)]
 
@@ -273,7 +278,7 @@ Verifications = Annotated[
 class ConsentIn(_ApiModel):
     """The body of `POST /v1/consents`. Only `patient_id`, `scope` and `category` are required."""
 
-    patient_id: Id
+    patient_id: PatientId
     scope: Scope
     category: Categories
     status: Status | None = None
@@ -329,6 +334,7 @@ CODES: dict[str, str] = {
     "empty_value": "must not be empty",
 }
 
+_PATIENT_ID_RULE = "must be a ClinikAPI patient id (pt_...); legacy ids need a [patients] crosswalk"
 _REFERENCE_RULE = "must be an id (1-128 letters, digits, '-', '_' or '.'), optionally as Type/id"
 
 # pydantic error type -> our code. Anything not here is `invalid_value`.
@@ -439,6 +445,8 @@ def _rule(kind: str, path: str, ctx: dict[str, Any]) -> tuple[str, str]:
     if code == "invalid_id":
         if ctx.get("pattern") == REFERENCE_PATTERN:
             return code, _REFERENCE_RULE
+        if ctx.get("pattern") == PATIENT_ID_PATTERN:
+            return code, _PATIENT_ID_RULE
         if ctx.get("pattern") != ID_PATTERN:
             return "invalid_value", CODES["invalid_value"]
     if code == "empty_value":

@@ -74,6 +74,8 @@ _PLAIN_FIELDS = (
     "sourceReferenceId",
 )
 _SPLIT = re.compile(r"[;|]")
+#: Row fields whose cell may hold several codes, split on `;` or `|` (`split_codes`).
+MULTI_VALUE_FIELDS = frozenset({"category", "purpose"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -678,7 +680,10 @@ class _FileNormalizer:
         translations = self.mapping.values.get(name)
         if translations:
             table = {k: _as_text(v) for k, v in translations.items()}
-            values = [table.get(v.casefold(), v) for v in values]
+            if name in MULTI_VALUE_FIELDS:
+                values = [_translate_codes(v, table) for v in values]
+            else:
+                values = [table.get(v.casefold(), v) for v in values]
         default = self.mapping.defaults.get(name)
         if default is not None:
             text = _as_text(default)
@@ -721,7 +726,9 @@ class _FileNormalizer:
             if not patient or (text and when is None):
                 keys.append(None)
             else:
-                keys.append(namespaced(system, natural_key(patient, scope, _split(category), when)))
+                keys.append(
+                    namespaced(system, natural_key(patient, scope, split_codes(category), when))
+                )
         return keys
 
     def _row(
@@ -993,7 +1000,7 @@ def _v1_body(
             body["patientId"] = resolved
     category = c.get("category")
     if category:
-        body["category"] = _split(category)
+        body["category"] = split_codes(category)
     if c.get("verified") or c.get("verifiedWith") or "verificationDate" in dates:
         verification = _verification(c, dates, fail)
         if verification is not None:
@@ -1035,7 +1042,7 @@ def _provision(c: dict[str, str], dates: dict[str, datetime]) -> dict[str, Any]:
     if period:
         provision["period"] = period
     if c.get("purpose"):
-        provision["purpose"] = [{"code": code} for code in _split(c["purpose"])]
+        provision["purpose"] = [{"code": code} for code in split_codes(c["purpose"])]
     return provision
 
 
@@ -1258,8 +1265,18 @@ def _gc_paused() -> Iterator[None]:
             gc.enable()
 
 
-def _split(text: str) -> list[str]:
+def split_codes(text: str) -> list[str]:
+    """The codes of a multi-value cell (`a;b|c`), stripped, empty ones dropped."""
     return [part.strip() for part in _SPLIT.split(text) if part.strip()]
+
+
+def _translate_codes(cell: str, table: dict[str, str]) -> str:
+    """A multi-value cell translated: by its own entry when it has one, else code by code
+    (a code not in the table stays as it is), so `init`'s one-entry-per-code tables apply."""
+    whole = table.get(cell.casefold())
+    if whole is not None or not _SPLIT.search(cell):
+        return cell if whole is None else whole
+    return ";".join(table.get(code.casefold(), code) for code in split_codes(cell))
 
 
 def _as_text(value: str | bool) -> str:

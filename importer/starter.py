@@ -5,7 +5,11 @@ the sheet holding the data, date formats), puts every recognised column under
 `[columns]` and every other one in a comment, and lists the distinct values of the
 columns feeding `scope`, `status`, `category` and `provisionType` under `[values.FIELD]`
 to translate. A required field it cannot place gets an empty default, which makes every
-row invalid (exit 1) with a message naming it, rather than a guess sent to the API.
+row invalid (exit 1) with a message naming it, rather than a guess sent to the API; a value
+it cannot translate is listed as a comment, so it stays as it is (and invalid) until a
+person says what it means. A patient column holding legacy ids (not `pt_…`) is resolved
+through a crosswalk: one found next to the file, or a TODO file name that stops `validate`
+(exit 2) until it is filled in.
 """
 
 from __future__ import annotations
@@ -13,21 +17,23 @@ from __future__ import annotations
 import codecs
 import csv
 import io
+import os
 import re
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from importer.errors import InputError, UsageError
+from importer.errors import ConfigError, InputError, UsageError
 from importer.mapping import (
     _RECOGNISED,
     DATE_FIELDS,
     REQUIRED_FIELDS,
     canonical_header,
+    load_crosswalk,
 )
-from importer.models import ProvisionType, Scope, Status
-from importer.normalize import date_families
+from importer.models import PATIENT_ID_PATTERN, ProvisionType, Scope, Status
+from importer.normalize import MULTI_VALUE_FIELDS, date_families, split_codes
 from importer.reader import EXCEL_SUFFIXES, SourceOptions, Table, open_table
 
 #: Fields whose values are translated, with the values the API takes.
@@ -42,7 +48,7 @@ _CODE = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
 _SAMPLE_ROWS = 5000
 #: Words in a header that suggest a field, tried when no synonym matches.
 _HINTS = (
-    ("patientId", ("mrn", "patient", "medicalrecord")),
+    ("patientId", ("mrn", "patient", "medicalrecord", "participant")),
     ("status", ("status", "state")),
     ("scope", ("consenttype", "formtype", "type", "scope")),
     ("dateTime", ("signed", "consentdate", "date")),
@@ -70,6 +76,11 @@ _DATE_FORMATS = (
     "%b %d, %Y",
 )
 _DELIMITERS = (",", ";", "\t", "|")
+#: Cell texts exports use for "no value", proposed as `[source] null_values` when seen.
+_NULL_WORDS = ("NA", "N/A", "NULL", "-", "#N/A", "None", "nil")
+_PATIENT_ID = re.compile(PATIENT_ID_PATTERN)
+#: A crosswalk candidate next to the file is read whole: skip files bigger than this.
+_CROSSWALK_MAX_BYTES = 20 * 1024 * 1024
 
 
 @dataclass
@@ -85,6 +96,11 @@ class Draft:
     ambiguous_dates: bool = False
     values: dict[str, list[str]] = field(default_factory=dict)
     too_many: dict[str, int] = field(default_factory=dict)
+    null_values: list[str] = field(default_factory=list)
+    #: The patient column holds legacy ids (not `pt_…`): they need a crosswalk.
+    legacy_patients: bool = False
+    crosswalk: Path | None = None  # one found next to the file that maps most of them
+    todos: int = 0  # lines marked TODO in the written mapping
 
 
 def draft_mapping(path: Path) -> Draft:
@@ -98,8 +114,12 @@ def draft_mapping(path: Path) -> Draft:
     draft = Draft(table, header_row)
     _place_columns(draft)
     sample = _sample(table)
+    draft.null_values = _find_nulls(sample)
+    nulls = {v.casefold() for v in draft.null_values}
+    sample = {h: [v for v in cells if v.casefold() not in nulls] for h, cells in sample.items()}
     _find_dates(draft, sample)
-    _find_values(draft, table)
+    _find_patients(draft, sample, path)
+    _find_values(draft, table, nulls)
     return draft
 
 
@@ -130,7 +150,11 @@ def write_draft(draft: Draft, output: Path) -> str:
         )
         out.append(f"date_formats = [{', '.join(_q(f) for f in draft.date_formats)}]{note}")
     out.append('# timezone = "UTC"   # the zone of date-times written without an offset')
-    out.append('# null_values = ["NA", "NULL"]   # cells read as empty')
+    if draft.null_values:
+        words = ", ".join(_q(v) for v in draft.null_values)
+        out.append(f"null_values = [{words}]   # TODO: seen in the file; cells read as empty")
+    else:
+        out.append('# null_values = ["NA", "NULL"]   # cells read as empty')
     out += ["", "[columns]   # API field = column header"]
     for name, header in draft.columns.items():
         note = "   # TODO: guessed from the header; check" if name in draft.guessed else ""
@@ -145,26 +169,63 @@ def write_draft(draft: Draft, output: Path) -> str:
             "             # each is named under [columns] or given a value here",
         ]
         out += [f'{name} = ""' for name in missing]
+    out += _patients_section(draft, output)
     for name, values in draft.values.items():
-        allowed = _ENUM_FIELDS[name]
-        hint = f" (one of: {', '.join(allowed)})" if allowed else ""
-        out += ["", f"[values.{name}]   # TODO: the API value for each value found{hint}"]
-        for value in values:
-            same = next((a for a in allowed if a == value.strip().casefold()), "")
-            if not allowed and _CODE.fullmatch(value):
-                same = value  # already a code (category codes are free)
-            if same:
-                out.append(f"{_q(value)} = {_q(same)}")
-            elif name in REQUIRED_FIELDS:
-                # Empty until filled in: the field is then missing and the row invalid.
-                out.append(f'{_q(value)} = ""   # TODO')
-            else:
-                # Left as it is, an unknown value makes the row invalid; an empty
-                # translation would leave the optional field out and the row valid.
-                out.append(f'# {_q(value)} = ""   # TODO')
+        out += ["", *_values_table(name, values)]
     for name, count in draft.too_many.items():
         out += ["", f"# {name}: more than {count} distinct values; translate with [values.{name}]"]
+    draft.todos = sum("TODO" in line for line in out[2:])  # not the "how to use" lines
     return "\n".join(out) + "\n"
+
+
+def _patients_section(draft: Draft, output: Path) -> list[str]:
+    """`[patients]` when the patient column holds legacy ids: never sent as they are."""
+    if not draft.legacy_patients:
+        return []
+    header = draft.columns["patientId"]
+    out = [
+        "",
+        f"[patients]   # TODO: {_q(header)} holds legacy ids, not ClinikAPI patient ids (pt_...):",
+        "             # a crosswalk CSV (header row; legacy id, patientId) gives each its patient",
+    ]
+    if draft.crosswalk is not None:
+        name = _relative(draft.crosswalk, output.parent)
+        out.append(f"crosswalk = {_q(name)}   # TODO: found next to the file; check it")
+    else:
+        name = f"TODO-{canonical_header(header) or 'legacy'}_to_patient.csv"
+        out.append(f"crosswalk = {_q(name)}   # validate stops (exit 2) until this file exists")
+    return out
+
+
+def _relative(path: Path, folder: Path) -> str:
+    """`path` as the mapping names it: relative to the mapping's folder, or absolute."""
+    try:
+        relative = os.path.relpath(path.resolve(), folder.resolve())
+    except ValueError:  # another drive
+        return str(path.resolve())
+    return str(path.resolve()) if relative.startswith("..") else relative
+
+
+def _values_table(name: str, values: list[str]) -> list[str]:
+    """`[values.NAME]`: values the API takes map to themselves; every other one is listed
+    as a comment to fill in (`= TODO`, which is not TOML, so it cannot be uncommented
+    unfilled). Left commented, a value stays as it is and the row invalid: an empty
+    placeholder would make a present cell look missing, or drop an optional field."""
+    allowed = _ENUM_FIELDS[name]
+    hint = f"one of: {', '.join(allowed)}" if allowed else "codes such as hipaa-notice"
+    out = [f"[values.{name}]   # the API value ({hint}) for each value found"]
+    todo = []
+    for value in values:
+        same = next((a for a in allowed if a == value.casefold()), "")
+        if not allowed and _CODE.fullmatch(value):
+            same = value  # already a code (category codes are free)
+        if same:
+            out.append(f"{_q(value)} = {_q(same)}")
+        else:
+            todo.append(f"# {_q(value)} = TODO")
+    if todo:
+        out.append("# put the API value in place of TODO, then uncomment:")
+    return out + todo
 
 
 def _q(text: str) -> str:
@@ -302,8 +363,45 @@ def _is_iso(text: str) -> bool:
     return True
 
 
-def _find_values(draft: Draft, table: Table) -> None:
-    """Distinct values (first seen order, at most 50) of the columns feeding enums."""
+def _find_nulls(sample: dict[str, list[str]]) -> list[str]:
+    """The usual "no value" words the cells use, as first written (matched case-folded)."""
+    words = {w.casefold() for w in _NULL_WORDS}
+    seen: dict[str, str] = {}
+    for cells in sample.values():
+        for text in cells:
+            if text.casefold() in words:
+                seen.setdefault(text.casefold(), text)
+    return list(seen.values())
+
+
+def _find_patients(draft: Draft, sample: dict[str, list[str]], path: Path) -> None:
+    """Whether the patient column holds legacy ids (most are not `pt_…`), and a crosswalk
+    next to the file that maps most of them."""
+    header = draft.columns.get("patientId")
+    if header is None:
+        return
+    ids = {v for v in sample[header] if v}
+    if not ids or sum(_PATIENT_ID.fullmatch(v) is not None for v in ids) * 2 > len(ids):
+        return
+    draft.legacy_patients = True
+    best = 0
+    for candidate in sorted(path.parent.glob("*.csv")):
+        if candidate.resolve() == path.resolve():
+            continue
+        try:
+            if candidate.stat().st_size > _CROSSWALK_MAX_BYTES:
+                continue
+            crosswalk = load_crosswalk(candidate)
+        except (ConfigError, OSError):
+            continue  # not a crosswalk
+        known = sum(v in crosswalk for v in ids)
+        if known * 2 > len(ids) and known > best:
+            best, draft.crosswalk = known, candidate
+
+
+def _find_values(draft: Draft, table: Table, nulls: set[str]) -> None:
+    """Distinct values (first seen order, at most 50) of the columns feeding enums; a
+    multi-value cell (`a;b`) gives each of its codes, as the normalizer splits it."""
     wanted = {n: h for n, h in draft.columns.items() if n in _ENUM_FIELDS}
     found: dict[str, dict[str, None]] = {n: {} for n in wanted}
     for chunk in table.chunks():
@@ -313,8 +411,10 @@ def _find_values(draft: Draft, table: Table) -> None:
             seen = found[name]
             for value in chunk[header].tolist():
                 text = str(value).strip()
-                if text:
-                    seen.setdefault(text, None)
+                if not text or text.casefold() in nulls:
+                    continue
+                for code in split_codes(text) if name in MULTI_VALUE_FIELDS else [text]:
+                    seen.setdefault(code, None)
             if len(seen) > _MAX_VALUES:
                 draft.too_many[name] = _MAX_VALUES
         if len(draft.too_many) == len(wanted):
@@ -330,15 +430,16 @@ def _find_values(draft: Draft, table: Table) -> None:
 
 def init_mapping(source: Path, output: Path) -> Draft:
     """Write a starting mapping for `source` to `output`; refuses to overwrite."""
+    exists = f"{output}: already exists; init never overwrites a file; choose another --output name"
     if output.exists():
-        raise UsageError(f"{output}: already exists; init never overwrites a file (use --output)")
+        raise UsageError(exists)
     draft = draft_mapping(source)
     text = write_draft(draft, output)
     try:
         with output.open("x", encoding="utf-8") as handle:
             handle.write(text)
     except FileExistsError:
-        raise UsageError(f"{output}: already exists; init never overwrites a file") from None
+        raise UsageError(exists) from None
     except OSError as exc:
         raise UsageError(f"{output}: cannot be written ({exc.strerror})") from None
     return draft

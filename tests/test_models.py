@@ -347,7 +347,6 @@ def test_period_order_is_not_checked_when_a_date_is_bad() -> None:
 # --- ids and references ---------------------------------------------------------------------
 
 ID_FIELDS: list[tuple[str, Any]] = [
-    ("patientId", lambda v: body(patientId=v)),
     ("performerId", lambda v: body(performerId=v)),
     ("organizationId", lambda v: body(organizationId=v)),
     ("sourceReferenceId", lambda v: body(sourceReferenceId=v)),
@@ -388,7 +387,39 @@ def test_bad_ids_are_invalid_id(field: str, make: Any, value: str) -> None:
     ]
 
 
-@pytest.mark.parametrize(("field", "make"), ID_FIELDS)
+@pytest.mark.parametrize(
+    ("value", "valid"),
+    [
+        ("pt_1", True),
+        ("pt_legacy_0001", True),
+        ("pt_" + "a" * 125, True),  # 128 in all
+        ("pt_" + "a" * 126, False),
+        ("0000001", False),  # an MRN: an id, but not a patient's
+        ("RDR-0001", False),
+        ("PT_1", False),
+        ("pt_", False),
+        ("pt_1 x", False),
+        ("", False),
+    ],
+)
+def test_patient_ids_must_look_like_clinikapi_patient_ids(value: str, valid: bool) -> None:
+    expected = [
+        (
+            "patientId",
+            "invalid_id",
+            "patientId: must be a ClinikAPI patient id (pt_...); legacy ids need a [patients] "
+            "crosswalk (invalid_id)",
+        )
+    ]
+    if valid:
+        ConsentIn.model_validate(body(patientId=value))
+    else:
+        assert [(e.field, e.code, e.message) for e in errors_of(body(patientId=value))] == expected
+
+
+@pytest.mark.parametrize(
+    ("field", "make"), [("patientId", lambda v: body(patientId=v)), *ID_FIELDS]
+)
 def test_an_id_of_the_wrong_type_is_invalid_type(field: str, make: Any) -> None:
     assert pairs(make(12345)) == [(field, "invalid_type")]
 

@@ -143,7 +143,7 @@ def test_bad_dates_are_invalid_date(tmp_path: Path, cell: str) -> None:
 def test_value_maps_are_trimmed_and_case_insensitive(tmp_path: Path) -> None:
     rows = rows_of(
         tmp_path,
-        "MRN,Type,Status\n1,  hipaa ,SIGNED\n2,Research,revoked\n3,treatment,active\n",
+        "MRN,Type,Status\npt_1,  hipaa ,SIGNED\npt_2,Research,revoked\npt_3,treatment,active\n",
         "[columns]\npatientId='MRN'\nscope='Type'\ncategory='Type'\nstatus='Status'\n"
         "[values.scope]\nHIPAA='patient-privacy'\nresearch='research'\n"
         "[values.category]\nHIPAA='hipaa-notice'\n"
@@ -154,6 +154,30 @@ def test_value_maps_are_trimmed_and_case_insensitive(tmp_path: Path) -> None:
         ("research", ["Research"], "inactive"),
         ("treatment", ["treatment"], "active"),  # values the map lacks pass through
     ]
+
+
+@pytest.mark.parametrize(
+    ("cell", "categories"),
+    [
+        ("Surgery", ["surgical-consent"]),
+        ("HIPAA;Surgery", ["hipaa-notice", "surgical-consent"]),  # each code translated
+        ("surgery | other", ["surgical-consent", "other"]),  # one not in the map stays
+        ("Both", ["treatment-consent", "hipaa-notice"]),  # a whole cell may map to two
+        ("Surgery;Both", ["surgical-consent", "treatment-consent", "hipaa-notice"]),
+        ("Surgery;HIPAA ", ["hipaa-notice", "surgical-consent"]),  # the whole cell's own entry
+    ],
+)
+def test_multi_value_cells_are_translated_code_by_code(
+    tmp_path: Path, cell: str, categories: list[str]
+) -> None:
+    [row] = rows_of(
+        tmp_path,
+        f"patientId,scope,Kinds\npt_1,treatment,{cell}\n",
+        "[columns]\ncategory='Kinds'\n"
+        "[values.category]\nSurgery='surgical-consent'\nHIPAA='hipaa-notice'\n"
+        "Both='treatment-consent;hipaa-notice'\n'Surgery;HIPAA'='hipaa-notice|surgical-consent'\n",
+    )
+    assert body(row)["category"] == categories
 
 
 def test_boolean_value_maps(tmp_path: Path) -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+import shutil
 import tomllib
 from pathlib import Path
 
@@ -112,16 +114,12 @@ def test_init_on_the_legacy_export_finds_how_to_read_it(
     assert doc["source"]["date_formats"] == ["%m/%d/%Y %I:%M %p"]
     assert doc["columns"]["scope"] == "Consent Type"
     assert doc["columns"]["status"] == "Consent Status"
-    assert set(doc["values"]["scope"]) == {
-        "General Treatment",
-        "Research Study",
-        "Surgery",
-        "HIPAA Notice",
-        "Photo Release",
-    }
+    assert doc["values"]["scope"] == {}  # nothing translated until a person says so
     text = output.read_text(encoding="utf-8")
+    for value in ("General Treatment", "Research Study", "Surgery", "HIPAA Notice"):
+        assert f'# "{value}" = TODO' in text  # listed, to fill in
     for status in ("signed", "Revoked", "Pending", "Maybe"):
-        assert f'# "{status}" = ""' in text  # listed, to fill in
+        assert f'# "{status}" = TODO' in text
     assert '# ? = "Witness"' in text
 
 
@@ -140,5 +138,129 @@ def test_init_refuses_to_overwrite(tmp_path: Path, capsys: pytest.CaptureFixture
     output.write_text("# mine\n", encoding="utf-8")
     code, _, err = run_cli(["init", str(SAMPLES / "consents.csv"), "--output", str(output)], capsys)
     assert code == 2
-    assert "already exists; init never overwrites a file" in err
+    assert "already exists; init never overwrites a file; choose another --output name" in err
+    assert "(use --output)" not in err
     assert output.read_text(encoding="utf-8") == "# mine\n"
+
+
+def init_and_validate(
+    source: Path, output: Path, capsys: pytest.CaptureFixture[str]
+) -> tuple[dict[str, object], int, str, str]:
+    """(the written mapping, validate's exit code, stdout, stderr) with it untouched."""
+    code, _, err = run_cli(["init", str(source), "--output", str(output)], capsys)
+    assert code == 0, err
+    doc = tomllib.loads(output.read_text(encoding="utf-8"))
+    code, out, err = run_cli(["validate", str(source), "--mapping", str(output)], capsys)
+    return doc, code, out, err
+
+
+@pytest.mark.parametrize(
+    ("files", "patients", "validate_code"),
+    [
+        # pt_ ids: mapped straight, no crosswalk.
+        (["consents.csv"], None, 1),
+        # MRNs with their crosswalk next to the file: init names it.
+        (
+            ["legacy_ehr/consents_export.csv", "legacy_ehr/mrn_to_patient.csv"],
+            "mrn_to_patient.csv",
+            1,
+        ),
+        # Registry participant ids and their crosswalk.
+        (["registry/registry_export.csv", "registry/participants.csv"], "participants.csv", 1),
+        # MRNs and no crosswalk: a TODO file name that stops validate until it is filled in.
+        (["legacy_ehr/consents_export.csv"], "TODO-mrn_to_patient.csv", 2),
+    ],
+)
+def test_init_never_sends_legacy_ids_as_patient_ids(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    files: list[str],
+    patients: str | None,
+    validate_code: int,
+) -> None:
+    for name in files:
+        shutil.copy(SAMPLES / name, tmp_path)
+    source = tmp_path / Path(files[0]).name
+    doc, code, _, err = init_and_validate(source, tmp_path / "mapping.toml", capsys)
+    assert code == validate_code, err
+    if patients is None:
+        assert "patients" not in doc
+        return
+    assert doc["patients"] == {"crosswalk": patients}
+    if code == 2:
+        assert "TODO-mrn_to_patient.csv not found" in err
+    else:  # resolved through the crosswalk: no row is refused for a legacy id
+        report = tmp_path / "errors.json"
+        args = ["validate", str(source), "--mapping", str(tmp_path / "mapping.toml")]
+        run_cli([*args, "--report", str(report)], capsys)
+        assert "scope" in report.read_text(encoding="utf-8")  # the report holds the errors
+        assert "must be a ClinikAPI patient id" not in report.read_text(encoding="utf-8")
+
+
+def test_init_names_a_crosswalk_relative_to_the_mapping(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    output = tmp_path / "out" / "mapping.toml"
+    output.parent.mkdir()
+    source = SAMPLES / "legacy_ehr/consents_export.csv"
+    doc, code, _, err = init_and_validate(source, output, capsys)
+    assert code == 1, err
+    crosswalk = doc["patients"]["crosswalk"]  # type: ignore[index]
+    assert (output.parent / crosswalk).resolve() == (
+        SAMPLES / "legacy_ehr/mrn_to_patient.csv"
+    ).resolve()
+
+
+def validate_counts(out: str) -> tuple[str, str]:
+    """(the "N valid, M invalid" line's counts, the "By rule:" line) of validate's output."""
+    counts = re.search(r"\d+ rows, \d+ valid, \d+ invalid", out)
+    rules = re.search(r"By rule:.*", out)
+    assert counts is not None, out
+    assert rules is not None, out
+    return counts.group(0), rules.group(0)
+
+
+def test_init_leaves_a_valid_file_as_valid_as_it_was(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = SAMPLES / "consents.csv"
+    _, code, with_mapping, _ = init_and_validate(source, tmp_path / "mapping.toml", capsys)
+    _, without, _ = run_cli(["validate", str(source)], capsys)
+    assert code == 1
+    assert validate_counts(with_mapping) == validate_counts(without)
+    assert validate_counts(without)[0] == "21 rows, 15 valid, 6 invalid"
+
+
+@pytest.mark.parametrize(
+    ("line", "present"),
+    [
+        ('"surgical-consent" = "surgical-consent"', True),  # a category cell split on ;
+        ('"treatment-consent" = "treatment-consent"', True),
+        ('"surgical-consent;treatment-consent"', False),
+        ('"treatment" = "treatment"', True),  # valid API values map to themselves
+        ('# "marketing" = TODO', True),  # unknown: listed, not translated
+        ('= ""', False),  # no placeholder that makes a present cell look missing
+    ],
+)
+def test_init_value_tables(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], line: str, present: bool
+) -> None:
+    output = tmp_path / "mapping.toml"
+    run_cli(["init", str(SAMPLES / "consents.csv"), "--output", str(output)], capsys)
+    assert (line in output.read_text(encoding="utf-8")) is present
+
+
+@pytest.mark.parametrize(
+    ("name", "nulls"),
+    [
+        ("registry/registry_export.csv", ["NA", "N/A", "-"]),
+        ("consents.csv", None),
+    ],
+)
+def test_init_proposes_the_null_values_it_saw(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str, nulls: list[str] | None
+) -> None:
+    output = tmp_path / "mapping.toml"
+    run_cli(["init", str(SAMPLES / name), "--output", str(output)], capsys)
+    source = tomllib.loads(output.read_text(encoding="utf-8"))["source"]
+    assert source.get("null_values") == nulls
