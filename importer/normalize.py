@@ -509,7 +509,8 @@ class _FileNormalizer:
     def prepare(self, chunk: pd.DataFrame) -> Prepared:
         """The chunk's cells a column at a time, with each row's cells digest."""
         headers, raw, prepared, keys = self._prepare(chunk)
-        return Prepared(headers, raw, prepared, keys, self.cells_digests(prepared, len(chunk)))
+        digests = cells_digests(prepared, self._chunk_dates, self._digest_key, len(chunk))
+        return Prepared(headers, raw, prepared, keys, digests)
 
     def proven(self, prepared: Prepared, keys: list[str | None]) -> npt.NDArray[np.bool_]:
         """Rows `fastcheck` proves valid (their bodies are certain to validate)."""
@@ -528,23 +529,6 @@ class _FileNormalizer:
         row = self._row(number, prepared.headers, values, cells, prepared.keys[pos])
         row.cells_digest = int(prepared.digests[pos])
         return row
-
-    def cells_digests(self, fields: dict[str, list[str]], size: int) -> npt.NDArray[np.int64]:
-        """Per row, a 64-bit SipHash of its prepared cells (dates as read: a column's
-        reading is decided across chunks), keyed by all else that makes its body."""
-        if not fields:
-            return np.zeros(size, dtype=np.int64)
-        columns = []
-        for name, cells in fields.items():
-            dates = self._chunk_dates.get(name)
-            if dates is not None:
-                read = {text: repr(when) for text, when in dates.items()}
-                cells = [read.get(cell, cell) for cell in cells]
-            columns.append(cells)
-        joined = np.array(["\x1f".join(row) for row in zip(*columns, strict=True)], dtype=object)
-        hashed = pd.util.hash_array(joined, categorize=False, hash_key=self._digest_key)
-        digests: npt.NDArray[np.int64] = hashed.view(np.int64)
-        return digests
 
     def parse_date(self, name: str, text: str) -> datetime | None:
         """A date cell of field `name` in the current chunk, read the column's one way."""
@@ -1241,6 +1225,30 @@ def key_digests(keys: list[str]) -> npt.NDArray[np.uint64]:
     digests: npt.NDArray[np.uint64] = pd.util.hash_array(
         np.array(keys, dtype=object), categorize=False
     )
+    return digests
+
+
+def cells_digests(
+    fields: dict[str, list[str]],
+    dates: dict[str, dict[str, datetime | None]],
+    key: str,
+    size: int,
+) -> npt.NDArray[np.int64]:
+    """Per row, a 64-bit SipHash of its prepared cells (date cells as the dates they were
+    read as: a column's reading is decided across chunks), keyed by `key`, a digest of
+    all else that makes its body (`_cells_digest_key`): equal digests, equal bodies."""
+    if not fields:
+        return np.zeros(size, dtype=np.int64)
+    columns = []
+    for name, cells in fields.items():
+        read = dates.get(name)
+        if read is not None:
+            shown = {text: repr(when) for text, when in read.items()}
+            cells = [shown.get(cell, cell) for cell in cells]
+        columns.append(cells)
+    joined = np.array(["\x1f".join(row) for row in zip(*columns, strict=True)], dtype=object)
+    hashed = pd.util.hash_array(joined, categorize=False, hash_key=key)
+    digests: npt.NDArray[np.int64] = hashed.view(np.int64)
     return digests
 
 
