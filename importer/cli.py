@@ -466,8 +466,10 @@ def _print_run(stats: RunStats, ledger: Path, total: int) -> None:
         verb = (
             "revoked"
             if stats.revoked
+            else "none revoked: a correction file"
+            if stats.revoke_note
             else "none revoked"
-            if stats.revoke_refused or stats.revoke_note
+            if stats.revoke_refused
             else "left alone; --revoke-missing patches them inactive"
         )
         missing = plural(stats.missing_from_source, "row")
@@ -477,15 +479,21 @@ def _print_run(stats: RunStats, ledger: Path, total: int) -> None:
             f"     {stats.revoke_out_of_scope:,} ledger rows of other files or source systems "
             "were out of scope for --revoke-missing"
         )
-    if stats.revoke_note:
-        out.print(f"     {stats.revoke_note}")
+    if stats.revoke_note and not stats.missing_from_source:
+        # The run's warning gave the whole reason; the summary only names it.
+        out.print("     none revoked: a correction file")
     if stats.paused:
         out.print(
             f"[yellow]Paused[/]: {plural(stats.rows_left, 'row')} left; the rate-limit budget "
             f"resets in {stats.resets_in_s or 0:,.0f} s. Rerun to resume."
         )
     elif stats.aborted:
-        out.print(f"[red]Aborted[/]: {stats.aborted}. Rerun with the same ledger to resume.")
+        # Rows read but not finished count too: a stop after the whole file was read
+        # must not read as rows lost.
+        out.print(
+            f"[red]Aborted[/]: {stats.aborted}; {plural(stats.rows_left, 'row')} left. "
+            "Rerun with the same ledger to resume."
+        )
     if total > stats.rows and (stats.paused or stats.aborted):
         # Rows the run never read are left too, not only those read and not finished.
         out.print(f"     {plural(total - stats.rows, 'row')} of the input not reached")
@@ -723,7 +731,13 @@ def demo(samples: Path, out: Path) -> int:
     type=_SHARE,
     help="Probability that a write answers 502/504 at once and is stored --late-ms later.",
 )
-@click.option("--late-ms", default=4000.0, show_default=True, type=_MILLIS)
+@click.option(
+    "--late-ms",
+    default=4000.0,
+    show_default=True,
+    type=_MILLIS,
+    help="How long after its 502/504 a --late-rate write is stored.",
+)
 @click.option(
     "--search-lag-rate",
     default=1.0,

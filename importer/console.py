@@ -41,7 +41,8 @@ class JsonFormatter(logging.Formatter):
     """One JSON object per line, for log collectors.
 
     A record logged with `extra={"fields": {...}}` carries those keys too (`event`,
-    `file`, `row`, `code`, ...): never cell values.
+    `file`, `row`, `code`, ...): never cell values. Every line has an `event` (`log`
+    when its record named none).
     """
 
     def format(self, record: logging.LogRecord) -> str:
@@ -54,6 +55,8 @@ class JsonFormatter(logging.Formatter):
         fields = getattr(record, "fields", None)
         if isinstance(fields, dict):
             document.update({k: v for k, v in fields.items() if k not in document})
+        # Collectors route on `event`: a line logged without one still has it.
+        document.setdefault("event", "log")
         if record.exc_info:
             # Only the type: an exception's message may quote a cell.
             kind = record.exc_info[0]

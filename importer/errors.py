@@ -43,6 +43,12 @@ class ConfigError(ConsentImportError):
     exit_code = 2
 
 
+def no_such_file(what: str, path: object, hint: str) -> str:
+    """The one wording of a missing file: `<what> <path>: no such file; <hint>` (an
+    input file is only its path, as the reader's other messages are)."""
+    return f"{what} {path}: no such file; {hint}".lstrip()
+
+
 class InputError(ConsentImportError):
     """An input file cannot be read as a table of consents."""
 

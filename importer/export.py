@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from importer.errors import ConfigError
+from importer.errors import ConfigError, no_such_file
 from importer.keys import split_key
 from importer.ledger import Ledger
 from importer.outputs import check_export
@@ -29,7 +30,7 @@ FAILED_EXTRA = ("error_stage", "error_code", "error_message", "http_status", "re
 
 def open_existing(path: Path) -> Ledger:
     if not path.is_file():
-        raise ConfigError(f"ledger {path} not found; give the --ledger of a run")
+        raise ConfigError(no_such_file("ledger", path, "give the --ledger of a run"))
     return Ledger(path)
 
 
@@ -56,19 +57,48 @@ def export_csvs(ledger_path: Path, created: Path | None, failed: Path | None) ->
 
 
 def _export_failed(ledger: Ledger, path: Path) -> int:
-    # Two passes: the first finds the union of the source columns (files may differ).
-    columns = error_columns(
-        (json.loads(row["cells"] or "{}") for row in ledger.rows_needing_a_person()),
-        FAILED_EXTRA,
-    )
-    count = 0
+    rows = _failed_source_rows(ledger)
+    columns = error_columns((cells for cells, _ in rows), FAILED_EXTRA)
     with SafeCsvWriter(path, columns) as writer:
-        for row in ledger.rows_needing_a_person():
-            cells: dict[str, Any] = json.loads(row["cells"] or "{}")
-            cells.update({name: row[name] for name in FAILED_EXTRA})
-            writer.write(cells)
-            count += 1
-    return count
+        for cells, consents in rows:
+            writer.write({**cells, **_error_cells(consents)})
+    return len(rows)
+
+
+#: A `[[consents]]` key ending a ledger key (mapping.py allows these characters), and
+#: the suffix an invalid `duplicate_row` repeat carries after it.
+_CONSENT_SUFFIX = re.compile(r"#([A-Za-z0-9_.-]{1,40})(?:#duplicate@.*)?\Z", re.S)
+
+
+def _failed_source_rows(ledger: Ledger) -> list[tuple[dict[str, Any], list[tuple[str, Any]]]]:
+    """The source rows needing a person, each once with its failed consents: a
+    `[[consents]]` row makes one ledger row per consent, all with the row's cells, and
+    failed.csv must give the row back once or its fix reads as a `duplicate_row`."""
+    grouped: dict[tuple[str, int, str], list[tuple[str, Any]]] = {}
+    for row in ledger.rows_needing_a_person():
+        match = _CONSENT_SUFFIX.search(split_key(row["source_key"])[1])
+        label = f"#{match[1]}" if match else ""
+        where = (row["source_file"], row["source_row"], row["cells"] or "{}")
+        grouped.setdefault(where, []).append((label, row))
+    return [
+        (json.loads(cells), sorted(consents, key=lambda c: c[0]))
+        for (_, _, cells), consents in grouped.items()
+    ]
+
+
+def _error_cells(consents: list[tuple[str, Any]]) -> dict[str, Any]:
+    """failed.csv's error columns; with consents, each value names its consent
+    (`#hipaa: invalid_date; #research: unknown_patient`)."""
+    if len(consents) == 1 and not consents[0][0]:
+        return {name: consents[0][1][name] for name in FAILED_EXTRA}
+    return {
+        name: "; ".join(
+            f"{label}: {row[name]}" if label else str(row[name])
+            for label, row in consents
+            if row[name] not in (None, "")
+        )
+        for name in FAILED_EXTRA
+    }
 
 
 def status(ledger_path: Path, *, runs: int = 10) -> dict[str, Any]:

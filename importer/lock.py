@@ -65,6 +65,7 @@ class LedgerLock:
                 "running",
                 previous.get("pid"),
                 previous.get("since"),
+                extra={"fields": {"event": "lock_taken_over", "pid": previous.get("pid")}},
             )
         handle.seek(0)
         handle.truncate()

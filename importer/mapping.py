@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from importer.errors import ConfigError
+from importer.errors import ConfigError, no_such_file
 from importer.fields import (
     V1_PATHS,
     Condition,
@@ -231,7 +231,7 @@ def load_mapping(path: str | Path | None) -> Mapping:
     try:
         doc = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise ConfigError(f"mapping file {path} not found") from None
+        raise ConfigError(no_such_file("mapping file", path, "check --mapping")) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"mapping file {path} cannot be read: {exc}") from None
     except tomllib.TOMLDecodeError as exc:
@@ -402,7 +402,13 @@ def load_crosswalk(path: Path) -> dict[str, str]:
         with path.open(newline="", encoding="utf-8-sig") as handle:
             rows = list(csv.reader(handle))
     except FileNotFoundError:
-        raise ConfigError(f"crosswalk file {path} not found") from None
+        raise ConfigError(
+            no_such_file(
+                "crosswalk file",
+                path,
+                "[patients] crosswalk is read relative to the mapping file's folder",
+            )
+        ) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"crosswalk file {path} cannot be read as UTF-8 CSV: {exc}") from None
     table: dict[str, str] = {}

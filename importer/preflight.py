@@ -46,6 +46,7 @@ __all__ = [
     "CircuitBreaker",
     "check_first_run",
     "check_server",
+    "refused_key",
 ]
 
 log = logging.getLogger("importer.preflight")
@@ -75,11 +76,7 @@ async def check_server(client: ClinikClient) -> httpx.Response:
     envelope = isinstance(body, dict) and bool({"data", "error", "code"} & set(body))
     code = body.get("code") if isinstance(body, dict) else None
     if status in (401, 403):
-        raise ConfigError(
-            f"ClinikAPI at {where} refused the API key {client.masked_key} "
-            f"({status} {code or response.reason_phrase}): check the key and its scope "
-            "(nothing was sent)"
-        )
+        raise refused_key(where, client.masked_key, status, code or response.reason_phrase)
     if status == 404:
         raise ConfigError(
             f"{where} answered 404: no ClinikAPI consents endpoint there; check --base-url "
@@ -92,8 +89,22 @@ async def check_server(client: ClinikClient) -> httpx.Response:
         )
     if status >= 500 or status == 429:
         # The server is there; the run's retries and budget handle a passing fault.
-        log.warning("preflight: %s answered %d; starting anyway", where, status)
+        log.warning(
+            "preflight: %s answered %d; starting anyway",
+            where,
+            status,
+            extra={"fields": {"event": "preflight", "status": status}},
+        )
     return response
+
+
+def refused_key(where: str, masked_key: str, status: int, code: str) -> ConfigError:
+    """A 401/403 before anything was done: no request with this key can succeed, so it is
+    a setting to fix (exit 2), not a run to resume."""
+    return ConfigError(
+        f"ClinikAPI at {where} refused the API key {masked_key} ({status} {code}): check "
+        "the key and its scope (nothing was sent)"
+    )
 
 
 def _cause(exc: NoResponseError) -> str:
@@ -135,7 +146,8 @@ async def check_first_run(
     if most < 1:
         log.warning(
             "first-run check skipped: the server's rate-limit window is too small to spare "
-            "requests for it"
+            "requests for it",
+            extra={"fields": {"event": "first_run_check", "skipped": True}},
         )
         return rows
     read: list[Row] = []
@@ -177,7 +189,11 @@ async def check_first_run(
             "ledger; nothing was sent. Rerun with the ledger that imported them (--ledger "
             "PATH), or pass --skip-existing to adopt the existing consents (one lookup per row)"
         )
-    log.info("first-run check: none of %d sampled rows exists on the server", checked)
+    log.info(
+        "first-run check: none of %d sampled rows exists on the server",
+        checked,
+        extra={"fields": {"event": "first_run_check", "checked": checked, "found": 0}},
+    )
     return again
 
 

@@ -37,7 +37,7 @@ from python_calamine import (
     SheetVisibleEnum,
 )
 
-from importer.errors import ConfigError, InputError
+from importer.errors import ConfigError, InputError, no_such_file
 
 __all__ = [
     "CSV_SUFFIXES",
@@ -267,7 +267,7 @@ def open_table(
     name = str(path)
     path = Path(path)
     if not path.exists():
-        raise InputError(f"{name}: no such file; check the path")
+        raise InputError(no_such_file("", name, "check the path"))
     if path.is_dir():
         raise InputError(f"{name}: is a folder, not a file; give the path of a {_SUFFIX_LIST} file")
     suffix = path.suffix.lower()

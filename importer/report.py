@@ -7,8 +7,9 @@ escaped with a leading `'`, which the reader undoes, so a fixed file feeds back 
 from __future__ import annotations
 
 import csv
+import itertools
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
@@ -126,14 +127,28 @@ def error_columns(
     return [*seen, *extra]
 
 
-def row_error_cells(row: Row, stage: str = "validate") -> dict[str, str]:
-    """An invalid row as the CSV report shows it: its own cells plus what is wrong."""
+def row_error_cells(rows: Sequence[Row], stage: str = "validate") -> dict[str, str]:
+    """An invalid source row as the CSV report shows it: its own cells once plus what is
+    wrong; `rows` are its invalid consents, each named (`#hipaa: ...`) when it has one."""
+    consents = sorted(rows, key=lambda row: row.consent)
+
+    def joined(values: Callable[[Row], str]) -> str:
+        return "; ".join(
+            f"#{row.consent}: {values(row)}" if row.consent else values(row) for row in consents
+        )
+
     return {
-        **row.cells,
-        "error_stage": stage,
-        "error_code": "; ".join(e.code for e in row.errors),
-        "error_message": "; ".join(e.message for e in row.errors),
+        **rows[0].cells,
+        "error_stage": joined(lambda _: stage),
+        "error_code": joined(lambda row: "; ".join(e.code for e in row.errors)),
+        "error_message": joined(lambda row: "; ".join(e.message for e in row.errors)),
     }
+
+
+def source_rows(invalid: Iterable[Row]) -> Iterator[list[Row]]:
+    """Invalid rows grouped by source row: a `[[consents]]` row's consents come together."""
+    for _, group in itertools.groupby(invalid, key=lambda row: (row.file, row.row)):
+        yield list(group)
 
 
 def print_validation(summary: ValidationSummary, console: Console, *, first: int = 10) -> None:

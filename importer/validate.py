@@ -13,6 +13,7 @@ from importer.report import (
     check_report_paths,
     error_columns,
     row_error_cells,
+    source_rows,
     write_json,
 )
 from importer.results import ValidationSummary
@@ -40,9 +41,9 @@ def validate_files(
         for table in tables:
             for batch in normalizer.check(table):
                 summary.add_batch(batch)
-                for row in batch.invalid:
+                for rows in source_rows(batch.invalid):
                     for writer in writers:
-                        writer.write(row_error_cells(row))
+                        writer.write(row_error_cells(rows))
     except BaseException:
         for writer in writers:
             writer.discard()

@@ -55,6 +55,7 @@ from importer.errors import (
     ConfigError,
     ConsentImportError,
     UsageError,
+    no_such_file,
 )
 from importer.ledger import DoneConsent, Ledger, UnknownOutcome
 from importer.limiter import Limiter
@@ -63,6 +64,7 @@ from importer.lookup import matches_consent
 from importer.models import ConsentIn
 from importer.normalize import body_field_hashes
 from importer.options import DEFAULTS
+from importer.preflight import refused_key
 from importer.report import SafeCsvWriter, check_report_paths, write_json
 from importer.results import KINDS, Finding, VerifyResult
 from importer.retry import retrying
@@ -164,6 +166,8 @@ def verify(
     base_url = check_base_url(config.base_url)
     if config.sample is not None and config.sample < 1:
         raise UsageError("--sample must be at least 1")
+    if not config.ledger.is_file():  # said before the lock, which would leave its file
+        raise ConfigError(no_such_file("ledger", config.ledger, "give the --ledger of a run"))
     started = time.monotonic()
     with LedgerLock(config.ledger):
         ledger = Ledger.open_readonly(config.ledger)
@@ -269,6 +273,11 @@ class _Checker:
                 http, base_url=self.base_url, api_key=self.api_key, limiter=limiter
             )
             pending = iter(jobs)
+            # The first read goes alone: a refused key is then one request and one line
+            # (exit 2, as run's preflight), not a refusal per worker.
+            first = next(pending, None)
+            if first is not None:
+                await first()
             async with anyio.create_task_group() as tg:
                 self._scope = tg.cancel_scope
                 for _ in range(min(self.config.concurrency, len(jobs))):
@@ -359,6 +368,11 @@ class _Checker:
             )
             return False
         except AuthError as exc:
+            if self._scope is None:  # the first read: nothing was verified yet
+                assert self._client is not None
+                where = self.base_url + "/v1/consents"
+                code = exc.code or "no code"
+                raise refused_key(where, self._client.masked_key, exc.status, code) from None
             self._stop(f"authentication failed ({exc.status} {exc.code or 'no code'})")
             return False
         except ConsentImportError as exc:

@@ -131,7 +131,7 @@ def test_csv_report_feeds_back_unchanged_after_a_fix(
         (
             "a.csv",
             ["validate", "{tmp}/a.csv", "--mapping", "{tmp}/none.toml"],
-            r"mapping file .* not found",
+            r"mapping file .* no such file",
         ),
         (
             "a.csv",
@@ -158,9 +158,9 @@ def test_csv_report_feeds_back_unchanged_after_a_fix(
         (
             "a.csv",
             ["export", "--ledger", "{tmp}/none.db", "--created", "{tmp}/c.csv"],
-            r"ledger .*none\.db not found",
+            r"ledger .*none\.db: no such file",
         ),
-        ("a.csv", ["status", "--ledger", "{tmp}/none.db"], r"ledger .*none\.db not found"),
+        ("a.csv", ["status", "--ledger", "{tmp}/none.db"], r"ledger .*none\.db: no such file"),
         ("a.csv", ["run", "{tmp}/a.csv", "--concurrency", "0"], r"concurrency"),
         ("garbage.csv", ["validate", "{tmp}/garbage.csv"], r"garbage\.csv: "),
         ("quote.csv", ["validate", "{tmp}/quote.csv"], r"quote\.csv: .*quote"),
@@ -302,3 +302,81 @@ def test_an_internal_error_is_a_json_line_without_its_message(
     assert (record["kind"], record["exit_code"]) == ("internal", 4)
     assert "RuntimeError" in record["message"]
     assert "SECRET" not in err
+
+
+def _readme_command_rows() -> dict[str, str]:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    table = readme.split("## Commands", 1)[1].split("Every command has", 1)[0]
+    rows = re.findall(r"^\| `consent-import (\w+)(.*)$", table, flags=re.M)
+    return dict(rows)
+
+
+def _long_flags(command: str) -> set[str]:
+    params = cli.commands[command].params
+    return {o for p in params for o in (*p.opts, *p.secondary_opts) if o.startswith("--")}
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_the_readme_command_table_names_exactly_the_flags_of_help(command: str) -> None:
+    row = _readme_command_rows()[command]
+    named = set(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", row))
+    flags = _long_flags(command) - {"--help"}
+    assert sorted(named - flags) == [], "named in the README but not in --help"
+    assert sorted(flags - named) == [], "in --help but not in the README's row"
+
+
+@pytest.mark.parametrize(
+    ("command", "option"), [(c, p.name) for c in COMMANDS for p in cli.commands[c].params]
+)
+def test_every_option_has_help_text(command: str, option: str) -> None:
+    [param] = [p for p in cli.commands[command].params if p.name == option]
+    if param.param_type_name == "option":
+        assert getattr(param, "help", None), f"{command} {param.opts[0]} has no help text"
+
+
+@pytest.mark.parametrize(
+    ("args", "mapping", "expected"),
+    [
+        (["validate", "{tmp}/none.csv"], None, "{tmp}/none.csv: no such file; check the path"),
+        (
+            ["validate", "{tmp}/a.csv", "--mapping", "{tmp}/none.toml"],
+            None,
+            "mapping file {tmp}/none.toml: no such file; check --mapping",
+        ),
+        # the path tried, and where it is read from
+        (
+            ["validate", "{tmp}/a.csv", "--mapping", "{tmp}/m.toml"],
+            '[patients]\ncrosswalk = "nope.csv"\n',
+            "crosswalk file {tmp}/nope.csv: no such file; [patients] crosswalk is read "
+            "relative to the mapping file's folder",
+        ),
+        (
+            ["export", "--ledger", "{tmp}/none.db", "--created", "{tmp}/c.csv"],
+            None,
+            "ledger {tmp}/none.db: no such file; give the --ledger of a run",
+        ),
+        (
+            ["status", "--ledger", "{tmp}/none.db"],
+            None,
+            "ledger {tmp}/none.db: no such file; give the --ledger of a run",
+        ),
+        (
+            ["verify", "--ledger", "{tmp}/none.db", "--api-key", "clk_test_abcd1234"],
+            None,
+            "ledger {tmp}/none.db: no such file; give the --ledger of a run",
+        ),
+    ],
+)
+def test_a_missing_file_is_said_one_way(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    args: list[str],
+    mapping: str | None,
+    expected: str,
+) -> None:
+    (tmp_path / "a.csv").write_text(CLEAN, encoding="utf-8")
+    if mapping is not None:
+        (tmp_path / "m.toml").write_text(mapping, encoding="utf-8")
+    code, _, err = run_cli([a.replace("{tmp}", str(tmp_path)) for a in args], capsys)
+    assert code == 2
+    assert err == f"consent-import: error: {expected.replace('{tmp}', str(tmp_path))}\n"

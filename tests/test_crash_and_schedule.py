@@ -107,6 +107,32 @@ def test_sigterm_settles_in_flight_requests_and_exits_3(tmp_path: Path) -> None:
         assert sandbox.stats()["duplicates"] == 0
 
 
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_stopped_run_that_read_the_whole_file_says_how_many_rows_are_left(
+    tmp_path: Path, sig: signal.Signals
+) -> None:
+    # 20 rows are read at once; one at a time at 300 ms each, most are still to do.
+    source = write_csv(tmp_path / "in.csv", consent_rows(20))
+    summary = tmp_path / "s.json"
+    with running_sandbox(SandboxConfig(latency_ms=300)) as sandbox:
+        proc = start_cli(
+            ["run", str(source), "--ledger", str(tmp_path / "l.db"), "--concurrency", "1",
+             "--no-preflight", "--summary-json", str(summary)],
+            sandbox.base_url,
+        )  # fmt: skip
+        wait_for(lambda: sandbox.stats()["creates"] >= 2)
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 3, err
+    counts = json.loads(summary.read_text())
+    assert counts["rows"] == 20  # read to the end, yet not finished
+    assert 0 < counts["rows_left"] < 20
+    assert (
+        f"Aborted: interrupted by {sig.name}; {counts['rows_left']} rows left. "
+        "Rerun with the same ledger to resume." in out.splitlines()
+    )
+
+
 def test_a_second_run_on_the_same_ledger_exits_2(tmp_path: Path) -> None:
     source = write_csv(tmp_path / "in.csv", consent_rows(3))
     ledger = tmp_path / "l.db"

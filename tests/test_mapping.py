@@ -168,7 +168,7 @@ def test_bad_mapping_files_are_config_errors(tmp_path: Path, text: str, message:
 
 
 def test_missing_mapping_file(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match=r"mapping file .*nope\.toml not found"):
+    with pytest.raises(ConfigError, match=r"mapping file .*nope\.toml: no such file"):
         load_mapping(tmp_path / "nope.toml")
 
 

@@ -188,7 +188,7 @@ def test_init_never_sends_legacy_ids_as_patient_ids(
         return
     assert doc["patients"] == {"crosswalk": patients}
     if code == 2:
-        assert "TODO-mrn_to_patient.csv not found" in err
+        assert "TODO-mrn_to_patient.csv: no such file" in err
     else:  # resolved through the crosswalk: no row is refused for a legacy id
         report = tmp_path / "errors.json"
         args = ["validate", str(source), "--mapping", str(tmp_path / "mapping.toml")]

@@ -73,7 +73,8 @@ def test_the_readme_fix_and_feed_back_recipe_revokes_nothing(
     assert code == 0, err
     summary = _summary(tmp_path / "2.json")
     assert (summary["created"], summary["revoked"]) == (3, 0)
-    assert "failed.csv is a correction file" in out
+    assert "failed.csv is a correction file" in err  # the warning; the summary names it
+    assert "none revoked: a correction file" in out
     assert _statuses(sandbox_env) == {"active": 15}
 
 

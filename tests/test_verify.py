@@ -349,7 +349,7 @@ def test_a_missing_ledger_exits_2(
 ) -> None:
     code, out = cli(tmp_path / "none.db", sandbox, capsys)
     assert code == 2
-    assert "not found" in out
+    assert "no such file" in out
     assert not (tmp_path / "none.db").exists()  # never created
 
 
@@ -424,3 +424,25 @@ def test_a_ledger_with_nothing_done_agrees_without_a_request(
     assert code == 0
     assert "0 of 0 consents" in out
     assert sandbox.stats()["requests"] == 0
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        [],  # several workers would each have sent a read
+        ["--concurrency", "1"],
+        ["--sample", "3"],
+    ],
+)
+def test_a_refused_key_is_one_line_exit_2_after_one_request(
+    imported: Path, sandbox: RunningSandbox, capsys: pytest.CaptureFixture[str], args: list[str]
+) -> None:
+    sandbox.configure(revoked_keys=[KEY])
+    before = sandbox.stats()["requests"]
+    code, out = cli(imported, sandbox, capsys, *args)
+    assert code == 2
+    [error] = [line for line in out.splitlines() if "error" in line]  # after the plan line
+    assert "refused the API key clk_test_…1234 (401 KEY_REVOKED)" in error
+    assert "Stopped early" not in out
+    assert "verify again" not in out
+    assert sandbox.stats()["requests"] - before == 1
