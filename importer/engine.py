@@ -30,6 +30,8 @@ from typing import Any, TypeVar
 
 import anyio
 import anyio.to_thread
+import numpy as np
+import numpy.typing as npt
 import tenacity
 from anyio.abc import ObjectReceiveStream
 
@@ -48,7 +50,7 @@ from importer.errors import (
 )
 from importer.ledger import AsyncLedger, Ledger, LedgerRow, Op, RowError, RowState, Source
 from importer.lookup import find_consent
-from importer.normalize import Row
+from importer.normalize import Row, Unchanged
 from importer.observer import ProgressCallback, RunObserver
 from importer.options import RunOptions
 from importer.plan import PATCHABLE, Verdict, immutable_changes, plan_row
@@ -152,7 +154,8 @@ class Engine:
         self.revoke_scope = revoke_scope
         self.observer = RunObserver(client.stats, on_progress)
         self.retry = RetryPolicy(options.max_attempts, self.observer.retried)
-        self.record = Recorder(ledger, run_id)
+        # Outcomes not yet committed are bounded (each holds its row): two per worker.
+        self.record = Recorder(ledger, run_id, max_unsettled=4 * options.concurrency)
         self._stop = False
         self._settling = SettleQueue[Work]()
         self.executor = Executor(self)
@@ -167,15 +170,22 @@ class Engine:
 
     # -- the run ----------------------------------------------------------------
 
-    async def run(self, rows: Iterator[Row]) -> RunStats:
-        """Import every row of `rows`, then note (or revoke) rows gone from the source."""
+    async def run(
+        self, rows: Iterator[Row | Unchanged], in_input: InInput | None = None
+    ) -> RunStats:
+        """Import every row of `rows`, then note (or revoke) rows gone from the source.
+
+        `in_input(keys)` says which source keys the input held (`Normalizer.in_input`);
+        without it, rows gone are the done rows this run did not record as seen (which
+        rows that come as `Unchanged` counts are not).
+        """
         self.observer.started()
         async with anyio.create_task_group() as outer:
             outer.start_soon(self.record.writer.run_committer)
             try:
                 complete = await self._pump(self._planned(rows))
                 if complete and not self._stop:
-                    await self._pump(self._missing_rows())
+                    await self._pump(self._missing_rows(in_input))
             finally:
                 self.record.writer.close()
         self.observer.finished()
@@ -248,7 +258,7 @@ class Engine:
 
     # -- plan ---------------------------------------------------------------------
 
-    async def _planned(self, rows: Iterator[Row]) -> AsyncIterator[Work]:
+    async def _planned(self, rows: Iterator[Row | Unchanged]) -> AsyncIterator[Work]:
         """The input's rows that need a request, planned a batch at a time."""
         while not self._stop:
             # Reading and normalizing is CPU work in pandas: a thread keeps the loop free.
@@ -258,15 +268,23 @@ class Engine:
             for work in await self._plan(batch):
                 yield work
 
-    async def _plan(self, batch: list[Row]) -> list[Work]:
+    async def _plan(self, batch: list[Row | Unchanged]) -> list[Work]:
         """Plan each row from the ledger; record what needs no request."""
-        keys = [row.source_key for row in batch]
+        rows: list[Row] = []
+        for item in batch:
+            if isinstance(item, Unchanged):
+                self.observer.unchanged(item)  # found unchanged in bulk: nothing to record
+            else:
+                rows.append(item)
+        if not rows:
+            return []
+        keys = [row.source_key for row in rows]
         prior = await self.record.read(lambda ledger: ledger.get(keys))
         jobs: list[Work] = []
-        seen: list[str] = []
+        seen: list[Row] = []
         invalid: list[Row] = []
         refused: list[tuple[Row, LedgerRow]] = []
-        for row in batch:
+        for row in rows:
             self.observer.read(row)
             before = prior.get(row.source_key)
             plan = plan_row(row, before, self.options)
@@ -276,7 +294,7 @@ class Engine:
                     Work(plan.op, row, before, plan.lookup_first, plan.consent_id, plan.not_before)
                 )
             elif plan.verdict is Verdict.UNCHANGED:
-                seen.append(row.source_key)
+                seen.append(row)
                 self.observer.on("unchanged")
             elif plan.verdict is Verdict.INVALID:
                 invalid.append(row)
@@ -289,12 +307,14 @@ class Engine:
         await self.record.planned(seen, invalid, refused)
         return jobs
 
-    async def _missing_rows(self) -> AsyncIterator[Work]:
+    async def _missing_rows(self, in_input: InInput | None) -> AsyncIterator[Work]:
         """Rows done in earlier runs that this run's input no longer holds: counted, and
         revoked with --revoke-missing."""
         run_id, scope, stats = self.run_id, self.revoke_scope, self.stats
         plan = await self.record.read(
-            lambda ledger: plan_revocations(ledger.missing_rows(run_id), ledger, scope)
+            lambda ledger: plan_revocations(
+                ledger.missing_rows(run_id, in_input=in_input), ledger, scope
+            )
         )
         stats.missing_from_source = plan.in_scope
         stats.revoke_out_of_scope = plan.out_of_scope
@@ -461,7 +481,7 @@ class Executor:
             work.consent_id = consent_id
             await self._retire(work)
             return
-        self.record.done(work, action, request_id, consent_id=consent_id)
+        await self.record.done(work, action, request_id, consent_id=consent_id)
         self.observer.on(action)
 
     async def _patch(self, work: Work) -> None:
@@ -480,7 +500,7 @@ class Executor:
         except ConsentImportError as exc:
             await self._patch_failed(work, exc, consent_id, body)
             return
-        self.record.done(work, "updated", request_id)
+        await self.record.done(work, "updated", request_id)
         self.observer.on("updated")
 
     async def _send_patch(self, work: Work, consent_id: str, body: dict[str, Any]) -> str:
@@ -546,7 +566,7 @@ class Executor:
             await self.record.patch_failed(work, error, RowState.DONE, work.consent_id, kept)
             self.observer.failed(error.code)
             return
-        self.record.done(work, "recreated", "", consent_id=work.consent_id)
+        await self.record.done(work, "recreated", "", consent_id=work.consent_id)
         self.observer.on("recreated")
 
     async def _revoke(self, work: Work) -> None:
@@ -632,8 +652,8 @@ class Recorder:
     """A run's writes to the ledger, each one of its named transitions, grouped into
     shared commits by `AsyncLedger`."""
 
-    def __init__(self, ledger: Ledger, run_id: int) -> None:
-        self.writer = AsyncLedger(ledger)
+    def __init__(self, ledger: Ledger, run_id: int, *, max_unsettled: int = 1024) -> None:
+        self.writer = AsyncLedger(ledger, max_unsettled=max_unsettled)
         self.run_id = run_id
 
     async def read(self, fn: Callable[[Ledger], T]) -> T:
@@ -641,10 +661,11 @@ class Recorder:
         return await self.writer.write(fn)
 
     async def planned(
-        self, seen: list[str], invalid: list[Row], refused: list[tuple[Row, LedgerRow]]
+        self, unchanged: list[Row], invalid: list[Row], refused: list[tuple[Row, LedgerRow]]
     ) -> None:
         """A batch's rows that need no request: seen unchanged, invalid, or refused."""
         run_id = self.run_id
+        seen = [(row.source_key, row.cells_digest) for row in unchanged]
         notes = [_invalid_note(row) for row in invalid]
         notes += [_refused_note(row, before) for row, before in refused]
 
@@ -683,14 +704,15 @@ class Recorder:
             )
         )
 
-    def done(
+    async def done(
         self, work: Work, action: str, request_id: str, *, consent_id: str | None = None
     ) -> None:
-        """Queue the row's outcome without waiting: until it commits the row is in flight,
-        which a rerun settles by a lookup."""
+        """Queue the row's outcome without waiting for its commit (only for room under
+        the writer's bound): until it commits the row is in flight, which a rerun
+        settles by a lookup."""
         row, run_id, src, op = work.row, self.run_id, work.src, work.op
-        hashes, patient_id = row.field_hashes(), work.patient_id
-        self.writer.write_soon(
+        hashes, patient_id, digest = row.field_hashes(), work.patient_id, row.cells_digest
+        await self.writer.write_soon(
             lambda ledger: ledger.done(
                 run_id,
                 src,
@@ -698,6 +720,7 @@ class Recorder:
                 action=action,
                 payload_hash=row.body_hash,
                 field_hashes=hashes,
+                cells_hash=digest,
                 patient_id=patient_id,
                 request_id=request_id or None,
                 consent_id=consent_id,
@@ -770,6 +793,8 @@ class Recorder:
         await self.writer.write(lambda ledger: ledger.revoked(run_id, key))
 
 
+#: Which of these source keys the run's input held (`Normalizer.in_input`).
+InInput = Callable[[list[str]], npt.NDArray[np.bool_]]
 _Note = tuple[Source, Callable[[Ledger, int, Source, RowError], None], RowError]
 
 

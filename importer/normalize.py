@@ -134,6 +134,9 @@ class Row:
     _json: str | None = field(default=None, repr=False)
     _hash: str | None = None
     consent: str = ""  # the [[consents]] key, for a row making several consents
+    #: a 64-bit digest of the row's prepared cells and the mapping (`cells_digests`):
+    #: a rerun that finds it in the ledger knows the body is unchanged without making it
+    cells_digest: int | None = None
 
     @property
     def valid(self) -> bool:
@@ -171,6 +174,39 @@ def body_field_hashes(body: dict[str, Any]) -> dict[str, str]:
     """A short hash per top-level field of a parsed API body (`Row.field_hashes`; `verify`
     hashes the server's copy the same way to compare without keeping values)."""
     return {name: _digest(repr(value))[:12] for name, value in body.items()}
+
+
+#: Rows whose bodies a run builds at a time (models cost kilobytes a row; a chunk of
+#: them was most of a run's memory).
+_SLICE = 1_000
+#: Bump when a change of this module changes the body made from the same cells: every
+#: stored cells digest then misses once, and the rerun compares bodies instead.
+_BODY_RULES = "1"
+
+
+@dataclass(frozen=True, slots=True)
+class Unchanged:
+    """A count of rows of `file` a rerun found unchanged in the ledger, without bodies."""
+
+    file: str
+    count: int
+
+
+#: The rows of a chunk the ledger holds as done with the same cells digest: asked with
+#: their source keys and cells digests, answers True for each such row.
+UnchangedCheck = Callable[[list[str], npt.NDArray[np.int64]], npt.NDArray[np.bool_]]
+
+
+@dataclass(slots=True)
+class Prepared:
+    """A chunk's cells, a column at a time: raw by header, prepared by row field, the
+    source keys (None: empty) and each row's cells digest."""
+
+    headers: tuple[str, ...]
+    raw: dict[str, list[Any]]
+    fields: dict[str, list[str]]
+    keys: list[str | None]
+    digests: npt.NDArray[np.int64]
 
 
 @dataclass(slots=True)
@@ -222,18 +258,90 @@ class Normalizer:
 
         A row making several consents ([[consents]]) gives one Row per consent.
         """
+        for item in self.rows_or_unchanged(table, None):
+            assert isinstance(item, Row)
+            yield item
+
+    def rows_or_unchanged(
+        self, table: Table, unchanged: UnchangedCheck | None
+    ) -> Iterator[Row | Unchanged]:
+        """Every row of one table, with its model when valid; with `unchanged`, rows it
+        confirms come as counts instead (`Unchanged`), their bodies never built.
+
+        `unchanged(keys, digests)` is asked once a chunk, for the rows `fastcheck` proves
+        valid, whether the ledger holds each key as done with that cells digest. The
+        other rows are built `_SLICE` at a time, so a run holds a slice of models, not a
+        chunk of them. Version-2 mappings build a chunk's rows whole, without a digest.
+        """
         file_rows = self.file_normalizer(table)
         file_index = self._add_file(table.name)
         for chunk in table.chunks():
             chunk, skipped = file_rows.prefilter(chunk)
-            rows = file_rows.normalize(chunk)
-            self.skipped += skipped + file_rows.take_skipped()
-            where = file_index << 40 | np.array([row.row for row in rows], dtype=np.int64)
-            firsts = self._keys.add(key_digests([row.source_key for row in rows]), where)
-            for row, first in zip(rows, firsts.tolist(), strict=True):
-                if first >= 0:
-                    self._duplicate(row, first)
-                yield row
+            if file_rows.v2:
+                rows = file_rows.normalize(chunk)
+                self.skipped += skipped + file_rows.take_skipped()
+                where = file_index << 40 | np.array([row.row for row in rows], dtype=np.int64)
+                firsts = self._keys.add(key_digests([row.source_key for row in rows]), where)
+                for row, first in zip(rows, firsts.tolist(), strict=True):
+                    if first >= 0:
+                        self._duplicate(row, first)
+                    yield row
+                continue
+            self.skipped += skipped
+            yield from self._v1_rows(file_rows, file_index, chunk, unchanged)
+
+    def _v1_rows(
+        self,
+        file_rows: _FileNormalizer,
+        file_index: int,
+        chunk: pd.DataFrame,
+        unchanged: UnchangedCheck | None,
+    ) -> Iterator[Row | Unchanged]:
+        """One chunk of a version-1 file: unchanged rows counted, the rest built."""
+        with _gc_paused():
+            prepared = file_rows.prepare(chunk)
+            skip = np.zeros(len(chunk), dtype=bool)
+            # Keys of the rows that may be skipped: the key column's, or natural keys
+            # made a column at a time (not content hashes: those need the body).
+            fast_keys = prepared.keys
+            if unchanged is not None and (file_rows.keyed or not file_rows.content_keys):
+                if not file_rows.keyed:
+                    fast_keys = file_rows._natural_keys(prepared.fields, len(chunk))
+                candidates = np.flatnonzero(file_rows.proven(prepared, fast_keys)).tolist()
+                if candidates:
+                    keys = [fast_keys[pos] or "" for pos in candidates]
+                    digests = prepared.digests[candidates]
+                    skip[candidates] = unchanged(keys, digests)
+        numbers = chunk.index.to_numpy(dtype=np.int64)
+        for start in range(0, len(chunk), _SLICE):
+            stop = min(start + _SLICE, len(chunk))
+            with _gc_paused():
+                skipped = skip[start:stop].tolist()
+                built = {
+                    pos: file_rows.row_at(prepared, int(numbers[pos]), pos)
+                    for pos, same in enumerate(skipped, start)
+                    if not same
+                }
+                keys = [key or "" for key in fast_keys[start:stop]]
+                for pos, row in built.items():
+                    keys[pos - start] = row.source_key
+                where = file_index << 40 | numbers[start:stop]
+                firsts = self._keys.add(key_digests(keys), where)
+                for at in np.flatnonzero(firsts >= 0).tolist():
+                    pos = start + at
+                    if pos not in built:
+                        # A repeat of an earlier key is reported, even if unchanged.
+                        built[pos] = file_rows.row_at(prepared, int(numbers[pos]), pos)
+                        skipped[at] = False
+                    self._duplicate(built[pos], int(firsts[at]))
+            same = skipped.count(True)
+            if same:
+                yield Unchanged(file_rows.file, same)
+            yield from (built[pos] for pos in sorted(built))
+
+    def in_input(self, keys: list[str]) -> npt.NDArray[np.bool_]:
+        """For each key, whether the input read so far held it (by its 64-bit digest)."""
+        return self._keys.contains(key_digests(keys))
 
     def check(self, table: Table) -> Iterator[Batch]:
         """The verdict on every row of one table, a chunk at a time, without bodies.
@@ -330,32 +438,67 @@ class Normalizer:
 
 class KeyIndex:
     """The source keys seen so far, as sorted 64-bit digests with where each was first
-    seen: 16 bytes a row, checked a batch at a time with numpy."""
+    seen: 16 bytes a row, checked a batch at a time with numpy.
+
+    Two sorted runs: the old keys, and the recent ones, merged into the old when they
+    grow past an eighth of them (at least `_RECENT` keys). A run adds a slice at a time;
+    merging the whole index on every slice made it quadratic in the file's size.
+    """
+
+    _RECENT = 65_536
 
     def __init__(self) -> None:
         self._keys = np.empty(0, dtype=np.uint64)
         self._where = np.empty(0, dtype=np.int64)
+        self._recent_keys = np.empty(0, dtype=np.uint64)
+        self._recent_where = np.empty(0, dtype=np.int64)
+
+    def contains(self, keys: npt.NDArray[np.uint64]) -> npt.NDArray[np.bool_]:
+        return self._first(keys) >= 0
+
+    def _first(self, keys: npt.NDArray[np.uint64]) -> npt.NDArray[np.int64]:
+        """For each key, where it was first seen, or -1."""
+        first = np.full(len(keys), -1, dtype=np.int64)
+        for known, where in ((self._keys, self._where), (self._recent_keys, self._recent_where)):
+            if len(known) and len(keys):
+                pos = np.minimum(np.searchsorted(known, keys), len(known) - 1)
+                seen = known[pos] == keys
+                first[seen] = where[pos[seen]]
+        return first
 
     def add(
         self, keys: npt.NDArray[np.uint64], here: npt.NDArray[np.int64]
     ) -> npt.NDArray[np.int64]:
         """Add a batch of key digests and where each row is; for each key, -1 if it is
         new, else where it was first seen."""
-        first = np.full(len(keys), -1, dtype=np.int64)
-        if len(self._keys) and len(keys):
-            pos = np.minimum(np.searchsorted(self._keys, keys), len(self._keys) - 1)
-            seen = self._keys[pos] == keys
-            first[seen] = self._where[pos[seen]]
+        first = self._first(keys)
         unique, first_index, inverse = np.unique(keys, return_index=True, return_inverse=True)
         earliest = first_index[inverse]
         repeat = (earliest != np.arange(len(keys))) & (first < 0)
         first[repeat] = here[earliest[repeat]]
         new = first[first_index] < 0
-        merged_keys = np.concatenate([self._keys, unique[new]])
-        merged_where = np.concatenate([self._where, here[first_index[new]]])
-        order = np.argsort(merged_keys, kind="stable")
-        self._keys, self._where = merged_keys[order], merged_where[order]
+        self._recent_keys, self._recent_where = _merged(
+            self._recent_keys, self._recent_where, unique[new], here[first_index[new]]
+        )
+        if len(self._recent_keys) > max(self._RECENT, len(self._keys) // 8):
+            self._keys, self._where = _merged(
+                self._keys, self._where, self._recent_keys, self._recent_where
+            )
+            self._recent_keys = np.empty(0, dtype=np.uint64)
+            self._recent_where = np.empty(0, dtype=np.int64)
         return first
+
+
+def _merged(
+    keys: npt.NDArray[np.uint64],
+    where: npt.NDArray[np.int64],
+    more_keys: npt.NDArray[np.uint64],
+    more_where: npt.NDArray[np.int64],
+) -> tuple[npt.NDArray[np.uint64], npt.NDArray[np.int64]]:
+    merged_keys = np.concatenate([keys, more_keys])
+    merged_where = np.concatenate([where, more_where])
+    order = np.argsort(merged_keys, kind="stable")
+    return merged_keys[order], merged_where[order]
 
 
 class _FileNormalizer:
@@ -389,6 +532,31 @@ class _FileNormalizer:
         self._chunk_dates: dict[str, dict[str, datetime | None]] = {}
         self._skipped = 0
         self.v2_rows = _V2Rows(self, mapping)
+        self._digest_key = _cells_digest_key(mapping, self.fields, excel=excel)
+
+    def prepare(self, chunk: pd.DataFrame) -> Prepared:
+        """The chunk's cells a column at a time, with each row's cells digest."""
+        headers, raw, prepared, keys = self._prepare(chunk)
+        digests = cells_digests(prepared, self._chunk_dates, self._digest_key, len(chunk))
+        return Prepared(headers, raw, prepared, keys, digests)
+
+    def proven(self, prepared: Prepared, keys: list[str | None]) -> npt.NDArray[np.bool_]:
+        """Rows `fastcheck` proves valid (their bodies are certain to validate)."""
+        return proven_valid(
+            prepared.fields,
+            keys,
+            parse_date=self.parse_date,
+            crosswalk=self.mapping.crosswalk,
+            read_dates=self._chunk_dates,
+        )
+
+    def row_at(self, prepared: Prepared, number: int, pos: int) -> Row:
+        """The full row at position `pos` of a prepared chunk: its model or its errors."""
+        values = tuple(column[pos] for column in prepared.raw.values())
+        cells = {name: column[pos] for name, column in prepared.fields.items()}
+        row = self._row(number, prepared.headers, values, cells, prepared.keys[pos])
+        row.cells_digest = int(prepared.digests[pos])
+        return row
 
     def parse_date(self, name: str, text: str) -> datetime | None:
         """A date cell of field `name` in the current chunk, read the column's one way."""
@@ -1093,6 +1261,38 @@ def key_digests(keys: list[str]) -> npt.NDArray[np.uint64]:
         np.array(keys, dtype=object), categorize=False
     )
     return digests
+
+
+def cells_digests(
+    fields: dict[str, list[str]],
+    dates: dict[str, dict[str, datetime | None]],
+    key: str,
+    size: int,
+) -> npt.NDArray[np.int64]:
+    """Per row, a 64-bit SipHash of its prepared cells (date cells as the dates they were
+    read as: a column's reading is decided across chunks), keyed by `key`, a digest of
+    all else that makes its body (`_cells_digest_key`): equal digests, equal bodies."""
+    if not fields:
+        return np.zeros(size, dtype=np.int64)
+    columns = []
+    for name, cells in fields.items():
+        read = dates.get(name)
+        if read is not None:
+            shown = {text: repr(when) for text, when in read.items()}
+            cells = [shown.get(cell, cell) for cell in cells]
+        columns.append(cells)
+    joined = np.array(["\x1f".join(row) for row in zip(*columns, strict=True)], dtype=object)
+    hashed = pd.util.hash_array(joined, categorize=False, hash_key=key)
+    digests: npt.NDArray[np.int64] = hashed.view(np.int64)
+    return digests
+
+
+def _cells_digest_key(mapping: Mapping, fields: list[str], *, excel: bool) -> str:
+    """The SipHash key of a file's cells digests (16 characters): a digest of the body
+    rules, the mapping (with its crosswalk) and the file kind."""
+    crosswalk = sorted((mapping.crosswalk or {}).items())
+    text = repr((_BODY_RULES, dataclasses.replace(mapping, path=None), crosswalk, fields, excel))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 @contextmanager

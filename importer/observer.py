@@ -13,7 +13,7 @@ from collections.abc import Callable
 import anyio
 
 from importer.client import ClientStats
-from importer.normalize import Row
+from importer.normalize import Row, Unchanged
 from importer.results import RunStats, ValidationSummary
 from importer.rowlog import row_fields
 
@@ -64,6 +64,14 @@ class RunObserver:
         self.stats.rows += 1
         self.stats.valid += row.valid
         self.validation.add(row)
+
+    def unchanged(self, rows: Unchanged) -> None:
+        """Valid rows found unchanged in bulk (no `Row` was made for them)."""
+        self.stats.rows += rows.count
+        self.stats.valid += rows.count
+        self.stats.unchanged += rows.count
+        self.validation.add_valid(rows.file, rows.count)
+        self._emit("unchanged")
 
     def on(self, event: str) -> None:
         """Count `event` (a key of `_COUNTS`) and tell the listener."""

@@ -46,6 +46,14 @@ class ValidationSummary:
         else:
             self._add_invalid(row, counts)
 
+    def add_valid(self, file: str, rows: int) -> None:
+        """Valid rows counted without their `Row`s (a rerun's unchanged rows)."""
+        counts = self.by_file.setdefault(file, FileCounts())
+        self.rows += rows
+        counts.rows += rows
+        self.valid += rows
+        counts.valid += rows
+
     def add_batch(self, batch: Batch) -> None:
         """A chunk's verdict: its rows counted, its invalid rows' errors kept."""
         counts = self.by_file.setdefault(batch.file, FileCounts())

@@ -18,12 +18,12 @@ import sniffio
 
 from importer.breaker import CircuitBreaker
 from importer.client import ClinikClient, check_api_key, check_base_url, make_http_client
-from importer.engine import Engine
+from importer.engine import Engine, InInput
 from importer.ledger import Ledger
 from importer.limiter import Limiter
 from importer.lock import LedgerLock
 from importer.mapping import Mapping, open_tables
-from importer.normalize import Normalizer, Row
+from importer.normalize import Normalizer, Row, Unchanged
 from importer.options import DEFAULTS, RunOptions
 from importer.outputs import write_text
 from importer.preflight import run_checks
@@ -80,7 +80,6 @@ def run_import(
     total = sum(t.count_rows() for t in tables)
     if on_total is not None:
         on_total(total)
-    rows: Iterator[Row] = chain.from_iterable(normalizer.rows(t) for t in tables)
     checked, window = 0, None
     options = config.options
     if options.preflight:
@@ -89,19 +88,25 @@ def run_import(
     with LedgerLock(options.ledger):
         ledger = Ledger(options.ledger, base_url=base_url)
         normalizer.content_keys = ledger.key_scheme == "content"
+        # Rows the ledger holds as done from the same cells come as counts, no bodies.
+        rows: Iterator[Row | Unchanged] = chain.from_iterable(
+            normalizer.rows_or_unchanged(t, ledger.unchanged) for t in tables
+        )
         try:
             if options.preflight and not options.skip_existing and ledger.created_nothing():
+                # A ledger that created nothing holds nothing unchanged: plain rows.
+                plain = chain.from_iterable(normalizer.rows(t) for t in tables)
                 sampled, spent, _ = run_checks(
                     base_url,
                     api_key,
                     timeout_s=options.timeout_s,
                     max_wait_s=options.max_wait_s,
                     on_wait=on_wait,
-                    rows=rows,
+                    rows=plain,
                     ledger=ledger.path,
                     window_limit=window,
                 )
-                rows, checked = sampled or rows, checked + spent
+                rows, checked = sampled or plain, checked + spent
             run_id = ledger.begin_run([t.name for t in tables])
             stats, validation = anyio.run(
                 _run_async,
@@ -110,13 +115,13 @@ def run_import(
                 ledger,
                 run_id,
                 rows,
+                normalizer.in_input,
                 api_key,
                 base_url,
                 on_progress,
                 on_wait,
                 backend_options={"use_uvloop": _has_uvloop()},
             )
-            stats.skipped = validation.skipped = normalizer.skipped
             stats.skipped = validation.skipped = normalizer.skipped
             stats.source_key = normalizer.key_kind
             stats.requests += checked
@@ -140,7 +145,8 @@ async def _run_async(
     revoke_scope: RevokeScope,
     ledger: Ledger,
     run_id: int,
-    rows: Iterator[Row],
+    rows: Iterator[Row | Unchanged],
+    in_input: InInput,
     api_key: str,
     base_url: str,
     on_progress: Callable[[str, RunStats], None] | None,
@@ -178,7 +184,7 @@ async def _run_async(
             async with anyio.create_task_group() as tg:
                 if config.handle_signals:
                     tg.start_soon(_watch_signals, engine, scope, options.grace_s)
-                await engine.run(rows)
+                await engine.run(rows, in_input)
                 tg.cancel_scope.cancel()
         stats = engine.stats
         if scope.cancelled_caught:

@@ -66,7 +66,7 @@ EVENTS: dict[str, Event] = {
     "revoked": lambda db: db.revoked(RUN, "K1"),
     "invalid": lambda db: db.invalid(RUN, K, ERROR),
     "refused": lambda db: db.refused(RUN, K, ERROR),
-    "seen": lambda db: db.seen(["K1"], RUN),
+    "seen": lambda db: db.seen([("K1", None)], RUN),
     "settling": lambda db: db.settling(RUN, K, Op.CREATE, ERROR, settle_after=T),
     "gave_up": lambda db: db.gave_up(RUN, K, Op.CREATE, ERROR),
     "patch_failed": lambda db: db.patch_failed(
@@ -231,11 +231,14 @@ def test_every_state_and_op_a_run_writes_is_listed(tmp_path: Path) -> None:
     with sqlite3.connect(ledger) as db:
         states = {s for (s,) in db.execute("SELECT DISTINCT state FROM rows")}
         ops = {o for (o,) in db.execute("SELECT DISTINCT op FROM attempts")}
+        outcomes = {o for (o,) in db.execute("SELECT DISTINCT outcome FROM attempts")}
         pending = {o for (o,) in db.execute("SELECT DISTINCT pending_op FROM rows") if o}
     assert states <= {s.value for s in RowState}
     assert {"done", "invalid", "revoked"} <= states
     assert ops | pending <= {o.value for o in Op}
-    assert {"create", "patch", "recreate", "revoke"} <= ops
+    # Only failed attempts have rows (a success is the row's own state and action).
+    assert outcomes == {"error"}
+    assert {"create"} <= ops
 
 
 @pytest.mark.parametrize(

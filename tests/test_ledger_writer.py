@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import threading
 from pathlib import Path
 
 import anyio
@@ -37,11 +38,11 @@ async def test_queued_and_waited_writes_commit_in_order(tmp_path: Path) -> None:
     writer = AsyncLedger(ledger)
     async with anyio.create_task_group() as tg:
         tg.start_soon(writer.run_committer)
-        writer.write_soon(upsert("K1", "in_flight"))
-        writer.write_soon(upsert("K1", "done"))
+        await writer.write_soon(upsert("K1", "in_flight"))
+        await writer.write_soon(upsert("K1", "done"))
         # A waited write queued after them sees them: one queue, one order.
         seen = await writer.write(lambda ledger: ledger.get(["K1"])["K1"].state)
-        writer.write_soon(upsert("K2"))
+        await writer.write_soon(upsert("K2"))
         writer.close()
     assert seen == "done"
     ledger.close()
@@ -62,8 +63,8 @@ async def test_a_failed_commit_of_a_queued_write_ends_the_run(tmp_path: Path) ->
     async def run() -> None:
         async with anyio.create_task_group() as tg:
             tg.start_soon(writer.run_committer)
-            writer.write_soon(upsert("K1"))
-            writer.write_soon(broken)
+            await writer.write_soon(upsert("K1"))
+            await writer.write_soon(broken)
             await anyio.sleep(5)  # the committer's error cancels this
 
     with pytest.raises(ExceptionGroup) as info:
@@ -89,3 +90,35 @@ async def test_a_failed_commit_is_raised_to_the_writers_who_wait(tmp_path: Path)
         assert await writer.write(lambda ledger: 42) == 42  # the next group commits
         writer.close()
     ledger.close()
+
+
+@pytest.mark.parametrize(("bound", "outcomes"), [(1, 5), (4, 30), (16, 16)])
+async def test_outcomes_not_yet_committed_never_exceed_the_bound_under_a_stalled_writer(
+    tmp_path: Path, bound: int, outcomes: int
+) -> None:
+    ledger = Ledger(tmp_path / "l.db")
+    writer = AsyncLedger(ledger, max_unsettled=bound)
+    stall = threading.Event()
+    queued: list[int] = []
+
+    async def outcome(key: str) -> None:
+        await writer.write_soon(upsert(key))
+        queued.append(writer.peak_unsettled)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(writer.run_committer)
+        # The committer's thread blocks inside a transaction until released.
+        tg.start_soon(writer.write, lambda _: stall.wait(30))
+        await anyio.sleep(0.05)
+        async with anyio.create_task_group() as workers:
+            for i in range(outcomes):
+                workers.start_soon(outcome, f"K{i}")
+            await anyio.sleep(0.3)  # the writer is stalled: the workers fill the bound
+            assert len(queued) == min(bound, outcomes)
+            assert writer.peak_unsettled == min(bound, outcomes)
+            stall.set()
+        writer.close()
+    assert writer.peak_unsettled == min(bound, outcomes)
+    ledger.close()
+    with sqlite3.connect(tmp_path / "l.db") as db:
+        assert db.execute("SELECT count(*) FROM rows").fetchone() == (outcomes,)

@@ -7,11 +7,17 @@ so the test points it at a new sandbox and reruns the last input it saw.
 
 from __future__ import annotations
 
+import logging
 import shutil
 import sqlite3
 from pathlib import Path
+from typing import Any
 
+import pytest
+
+from importer import normalize
 from importer.export import export_csvs, status
+from importer.ledger import Ledger
 from importer.sandbox import SandboxConfig, running_sandbox
 from tests.engine_helpers import run
 
@@ -60,3 +66,74 @@ def test_a_rerun_on_the_legacy_ledger_sends_nothing_for_done_rows(tmp_path: Path
     # K000002's failed PATCH is sent again; no request touches a done row's consent.
     assert not any(consent in path for _, path in sent for consent in DONE_CONSENTS)
     assert stats.by_error == {"not_found": 1}  # that consent lived on the gone server
+
+
+def test_the_legacy_ledger_is_migrated_once_and_says_so(tmp_path: Path) -> None:
+    said: list[str] = []
+    # Listened to on the ledger's own logger, at its level: a CLI test may have left the
+    # package's logger quiet and not propagating.
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = lambda record: said.append(record.getMessage())  # type: ignore[method-assign]
+    logger = logging.getLogger("importer.ledger")
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.WARNING)
+    try:
+        ledger = copy_for(tmp_path, "http://127.0.0.1:1")
+        before = status(ledger)  # opens it: the migration runs here
+        assert len(said) == 1
+        assert said[0].startswith(f"ledger {ledger}: upgraded from schema 1 to 2 in place, once (")
+        assert status(ledger)["rows_by_state"] == before["rows_by_state"]
+        assert len(said) == 1  # not again
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    with sqlite3.connect(ledger) as db:
+        assert db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == (
+            "2",
+        )
+        assert db.execute("SELECT count(*) FROM attempts WHERE outcome = 'ok'").fetchone() == (0,)
+
+
+def test_a_second_rerun_of_a_legacy_ledger_skips_its_done_rows_in_bulk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first rerun compares bodies (a legacy ledger has no cells digests) and keeps
+    the digests of the rows it finds unchanged; the second builds no body for them."""
+    built = [0]
+    assemble = normalize._v1_body
+
+    def counted(*args: Any) -> Any:
+        built[0] += 1
+        return assemble(*args)
+
+    monkeypatch.setattr(normalize, "_v1_body", counted)
+    with running_sandbox(SandboxConfig()) as sb:
+        ledger = copy_for(tmp_path, sb.base_url)
+        run(SOURCE, sb.base_url, ledger)
+        built[0] = 0
+        result = run(SOURCE, sb.base_url, ledger)
+    # K000000, K000001, K000005 and K000006 (created by the first rerun) are done: no
+    # body; K000002 (its PATCH failed) and K000004 (invalid) are built again.
+    assert result.stats.unchanged == 4
+    assert built[0] == 2
+
+
+def test_verify_reads_the_same_consents_before_and_after_the_migration(tmp_path: Path) -> None:
+    ledger = copy_for(tmp_path, "http://127.0.0.1:1")
+
+    def read() -> list[tuple[str, str | None, dict[str, str]]]:
+        readonly = Ledger.open_readonly(ledger)  # never migrates
+        try:
+            return [
+                (d.consent_id, d.payload_hash, d.field_hashes) for d in readonly.done_consents()
+            ]
+        finally:
+            readonly.close()
+
+    before = read()
+    Ledger(ledger).close()  # migrates
+    after = read()
+    assert {consent for consent, _, _ in after} == DONE_CONSENTS
+    assert after == before
+    assert all(len(digest or "") == 64 and len(fields) >= 5 for _, digest, fields in after)
