@@ -8,19 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from importer.cli import cli, main
+from importer.cli import cli
 from importer.reader import open_table
+from tests.cli_helpers import run_cli
 
 ROOT = Path(__file__).parent.parent
 COMMANDS = sorted(cli.commands)
-
-
-def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exit_info:
-        main(args)
-    out, err = capsys.readouterr()
-    code = exit_info.value.code
-    return (code if isinstance(code, int) else 0), out, err
 
 
 @pytest.mark.parametrize("command", COMMANDS)

@@ -11,23 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from importer.cli import main
 from importer.ledger import Ledger, Op, RowError, Source
 from importer.sandbox import SandboxConfig, running_sandbox
+from tests.cli_helpers import run_cli
 from tests.engine_helpers import KEY, consent_rows, run, write_csv
 
 CLEAN = "patientId,scope,category,dateTime\npt_1,treatment,treatment-consent,2024-01-01T10:00:00Z\n"
 FIVE_ROWS = CLEAN + "".join(
     f"pt_{i},treatment,treatment-consent,2024-01-0{i}T10:00:00Z\n" for i in range(2, 7)
 )
-
-
-def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exit_info:
-        main(args)
-    out, err = capsys.readouterr()
-    code = exit_info.value.code
-    return (code if isinstance(code, int) else 0), out, err
 
 
 @pytest.fixture

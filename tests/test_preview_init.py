@@ -10,18 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from importer.cli import main
+from tests.cli_helpers import run_cli
 
 SAMPLES = Path(__file__).parent.parent / "sample_data"
 REGISTRY = SAMPLES / "registry"
-
-
-def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exit_info:
-        main(args)
-    out, err = capsys.readouterr()
-    code = exit_info.value.code
-    return (code if isinstance(code, int) else 0), out, err
 
 
 def bodies(out: str) -> list[dict[str, object]]:

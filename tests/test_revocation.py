@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 from importer import retry
-from importer.cli import main
 from importer.errors import UsageError
 from importer.revocation import RevokeCap, is_correction_file
 from importer.sandbox import SandboxConfig, running_sandbox
+from tests.cli_helpers import run_cli
 from tests.engine_helpers import KEY, consent_rows, run, write_csv
 
 
@@ -21,14 +21,6 @@ from tests.engine_helpers import KEY, consent_rows, run, write_csv
 def _instant_backoff() -> Iterator[None]:
     with retry.no_waits():
         yield
-
-
-def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exit_info:
-        main(args)
-    out, err = capsys.readouterr()
-    code = exit_info.value.code
-    return (code if isinstance(code, int) else 0), out, err
 
 
 @pytest.fixture

@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 
 from importer import retry
-from importer.cli import main
 from importer.keys import natural_key
 from importer.mapping import load_mapping, open_tables
 from importer.normalize import Normalizer
 from importer.sandbox import SandboxConfig, running_sandbox
+from tests.cli_helpers import run_cli
 from tests.engine_helpers import KEY, consent_rows, run, write_csv
 
 LEGACY = Path(__file__).parent / "data" / "legacy_ledger"
@@ -75,14 +75,6 @@ def test_the_same_instant_in_another_zone_is_the_same_consent(tmp_path: Path) ->
         stats = run(source, sandbox.base_url, tmp_path / "l.db").stats
         assert (stats.created, stats.missing_from_source) == (0, 0)
         assert sandbox.stats()["creates"] == 3
-
-
-def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exit_info:
-        main(args)
-    out, err = capsys.readouterr()
-    code = exit_info.value.code
-    return (code if isinstance(code, int) else 0), out, err
 
 
 @pytest.mark.parametrize(
