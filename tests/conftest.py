@@ -4,10 +4,12 @@ tests, reset to its defaults before each test that asks for it."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest
 
+from importer import normalize
 from importer.sandbox import RunningSandbox, SandboxConfig, running_sandbox
 
 #: The key the shared `client` sends (any well-formed key is accepted by the sandbox).
@@ -38,3 +40,17 @@ def client(server: RunningSandbox) -> Iterator[httpx.Client]:
     """An httpx client for `server`, sending a valid key."""
     with httpx.Client(base_url=server.base_url, headers={"x-api-key": SANDBOX_KEY}) as http:
         yield http
+
+
+@pytest.fixture
+def bodies(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """How many request bodies were assembled from cells (one slot, counted in place)."""
+    built = [0]
+    assemble = normalize._v1_body
+
+    def counted(*args: Any) -> Any:
+        built[0] += 1
+        return assemble(*args)
+
+    monkeypatch.setattr(normalize, "_v1_body", counted)
+    return built

@@ -19,21 +19,6 @@ from importer.options import DEFAULTS
 from importer.sandbox import RunningSandbox
 from tests.engine_helpers import consent_rows, run, write_csv
 
-
-@pytest.fixture
-def bodies(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """How many request bodies were assembled from cells (one slot, counted in place)."""
-    built = [0]
-    assemble = normalize._v1_body
-
-    def counted(*args: Any) -> Any:
-        built[0] += 1
-        return assemble(*args)
-
-    monkeypatch.setattr(normalize, "_v1_body", counted)
-    return built
-
-
 EDITS: dict[str, Any] = {
     "nothing": lambda rows: rows,
     "one status": lambda rows: [{**rows[0], "status": "inactive"}, *rows[1:]],
