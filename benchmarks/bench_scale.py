@@ -35,7 +35,7 @@ from pathlib import Path
 import httpx
 from common import DATA, KEY, ROOT, canonical_csv, cli, sandbox_process
 
-from importer.export import status
+from importer._export import status
 
 CONCURRENCY = "64"
 

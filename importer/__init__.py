@@ -1,15 +1,15 @@
 """consent-import: move legacy consent exports into ClinikAPI without duplicates or losses.
 
-The library's public API is `__all__`; every other name, in this package and in its
-modules, may change without notice. Names load on first use, so `import importer` stays
-cheap (the CLI imports only what a command needs).
+The library's public API is `__all__`; the modules that hold it are private (`_name.py`,
+as in httpx and anyio), and every other name may change without notice. Names load on
+first use, so `import importer` stays cheap (the CLI imports only what a command needs).
 
     from pathlib import Path
-    from importer import RunConfig, RunOptions, load_mapping, run_import
+    import importer
 
-    options = RunOptions(ledger=Path("legacy.db"), base_url="https://api.clinikapi.com")
-    result = run_import(RunConfig(["legacy.csv"], options, api_key="clk_live_..."),
-                        load_mapping(Path("legacy.toml")))
+    options = importer.RunOptions(ledger=Path("legacy.db"), base_url="https://api.clinikapi.com")
+    config = importer.RunConfig(["legacy.csv"], options, api_key="clk_live_...")
+    result = importer.run(config, importer.load_mapping(Path("legacy.toml")))
     print(result.stats.created, result.exit_code)
 """
 
@@ -18,48 +18,48 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from importer.version import __version__
+from importer._version import __version__
 
 if TYPE_CHECKING:
-    from importer.errors import ConsentImportError
-    from importer.export import export_csvs, status
-    from importer.mapping import Mapping, load_mapping
-    from importer.options import RunOptions
-    from importer.plan import plan_import
-    from importer.results import (
+    from importer._errors import ConsentImportError
+    from importer._export import export_csvs as export
+    from importer._export import status
+    from importer._mapping import Mapping, load_mapping
+    from importer._options import RunOptions
+    from importer._plan import plan_import as plan
+    from importer._results import (
         ExportCounts,
         PlanSummary,
         RunStats,
         ValidationSummary,
         VerifyResult,
     )
-    from importer.runner import RunConfig, RunResult, run_import
+    from importer._runner import RunConfig, RunResult
+    from importer._runner import run_import as run
+    from importer._validate import validate_files as validate
+    from importer._verify import VerifyConfig, verify
     from importer.sandbox import SandboxConfig, running_sandbox
-    from importer.validate import validate_files
-    from importer.verify import VerifyConfig
-    from importer.verify import verify as verify_ledger
 
-#: Each public name and the module that holds it (and its name there, if another:
-#: `importer.verify` is a module, so its function is `verify_ledger` here).
+#: Each public name and the private module that holds it (and its name there, if another).
 _HOMES: dict[str, str | tuple[str, str]] = {
-    "verify_ledger": ("importer.verify", "verify"),
-    "VerifyConfig": "importer.verify",
-    "VerifyResult": "importer.results",
-    "validate_files": "importer.validate",
-    "plan_import": "importer.plan",
-    "run_import": "importer.runner",
-    "export_csvs": "importer.export",
-    "status": "importer.export",
-    "load_mapping": "importer.mapping",
-    "Mapping": "importer.mapping",
-    "RunOptions": "importer.options",
-    "RunConfig": "importer.runner",
-    "RunResult": "importer.runner",
-    "RunStats": "importer.results",
-    "ValidationSummary": "importer.results",
-    "PlanSummary": "importer.results",
-    "ExportCounts": "importer.results",
-    "ConsentImportError": "importer.errors",
+    "validate": ("importer._validate", "validate_files"),
+    "plan": ("importer._plan", "plan_import"),
+    "run": ("importer._runner", "run_import"),
+    "export": ("importer._export", "export_csvs"),
+    "verify": "importer._verify",
+    "status": "importer._export",
+    "load_mapping": "importer._mapping",
+    "Mapping": "importer._mapping",
+    "RunOptions": "importer._options",
+    "RunConfig": "importer._runner",
+    "RunResult": "importer._runner",
+    "VerifyConfig": "importer._verify",
+    "RunStats": "importer._results",
+    "ValidationSummary": "importer._results",
+    "PlanSummary": "importer._results",
+    "ExportCounts": "importer._results",
+    "VerifyResult": "importer._results",
+    "ConsentImportError": "importer._errors",
     "running_sandbox": "importer.sandbox",
     "SandboxConfig": "importer.sandbox",
 }
@@ -78,14 +78,14 @@ __all__ = [
     "VerifyConfig",
     "VerifyResult",
     "__version__",
-    "export_csvs",
+    "export",
     "load_mapping",
-    "plan_import",
-    "run_import",
+    "plan",
+    "run",
     "running_sandbox",
     "status",
-    "validate_files",
-    "verify_ledger",
+    "validate",
+    "verify",
 ]
 
 

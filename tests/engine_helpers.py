@@ -7,9 +7,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from importer.mapping import load_mapping
-from importer.options import RunOptions
-from importer.runner import RunConfig, RunResult, run_import
+from importer._mapping import load_mapping
+from importer._options import RunOptions
+from importer._runner import RunConfig, RunResult, run_import
 
 KEY = "clk_test_0000testing1234"
 HEADERS = ["sourceKey", "patientId", "scope", "category", "status", "dateTime", "policyUri"]

@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from importer import __version__
-from importer.client import (
+from importer._client import (
     ClinikClient,
     RateLimitInfo,
     check_api_key,
@@ -26,7 +26,7 @@ from importer.client import (
     parse_rate,
     proxy_for,
 )
-from importer.errors import (
+from importer._errors import (
     AuthError,
     ClientRequestError,
     ConfigError,
@@ -34,7 +34,7 @@ from importer.errors import (
     RateLimitedError,
     ServerError,
 )
-from importer.limiter import Limiter
+from importer._limiter import Limiter
 
 KEY = "clk_test_s3cretKEYa1b2"
 BASE = "https://api.clinikapi.test"

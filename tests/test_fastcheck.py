@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from importer.fastcheck import KNOWN_FIELDS, proven_valid
-from importer.mapping import FIELDS, Mapping, load_mapping
-from importer.normalize import Normalizer
-from importer.reader import Table, open_table
+from importer._fastcheck import KNOWN_FIELDS, proven_valid
+from importer._mapping import FIELDS, Mapping, load_mapping
+from importer._normalize import Normalizer
+from importer._reader import Table, open_table
 
 #: Every row field, as a column of the same name.
 HEADERS = list(FIELDS)

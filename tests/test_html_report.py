@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from importer.html_report import (
+from importer._html_report import (
     MAX_BARS,
     TABLE_ROWS,
     bar_chart,
@@ -19,8 +19,8 @@ from importer.html_report import (
     write_run_html,
     write_validation_html,
 )
-from importer.normalize import Row, RowError
-from importer.results import RunStats, ValidationSummary
+from importer._normalize import Row, RowError
+from importer._results import RunStats, ValidationSummary
 
 _VOID = {"meta", "br", "hr", "img", "input", "link", "source", "wbr", "col", "area", "base"}
 

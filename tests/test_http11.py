@@ -18,7 +18,7 @@ import httpx
 import pytest
 import trustme
 
-from importer.http11 import Http11Transport
+from importer._http11 import Http11Transport
 from importer.sandbox import SandboxConfig, running_sandbox
 from importer.sandbox.server import RunningSandbox
 

@@ -12,8 +12,8 @@ import shutil
 import sqlite3
 from pathlib import Path
 
-from importer.export import export_csvs, status
-from importer.ledger import Ledger
+from importer._export import export_csvs, status
+from importer._ledger import Ledger
 from importer.sandbox import SandboxConfig, running_sandbox
 from tests.engine_helpers import run
 

@@ -11,8 +11,8 @@ import math
 import anyio
 import pytest
 
-from importer.errors import BudgetWaitTooLong, LimiterClosed
-from importer.limiter import SAFETY_MARGIN_S, Limiter, RateLimitInfo
+from importer._errors import BudgetWaitTooLong, LimiterClosed
+from importer._limiter import SAFETY_MARGIN_S, Limiter, RateLimitInfo
 
 # Slack for timer granularity when asserting "waited at least".
 EPS = 0.03

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from importer.errors import ConfigError
-from importer.mapping import Mapping, canonical_header, load_mapping
+from importer._errors import ConfigError
+from importer._mapping import Mapping, canonical_header, load_mapping
 
 CANONICAL = ["patientId", "scope", "category"]
 

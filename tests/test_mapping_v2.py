@@ -8,12 +8,12 @@ from typing import Any
 
 import pytest
 
-from importer.errors import ConfigError
-from importer.mapping import load_mapping
-from importer.normalize import Normalizer, Row
-from importer.reader import open_table
+from importer._errors import ConfigError
+from importer._mapping import load_mapping
+from importer._normalize import Normalizer, Row
+from importer._reader import open_table
+from importer._validate import validate_files
 from importer.sandbox import SandboxConfig, running_sandbox
-from importer.validate import validate_files
 from tests.engine_helpers import run
 
 BASE = 'patientId = "pt_1"\nscope = "research"\ncategory = "research-participation"\n'
@@ -772,7 +772,7 @@ def test_excel_header_row(tmp_path: Path) -> None:
 
 
 def test_a_failed_csv_of_a_file_with_titles_feeds_back_with_its_mapping(tmp_path: Path) -> None:
-    from importer.export import export_csvs
+    from importer._export import export_csvs
 
     source = tmp_path / "in.csv"  # R3#hipaa is invalid
     mapping = tmp_path / "m.toml"

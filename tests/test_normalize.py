@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
-from importer.keys import natural_key
-from importer.mapping import load_mapping
-from importer.normalize import Normalizer, Row
-from importer.reader import open_table
+from importer._keys import natural_key
+from importer._mapping import load_mapping
+from importer._normalize import Normalizer, Row
+from importer._reader import open_table
 
 HEAD = "patientId,scope,category"
 

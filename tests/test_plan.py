@@ -8,11 +8,11 @@ from typing import Any
 
 import pytest
 
-from importer.ledger import LedgerRow, Op, RowState
-from importer.models import ConsentIn
-from importer.normalize import Row, RowError
-from importer.options import RunOptions
-from importer.plan import RowPlan, Verdict, plan_row
+from importer._ledger import LedgerRow, Op, RowState
+from importer._models import ConsentIn
+from importer._normalize import Row, RowError
+from importer._options import RunOptions
+from importer._plan import RowPlan, Verdict, plan_row
 
 BODY = {
     "patientId": "pt_1",

@@ -8,8 +8,8 @@ import anyio
 import pytest
 import tenacity
 
-from importer import retry
-from importer.errors import (
+from importer import _retry as retry
+from importer._errors import (
     AbortError,
     ApiError,
     AuthError,
@@ -19,7 +19,7 @@ from importer.errors import (
     RateLimitedError,
     ServerError,
 )
-from importer.retry import compute_wait, is_retryable, no_waits, retrying
+from importer._retry import compute_wait, is_retryable, no_waits, retrying
 
 
 @pytest.fixture(autouse=True)

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from importer.mapping import load_mapping
-from importer.validate import validate_files
+from importer._mapping import load_mapping
+from importer._validate import validate_files
 
 SAMPLES = Path(__file__).parent.parent / "sample_data"
 SETS = {

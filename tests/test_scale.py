@@ -11,11 +11,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from importer import engine as engine_module
-from importer import normalize
-from importer.normalize import Row
-from importer.observer import RunObserver
-from importer.options import DEFAULTS
+from importer import _engine as engine_module
+from importer import _normalize as normalize
+from importer._normalize import Row
+from importer._observer import RunObserver
+from importer._options import DEFAULTS
 from importer.sandbox import RunningSandbox
 from tests.engine_helpers import consent_rows, run, write_csv
 
@@ -122,7 +122,7 @@ def test_a_run_holds_a_slice_of_rows_not_the_file(
         read(self, row)
 
     monkeypatch.setattr(RunObserver, "read", sampled)
-    # No first-run check: its sample of rows is kept apart (importer.preflight).
+    # No first-run check: its sample of rows is kept apart (importer._preflight).
     result = run(
         write_csv(tmp_path / "a.csv", consent_rows(1500)),
         server.base_url,

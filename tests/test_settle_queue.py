@@ -6,7 +6,7 @@ from __future__ import annotations
 import anyio
 import pytest
 
-from importer.settle import SettleQueue
+from importer._settle import SettleQueue
 
 pytestmark = pytest.mark.anyio
 

@@ -15,18 +15,18 @@ from typing import Any
 import httpx
 import pytest
 
-from importer import retry
-from importer.cli import main
-from importer.ledger import DoneConsent, Ledger, Op, RowError, Source
-from importer.lock import LedgerLock
-from importer.sandbox import RunningSandbox, SandboxConfig, running_sandbox
-from importer.verify import (
+from importer import _retry as retry
+from importer._cli import main
+from importer._ledger import DoneConsent, Ledger, Op, RowError, Source
+from importer._lock import LedgerLock
+from importer._verify import (
     VerifyConfig,
     differing_fields,
     plan_reads,
     same_identity,
     verify,
 )
+from importer.sandbox import RunningSandbox, SandboxConfig, running_sandbox
 from tests.engine_helpers import KEY, consent_rows, ledger_ids, run, write_csv
 
 ROWS = 12  # one consent per patient (pt_0000 … pt_0011)
@@ -385,8 +385,8 @@ def test_a_spent_budget_past_max_wait_stops_with_exit_3(
     ],
 )
 def test_differing_fields(server: dict[str, Any], sent: dict[str, str], differ: list[str]) -> None:
-    from importer.normalize import body_field_hashes
-    from importer.verify import normalised_body
+    from importer._normalize import body_field_hashes
+    from importer._verify import normalised_body
 
     hashes = (
         body_field_hashes(normalised_body(sent)) if "scope" in sent else body_field_hashes(sent)
@@ -395,8 +395,8 @@ def test_differing_fields(server: dict[str, Any], sent: dict[str, str], differ: 
 
 
 def test_same_identity_ignores_fields_outside_the_identity() -> None:
-    from importer.normalize import body_field_hashes
-    from importer.verify import normalised_body
+    from importer._normalize import body_field_hashes
+    from importer._verify import normalised_body
 
     sent = body_field_hashes(normalised_body(body_of("K000001")))
     assert same_identity({**body_of("K000001"), "status": "inactive"}, sent)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from importer.mapping import load_mapping
 from importer.runner import RunConfig, run_import
+
 from importer.sandbox import SandboxConfig, running_sandbox
 
 HERE = Path(__file__).parent

@@ -1,0 +1,1193 @@
+"""The SQLite ledger: the truth of what was sent, created, patched and failed.
+
+A row's intent (its body and hash) is committed before its request is sent, and its
+outcome when the answer comes, so a crash at any instant leaves every row done, failed,
+or in flight with an unknown outcome, which the next run reconciles by a lookup.
+
+The file holds PHI (payloads of rows in flight, cells of failed rows), so it is created
+readable by its owner only. Commits are synchronous=FULL in WAL mode: an intent survives
+a power cut, not just a crash. `AsyncLedger` groups the writes of concurrent workers
+into shared transactions run in a worker thread, so one fsync serves many rows and the
+event loop never waits on the disk.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sqlite3
+import time
+from collections.abc import Callable, Container, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, TypeVar
+
+import anyio
+import anyio.to_thread
+import numpy as np
+import numpy.typing as npt
+
+from importer._errors import ConfigError
+
+SCHEMA_VERSION = "2"
+#: Schema versions this code migrates in place, once, when it opens their ledger.
+_MIGRATES = frozenset({"1"})
+log = logging.getLogger("importer.ledger")
+
+
+class RowState(StrEnum):
+    """Where a source row stands; `rows.state` holds one of these and nothing else."""
+
+    INVALID = "invalid"  # failed validation; nothing was sent
+    PENDING = "pending"  # an intent taken back unsent (stopped before sending): send next run
+    IN_FLIGHT = "in_flight"  # intent committed, outcome unknown: look it up before re-posting
+    SETTLING = "settling"  # an ambiguous answer: look it up once `settle_after` has passed
+    DONE = "done"  # the server holds the row's body (`payload_hash`) as `consent_id`
+    FAILED = "failed"  # the server refused it, or retries ran out; the next run tries again
+    REVOKED = "revoked"  # left the source; its consent was patched inactive
+
+
+class Op(StrEnum):
+    """What a row's request does; `rows.pending_op` and `attempts.op` hold these."""
+
+    CREATE = "create"  # POST the row
+    PATCH = "patch"  # PATCH the patchable fields of the row's consent
+    RECREATE = "recreate"  # POST the edited row, then retire the consent it replaces
+    RETIRE = "retire"  # PATCH the consent a recreate replaced to inactive
+    REVOKE = "revoke"  # PATCH the consent of a row gone from the source to inactive
+
+
+#: Row states that hold (or may hold) a consent on the server: an error of a later edit
+#: is noted on them without changing their state.
+_HOLDS_CONSENT = frozenset({RowState.IN_FLIGHT, RowState.SETTLING, RowState.DONE, RowState.REVOKED})
+
+#: Top-level API fields in the order `field_hashes` packs them (append only: a packed
+#: value names its fields by position here).
+FIELD_ORDER = (
+    "patientId",
+    "scope",
+    "category",
+    "status",
+    "dateTime",
+    "performerId",
+    "organizationId",
+    "policyUri",
+    "policies",
+    "policyRule",
+    "sourceAttachment",
+    "sourceReferenceId",
+    "verification",
+    "provision",
+)
+_FIELD_INDEX = {name: i for i, name in enumerate(FIELD_ORDER)}
+#: Bytes kept of each field's hash (the 12 hex digits `Row.field_hashes` gives).
+_FIELD_HASH_BYTES = 6
+
+_ROWS_TABLE = """
+CREATE TABLE IF NOT EXISTS rows (
+    source_key TEXT PRIMARY KEY,
+    source_file TEXT NOT NULL,
+    source_row INTEGER NOT NULL,
+    state TEXT NOT NULL,             -- invalid | pending | in_flight | settling | done
+                                     -- | failed | revoked (RowState)
+    action TEXT,                     -- created | adopted | updated | recreated | revoked
+    consent_id TEXT,
+    previous_consent_id TEXT,        -- the consent a recreate replaced
+    patient_id TEXT,
+    payload_hash BLOB,               -- SHA-256 (32 bytes) of the body the server holds
+    field_hashes BLOB,               -- per top-level field of that body: its index in
+                                     -- FIELD_ORDER (1 byte) and 6 bytes of its hash
+    cells_hash INTEGER,              -- digest of the cells that made that body (done rows):
+                                     -- a rerun finds unchanged rows by it, without bodies
+    pending_op TEXT,                 -- create | patch | recreate | retire | revoke
+                                     -- (Op; in_flight rows)
+    error_stage TEXT,                -- validate | sync | api
+    error_code TEXT,
+    error_message TEXT,
+    http_status INTEGER,
+    request_id TEXT,
+    cells TEXT,                      -- JSON of the source cells (invalid/failed rows only: PHI)
+    settle_after TEXT,               -- settling rows: look up no sooner (UTC ISO time)
+    attempts INTEGER NOT NULL DEFAULT 0,
+    first_run INTEGER,
+    last_run INTEGER,                -- the last run whose input held this row
+    updated_at INTEGER NOT NULL      -- Unix time in milliseconds
+) WITHOUT ROWID
+"""
+_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS runs (
+    id INTEGER PRIMARY KEY,
+    started_at TEXT NOT NULL,
+    finished_at TEXT,
+    status TEXT NOT NULL,            -- running | finished | aborted | paused | crashed
+    pid INTEGER,
+    inputs TEXT,                     -- JSON list of input file names
+    summary TEXT                     -- JSON summary when finished
+);
+{_ROWS_TABLE};
+CREATE INDEX IF NOT EXISTS rows_state ON rows (state);
+-- The body of each request in flight (PHI), apart from `rows`: a row's record stays the
+-- same small size from its intent on, so the pages of `rows` stay full.
+CREATE TABLE IF NOT EXISTS bodies (
+    source_key TEXT PRIMARY KEY,
+    body TEXT NOT NULL,
+    hash TEXT
+);
+-- Rows with an error noted are few: `status` counts them without reading every row.
+CREATE INDEX IF NOT EXISTS rows_errors ON rows (error_code) WHERE error_code IS NOT NULL;
+-- Failed attempts only (a row's successes are its state, action and attempts count).
+CREATE TABLE IF NOT EXISTS attempts (
+    id INTEGER PRIMARY KEY,
+    run_id INTEGER NOT NULL,
+    source_key TEXT NOT NULL,
+    op TEXT NOT NULL,                -- create | patch | recreate | retire | revoke (Op)
+    at TEXT NOT NULL,
+    outcome TEXT NOT NULL,           -- error
+    http_status INTEGER,
+    request_id TEXT,
+    error_code TEXT
+);
+"""
+
+T = TypeVar("T")
+_SELECT_ROWS = (
+    "SELECT source_key, state, action, consent_id, payload_hash, field_hashes, pending_op, "
+    "(SELECT body FROM bodies p WHERE p.source_key = rows.source_key), "
+    "(SELECT hash FROM bodies p WHERE p.source_key = rows.source_key), "
+    "error_code, settle_after, updated_at FROM rows"
+)
+#: Marks a pending body an upsert leaves as it is.
+_KEEP: Any = object()
+#: Done rows with no error noted, by key and cells digest: what a rerun skips in bulk.
+_UNCHANGED = (
+    # CROSS JOIN: the keys outside, one lookup by primary key each (through the state
+    # index, SQLite would look each row up twice). k.key is the key's place in the list.
+    "SELECT k.key, r.cells_hash FROM json_each(?) AS k CROSS JOIN rows AS r "
+    "ON r.source_key = k.value WHERE r.state = 'done' AND r.error_code IS NULL "
+    "AND r.cells_hash IS NOT NULL"
+)
+#: Rows that need a person: invalid, failed, sent with an outcome still unknown, or done
+#: but edited in a way the API cannot apply (the error stays until a run clears it).
+_NEEDS_A_PERSON = "state IN ('invalid', 'failed') OR error_code IS NOT NULL"
+#: Columns cleared once a row's outcome is known.
+_CLEARED = dict.fromkeys(
+    (
+        "pending_op",
+        "pending_body",
+        "pending_hash",
+        "error_stage",
+        "error_code",
+        "error_message",
+        "http_status",
+        "cells",
+        "settle_after",
+    )
+)
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+def _now() -> int:
+    """`updated_at` as stored: Unix milliseconds (an ISO text takes 29 bytes a row)."""
+    return time.time_ns() // 1_000_000
+
+
+def _iso(stored: int | str | None) -> str | None:
+    """A stored `updated_at` as `now_iso` writes times (a legacy text as it is)."""
+    if not isinstance(stored, int):
+        return stored
+    return datetime.fromtimestamp(stored / 1000, UTC).isoformat(timespec="milliseconds")
+
+
+def pack_hash(hex_digest: str | None) -> bytes | str | None:
+    """A body's SHA-256 as stored: 32 bytes (any other text is kept as it is)."""
+    if hex_digest is not None and len(hex_digest) == 64:
+        try:
+            return bytes.fromhex(hex_digest)
+        except ValueError:
+            pass
+    return hex_digest
+
+
+def unpack_hash(stored: bytes | str | None) -> str | None:
+    return stored.hex() if isinstance(stored, bytes) else stored
+
+
+def pack_field_hashes(hashes: dict[str, str]) -> bytes | str:
+    """{field: 12 hex digits} as stored: per field, its index in FIELD_ORDER and the 6
+    bytes of its hash. A field or hash this form cannot hold keeps the JSON form."""
+    packed = bytearray()
+    try:
+        for name, digest in hashes.items():
+            raw = bytes.fromhex(digest)
+            if len(raw) != _FIELD_HASH_BYTES:
+                raise ValueError(digest)
+            packed.append(_FIELD_INDEX[name])
+            packed += raw
+    except (KeyError, ValueError):
+        return json.dumps(hashes, separators=(",", ":"))
+    return bytes(packed)
+
+
+def unpack_field_hashes(stored: bytes | str | None) -> dict[str, str]:
+    if not stored:
+        return {}
+    if isinstance(stored, str):
+        found: dict[str, str] = json.loads(stored)
+        return found
+    step = 1 + _FIELD_HASH_BYTES
+    return {
+        FIELD_ORDER[stored[i]]: stored[i + 1 : i + step].hex() for i in range(0, len(stored), step)
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """Where a row comes from: its key, file and row number (what every transition needs)."""
+
+    key: str
+    file: str
+    row: int
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerRow:
+    """What the ledger knows of one source key."""
+
+    source_key: str
+    state: RowState
+    action: str | None
+    consent_id: str | None
+    payload_hash: str | None
+    field_hashes: dict[str, str]
+    pending_op: Op | None
+    pending_body: str | None
+    pending_hash: str | None
+    error_code: str | None
+    settle_after: str | None = None  # settling rows: look up no sooner than this
+    updated_at: str | None = None  # in-flight rows: when the intent was committed
+
+
+@dataclass(frozen=True, slots=True)
+class RowError:
+    """An error to note on a row: where it arose, its code and one-line message."""
+
+    stage: str  # validate | sync | api
+    code: str
+    message: str
+    cells: str | None = None  # JSON of the source cells (PHI), for failed.csv
+    http_status: int | None = None
+    request_id: str | None = None
+
+
+class _Transitions:
+    """The only ways a row of the ledger changes, each named for its event and with
+    the states it moves between. Call them inside a transaction."""
+
+    _db: sqlite3.Connection
+
+    def intent(
+        self,
+        run_id: int,
+        src: Source,
+        op: Op,
+        *,
+        body: str,
+        body_hash: str,
+        patient_id: str | None,
+        consent_id: str | None = None,
+        previous_consent_id: str | None = None,
+    ) -> None:
+        """any -> in_flight: the request for `op` is about to be sent with `body`."""
+        values: dict[str, Any] = {
+            "state": RowState.IN_FLIGHT,
+            "pending_op": op,
+            "pending_body": body,
+            "pending_hash": body_hash,
+            "patient_id": patient_id,
+            "settle_after": None,
+        }
+        if consent_id is not None:
+            values["consent_id"] = consent_id
+        if previous_consent_id is not None:
+            values["previous_consent_id"] = previous_consent_id
+        self._upsert(run_id, src, values)
+        self._db.execute("UPDATE rows SET attempts = attempts + 1 WHERE source_key = ?", (src.key,))
+
+    def done(
+        self,
+        run_id: int,
+        src: Source,
+        op: Op,
+        *,
+        action: str,
+        payload_hash: str,
+        field_hashes: dict[str, str],
+        patient_id: str | None,
+        request_id: str | None,
+        consent_id: str | None = None,
+        cells_hash: int | None = None,
+    ) -> None:
+        """in_flight -> done: the server holds the row's body (as `consent_id`); its
+        success is the row itself (no attempts row)."""
+        values: dict[str, Any] = {
+            **_CLEARED,
+            "state": RowState.DONE,
+            "action": action,
+            "payload_hash": pack_hash(payload_hash),
+            "field_hashes": pack_field_hashes(field_hashes),
+            "cells_hash": cells_hash,
+            "request_id": request_id,
+            "patient_id": patient_id,
+        }
+        if consent_id is not None:
+            values["consent_id"] = consent_id
+        self._upsert(run_id, src, values)
+
+    def failed(self, run_id: int, src: Source, op: Op, error: RowError) -> None:
+        """in_flight -> failed: the server refused the request, or retries ran out with
+        the request certainly not applied (or harmless to send again: a PATCH)."""
+        values = {**_error_values(error), "state": RowState.FAILED}
+        values.update(pending_op=None, pending_body=None)
+        self._upsert(run_id, src, values)
+        self._attempt(run_id, src.key, op, "error", error=error)
+
+    def outcome_unknown(self, run_id: int, src: Source, op: Op, error: RowError) -> None:
+        """in_flight -> in_flight, error noted: a POST may have been stored; the next run
+        looks it up before anything is posted again."""
+        self._upsert(run_id, src, {**_error_values(error), "state": RowState.IN_FLIGHT})
+        self._attempt(run_id, src.key, op, "error", error=error)
+
+    def settling(
+        self, run_id: int, src: Source, op: Op, error: RowError, *, settle_after: str
+    ) -> None:
+        """in_flight -> settling: a POST's answer was ambiguous; look the consent up no
+        sooner than `settle_after` (kept across a crash), then adopt it or post again."""
+        values = {**_error_values(error), "state": RowState.SETTLING}
+        self._upsert(run_id, src, {**values, "settle_after": settle_after})
+        self._attempt(run_id, src.key, op, "error", error=error)
+
+    def gave_up(self, run_id: int, src: Source, op: Op, error: RowError) -> None:
+        """settling -> failed as outcome_unknown: ambiguous `--max-attempts` times. The op
+        stays, and the next run looks the consent up before posting."""
+        values = {**_error_values(error), "state": RowState.FAILED, "settle_after": None}
+        self._upsert(run_id, src, values)
+        self._attempt(run_id, src.key, op, "error", error=error)
+
+    def unsent(self, src: Source, before: RowState | None) -> None:
+        """in_flight -> the state before the intent (pending if it was in flight too), or
+        no row at all for a new one: the request was never sent."""
+        if before is None:
+            self._db.execute("DELETE FROM rows WHERE source_key = ?", (src.key,))
+            self._db.execute("DELETE FROM bodies WHERE source_key = ?", (src.key,))
+            return
+        back = RowState.PENDING if before is RowState.IN_FLIGHT else before
+        changed = self._db.execute(
+            "UPDATE rows SET state = ?, pending_op = NULL "
+            "WHERE source_key = ? AND state = 'in_flight'",
+            (back, src.key),
+        )
+        if changed.rowcount:
+            self._db.execute("DELETE FROM bodies WHERE source_key = ?", (src.key,))
+
+    def patch_failed(
+        self,
+        run_id: int,
+        src: Source,
+        op: Op,
+        error: RowError,
+        *,
+        state: RowState,
+        consent_id: str,
+        field_hashes: dict[str, str],
+    ) -> None:
+        """in_flight -> done (or revoked), error noted: a PATCH of the row's consent was
+        refused or went unanswered. The row keeps its consent (created.csv, verify and
+        revocation still see it); `field_hashes` leave out the fields the PATCH carried,
+        so the next run sends them again, whatever the server made of this one."""
+        values = {**_error_values(error), "state": state, "consent_id": consent_id}
+        values.update(
+            pending_op=None,
+            pending_body=None,
+            pending_hash=None,
+            settle_after=None,
+            payload_hash=None,
+            field_hashes=pack_field_hashes(field_hashes),
+            cells_hash=None,
+        )
+        self._upsert(run_id, src, values)
+        self._attempt(run_id, src.key, op, "error", error=error)
+
+    def revoking(self, run_id: int, key: str) -> None:
+        """done -> in_flight (revoke): the PATCH to inactive is about to be sent. A crash
+        after it leaves the row to the next run's revocation, or to a PATCH that makes
+        the consent active again if the row is back in the source."""
+        self._db.execute(
+            "UPDATE rows SET state = 'in_flight', pending_op = 'revoke', updated_at = ? "
+            "WHERE source_key = ?",
+            (_now(), key),
+        )
+        self._db.execute("UPDATE rows SET attempts = attempts + 1 WHERE source_key = ?", (key,))
+
+    def revoke_failed(self, run_id: int, key: str, error: RowError) -> None:
+        """in_flight (revoke) -> done, error noted: the consent may still be active (or
+        not: a 5xx may have applied it); the next run with --revoke-missing tries again,
+        and failed.csv lists the row. Its status is no longer taken as known, so a row
+        back in the source is PATCHed (to its status, or active)."""
+        found = self._db.execute(
+            "SELECT field_hashes FROM rows WHERE source_key = ?", (key,)
+        ).fetchone()
+        hashes = unpack_field_hashes(found[0]) if found else {}
+        hashes.pop("status", None)
+        self._db.execute(
+            "UPDATE rows SET payload_hash = NULL, cells_hash = NULL, field_hashes = ? "
+            "WHERE source_key = ?",
+            (pack_field_hashes(hashes), key),
+        )
+        self._db.execute(
+            "UPDATE rows SET state = 'done', pending_op = NULL, "
+            "error_stage = ?, error_code = ?, error_message = ?, http_status = ?, "
+            "request_id = ?, updated_at = ? WHERE source_key = ?",
+            (
+                error.stage,
+                error.code,
+                error.message,
+                error.http_status,
+                error.request_id,
+                _now(),
+                key,
+            ),
+        )
+        self._attempt(run_id, key, Op.REVOKE, "error", error=error)
+
+    def revoked(self, run_id: int, key: str) -> None:
+        """done -> revoked: the row left the source and its consent is now inactive."""
+        self._db.execute(
+            "UPDATE rows SET state = 'revoked', action = 'revoked', payload_hash = NULL, "
+            "cells_hash = NULL, pending_op = NULL, error_stage = NULL, error_code = NULL, "
+            "error_message = NULL, http_status = NULL, updated_at = ? WHERE source_key = ?",
+            (_now(), key),
+        )
+        self._db.execute("DELETE FROM bodies WHERE source_key = ?", (key,))
+
+    def invalid(self, run_id: int, src: Source, error: RowError) -> None:
+        """-> invalid, or the error noted on a row that holds a consent (its state kept):
+        the row failed validation."""
+        before = self._state(src.key)
+        state = before if before in _HOLDS_CONSENT else RowState.INVALID
+        self._upsert(run_id, src, {**_error_values(error), "state": state})
+
+    def refused(self, run_id: int, src: Source, error: RowError) -> None:
+        """The error noted, state kept: the row's edit cannot be applied (the consent
+        stays as it is and in created.csv; failed.csv lists the row until it is fixed)."""
+        self._db.execute(
+            "UPDATE rows SET source_file = ?, source_row = ?, last_run = ?, error_stage = ?, "
+            "error_code = ?, error_message = ?, http_status = NULL, request_id = NULL, "
+            "cells = ?, updated_at = ? WHERE source_key = ?",
+            (
+                src.file,
+                src.row,
+                run_id,
+                error.stage,
+                error.code,
+                error.message,
+                error.cells,
+                _now(),
+                src.key,
+            ),
+        )
+
+    def seen(self, rows: Sequence[tuple[str, int | None]], run_id: int) -> None:
+        """These done rows (key, cells digest) are in this run's input as the server
+        holds them: note that they were seen, clear any error of an earlier edit that
+        has since been undone, and keep their cells digest (a ledger from before digests
+        gets them here, so its next rerun skips the rows in bulk)."""
+        self._db.executemany(
+            "UPDATE rows SET last_run = ?, cells_hash = coalesce(?, cells_hash), "
+            "error_stage = NULL, error_code = NULL, error_message = NULL, cells = NULL "
+            "WHERE source_key = ?",
+            [(run_id, digest, key) for key, digest in rows],
+        )
+
+    def _upsert(self, run_id: int, src: Source, values: dict[str, Any]) -> None:
+        """Create or update one row's record with `values` (column = value)."""
+        RowState(values["state"])  # a state nobody listed is a bug: fail the transaction
+        body = values.pop("pending_body", _KEEP)
+        body_hash = values.pop("pending_hash", None)
+        values["updated_at"] = _now()
+        columns = ", ".join(values)
+        marks = ", ".join("?" * len(values))
+        updates = ", ".join(f"{c} = excluded.{c}" for c in values)
+        self._db.execute(
+            f"INSERT INTO rows (source_key, source_file, source_row, first_run, last_run, "  # noqa: S608
+            f"{columns}) VALUES (?, ?, ?, ?, ?, {marks}) ON CONFLICT (source_key) DO UPDATE SET "
+            f"source_file = excluded.source_file, source_row = excluded.source_row, "
+            f"last_run = excluded.last_run, {updates}",
+            (src.key, src.file, src.row, run_id, run_id, *values.values()),
+        )
+        if body is None:
+            self._db.execute("DELETE FROM bodies WHERE source_key = ?", (src.key,))
+        elif body is not _KEEP:
+            self._db.execute(
+                "INSERT OR REPLACE INTO bodies VALUES (?, ?, ?)", (src.key, body, body_hash)
+            )
+
+    def _attempt(self, run_id: int, key: str, op: Op, outcome: str, *, error: RowError) -> None:
+        """A failed attempt (successes are not kept apart: the row holds them)."""
+        self._db.execute(
+            "INSERT INTO attempts (run_id, source_key, op, at, outcome, http_status, "
+            "request_id, error_code) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (run_id, key, op, now_iso(), outcome, error.http_status, error.request_id, error.code),
+        )
+
+    def _state(self, key: str) -> RowState | None:
+        found = self._db.execute("SELECT state FROM rows WHERE source_key = ?", (key,)).fetchone()
+        return RowState(found[0]) if found else None
+
+
+class Ledger(_Transitions):
+    """Synchronous access to the ledger file; one connection, used by one thread at a time.
+
+    Rows change only through the named transitions of `_Transitions` (`intent`, `done`,
+    `failed`, `patch_failed`, `outcome_unknown`, `settling`, `gave_up`, `unsent`,
+    `revoking`, `revoke_failed`, `revoked`, `invalid`, `refused`, `seen`);
+    call them inside a transaction (`AsyncLedger.write` runs each in one).
+    """
+
+    def __init__(self, path: str | Path, *, base_url: str | None = None) -> None:
+        self.path = Path(path)
+        self._reads: sqlite3.Connection | None = None
+        if str(path) != ":memory:":  # in memory: for tests of the transitions
+            _create_private(self.path)
+        try:
+            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            _check_ours(self._db, self.path)
+            _make_private(self.path)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute("PRAGMA busy_timeout=5000")
+            self._db.executescript(_SCHEMA)
+            columns = {r[1] for r in self._db.execute("PRAGMA table_info(rows)")}
+            if "settle_after" not in columns:  # a ledger of a version before settling
+                self._db.execute("ALTER TABLE rows ADD COLUMN settle_after TEXT")
+        except sqlite3.DatabaseError as exc:
+            raise ConfigError(
+                f"ledger {self.path} is not a consent-import ledger ({exc}); give another --ledger"
+            ) from None
+        self._check_meta(base_url)
+
+    def _check_meta(self, base_url: str | None) -> None:
+        meta = dict(self._db.execute("SELECT key, value FROM meta").fetchall())
+        version = meta.get("schema_version")
+        if version in _MIGRATES:
+            _migrate(self, version)
+        elif version is not None and version != SCHEMA_VERSION:
+            raise ConfigError(
+                f"ledger {self.path} has schema version {version}; this consent-import "
+                f"reads version {SCHEMA_VERSION}"
+            )
+        with self.transaction():
+            self._db.execute(
+                "INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (SCHEMA_VERSION,)
+            )
+            self.key_scheme = meta.get("key_scheme") or self._first_key_scheme()
+            if base_url is None:
+                return
+            known = meta.get("base_url")
+            if known is None or (known != base_url and self.created_nothing()):
+                # A ledger that never created anything holds no consent ids to mix up,
+                # so a first run with a wrong base URL does not bind it for good.
+                self._db.execute("INSERT OR REPLACE INTO meta VALUES ('base_url', ?)", (base_url,))
+            elif known != base_url:
+                # Consent ids of one server mean nothing on another: never mix them.
+                raise ConfigError(
+                    f"ledger {self.path} records imports into {known}, not {base_url}; "
+                    "use another --ledger for another server"
+                )
+
+    def _first_key_scheme(self) -> str:
+        """How rows without a key column are keyed, recorded once per ledger. One that
+        already holds rows was made before natural keys: it keeps hashing whole bodies
+        ("content"), so its rows still match; a new ledger keys them by natural identity."""
+        held = self._db.execute("SELECT 1 FROM rows LIMIT 1").fetchone() is not None
+        scheme = "content" if held else "natural"
+        self._db.execute("INSERT INTO meta VALUES ('key_scheme', ?)", (scheme,))
+        return scheme
+
+    def close(self) -> None:
+        if self._reads is not None:
+            self._reads.close()
+        self._db.close()
+
+    def created_nothing(self) -> bool:
+        """True when no row holds a consent id or may have created one (in flight)."""
+        found = self._db.execute(
+            "SELECT 1 FROM rows WHERE consent_id IS NOT NULL "
+            "OR state IN ('in_flight', 'settling') OR error_code = 'outcome_unknown' LIMIT 1"
+        ).fetchone()
+        return found is None
+
+    def transaction(self) -> _Transaction:
+        return _Transaction(self._db)
+
+    # -- runs ---------------------------------------------------------------------
+
+    def begin_run(self, inputs: Sequence[str]) -> int:
+        with self.transaction():
+            # A run left "running" belongs to a process that is gone (the lock says so).
+            self._db.execute("UPDATE runs SET status = 'crashed' WHERE status = 'running'")
+            cursor = self._db.execute(
+                "INSERT INTO runs (started_at, status, pid, inputs) VALUES (?, 'running', ?, ?)",
+                (now_iso(), os.getpid(), json.dumps(list(inputs))),
+            )
+        assert cursor.lastrowid is not None
+        return cursor.lastrowid
+
+    def finish_run(self, run_id: int, status: str, summary: dict[str, Any]) -> None:
+        with self.transaction():
+            self._db.execute(
+                "UPDATE runs SET finished_at = ?, status = ?, summary = ? WHERE id = ?",
+                (now_iso(), status, json.dumps(summary), run_id),
+            )
+
+    def runs(self, limit: int = 10) -> list[dict[str, Any]]:
+        rows = self._db.execute(
+            "SELECT id, started_at, finished_at, status, pid, inputs, summary FROM runs "
+            "ORDER BY id DESC LIMIT ?",
+            (limit,),
+        ).fetchall()
+        return [
+            {
+                "id": r[0],
+                "started_at": r[1],
+                "finished_at": r[2],
+                "status": r[3],
+                "pid": r[4],
+                "inputs": json.loads(r[5] or "[]"),
+                "summary": json.loads(r[6]) if r[6] else None,
+            }
+            for r in rows
+        ]
+
+    # -- reads ----------------------------------------------------------------------
+
+    def get(self, keys: Iterable[str]) -> dict[str, LedgerRow]:
+        """The ledger's rows for these source keys (absent keys are new rows)."""
+        found: dict[str, LedgerRow] = {}
+        batch = list(keys)
+        for start in range(0, len(batch), 500):
+            part = batch[start : start + 500]
+            marks = ",".join("?" * len(part))
+            # Only "?" placeholders are formatted into the query.
+            query = f"{_SELECT_ROWS} WHERE source_key IN ({marks})"
+            for r in self._db.execute(query, part):
+                found[r[0]] = LedgerRow(
+                    r[0],
+                    RowState(r[1]),
+                    r[2],
+                    r[3],
+                    unpack_hash(r[4]),
+                    unpack_field_hashes(r[5]),
+                    Op(r[6]) if r[6] else None,
+                    r[7],
+                    r[8],
+                    r[9],
+                    r[10],
+                    _iso(r[11]),
+                )
+        return found
+
+    def claimed_consents(self, consent_ids: Iterable[str]) -> set[str]:
+        """Those of `consent_ids` the ledger already holds for some row."""
+        ids = list(consent_ids)
+        if not ids:
+            return set()
+        marks = ",".join("?" * len(ids))
+        return {
+            r[0]
+            for r in self._db.execute(
+                f"SELECT consent_id FROM rows WHERE consent_id IN ({marks})",  # noqa: S608
+                ids,
+            )
+        }
+
+    def previous_consent(self, key: str) -> str | None:
+        """The consent a recreate of this row replaced (its retire patches it inactive)."""
+        found = self._db.execute(
+            "SELECT previous_consent_id FROM rows WHERE source_key = ?", (key,)
+        ).fetchone()
+        return found[0] if found else None
+
+    def unchanged(self, keys: list[str], digests: npt.NDArray[np.int64]) -> npt.NDArray[np.bool_]:
+        """For each key, whether the ledger holds it as done, with no error noted, made
+        from cells of this digest: one read for the lot, on a connection of its own (the
+        reader's thread asks while the writer commits)."""
+        if self._reads is None:
+            self._reads = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            self._reads.execute("PRAGMA busy_timeout=5000")
+        found = self._reads.execute(_UNCHANGED, (json.dumps(keys),)).fetchall()
+        same = np.zeros(len(keys), dtype=bool)
+        if found:
+            at, stored = np.array(found, dtype=np.int64).T
+            same[at] = stored == digests[at]
+        return same
+
+    def created_rows(self) -> Iterator[sqlite3.Row]:
+        """Rows whose consent the server holds as the row says (created.csv)."""
+        return self._rows("state = 'done'")
+
+    def rows_needing_a_person(self) -> Iterator[sqlite3.Row]:
+        """Invalid and failed rows, and done rows with an error noted (failed.csv)."""
+        return self._rows(_NEEDS_A_PERSON)
+
+    def missing_rows(
+        self,
+        run_id: int | None = None,
+        seen: Container[str] = frozenset(),
+        *,
+        in_input: Callable[[list[str]], npt.NDArray[np.bool_]] | None = None,
+    ) -> Iterator[tuple[str, str, int, str | None]]:
+        """Done rows missing from the source: (key, file, row, consent id) of those run
+        `run_id` did not see; a dry run, which records nothing, passes the keys it saw.
+        A run passes `in_input(keys)`, which says which keys its input held: rows found
+        unchanged in bulk are not noted as seen one by one."""
+        query = "SELECT source_key, source_file, source_row, consent_id FROM rows WHERE "
+        # A revoke a crash cut short is in flight: it is sent again.
+        gone = "(state = 'done' OR (state = 'in_flight' AND pending_op = 'revoke'))"
+        if in_input is not None:
+            # Keys only (from the state index), then the few rows gone: a third of the time.
+            cursor = self._db.execute("SELECT source_key FROM rows WHERE " + gone)  # noqa: S608 - constant text
+            while part := cursor.fetchmany(10_000):
+                keys = [key for (key,) in part]
+                held = in_input(keys).tolist()
+                left = [key for key, h in zip(keys, held, strict=True) if not h]
+                for start in range(0, len(left), 500):
+                    some = left[start : start + 500]
+                    marks = ",".join("?" * len(some))
+                    yield from self._db.execute(query + f"source_key IN ({marks})", some)
+            return
+        query += gone
+        if run_id is None:
+            rows = self._db.execute(query)
+        else:
+            rows = self._db.execute(query + " AND (last_run IS NULL OR last_run < ?)", (run_id,))
+        for key, file, number, consent_id in rows:
+            if key not in seen:
+                yield key, file, number, consent_id
+
+    def sources(self) -> tuple[dict[str, int], dict[str, int]]:
+        """Rows by source system ("(none)" for keys of no system) and by source file."""
+        systems = dict(
+            self._db.execute(
+                "SELECT CASE WHEN instr(source_key, char(31)) > 0 "
+                "THEN substr(source_key, 1, instr(source_key, char(31)) - 1) ELSE '(none)' END "
+                "AS system, count(*) FROM rows GROUP BY system ORDER BY system"
+            ).fetchall()
+        )
+        files = dict(
+            self._db.execute(
+                "SELECT source_file, count(*) FROM rows GROUP BY source_file ORDER BY source_file"
+            ).fetchall()
+        )
+        return systems, files
+
+    def done_count(self) -> int:
+        (count,) = self._db.execute("SELECT count(*) FROM rows WHERE state = 'done'").fetchone()
+        return int(count)
+
+    def counts(self) -> dict[str, int]:
+        """Rows by state."""
+        return dict(self._db.execute("SELECT state, count(*) FROM rows GROUP BY state").fetchall())
+
+    def error_counts(self) -> dict[str, int]:
+        """Rows by the error code noted on them."""
+        return dict(
+            self._db.execute(
+                "SELECT error_code, count(*) FROM rows WHERE error_code IS NOT NULL "
+                "GROUP BY error_code"
+            ).fetchall()
+        )
+
+    def _rows(self, where: str, params: Sequence[Any] = ()) -> Iterator[sqlite3.Row]:
+        cursor = self._db.cursor()
+        cursor.row_factory = sqlite3.Row
+        yield from cursor.execute(
+            f"SELECT * FROM rows WHERE {where} ORDER BY source_file, source_row",  # noqa: S608
+            params,
+        )
+
+    # -- read-only access (verify) ----------------------------------------------------
+
+    @classmethod
+    def open_readonly(cls, path: str | Path) -> Ledger:
+        """Open an existing ledger for reading only: nothing is created, migrated or written.
+
+        Raises:
+            ConfigError: no such file, not a ledger, or another schema version.
+        """
+        ledger = cls.__new__(cls)
+        ledger.path = Path(path)
+        ledger._reads = None
+        if not ledger.path.is_file():
+            raise ConfigError(f"ledger {ledger.path} not found; give the --ledger of a run")
+        try:
+            uri = ledger.path.resolve().as_uri() + "?mode=ro"
+            ledger._db = sqlite3.connect(uri, uri=True, isolation_level=None)
+            ledger._db.execute("PRAGMA busy_timeout=5000")
+            meta = dict(ledger._db.execute("SELECT key, value FROM meta").fetchall())
+        except sqlite3.DatabaseError as exc:
+            raise ConfigError(
+                f"ledger {ledger.path} is not a consent-import ledger ({exc}); "
+                "give another --ledger"
+            ) from None
+        version = meta.get("schema_version")
+        # A ledger this code would migrate reads the same (its reads take both forms).
+        if version is not None and version != SCHEMA_VERSION and version not in _MIGRATES:
+            ledger._db.close()
+            raise ConfigError(
+                f"ledger {ledger.path} has schema version {version}; this consent-import "
+                f"reads version {SCHEMA_VERSION}"
+            )
+        return ledger
+
+    def base_url(self) -> str | None:
+        """The server this ledger records imports into (None before any run)."""
+        found = self._db.execute("SELECT value FROM meta WHERE key = 'base_url'").fetchone()
+        return None if found is None else str(found[0])
+
+    def done_consents(self) -> list[DoneConsent]:
+        """Every row the ledger says the server holds (created, adopted, updated, recreated)."""
+        return [
+            DoneConsent(r[0], r[1], r[2], r[3], r[4], unpack_hash(r[5]), r[6])
+            for r in self._db.execute(
+                "SELECT source_key, source_file, source_row, consent_id, patient_id, "
+                "payload_hash, field_hashes FROM rows "
+                "WHERE state = 'done' AND consent_id IS NOT NULL ORDER BY source_file, source_row"
+            )
+        ]
+
+    def unknown_outcomes(self) -> list[UnknownOutcome]:
+        """Rows whose POST may or may not have created a consent: failed as
+        `outcome_unknown`, or a create still in flight or settling (left by a stopped run)."""
+        return [
+            UnknownOutcome(r[0], r[1], r[2], r[3], r[4], r[5])
+            for r in self._db.execute(
+                "SELECT source_key, source_file, source_row, consent_id, patient_id, state "
+                "FROM rows WHERE error_code = 'outcome_unknown' OR (state IN "
+                "('in_flight', 'settling') AND pending_op IN ('create', 'recreate')) "
+                "ORDER BY source_file, source_row"
+            )
+        ]
+
+
+def _migrate(ledger: Ledger, version: str) -> None:
+    """Rewrite a ledger of schema `version` as this schema, in place and once: the
+    same rows and guarantees, done rows' hashes packed, successes' attempts rows
+    dropped, the file compacted. Digests of cells come with the next rerun."""
+    started = time.monotonic()
+    db = ledger._db
+    db.create_function("pack_hash", 1, pack_hash, deterministic=True)
+    db.create_function("pack_fields", 1, _pack_json_field_hashes, deterministic=True)
+    db.create_function("unix_ms", 1, _unix_ms, deterministic=True)
+    kept = ", ".join(_KEPT_COLUMNS)
+    with ledger.transaction():
+        db.execute(_ROWS_TABLE.replace("IF NOT EXISTS rows", "rows_next"))
+        db.execute(
+            "INSERT INTO bodies SELECT source_key, pending_body, pending_hash FROM rows "
+            "WHERE pending_body IS NOT NULL"
+        )
+        db.execute(
+            f"INSERT INTO rows_next ({kept}, payload_hash, field_hashes, updated_at) "  # noqa: S608
+            f"SELECT {kept}, pack_hash(payload_hash), pack_fields(field_hashes), "
+            "unix_ms(updated_at) FROM rows"
+        )
+        db.execute("DROP TABLE rows")
+        db.execute("ALTER TABLE rows_next RENAME TO rows")
+        db.execute("CREATE INDEX rows_state ON rows (state)")
+        db.execute("CREATE INDEX rows_errors ON rows (error_code) WHERE error_code IS NOT NULL")
+        db.execute("DELETE FROM attempts WHERE outcome = 'ok'")
+        db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (SCHEMA_VERSION,))
+    db.execute("VACUUM")
+    log.warning(
+        "ledger %s: upgraded from schema %s to %s in place, once (%.1f s): the same rows, "
+        "in a smaller file",
+        ledger.path,
+        version,
+        SCHEMA_VERSION,
+        time.monotonic() - started,
+    )
+
+
+#: Columns of schema 1 copied as they are by the migration.
+_KEPT_COLUMNS = (
+    "source_key",
+    "source_file",
+    "source_row",
+    "state",
+    "action",
+    "consent_id",
+    "previous_consent_id",
+    "patient_id",
+    "pending_op",
+    "error_stage",
+    "error_code",
+    "error_message",
+    "http_status",
+    "request_id",
+    "cells",
+    "settle_after",
+    "attempts",
+    "first_run",
+    "last_run",
+)
+
+
+def _pack_json_field_hashes(text: str | None) -> bytes | str | None:
+    return pack_field_hashes(json.loads(text)) if text else None
+
+
+def _unix_ms(text: str | None) -> int:
+    try:
+        return int(datetime.fromisoformat(text or "").timestamp() * 1000)
+    except ValueError:
+        return _now()
+
+
+def _error_values(error: RowError) -> dict[str, Any]:
+    return {
+        "error_stage": error.stage,
+        "error_code": error.code,
+        "error_message": error.message,
+        "http_status": error.http_status,
+        "request_id": error.request_id,
+        "cells": error.cells,
+    }
+
+
+def recorded_sources(path: Path) -> list[str]:
+    """The input names every run of the ledger at `path` recorded (read-only; none if it
+    is not there or not a ledger: opening it says so, with the right message)."""
+    if not path.is_file():
+        return []
+    names: set[str] = set()
+    try:
+        db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            for (inputs,) in db.execute("SELECT inputs FROM runs"):
+                names.update(json.loads(inputs or "[]"))
+            names.update(n for (n,) in db.execute("SELECT DISTINCT source_file FROM rows"))
+        finally:
+            db.close()
+    except (sqlite3.Error, ValueError):
+        return []
+    return sorted(names)
+
+
+def _check_ours(db: sqlite3.Connection, path: Path) -> None:
+    """Refuse another program's SQLite database before anything is written to it."""
+    tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    if tables and not {"meta", "runs", "rows"} <= tables:
+        db.close()
+        raise ConfigError(
+            f"ledger {path} is not a consent-import ledger (an SQLite database of something "
+            "else); it was left as it is: give another --ledger"
+        )
+
+
+def _make_private(path: Path) -> None:
+    """An adopted file keeps no mode wider than owner-only (SQLite's -wal and -shm
+    files take the database's mode when created)."""
+    for file in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+        if file.exists() and file.stat().st_mode & 0o077:
+            file.chmod(0o600)
+
+
+class _Transaction:
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+
+    def __enter__(self) -> None:
+        self.db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
+        self.db.execute("ROLLBACK" if kind else "COMMIT")
+
+
+class AsyncLedger:
+    """Group commit for concurrent workers.
+
+    Every `write` queues a function of the ledger and waits until the transaction that
+    ran it has committed. One task takes everything queued, runs it in one transaction
+    in a worker thread, commits, and wakes the writers: under load, one fsync serves
+    many rows.
+
+    Outcomes queued without waiting (`write_soon`) are bounded: at `max_unsettled` not
+    yet committed, the next `write_soon` waits for a commit. A writer that falls behind
+    slows the workers down instead of piling up rows in memory.
+    """
+
+    def __init__(self, ledger: Ledger, *, max_unsettled: int = 1024) -> None:
+        if max_unsettled < 1:
+            raise ValueError("max_unsettled must be at least 1")
+        self.ledger = ledger
+        self.max_unsettled = max_unsettled
+        #: the most outcomes ever queued and not yet committed (for tests and benchmarks)
+        self.peak_unsettled = 0
+        self._queue: list[tuple[Callable[[Ledger], Any], _Waiter | None]] = []
+        self._unsettled = 0
+        self._wake = anyio.Event()
+        self._room = anyio.Event()
+        self._closed = False
+
+    async def write(self, fn: Callable[[Ledger], T]) -> T:
+        """Run `fn(ledger)` in the next grouped transaction; return once it is committed."""
+        if self._closed:
+            raise RuntimeError("ledger writer is closed")
+        waiter = _Waiter()
+        self._queue.append((fn, waiter))
+        self._wake.set()
+        await waiter.event.wait()
+        if waiter.error is not None:
+            raise waiter.error
+        return waiter.result  # type: ignore[no-any-return]
+
+    async def write_soon(self, fn: Callable[[Ledger], Any]) -> None:
+        """Queue `fn(ledger)` for the next grouped transaction, without waiting for it
+        to commit (only, at `max_unsettled` outcomes not yet committed, for room).
+
+        For a row's outcome: until it commits, the row is in flight in the ledger (its
+        intent was committed before the request), which a rerun settles by a lookup. So
+        the worker need not wait, and takes its next row one commit sooner. Writes keep
+        their order. If the transaction fails, the committer raises, ending the run.
+        """
+        while self._unsettled >= self.max_unsettled:
+            await self._room.wait()
+        if self._closed:
+            raise RuntimeError("ledger writer is closed")
+        self._unsettled += 1
+        self.peak_unsettled = max(self.peak_unsettled, self._unsettled)
+        self._queue.append((fn, None))
+        self._wake.set()
+
+    async def run_committer(self) -> None:
+        """The committer task: run until `close()` and the queue is drained."""
+        while True:
+            if not self._queue:
+                if self._closed:
+                    return
+                # Re-armed before waiting, and the queue checked after any wake: a write
+                # or close between the two is never missed.
+                await self._wake.wait()
+                self._wake = anyio.Event()
+                continue
+            batch, self._queue = self._queue, []
+            # Shielded: a cancelled run still commits what its workers already sent.
+            with anyio.CancelScope(shield=True):
+                error = await anyio.to_thread.run_sync(self._commit, batch)
+            settled = 0
+            for _, waiter in batch:
+                if waiter is not None:
+                    waiter.event.set()
+                else:
+                    settled += 1
+            if error is not None and settled:
+                raise error  # an outcome nobody waits for was not stored
+            if settled:
+                self._unsettled -= settled
+                self._room.set()  # wake the outcomes waiting for room, then re-arm
+                self._room = anyio.Event()
+
+    def close(self) -> None:
+        """Let the committer finish what is queued and stop."""
+        self._closed = True
+        self._wake.set()
+
+    def _commit(
+        self, batch: list[tuple[Callable[[Ledger], Any], _Waiter | None]]
+    ) -> BaseException | None:
+        """Run the batch in one transaction; the error that rolled it back, if any."""
+        try:
+            with self.ledger.transaction():
+                for fn, waiter in batch:
+                    result = fn(self.ledger)
+                    if waiter is not None:
+                        waiter.result = result
+        except BaseException as exc:  # the whole group rolled back: tell every writer
+            for _, waiter in batch:
+                if waiter is not None:
+                    waiter.error = exc
+            return exc
+        return None
+
+
+class _Waiter:
+    __slots__ = ("error", "event", "result")
+
+    def __init__(self) -> None:
+        self.event = anyio.Event()
+        self.result: Any = None
+        self.error: BaseException | None = None
+
+
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+def _create_private(path: Path) -> None:
+    """Create the ledger file readable by its owner only (it holds PHI); an existing file
+    is adopted only when empty or an SQLite database (`_check_ours` looks inside), and is
+    then made owner-only too, whatever mode it had."""
+    if path.exists():
+        if path.is_dir():
+            raise ConfigError(f"ledger {path} is a directory; give a file path")
+        with path.open("rb") as handle:
+            head = handle.read(len(_SQLITE_MAGIC))
+        if head and head != _SQLITE_MAGIC:
+            raise ConfigError(
+                f"ledger {path} is not a consent-import ledger (not an SQLite database); "
+                "it was left as it is: give another --ledger"
+            )
+        return
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+    except FileNotFoundError:
+        raise ConfigError(f"ledger {path}: folder {path.parent} does not exist") from None
+    except PermissionError:
+        raise ConfigError(f"ledger {path}: no permission to create it") from None
+    os.close(fd)
+
+
+@dataclass(frozen=True, slots=True)
+class DoneConsent:
+    """A row the ledger says the server holds, as `verify` reads it back."""
+
+    source_key: str
+    source_file: str
+    source_row: int
+    consent_id: str
+    patient_id: str | None
+    payload_hash: str | None
+    # Kept as stored and unpacked when asked: a big ledger is read whole.
+    field_hashes_stored: bytes | str | None
+
+    @property
+    def field_hashes(self) -> dict[str, str]:
+        """{field: short hash} of the body the server should hold."""
+        return unpack_field_hashes(self.field_hashes_stored)
+
+
+@dataclass(frozen=True, slots=True)
+class UnknownOutcome:
+    """A row whose create may or may not have reached the server."""
+
+    source_key: str
+    source_file: str
+    source_row: int
+    consent_id: str | None
+    patient_id: str | None
+    state: str

@@ -1,0 +1,563 @@
+"""The mapping from a legacy export's columns to ClinikAPI consent fields.
+
+Without a mapping file, well-known header spellings are recognised (case, spaces, `_` and
+`-` ignored). A TOML mapping file can name columns, translate values, fill defaults, set
+how the file is read, and resolve legacy patient ids through a crosswalk.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import difflib
+import re
+import tomllib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from importer._errors import ConfigError, no_such_file
+from importer._fields import (
+    V1_PATHS,
+    Condition,
+    ConsentSpec,
+    Spec,
+    header_hint,
+    match_header,
+    overlaps,
+    parse_condition,
+    parse_path,
+    parse_spec,
+    toml_key,
+)
+from importer._reader import SourceOptions, Table, open_table
+
+#: Row fields a column can feed, with the header spellings recognised without a mapping.
+SYNONYMS: dict[str, tuple[str, ...]] = {
+    "patientId": ("patient_id", "patient"),
+    "scope": ("consent_scope",),
+    "category": ("categories", "consent_category"),
+    "status": (),
+    "dateTime": ("date_time", "signed_at", "consent_date"),
+    "performerId": ("performer_id",),
+    "organizationId": ("organization_id",),
+    "policyUri": ("policy_uri", "policy"),
+    "policyRule": ("policy_rule",),
+    "sourceReferenceId": ("source_reference_id",),
+    "verified": (),
+    "verifiedWith": ("verified_with",),
+    "verificationDate": ("verification_date",),
+    "provisionType": ("provision_type",),
+    "provisionStart": ("provision_start",),
+    "provisionEnd": ("provision_end",),
+    "purpose": (),
+    "sourceKey": ("source_key", "legacy_id", "consent_id"),
+}
+FIELDS = tuple(SYNONYMS)
+#: The columns of a canonical export, in order (what sample_data/ and the benchmarks write).
+CANONICAL_COLUMNS = (
+    "sourceKey",
+    *(f for f in FIELDS if f not in ("sourceKey", "policyRule", "sourceReferenceId")),
+)
+#: Fields the API requires; a file must feed each from a column or a default.
+REQUIRED_FIELDS = ("patientId", "scope", "category")
+#: Fields holding date-times, parsed with the source's timezone and date formats.
+DATE_FIELDS = ("dateTime", "verificationDate", "provisionStart", "provisionEnd")
+#: Cell words for `verified`, compared case-folded.
+TRUE_WORDS = frozenset({"y", "yes", "true", "t", "1"})
+FALSE_WORDS = frozenset({"n", "no", "false", "f", "0"})
+
+_SECTIONS = {"source", "columns", "values", "defaults", "patients", "filter", "fields", "consents"}
+_SOURCE_KEYS = {
+    "sheet",
+    "encoding",
+    "delimiter",
+    "key",
+    "timezone",
+    "date_formats",
+    "system",
+    "header_row",
+    "null_values",
+}
+#: A source system's name namespaces its keys in the ledger: letters, digits, `_.-`.
+_SYSTEM = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+_CONSENT_KEYS = {"key", "when", "fields"}
+_PATIENTS_KEYS = {"crosswalk"}
+
+
+def canonical_header(header: str) -> str:
+    """Fold a header for matching: case, spaces, `_` and `-` ignored."""
+    return re.sub(r"[\s_\-]+", "", header).casefold()
+
+
+_RECOGNISED = {
+    canonical_header(spelling): name
+    for name, spellings in SYNONYMS.items()
+    for spelling in (name, *spellings)
+}
+
+
+@dataclass(frozen=True)
+class Mapping:
+    """Everything a mapping file says; the empty mapping is the default."""
+
+    source: SourceOptions = field(default_factory=SourceOptions)
+    key: tuple[str, ...] = ()
+    timezone: ZoneInfo = field(default_factory=lambda: ZoneInfo("UTC"))
+    date_formats: tuple[str, ...] = ()
+    columns: dict[str, str] = field(default_factory=dict)
+    values: dict[str, dict[str, str | bool]] = field(default_factory=dict)
+    defaults: dict[str, str | bool] = field(default_factory=dict)
+    crosswalk: dict[str, str] | None = field(default=None, repr=False)  # patient ids: PHI
+    path: Path | None = None
+    crosswalk_path: Path | None = None
+    #: `[source] system`: its rows' keys are namespaced in the ledger by it
+    system: str | None = None
+    # Version 2 (see importer._fields).
+    null_values: frozenset[str] = frozenset()
+    filters: tuple[Condition, ...] = ()
+    fields: dict[str, Spec] = field(default_factory=dict)
+    consents: tuple[ConsentSpec, ...] = ()
+
+    @property
+    def builds_v2(self) -> bool:
+        """Whether bodies are built by path ([fields] or [[consents]]), not by version 1."""
+        return bool(self.fields or self.consents)
+
+    def _v2_paths(self) -> set[str]:
+        """Top-level body fields every consent gets from [fields] or its own table."""
+        top = {spec.path.steps[0][0] for spec in self.fields.values()}
+        if self.consents:
+            top |= set.intersection(
+                *({s.path.steps[0][0] for s in c.fields.values()} for c in self.consents)
+            )
+        return top
+
+    def headers_used(self) -> list[tuple[str, str]]:
+        """(TOML key, header) for every header the version-2 parts name."""
+        used = [(toml_key("filter", i + 1, "column"), f.column) for i, f in enumerate(self.filters)]
+        for spec in self.fields.values():
+            used += [(spec.key, h) for h in spec.headers]
+        for number, consent in enumerate(self.consents, start=1):
+            if consent.when is not None:
+                used.append((toml_key("consents", number, "when", "column"), consent.when.column))
+            for spec in consent.fields.values():
+                used += [(spec.key, h) for h in spec.headers]
+        return used
+
+    def header_map(self, headers: list[str], file_name: str) -> dict[str, str]:
+        """{name in the mapping: the file's header} for every header the mapping names,
+        matched after trimming and case-folding; ConfigError names a missing one."""
+        found: dict[str, str] = {}
+        where = str(self.path) if self.path else "mapping"
+        for key, name in self.headers_used():
+            header = match_header(headers, name)
+            if header is None:
+                raise ConfigError(
+                    f"{where}: {key}: column '{name}' is not in {file_name}"
+                    f"{header_hint(headers, name)} (check the spelling, and [source] "
+                    "header_row if the header is not the first line)"
+                )
+            found[name] = header
+        for column in (*self.columns.values(), *self.key):
+            header = match_header(headers, column)
+            if header is not None:
+                found[column] = header
+        return found
+
+    def resolve(self, headers: list[str], file_name: str) -> dict[str, str]:
+        """Return {field: header} for one input file.
+
+        Headers match after trimming and case-folding. Raises ConfigError when the mapping
+        names a column the file lacks, or when a required field has neither a column nor
+        a default.
+        """
+        for column in (*self.columns.values(), *self.key):
+            if match_header(headers, column) is None:
+                # The file's own header cells are not echoed (only a close match is): in
+                # an export without a header row they are the first patient's values.
+                raise ConfigError(
+                    f"{file_name}: the mapping names column '{column}', which the file "
+                    f"does not have (its header row has {len(headers)} columns; check the "
+                    f"name's spelling, and that the file has a header row)"
+                    f"{header_hint(headers, column)}"
+                )
+        self.header_map(headers, file_name)
+        resolved = {
+            name: match_header(headers, column) or column for name, column in self.columns.items()
+        }
+        v2_paths = self._v2_paths()
+        v2_specs = [*self.fields.values(), *(s for c in self.consents for s in c.fields.values())]
+        guessed: dict[str, str] = {}
+        for header in headers:
+            name = _RECOGNISED.get(canonical_header(header))
+            if name is None or name in self.columns:
+                continue
+            if name in V1_PATHS and any(
+                overlaps(parse_path(V1_PATHS[name], file_name), spec.path) for spec in v2_specs
+            ):
+                continue  # [fields] or [[consents]] fill it
+            if name in guessed:
+                raise ConfigError(
+                    f"{file_name}: columns '{guessed[name]}' and '{header}' both look like "
+                    f"'{name}'; name the right one under [columns] in a mapping file"
+                )
+            guessed[name] = resolved[name] = header
+        for name in REQUIRED_FIELDS:
+            if name not in resolved and name not in self.defaults and name not in v2_paths:
+                spellings = ", ".join((name, *SYNONYMS[name]))
+                raise ConfigError(
+                    f"{file_name}: no column for required field '{name}' (looked for: "
+                    f"{spellings}); name it under [columns] or give it a value under [defaults]"
+                )
+        return resolved
+
+
+def open_tables(inputs: Sequence[str | Path], mapping: Mapping) -> list[Table]:
+    """Open every input up front, so a bad file or mapping fails before any work."""
+    tables = [open_table(path, mapping.source) for path in inputs]
+    for table in tables:
+        mapping.resolve(table.columns, table.name)
+    return tables
+
+
+def load_mapping(path: str | Path | None) -> Mapping:
+    """Read and check a TOML mapping file; None gives the default mapping."""
+    if path is None:
+        return Mapping()
+    path = Path(path)
+    try:
+        doc = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(no_such_file("mapping file", path, "check --mapping")) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"mapping file {path} cannot be read: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"mapping file {path} is not valid TOML: {exc}") from None
+    where = f"mapping file {path}"
+    _no_unknown(doc, _SECTIONS, where)
+    source = _table(doc, "source", where)
+    _no_unknown(source, _SOURCE_KEYS, f"{where} [source]")
+    columns = _string_table(doc, "columns", where, fields=True)
+    v2 = _load_v2(doc, source, str(path))
+    values = _values(doc, where, extra=v2.map_names)
+    defaults = _defaults(doc, where)
+    fields, consents = v2.resolve_maps(values, str(path))
+    _no_twice(columns, defaults, fields, str(path))
+    patients = _table(doc, "patients", where)
+    _no_unknown(patients, _PATIENTS_KEYS, f"{where} [patients]")
+    crosswalk = crosswalk_path = None
+    if "crosswalk" in patients:
+        crosswalk_path = path.parent / _string(patients["crosswalk"], where, "crosswalk")
+        crosswalk = load_crosswalk(crosswalk_path)
+    return Mapping(
+        source=SourceOptions(
+            sheet=_sheet(source.get("sheet"), where),
+            encoding=_encoding(source.get("encoding"), where),
+            delimiter=_optional_string(source.get("delimiter"), where, "delimiter"),
+            header_row=_header_row(source.get("header_row"), str(path)),
+        ),
+        key=_key(source.get("key"), where),
+        timezone=_timezone(source.get("timezone", "UTC"), where),
+        date_formats=_string_list(source.get("date_formats", []), where, "date_formats"),
+        columns=columns,
+        values=values,
+        defaults=defaults,
+        crosswalk=crosswalk,
+        path=path,
+        null_values=v2.null_values,
+        filters=v2.filters,
+        fields=fields,
+        consents=consents,
+        crosswalk_path=crosswalk_path,
+        system=_system(source.get("system"), where),
+    )
+
+
+@dataclass
+class _V2:
+    """The version-2 parts of a mapping file, before `[values]` tables are attached."""
+
+    null_values: frozenset[str] = frozenset()
+    filters: tuple[Condition, ...] = ()
+    fields: dict[str, Spec] = field(default_factory=dict)
+    consents: tuple[ConsentSpec, ...] = ()
+
+    @property
+    def map_names(self) -> set[str]:
+        specs = [*self.fields.values(), *(s for c in self.consents for s in c.fields.values())]
+        return {s.map_name for s in specs if s.map_name}
+
+    def resolve_maps(
+        self, values: dict[str, dict[str, str | bool]], where: str
+    ) -> tuple[dict[str, Spec], tuple[ConsentSpec, ...]]:
+        def attach(spec: Spec) -> Spec:
+            if spec.map_name is None:
+                return spec
+            table = values.get(spec.map_name)
+            if table is None:
+                raise ConfigError(
+                    f"{where}: {spec.key}.map: no table [values.{spec.map_name}]; add it, or "
+                    "write the map inline"
+                )
+            return dataclasses.replace(spec, map=dict(table))
+
+        fields = {k: attach(s) for k, s in self.fields.items()}
+        consents = tuple(
+            dataclasses.replace(c, fields={k: attach(s) for k, s in c.fields.items()})
+            for c in self.consents
+        )
+        return fields, consents
+
+
+def _load_v2(doc: dict[str, Any], source: dict[str, Any], where: str) -> _V2:
+    """`[source] null_values`, `[[filter]]`, `[fields]` and `[[consents]]`."""
+    v2 = _V2()
+    if "null_values" in source:
+        nulls = source["null_values"]
+        if not isinstance(nulls, list) or not all(isinstance(v, str) for v in nulls):
+            raise ConfigError(f"{where}: source.null_values: must be a list of strings")
+        v2.null_values = frozenset(v.strip().casefold() for v in nulls)
+    filters = doc.get("filter", [])
+    if not isinstance(filters, list):
+        raise ConfigError(f"{where}: filter: write each filter as a [[filter]] table")
+    v2.filters = tuple(
+        parse_condition(f, f"{where}: {toml_key('filter', i + 1)}") for i, f in enumerate(filters)
+    )
+    fields = doc.get("fields", {})
+    if not isinstance(fields, dict):
+        raise ConfigError(f"{where}: fields: must be a table of path = source")
+    v2.fields = _field_specs(fields, where, ("fields",))
+    consents = doc.get("consents", [])
+    if not isinstance(consents, list):
+        raise ConfigError(f"{where}: consents: write each consent as a [[consents]] table")
+    seen: set[str] = set()
+    parsed = []
+    for number, table in enumerate(consents, start=1):
+        here = toml_key("consents", number)
+        if not isinstance(table, dict):
+            raise ConfigError(f"{where}: {here}: must be a table")
+        for key in table:
+            if key not in _CONSENT_KEYS:
+                raise ConfigError(
+                    f"{where}: {here}: unknown key '{key}' (allowed: fields, key, when)"
+                )
+        key = table.get("key")
+        if not isinstance(key, str) or not re.fullmatch(r"[A-Za-z0-9_.-]{1,40}", key):
+            raise ConfigError(
+                f"{where}: {here}.key: needs a short name (letters, digits, '-', '_', '.'), "
+                'e.g. key = "hipaa"; it is appended to the row\'s source key'
+            )
+        if key in seen:
+            raise ConfigError(f"{where}: {here}.key: '{key}' is used twice; keys must differ")
+        seen.add(key)
+        when = table.get("when")
+        condition = None if when is None else parse_condition(when, f"{where}: {here}.when")
+        own = table.get("fields", {})
+        if not isinstance(own, dict):
+            raise ConfigError(f"{where}: {here}.fields: must be a table of path = source")
+        parsed.append(
+            ConsentSpec(key, condition, _field_specs(own, where, ("consents", number, "fields")))
+        )
+    v2.consents = tuple(parsed)
+    return v2
+
+
+def _field_specs(
+    table: dict[str, Any], where: str, prefix: tuple[str | int, ...]
+) -> dict[str, Spec]:
+    specs: dict[str, Spec] = {}
+    for text, raw in table.items():
+        key = toml_key(*prefix, text)
+        path = parse_path(text, f"{where}: {key}")
+        spec = parse_spec(path, raw, key, where)
+        for other in specs.values():
+            if overlaps(other.path, path):
+                raise ConfigError(f"{where}: {key}: overlaps {other.key}; a path is filled once")
+        specs[text] = spec
+    return specs
+
+
+def _no_twice(
+    columns: dict[str, str], defaults: dict[str, str | bool], fields: dict[str, Spec], where: str
+) -> None:
+    """[columns]/[defaults] fields and [fields] paths must not name one path twice."""
+    for name in (*columns, *defaults):
+        if name not in V1_PATHS:
+            continue  # sourceKey: not a body path
+        v1 = parse_path(V1_PATHS[name], where)
+        for spec in fields.values():
+            if overlaps(v1, spec.path):
+                section = "columns" if name in columns else "defaults"
+                raise ConfigError(
+                    f"{where}: {spec.key}: {section}.{name} fills the same path; keep one"
+                )
+
+
+def load_crosswalk(path: Path) -> dict[str, str]:
+    """Read a two-column crosswalk CSV (header row; legacy id, patientId)."""
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as handle:
+            rows = list(csv.reader(handle))
+    except FileNotFoundError:
+        raise ConfigError(
+            no_such_file(
+                "crosswalk file",
+                path,
+                "[patients] crosswalk is read relative to the mapping file's folder",
+            )
+        ) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"crosswalk file {path} cannot be read as UTF-8 CSV: {exc}") from None
+    table: dict[str, str] = {}
+    for number, row in enumerate(rows[1:], start=2):
+        if not any(cell.strip() for cell in row):
+            continue
+        if len(row) != 2 or not row[0].strip() or not row[1].strip():
+            raise ConfigError(
+                f"crosswalk file {path}, row {number}: expected two non-empty cells "
+                "(legacy id, patientId)"
+            )
+        legacy, patient = row[0].strip(), row[1].strip()
+        if table.setdefault(legacy, patient) != patient:
+            raise ConfigError(
+                f"crosswalk file {path}, row {number}: a legacy id maps to two different "
+                "patient ids; fix the crosswalk"
+            )
+    if not table:
+        raise ConfigError(f"crosswalk file {path} has no rows")
+    return table
+
+
+def _no_unknown(table: dict[str, Any], allowed: set[str] | tuple[str, ...], where: str) -> None:
+    for key in table:
+        if key not in allowed:
+            guess = difflib.get_close_matches(key, sorted(allowed), n=1)
+            hint = f"; did you mean '{guess[0]}'?" if guess else ""
+            raise ConfigError(
+                f"{where}: unknown key '{key}'{hint} (allowed: {', '.join(sorted(allowed))})"
+            )
+
+
+def _table(doc: dict[str, Any], name: str, where: str) -> dict[str, Any]:
+    value = doc.get(name, {})
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: [{name}] must be a table")
+    return value
+
+
+def _string(value: Any, where: str, key: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"{where}: '{key}' must be a non-empty string")
+    return value
+
+
+def _optional_string(value: Any, where: str, key: str) -> str | None:
+    return None if value is None else _string(value, where, key)
+
+
+def _string_list(value: Any, where: str, key: str) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise ConfigError(f"{where}: '{key}' must be a list of non-empty strings")
+    return tuple(value)
+
+
+def _string_table(doc: dict[str, Any], name: str, where: str, *, fields: bool) -> dict[str, str]:
+    table = _table(doc, name, where)
+    if fields:
+        _no_unknown(table, FIELDS, f"{where} [{name}]")
+    return {key: _string(value, where, f"{name}.{key}") for key, value in table.items()}
+
+
+def _values(
+    doc: dict[str, Any],
+    where: str,
+    *,
+    extra: set[str] = frozenset(),  # type: ignore[assignment]
+) -> dict[str, dict[str, str | bool]]:
+    table = _table(doc, "values", where)
+    _no_unknown(table, (*FIELDS, *sorted(extra)), f"{where} [values]")
+    values: dict[str, dict[str, str | bool]] = {}
+    for name, translations in table.items():
+        if not isinstance(translations, dict):
+            raise ConfigError(f"{where}: [values.{name}] must be a table")
+        values[name] = {
+            source.strip().casefold(): _value(name, value, where, f"values.{name}")
+            for source, value in translations.items()
+        }
+    return values
+
+
+def _defaults(doc: dict[str, Any], where: str) -> dict[str, str | bool]:
+    table = _table(doc, "defaults", where)
+    _no_unknown(table, FIELDS, f"{where} [defaults]")
+    return {name: _value(name, value, where, "defaults") for name, value in table.items()}
+
+
+def _value(name: str, value: Any, where: str, section: str) -> str | bool:
+    if (name == "verified" or name not in FIELDS) and isinstance(value, bool):
+        return value
+    if not isinstance(value, str):
+        kind = "a string or a boolean" if name == "verified" else "a string"
+        raise ConfigError(f"{where}: [{section}] '{name}' values must be {kind}")
+    return value
+
+
+def _sheet(value: Any, where: str) -> str | int | None:
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    raise ConfigError(f"{where}: 'sheet' must be a sheet name or a 0-based index")
+
+
+def _header_row(value: Any, where: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(
+            f"{where}: source.header_row: must be the 1-based line number of the header, e.g. 3"
+        )
+    return value
+
+
+def _encoding(value: Any, where: str) -> str | None:
+    if value is None:
+        return None
+    name = _string(value, where, "encoding")
+    try:
+        "".encode(name)
+    except LookupError:
+        raise ConfigError(f"{where}: unknown encoding '{name}'") from None
+    return name
+
+
+def _key(value: Any, where: str) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        value = [value]
+    return _string_list(value, where, "key")
+
+
+def _system(value: Any, where: str) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not _SYSTEM.fullmatch(value):
+        raise ConfigError(
+            f"{where} [source]: 'system' must be a name of letters, digits, '_', '.' or '-' "
+            '(at most 64), e.g. "clinic_a"'
+        )
+    return value
+
+
+def _timezone(value: Any, where: str) -> ZoneInfo:
+    name = _string(value, where, "timezone")
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(
+            f"{where}: unknown timezone '{name}' (use an IANA name like 'America/Chicago')"
+        ) from None

@@ -1,0 +1,1349 @@
+"""Turn chunks of raw cells into validated ClinikAPI consent bodies or row errors.
+
+Each field's cells are prepared a column at a time (trimmed, translated, defaulted, dates
+parsed once per distinct value); the per-row part only assembles a dict and hands it to
+the pydantic model. The JSON body and its hash are made only when something asks for
+them, so a dry run of a keyed file never serialises a row.
+
+`Normalizer.rows` gives every row with its model (what a run sends). `Normalizer.check`
+gives only verdicts (what `validate` needs): rows that `fastcheck` proves valid a column
+at a time skip the body and the model, which makes it several times faster.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import hashlib
+import json
+import re
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from functools import lru_cache
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import numpy as np
+import numpy.typing as npt
+import pandas as pd
+from pydantic import ValidationError
+
+from importer._errors import ConfigError
+from importer._fastcheck import proven_by_specs, proven_valid
+from importer._fields import (
+    BOOL,
+    DATE,
+    V1_PATHS,
+    Condition,
+    Shape,
+    Spec,
+    Value,
+    evaluate,
+    merge,
+    overlaps,
+    parse_path,
+)
+from importer._keys import (
+    CELLS_PREFIX,
+    NATURAL_FIELDS,
+    NATURAL_PREFIX,
+    KeyTally,
+    namespaced,
+    natural_key,
+    split_key,
+)
+from importer._mapping import DATE_FIELDS, FALSE_WORDS, TRUE_WORDS, Mapping
+from importer._models import ConsentIdentity, ConsentIn, field_errors
+from importer._reader import EXCEL_SUFFIXES, Table, excel_serial_to_iso
+
+#: Where an error's field name ends its first part ("category.0" -> "category").
+_KEY_ROOT = re.compile(r"[.\[]")
+#: How a natural key's collision names its field.
+NATURAL_KEY_FIELD = "/".join(("patientId", "scope", "category", "dateTime"))
+#: API field paths (as the models report them) -> the row field a user filled in.
+_API_TO_ROW_FIELD = {
+    "provision.type": "provisionType",
+    "provision.period.start": "provisionStart",
+    "provision.period.end": "provisionEnd",
+    "provision.period": "provisionEnd",
+    "provision.purpose": "purpose",
+    "verification.verified": "verified",
+    "verification.verifiedWith": "verifiedWith",
+    "verification.verificationDate": "verificationDate",
+}
+#: Row fields copied into the body as they are.
+_PLAIN_FIELDS = (
+    "patientId",
+    "scope",
+    "status",
+    "dateTime",
+    "performerId",
+    "organizationId",
+    "policyUri",
+    "policyRule",
+    "sourceReferenceId",
+)
+_SPLIT = re.compile(r"[;|]")
+#: Row fields whose cell may hold several codes, split on `;` or `|` (`split_codes`).
+MULTI_VALUE_FIELDS = frozenset({"category", "purpose"})
+
+
+@dataclass(frozen=True, slots=True)
+class RowError:
+    """One problem with one row: where, which field, which rule.
+
+    `value` is the offending cell, for the user's own HTML report only: it is PHI, so
+    messages, logs and the JSON report never carry it.
+    """
+
+    file: str
+    row: int
+    field: str
+    code: str
+    message: str
+    stage: str = "validate"
+    value: str = dataclasses.field(default="", repr=False)  # no PHI in reprs
+    consent: str = ""  # the [[consents]] key of a row making several consents
+
+    @property
+    def where(self) -> str:
+        """`file:row`, or `file:row#key` for one consent of a row making several."""
+        return (
+            f"{self.file}:{self.row}#{self.consent}" if self.consent else f"{self.file}:{self.row}"
+        )
+
+
+@dataclass(slots=True)
+class Row:
+    """One source row after mapping: a body ready to send, or the reasons it is not.
+
+    `body_json` is the exact JSON the API receives; `body_hash` its SHA-256, which tells
+    a rerun whether the row changed. `cells` are the row's own cells, by header.
+    """
+
+    file: str
+    row: int
+    # The cells, the key and the body are PHI: kept out of the repr, like RowError.value.
+    source_key: str = field(repr=False)
+    headers: tuple[str, ...] = ()
+    values: tuple[str, ...] = field(default=(), repr=False)
+    model: ConsentIn | None = field(default=None, repr=False)
+    errors: list[RowError] = field(default_factory=list)
+    _json: str | None = field(default=None, repr=False)
+    _hash: str | None = None
+    consent: str = ""  # the [[consents]] key, for a row making several consents
+    #: a 64-bit digest of the row's prepared cells and the mapping (`cells_digests`):
+    #: a rerun that finds it in the ledger knows the body is unchanged without making it
+    cells_digest: int | None = None
+
+    @property
+    def valid(self) -> bool:
+        return not self.errors
+
+    @property
+    def cells(self) -> dict[str, str]:
+        return dict(zip(self.headers, self.values, strict=True))
+
+    @property
+    def body_json(self) -> str:
+        if self._json is None:
+            self._json = (
+                self.model.model_dump_json(by_alias=True, exclude_none=True) if self.model else ""
+            )
+        return self._json
+
+    @property
+    def body_hash(self) -> str:
+        if self._hash is None:
+            self._hash = hashlib.sha256(self.body_json.encode()).hexdigest() if self.model else ""
+        return self._hash
+
+    def body(self) -> dict[str, Any]:
+        """The API body as a dict (only for valid rows)."""
+        parsed: dict[str, Any] = json.loads(self.body_json)
+        return parsed
+
+    def field_hashes(self) -> dict[str, str]:
+        """A short hash per top-level API field, to tell which fields changed."""
+        return body_field_hashes(self.body())
+
+
+def body_field_hashes(body: dict[str, Any]) -> dict[str, str]:
+    """A short hash per top-level field of a parsed API body (`Row.field_hashes`; `verify`
+    hashes the server's copy the same way to compare without keeping values)."""
+    return {name: _digest(repr(value))[:12] for name, value in body.items()}
+
+
+#: Rows whose bodies a run builds at a time (models cost kilobytes a row; a chunk of
+#: them was most of a run's memory).
+_SLICE = 1_000
+#: Bump when a change of this module changes the body made from the same cells: every
+#: stored cells digest then misses once, and the rerun compares bodies instead.
+_BODY_RULES = "1"
+
+
+@dataclass(frozen=True, slots=True)
+class Unchanged:
+    """A count of rows of `file` a rerun found unchanged in the ledger, without bodies."""
+
+    file: str
+    count: int
+
+
+#: The rows of a chunk the ledger holds as done with the same cells digest: asked with
+#: their source keys and cells digests, answers True for each such row.
+UnchangedCheck = Callable[[list[str], npt.NDArray[np.int64]], npt.NDArray[np.bool_]]
+
+
+@dataclass(slots=True)
+class Prepared:
+    """A chunk's cells, a column at a time: raw by header, prepared by row field, the
+    source keys (None: empty) and each row's cells digest."""
+
+    headers: tuple[str, ...]
+    raw: dict[str, list[Any]]
+    fields: dict[str, list[str]]
+    keys: list[str | None]
+    digests: npt.NDArray[np.int64]
+
+
+@dataclass(slots=True)
+class Checked:
+    """A chunk's verdict from `_FileNormalizer.check`: every row's source key and its
+    digest, and the invalid rows by position in the chunk."""
+
+    keys: list[str]
+    digests: npt.NDArray[np.uint64]
+    invalid: list[tuple[int, Row]]
+
+
+@dataclass(slots=True)
+class Batch:
+    """One chunk's verdict for `validate`: how many rows, and the invalid ones in order."""
+
+    file: str
+    rows: int
+    invalid: list[Row]
+    skipped: int = 0  # rows a [[filter]] left out, or for which no [[consents]] `when` holds
+
+
+class Normalizer:
+    """Maps and validates rows of any number of files, remembering source keys across them."""
+
+    def __init__(self, mapping: Mapping, *, content_keys: bool = False) -> None:
+        self.mapping = mapping
+        #: key rows without a key column by a hash of their whole body, as ledgers made
+        #: before natural keys do (see importer._keys)
+        self.content_keys = content_keys
+        self.unkeyed_files = 0
+        self._keys = KeyIndex()
+        self._files: list[str] = []
+        #: Rows skipped so far: filtered out, or making no consent.
+        self.skipped = 0
+        #: Invalid rows read so far without a stable key (read by --revoke-missing).
+        self.tally = KeyTally()
+
+    @property
+    def key_kind(self) -> str:
+        """Which source key the files read so far use: "column", "natural" or
+        "content hash"."""
+        if not self.unkeyed_files:
+            return "column"
+        return "content hash" if self.content_keys else "natural"
+
+    def rows(self, table: Table) -> Iterator[Row]:
+        """Every row of one table, in order, with its model when valid (what a run needs).
+
+        A row making several consents ([[consents]]) gives one Row per consent.
+        """
+        for item in self.rows_or_unchanged(table, None):
+            assert isinstance(item, Row)
+            yield item
+
+    def rows_or_unchanged(
+        self, table: Table, unchanged: UnchangedCheck | None
+    ) -> Iterator[Row | Unchanged]:
+        """Every row of one table, with its model when valid; with `unchanged`, rows it
+        confirms come as counts instead (`Unchanged`), their bodies never built.
+
+        `unchanged(keys, digests)` is asked once a chunk, for the rows `fastcheck` proves
+        valid, whether the ledger holds each key as done with that cells digest. The
+        other rows are built `_SLICE` at a time, so a run holds a slice of models, not a
+        chunk of them. Version-2 mappings build a chunk's rows whole, without a digest.
+        """
+        file_rows = self.file_normalizer(table)
+        file_index = self._add_file(table.name)
+        for chunk in table.chunks():
+            chunk, skipped = file_rows.prefilter(chunk)
+            if file_rows.v2:
+                rows = file_rows.normalize(chunk)
+                self.skipped += skipped + file_rows.take_skipped()
+                where = file_index << 40 | np.array([row.row for row in rows], dtype=np.int64)
+                firsts = self._keys.add(key_digests([row.source_key for row in rows]), where)
+                for row, first in zip(rows, firsts.tolist(), strict=True):
+                    if first >= 0:
+                        self._duplicate(row, first)
+                    yield row
+                continue
+            self.skipped += skipped
+            yield from self._v1_rows(file_rows, file_index, chunk, unchanged)
+
+    def _v1_rows(
+        self,
+        file_rows: _FileNormalizer,
+        file_index: int,
+        chunk: pd.DataFrame,
+        unchanged: UnchangedCheck | None,
+    ) -> Iterator[Row | Unchanged]:
+        """One chunk of a version-1 file: unchanged rows counted, the rest built."""
+        with _gc_paused():
+            prepared = file_rows.prepare(chunk)
+            skip = np.zeros(len(chunk), dtype=bool)
+            # Keys of the rows that may be skipped: the key column's, or natural keys
+            # made a column at a time (not content hashes: those need the body).
+            fast_keys = prepared.keys
+            if unchanged is not None and (file_rows.keyed or not file_rows.content_keys):
+                if not file_rows.keyed:
+                    fast_keys = file_rows._natural_keys(prepared.fields, len(chunk))
+                candidates = np.flatnonzero(file_rows.proven(prepared, fast_keys)).tolist()
+                if candidates:
+                    keys = [fast_keys[pos] or "" for pos in candidates]
+                    digests = prepared.digests[candidates]
+                    skip[candidates] = unchanged(keys, digests)
+        numbers = chunk.index.to_numpy(dtype=np.int64)
+        for start in range(0, len(chunk), _SLICE):
+            stop = min(start + _SLICE, len(chunk))
+            with _gc_paused():
+                skipped = skip[start:stop].tolist()
+                built = {
+                    pos: file_rows.row_at(prepared, int(numbers[pos]), pos)
+                    for pos, same in enumerate(skipped, start)
+                    if not same
+                }
+                keys = [key or "" for key in fast_keys[start:stop]]
+                for pos, row in built.items():
+                    keys[pos - start] = row.source_key
+                where = file_index << 40 | numbers[start:stop]
+                firsts = self._keys.add(key_digests(keys), where)
+                for at in np.flatnonzero(firsts >= 0).tolist():
+                    pos = start + at
+                    if pos not in built:
+                        # A repeat of an earlier key is reported, even if unchanged.
+                        built[pos] = file_rows.row_at(prepared, int(numbers[pos]), pos)
+                        skipped[at] = False
+                    self._duplicate(built[pos], int(firsts[at]))
+            same = skipped.count(True)
+            if same:
+                yield Unchanged(file_rows.file, same)
+            yield from (built[pos] for pos in sorted(built))
+
+    def in_input(self, keys: list[str]) -> npt.NDArray[np.bool_]:
+        """For each key, whether the input read so far held it (by its 64-bit digest)."""
+        return self._keys.contains(key_digests(keys))
+
+    def check(self, table: Table) -> Iterator[Batch]:
+        """The verdict on every row of one table, a chunk at a time, without bodies.
+
+        What `validate` needs: valid rows are only counted, invalid ones come with their
+        errors.
+        """
+        file_rows = self.file_normalizer(table)
+        file_index = self._add_file(table.name)
+        for chunk in table.chunks():
+            chunk, skipped = file_rows.prefilter(chunk)
+            if file_rows.v2:
+                yield self._check_v2(file_rows, file_index, chunk, skipped)
+                continue
+            checked = file_rows.check(chunk)
+            self.skipped += skipped
+            where = file_index << 40 | chunk.index.to_numpy(dtype=np.int64)
+            firsts = self._keys.add(checked.digests, where)
+            invalid = dict(checked.invalid)
+            for pos in np.flatnonzero(firsts >= 0).tolist():
+                row = invalid.get(pos)
+                if row is None:
+                    row = invalid[pos] = file_rows.plain_row(chunk, pos, checked.keys[pos])
+                self._duplicate(row, int(firsts[pos]))
+            yield Batch(table.name, len(chunk), [invalid[pos] for pos in sorted(invalid)], skipped)
+
+    def _check_v2(
+        self, file_rows: _FileNormalizer, file_index: int, chunk: pd.DataFrame, skipped: int
+    ) -> Batch:
+        """A chunk's verdict through a version-2 mapping: consents proven valid column-wise
+        are only counted; the rest are built and checked, which names their errors."""
+        keys, places, invalid = file_rows.v2_rows.check(chunk)
+        skipped += file_rows.take_skipped()
+        self.skipped += skipped
+        where = file_index << 40 | np.array([number for number, _ in places], dtype=np.int64)
+        firsts = self._keys.add(key_digests(keys), where)
+        for index in np.flatnonzero(firsts >= 0).tolist():
+            row = invalid.get(index)
+            if row is None:
+                pos, consent = places[index][1], file_rows.v2_rows.consent_at(index)
+                row = invalid[index] = file_rows.plain_row(chunk, pos, keys[index])
+                row.consent = consent
+            self._duplicate(row, int(firsts[index]))
+        # Reports list a row's consents together, in row order.
+        order = sorted(invalid, key=lambda i: (places[i][1], i))
+        return Batch(file_rows.file, len(keys), [invalid[i] for i in order], skipped)
+
+    def _add_file(self, name: str) -> int:
+        self._files.append(name)
+        return len(self._files) - 1
+
+    def file_normalizer(self, table: Table) -> _FileNormalizer:
+        columns = self.mapping.resolve(table.columns, table.name)
+        file_rows = _FileNormalizer(
+            self.mapping,
+            columns,
+            table.name,
+            excel=table.path.suffix.lower() in EXCEL_SUFFIXES,
+            headers=table.columns,
+            content_keys=self.content_keys,
+            tally=self.tally,
+        )
+        self.unkeyed_files += not file_rows.keyed
+        return file_rows
+
+    def _duplicate(self, row: Row, first: int) -> None:
+        """A repeat of an earlier row's source key: identical export rows would
+        otherwise be sent twice."""
+        file, number = self._files[first >> 40], first & ((1 << 40) - 1)
+        where = f"row {number}" if file == row.file else f"{file} row {number}"
+        if split_key(row.source_key)[1].startswith(NATURAL_PREFIX):
+            # No key column: the two rows are one consent as far as the ledger can tell.
+            name, value = NATURAL_KEY_FIELD, ""
+            message = (
+                f"{name}: same patient, scope, categories and date-time as {where} (the "
+                "natural key); give the file a key column ([source] key) to import both"
+            )
+        else:
+            name, value = "sourceKey", row.source_key
+            message = f"sourceKey: same source key as {where}; a row is imported once"
+        row.errors.append(
+            RowError(
+                row.file,
+                row.row,
+                name,
+                "duplicate_row",
+                f"{message} (duplicate_row)",
+                value=value,
+                consent=row.consent,
+            )
+        )
+        row.model = None
+
+
+class KeyIndex:
+    """The source keys seen so far, as sorted 64-bit digests with where each was first
+    seen: 16 bytes a row, checked a batch at a time with numpy.
+
+    Two sorted runs: the old keys, and the recent ones, merged into the old when they
+    grow past an eighth of them (at least `_RECENT` keys). A run adds a slice at a time;
+    merging the whole index on every slice made it quadratic in the file's size.
+    """
+
+    _RECENT = 65_536
+
+    def __init__(self) -> None:
+        self._keys = np.empty(0, dtype=np.uint64)
+        self._where = np.empty(0, dtype=np.int64)
+        self._recent_keys = np.empty(0, dtype=np.uint64)
+        self._recent_where = np.empty(0, dtype=np.int64)
+
+    def contains(self, keys: npt.NDArray[np.uint64]) -> npt.NDArray[np.bool_]:
+        return self._first(keys) >= 0
+
+    def _first(self, keys: npt.NDArray[np.uint64]) -> npt.NDArray[np.int64]:
+        """For each key, where it was first seen, or -1."""
+        first = np.full(len(keys), -1, dtype=np.int64)
+        for known, where in ((self._keys, self._where), (self._recent_keys, self._recent_where)):
+            if len(known) and len(keys):
+                pos = np.minimum(np.searchsorted(known, keys), len(known) - 1)
+                seen = known[pos] == keys
+                first[seen] = where[pos[seen]]
+        return first
+
+    def add(
+        self, keys: npt.NDArray[np.uint64], here: npt.NDArray[np.int64]
+    ) -> npt.NDArray[np.int64]:
+        """Add a batch of key digests and where each row is; for each key, -1 if it is
+        new, else where it was first seen."""
+        first = self._first(keys)
+        unique, first_index, inverse = np.unique(keys, return_index=True, return_inverse=True)
+        earliest = first_index[inverse]
+        repeat = (earliest != np.arange(len(keys))) & (first < 0)
+        first[repeat] = here[earliest[repeat]]
+        new = first[first_index] < 0
+        self._recent_keys, self._recent_where = _merged(
+            self._recent_keys, self._recent_where, unique[new], here[first_index[new]]
+        )
+        if len(self._recent_keys) > max(self._RECENT, len(self._keys) // 8):
+            self._keys, self._where = _merged(
+                self._keys, self._where, self._recent_keys, self._recent_where
+            )
+            self._recent_keys = np.empty(0, dtype=np.uint64)
+            self._recent_where = np.empty(0, dtype=np.int64)
+        return first
+
+
+def _merged(
+    keys: npt.NDArray[np.uint64],
+    where: npt.NDArray[np.int64],
+    more_keys: npt.NDArray[np.uint64],
+    more_where: npt.NDArray[np.int64],
+) -> tuple[npt.NDArray[np.uint64], npt.NDArray[np.int64]]:
+    merged_keys = np.concatenate([keys, more_keys])
+    merged_where = np.concatenate([where, more_where])
+    order = np.argsort(merged_keys, kind="stable")
+    return merged_keys[order], merged_where[order]
+
+
+class _FileNormalizer:
+    def __init__(
+        self,
+        mapping: Mapping,
+        columns: dict[str, str],
+        file: str,
+        *,
+        excel: bool,
+        headers: list[str] | None = None,
+        content_keys: bool = False,
+        tally: KeyTally | None = None,
+    ) -> None:
+        self.mapping = mapping
+        #: counts the rows given a key made from their cells (importer._keys.CELLS_PREFIX)
+        self.tally = tally or KeyTally()
+        self.columns = columns
+        self.file = file
+        self.fields = sorted(set(columns) | set(mapping.defaults))
+        self.keyed = bool(mapping.key) or "sourceKey" in columns
+        self.headers = mapping.header_map(list(headers or columns.values()), file)
+        self.key_headers = tuple(self.headers.get(c, c) for c in mapping.key)
+        self.nulls = mapping.null_values
+        self.system = mapping.system
+        self.content_keys = content_keys
+        self.v2 = mapping.builds_v2
+        self._excel = excel
+        # One reading per date column (see DateColumn), decided as chunks come.
+        self._date_columns: dict[str, DateColumn] = {}
+        self._chunk_dates: dict[str, dict[str, datetime | None]] = {}
+        self._skipped = 0
+        self.v2_rows = _V2Rows(self, mapping)
+        self._digest_key = _cells_digest_key(mapping, self.fields, excel=excel)
+
+    def prepare(self, chunk: pd.DataFrame) -> Prepared:
+        """The chunk's cells a column at a time, with each row's cells digest."""
+        headers, raw, prepared, keys = self._prepare(chunk)
+        digests = cells_digests(prepared, self._chunk_dates, self._digest_key, len(chunk))
+        return Prepared(headers, raw, prepared, keys, digests)
+
+    def proven(self, prepared: Prepared, keys: list[str | None]) -> npt.NDArray[np.bool_]:
+        """Rows `fastcheck` proves valid (their bodies are certain to validate)."""
+        return proven_valid(
+            prepared.fields,
+            keys,
+            parse_date=self.parse_date,
+            crosswalk=self.mapping.crosswalk,
+            read_dates=self._chunk_dates,
+        )
+
+    def row_at(self, prepared: Prepared, number: int, pos: int) -> Row:
+        """The full row at position `pos` of a prepared chunk: its model or its errors."""
+        values = tuple(column[pos] for column in prepared.raw.values())
+        cells = {name: column[pos] for name, column in prepared.fields.items()}
+        row = self._row(number, prepared.headers, values, cells, prepared.keys[pos])
+        row.cells_digest = int(prepared.digests[pos])
+        return row
+
+    def parse_date(self, name: str, text: str) -> datetime | None:
+        """A date cell of field `name` in the current chunk, read the column's one way."""
+        dates = self._chunk_dates.get(name)
+        return dates.get(text) if dates is not None else None
+
+    def _date_column(self, name: str, label: str, formats: tuple[str, ...]) -> DateColumn:
+        column = self._date_columns.get(name)
+        if column is None:
+            column = self._date_columns[name] = DateColumn(
+                self.file, label, formats, self.mapping.timezone, excel=self._excel
+            )
+        return column
+
+    def prefilter(self, chunk: pd.DataFrame) -> tuple[pd.DataFrame, int]:
+        """The chunk without the rows a [[filter]] leaves out, and how many those were."""
+        if not self.mapping.filters or not len(chunk):
+            return chunk, 0
+        keep = np.ones(len(chunk), dtype=bool)
+        for condition in self.mapping.filters:
+            cells = self._cells(chunk[self.headers[condition.column]].tolist())
+            keep &= np.array(condition.holds(cells), dtype=bool)
+        if keep.all():
+            return chunk, 0
+        return chunk[keep], int((~keep).sum())
+
+    def _constant_date(self, text: str) -> datetime | None:
+        """A date written in the mapping (value, default, map): ISO 8601."""
+        try:
+            value = datetime.fromisoformat(text)
+        except ValueError:
+            return None
+        return value.replace(tzinfo=self.mapping.timezone) if value.tzinfo is None else value
+
+    def take_skipped(self) -> int:
+        """Rows of the last chunks for which no [[consents]] `when` held; resets."""
+        skipped, self._skipped = self._skipped, 0
+        return skipped
+
+    def _cells(self, values: list[Any]) -> list[str]:
+        """Cells trimmed, with [source] null_values read as empty."""
+        cells: list[str] = list(map(str.strip, values))  # the reader gives str cells
+        nulls = self.nulls
+        if nulls:
+            # Folded once per distinct cell, not once per cell.
+            hits = {c for c in set(cells) if c.casefold() in nulls}
+            if hits:
+                cells = ["" if c in hits else c for c in cells]
+        return cells
+
+    def normalize(self, chunk: pd.DataFrame) -> list[Row]:
+        """Every row of the chunk, with its model when valid."""
+        with _gc_paused():
+            return self._normalize(chunk)
+
+    def check(self, chunk: pd.DataFrame) -> Checked:
+        """The chunk's verdict without bodies: rows proven valid column-wise are only
+        counted; the rest take the full path, which names their errors."""
+        with _gc_paused():
+            if not self.keyed and self.content_keys:
+                # Keyed by the body's hash (a ledger made before natural keys): bodies
+                # are needed.
+                rows = self._normalize(chunk)
+                hashed = [row.source_key for row in rows]
+                invalid = [(i, row) for i, row in enumerate(rows) if not row.valid]
+                return Checked(hashed, key_digests(hashed), invalid)
+            headers, raw, prepared, keys = self._prepare(chunk)
+            if not self.keyed:
+                keys = self._natural_keys(prepared, len(chunk))
+            proven = proven_valid(
+                prepared,
+                keys,
+                parse_date=self.parse_date,
+                crosswalk=self.mapping.crosswalk,
+                read_dates=self._chunk_dates,
+            )
+            numbers = chunk.index.tolist()
+            names = list(prepared)
+            checked: list[tuple[int, Row]] = []
+            for pos in np.flatnonzero(~proven).tolist():
+                values = tuple(column[pos] for column in raw.values())
+                cells = {name: prepared[name][pos] for name in names}
+                # An unproven row's natural key comes from its model, as in `normalize`.
+                key = keys[pos] if self.keyed else None
+                row = self._row(int(numbers[pos]), headers, values, cells, key)
+                keys[pos] = row.source_key
+                if not row.valid:
+                    checked.append((pos, row))
+            final = [key or "" for key in keys]
+            return Checked(final, key_digests(final), checked)
+
+    def plain_row(self, chunk: pd.DataFrame, pos: int, key: str) -> Row:
+        """A row the check proved valid, rebuilt from its chunk (to report it after all)."""
+        values = tuple(str(v) for v in chunk.iloc[pos].tolist())
+        headers = tuple(str(c) for c in chunk.columns)
+        return Row(self.file, int(chunk.index[pos]), key, headers, values)
+
+    def _prepare(
+        self, chunk: pd.DataFrame
+    ) -> tuple[tuple[str, ...], dict[str, list[Any]], dict[str, list[str]], list[str | None]]:
+        """Headers, raw cells by header, prepared cells by row field, and source keys."""
+        headers = tuple(str(c) for c in chunk.columns)
+        raw = {h: chunk[h].to_numpy(dtype=object).tolist() for h in headers}
+        prepared = {name: self._column(raw, name, len(chunk)) for name in self.fields}
+        self._chunk_dates = {
+            name: self._date_column(name, self._label(name), self.mapping.date_formats).read(
+                prepared[name]
+            )
+            for name in DATE_FIELDS
+            if name in prepared
+        }
+        return headers, raw, prepared, self._keys(raw, len(chunk))
+
+    def _normalize(self, chunk: pd.DataFrame) -> list[Row]:
+        if self.v2:
+            return self.v2_rows.normalize(chunk)
+        headers, raw, prepared, keys = self._prepare(chunk)
+        names = list(prepared)
+        numbers = chunk.index.tolist()
+        value_rows = zip(*raw.values(), strict=True)
+        field_rows = zip(*prepared.values(), strict=True)
+        return [
+            self._row(int(number), headers, values, dict(zip(names, cells, strict=True)), key)
+            for number, values, cells, key in zip(
+                numbers, value_rows, field_rows, keys, strict=True
+            )
+        ]
+
+    def _column(self, raw: dict[str, list[Any]], name: str, size: int) -> list[str]:
+        """One field's cells for the chunk: trimmed, translated, defaulted."""
+        header = self.columns.get(name)
+        values = self._cells(raw[header]) if header else [""] * size
+        translations = self.mapping.values.get(name)
+        if translations:
+            table = {k: _as_text(v) for k, v in translations.items()}
+            if name in MULTI_VALUE_FIELDS:
+                values = [_translate_codes(v, table) for v in values]
+            else:
+                values = [table.get(v.casefold(), v) for v in values]
+        default = self.mapping.defaults.get(name)
+        if default is not None:
+            text = _as_text(default)
+            values = [v or text for v in values]
+        return values
+
+    def _keys(self, raw: dict[str, list[Any]], size: int) -> list[str | None]:
+        """The stable source key per row; None where the body's hash will serve."""
+        keys: list[str | None]
+        if self.mapping.key:
+            parts = [self._cells(raw[c]) for c in self.key_headers]
+            keys = [None if not all(p) else "|".join(p) for p in zip(*parts, strict=True)]
+        elif (header := self.columns.get("sourceKey")) is not None:
+            keys = [c or None for c in self._cells(raw[header])]
+        else:
+            return [None] * size
+        if self.system is not None:
+            keys = [None if k is None else namespaced(self.system, k) for k in keys]
+        return keys
+
+    def _natural_keys(self, prepared: dict[str, list[str]], size: int) -> list[str | None]:
+        """Natural keys a column at a time, from the cells as the body would hold them
+        (None where the patient or the date is unusable: such rows take the full path).
+        For rows `proven_valid` passes, these equal the keys made from their models."""
+        empty = [""] * size
+        patients = prepared.get("patientId", empty)
+        crosswalk = self.mapping.crosswalk
+        if crosswalk is not None:
+            patients = [crosswalk.get(p, "") for p in patients]
+        keys: list[str | None] = []
+        parse, system = self.parse_date, self.system
+        for patient, scope, category, text in zip(
+            patients,
+            prepared.get("scope", empty),
+            prepared.get("category", empty),
+            prepared.get("dateTime", empty),
+            strict=True,
+        ):
+            when = parse("dateTime", text) if text else None
+            if not patient or (text and when is None):
+                keys.append(None)
+            else:
+                keys.append(
+                    namespaced(system, natural_key(patient, scope, split_codes(category), when))
+                )
+        return keys
+
+    def _row(
+        self,
+        number: int,
+        headers: tuple[str, ...],
+        values: tuple[str, ...],
+        cells: dict[str, str],
+        key: str | None,
+        v2: tuple[_ConsentPlan, int] | None = None,
+    ) -> Row:
+        consent = v2[0].key if v2 is not None else ""
+        labels = v2[0].labels if v2 is not None else {}
+        row = Row(self.file, number, key or "", headers, values, consent=consent)
+        errors = row.errors
+
+        def fail(name: str, code: str, rule: str) -> None:
+            errors.append(
+                RowError(
+                    self.file,
+                    number,
+                    name,
+                    code,
+                    f"{self._label(name, labels)}: {rule} ({code})",
+                    value=self._cell(row, name, labels),
+                    consent=consent,
+                )
+            )
+
+        body = _v1_body(cells, fail, self.parse_date, self.mapping.crosswalk)
+        if v2 is not None:
+            body = v2[0].body(body, v2[1], fail)
+        try:
+            model = ConsentIn.model_validate(body)
+        except ValidationError as exc:
+            already = {e.field for e in errors}
+            for err in field_errors(exc):
+                name = err.field
+                if name not in self.v2_rows.labels:
+                    name = _API_TO_ROW_FIELD.get(err.field, err.field)
+                if name in already:
+                    continue  # e.g. an unknown patient was dropped: not also "missing"
+                message = err.message
+                if name != err.field or name in self.columns or name in labels:
+                    message = f"{self._label(name, labels)}: {_rule_text(err.message)}"
+                errors.append(
+                    RowError(
+                        self.file,
+                        number,
+                        name,
+                        err.code,
+                        message,
+                        value=self._cell(row, name, labels),
+                        consent=consent,
+                    )
+                )
+        else:
+            if not errors:
+                row.model = model
+        if key is None:
+            if self.keyed:
+                fail(
+                    "sourceKey", "missing_required", "the source key is empty; every row needs one"
+                )
+            row.source_key = namespaced(self.system, self._key_without_column(row, body))
+        if consent:
+            # Each consent of the row has its own key, so reruns and patches go per consent.
+            row.source_key += "#" + consent
+        if errors:
+            row.model = None
+        return row
+
+    def _key_without_column(self, row: Row, body: dict[str, Any]) -> str:
+        """A row's key when no key column gives one: its natural identity (or body hash,
+        in a content-hash ledger); the hash of its cells when nothing stable is left."""
+        model = row.model if not row.errors else None
+        if not self.keyed:  # (a keyed row here has an empty key cell: nothing is stable)
+            if model is not None and self.content_keys:
+                return "sha256:" + row.body_hash[:32]
+            if model is not None:
+                when = model.date_time
+                return natural_key(model.patient_id, model.scope.value, model.category, when)
+            if not self.content_keys and (identity := _identity(body, row.errors)) is not None:
+                # Invalid elsewhere (a typo in status, say): still the same consent, so
+                # the ledger keeps its row rather than take it for missing.
+                return natural_key(*identity)
+        self.tally.unstable += 1
+        return CELLS_PREFIX + _digest(repr(row.values))
+
+    def _cell(self, row: Row, name: str, labels: dict[str, Spec] | None = None) -> str:
+        """The raw cell behind a field, for the HTML report's value column."""
+        cells = row.cells
+        if name == "sourceKey" and self.mapping.key:
+            return "|".join(cells.get(c, "") for c in self.key_headers)
+        header = self.columns.get(name)
+        if labels and name in labels:
+            spec = labels[name]
+            header = self.headers.get(spec.columns[0]) if spec.columns else None
+        return str(cells.get(header, "")) if header else ""
+
+    def _label(self, name: str, labels: dict[str, Spec] | None = None) -> str:
+        spec = labels.get(name) if labels else None
+        if spec is not None:
+            return f"{name} ({spec.describe()})" if spec.source != "value" else name
+        header = self.columns.get(name)
+        return f"{name} (column '{header}')" if header and header != name else name
+
+
+class _V2Rows:
+    """A file's rows through a version-2 mapping: its consent plans, each row's consents
+    checked (`check`, for validate) or built (`normalize`, for a run)."""
+
+    def __init__(self, owner: _FileNormalizer, mapping: Mapping) -> None:
+        self.owner = owner
+        self.consents = _consent_plans(owner, mapping)
+        self.plan_of: list[str] = []  # the consent key of each of `check`'s consents
+        #: the [fields] specs by row field, for error labels
+        self.labels = {spec.path.plain: spec for plan in self.consents for spec in plan.specs}
+
+    def check(self, chunk: pd.DataFrame) -> tuple[list[str], list[tuple[int, int]], dict[int, Row]]:
+        """Every consent of a chunk through a version-2 mapping: source keys, (row number,
+        position in the chunk) of each, and the invalid ones by index.
+
+        Consents come plan by plan (all `#research`, then all `#hipaa`): keys of different
+        plans never collide, and within a plan rows keep their order, which is all the
+        duplicate check needs. Proven consents cost a key each; the rest are built.
+        """
+        headers, raw, prepared, keys = self.owner._prepare(chunk)
+        size = len(chunk)
+        self._evaluate(raw, size)
+        numbers = chunk.index.tolist()
+        value_rows: list[tuple[Any, ...]] | None = None
+        names = list(prepared)
+        out_keys: list[str] = []
+        places: list[tuple[int, int]] = []
+        invalid: dict[int, Row] = {}
+        self.plan_of = []
+        made = np.zeros(size, dtype=bool)
+        has_key = np.array([k is not None for k in keys], dtype=bool)
+        for plan in self.consents:
+            holds = (
+                np.array(plan.holds, dtype=bool)
+                if plan.holds is not None
+                else np.ones(size, dtype=bool)
+            )
+            made |= holds
+            proven = self._proof(plan, prepared, keys, size) & holds & has_key
+            suffix = f"#{plan.key}" if plan.key else ""
+            for pos in np.flatnonzero(holds).tolist():
+                index = len(out_keys)
+                places.append((int(numbers[pos]), pos))
+                self.plan_of.append(plan.key)
+                if proven[pos]:
+                    out_keys.append(f"{keys[pos]}{suffix}")
+                    continue
+                if value_rows is None:
+                    value_rows = list(zip(*raw.values(), strict=True))
+                cells = {n: prepared[n][pos] for n in names if n not in plan.dropped}
+                row = self.owner._row(
+                    int(numbers[pos]), headers, value_rows[pos], cells, keys[pos], (plan, pos)
+                )
+                out_keys.append(row.source_key)
+                if not row.valid:
+                    invalid[index] = row
+        self.owner._skipped += int(size - made.sum())
+        return out_keys, places, invalid
+
+    def consent_at(self, index: int) -> str:
+        """The [[consents]] key of the consent at `index` of the last `check`."""
+        return self.plan_of[index]
+
+    def _proof(
+        self, plan: _ConsentPlan, prepared: dict[str, list[str]], keys: list[str | None], size: int
+    ) -> npt.NDArray[np.bool_]:
+        """Which rows' consent of this plan is certain to validate (keyed files only)."""
+        if not self.owner.keyed or (
+            plan.patient_from_v2 and self.owner.mapping.crosswalk is not None
+        ):
+            return np.zeros(size, dtype=bool)
+        v1 = {n: cells for n, cells in prepared.items() if n not in plan.dropped}
+        proven = proven_valid(
+            v1,
+            keys,
+            parse_date=self.owner.parse_date,
+            crosswalk=self.owner.mapping.crosswalk,
+            supplied=plan.supplied,
+            read_dates=self.owner._chunk_dates,
+        )
+        return proven & proven_by_specs(plan.specs, plan.values, size)
+
+    def _evaluate(self, raw: dict[str, list[Any]], size: int) -> None:
+        cells = {
+            name: self.owner._cells(raw[header]) for name, header in self.owner.headers.items()
+        }
+        for plan in self.consents:
+            plan.evaluate(cells, size)
+
+    def normalize(self, chunk: pd.DataFrame) -> list[Row]:
+        """Rows through a version-2 mapping: per row, one Row per consent made."""
+        headers, raw, prepared, keys = self.owner._prepare(chunk)
+        size = len(chunk)
+        self._evaluate(raw, size)
+        names = list(prepared)
+        numbers = chunk.index.tolist()
+        value_rows = list(zip(*raw.values(), strict=True))
+        rows: list[Row] = []
+        for pos in range(size):
+            made = False
+            for plan in self.consents:
+                if plan.holds is not None and not plan.holds[pos]:
+                    continue
+                made = True
+                row_cells = {n: prepared[n][pos] for n in names if n not in plan.dropped}
+                rows.append(
+                    self.owner._row(
+                        int(numbers[pos]),
+                        headers,
+                        value_rows[pos],
+                        row_cells,
+                        keys[pos],
+                        (plan, pos),
+                    )
+                )
+            if not made:
+                self.owner._skipped += 1
+        return rows
+
+
+def _consent_plans(owner: _FileNormalizer, mapping: Mapping) -> list[_ConsentPlan]:
+    """What each consent of a row is made of: one plan without [[consents]]."""
+    top = list(mapping.fields.values())
+    if not mapping.consents:
+        return [_ConsentPlan(owner, "", None, top, frozenset())]
+    plans = []
+    for consent in mapping.consents:
+        own = list(consent.fields.values())
+        # The consent's own fields override top-level ones naming the same place,
+        # and version-1 [columns]/[defaults] fields too.
+        kept = [t for t in top if not any(overlaps(t.path, o.path) for o in own)]
+        dropped = frozenset(
+            name
+            for name, path in V1_PATHS.items()
+            if any(overlaps(parse_path(path, "v1"), o.path) for o in own)
+        )
+        plans.append(_ConsentPlan(owner, consent.key, consent.when, [*kept, *own], dropped))
+    return plans
+
+
+def _v1_body(
+    c: dict[str, str],
+    fail: Callable[[str, str, str], None],
+    parse_date: Callable[[str, str], datetime | None],
+    crosswalk: dict[str, str] | None,
+) -> dict[str, Any]:
+    """Assemble the API body from one row's prepared cells; faults go to `fail`."""
+    body: dict[str, Any] = {name: c[name] for name in _PLAIN_FIELDS if c.get(name)}
+    dates: dict[str, datetime] = {}
+    for name in DATE_FIELDS:
+        text = c.get(name)
+        if text:
+            parsed = parse_date(name, text)
+            if parsed is None:
+                fail(name, "invalid_date", "not a date-time in ISO 8601 or a date_formats format")
+                body.pop(name, None)
+            else:
+                dates[name] = parsed
+    if "dateTime" in dates:
+        body["dateTime"] = dates["dateTime"]
+    patient = body.get("patientId")
+    if patient is not None and crosswalk is not None:
+        resolved = crosswalk.get(patient)
+        if resolved is None:
+            fail("patientId", "unknown_patient", "not in the crosswalk; add it there")
+            del body["patientId"]
+        else:
+            body["patientId"] = resolved
+    category = c.get("category")
+    if category:
+        body["category"] = split_codes(category)
+    if c.get("verified") or c.get("verifiedWith") or "verificationDate" in dates:
+        verification = _verification(c, dates, fail)
+        if verification is not None:
+            body["verification"] = verification
+    provision = _provision(c, dates)
+    if provision:
+        body["provision"] = provision
+    return body
+
+
+def _verification(
+    c: dict[str, str], dates: dict[str, datetime], fail: Callable[[str, str, str], None]
+) -> dict[str, Any] | None:
+    verification: dict[str, Any] = {}
+    flag = c.get("verified", "").casefold()
+    if flag in TRUE_WORDS:
+        verification["verified"] = True
+    elif flag in FALSE_WORDS:
+        verification["verified"] = False
+    elif flag:
+        fail("verified", "invalid_boolean", "must be Y/N, yes/no, true/false or 1/0")
+        return None
+    if c.get("verifiedWith"):
+        verification["verifiedWith"] = c["verifiedWith"]
+    if "verificationDate" in dates:
+        verification["verificationDate"] = dates["verificationDate"]
+    return verification
+
+
+def _provision(c: dict[str, str], dates: dict[str, datetime]) -> dict[str, Any]:
+    provision: dict[str, Any] = {}
+    if c.get("provisionType"):
+        provision["type"] = c["provisionType"]
+    period = {
+        end: dates[name]
+        for end, name in (("start", "provisionStart"), ("end", "provisionEnd"))
+        if name in dates
+    }
+    if period:
+        provision["period"] = period
+    if c.get("purpose"):
+        provision["purpose"] = [{"code": code} for code in split_codes(c["purpose"])]
+    return provision
+
+
+class _ConsentPlan:
+    """One consent a row can make: its key, its `when`, and the specs filling its body."""
+
+    def __init__(
+        self,
+        owner: _FileNormalizer,
+        key: str,
+        when: Condition | None,
+        specs: list[Spec],
+        dropped: frozenset[str],
+    ) -> None:
+        self.owner = owner
+        self.key = key
+        self.when = when
+        self.specs = specs
+        self.dropped = dropped
+        self.holds: list[bool] | None = None
+        self.shape = Shape(specs)
+        self.values: list[list[Value]] = []
+        top = {spec.path.steps[0][0] for spec in specs if len(spec.path.steps) == 1}
+        #: Required fields this consent gets from its specs, not from version-1 columns.
+        self.supplied = frozenset(top & {"patientId", "scope", "category"})
+        self.patient_from_v2 = "patientId" in top
+        self._rows: list[tuple[Value, ...]] = []
+        self._errors: dict[int, list[tuple[Spec, str]]] = {}
+        #: The spec behind each field path (without indexes), to name it in row errors.
+        self.labels = {spec.path.plain: spec for spec in specs}
+
+    def evaluate(self, cells: dict[str, list[str]], size: int) -> None:
+        """Evaluate `when` and every spec over a chunk's cells, a column at a time."""
+        owner = self.owner
+        self.holds = self.when.holds(cells[self.when.column]) if self.when else None
+        values = []
+        for spec in self.specs:
+            reader = None
+            if spec.path.kind == DATE and spec.source != "value":
+                column = owner._date_column(
+                    f"{self.key}:{spec.key}",
+                    f"{spec.path.plain} ({spec.describe()})",
+                    spec.formats if spec.formats is not None else owner.mapping.date_formats,
+                )
+
+                def reader(texts: list[str], column: DateColumn = column) -> list[datetime | None]:
+                    read = column.read(texts)
+                    return [read.get(t) if t else None for t in texts]
+
+            values.append(evaluate(spec, cells, size, reader, owner._constant_date))
+        self.values = values
+        self._rows = list(zip(*values, strict=True)) if values else [()] * size
+        self._errors = {}
+        for spec, results in zip(self.specs, values, strict=True):
+            if spec.path.kind not in (DATE, BOOL):
+                continue  # only dates and booleans can fail to read
+            for pos, (_, _, code) in enumerate(results):
+                if code is not None:
+                    self._errors.setdefault(pos, []).append((spec, code))
+
+    def body(
+        self, base: dict[str, Any], pos: int, fail: Callable[[str, str, str], None]
+    ) -> dict[str, Any]:
+        """The row's body: the version-1 part, then every spec's value put in place."""
+        for spec, code in self._errors.get(pos, ()):
+            fail(spec.path.plain, code, _V2_RULES[code])
+        built = self.shape.build(self._rows[pos])
+        body = merge(base, built) if base else built
+        crosswalk = self.owner.mapping.crosswalk
+        if self.patient_from_v2 and crosswalk is not None and "patientId" in built:
+            # A patient id from [fields] is a legacy id too: resolved, never sent as is.
+            resolved = crosswalk.get(str(body["patientId"]))
+            if resolved is None:
+                fail("patientId", "unknown_patient", "not in the crosswalk; add it there")
+                del body["patientId"]
+            else:
+                body["patientId"] = resolved
+        return body
+
+
+_V2_RULES = {
+    "invalid_date": "not a date-time in ISO 8601 or one of the formats given",
+    "invalid_boolean": "must be Y/N, yes/no, true/false or 1/0, or be listed in the map",
+}
+
+
+class DateColumn:
+    """How one date column of a file is read: one way for the whole column.
+
+    ISO 8601 cells are read as such. The other cells are read with one *family* of the
+    formats: formats with the same day/month/year order (`%m/%d/%Y` and `%m/%d/%Y %I:%M
+    %p` are one family; `%d.%m.%Y` another), each cell with the family's first format
+    that reads it. The family is the first that reads every non-empty cell; when none
+    does, the one reading most (its unreadable cells are `invalid_date`); when two read
+    every cell but give different dates, the file is refused (ConfigError).
+
+    Chunks: the choice is made from the first chunk that decides it and kept. Until then
+    (say every cell so far is 01.01.2024 or ISO), the families that read every cell and
+    agree stay candidates; a later chunk narrows them. A later chunk in which the
+    remaining candidates disagree is refused like the first (`run` may have sent rows of
+    earlier chunks by then: they were read identically by every candidate).
+    """
+
+    def __init__(
+        self, file: str, label: str, formats: tuple[str, ...], tz: ZoneInfo, *, excel: bool
+    ) -> None:
+        self.file = file
+        self.label = label
+        self.tz = tz
+        self.excel = excel
+        self.families = date_families(formats)
+        self.candidates = list(range(len(self.families)))
+        self.decided: int | None = 0 if len(self.families) <= 1 else None
+
+    def read(self, texts: list[str]) -> dict[str, datetime | None]:
+        """Each distinct non-empty text of a chunk -> its date-time (None: unreadable)."""
+        out: dict[str, datetime | None] = {}
+        rest: list[str] = []
+        tz = self.tz
+        parse = datetime.fromisoformat
+        for text in set(texts):
+            if not text:
+                continue
+            try:
+                value = parse(text)
+            except ValueError:
+                rest.append(text)
+                continue
+            out[text] = value if value.tzinfo is not None else value.replace(tzinfo=tz)
+        if not rest:
+            return out
+        if self.decided is None:
+            self._decide(rest)
+        index = self.decided if self.decided is not None else self.candidates[0]
+        family = self.families[index] if self.families else ()
+        for text in rest:
+            out[text] = self._parse(family, text)
+        return out
+
+    def _decide(self, texts: list[str]) -> None:
+        results = {i: [self._parse(self.families[i], t) for t in texts] for i in self.candidates}
+        full = [i for i in self.candidates if all(v is not None for v in results[i])]
+        if len(full) >= 2:
+            first = full[0]
+            for other in full[1:]:
+                if results[other] != results[first]:
+                    raise ConfigError(
+                        f"{self.file}: {self.label} reads as both '{self.families[first][0]}' "
+                        f"and '{self.families[other][0]}', which give different dates (day and "
+                        "month swapped); keep only the right one in date_formats"
+                    )
+            self.candidates = full
+            return
+        if len(full) == 1:
+            self.decided = full[0]
+            return
+        counts = {i: sum(v is not None for v in results[i]) for i in self.candidates}
+        self.decided = max(self.candidates, key=lambda i: (counts[i], -i))
+
+    @lru_cache(maxsize=65536)  # noqa: B019 - one DateColumn per column of a run
+    def _parse(self, family: tuple[str, ...], text: str) -> datetime | None:
+        for fmt in family:
+            try:
+                return self._aware(datetime.strptime(text, fmt))
+            except ValueError:
+                continue
+        if self.excel:
+            iso = excel_serial_to_iso(text)
+            if iso:
+                return self._aware(datetime.fromisoformat(iso))
+        return None
+
+    def _aware(self, value: datetime) -> datetime:
+        return value.replace(tzinfo=self.tz) if value.tzinfo is None else value
+
+
+_DATE_PARTS = {"d": "d", "m": "m", "b": "m", "B": "m", "Y": "y", "y": "y", "j": "d"}
+
+
+def date_families(formats: tuple[str, ...]) -> list[tuple[str, ...]]:
+    """Formats grouped by the order of their day, month and year, in first-seen order."""
+    groups: dict[tuple[str, ...], list[str]] = {}
+    for fmt in formats:
+        order = tuple(
+            dict.fromkeys(
+                _DATE_PARTS[c] for c in re.findall(r"%([a-zA-Z])", fmt) if c in _DATE_PARTS
+            )
+        )
+        groups.setdefault(order, []).append(fmt)
+    return [tuple(g) for g in groups.values()]
+
+
+def key_digests(keys: list[str]) -> npt.NDArray[np.uint64]:
+    """64-bit digests of source keys (pandas' SipHash, the same in every process), for
+    the duplicate check: a collision among a million keys has odds of about 1e-8."""
+    digests: npt.NDArray[np.uint64] = pd.util.hash_array(
+        np.array(keys, dtype=object), categorize=False
+    )
+    return digests
+
+
+def cells_digests(
+    fields: dict[str, list[str]],
+    dates: dict[str, dict[str, datetime | None]],
+    key: str,
+    size: int,
+) -> npt.NDArray[np.int64]:
+    """Per row, a 64-bit SipHash of its prepared cells (date cells as the dates they were
+    read as: a column's reading is decided across chunks), keyed by `key`, a digest of
+    all else that makes its body (`_cells_digest_key`): equal digests, equal bodies."""
+    if not fields:
+        return np.zeros(size, dtype=np.int64)
+    columns = []
+    for name, cells in fields.items():
+        read = dates.get(name)
+        if read is not None:
+            shown = {text: repr(when) for text, when in read.items()}
+            cells = [shown.get(cell, cell) for cell in cells]
+        columns.append(cells)
+    joined = np.array(["\x1f".join(row) for row in zip(*columns, strict=True)], dtype=object)
+    hashed = pd.util.hash_array(joined, categorize=False, hash_key=key)
+    digests: npt.NDArray[np.int64] = hashed.view(np.int64)
+    return digests
+
+
+def _cells_digest_key(mapping: Mapping, fields: list[str], *, excel: bool) -> str:
+    """The SipHash key of a file's cells digests (16 characters): a digest of the body
+    rules, the mapping (with its crosswalk) and the file kind."""
+    crosswalk = sorted((mapping.crosswalk or {}).items())
+    text = repr((_BODY_RULES, dataclasses.replace(mapping, path=None), crosswalk, fields, excel))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """A chunk makes hundreds of thousands of acyclic objects; cyclic GC passes over them
+    would cost more than the work itself. Cycles are collected after it."""
+    paused = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if paused:
+            gc.enable()
+
+
+def _identity(
+    body: dict[str, Any], errors: list[RowError]
+) -> tuple[str, str, list[str], datetime | None] | None:
+    """An invalid row's natural identity, when every field it is made of holds (None:
+    one does not, and the row has no stable key)."""
+    if any(_KEY_ROOT.split(e.field, maxsplit=1)[0] in NATURAL_FIELDS for e in errors):
+        return None  # e.g. a dateTime that does not parse is missing from the body
+    try:
+        found = ConsentIdentity.model_validate(body)
+    except ValidationError:
+        return None
+    return found.patient_id, found.scope.value, found.category, found.date_time
+
+
+def split_codes(text: str) -> list[str]:
+    """The codes of a multi-value cell (`a;b|c`), stripped, empty ones dropped."""
+    return [part.strip() for part in _SPLIT.split(text) if part.strip()]
+
+
+def _translate_codes(cell: str, table: dict[str, str]) -> str:
+    """A multi-value cell translated: by its own entry when it has one, else code by code
+    (a code not in the table stays as it is), so `init`'s one-entry-per-code tables apply."""
+    whole = table.get(cell.casefold())
+    if whole is not None or not _SPLIT.search(cell):
+        return cell if whole is None else whole
+    return ";".join(table.get(code.casefold(), code) for code in split_codes(cell))
+
+
+def _as_text(value: str | bool) -> str:
+    return ("true" if value else "false") if isinstance(value, bool) else value
+
+
+def _rule_text(message: str) -> str:
+    """The rule part of a model message ("field: rule (code)" -> "rule (code)")."""
+    return message.split(": ", 1)[1] if ": " in message else message
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:32]

@@ -1,0 +1,213 @@
+"""A whole `run`: check the settings, lock the ledger, import, stop well, summarise."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import signal
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from itertools import chain
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import anyio
+import sniffio
+
+from importer._breaker import CircuitBreaker
+from importer._client import ClinikClient, check_api_key, check_base_url, make_http_client
+from importer._engine import Engine, InInput
+from importer._ledger import Ledger
+from importer._limiter import Limiter
+from importer._lock import LedgerLock
+from importer._mapping import Mapping, open_tables
+from importer._normalize import Normalizer, Row, Unchanged
+from importer._options import DEFAULTS, RunOptions
+from importer._outputs import write_text
+from importer._preflight import run_checks
+from importer._results import RunStats, ValidationSummary
+from importer._revocation import RevokeScope
+
+log = logging.getLogger("importer.run")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything `consent-import run` takes, as a library call takes it."""
+
+    inputs: Sequence[str | Path]
+    options: RunOptions = DEFAULTS
+    api_key: str | None = field(default=None, repr=False)  # never printed whole
+    handle_signals: bool = True
+
+
+@dataclass
+class RunResult:
+    stats: RunStats
+    run_id: int
+    ledger: Path
+    validation: ValidationSummary
+    #: rows in the input files (a stopped run read fewer: `stats.rows`)
+    total: int = 0
+
+    @property
+    def exit_code(self) -> int:
+        """0 all rows done, 1 some invalid or failed, 2 revocations over --revoke-max
+        (none made), 3 aborted; a budget pause is 0."""
+        if self.stats.aborted and not self.stats.paused:
+            return 3
+        if self.stats.revoke_refused:
+            return 2
+        return 1 if self.stats.invalid or self.stats.failed else 0
+
+
+def run_import(
+    config: RunConfig,
+    mapping: Mapping,
+    *,
+    on_progress: Callable[[str, RunStats], None] | None = None,
+    on_wait: Callable[[float, str], None] | None = None,
+    on_total: Callable[[int], None] | None = None,
+) -> RunResult:
+    """Import `config.inputs` into the API; blocking. Settings are checked before the lock."""
+    api_key = check_api_key(config.api_key)
+    base_url = check_base_url(config.options.base_url)
+    tables = open_tables(config.inputs, mapping)
+    normalizer = Normalizer(mapping)
+    scope = RevokeScope.of_tables(config.options.revoke_max, mapping, tables, normalizer.tally)
+    total = sum(t.count_rows() for t in tables)
+    if on_total is not None:
+        on_total(total)
+    checked, window = 0, None
+    options = config.options
+    if options.preflight:
+        # Before the ledger exists or is bound to this base URL: a wrong one touches nothing.
+        _, checked, window = run_checks(base_url, api_key, timeout_s=options.timeout_s)
+    with LedgerLock(options.ledger):
+        ledger = Ledger(options.ledger, base_url=base_url)
+        normalizer.content_keys = ledger.key_scheme == "content"
+        # Rows the ledger holds as done from the same cells come as counts, no bodies.
+        rows: Iterator[Row | Unchanged] = chain.from_iterable(
+            normalizer.rows_or_unchanged(t, ledger.unchanged) for t in tables
+        )
+        try:
+            if options.preflight and not options.skip_existing and ledger.created_nothing():
+                # A ledger that created nothing holds nothing unchanged: plain rows.
+                plain = chain.from_iterable(normalizer.rows(t) for t in tables)
+                sampled, spent, _ = run_checks(
+                    base_url,
+                    api_key,
+                    timeout_s=options.timeout_s,
+                    max_wait_s=options.max_wait_s,
+                    on_wait=on_wait,
+                    rows=plain,
+                    ledger=ledger.path,
+                    window_limit=window,
+                )
+                rows, checked = sampled or plain, checked + spent
+            run_id = ledger.begin_run([t.name for t in tables])
+            stats, validation = anyio.run(
+                _run_async,
+                config,
+                scope,
+                ledger,
+                run_id,
+                rows,
+                normalizer.in_input,
+                api_key,
+                base_url,
+                on_progress,
+                on_wait,
+                backend_options={"use_uvloop": _has_uvloop()},
+            )
+            stats.skipped = validation.skipped = normalizer.skipped
+            stats.source_key = normalizer.key_kind
+            stats.requests += checked
+            if stats.aborted:
+                # Rows not yet read count too: everything the next run still has to do.
+                stats.rows_left = max(total - stats.finished, stats.rows_left)
+            status = "paused" if stats.paused else ("aborted" if stats.aborted else "finished")
+            ledger.finish_run(run_id, status, stats.summary())
+        finally:
+            ledger.close()
+    return RunResult(stats, run_id, config.options.ledger, validation, total)
+
+
+def _has_uvloop() -> bool:
+    """uvloop halves the event loop's share of a request's CPU; optional (no Windows)."""
+    return importlib.util.find_spec("uvloop") is not None
+
+
+async def _run_async(
+    config: RunConfig,
+    revoke_scope: RevokeScope,
+    ledger: Ledger,
+    run_id: int,
+    rows: Iterator[Row | Unchanged],
+    in_input: InInput,
+    api_key: str,
+    base_url: str,
+    on_progress: Callable[[str, RunStats], None] | None,
+    on_wait: Callable[[float, str], None] | None,
+) -> tuple[RunStats, ValidationSummary]:
+    # anyio asks sniffio which event loop runs, dozens of times a row (every lock, event,
+    # sleep and thread hand-off), and sniffio finds asyncio by looking up the current task
+    # each time. Trio answers it by setting this context variable; we do the same for the
+    # asyncio loop we started.
+    sniffio.current_async_library_cvar.set("asyncio")
+    options = config.options
+    limiter = Limiter(
+        concurrency=options.concurrency,
+        max_rps=options.max_rps,
+        max_wait_s=options.max_wait_s,
+        on_wait=on_wait,
+    )
+    http = make_http_client(
+        base_url=base_url, concurrency=options.concurrency, timeout_s=options.timeout_s
+    )
+    async with http:
+        breaker = CircuitBreaker(urlsplit(base_url).netloc)
+        client = ClinikClient(
+            http, base_url=base_url, api_key=api_key, limiter=limiter, breaker=breaker
+        )
+        engine = Engine(
+            client,
+            ledger,
+            run_id=run_id,
+            options=options,
+            revoke_scope=revoke_scope,
+            on_progress=on_progress,
+        )
+        with anyio.CancelScope() as scope:
+            async with anyio.create_task_group() as tg:
+                if config.handle_signals:
+                    tg.start_soon(_watch_signals, engine, scope, options.grace_s)
+                await engine.run(rows, in_input)
+                tg.cancel_scope.cancel()
+        stats = engine.stats
+        if scope.cancelled_caught:
+            stats.aborted = stats.aborted or "interrupted"
+        stats.requests = client.stats.requests
+        stats.rate_limited = client.stats.rate_limited
+    return stats, engine.validation
+
+
+async def _watch_signals(engine: Engine, scope: anyio.CancelScope, grace_s: float) -> None:
+    """First Ctrl-C / SIGTERM: take no new rows, let in-flight requests settle for
+    `grace_s`, then cancel; a second signal cancels at once."""
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            name = signal.Signals(signum).name
+            if engine.stats.aborted:
+                scope.cancel()
+                return
+            engine.stop(f"interrupted by {name}")
+            scope.deadline = min(scope.deadline, anyio.current_time() + grace_s)
+
+
+def summary_json(path: Path, stats: RunStats, extra: dict[str, Any] | None = None) -> None:
+    """Counts and codes only, no PHI: written with the umask's mode, for log collectors."""
+    document = {**stats.summary(), **(extra or {})}
+    write_text(path, json.dumps(document, indent=2) + "\n", private=False)

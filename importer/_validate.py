@@ -1,0 +1,61 @@
+"""The dry run: read, map and validate files, and write the reports asked for."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from importer import _outputs as outputs
+from importer._mapping import Mapping, open_tables
+from importer._normalize import Normalizer
+from importer._report import (
+    SafeCsvWriter,
+    check_report_paths,
+    error_columns,
+    row_error_cells,
+    source_rows,
+    write_json,
+)
+from importer._results import ValidationSummary
+
+
+def validate_files(
+    inputs: Sequence[str | Path],
+    mapping: Mapping,
+    reports: Sequence[str] = (),
+    *,
+    redact: bool = False,
+) -> ValidationSummary:
+    """Validate every row of `inputs` and write `reports` (.json, .csv, .html)."""
+    paths = check_report_paths(reports, redact=redact)
+    outputs.check(
+        [("--report", p) for p in paths],
+        [*(("input", Path(p)) for p in inputs), *outputs.mapping_inputs(mapping)],
+    )
+    tables = open_tables(inputs, mapping)
+    summary = ValidationSummary()
+    csv_paths = [p for p in paths if p.suffix.lower() == ".csv"]
+    writers = [SafeCsvWriter(p, error_columns(t.columns for t in tables)) for p in csv_paths]
+    try:
+        normalizer = Normalizer(mapping)
+        for table in tables:
+            for batch in normalizer.check(table):
+                summary.add_batch(batch)
+                for rows in source_rows(batch.invalid):
+                    for writer in writers:
+                        writer.write(row_error_cells(rows))
+    except BaseException:
+        for writer in writers:
+            writer.discard()
+        raise
+    for writer in writers:
+        writer.close()
+    for path in paths:
+        suffix = path.suffix.lower()
+        if suffix == ".json":
+            write_json(path, summary.to_json())
+        elif suffix == ".html":
+            from importer._html_report import write_validation_html
+
+            write_validation_html(path, summary, redact=redact)
+    return summary
