@@ -32,9 +32,10 @@ import numpy.typing as npt
 
 from importer._errors import ConfigError
 
-SCHEMA_VERSION = "2"
-#: Schema versions this code migrates in place, once, when it opens their ledger.
-_MIGRATES = frozenset({"1"})
+SCHEMA_VERSION = "3"
+#: Schema versions this code migrates in place, once, when it opens their ledger (and
+#: reads as they are when it opens them read-only, for `verify`).
+_MIGRATES = frozenset({"1", "2"})
 log = logging.getLogger("importer.ledger")
 
 
@@ -85,21 +86,30 @@ FIELD_ORDER = (
 _FIELD_INDEX = {name: i for i, name in enumerate(FIELD_ORDER)}
 #: Bytes kept of each field's hash (the 12 hex digits `Row.field_hashes` gives).
 _FIELD_HASH_BYTES = 6
+#: Bytes of the presence bitmap that opens a packed `field_hashes` (bit i: FIELD_ORDER[i]).
+_BITMAP_BYTES = 2
+#: Bytes kept of a body's SHA-256 (`payload_hash`): 128 bits, as many as a UUID; a body
+#: that changes and keeps them would need a collision no edit of a row can aim at.
+_PAYLOAD_HASH_BYTES = 16
 
 _ROWS_TABLE = """
 CREATE TABLE IF NOT EXISTS rows (
-    source_key TEXT PRIMARY KEY,
-    source_file TEXT NOT NULL,
+    source_key PRIMARY KEY,          -- TEXT; a natural key ("nk:" and 32 hex digits) as
+                                     -- its 16 bytes (BLOB; pack_key)
+    file INTEGER NOT NULL,           -- files.id: the input it was last read from
     source_row INTEGER NOT NULL,
     state TEXT NOT NULL,             -- invalid | pending | in_flight | settling | done
                                      -- | failed | revoked (RowState)
     action TEXT,                     -- created | adopted | updated | recreated | revoked
-    consent_id TEXT,
-    previous_consent_id TEXT,        -- the consent a recreate replaced
+    consent_id,                      -- TEXT; "consent_" and 24 hex digits as their
+    previous_consent_id,             -- 12 bytes (BLOB; pack_id). previous: the consent
+                                     -- a recreate replaced
     patient_id TEXT,
-    payload_hash BLOB,               -- SHA-256 (32 bytes) of the body the server holds
-    field_hashes BLOB,               -- per top-level field of that body: its index in
-                                     -- FIELD_ORDER (1 byte) and 6 bytes of its hash
+    payload_hash BLOB,               -- the first 16 bytes of the SHA-256 of the body the
+                                     -- server holds
+    field_hashes BLOB,               -- per top-level field of that body: a 2-byte bitmap
+                                     -- of the fields present (bit i: FIELD_ORDER[i]),
+                                     -- then 6 bytes of each one's hash, in that order
     cells_hash INTEGER,              -- digest of the cells that made that body (done rows):
                                      -- a rerun finds unchanged rows by it, without bodies
     pending_op TEXT,                 -- create | patch | recreate | retire | revoke
@@ -108,7 +118,7 @@ CREATE TABLE IF NOT EXISTS rows (
     error_code TEXT,
     error_message TEXT,
     http_status INTEGER,
-    request_id TEXT,
+    request_id,                      -- TEXT; "req_" and 16 hex digits as 8 bytes (BLOB)
     cells TEXT,                      -- JSON of the source cells (invalid/failed rows only: PHI)
     settle_after TEXT,               -- settling rows: look up no sooner (UTC ISO time)
     attempts INTEGER NOT NULL DEFAULT 0,
@@ -117,6 +127,12 @@ CREATE TABLE IF NOT EXISTS rows (
     updated_at INTEGER NOT NULL      -- Unix time in milliseconds
 ) WITHOUT ROWID
 """
+#: A row's source system, as `tally` counts it: the part of a text key before the
+#: separator (importer._keys.SYSTEM_SEPARATOR), '' for none. A packed key has none.
+_SYSTEM_OF = (
+    "CASE WHEN typeof({k}) = 'text' AND instr({k}, char(31)) > 0 "
+    "THEN substr({k}, 1, instr({k}, char(31)) - 1) ELSE '' END"
+)
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS runs (
@@ -128,22 +144,50 @@ CREATE TABLE IF NOT EXISTS runs (
     inputs TEXT,                     -- JSON list of input file names
     summary TEXT                     -- JSON summary when finished
 );
+-- Input file names, once each: a row names its file by id.
+CREATE TABLE IF NOT EXISTS files (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE);
 {_ROWS_TABLE};
-CREATE INDEX IF NOT EXISTS rows_state ON rows (state);
+-- Rows not done are few once a run is over: the index leaves the done ones out (`tally`
+-- counts them). A query uses it when it says `state != 'done'` (_NOT_DONE) as it is.
+CREATE INDEX IF NOT EXISTS rows_state ON rows (state) WHERE state != 'done';
+-- Rows with an error noted are few: `status` counts them without reading every row.
+CREATE INDEX IF NOT EXISTS rows_errors ON rows (error_code) WHERE error_code IS NOT NULL;
+-- Rows by file, source system and state, kept by the triggers below in the transaction
+-- that changes the rows: `status` reads this, not a million rows.
+CREATE TABLE IF NOT EXISTS tally (
+    file INTEGER NOT NULL,
+    system TEXT NOT NULL,
+    state TEXT NOT NULL,
+    n INTEGER NOT NULL,
+    PRIMARY KEY (file, system, state)
+) WITHOUT ROWID;
+CREATE TRIGGER IF NOT EXISTS tally_insert AFTER INSERT ON rows BEGIN
+    INSERT INTO tally VALUES (new.file, {_SYSTEM_OF.format(k="new.source_key")}, new.state, 1)
+        ON CONFLICT DO UPDATE SET n = n + 1;
+END;
+CREATE TRIGGER IF NOT EXISTS tally_delete AFTER DELETE ON rows BEGIN
+    UPDATE tally SET n = n - 1 WHERE file = old.file
+        AND system = {_SYSTEM_OF.format(k="old.source_key")} AND state = old.state;
+END;
+CREATE TRIGGER IF NOT EXISTS tally_update AFTER UPDATE OF file, state ON rows
+WHEN old.file IS NOT new.file OR old.state IS NOT new.state BEGIN
+    UPDATE tally SET n = n - 1 WHERE file = old.file
+        AND system = {_SYSTEM_OF.format(k="old.source_key")} AND state = old.state;
+    INSERT INTO tally VALUES (new.file, {_SYSTEM_OF.format(k="new.source_key")}, new.state, 1)
+        ON CONFLICT DO UPDATE SET n = n + 1;
+END;
 -- The body of each request in flight (PHI), apart from `rows`: a row's record stays the
 -- same small size from its intent on, so the pages of `rows` stay full.
 CREATE TABLE IF NOT EXISTS bodies (
-    source_key TEXT PRIMARY KEY,
+    source_key PRIMARY KEY,          -- as rows.source_key
     body TEXT NOT NULL,
     hash TEXT
 );
--- Rows with an error noted are few: `status` counts them without reading every row.
-CREATE INDEX IF NOT EXISTS rows_errors ON rows (error_code) WHERE error_code IS NOT NULL;
 -- Failed attempts only (a row's successes are its state, action and attempts count).
 CREATE TABLE IF NOT EXISTS attempts (
     id INTEGER PRIMARY KEY,
     run_id INTEGER NOT NULL,
-    source_key TEXT NOT NULL,
+    source_key NOT NULL,             -- as rows.source_key
     op TEXT NOT NULL,                -- create | patch | recreate | retire | revoke (Op)
     at TEXT NOT NULL,
     outcome TEXT NOT NULL,           -- error
@@ -151,7 +195,9 @@ CREATE TABLE IF NOT EXISTS attempts (
     request_id TEXT,
     error_code TEXT
 );
-"""
+"""  # noqa: S608 - constant text
+#: The condition of `rows_state`, written as the queries that use the index must say it.
+_NOT_DONE = "state != 'done'"
 
 T = TypeVar("T")
 _SELECT_ROWS = (
@@ -167,12 +213,22 @@ _UNCHANGED = (
     # CROSS JOIN: the keys outside, one lookup by primary key each (through the state
     # index, SQLite would look each row up twice). k.key is the key's place in the list.
     "SELECT k.key, r.cells_hash FROM json_each(?) AS k CROSS JOIN rows AS r "
-    "ON r.source_key = k.value WHERE r.state = 'done' AND r.error_code IS NULL "
+    "ON r.source_key = pack_key(k.value) WHERE r.state = 'done' AND r.error_code IS NULL "
     "AND r.cells_hash IS NOT NULL"
 )
 #: Rows that need a person: invalid, failed, sent with an outcome still unknown, or done
 #: but edited in a way the API cannot apply (the error stays until a run clears it).
-_NEEDS_A_PERSON = "state IN ('invalid', 'failed') OR error_code IS NOT NULL"
+_NEEDS_A_PERSON = f"({_NOT_DONE} AND state IN ('invalid', 'failed')) OR error_code IS NOT NULL"
+#: A row as the exports read it (sqlite3.Row): every column by its name, the packed
+#: ones unpacked, the file by its name.
+_READ_ROWS = (
+    "SELECT unpack_key(source_key) AS source_key, f.name AS source_file, source_row, state, "
+    "action, unpack_id(consent_id) AS consent_id, "
+    "unpack_id(previous_consent_id) AS previous_consent_id, patient_id, pending_op, "
+    "error_stage, error_code, error_message, http_status, "
+    "unpack_id(request_id) AS request_id, cells, settle_after, attempts, first_run, "
+    "last_run, updated_at FROM rows JOIN files AS f ON f.id = rows.file"
+)
 #: Columns cleared once a row's outcome is known.
 _CLEARED = dict.fromkeys(
     (
@@ -205,34 +261,88 @@ def _iso(stored: int | str | None) -> str | None:
     return datetime.fromtimestamp(stored / 1000, UTC).isoformat(timespec="milliseconds")
 
 
+def _hex_bytes(text: str, size: int) -> bytes | None:
+    """`text` as `size` bytes, when it is exactly their lowercase hex (so it comes back
+    the same), else None."""
+    if len(text) != 2 * size:
+        return None
+    try:
+        raw = bytes.fromhex(text)
+    except ValueError:
+        return None
+    return raw if raw.hex() == text else None
+
+
+def _packer(prefix: str, size: int) -> tuple[Callable[[Any], Any], Callable[[Any], Any]]:
+    """(pack, unpack) for ids made of `prefix` and `size` bytes in hex: stored as those
+    bytes (a BLOB), any other text as it is (TEXT). Lossless: a BLOB is never text."""
+    cut = len(prefix)
+
+    def pack(value: Any) -> Any:
+        if isinstance(value, str) and value.startswith(prefix):
+            raw = _hex_bytes(value[cut:], size)
+            if raw is not None:
+                return raw
+        return value
+
+    def unpack(stored: Any) -> Any:
+        return prefix + stored.hex() if isinstance(stored, bytes) else stored
+
+    return pack, unpack
+
+
+#: Natural keys (importer._keys.NATURAL_PREFIX and 32 hex digits) as their 16 bytes;
+#: keys from a key column, namespaced keys and content keys stay the text they are.
+pack_key, unpack_key = _packer("nk:", 16)
+#: Consent ids as ClinikAPI makes them ("consent_" and 24 hex digits) as 12 bytes.
+pack_id, _unpack_consent = _packer("consent_", 12)
+#: Request ids ("req_" and 16 hex digits) as 8 bytes.
+pack_request_id, _unpack_request = _packer("req_", 8)
+
+
+def unpack_id(stored: Any) -> Any:
+    """A stored consent or request id as the server gave it."""
+    if isinstance(stored, bytes):
+        return (_unpack_consent if len(stored) == 12 else _unpack_request)(stored)
+    return stored
+
+
 def pack_hash(hex_digest: str | None) -> bytes | str | None:
-    """A body's SHA-256 as stored: 32 bytes (any other text is kept as it is)."""
+    """A body's SHA-256 as stored: its first 16 bytes (any other text kept as it is)."""
     if hex_digest is not None and len(hex_digest) == 64:
-        try:
-            return bytes.fromhex(hex_digest)
-        except ValueError:
-            pass
+        raw = _hex_bytes(hex_digest, 32)
+        if raw is not None:
+            return raw[:_PAYLOAD_HASH_BYTES]
     return hex_digest
 
 
 def unpack_hash(stored: bytes | str | None) -> str | None:
+    """A stored payload hash as hex: 32 digits (64 read from a ledger before schema 3)."""
     return stored.hex() if isinstance(stored, bytes) else stored
 
 
+def same_payload(stored: str | None, body_hash: str) -> bool:
+    """Whether a body of SHA-256 `body_hash` is the one whose hash the ledger holds."""
+    if stored is None:
+        return False
+    if len(stored) == 2 * _PAYLOAD_HASH_BYTES and len(body_hash) == 64:
+        return body_hash.startswith(stored)
+    return stored == body_hash
+
+
 def pack_field_hashes(hashes: dict[str, str]) -> bytes | str:
-    """{field: 12 hex digits} as stored: per field, its index in FIELD_ORDER and the 6
-    bytes of its hash. A field or hash this form cannot hold keeps the JSON form."""
-    packed = bytearray()
-    try:
-        for name, digest in hashes.items():
-            raw = bytes.fromhex(digest)
-            if len(raw) != _FIELD_HASH_BYTES:
-                raise ValueError(digest)
-            packed.append(_FIELD_INDEX[name])
-            packed += raw
-    except (KeyError, ValueError):
-        return json.dumps(hashes, separators=(",", ":"))
-    return bytes(packed)
+    """{field: 12 hex digits} as stored: a bitmap of the fields present (bit i:
+    FIELD_ORDER[i]), then the 6 bytes of each one's hash in FIELD_ORDER. A field or hash
+    this form cannot hold keeps the JSON form."""
+    found: dict[int, bytes] = {}
+    for name, digest in hashes.items():
+        at = _FIELD_INDEX.get(name)
+        raw = _hex_bytes(digest, _FIELD_HASH_BYTES)
+        if at is None or raw is None or at >= 8 * _BITMAP_BYTES:
+            return json.dumps(hashes, separators=(",", ":"))
+        found[at] = raw
+    bits = sum(1 << at for at in found)
+    return bits.to_bytes(_BITMAP_BYTES, "little") + b"".join(found[i] for i in sorted(found))
 
 
 def unpack_field_hashes(stored: bytes | str | None) -> dict[str, str]:
@@ -241,6 +351,19 @@ def unpack_field_hashes(stored: bytes | str | None) -> dict[str, str]:
     if isinstance(stored, str):
         found: dict[str, str] = json.loads(stored)
         return found
+    bits = int.from_bytes(stored[:_BITMAP_BYTES], "little")
+    fields = [name for i, name in enumerate(FIELD_ORDER) if bits >> i & 1]
+    step = _FIELD_HASH_BYTES
+    return {
+        name: stored[at : at + step].hex()
+        for name, at in zip(fields, range(_BITMAP_BYTES, len(stored), step), strict=True)
+    }
+
+
+def _unpack_field_hashes_v2(stored: bytes | str | None) -> dict[str, str]:
+    """Schema 2's packing: per field, its index in FIELD_ORDER (1 byte) and 6 bytes."""
+    if not isinstance(stored, bytes):
+        return unpack_field_hashes(stored)
     step = 1 + _FIELD_HASH_BYTES
     return {
         FIELD_ORDER[stored[i]]: stored[i + 1 : i + step].hex() for i in range(0, len(stored), step)
@@ -291,6 +414,8 @@ class _Transitions:
     the states it moves between. Call them inside a transaction."""
 
     _db: sqlite3.Connection
+    #: files.id by name, as this connection has committed or is writing them
+    _files: dict[str, int]
 
     def intent(
         self,
@@ -314,11 +439,13 @@ class _Transitions:
             "settle_after": None,
         }
         if consent_id is not None:
-            values["consent_id"] = consent_id
+            values["consent_id"] = pack_id(consent_id)
         if previous_consent_id is not None:
-            values["previous_consent_id"] = previous_consent_id
+            values["previous_consent_id"] = pack_id(previous_consent_id)
         self._upsert(run_id, src, values)
-        self._db.execute("UPDATE rows SET attempts = attempts + 1 WHERE source_key = ?", (src.key,))
+        self._db.execute(
+            "UPDATE rows SET attempts = attempts + 1 WHERE source_key = ?", (pack_key(src.key),)
+        )
 
     def done(
         self,
@@ -343,11 +470,11 @@ class _Transitions:
             "payload_hash": pack_hash(payload_hash),
             "field_hashes": pack_field_hashes(field_hashes),
             "cells_hash": cells_hash,
-            "request_id": request_id,
+            "request_id": pack_request_id(request_id),
             "patient_id": patient_id,
         }
         if consent_id is not None:
-            values["consent_id"] = consent_id
+            values["consent_id"] = pack_id(consent_id)
         self._upsert(run_id, src, values)
 
     def failed(self, run_id: int, src: Source, op: Op, error: RowError) -> None:
@@ -383,18 +510,19 @@ class _Transitions:
     def unsent(self, src: Source, before: RowState | None) -> None:
         """in_flight -> the state before the intent (pending if it was in flight too), or
         no row at all for a new one: the request was never sent."""
+        key = pack_key(src.key)
         if before is None:
-            self._db.execute("DELETE FROM rows WHERE source_key = ?", (src.key,))
-            self._db.execute("DELETE FROM bodies WHERE source_key = ?", (src.key,))
+            self._db.execute("DELETE FROM rows WHERE source_key = ?", (key,))
+            self._db.execute("DELETE FROM bodies WHERE source_key = ?", (key,))
             return
         back = RowState.PENDING if before is RowState.IN_FLIGHT else before
         changed = self._db.execute(
             "UPDATE rows SET state = ?, pending_op = NULL "
             "WHERE source_key = ? AND state = 'in_flight'",
-            (back, src.key),
+            (back, key),
         )
         if changed.rowcount:
-            self._db.execute("DELETE FROM bodies WHERE source_key = ?", (src.key,))
+            self._db.execute("DELETE FROM bodies WHERE source_key = ?", (key,))
 
     def patch_failed(
         self,
@@ -411,7 +539,7 @@ class _Transitions:
         refused or went unanswered. The row keeps its consent (created.csv, verify and
         revocation still see it); `field_hashes` leave out the fields the PATCH carried,
         so the next run sends them again, whatever the server made of this one."""
-        values = {**_error_values(error), "state": state, "consent_id": consent_id}
+        values = {**_error_values(error), "state": state, "consent_id": pack_id(consent_id)}
         values.update(
             pending_op=None,
             pending_body=None,
@@ -429,26 +557,26 @@ class _Transitions:
         after it leaves the row to the next run's revocation, or to a PATCH that makes
         the consent active again if the row is back in the source."""
         self._db.execute(
-            "UPDATE rows SET state = 'in_flight', pending_op = 'revoke', updated_at = ? "
-            "WHERE source_key = ?",
-            (_now(), key),
+            "UPDATE rows SET state = 'in_flight', pending_op = 'revoke', updated_at = ?, "
+            "attempts = attempts + 1 WHERE source_key = ?",
+            (_now(), pack_key(key)),
         )
-        self._db.execute("UPDATE rows SET attempts = attempts + 1 WHERE source_key = ?", (key,))
 
     def revoke_failed(self, run_id: int, key: str, error: RowError) -> None:
         """in_flight (revoke) -> done, error noted: the consent may still be active (or
         not: a 5xx may have applied it); the next run with --revoke-missing tries again,
         and failed.csv lists the row. Its status is no longer taken as known, so a row
         back in the source is PATCHed (to its status, or active)."""
+        stored_key = pack_key(key)
         found = self._db.execute(
-            "SELECT field_hashes FROM rows WHERE source_key = ?", (key,)
+            "SELECT field_hashes FROM rows WHERE source_key = ?", (stored_key,)
         ).fetchone()
         hashes = unpack_field_hashes(found[0]) if found else {}
         hashes.pop("status", None)
         self._db.execute(
             "UPDATE rows SET payload_hash = NULL, cells_hash = NULL, field_hashes = ? "
             "WHERE source_key = ?",
-            (pack_field_hashes(hashes), key),
+            (pack_field_hashes(hashes), stored_key),
         )
         self._db.execute(
             "UPDATE rows SET state = 'done', pending_op = NULL, "
@@ -459,9 +587,9 @@ class _Transitions:
                 error.code,
                 error.message,
                 error.http_status,
-                error.request_id,
+                pack_request_id(error.request_id),
                 _now(),
-                key,
+                stored_key,
             ),
         )
         self._attempt(run_id, key, Op.REVOKE, "error", error=error)
@@ -472,9 +600,9 @@ class _Transitions:
             "UPDATE rows SET state = 'revoked', action = 'revoked', payload_hash = NULL, "
             "cells_hash = NULL, pending_op = NULL, error_stage = NULL, error_code = NULL, "
             "error_message = NULL, http_status = NULL, updated_at = ? WHERE source_key = ?",
-            (_now(), key),
+            (_now(), pack_key(key)),
         )
-        self._db.execute("DELETE FROM bodies WHERE source_key = ?", (key,))
+        self._db.execute("DELETE FROM bodies WHERE source_key = ?", (pack_key(key),))
 
     def invalid(self, run_id: int, src: Source, error: RowError) -> None:
         """-> invalid, or the error noted on a row that holds a consent (its state kept):
@@ -487,11 +615,11 @@ class _Transitions:
         """The error noted, state kept: the row's edit cannot be applied (the consent
         stays as it is and in created.csv; failed.csv lists the row until it is fixed)."""
         self._db.execute(
-            "UPDATE rows SET source_file = ?, source_row = ?, last_run = ?, error_stage = ?, "
+            "UPDATE rows SET file = ?, source_row = ?, last_run = ?, error_stage = ?, "
             "error_code = ?, error_message = ?, http_status = NULL, request_id = NULL, "
             "cells = ?, updated_at = ? WHERE source_key = ?",
             (
-                src.file,
+                self._file_id(src.file),
                 src.row,
                 run_id,
                 error.stage,
@@ -499,7 +627,7 @@ class _Transitions:
                 error.message,
                 error.cells,
                 _now(),
-                src.key,
+                pack_key(src.key),
             ),
         )
 
@@ -512,7 +640,7 @@ class _Transitions:
             "UPDATE rows SET last_run = ?, cells_hash = coalesce(?, cells_hash), "
             "error_stage = NULL, error_code = NULL, error_message = NULL, cells = NULL "
             "WHERE source_key = ?",
-            [(run_id, digest, key) for key, digest in rows],
+            [(run_id, digest, pack_key(key)) for key, digest in rows],
         )
 
     def _upsert(self, run_id: int, src: Source, values: dict[str, Any]) -> None:
@@ -521,33 +649,54 @@ class _Transitions:
         body = values.pop("pending_body", _KEEP)
         body_hash = values.pop("pending_hash", None)
         values["updated_at"] = _now()
+        key = pack_key(src.key)
         columns = ", ".join(values)
         marks = ", ".join("?" * len(values))
         updates = ", ".join(f"{c} = excluded.{c}" for c in values)
         self._db.execute(
-            f"INSERT INTO rows (source_key, source_file, source_row, first_run, last_run, "  # noqa: S608
+            f"INSERT INTO rows (source_key, file, source_row, first_run, last_run, "  # noqa: S608
             f"{columns}) VALUES (?, ?, ?, ?, ?, {marks}) ON CONFLICT (source_key) DO UPDATE SET "
-            f"source_file = excluded.source_file, source_row = excluded.source_row, "
+            f"file = excluded.file, source_row = excluded.source_row, "
             f"last_run = excluded.last_run, {updates}",
-            (src.key, src.file, src.row, run_id, run_id, *values.values()),
+            (key, self._file_id(src.file), src.row, run_id, run_id, *values.values()),
         )
         if body is None:
-            self._db.execute("DELETE FROM bodies WHERE source_key = ?", (src.key,))
+            self._db.execute("DELETE FROM bodies WHERE source_key = ?", (key,))
         elif body is not _KEEP:
             self._db.execute(
-                "INSERT OR REPLACE INTO bodies VALUES (?, ?, ?)", (src.key, body, body_hash)
+                "INSERT OR REPLACE INTO bodies VALUES (?, ?, ?)", (key, body, body_hash)
             )
+
+    def _file_id(self, name: str) -> int:
+        """The id of an input file's name in `files` (added the first time it is met)."""
+        known = self._files.get(name)
+        if known is None:
+            self._db.execute("INSERT OR IGNORE INTO files (name) VALUES (?)", (name,))
+            (known,) = self._db.execute("SELECT id FROM files WHERE name = ?", (name,)).fetchone()
+            self._files[name] = known
+        return int(known)
 
     def _attempt(self, run_id: int, key: str, op: Op, outcome: str, *, error: RowError) -> None:
         """A failed attempt (successes are not kept apart: the row holds them)."""
         self._db.execute(
             "INSERT INTO attempts (run_id, source_key, op, at, outcome, http_status, "
             "request_id, error_code) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (run_id, key, op, now_iso(), outcome, error.http_status, error.request_id, error.code),
+            (
+                run_id,
+                pack_key(key),
+                op,
+                now_iso(),
+                outcome,
+                error.http_status,
+                error.request_id,
+                error.code,
+            ),
         )
 
     def _state(self, key: str) -> RowState | None:
-        found = self._db.execute("SELECT state FROM rows WHERE source_key = ?", (key,)).fetchone()
+        found = self._db.execute(
+            "SELECT state FROM rows WHERE source_key = ?", (pack_key(key),)
+        ).fetchone()
         return RowState(found[0]) if found else None
 
 
@@ -562,20 +711,25 @@ class Ledger(_Transitions):
 
     def __init__(self, path: str | Path, *, base_url: str | None = None) -> None:
         self.path = Path(path)
+        self.schema = SCHEMA_VERSION
         self._reads: sqlite3.Connection | None = None
+        self._files = {}
         if str(path) != ":memory:":  # in memory: for tests of the transitions
             _create_private(self.path)
         try:
-            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            self._db = _connect(str(self.path), check_same_thread=False)
             _check_ours(self._db, self.path)
             _make_private(self.path)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute("PRAGMA busy_timeout=5000")
-            self._db.executescript(_SCHEMA)
-            columns = {r[1] for r in self._db.execute("PRAGMA table_info(rows)")}
-            if "settle_after" not in columns:  # a ledger of a version before settling
-                self._db.execute("ALTER TABLE rows ADD COLUMN settle_after TEXT")
+            version = _schema_version(self._db)
+            if version in _MIGRATES:
+                columns = {r[1] for r in self._db.execute("PRAGMA table_info(rows)")}
+                if "settle_after" not in columns:  # a ledger of a version before settling
+                    self._db.execute("ALTER TABLE rows ADD COLUMN settle_after TEXT")
+            elif version is None or version == SCHEMA_VERSION:
+                self._db.executescript(_SCHEMA)
         except sqlite3.DatabaseError as exc:
             raise ConfigError(
                 f"ledger {self.path} is not a consent-import ledger ({exc}); give another --ledger"
@@ -634,7 +788,7 @@ class Ledger(_Transitions):
         return found is None
 
     def transaction(self) -> _Transaction:
-        return _Transaction(self._db)
+        return _Transaction(self._db, self._files)
 
     # -- runs ---------------------------------------------------------------------
 
@@ -680,18 +834,19 @@ class Ledger(_Transitions):
     def get(self, keys: Iterable[str]) -> dict[str, LedgerRow]:
         """The ledger's rows for these source keys (absent keys are new rows)."""
         found: dict[str, LedgerRow] = {}
-        batch = list(keys)
+        batch = [pack_key(key) for key in keys]
         for start in range(0, len(batch), 500):
             part = batch[start : start + 500]
             marks = ",".join("?" * len(part))
             # Only "?" placeholders are formatted into the query.
             query = f"{_SELECT_ROWS} WHERE source_key IN ({marks})"
             for r in self._db.execute(query, part):
-                found[r[0]] = LedgerRow(
-                    r[0],
+                key = unpack_key(r[0])
+                found[key] = LedgerRow(
+                    key,
                     RowState(r[1]),
                     r[2],
-                    r[3],
+                    unpack_id(r[3]),
                     unpack_hash(r[4]),
                     unpack_field_hashes(r[5]),
                     Op(r[6]) if r[6] else None,
@@ -708,28 +863,29 @@ class Ledger(_Transitions):
         ids = list(consent_ids)
         if not ids:
             return set()
+        stored = ids if self.schema != SCHEMA_VERSION else [pack_id(i) for i in ids]
         marks = ",".join("?" * len(ids))
         return {
-            r[0]
+            unpack_id(r[0])
             for r in self._db.execute(
                 f"SELECT consent_id FROM rows WHERE consent_id IN ({marks})",  # noqa: S608
-                ids,
+                stored,
             )
         }
 
     def previous_consent(self, key: str) -> str | None:
         """The consent a recreate of this row replaced (its retire patches it inactive)."""
         found = self._db.execute(
-            "SELECT previous_consent_id FROM rows WHERE source_key = ?", (key,)
+            "SELECT previous_consent_id FROM rows WHERE source_key = ?", (pack_key(key),)
         ).fetchone()
-        return found[0] if found else None
+        return unpack_id(found[0]) if found else None
 
     def unchanged(self, keys: list[str], digests: npt.NDArray[np.int64]) -> npt.NDArray[np.bool_]:
         """For each key, whether the ledger holds it as done, with no error noted, made
         from cells of this digest: one read for the lot, on a connection of its own (the
         reader's thread asks while the writer commits)."""
         if self._reads is None:
-            self._reads = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            self._reads = _connect(str(self.path), check_same_thread=False)
             self._reads.execute("PRAGMA busy_timeout=5000")
         found = self._reads.execute(_UNCHANGED, (json.dumps(keys),)).fetchall()
         same = np.zeros(len(keys), dtype=bool)
@@ -757,16 +913,21 @@ class Ledger(_Transitions):
         `run_id` did not see; a dry run, which records nothing, passes the keys it saw.
         A run passes `in_input(keys)`, which says which keys its input held: rows found
         unchanged in bulk are not noted as seen one by one."""
-        query = "SELECT source_key, source_file, source_row, consent_id FROM rows WHERE "
+        query = (
+            "SELECT unpack_key(source_key), f.name, source_row, unpack_id(consent_id) "
+            "FROM rows JOIN files AS f ON f.id = rows.file WHERE "
+        )
         # A revoke a crash cut short is in flight: it is sent again.
-        gone = "(state = 'done' OR (state = 'in_flight' AND pending_op = 'revoke'))"
+        gone = (
+            f"(state = 'done' OR ({_NOT_DONE} AND state = 'in_flight' AND pending_op = 'revoke'))"
+        )
         if in_input is not None:
-            # Keys only (from the state index), then the few rows gone: a third of the time.
+            # Keys only, then the few rows gone.
             cursor = self._db.execute("SELECT source_key FROM rows WHERE " + gone)  # noqa: S608 - constant text
             while part := cursor.fetchmany(10_000):
-                keys = [key for (key,) in part]
-                held = in_input(keys).tolist()
-                left = [key for key, h in zip(keys, held, strict=True) if not h]
+                stored = [key for (key,) in part]
+                held = in_input([unpack_key(key) for key in stored]).tolist()
+                left = [key for key, h in zip(stored, held, strict=True) if not h]
                 for start in range(0, len(left), 500):
                     some = left[start : start + 500]
                     marks = ",".join("?" * len(some))
@@ -783,27 +944,27 @@ class Ledger(_Transitions):
 
     def sources(self) -> tuple[dict[str, int], dict[str, int]]:
         """Rows by source system ("(none)" for keys of no system) and by source file."""
-        systems = dict(
-            self._db.execute(
-                "SELECT CASE WHEN instr(source_key, char(31)) > 0 "
-                "THEN substr(source_key, 1, instr(source_key, char(31)) - 1) ELSE '(none)' END "
-                "AS system, count(*) FROM rows GROUP BY system ORDER BY system"
-            ).fetchall()
-        )
-        files = dict(
-            self._db.execute(
-                "SELECT source_file, count(*) FROM rows GROUP BY source_file ORDER BY source_file"
-            ).fetchall()
-        )
-        return systems, files
+        systems: dict[str, int] = {}
+        files: dict[str, int] = {}
+        for system, name, count in self._db.execute(
+            "SELECT t.system, f.name, sum(t.n) FROM tally AS t JOIN files AS f ON f.id = t.file "
+            "GROUP BY t.system, f.name HAVING sum(t.n) > 0"
+        ):
+            system = system or "(none)"
+            systems[system] = systems.get(system, 0) + count
+            files[name] = files.get(name, 0) + count
+        return dict(sorted(systems.items())), dict(sorted(files.items()))
 
     def done_count(self) -> int:
-        (count,) = self._db.execute("SELECT count(*) FROM rows WHERE state = 'done'").fetchone()
-        return int(count)
+        return self.counts().get(RowState.DONE, 0)
 
     def counts(self) -> dict[str, int]:
         """Rows by state."""
-        return dict(self._db.execute("SELECT state, count(*) FROM rows GROUP BY state").fetchall())
+        return dict(
+            self._db.execute(
+                "SELECT state, sum(n) FROM tally GROUP BY state HAVING sum(n) > 0"
+            ).fetchall()
+        )
 
     def error_counts(self) -> dict[str, int]:
         """Rows by the error code noted on them."""
@@ -818,7 +979,7 @@ class Ledger(_Transitions):
         cursor = self._db.cursor()
         cursor.row_factory = sqlite3.Row
         yield from cursor.execute(
-            f"SELECT * FROM rows WHERE {where} ORDER BY source_file, source_row",  # noqa: S608
+            f"{_READ_ROWS} WHERE {where} ORDER BY f.name, source_row",
             params,
         )
 
@@ -826,7 +987,8 @@ class Ledger(_Transitions):
 
     @classmethod
     def open_readonly(cls, path: str | Path) -> Ledger:
-        """Open an existing ledger for reading only: nothing is created, migrated or written.
+        """Open an existing ledger for reading only: nothing is created, migrated or
+        written. A ledger of an older schema this code migrates is read as it is.
 
         Raises:
             ConfigError: no such file, not a ledger, or another schema version.
@@ -834,11 +996,12 @@ class Ledger(_Transitions):
         ledger = cls.__new__(cls)
         ledger.path = Path(path)
         ledger._reads = None
+        ledger._files = {}
         if not ledger.path.is_file():
             raise ConfigError(f"ledger {ledger.path} not found; give the --ledger of a run")
         try:
             uri = ledger.path.resolve().as_uri() + "?mode=ro"
-            ledger._db = sqlite3.connect(uri, uri=True, isolation_level=None)
+            ledger._db = _connect(uri, uri=True)
             ledger._db.execute("PRAGMA busy_timeout=5000")
             meta = dict(ledger._db.execute("SELECT key, value FROM meta").fetchall())
         except sqlite3.DatabaseError as exc:
@@ -847,13 +1010,13 @@ class Ledger(_Transitions):
                 "give another --ledger"
             ) from None
         version = meta.get("schema_version")
-        # A ledger this code would migrate reads the same (its reads take both forms).
         if version is not None and version != SCHEMA_VERSION and version not in _MIGRATES:
             ledger._db.close()
             raise ConfigError(
                 f"ledger {ledger.path} has schema version {version}; this consent-import "
                 f"reads version {SCHEMA_VERSION}"
             )
+        ledger.schema = version or SCHEMA_VERSION
         return ledger
 
     def base_url(self) -> str | None:
@@ -861,57 +1024,140 @@ class Ledger(_Transitions):
         found = self._db.execute("SELECT value FROM meta WHERE key = 'base_url'").fetchone()
         return None if found is None else str(found[0])
 
+    def _source_columns(self) -> str:
+        """The FROM clause and the key and file columns, as this ledger's schema has them."""
+        if self.schema == SCHEMA_VERSION:
+            return (
+                "unpack_key(source_key), f.name, {} FROM rows JOIN files AS f ON f.id = rows.file"
+            )
+        return "source_key, source_file, {} FROM rows"
+
     def done_consents(self) -> list[DoneConsent]:
         """Every row the ledger says the server holds (created, adopted, updated, recreated)."""
+        columns = "source_row, unpack_id(consent_id), patient_id, payload_hash, field_hashes"
+        query = (
+            f"SELECT {self._source_columns().format(columns)} "
+            "WHERE state = 'done' AND consent_id IS NOT NULL ORDER BY 2, source_row"
+        )
+        # Schema 2 packed field hashes otherwise: its rows are packed as schema 3 packs them.
+        repack = self.schema == "2"
         return [
-            DoneConsent(r[0], r[1], r[2], r[3], r[4], unpack_hash(r[5]), r[6])
-            for r in self._db.execute(
-                "SELECT source_key, source_file, source_row, consent_id, patient_id, "
-                "payload_hash, field_hashes FROM rows "
-                "WHERE state = 'done' AND consent_id IS NOT NULL ORDER BY source_file, source_row"
+            DoneConsent(
+                r[0],
+                r[1],
+                r[2],
+                r[3],
+                r[4],
+                unpack_hash(r[5]),
+                pack_field_hashes(_unpack_field_hashes_v2(r[6])) if repack else r[6],
             )
+            for r in self._db.execute(query)
         ]
 
     def unknown_outcomes(self) -> list[UnknownOutcome]:
         """Rows whose POST may or may not have created a consent: failed as
         `outcome_unknown`, or a create still in flight or settling (left by a stopped run)."""
+        columns = "source_row, unpack_id(consent_id), patient_id, state"
         return [
             UnknownOutcome(r[0], r[1], r[2], r[3], r[4], r[5])
             for r in self._db.execute(
-                "SELECT source_key, source_file, source_row, consent_id, patient_id, state "
-                "FROM rows WHERE error_code = 'outcome_unknown' OR (state IN "
+                f"SELECT {self._source_columns().format(columns)} "
+                "WHERE error_code = 'outcome_unknown' OR (state IN "
                 "('in_flight', 'settling') AND pending_op IN ('create', 'recreate')) "
-                "ORDER BY source_file, source_row"
+                "ORDER BY 2, source_row"
             )
         ]
 
 
+def _connect(database: str, **options: Any) -> sqlite3.Connection:
+    """A connection to a ledger (autocommit: transactions are explicit), with the
+    functions its queries pack and unpack keys and ids with."""
+    db: sqlite3.Connection = sqlite3.connect(database, isolation_level=None, **options)
+    db.create_function("pack_key", 1, pack_key, deterministic=True)
+    db.create_function("unpack_key", 1, unpack_key, deterministic=True)
+    db.create_function("unpack_id", 1, unpack_id, deterministic=True)
+    return db
+
+
+def _schema_version(db: sqlite3.Connection) -> str | None:
+    """The schema version a ledger file records (None: a new file)."""
+    try:
+        found = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    except sqlite3.OperationalError:  # no meta table: a new (empty) file
+        return None
+    return None if found is None else str(found[0])
+
+
+def _statements(script: str) -> Iterator[str]:
+    """The statements of an SQL script, one at a time (triggers whole)."""
+    pending = ""
+    for line in script.splitlines(keepends=True):
+        pending += line
+        if sqlite3.complete_statement(pending):
+            yield pending
+            pending = ""
+
+
 def _migrate(ledger: Ledger, version: str) -> None:
-    """Rewrite a ledger of schema `version` as this schema, in place and once: the
-    same rows and guarantees, done rows' hashes packed, successes' attempts rows
-    dropped, the file compacted. Digests of cells come with the next rerun."""
+    """Rewrite a ledger of schema 1 or 2 as this schema, in place and once: the same
+    rows and guarantees, their files named by id, natural keys and server ids packed,
+    payload hashes cut to 16 bytes, field hashes packed with a bitmap, the counts of
+    `tally` made, successes' attempts rows (schema 1) dropped, the file compacted.
+    Digests of cells (schema 1) come with the next rerun."""
     started = time.monotonic()
     db = ledger._db
-    db.create_function("pack_hash", 1, pack_hash, deterministic=True)
-    db.create_function("pack_fields", 1, _pack_json_field_hashes, deterministic=True)
+    db.create_function("pack_hash", 1, _repack_hash, deterministic=True)
+    db.create_function("pack_fields", 1, _repack_field_hashes, deterministic=True)
+    db.create_function("pack_id", 1, pack_id, deterministic=True)
+    db.create_function("pack_request_id", 1, pack_request_id, deterministic=True)
     db.create_function("unix_ms", 1, _unix_ms, deterministic=True)
-    kept = ", ".join(_KEPT_COLUMNS)
+    tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    old_columns = {r[1] for r in db.execute("PRAGMA table_info(rows)")}
+    cells_hash = "cells_hash" if "cells_hash" in old_columns else "NULL"
     with ledger.transaction():
-        db.execute(_ROWS_TABLE.replace("IF NOT EXISTS rows", "rows_next"))
+        db.execute("ALTER TABLE rows RENAME TO rows_old")
+        db.execute("DROP INDEX IF EXISTS rows_state")
+        db.execute("DROP INDEX IF EXISTS rows_errors")
+        if "bodies" in tables:
+            db.execute("ALTER TABLE bodies RENAME TO bodies_old")
+        if "attempts" in tables:
+            db.execute("ALTER TABLE attempts RENAME TO attempts_old")
+        for statement in _statements(_SCHEMA):
+            db.execute(statement)
+        db.execute("DROP TRIGGER tally_insert")  # counted once, at the end
+        db.execute("INSERT INTO files (name) SELECT DISTINCT source_file FROM rows_old")
         db.execute(
-            "INSERT INTO bodies SELECT source_key, pending_body, pending_hash FROM rows "
-            "WHERE pending_body IS NOT NULL"
+            "INSERT INTO rows (source_key, file, source_row, state, action, consent_id, "  # noqa: S608
+            "previous_consent_id, patient_id, payload_hash, field_hashes, cells_hash, "
+            "pending_op, error_stage, error_code, error_message, http_status, request_id, "
+            "cells, settle_after, attempts, first_run, last_run, updated_at) "
+            "SELECT pack_key(source_key), f.id, source_row, state, action, pack_id(consent_id), "
+            "pack_id(previous_consent_id), patient_id, pack_hash(payload_hash), "
+            f"pack_fields(field_hashes), {cells_hash}, pending_op, error_stage, error_code, "
+            "error_message, http_status, pack_request_id(request_id), cells, settle_after, "
+            "attempts, first_run, last_run, unix_ms(updated_at) "
+            "FROM rows_old JOIN files AS f ON f.name = rows_old.source_file"
         )
+        if "bodies" in tables:
+            db.execute("INSERT INTO bodies SELECT pack_key(source_key), body, hash FROM bodies_old")
+            db.execute("DROP TABLE bodies_old")
+        if "pending_body" in old_columns:
+            db.execute(
+                "INSERT OR REPLACE INTO bodies SELECT pack_key(source_key), pending_body, "
+                "pending_hash FROM rows_old WHERE pending_body IS NOT NULL"
+            )
+        if "attempts" in tables:
+            db.execute(
+                "INSERT INTO attempts SELECT id, run_id, pack_key(source_key), op, at, outcome, "
+                "http_status, request_id, error_code FROM attempts_old WHERE outcome != 'ok'"
+            )
+            db.execute("DROP TABLE attempts_old")
+        db.execute("DROP TABLE rows_old")
         db.execute(
-            f"INSERT INTO rows_next ({kept}, payload_hash, field_hashes, updated_at) "  # noqa: S608
-            f"SELECT {kept}, pack_hash(payload_hash), pack_fields(field_hashes), "
-            "unix_ms(updated_at) FROM rows"
+            f"INSERT INTO tally SELECT file, {_SYSTEM_OF.format(k='source_key')}, state, "  # noqa: S608
+            "count(*) FROM rows GROUP BY 1, 2, 3"
         )
-        db.execute("DROP TABLE rows")
-        db.execute("ALTER TABLE rows_next RENAME TO rows")
-        db.execute("CREATE INDEX rows_state ON rows (state)")
-        db.execute("CREATE INDEX rows_errors ON rows (error_code) WHERE error_code IS NOT NULL")
-        db.execute("DELETE FROM attempts WHERE outcome = 'ok'")
+        db.execute(next(s for s in _statements(_SCHEMA) if "tally_insert" in s))
         db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (SCHEMA_VERSION,))
     db.execute("VACUUM")
     log.warning(
@@ -924,37 +1170,23 @@ def _migrate(ledger: Ledger, version: str) -> None:
     )
 
 
-#: Columns of schema 1 copied as they are by the migration.
-_KEPT_COLUMNS = (
-    "source_key",
-    "source_file",
-    "source_row",
-    "state",
-    "action",
-    "consent_id",
-    "previous_consent_id",
-    "patient_id",
-    "pending_op",
-    "error_stage",
-    "error_code",
-    "error_message",
-    "http_status",
-    "request_id",
-    "cells",
-    "settle_after",
-    "attempts",
-    "first_run",
-    "last_run",
-)
+def _repack_hash(stored: bytes | str | None) -> bytes | str | None:
+    """A payload hash of schema 1 (hex text) or 2 (32 bytes) as schema 3 keeps it."""
+    if isinstance(stored, bytes):
+        return stored[:_PAYLOAD_HASH_BYTES]
+    return pack_hash(stored)
 
 
-def _pack_json_field_hashes(text: str | None) -> bytes | str | None:
-    return pack_field_hashes(json.loads(text)) if text else None
+def _repack_field_hashes(stored: bytes | str | None) -> bytes | str | None:
+    """Field hashes of schema 1 (JSON) or 2 (index and hash per field) as schema 3 packs them."""
+    return pack_field_hashes(_unpack_field_hashes_v2(stored)) if stored else None
 
 
-def _unix_ms(text: str | None) -> int:
+def _unix_ms(stored: int | str | None) -> int:
+    if isinstance(stored, int):
+        return stored
     try:
-        return int(datetime.fromisoformat(text or "").timestamp() * 1000)
+        return int(datetime.fromisoformat(stored or "").timestamp() * 1000)
     except ValueError:
         return _now()
 
@@ -965,7 +1197,7 @@ def _error_values(error: RowError) -> dict[str, Any]:
         "error_code": error.code,
         "error_message": error.message,
         "http_status": error.http_status,
-        "request_id": error.request_id,
+        "request_id": pack_request_id(error.request_id),
         "cells": error.cells,
     }
 
@@ -981,7 +1213,10 @@ def recorded_sources(path: Path) -> list[str]:
         try:
             for (inputs,) in db.execute("SELECT inputs FROM runs"):
                 names.update(json.loads(inputs or "[]"))
-            names.update(n for (n,) in db.execute("SELECT DISTINCT source_file FROM rows"))
+            try:
+                names.update(n for (n,) in db.execute("SELECT name FROM files"))
+            except sqlite3.OperationalError:  # a ledger of schema 1 or 2
+                names.update(n for (n,) in db.execute("SELECT DISTINCT source_file FROM rows"))
         finally:
             db.close()
     except (sqlite3.Error, ValueError):
@@ -1009,14 +1244,19 @@ def _make_private(path: Path) -> None:
 
 
 class _Transaction:
-    def __init__(self, db: sqlite3.Connection) -> None:
+    def __init__(self, db: sqlite3.Connection, files: dict[str, int]) -> None:
         self.db = db
+        self.files = files
 
     def __enter__(self) -> None:
         self.db.execute("BEGIN IMMEDIATE")
 
     def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
-        self.db.execute("ROLLBACK" if kind else "COMMIT")
+        if kind:
+            self.db.execute("ROLLBACK")
+            self.files.clear()  # ids of files added in the rolled-back writes are void
+        else:
+            self.db.execute("COMMIT")
 
 
 class AsyncLedger:

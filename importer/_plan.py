@@ -15,7 +15,7 @@ from itertools import chain
 from pathlib import Path
 
 from importer._keys import pinned_fields
-from importer._ledger import Ledger, LedgerRow, Op, RowState
+from importer._ledger import Ledger, LedgerRow, Op, RowState, same_payload
 from importer._mapping import Mapping, open_tables
 from importer._normalize import Normalizer, Row
 from importer._options import RunOptions
@@ -114,7 +114,7 @@ def plan_row(row: Row, before: LedgerRow | None, options: RunOptions) -> RowPlan
             return RowPlan(Verdict.SEND, Op.PATCH, consent_id=before.consent_id)
         # An unfinished PATCH is safe to send again (it replaces values): go on and
         # compare with what the server last held.
-    if before.payload_hash == row.body_hash:
+    if same_payload(before.payload_hash, row.body_hash):
         if before.state is RowState.DONE:
             return _UNCHANGED
         return RowPlan(Verdict.SEND, Op.PATCH, consent_id=before.consent_id)

@@ -65,9 +65,10 @@ def run(
 
 
 def ledger_ids(ledger: Path) -> dict[str, str]:
-    import sqlite3
+    from importer._ledger import Ledger
 
-    with sqlite3.connect(ledger) as db:
-        return dict(
-            db.execute("SELECT source_key, consent_id FROM rows WHERE state = 'done'").fetchall()
-        )
+    db = Ledger.open_readonly(ledger)
+    try:
+        return {row["source_key"]: row["consent_id"] for row in db.created_rows()}
+    finally:
+        db.close()

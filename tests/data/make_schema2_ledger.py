@@ -4,8 +4,9 @@ run once, kept), with what that code exported and read from it.
 Two inputs: keyed.csv (a sourceKey column) and natural.csv (no key column: natural
 keys). The ledger holds a row in every state that code writes after a run: done
 (created, updated, recreated), invalid, revoked, in_flight (a POST answered 503, outcome
-unknown), and done with an error noted (a PATCH answered 503). Its consents lived on a sandbox that is gone; the
-test of this fixture points it at a new one and reruns the last inputs.
+unknown), and done with an error noted (a PATCH answered 503). Its consents lived on a
+sandbox that is gone; the test of this fixture points it at a new one and reruns the
+last inputs.
 
 Also written: schema2-created.csv and schema2-failed.csv (`export` of that code) and
 schema2-done.json (`Ledger.open_readonly(...).done_consents()` of that code).
@@ -78,13 +79,15 @@ def main() -> None:
         print(dict(db.execute("SELECT state, count(*) FROM rows GROUP BY state")))
     readonly = Ledger.open_readonly(ledger)
     done = [
-        [d.source_key, d.source_file, d.source_row, d.consent_id, d.patient_id, d.payload_hash]
-        + [d.field_hashes]
+        (d.source_key, d.source_file, d.source_row, d.consent_id, d.patient_id, d.payload_hash)
         for d in readonly.done_consents()
     ]
+    fields = [d.field_hashes for d in readonly.done_consents()]
     readonly.close()
     shutil.copy(ledger, OUT)
-    (HERE / "schema2-done.json").write_text(json.dumps(done, indent=1) + "\n")
+    (HERE / "schema2-done.json").write_text(
+        json.dumps([[*d, f] for d, f in zip(done, fields, strict=True)], indent=1) + "\n"
+    )
     export_csvs(ledger, HERE / "schema2-created.csv", HERE / "schema2-failed.csv")
     write_csv(HERE / "schema2-keyed.csv", third)
     write_csv(HERE / "schema2-natural.csv", nat)
