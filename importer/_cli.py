@@ -21,10 +21,8 @@ import click
 
 from importer._console import plain_console, plural
 from importer._errors import AbortError, ConsentImportError, UsageError
-from importer._mapping import load_mapping
 from importer._options import DEFAULTS, IMMUTABLE_CHANGE_CHOICES, RunOptions
 from importer._results import RevokePlan
-from importer._validate import validate_files
 from importer._version import __version__
 
 if TYPE_CHECKING:
@@ -167,6 +165,9 @@ def validate(
     Example:
       consent-import validate legacy.csv --mapping legacy.toml --report errors.json
     """
+    from importer._mapping import load_mapping
+    from importer._validate import validate_files
+
     summary = validate_files(inputs, load_mapping(mapping), reports, redact=redact)
     if not quiet:
         from importer._report import print_validation
@@ -319,6 +320,7 @@ def run(
           --concurrency 8 --summary-json summary.json
     """
     from importer._console import RunProgress, setup_logging
+    from importer._mapping import load_mapping
     from importer._outputs import check_run
     from importer._report import check_run_report_paths, write_run_reports
     from importer._runner import RunConfig, run_import
@@ -418,6 +420,7 @@ def _dry_run(
     quiet: bool,
 ) -> int:
     from importer._plan import plan_import
+    from importer._validate import validate_files
 
     if reports:
         validation = validate_files(inputs, mapping, reports, redact=redact)
@@ -840,6 +843,7 @@ def preview(inputs: Sequence[Path], mapping: Path | None, count: int, number: in
     Example:
       consent-import preview export.csv --mapping mapping.toml --row 12
     """
+    from importer._mapping import load_mapping
     from importer._preview import preview_rows, render
 
     shown = preview_rows(inputs, load_mapping(mapping), rows=count, row=number)

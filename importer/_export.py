@@ -12,8 +12,6 @@ from typing import Any
 from importer._errors import ConfigError, no_such_file
 from importer._keys import split_key
 from importer._ledger import Ledger
-from importer._outputs import check_export
-from importer._report import SafeCsvWriter, error_columns
 from importer._results import ExportCounts
 
 CREATED_COLUMNS = (
@@ -36,6 +34,11 @@ def open_existing(path: Path) -> Ledger:
 
 def export_csvs(ledger_path: Path, created: Path | None, failed: Path | None) -> ExportCounts:
     """Write created.csv and failed.csv (either may be None) from the ledger."""
+    # Here, not at the top: `status` imports this module and needs neither (nor pandas,
+    # which they bring).
+    from importer._outputs import check_export
+    from importer._report import SafeCsvWriter
+
     if not ledger_path.is_file():
         open_existing(ledger_path)  # says it is not there
     check_export(ledger_path, created=created, failed=failed)
@@ -57,6 +60,8 @@ def export_csvs(ledger_path: Path, created: Path | None, failed: Path | None) ->
 
 
 def _export_failed(ledger: Ledger, path: Path) -> int:
+    from importer._report import SafeCsvWriter, error_columns
+
     rows = _failed_source_rows(ledger)
     columns = error_columns((cells for cells, _ in rows), FAILED_EXTRA)
     with SafeCsvWriter(path, columns) as writer:

@@ -23,14 +23,16 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 import anyio.to_thread
-import numpy as np
-import numpy.typing as npt
 
 from importer._errors import ConfigError
+
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
 
 SCHEMA_VERSION = "3"
 #: Schema versions this code migrates in place, once, when it opens their ledger (and
@@ -884,6 +886,8 @@ class Ledger(_Transitions):
         """For each key, whether the ledger holds it as done, with no error noted, made
         from cells of this digest: one read for the lot, on a connection of its own (the
         reader's thread asks while the writer commits)."""
+        import numpy as np  # here: `status` and `verify` open the ledger without numpy
+
         if self._reads is None:
             self._reads = _connect(str(self.path), check_same_thread=False)
             self._reads.execute("PRAGMA busy_timeout=5000")
@@ -986,14 +990,14 @@ class Ledger(_Transitions):
     # -- read-only access (verify) ----------------------------------------------------
 
     @classmethod
-    def open_readonly(cls, path: str | Path) -> Ledger:
+    def open_readonly(cls, path: str | Path) -> ReadOnlyLedger:
         """Open an existing ledger for reading only: nothing is created, migrated or
         written. A ledger of an older schema this code migrates is read as it is.
 
         Raises:
             ConfigError: no such file, not a ledger, or another schema version.
         """
-        ledger = cls.__new__(cls)
+        ledger = ReadOnlyLedger.__new__(ReadOnlyLedger)
         ledger.path = Path(path)
         ledger._reads = None
         ledger._files = {}
@@ -1018,6 +1022,10 @@ class Ledger(_Transitions):
             )
         ledger.schema = version or SCHEMA_VERSION
         return ledger
+
+
+class ReadOnlyLedger(Ledger):
+    """A ledger opened by `Ledger.open_readonly`, with what `verify` reads of it."""
 
     def base_url(self) -> str | None:
         """The server this ledger records imports into (None before any run)."""

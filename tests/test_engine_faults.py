@@ -75,12 +75,12 @@ def heal(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def record(ledger: Path, key: str) -> tuple[Any, ...]:
-    with sqlite3.connect(ledger) as db:
-        found = db.execute(
-            "SELECT state, pending_op, consent_id, error_code FROM rows WHERE source_key = ?",
-            (key,),
-        ).fetchone()
-    return tuple(found)
+    db = Ledger.open_readonly(ledger)
+    try:
+        found = db.get([key])[key]
+    finally:
+        db.close()
+    return (found.state, found.pending_op, found.consent_id, found.error_code)
 
 
 def consents_of(sandbox: Any, patient_id: str) -> list[dict[str, Any]]:

@@ -50,9 +50,9 @@ def read_done(ledger: Path) -> list[list[object]]:
     readonly = Ledger.open_readonly(ledger)  # never migrates
     try:
         return [
-            [d.source_key, d.source_file, d.source_row, d.consent_id, d.patient_id]
-            + [d.payload_hash, d.field_hashes]
+            [d.source_key, d.source_file, d.source_row, d.consent_id, d.patient_id, *hashes]
             for d in readonly.done_consents()
+            for hashes in [(d.payload_hash, d.field_hashes)]
         ]
     finally:
         readonly.close()
