@@ -702,7 +702,63 @@ class _Transitions:
         return RowState(found[0]) if found else None
 
 
-class Ledger(_Transitions):
+class _VerifyReads:
+    """What `verify` reads of a ledger, as its schema (1, 2 or 3) stores it."""
+
+    _db: sqlite3.Connection
+    schema: str
+
+    def base_url(self) -> str | None:
+        """The server this ledger records imports into (None before any run)."""
+        found = self._db.execute("SELECT value FROM meta WHERE key = 'base_url'").fetchone()
+        return None if found is None else str(found[0])
+
+    def _source_columns(self) -> str:
+        """The FROM clause and the key and file columns, as this ledger's schema has them."""
+        if self.schema == SCHEMA_VERSION:
+            return (
+                "unpack_key(source_key), f.name, {} FROM rows JOIN files AS f ON f.id = rows.file"
+            )
+        return "source_key, source_file, {} FROM rows"
+
+    def done_consents(self) -> list[DoneConsent]:
+        """Every row the ledger says the server holds (created, adopted, updated, recreated)."""
+        columns = "source_row, unpack_id(consent_id), patient_id, payload_hash, field_hashes"
+        query = (
+            f"SELECT {self._source_columns().format(columns)} "
+            "WHERE state = 'done' AND consent_id IS NOT NULL ORDER BY 2, source_row"
+        )
+        # Schema 2 packed field hashes otherwise: its rows are packed as schema 3 packs them.
+        repack = self.schema == "2"
+        return [
+            DoneConsent(
+                r[0],
+                r[1],
+                r[2],
+                r[3],
+                r[4],
+                unpack_hash(r[5]),
+                pack_field_hashes(_unpack_field_hashes_v2(r[6])) if repack else r[6],
+            )
+            for r in self._db.execute(query)
+        ]
+
+    def unknown_outcomes(self) -> list[UnknownOutcome]:
+        """Rows whose POST may or may not have created a consent: failed as
+        `outcome_unknown`, or a create still in flight or settling (left by a stopped run)."""
+        columns = "source_row, unpack_id(consent_id), patient_id, state"
+        return [
+            UnknownOutcome(r[0], r[1], r[2], r[3], r[4], r[5])
+            for r in self._db.execute(
+                f"SELECT {self._source_columns().format(columns)} "
+                "WHERE error_code = 'outcome_unknown' OR (state IN "
+                "('in_flight', 'settling') AND pending_op IN ('create', 'recreate')) "
+                "ORDER BY 2, source_row"
+            )
+        ]
+
+
+class Ledger(_Transitions, _VerifyReads):
     """Synchronous access to the ledger file; one connection, used by one thread at a time.
 
     Rows change only through the named transitions of `_Transitions` (`intent`, `done`,
@@ -990,14 +1046,14 @@ class Ledger(_Transitions):
     # -- read-only access (verify) ----------------------------------------------------
 
     @classmethod
-    def open_readonly(cls, path: str | Path) -> ReadOnlyLedger:
+    def open_readonly(cls, path: str | Path) -> Ledger:
         """Open an existing ledger for reading only: nothing is created, migrated or
         written. A ledger of an older schema this code migrates is read as it is.
 
         Raises:
             ConfigError: no such file, not a ledger, or another schema version.
         """
-        ledger = ReadOnlyLedger.__new__(ReadOnlyLedger)
+        ledger = cls.__new__(cls)
         ledger.path = Path(path)
         ledger._reads = None
         ledger._files = {}
@@ -1022,59 +1078,6 @@ class Ledger(_Transitions):
             )
         ledger.schema = version or SCHEMA_VERSION
         return ledger
-
-
-class ReadOnlyLedger(Ledger):
-    """A ledger opened by `Ledger.open_readonly`, with what `verify` reads of it."""
-
-    def base_url(self) -> str | None:
-        """The server this ledger records imports into (None before any run)."""
-        found = self._db.execute("SELECT value FROM meta WHERE key = 'base_url'").fetchone()
-        return None if found is None else str(found[0])
-
-    def _source_columns(self) -> str:
-        """The FROM clause and the key and file columns, as this ledger's schema has them."""
-        if self.schema == SCHEMA_VERSION:
-            return (
-                "unpack_key(source_key), f.name, {} FROM rows JOIN files AS f ON f.id = rows.file"
-            )
-        return "source_key, source_file, {} FROM rows"
-
-    def done_consents(self) -> list[DoneConsent]:
-        """Every row the ledger says the server holds (created, adopted, updated, recreated)."""
-        columns = "source_row, unpack_id(consent_id), patient_id, payload_hash, field_hashes"
-        query = (
-            f"SELECT {self._source_columns().format(columns)} "
-            "WHERE state = 'done' AND consent_id IS NOT NULL ORDER BY 2, source_row"
-        )
-        # Schema 2 packed field hashes otherwise: its rows are packed as schema 3 packs them.
-        repack = self.schema == "2"
-        return [
-            DoneConsent(
-                r[0],
-                r[1],
-                r[2],
-                r[3],
-                r[4],
-                unpack_hash(r[5]),
-                pack_field_hashes(_unpack_field_hashes_v2(r[6])) if repack else r[6],
-            )
-            for r in self._db.execute(query)
-        ]
-
-    def unknown_outcomes(self) -> list[UnknownOutcome]:
-        """Rows whose POST may or may not have created a consent: failed as
-        `outcome_unknown`, or a create still in flight or settling (left by a stopped run)."""
-        columns = "source_row, unpack_id(consent_id), patient_id, state"
-        return [
-            UnknownOutcome(r[0], r[1], r[2], r[3], r[4], r[5])
-            for r in self._db.execute(
-                f"SELECT {self._source_columns().format(columns)} "
-                "WHERE error_code = 'outcome_unknown' OR (state IN "
-                "('in_flight', 'settling') AND pending_op IN ('create', 'recreate')) "
-                "ORDER BY 2, source_row"
-            )
-        ]
 
 
 def _connect(database: str, **options: Any) -> sqlite3.Connection:
