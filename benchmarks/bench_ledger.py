@@ -31,7 +31,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import KEY, ROOT, canonical_csv, sandbox_process
+from common import KEY, canonical_csv, sandbox_process
 
 from importer._export import status
 from importer._ledger import FIELD_ORDER, Ledger, Op, Source
@@ -58,7 +58,7 @@ def status_wall(path: Path) -> tuple[float, float]:
         subprocess.run(
             [sys.executable, "-m", "importer", "status", "--ledger", str(path)],
             check=True,
-            cwd=ROOT,
+            cwd=path.parent,  # not the checkout: `-m` would import the importer found there
             stdout=subprocess.DEVNULL,
         )
         walls.append(time.perf_counter() - started)
@@ -77,7 +77,7 @@ def real_ledger(rows: int, tmp: Path) -> Path:
                 *("--ledger", str(ledger), "--concurrency", "64", "--quiet"),
             ],
             check=True,
-            cwd=ROOT,
+            cwd=tmp,
             env={**os.environ, "CLINIKAPI_API_KEY": KEY, "CLINIKAPI_BASE_URL": url},
         )
     return ledger

@@ -85,43 +85,44 @@ def state_of(db: Ledger) -> RowState | None:
     return found.state if found else None
 
 
-@pytest.mark.parametrize(
-    ("before", "event", "after"),
-    [
-        (None, "intent", RowState.IN_FLIGHT),
-        (RowState.DONE, "intent", RowState.IN_FLIGHT),  # a patch about to be sent
-        (RowState.FAILED, "intent", RowState.IN_FLIGHT),
-        (RowState.IN_FLIGHT, "done", RowState.DONE),
-        (RowState.IN_FLIGHT, "failed", RowState.FAILED),
-        (RowState.IN_FLIGHT, "outcome_unknown", RowState.IN_FLIGHT),  # a lookup comes next
-        (RowState.IN_FLIGHT, "unsent (new row)", None),  # never sent: as if never planned
-        (RowState.IN_FLIGHT, "unsent (was done)", RowState.DONE),
-        (RowState.IN_FLIGHT, "unsent (was failed)", RowState.FAILED),
-        (RowState.IN_FLIGHT, "unsent (was in flight)", RowState.PENDING),
-        (RowState.DONE, "unsent (was done)", RowState.DONE),  # only in-flight rows go back
-        (RowState.DONE, "revoked", RowState.REVOKED),
-        (None, "invalid", RowState.INVALID),
-        (RowState.FAILED, "invalid", RowState.INVALID),
-        (RowState.PENDING, "invalid", RowState.INVALID),
-        (RowState.DONE, "invalid", RowState.DONE),  # the consent stays; the error is noted
-        (RowState.IN_FLIGHT, "invalid", RowState.IN_FLIGHT),  # may exist: keep for a lookup
-        (RowState.REVOKED, "invalid", RowState.REVOKED),
-        (RowState.DONE, "refused", RowState.DONE),
-        (RowState.DONE, "seen", RowState.DONE),
-        (RowState.IN_FLIGHT, "settling", RowState.SETTLING),  # an ambiguous answer
-        (RowState.SETTLING, "intent", RowState.IN_FLIGHT),  # looked up, not found: posted again
-        (RowState.SETTLING, "done", RowState.DONE),  # found and adopted
-        (RowState.SETTLING, "gave_up", RowState.FAILED),  # --max-attempts ambiguous answers
-        (RowState.SETTLING, "invalid", RowState.SETTLING),  # may exist: keep for a lookup
-        # a PATCH refused or unanswered: the row keeps its consent, the error noted
-        (RowState.IN_FLIGHT, "patch_failed", RowState.DONE),
-        (RowState.IN_FLIGHT, "patch_failed (was revoked)", RowState.REVOKED),
-        # a revoke: intent first; a PATCH that keeps failing leaves the row done
-        (RowState.DONE, "revoking", RowState.IN_FLIGHT),
-        (RowState.IN_FLIGHT, "revoke_failed", RowState.DONE),
-        (RowState.IN_FLIGHT, "revoked", RowState.REVOKED),
-    ],
-)
+#: (state before, event, state after) of every transition.
+TRANSITIONS: list[tuple[RowState | None, str, RowState | None]] = [
+    (None, "intent", RowState.IN_FLIGHT),
+    (RowState.DONE, "intent", RowState.IN_FLIGHT),  # a patch about to be sent
+    (RowState.FAILED, "intent", RowState.IN_FLIGHT),
+    (RowState.IN_FLIGHT, "done", RowState.DONE),
+    (RowState.IN_FLIGHT, "failed", RowState.FAILED),
+    (RowState.IN_FLIGHT, "outcome_unknown", RowState.IN_FLIGHT),  # a lookup comes next
+    (RowState.IN_FLIGHT, "unsent (new row)", None),  # never sent: as if never planned
+    (RowState.IN_FLIGHT, "unsent (was done)", RowState.DONE),
+    (RowState.IN_FLIGHT, "unsent (was failed)", RowState.FAILED),
+    (RowState.IN_FLIGHT, "unsent (was in flight)", RowState.PENDING),
+    (RowState.DONE, "unsent (was done)", RowState.DONE),  # only in-flight rows go back
+    (RowState.DONE, "revoked", RowState.REVOKED),
+    (None, "invalid", RowState.INVALID),
+    (RowState.FAILED, "invalid", RowState.INVALID),
+    (RowState.PENDING, "invalid", RowState.INVALID),
+    (RowState.DONE, "invalid", RowState.DONE),  # the consent stays; the error is noted
+    (RowState.IN_FLIGHT, "invalid", RowState.IN_FLIGHT),  # may exist: keep for a lookup
+    (RowState.REVOKED, "invalid", RowState.REVOKED),
+    (RowState.DONE, "refused", RowState.DONE),
+    (RowState.DONE, "seen", RowState.DONE),
+    (RowState.IN_FLIGHT, "settling", RowState.SETTLING),  # an ambiguous answer
+    (RowState.SETTLING, "intent", RowState.IN_FLIGHT),  # looked up, not found: posted again
+    (RowState.SETTLING, "done", RowState.DONE),  # found and adopted
+    (RowState.SETTLING, "gave_up", RowState.FAILED),  # --max-attempts ambiguous answers
+    (RowState.SETTLING, "invalid", RowState.SETTLING),  # may exist: keep for a lookup
+    # a PATCH refused or unanswered: the row keeps its consent, the error noted
+    (RowState.IN_FLIGHT, "patch_failed", RowState.DONE),
+    (RowState.IN_FLIGHT, "patch_failed (was revoked)", RowState.REVOKED),
+    # a revoke: intent first; a PATCH that keeps failing leaves the row done
+    (RowState.DONE, "revoking", RowState.IN_FLIGHT),
+    (RowState.IN_FLIGHT, "revoke_failed", RowState.DONE),
+    (RowState.IN_FLIGHT, "revoked", RowState.REVOKED),
+]
+
+
+@pytest.mark.parametrize(("before", "event", "after"), TRANSITIONS)
 def test_transition(before: RowState | None, event: str, after: RowState | None) -> None:
     db = Ledger(":memory:")
     for step in SETUP[before]:
@@ -268,3 +269,53 @@ def test_a_ledger_from_before_settling_gains_the_column(tmp_path: Path) -> None:
     with sqlite3.connect(copy) as db:
         columns = {r[1] for r in db.execute("PRAGMA table_info(rows)")}
     assert "settle_after" in columns
+
+
+@pytest.mark.parametrize(("before", "event", "after"), TRANSITIONS)
+def test_the_tally_follows_every_transition(
+    before: RowState | None, event: str, after: RowState | None
+) -> None:
+    """`status` counts from `tally`, which triggers keep in step with the rows."""
+    db = Ledger(":memory:")
+    for step in [*SETUP[before], EVENTS[event]]:
+        step(db)
+    assert db.counts() == ({after.value: 1} if after else {})
+    assert db.sources() == (({"(none)": 1}, {"in.csv": 1}) if after else ({}, {}))
+
+
+@pytest.mark.parametrize(
+    ("keys", "systems"),
+    [
+        (["K1", "K2"], {"(none)": 2}),
+        (["crm\x1fK1", "erp\x1fK1", "K1"], {"(none)": 1, "crm": 1, "erp": 1}),
+        # a natural key is packed to 16 bytes: none of them is read as a separator
+        (["nk:" + "1f" * 16, "crm\x1fnk:" + "1f" * 16], {"(none)": 1, "crm": 1}),
+    ],
+)
+def test_the_tally_counts_by_file_and_system(keys: list[str], systems: dict[str, int]) -> None:
+    db = Ledger(":memory:")
+    with db.transaction():
+        for n, key in enumerate(keys):
+            db.invalid(RUN, Source(key, "a.csv", n + 2), ERROR)
+        db.intent(
+            RUN, Source(keys[0], "b.csv", 2), Op.CREATE, body="{}", body_hash="h", patient_id=None
+        )  # the row is read from another file now
+    assert db.sources() == (systems, {"a.csv": len(keys) - 1, "b.csv": 1})
+    assert db.counts() == {"invalid": len(keys) - 1, "in_flight": 1}
+    assert db.done_count() == 0
+
+
+def test_a_rolled_back_file_is_not_named_by_a_later_row() -> None:
+    db = Ledger(":memory:")
+
+    def broken() -> None:
+        with db.transaction():
+            db.invalid(RUN, Source("K1", "gone.csv", 2), ERROR)
+            raise ZeroDivisionError
+
+    with pytest.raises(ZeroDivisionError):
+        broken()
+    db.invalid(RUN, Source("K2", "kept.csv", 2), ERROR)  # takes the id gone.csv had
+    db.invalid(RUN, Source("K3", "gone.csv", 3), ERROR)
+    assert db.sources()[1] == {"gone.csv": 1, "kept.csv": 1}
+    assert [r["source_file"] for r in db.rows_needing_a_person()] == ["gone.csv", "kept.csv"]

@@ -1,0 +1,126 @@
+"""How schema 3 stores keys, ids and hashes: packed when the form is known, and always
+read back as they were given."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from importer._ledger import (
+    Ledger,
+    Op,
+    Source,
+    pack_field_hashes,
+    pack_hash,
+    pack_id,
+    pack_key,
+    pack_request_id,
+    same_payload,
+    unpack_field_hashes,
+    unpack_hash,
+    unpack_id,
+    unpack_key,
+)
+
+HEX32 = "0123456789abcdef" * 2
+SHA = "ab" * 32
+
+
+@pytest.mark.parametrize(
+    ("pack", "unpack", "value", "stored_size"),
+    [
+        (pack_key, unpack_key, "nk:" + HEX32, 16),  # a natural key: its 16 bytes
+        (pack_key, unpack_key, "nk:" + HEX32.upper(), None),  # not as we write them: text
+        (pack_key, unpack_key, "nk:" + HEX32[:-1], None),
+        (pack_key, unpack_key, "crm\x1fnk:" + HEX32, None),  # namespaced: exact text
+        (pack_key, unpack_key, "K000001", None),  # a key column's: exact text
+        (pack_key, unpack_key, "sha256:" + HEX32, None),
+        (pack_id, unpack_id, "consent_" + HEX32[:24], 12),
+        (pack_id, unpack_id, "consent_" + HEX32[:22], None),  # another shape: as it is
+        (pack_id, unpack_id, "c1", None),
+        (pack_id, unpack_id, None, None),
+        (pack_request_id, unpack_id, "req_" + HEX32[:16], 8),
+        (pack_request_id, unpack_id, "req_" + HEX32[:16] + "x", None),
+        (pack_request_id, unpack_id, None, None),
+    ],
+)
+def test_packed_values_read_back_as_given(
+    pack: Any, unpack: Any, value: str | None, stored_size: int | None
+) -> None:
+    stored = pack(value)
+    if stored_size is None:
+        assert stored == value
+    else:
+        assert isinstance(stored, bytes)
+        assert len(stored) == stored_size
+    assert unpack(stored) == value
+
+
+@pytest.mark.parametrize(
+    "hashes",
+    [
+        {},
+        {"patientId": "0123456789ab"},
+        {"provision": "0123456789ab", "patientId": "ba9876543210", "status": "00" * 6},
+        {"noSuchField": "0123456789ab"},  # kept as JSON
+        {"status": "not hex at all"},
+    ],
+)
+def test_field_hashes_read_back_as_given(hashes: dict[str, str]) -> None:
+    stored = pack_field_hashes(hashes)
+    assert unpack_field_hashes(stored) == hashes
+    if isinstance(stored, bytes):
+        assert len(stored) == 2 + 6 * len(hashes)  # a bitmap, then 6 bytes a field
+
+
+@pytest.mark.parametrize(
+    ("stored", "body_hash", "same"),
+    [
+        (unpack_hash(pack_hash(SHA)), SHA, True),  # 16 bytes kept: its first 32 digits
+        (unpack_hash(pack_hash(SHA)), "ab" * 16 + "cd" * 16, True),
+        (unpack_hash(pack_hash(SHA)), "cd" * 32, False),
+        (SHA, SHA, True),  # read from a ledger of schema 1 or 2
+        (SHA, "ab" * 31 + "cd", False),
+        (None, SHA, False),
+        ("h", "h", True),  # a text that is not a SHA-256 is compared whole
+        ("h", "h2", False),
+    ],
+)
+def test_a_body_is_the_same_when_its_hash_starts_with_the_stored_one(
+    stored: str | None, body_hash: str, same: bool
+) -> None:
+    assert same_payload(stored, body_hash) is same
+
+
+def test_a_row_reads_back_what_its_transitions_were_given() -> None:
+    db = Ledger(":memory:")
+    key, consent, request = "nk:" + HEX32, "consent_" + HEX32[:24], "req_" + HEX32[:16]
+    src = Source(key, "in.csv", 2)
+    db.intent(1, src, Op.CREATE, body="{}", body_hash=SHA, patient_id="pt_1")
+    db.done(
+        1,
+        src,
+        Op.CREATE,
+        action="created",
+        payload_hash=SHA,
+        field_hashes={"status": "0123456789ab"},
+        patient_id="pt_1",
+        request_id=request,
+        consent_id=consent,
+    )
+    row = db.get([key])[key]
+    assert (row.source_key, row.consent_id, row.field_hashes) == (
+        key,
+        consent,
+        {"status": "0123456789ab"},
+    )
+    assert same_payload(row.payload_hash, SHA)
+    (created,) = db.created_rows()
+    assert (created["source_key"], created["consent_id"], created["request_id"]) == (
+        key,
+        consent,
+        request,
+    )
+    assert db.claimed_consents([consent, "consent_" + "0" * 24]) == {consent}
+    assert list(db.missing_rows(seen=set())) == [(key, "in.csv", 2, consent)]
