@@ -336,15 +336,22 @@ def pack_field_hashes(hashes: dict[str, str]) -> bytes | str:
     """{field: 12 hex digits} as stored: a bitmap of the fields present (bit i:
     FIELD_ORDER[i]), then the 6 bytes of each one's hash in FIELD_ORDER. A field or hash
     this form cannot hold keeps the JSON form."""
-    found: dict[int, bytes] = {}
-    for name, digest in hashes.items():
-        at = _FIELD_INDEX.get(name)
-        raw = _hex_bytes(digest, _FIELD_HASH_BYTES)
-        if at is None or raw is None or at >= 8 * _BITMAP_BYTES:
-            return json.dumps(hashes, separators=(",", ":"))
-        found[at] = raw
-    bits = sum(1 << at for at in found)
-    return bits.to_bytes(_BITMAP_BYTES, "little") + b"".join(found[i] for i in sorted(found))
+    try:
+        order = sorted((_FIELD_INDEX[name], digest) for name, digest in hashes.items())
+    except KeyError:
+        order = []
+    text = "".join(digest for _, digest in order)
+    # One conversion for the lot (a run packs a row's hashes on every commit).
+    raw = _hex_bytes(text, _FIELD_HASH_BYTES * len(order)) if order else b""
+    if (
+        len(order) != len(hashes)
+        or raw is None
+        or any(len(digest) != 2 * _FIELD_HASH_BYTES for _, digest in order)
+        or (order and order[-1][0] >= 8 * _BITMAP_BYTES)
+    ):
+        return json.dumps(hashes, separators=(",", ":"))
+    bits = sum(1 << at for at, _ in order)
+    return bits.to_bytes(_BITMAP_BYTES, "little") + raw
 
 
 def unpack_field_hashes(stored: bytes | str | None) -> dict[str, str]:
