@@ -215,7 +215,7 @@ _UNCHANGED = (
     # CROSS JOIN: the keys outside, one lookup by primary key each (through the state
     # index, SQLite would look each row up twice). k.key is the key's place in the list.
     "SELECT k.key, r.cells_hash FROM json_each(?) AS k CROSS JOIN rows AS r "
-    "ON r.source_key = pack_key(k.value) WHERE r.state = 'done' AND r.error_code IS NULL "
+    "ON r.source_key = {key} WHERE r.state = 'done' AND r.error_code IS NULL "
     "AND r.cells_hash IS NOT NULL"
 )
 #: Rows that need a person: invalid, failed, sent with an outcome still unknown, or done
@@ -954,7 +954,10 @@ class Ledger(_Transitions, _VerifyReads):
         if self._reads is None:
             self._reads = _connect(str(self.path), check_same_thread=False)
             self._reads.execute("PRAGMA busy_timeout=5000")
-        found = self._reads.execute(_UNCHANGED, (json.dumps(keys),)).fetchall()
+        # Keys as stored: natural ones packed (by a function, a call a key: only if any).
+        natural = any(key.startswith("nk:") for key in keys)
+        query = _UNCHANGED.format(key="pack_key(k.value)" if natural else "k.value")
+        found = self._reads.execute(query, (json.dumps(keys),)).fetchall()
         same = np.zeros(len(keys), dtype=bool)
         if found:
             at, stored = np.array(found, dtype=np.int64).T
@@ -993,7 +996,7 @@ class Ledger(_Transitions, _VerifyReads):
             cursor = self._db.execute("SELECT source_key FROM rows WHERE " + gone)  # noqa: S608 - constant text
             while part := cursor.fetchmany(10_000):
                 stored = [key for (key,) in part]
-                held = in_input([unpack_key(key) for key in stored]).tolist()
+                held = in_input([k if type(k) is str else unpack_key(k) for k in stored]).tolist()
                 left = [key for key, h in zip(stored, held, strict=True) if not h]
                 for start in range(0, len(left), 500):
                     some = left[start : start + 500]
