@@ -542,9 +542,7 @@ class _FileNormalizer:
         self.tally = tally or KeyTally()
         self.columns = columns
         self.file = file
-        self.sheet = sheet  # shown in messages; `file` is what the ledger records
-        #: the file as file-level errors name it (with its sheet)
-        self.label = sheet_label(file, sheet)
+        self.sheet, self.label = sheet, sheet_label(file, sheet)  # messages only, not ledger
         self.fields = sorted(set(columns) | set(mapping.defaults))
         self.keyed = bool(mapping.key) or "sourceKey" in columns
         self.headers = mapping.header_map(list(headers or columns.values()), self.label)
