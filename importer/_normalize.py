@@ -56,7 +56,7 @@ from importer._keys import (
 )
 from importer._mapping import DATE_FIELDS, FALSE_WORDS, TRUE_WORDS, Mapping
 from importer._models import ConsentIdentity, ConsentIn, field_errors
-from importer._reader import EXCEL_SUFFIXES, Table, excel_serial_to_iso
+from importer._reader import EXCEL_SUFFIXES, Table, excel_serial_to_iso, sheet_label
 
 #: Where an error's field name ends its first part ("category.0" -> "category").
 _KEY_ROOT = re.compile(r"[.\[]")
@@ -106,13 +106,28 @@ class RowError:
     stage: str = "validate"
     value: str = dataclasses.field(default="", repr=False)  # no PHI in reprs
     consent: str = ""  # the [[consents]] key of a row making several consents
+    #: the Excel sheet the row is on ("" for CSV): shown, never part of `file`, which is
+    #: the source name the ledger records
+    sheet: str = ""
 
     @property
     def where(self) -> str:
-        """`file:row`, or `file:row#key` for one consent of a row making several."""
-        return (
-            f"{self.file}:{self.row}#{self.consent}" if self.consent else f"{self.file}:{self.row}"
-        )
+        """`file:row` (`book.xlsx[Consents]:12` on a sheet), `#key` added for one consent
+        of a row making several."""
+        return place(self.file, self.sheet, self.row, self.consent)
+
+
+def place(file: str, sheet: str, row: int, consent: str = "") -> str:
+    """Where a row is, as messages and reports show it: `file:row`, the sheet in brackets
+    after an Excel file's name, `#key` after a `[[consents]]` row's number."""
+    where = f"{sheet_label(file, sheet)}:{row}"
+    return f"{where}#{consent}" if consent else where
+
+
+def sheet_note(sheet: str, message: str) -> str:
+    """A message as the CSV files we write give it (a CSV report, failed.csv): they have
+    no location columns, so a row of an Excel sheet says its sheet first."""
+    return f"sheet '{sheet}': {message}" if sheet else message
 
 
 @dataclass(slots=True)
@@ -134,6 +149,7 @@ class Row:
     _json: str | None = field(default=None, repr=False)
     _hash: str | None = None
     consent: str = ""  # the [[consents]] key, for a row making several consents
+    sheet: str = ""  # the Excel sheet, for messages only (see RowError.sheet)
     #: a 64-bit digest of the row's prepared cells and the mapping (`cells_digests`):
     #: a rerun that finds it in the ledger knows the body is unchanged without making it
     cells_digest: int | None = None
@@ -145,6 +161,11 @@ class Row:
     @property
     def cells(self) -> dict[str, str]:
         return dict(zip(self.headers, self.values, strict=True))
+
+    @property
+    def where(self) -> str:
+        """`file:row` as messages show it (see `place`)."""
+        return place(self.file, self.sheet, self.row, self.consent)
 
     @property
     def body_json(self) -> str:
@@ -394,7 +415,7 @@ class Normalizer:
         return len(self._files) - 1
 
     def file_normalizer(self, table: Table) -> _FileNormalizer:
-        columns = self.mapping.resolve(table.columns, table.name)
+        columns = self.mapping.resolve(table.columns, table.label)
         file_rows = _FileNormalizer(
             self.mapping,
             columns,
@@ -403,6 +424,7 @@ class Normalizer:
             headers=table.columns,
             content_keys=self.content_keys,
             tally=self.tally,
+            sheet=table.sheet or "",
         )
         self.unkeyed_files += not file_rows.keyed
         return file_rows
@@ -431,6 +453,7 @@ class Normalizer:
                 f"{message} (duplicate_row)",
                 value=value,
                 consent=row.consent,
+                sheet=row.sheet,
             )
         )
         row.model = None
@@ -512,15 +535,17 @@ class _FileNormalizer:
         headers: list[str] | None = None,
         content_keys: bool = False,
         tally: KeyTally | None = None,
+        sheet: str = "",
     ) -> None:
         self.mapping = mapping
         #: counts the rows given a key made from their cells (importer._keys.CELLS_PREFIX)
         self.tally = tally or KeyTally()
         self.columns = columns
         self.file = file
+        self.sheet, self.label = sheet, sheet_label(file, sheet)  # messages only, not ledger
         self.fields = sorted(set(columns) | set(mapping.defaults))
         self.keyed = bool(mapping.key) or "sourceKey" in columns
-        self.headers = mapping.header_map(list(headers or columns.values()), file)
+        self.headers = mapping.header_map(list(headers or columns.values()), self.label)
         self.key_headers = tuple(self.headers.get(c, c) for c in mapping.key)
         self.nulls = mapping.null_values
         self.system = mapping.system
@@ -567,7 +592,7 @@ class _FileNormalizer:
         column = self._date_columns.get(name)
         if column is None:
             column = self._date_columns[name] = DateColumn(
-                self.file, label, formats, self.mapping.timezone, excel=self._excel
+                self.label, label, formats, self.mapping.timezone, excel=self._excel
             )
         return column
 
@@ -652,7 +677,7 @@ class _FileNormalizer:
         """A row the check proved valid, rebuilt from its chunk (to report it after all)."""
         values = tuple(str(v) for v in chunk.iloc[pos].tolist())
         headers = tuple(str(c) for c in chunk.columns)
-        return Row(self.file, int(chunk.index[pos]), key, headers, values)
+        return Row(self.file, int(chunk.index[pos]), key, headers, values, sheet=self.sheet)
 
     def _prepare(
         self, chunk: pd.DataFrame
@@ -754,7 +779,7 @@ class _FileNormalizer:
     ) -> Row:
         consent = v2[0].key if v2 is not None else ""
         labels = v2[0].labels if v2 is not None else {}
-        row = Row(self.file, number, key or "", headers, values, consent=consent)
+        row = Row(self.file, number, key or "", headers, values, consent=consent, sheet=self.sheet)
         errors = row.errors
 
         def fail(name: str, code: str, rule: str) -> None:
@@ -767,6 +792,7 @@ class _FileNormalizer:
                     f"{self._label(name, labels)}: {rule} ({code})",
                     value=self._cell(row, name, labels),
                     consent=consent,
+                    sheet=self.sheet,
                 )
             )
 
@@ -795,6 +821,7 @@ class _FileNormalizer:
                         message,
                         value=self._cell(row, name, labels),
                         consent=consent,
+                        sheet=self.sheet,
                     )
                 )
         else:
