@@ -19,6 +19,7 @@ import pytest
 from importer._export import export_csvs, status
 from importer._ledger import Ledger
 from importer.sandbox import SandboxConfig, running_sandbox
+from tests.cli_helpers import run_cli
 from tests.engine_helpers import run
 
 DATA = Path(__file__).parent / "data"
@@ -140,3 +141,15 @@ def test_a_rerun_of_the_migrated_ledger_sends_nothing_for_its_settled_rows(
     assert second.stats.unchanged == len(SETTLED) + 1
     assert [method for method, _ in again[len(sent) :]] == ["PATCH"]
     assert bodies[0] == 3  # K000002, and the two invalid rows validated again
+
+
+def test_status_says_what_it_said_of_the_schema2_ledger(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """tests/data/schema2-status.txt is main's `status` of the fixture (2e2c374), the
+    ledger's path written LEDGER."""
+    ledger = copy_for(tmp_path, "http://127.0.0.1:1")
+    code, out, _ = run_cli(["status", "--ledger", str(ledger)], capsys)
+    assert code == 0
+    expected = (DATA / "schema2-status.txt").read_text()
+    assert out.replace(str(ledger), "LEDGER") == expected

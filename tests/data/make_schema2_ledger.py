@@ -10,6 +10,8 @@ last inputs.
 
 Also written: schema2-created.csv and schema2-failed.csv (`export` of that code) and
 schema2-done.json (`Ledger.open_readonly(...).done_consents()` of that code).
+schema2-status.txt is that code's `consent-import status --ledger` of a copy, its path
+written LEDGER.
 
     git checkout 2e2c374 && python tests/data/make_schema2_ledger.py
 """
