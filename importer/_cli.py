@@ -341,7 +341,7 @@ def run(
             the_mapping,
             on_progress=lambda event, stats: progress.update(event, stats),
             on_wait=progress.wait,
-            on_total=progress.total,
+            on_total=progress.total if progress.enabled else None,
         )
     if summary_json is not None:
         write_summary(summary_json, result.stats)
