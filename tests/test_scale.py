@@ -131,11 +131,12 @@ def test_a_run_holds_a_slice_of_rows_not_the_file(
     )
     assert result.stats.created == 1500
     assert len(samples) == 6
-    # The slice being built, the batch being planned and the one before it, and the
-    # rows held by work queued, in workers and in outcomes not yet committed: a bound
-    # of its own, whatever the file's size (all 1,500 rows were alive at once before).
+    # The slice being built, the batch being read, the one read ahead and the one being
+    # planned, and the rows held by work queued, in workers and in outcomes not yet
+    # committed: a bound of its own, whatever the file's size (all 1,500 rows were alive
+    # at once before).
     concurrency = DEFAULTS.concurrency
-    assert max(samples) <= 100 + 2 * engine_module._BATCH + 8 * concurrency
+    assert max(samples) <= 100 + 3 * engine_module._BATCH + 8 * concurrency
 
 
 def test_a_file_without_a_key_column_reruns_in_bulk_too(
@@ -295,7 +296,7 @@ def test_a_v2_run_holds_a_slice_of_rows_not_the_file(
     assert result.stats.created == 2250
     assert len(samples) == 9
     concurrency = DEFAULTS.concurrency
-    assert max(samples) <= 2 * 100 + 2 * engine_module._BATCH + 8 * concurrency
+    assert max(samples) <= 2 * 100 + 3 * engine_module._BATCH + 8 * concurrency
 
 
 def test_a_date_read_another_way_is_not_taken_as_unchanged(
