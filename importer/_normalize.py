@@ -434,18 +434,18 @@ class KeyIndex:
     """The source keys seen so far, as sorted 64-bit digests with where each was first
     seen: 16 bytes a row, checked a batch at a time with numpy.
 
-    Two sorted runs: the old keys, and the recent ones, merged into the old when they
-    grow past an eighth of them (at least `_RECENT` keys). A run adds a slice at a time;
-    merging the whole index on every slice made it quadratic in the file's size.
+    Sorted runs, each at least `_FACTOR` times the size of the next: a batch's new keys
+    are a run of their own, merged into the one before while that one is not that much
+    bigger. A run adds a slice at a time; merging the whole index on every slice was
+    quadratic in the file's size, and merging into one run of recent keys still cost a
+    sort of an eighth of the index a slice. Here a key is merged about log4(n) times,
+    and a lookup searches a handful of runs.
     """
 
-    _RECENT = 65_536
+    _FACTOR = 4
 
     def __init__(self) -> None:
-        self._keys = np.empty(0, dtype=np.uint64)
-        self._where = np.empty(0, dtype=np.int64)
-        self._recent_keys = np.empty(0, dtype=np.uint64)
-        self._recent_where = np.empty(0, dtype=np.int64)
+        self._runs: list[tuple[npt.NDArray[np.uint64], npt.NDArray[np.int64]]] = []
 
     def contains(self, keys: npt.NDArray[np.uint64]) -> npt.NDArray[np.bool_]:
         return self._first(keys) >= 0
@@ -453,11 +453,12 @@ class KeyIndex:
     def _first(self, keys: npt.NDArray[np.uint64]) -> npt.NDArray[np.int64]:
         """For each key, where it was first seen, or -1."""
         first = np.full(len(keys), -1, dtype=np.int64)
-        for known, where in ((self._keys, self._where), (self._recent_keys, self._recent_where)):
-            if len(known) and len(keys):
-                pos = np.minimum(np.searchsorted(known, keys), len(known) - 1)
-                seen = known[pos] == keys
-                first[seen] = where[pos[seen]]
+        if not len(keys):
+            return first
+        for known, where in self._runs:
+            pos = np.minimum(np.searchsorted(known, keys), len(known) - 1)
+            seen = known[pos] == keys
+            first[seen] = where[pos[seen]]
         return first
 
     def add(
@@ -471,15 +472,12 @@ class KeyIndex:
         repeat = (earliest != np.arange(len(keys))) & (first < 0)
         first[repeat] = here[earliest[repeat]]
         new = first[first_index] < 0
-        self._recent_keys, self._recent_where = _merged(
-            self._recent_keys, self._recent_where, unique[new], here[first_index[new]]
-        )
-        if len(self._recent_keys) > max(self._RECENT, len(self._keys) // 8):
-            self._keys, self._where = _merged(
-                self._keys, self._where, self._recent_keys, self._recent_where
-            )
-            self._recent_keys = np.empty(0, dtype=np.uint64)
-            self._recent_where = np.empty(0, dtype=np.int64)
+        if new.any():
+            runs = self._runs
+            runs.append((unique[new], here[first_index[new]]))
+            while len(runs) > 1 and len(runs[-2][0]) < self._FACTOR * len(runs[-1][0]):
+                last = runs.pop()
+                runs[-1] = _merged(*runs[-1], *last)
         return first
 
 
@@ -489,10 +487,9 @@ def _merged(
     more_keys: npt.NDArray[np.uint64],
     more_where: npt.NDArray[np.int64],
 ) -> tuple[npt.NDArray[np.uint64], npt.NDArray[np.int64]]:
-    merged_keys = np.concatenate([keys, more_keys])
-    merged_where = np.concatenate([where, more_where])
-    order = np.argsort(merged_keys, kind="stable")
-    return merged_keys[order], merged_where[order]
+    """Two sorted runs of distinct keys as one (each put in place, not sorted again)."""
+    at = np.searchsorted(keys, more_keys)
+    return np.insert(keys, at, more_keys), np.insert(where, at, more_where)
 
 
 class _FileNormalizer:

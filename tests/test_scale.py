@@ -156,9 +156,8 @@ def test_a_file_without_a_key_column_reruns_in_bulk_too(
 def test_the_key_index_finds_the_same_repeats_whatever_the_slices(
     monkeypatch: pytest.MonkeyPatch, slice_size: int
 ) -> None:
-    """Added a slice at a time (two sorted runs, merged now and then), the index answers
+    """Added a slice at a time (sorted runs, merged now and then), the index answers
     as one batch does: where each repeated key was first seen."""
-    monkeypatch.setattr(normalize.KeyIndex, "_RECENT", 16)
     rng = np.random.default_rng(5)
     keys = rng.integers(0, 300, size=1000).astype(np.uint64)
     here = np.arange(1000, dtype=np.int64) + 10
