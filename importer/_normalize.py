@@ -1353,7 +1353,13 @@ def cells_digests(fields: dict[str, list[str]], key: str, size: int) -> npt.NDAr
     mult = np.uint64(1_000_003)
     with np.errstate(over="ignore"):
         for i, cells in enumerate(fields.values()):
-            out ^= pd.util.hash_array(np.array(cells, dtype=object), categorize=False, hash_key=key)
+            if cells and cells.count(cells[0]) == size:
+                # One value in the whole column (a default, a constant): hashed once.
+                first = np.array(cells[:1], dtype=object)
+                out ^= pd.util.hash_array(first, categorize=False, hash_key=key)[0]
+            else:
+                column = np.array(cells, dtype=object)
+                out ^= pd.util.hash_array(column, categorize=False, hash_key=key)
             out *= mult
             mult += np.uint64(82_520 + 2 * (len(fields) - i))
     out += np.uint64(97_531)
