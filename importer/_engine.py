@@ -51,7 +51,7 @@ from importer._errors import (
 )
 from importer._ledger import AsyncLedger, Ledger, LedgerRow, Op, RowError, RowState, Source
 from importer._lookup import find_consent
-from importer._normalize import Row, Unchanged
+from importer._normalize import Row, Unchanged, sheet_note
 from importer._observer import ProgressCallback, RunObserver
 from importer._options import RunOptions
 from importer._plan import PATCHABLE, Verdict, immutable_changes, plan_row
@@ -829,7 +829,7 @@ def _invalid_note(row: Row) -> _Note:
     error = RowError(
         "validate",
         "; ".join(e.code for e in row.errors),
-        "; ".join(e.message for e in row.errors),
+        sheet_note(row.sheet, "; ".join(e.message for e in row.errors)),
         json.dumps(row.cells),
     )
     return Source(key, row.file, row.row), Ledger.invalid, error
@@ -849,13 +849,16 @@ def _refused_note(row: Row, before: LedgerRow) -> _Note:
             "fields": {
                 "event": "row_failed",
                 "file": row.file,
+                **({"sheet": row.sheet} if row.sheet else {}),
                 "row": row.row,
                 "field": "; ".join(immutable_changes(row, before)),
                 "code": "immutable_change",
             }
         },
     )
-    error = RowError("sync", "immutable_change", message, json.dumps(row.cells))
+    error = RowError(
+        "sync", "immutable_change", sheet_note(row.sheet, message), json.dumps(row.cells)
+    )
     return Source(row.source_key, row.file, row.row), Ledger.refused, error
 
 
@@ -874,7 +877,8 @@ def _row_error(work: Work, exc: ConsentImportError) -> RowError:
     status = exc.status if isinstance(exc, ApiError) else None
     request_id = exc.request_id if isinstance(exc, ApiError) else None
     cells = json.dumps(work.row.cells)
-    return RowError("api", error_code(exc), str(exc), cells, status, request_id)
+    message = sheet_note(work.row.sheet, str(exc))
+    return RowError("api", error_code(exc), message, cells, status, request_id)
 
 
 def _seconds_until(when: datetime) -> float:

@@ -137,6 +137,7 @@ class ErrorRow:
     value: str
     full_value: str
     consent: str = ""  # the [[consents]] key, for a row making several consents
+    sheet: str = ""  # an Excel file's sheet, shown after its name
 
 
 def write_validation_html(
@@ -440,6 +441,7 @@ def _error_row(error: RowError, *, redact: bool) -> ErrorRow:
         # Full value on hover only when it was cut, bounded so one huge cell can't bloat the page.
         full_value=_shorten(visible, 500) if short != visible else "",
         consent=error.consent,
+        sheet=error.sheet,
     )
 
 

@@ -219,7 +219,7 @@ def open_tables(inputs: Sequence[str | Path], mapping: Mapping) -> list[Table]:
     """Open every input up front, so a bad file or mapping fails before any work."""
     tables = [open_table(path, mapping.source) for path in inputs]
     for table in tables:
-        mapping.resolve(table.columns, table.name)
+        mapping.resolve(table.columns, table.label)
     return tables
 
 

@@ -56,7 +56,7 @@ from importer._keys import (
 )
 from importer._mapping import DATE_FIELDS, FALSE_WORDS, TRUE_WORDS, Mapping
 from importer._models import ConsentIdentity, ConsentIn, field_errors
-from importer._reader import EXCEL_SUFFIXES, Table, excel_serial_to_iso
+from importer._reader import EXCEL_SUFFIXES, Table, excel_serial_to_iso, sheet_label
 
 #: Where an error's field name ends its first part ("category.0" -> "category").
 _KEY_ROOT = re.compile(r"[.\[]")
@@ -106,13 +106,28 @@ class RowError:
     stage: str = "validate"
     value: str = dataclasses.field(default="", repr=False)  # no PHI in reprs
     consent: str = ""  # the [[consents]] key of a row making several consents
+    #: the Excel sheet the row is on ("" for CSV): shown, never part of `file`, which is
+    #: the source name the ledger records
+    sheet: str = ""
 
     @property
     def where(self) -> str:
-        """`file:row`, or `file:row#key` for one consent of a row making several."""
-        return (
-            f"{self.file}:{self.row}#{self.consent}" if self.consent else f"{self.file}:{self.row}"
-        )
+        """`file:row` (`book.xlsx[Consents]:12` on a sheet), `#key` added for one consent
+        of a row making several."""
+        return place(self.file, self.sheet, self.row, self.consent)
+
+
+def place(file: str, sheet: str, row: int, consent: str = "") -> str:
+    """Where a row is, as messages and reports show it: `file:row`, the sheet in brackets
+    after an Excel file's name, `#key` after a `[[consents]]` row's number."""
+    where = f"{sheet_label(file, sheet)}:{row}"
+    return f"{where}#{consent}" if consent else where
+
+
+def sheet_note(sheet: str, message: str) -> str:
+    """A message as the CSV files we write give it (a CSV report, failed.csv): they have
+    no location columns, so a row of an Excel sheet says its sheet first."""
+    return f"sheet '{sheet}': {message}" if sheet else message
 
 
 @dataclass(slots=True)
@@ -134,6 +149,7 @@ class Row:
     _json: str | None = field(default=None, repr=False)
     _hash: str | None = None
     consent: str = ""  # the [[consents]] key, for a row making several consents
+    sheet: str = ""  # the Excel sheet, for messages only (see RowError.sheet)
     #: a 64-bit digest of the row's prepared cells and the mapping (`cells_digests`):
     #: a rerun that finds it in the ledger knows the body is unchanged without making it
     cells_digest: int | None = None
@@ -145,6 +161,11 @@ class Row:
     @property
     def cells(self) -> dict[str, str]:
         return dict(zip(self.headers, self.values, strict=True))
+
+    @property
+    def where(self) -> str:
+        """`file:row` as messages show it (see `place`)."""
+        return place(self.file, self.sheet, self.row, self.consent)
 
     @property
     def body_json(self) -> str:
@@ -196,18 +217,6 @@ class Unchanged:
 #: The rows of a chunk the ledger holds as done with the same cells digest: asked with
 #: their source keys and cells digests, answers True for each such row.
 UnchangedCheck = Callable[[list[str], npt.NDArray[np.int64]], npt.NDArray[np.bool_]]
-
-
-@dataclass(slots=True)
-class Prepared:
-    """A chunk's cells, a column at a time: raw by header, prepared by row field, the
-    source keys (None: empty) and each row's cells digest."""
-
-    headers: tuple[str, ...]
-    raw: dict[str, list[Any]]
-    fields: dict[str, list[str]]
-    keys: list[str | None]
-    digests: npt.NDArray[np.int64]
 
 
 @dataclass(slots=True)
@@ -303,7 +312,7 @@ class Normalizer:
                     consents = file_rows.v2_rows.consents_of(chunk, unchanged)
                     self.skipped += file_rows.take_skipped()
                 else:
-                    consents = file_rows.consents_of(chunk, unchanged)
+                    consents = _v1_consents(file_rows, chunk, unchanged)
             yield from self._sliced(file_rows.file, file_index, consents)
 
     def _sliced(self, file: str, file_index: int, chunk: Consents) -> Iterator[Row | Unchanged]:
@@ -388,7 +397,7 @@ class Normalizer:
         return len(self._files) - 1
 
     def file_normalizer(self, table: Table) -> _FileNormalizer:
-        columns = self.mapping.resolve(table.columns, table.name)
+        columns = self.mapping.resolve(table.columns, table.label)
         file_rows = _FileNormalizer(
             self.mapping,
             columns,
@@ -397,6 +406,7 @@ class Normalizer:
             headers=table.columns,
             content_keys=self.content_keys,
             tally=self.tally,
+            sheet=table.sheet or "",
         )
         self.unkeyed_files += not file_rows.keyed
         return file_rows
@@ -425,6 +435,7 @@ class Normalizer:
                 f"{message} (duplicate_row)",
                 value=value,
                 consent=row.consent,
+                sheet=row.sheet,
             )
         )
         row.model = None
@@ -503,15 +514,17 @@ class _FileNormalizer:
         headers: list[str] | None = None,
         content_keys: bool = False,
         tally: KeyTally | None = None,
+        sheet: str = "",
     ) -> None:
         self.mapping = mapping
         #: counts the rows given a key made from their cells (importer._keys.CELLS_PREFIX)
         self.tally = tally or KeyTally()
         self.columns = columns
         self.file = file
+        self.sheet, self.label = sheet, sheet_label(file, sheet)  # messages only, not ledger
         self.fields = sorted(set(columns) | set(mapping.defaults))
         self.keyed = bool(mapping.key) or "sourceKey" in columns
-        self.headers = mapping.header_map(list(headers or columns.values()), file)
+        self.headers = mapping.header_map(list(headers or columns.values()), self.label)
         self.key_headers = tuple(self.headers.get(c, c) for c in mapping.key)
         self.nulls = mapping.null_values
         self.system = mapping.system
@@ -525,58 +538,12 @@ class _FileNormalizer:
         self.v2_rows = _V2Rows(self, mapping)
         self._digest_key = _cells_digest_key(mapping, self.fields, excel=excel)
 
-    def prepare(self, chunk: pd.DataFrame) -> Prepared:
-        """The chunk's cells a column at a time, with each row's cells digest."""
-        headers, raw, prepared, keys = self._prepare(chunk)
-        digests = cells_digests(prepared, self.digest_key(), len(chunk))
-        return Prepared(headers, raw, prepared, keys, digests)
-
     def digest_key(self) -> str:
         """The cells digests' key for the chunk just read: the mapping's, with the way
         each date column reads its cells (a date cell enters the digest as its text)."""
         readings = sorted((name, column.reading()) for name, column in self._date_columns.items())
         text = f"{self._digest_key}{readings!r}"
         return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-    def consents_of(self, chunk: pd.DataFrame, unchanged: UnchangedCheck | None) -> Consents:
-        """A version-1 chunk's rows (one consent each), those `unchanged` confirms marked."""
-        prepared = self.prepare(chunk)
-        size = len(chunk)
-        skip = np.zeros(size, dtype=bool)
-        # Keys of the rows that may be skipped: the key column's, or natural keys made a
-        # column at a time (not content hashes: those need the body).
-        keys = prepared.keys
-        if unchanged is not None and (self.keyed or not self.content_keys):
-            if not self.keyed:
-                keys = self._natural_keys(prepared.fields, size)
-            candidates = np.flatnonzero(self.proven(prepared, keys)).tolist()
-            if candidates:
-                asked = [keys[pos] or "" for pos in candidates]
-                skip[candidates] = unchanged(asked, prepared.digests[candidates])
-        numbers = chunk.index.to_numpy(dtype=np.int64)
-
-        def build(pos: int) -> Row:
-            return self.row_at(prepared, int(numbers[pos]), pos)
-
-        return Consents(size, numbers, np.arange(size, dtype=np.int64), keys, skip, build)
-
-    def proven(self, prepared: Prepared, keys: list[str | None]) -> npt.NDArray[np.bool_]:
-        """Rows `fastcheck` proves valid (their bodies are certain to validate)."""
-        return proven_valid(
-            prepared.fields,
-            keys,
-            parse_date=self.parse_date,
-            crosswalk=self.mapping.crosswalk,
-            read_dates=self._chunk_dates,
-        )
-
-    def row_at(self, prepared: Prepared, number: int, pos: int) -> Row:
-        """The full row at position `pos` of a prepared chunk: its model or its errors."""
-        values = tuple(column[pos] for column in prepared.raw.values())
-        cells = {name: column[pos] for name, column in prepared.fields.items()}
-        row = self._row(number, prepared.headers, values, cells, prepared.keys[pos])
-        row.cells_digest = int(prepared.digests[pos])
-        return row
 
     def parse_date(self, name: str, text: str) -> datetime | None:
         """A date cell of field `name` in the current chunk, read the column's one way."""
@@ -587,7 +554,7 @@ class _FileNormalizer:
         column = self._date_columns.get(name)
         if column is None:
             column = self._date_columns[name] = DateColumn(
-                self.file, label, formats, self.mapping.timezone, excel=self._excel
+                self.label, label, formats, self.mapping.timezone, excel=self._excel
             )
         return column
 
@@ -672,7 +639,7 @@ class _FileNormalizer:
         """A row the check proved valid, rebuilt from its chunk (to report it after all)."""
         values = tuple(str(v) for v in chunk.iloc[pos].tolist())
         headers = tuple(str(c) for c in chunk.columns)
-        return Row(self.file, int(chunk.index[pos]), key, headers, values)
+        return Row(self.file, int(chunk.index[pos]), key, headers, values, sheet=self.sheet)
 
     def _prepare(
         self, chunk: pd.DataFrame
@@ -774,7 +741,7 @@ class _FileNormalizer:
     ) -> Row:
         consent = v2[0].key if v2 is not None else ""
         labels = v2[0].labels if v2 is not None else {}
-        row = Row(self.file, number, key or "", headers, values, consent=consent)
+        row = Row(self.file, number, key or "", headers, values, consent=consent, sheet=self.sheet)
         errors = row.errors
 
         def fail(name: str, code: str, rule: str) -> None:
@@ -787,6 +754,7 @@ class _FileNormalizer:
                     f"{self._label(name, labels)}: {rule} ({code})",
                     value=self._cell(row, name, labels),
                     consent=consent,
+                    sheet=self.sheet,
                 )
             )
 
@@ -815,6 +783,7 @@ class _FileNormalizer:
                         message,
                         value=self._cell(row, name, labels),
                         consent=consent,
+                        sheet=self.sheet,
                     )
                 )
         else:
@@ -867,6 +836,43 @@ class _FileNormalizer:
             return f"{name} ({spec.describe()})" if spec.source != "value" else name
         header = self.columns.get(name)
         return f"{name} (column '{header}')" if header and header != name else name
+
+
+def _v1_consents(
+    owner: _FileNormalizer, chunk: pd.DataFrame, unchanged: UnchangedCheck | None
+) -> Consents:
+    """A version-1 chunk's rows (one consent each), those `unchanged` confirms marked."""
+    headers, raw, fields, keys = owner._prepare(chunk)
+    size = len(chunk)
+    digests = cells_digests(fields, owner.digest_key(), size)
+    skip = np.zeros(size, dtype=bool)
+    # Keys of the rows that may be skipped: the key column's, or natural keys made a
+    # column at a time (not content hashes: those need the body).
+    fast_keys = keys
+    if unchanged is not None and (owner.keyed or not owner.content_keys):
+        if not owner.keyed:
+            fast_keys = owner._natural_keys(fields, size)
+        proven = proven_valid(
+            fields,
+            fast_keys,
+            parse_date=owner.parse_date,
+            crosswalk=owner.mapping.crosswalk,
+            read_dates=owner._chunk_dates,
+        )
+        candidates = np.flatnonzero(proven).tolist()
+        if candidates:
+            asked = [fast_keys[pos] or "" for pos in candidates]
+            skip[candidates] = unchanged(asked, digests[candidates])
+    numbers = chunk.index.to_numpy(dtype=np.int64)
+
+    def build(pos: int) -> Row:
+        values = tuple(column[pos] for column in raw.values())
+        cells = {name: column[pos] for name, column in fields.items()}
+        row = owner._row(int(numbers[pos]), headers, values, cells, keys[pos])
+        row.cells_digest = int(digests[pos])
+        return row
+
+    return Consents(size, numbers, np.arange(size, dtype=np.int64), fast_keys, skip, build)
 
 
 class _V2Rows:

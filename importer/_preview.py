@@ -38,7 +38,7 @@ def preview_rows(
         finally:
             made.close()  # type: ignore[attr-defined]  # a generator: closes the file now
         if row is not None and not found:
-            missing.append(table.name)
+            missing.append(table.label)
         shown += found
     return Preview(shown, missing)
 
@@ -64,15 +64,11 @@ def render(preview: Preview) -> Iterator[str]:
     """The preview as text: per consent its place, then its JSON body or its errors."""
     for row in preview.rows:
         if row.valid:
-            yield f"{_where(row)}  valid; run would send:"
+            yield f"{row.where}  valid; run would send:"
             yield json.dumps(row.body(), indent=2, ensure_ascii=False)
         else:
-            yield f"{_where(row)}  invalid:"
+            yield f"{row.where}  invalid:"
             for error in row.errors:
                 yield f"  {error.message}"
     for name in preview.missing:
         yield f"{name}: no such row, or the mapping's filters skip it (or it makes no consent)"
-
-
-def _where(row: Row) -> str:
-    return f"{row.file}:{row.row}#{row.consent}" if row.consent else f"{row.file}:{row.row}"

@@ -47,6 +47,7 @@ __all__ = [
     "escape_formula",
     "excel_serial_to_iso",
     "open_table",
+    "sheet_label",
     "unescape_formula",
 ]
 
@@ -230,6 +231,12 @@ class Table:
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r} columns={len(self.columns)}>"
 
+    @property
+    def label(self) -> str:
+        """The file as errors name it: `book.xlsx[Consents]` for an Excel sheet, else the
+        name (`name` stays what the ledger records)."""
+        return sheet_label(self.name, self.sheet)
+
     def chunks(self) -> Iterator[pd.DataFrame]:
         """The non-blank rows, at most `chunk_rows` per chunk, every cell a `str`.
 
@@ -249,7 +256,7 @@ class Table:
             if isinstance(rows, Generator):
                 rows.close()  # closes the file now, not when collected
         if first is None:
-            raise _no_rows(self.name)
+            raise _no_rows(self.label)
 
 
 def open_table(
@@ -989,12 +996,12 @@ class _ExcelTable(Table):
         # The open pass counted the rows already; parsing the sheet again would double
         # the cost of opening.
         if self._count == 0:
-            raise _no_rows(_sheet_label(self.name, self.sheet))
+            raise _no_rows(self.label)
 
     def chunks(self) -> Iterator[pd.DataFrame]:
         named = self._width
         keep = self._keep
-        where = _sheet_label(self.name, self.sheet)
+        where = self.label
         convert = _cell_text
         rows: list[list[str]] = []
         numbers: list[int] = []
@@ -1093,7 +1100,7 @@ def _open_excel(
         )
     header_row, cells = header
     columns = _header(
-        _sheet_label(name, sheet_name),
+        sheet_label(name, sheet_name),
         [_cell_text(cell) for cell in cells],
         header_row,
         lambda i: _column_letter(first_column + i),
@@ -1130,9 +1137,10 @@ def _not_excel(name: str, head: bytes, suffix: str) -> InputError:
     )
 
 
-def _sheet_label(name: str, sheet: str | None) -> str:
-    """The file as errors name it: an Excel file with its sheet."""
-    return name if sheet is None else f"{name}, sheet '{sheet}'"
+def sheet_label(name: str, sheet: str | None) -> str:
+    """The file as errors name it: an Excel file with its sheet (`book.xlsx[Consents]`),
+    a CSV file (no sheet) as it is."""
+    return f"{name}[{sheet}]" if sheet else name
 
 
 def _sheet_rows(sheet: CalamineSheet, *, fill_below: int) -> Iterator[tuple[int, list[Any]]]:

@@ -17,7 +17,7 @@ from typing import IO, Any
 from rich.console import Console
 
 from importer._errors import UsageError
-from importer._normalize import Row
+from importer._normalize import Row, sheet_note
 from importer._outputs import AtomicFile
 from importer._outputs import write_text as write_whole
 from importer._reader import ERROR_COLUMNS, escape_formula
@@ -141,7 +141,9 @@ def row_error_cells(rows: Sequence[Row], stage: str = "validate") -> dict[str, s
         **rows[0].cells,
         "error_stage": joined(lambda _: stage),
         "error_code": joined(lambda row: "; ".join(e.code for e in row.errors)),
-        "error_message": joined(lambda row: "; ".join(e.message for e in row.errors)),
+        "error_message": joined(
+            lambda row: sheet_note(row.sheet, "; ".join(e.message for e in row.errors))
+        ),
     }
 
 

@@ -96,6 +96,7 @@ class ValidationSummary:
                     "code": e.code,
                     "message": e.message,
                     **({"consent": e.consent} if e.consent else {}),
+                    **({"sheet": e.sheet} if e.sheet else {}),  # an Excel file's sheet
                 }
                 for e in self.errors
             ],

@@ -20,7 +20,7 @@ import trustme
 
 from importer._http11 import Http11Transport
 from importer.sandbox import SandboxConfig, running_sandbox
-from importer.sandbox.server import RunningSandbox
+from importer.sandbox._server import RunningSandbox
 
 pytestmark = pytest.mark.anyio
 

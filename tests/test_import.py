@@ -277,7 +277,7 @@ def test_a_stop_starts_no_request_even_from_workers_waiting_for_a_slot(
     from importer._options import RunOptions
     from importer._reader import open_table
     from importer._revocation import RevokeScope
-    from importer.sandbox.server import RunningSandbox
+    from importer.sandbox._server import RunningSandbox
 
     source = write_csv(tmp_path / "in.csv", consent_rows(40))
     rows = list(Normalizer(load_mapping(None)).rows(open_table(source)))

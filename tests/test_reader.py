@@ -697,7 +697,7 @@ def test_excel_errors(tmp_path: Path, make: Callable[[Path], Path], message: str
     text = error(lambda: list(open_table(path).chunks()))
     separator = ", " if message.startswith("row ") else ": "
     # Errors about a sheet's cells name the sheet (issue 15); file-level ones cannot.
-    sheet = ", sheet 'Sheet'" if message.startswith(("row ", "has ", "column")) else ""
+    sheet = "[Sheet]" if message.startswith(("row ", "has ", "column")) else ""
     assert text == f"{path}{sheet}{separator}{message}"
     assert "Smith" not in text
 
@@ -848,9 +848,9 @@ def test_a_hidden_sheet_named_in_the_mapping_is_read(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("cells", "message"),
     [
-        ({"A1": "id", "A2": 1, "C2": "x"}, "in.xlsx, sheet 'Data', row 2: a value in column C"),
-        ({"A1": "id", "B1": "id", "A2": 1}, "in.xlsx, sheet 'Data': columns A and B have the same"),
-        ({"A1": "id"}, "in.xlsx, sheet 'Data': has a header row but no rows to import"),
+        ({"A1": "id", "A2": 1, "C2": "x"}, "in.xlsx[Data], row 2: a value in column C"),
+        ({"A1": "id", "B1": "id", "A2": 1}, "in.xlsx[Data]: columns A and B have the same"),
+        ({"A1": "id"}, "in.xlsx[Data]: has a header row but no rows to import"),
     ],
 )
 def test_excel_errors_name_the_sheet(

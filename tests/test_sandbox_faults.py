@@ -10,8 +10,8 @@ import httpx
 import pytest
 
 from importer.sandbox import Fault, SandboxConfig, running_sandbox
-from importer.sandbox.config import SPREAD_FAULT_FIELDS
-from importer.sandbox.faults import FaultInjector
+from importer.sandbox._config import SPREAD_FAULT_FIELDS
+from importer.sandbox._faults import FaultInjector
 
 SPREAD = [Fault(name.removeprefix("fault_")) for name in SPREAD_FAULT_FIELDS]
 

@@ -8,7 +8,7 @@ import httpx
 import pytest
 
 from importer.sandbox import SandboxConfig, running_sandbox
-from importer.sandbox.faults import FaultInjector
+from importer.sandbox._faults import FaultInjector
 
 KEY = {"x-api-key": "clk_test_latency"}
 

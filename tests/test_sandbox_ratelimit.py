@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from importer.sandbox import SandboxConfig, running_sandbox
-from importer.sandbox.ratelimit import UNLIMITED, FixedWindow, Quota
+from importer.sandbox._ratelimit import UNLIMITED, FixedWindow, Quota
 
 KEY = {"x-api-key": "clk_test_ratelimit"}
 BODY = {"patientId": "pt_1", "scope": "treatment", "category": "treatment-consent"}

@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from importer.sandbox import RunningSandbox, SandboxConfig, running_sandbox
-from importer.sandbox.state import REQUEST_LOG_SIZE, SandboxState
+from importer.sandbox._state import REQUEST_LOG_SIZE, SandboxState
 
 KEY = {"x-api-key": "clk_test_stats"}
 BODY = {

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from importer.sandbox import RunningSandbox
-from importer.sandbox.validation import parse_instant, validate_consent
+from importer.sandbox._validation import parse_instant, validate_consent
 
 KEY = "clk_test_validation"
 BASE = {"patientId": "pt_PHI", "scope": "treatment", "category": "treatment-consent"}

@@ -118,6 +118,7 @@ def test_a_run_holds_a_slice_of_rows_not_the_file(
 
     def sampled(self: RunObserver, row: Row) -> None:
         if self.stats.rows % 250 == 0:
+            gc.collect()  # rows held, not garbage the reader's paused collector left
             samples.append(sum(isinstance(o, Row) for o in gc.get_objects()))
         read(self, row)
 
@@ -131,10 +132,10 @@ def test_a_run_holds_a_slice_of_rows_not_the_file(
     )
     assert result.stats.created == 1500
     assert len(samples) == 6
-    # The slice being built, the batch being read, the one read ahead and the one being
-    # planned, and the rows held by work queued, in workers and in outcomes not yet
-    # committed: a bound of its own, whatever the file's size (all 1,500 rows were alive
-    # at once before).
+    # The slice being built and the batch being read (or, instead, a batch waiting to be
+    # handed over), the one read ahead, the one being planned, and the rows held by work
+    # queued, in workers and in outcomes not yet committed: a bound of its own, whatever
+    # the file's size (all 1,500 rows were alive at once before).
     concurrency = DEFAULTS.concurrency
     assert max(samples) <= 100 + 3 * engine_module._BATCH + 8 * concurrency
 
@@ -279,6 +280,7 @@ def test_a_v2_run_holds_a_slice_of_rows_not_the_file(
 
     def sampled(self: RunObserver, row: Row) -> None:
         if self.stats.rows % 250 == 0:
+            gc.collect()  # rows held, not garbage the reader's paused collector left
             samples.append(sum(isinstance(o, Row) for o in gc.get_objects()))
         read(self, row)
 

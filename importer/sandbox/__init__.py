@@ -10,10 +10,10 @@ request log) and lets a test reset or reconfigure it.
         assert sb.stats()["duplicates"] == 0
 """
 
-from importer.sandbox.app import create_app, sandbox_state
-from importer.sandbox.config import SandboxConfig
-from importer.sandbox.faults import Fault
-from importer.sandbox.server import RunningSandbox, running_sandbox, serve
+from importer.sandbox._app import create_app, sandbox_state
+from importer.sandbox._config import SandboxConfig
+from importer.sandbox._faults import Fault
+from importer.sandbox._server import RunningSandbox, running_sandbox, serve
 
 __all__ = [
     "Fault",

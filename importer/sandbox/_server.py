@@ -15,9 +15,9 @@ from typing import Any, TypeVar
 
 import uvicorn
 
-from importer.sandbox.app import create_app, sandbox_state
-from importer.sandbox.config import SandboxConfig
-from importer.sandbox.state import SandboxState
+from importer.sandbox._app import create_app, sandbox_state
+from importer.sandbox._config import SandboxConfig
+from importer.sandbox._state import SandboxState
 
 T = TypeVar("T")
 

@@ -9,10 +9,10 @@ from collections import Counter, deque
 from collections.abc import Callable
 from typing import Any
 
-from importer.sandbox.config import SandboxConfig
-from importer.sandbox.faults import Fault, FaultInjector
-from importer.sandbox.ratelimit import FixedWindow
-from importer.sandbox.store import Consent, ConsentStore
+from importer.sandbox._config import SandboxConfig
+from importer.sandbox._faults import Fault, FaultInjector
+from importer.sandbox._ratelimit import FixedWindow
+from importer.sandbox._store import Consent, ConsentStore
 
 #: How many requests `GET /__sandbox/requests` remembers.
 REQUEST_LOG_SIZE = 100_000

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
 
-from importer.sandbox.validation import SearchQuery, parse_instant
+from importer.sandbox._validation import SearchQuery, parse_instant
 
 Consent = dict[str, Any]
 # patientId, scope, sorted categories, dateTime as a UTC instant (None when absent).

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from enum import StrEnum
 
-from importer.sandbox.config import SandboxConfig
+from importer.sandbox._config import SandboxConfig
 
 
 class Fault(StrEnum):

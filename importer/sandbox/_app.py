@@ -34,12 +34,12 @@ from starlette.responses import Response
 from starlette.routing import Mount, Route, Router
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from importer.sandbox.config import SandboxConfig
-from importer.sandbox.faults import Fault
-from importer.sandbox.ratelimit import Quota
-from importer.sandbox.state import DROPPED, SandboxState
-from importer.sandbox.store import CursorError
-from importer.sandbox.validation import parse_search, validate_consent, validate_patch
+from importer.sandbox._config import SandboxConfig
+from importer.sandbox._faults import Fault
+from importer.sandbox._ratelimit import Quota
+from importer.sandbox._state import DROPPED, SandboxState
+from importer.sandbox._store import CursorError
+from importer.sandbox._validation import parse_search, validate_consent, validate_patch
 
 #: ClinikAPI refuses request bodies above 1 MiB; so does the sandbox, with a 413.
 MAX_BODY_BYTES = 1024 * 1024
