@@ -341,7 +341,8 @@ def run(
             the_mapping,
             on_progress=lambda event, stats: progress.update(event, stats),
             on_wait=progress.wait,
-            on_total=progress.total if progress.enabled else None,
+            on_total=progress.total,
+            count_first=progress.enabled,  # a bar shows it; a wait's ETA counts then
         )
     if summary_json is not None:
         write_summary(summary_json, result.stats)

@@ -70,19 +70,38 @@ def run_import(
     on_progress: Callable[[str, RunStats], None] | None = None,
     on_wait: Callable[[float, str], None] | None = None,
     on_total: Callable[[int], None] | None = None,
+    count_first: bool = True,
 ) -> RunResult:
-    """Import `config.inputs` into the API; blocking. Settings are checked before the lock."""
+    """Import `config.inputs` into the API; blocking. Settings are checked before the lock.
+
+    `on_total` is told how many rows the input holds: before the run with `count_first`
+    (a progress bar), else only if the run waits (for its ETA; the wait is idle time).
+    Counting is a pass over the files that a nightly job would pay for nothing: a
+    finished run counts its rows as it reads them.
+    """
     api_key = check_api_key(config.api_key)
     base_url = check_base_url(config.options.base_url)
     tables = open_tables(config.inputs, mapping)
     normalizer = Normalizer(mapping)
     scope = RevokeScope.of_tables(config.options.revoke_max, mapping, tables, normalizer.tally)
-    total = 0
-    if on_total is not None:
-        # Only for a progress bar: a pass over the files that a nightly job would pay for
-        # nothing (a finished run counts its rows as it reads them).
-        total = sum(t.count_rows() for t in tables)
-        on_total(total)
+    counted: list[int] = []
+
+    def count() -> int:
+        if not counted:
+            counted.append(sum(t.count_rows() for t in tables))
+            if on_total is not None:
+                on_total(counted[0])
+        return counted[0]
+
+    if on_total is not None and count_first:
+        count()
+    if on_wait is not None and on_total is not None:
+        told = on_wait
+
+        def on_wait(seconds: float, reason: str) -> None:
+            count()
+            told(seconds, reason)
+
     checked, window = 0, None
     options = config.options
     if options.preflight:
@@ -130,7 +149,7 @@ def run_import(
             stats.requests += checked
             if stats.aborted:
                 # Rows not yet read count too: everything the next run still has to do.
-                total = total or sum(t.count_rows() for t in tables)
+                total = count()
                 stats.rows_left = max(total - stats.finished, stats.rows_left)
             else:
                 total = normalizer.rows_read  # every row was read

@@ -13,11 +13,14 @@ import pytest
 
 from importer import _engine as engine_module
 from importer import _normalize as normalize
+from importer import _reader as reader
+from importer._mapping import load_mapping
 from importer._normalize import Row
 from importer._observer import RunObserver
-from importer._options import DEFAULTS
+from importer._options import DEFAULTS, RunOptions
+from importer._runner import RunConfig, run_import
 from importer.sandbox import RunningSandbox
-from tests.engine_helpers import consent_rows, run, write_csv
+from tests.engine_helpers import KEY, consent_rows, run, write_csv
 
 EDITS: dict[str, Any] = {
     "nothing": lambda rows: rows,
@@ -317,3 +320,49 @@ def test_a_date_read_another_way_is_not_taken_as_unchanged(
     # a dateTime edit, which the API cannot patch.
     assert result.stats.unchanged == 1
     assert result.stats.by_error == {"immutable_change": 1}
+
+
+@pytest.mark.parametrize(
+    ("count_first", "paused", "counts", "told"),
+    [
+        (True, False, 1, [30]),  # a progress bar: counted before the run
+        (False, False, 0, []),  # no bar (a nightly job): the rows read are the total
+        (False, True, 1, [30]),  # a budget pause: counted after it, for the rows left
+    ],
+)
+def test_the_input_is_counted_beforehand_only_for_a_progress_bar(
+    tmp_path: Path,
+    server: RunningSandbox,
+    monkeypatch: pytest.MonkeyPatch,
+    count_first: bool,
+    paused: bool,
+    counts: int,
+    told: list[int],
+) -> None:
+    calls = [0]
+    count_rows = reader._CsvTable.count_rows
+
+    def counted(self: reader._CsvTable) -> int:
+        calls[0] += 1
+        return count_rows(self)
+
+    monkeypatch.setattr(reader._CsvTable, "count_rows", counted)
+    if paused:
+        server.configure(rate_limit=10, rate_window_s=60)
+    options = RunOptions(
+        ledger=tmp_path / "l.db",
+        base_url=server.base_url,
+        preflight=False,
+        settle_s=0.0,
+        max_wait_s=0.5 if paused else None,
+    )
+    totals: list[int] = []
+    result = run_import(
+        RunConfig([write_csv(tmp_path / "a.csv", consent_rows(30))], options, KEY, False),
+        load_mapping(None),
+        on_total=totals.append,
+        count_first=count_first,
+    )
+    assert (calls[0], totals, result.total, result.stats.paused) == (counts, told, 30, paused)
+    assert result.stats.rows_left == 30 - result.stats.finished
+    assert (result.stats.rows_left > 0) == paused
