@@ -16,7 +16,10 @@ ratio between the smallest and the largest. Targets: first-run and no-op peak RS
 <= 300 MB and within 1.3x between sizes; no-op rerun <= 2x validate; <= 200 bytes a row;
 lookups <= 2x concurrency, 0 duplicates; status under 2 s.
 
-    python benchmarks/bench_scale.py [--rows 1000000] [--crash-rows 20000]
+With `--v2 N`, a version-2 leg too: the registry file of N rows (two consents a row)
+through its mapping: validate, first run, no-op rerun.
+
+    python benchmarks/bench_scale.py [--rows 1000000] [--crash-rows 20000] [--v2 20000]
 """
 
 from __future__ import annotations
@@ -33,19 +36,22 @@ import time
 from pathlib import Path
 
 import httpx
-from common import DATA, KEY, ROOT, canonical_csv, cli, sandbox_process
+from common import DATA, KEY, ROOT, canonical_csv, cli, registry_csv, sandbox_process
 
 from importer._export import status
 
 CONCURRENCY = "64"
 
 
-def run_cli(url: str, source: Path, ledger: Path, tmp: Path) -> tuple[float, int, dict[str, float]]:
+def run_cli(
+    url: str, source: Path, ledger: Path, tmp: Path, *extra: str
+) -> tuple[float, int, dict[str, float]]:
     """One `run` to the end: (wall seconds, peak RSS MB, its summary)."""
     summary = tmp / "summary.json"
     seconds, peak = cli(
         "run",
         str(source),
+        *extra,
         "--ledger",
         str(ledger),
         "--concurrency",
@@ -138,6 +144,25 @@ def measure(rows: int, tmp: Path) -> dict[str, float]:
     return out
 
 
+def v2_leg(rows: int, tmp: Path) -> None:
+    """The registry file through its version-2 mapping (two consents a row, nested
+    provisions): validate, first run and no-op rerun."""
+    source, mapping = registry_csv(rows)
+    ledger, extra = tmp / "v2.db", ("--mapping", str(mapping))
+    v, v_mb = cli("validate", str(source), *extra, "--quiet")
+    with sandbox_process() as url:
+        first, first_mb, s = run_cli(url, source, ledger, tmp, *extra)
+        noop, noop_mb, again = run_cli(url, source, ledger, tmp, *extra)
+    print(f"--- version 2, {rows:,} rows ({s['created']:,.0f} consents)")
+    print(f"validate                  {v:7.1f} s   peak RSS {v_mb:4.0f} MB")
+    print(f"first run                 {first:7.1f} s   peak RSS {first_mb:4.0f} MB")
+    print(
+        f"no-op rerun               {noop:7.1f} s   peak RSS {noop_mb:4.0f} MB  "
+        f"{noop / v:.2f}x validate, {again['requests']:.0f} requests, "
+        f"{again['unchanged']:,.0f} unchanged"
+    )
+
+
 def report(rows: int, m: dict[str, float]) -> None:
     v = m["validate_s"]
     print(f"--- {rows:,} rows (sandbox, no latency, --concurrency {CONCURRENCY})")
@@ -168,6 +193,7 @@ def main() -> None:
     parser.add_argument("--rows", default="1000000", help="comma-separated sizes")
     parser.add_argument("--crash-rows", type=int, default=20_000)
     parser.add_argument("--no-crash", action="store_true", help="skip the SIGKILL leg")
+    parser.add_argument("--v2", type=int, default=0, help="rows of a version-2 leg (0: none)")
     args = parser.parse_args()
     sizes = [int(n) for n in args.rows.split(",")]
     results: dict[int, dict[str, float]] = {}
@@ -185,6 +211,8 @@ def main() -> None:
                 f"{high['first_mb'] / low['first_mb']:.2f}x; no-op rerun "
                 f"{high['noop_mb'] / low['noop_mb']:.2f}x"
             )
+        if args.v2:
+            v2_leg(args.v2, tmp)
         if not args.no_crash:
             lookups, duplicates, consents = crash_recovery(args.crash_rows, tmp)
             print(

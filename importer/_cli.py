@@ -344,6 +344,7 @@ def run(
             on_progress=lambda event, stats: progress.update(event, stats),
             on_wait=progress.wait,
             on_total=progress.total,
+            count_first=progress.enabled,  # a bar shows it; a wait's ETA counts then
         )
     if summary_json is not None:
         write_summary(summary_json, result.stats)

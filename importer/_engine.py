@@ -34,6 +34,7 @@ import numpy as np
 import numpy.typing as npt
 import tenacity
 from anyio.abc import ObjectReceiveStream
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from importer._client import ClinikClient
 from importer._errors import (
@@ -182,8 +183,14 @@ class Engine:
         self.observer.started()
         async with anyio.create_task_group() as outer:
             outer.start_soon(self.record.writer.run_committer)
+            # One batch is read ahead (in a thread) while the one before it is planned
+            # and sent: the requests mostly wait on the server, so reading takes that
+            # time instead of coming after it.
+            ahead, batches = anyio.create_memory_object_stream[list[Row | Unchanged]](1)
+            outer.start_soon(self._read_ahead, rows, ahead)
             try:
-                complete = await self._pump(self._planned(rows))
+                with batches:
+                    complete = await self._pump(self._planned(batches))
                 if complete and not self._stop:
                     await self._pump(self._missing_rows(in_input))
             finally:
@@ -258,12 +265,28 @@ class Engine:
 
     # -- plan ---------------------------------------------------------------------
 
-    async def _planned(self, rows: Iterator[Row | Unchanged]) -> AsyncIterator[Work]:
+    async def _read_ahead(
+        self, rows: Iterator[Row | Unchanged], ahead: MemoryObjectSendStream[list[Row | Unchanged]]
+    ) -> None:
+        """The input a batch at a time, one batch ahead of the planner; stops when the
+        planner stops taking them."""
+        async with ahead:
+            while not self._stop:
+                # Reading and normalizing is CPU work in pandas: a thread keeps the loop free.
+                batch = await anyio.to_thread.run_sync(lambda: list(islice(rows, _BATCH)))
+                if not batch:
+                    return
+                try:
+                    await ahead.send(batch)
+                except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                    return
+
+    async def _planned(
+        self, batches: MemoryObjectReceiveStream[list[Row | Unchanged]]
+    ) -> AsyncIterator[Work]:
         """The input's rows that need a request, planned a batch at a time."""
-        while not self._stop:
-            # Reading and normalizing is CPU work in pandas: a thread keeps the loop free.
-            batch = await anyio.to_thread.run_sync(lambda: list(islice(rows, _BATCH)))
-            if not batch:
+        async for batch in batches:
+            if self._stop:
                 return
             for work in await self._plan(batch):
                 yield work

@@ -201,8 +201,9 @@ def body_field_hashes(body: dict[str, Any]) -> dict[str, str]:
 #: them was most of a run's memory).
 _SLICE = 1_000
 #: Bump when a change of this module changes the body made from the same cells: every
-#: stored cells digest then misses once, and the rerun compares bodies instead.
-_BODY_RULES = "1"
+#: stored cells digest then misses once, and the rerun compares bodies instead (and
+#: when the digest itself is made differently: 2 = column-wise).
+_BODY_RULES = "2"
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,18 +220,6 @@ UnchangedCheck = Callable[[list[str], npt.NDArray[np.int64]], npt.NDArray[np.boo
 
 
 @dataclass(slots=True)
-class Prepared:
-    """A chunk's cells, a column at a time: raw by header, prepared by row field, the
-    source keys (None: empty) and each row's cells digest."""
-
-    headers: tuple[str, ...]
-    raw: dict[str, list[Any]]
-    fields: dict[str, list[str]]
-    keys: list[str | None]
-    digests: npt.NDArray[np.int64]
-
-
-@dataclass(slots=True)
 class Checked:
     """A chunk's verdict from `_FileNormalizer.check`: every row's source key and its
     digest, and the invalid rows by position in the chunk."""
@@ -238,6 +227,21 @@ class Checked:
     keys: list[str]
     digests: npt.NDArray[np.uint64]
     invalid: list[tuple[int, Row]]
+
+
+@dataclass(slots=True)
+class Consents:
+    """The consents a chunk makes, in row order (a row's in [[consents]] order): the
+    position of each one's row in the chunk (ascending), its key when known without a
+    body (None: only the body tells), whether the ledger holds it unchanged, and how to
+    build its `Row`."""
+
+    size: int  # rows in the chunk
+    numbers: npt.NDArray[np.int64]  # the rows' numbers in the file
+    pos: npt.NDArray[np.int64]
+    keys: list[str | None]
+    skip: npt.NDArray[np.bool_]
+    build: Callable[[int], Row]
 
 
 @dataclass(slots=True)
@@ -263,6 +267,8 @@ class Normalizer:
         self._files: list[str] = []
         #: Rows skipped so far: filtered out, or making no consent.
         self.skipped = 0
+        #: Rows read so far from the files (before any [[filter]]).
+        self.rows_read = 0
         #: Invalid rows read so far without a stable key (read by --revoke-missing).
         self.tally = KeyTally()
 
@@ -292,73 +298,48 @@ class Normalizer:
         `unchanged(keys, digests)` is asked once a chunk, for the rows `fastcheck` proves
         valid, whether the ledger holds each key as done with that cells digest. The
         other rows are built `_SLICE` at a time, so a run holds a slice of models, not a
-        chunk of them. Version-2 mappings build a chunk's rows whole, without a digest.
+        chunk of them. A version-2 mapping's consents go the same way (a row's consents
+        share its digest; each has its own key).
         """
         file_rows = self.file_normalizer(table)
         file_index = self._add_file(table.name)
         for chunk in table.chunks():
+            self.rows_read += len(chunk)
             chunk, skipped = file_rows.prefilter(chunk)
-            if file_rows.v2:
-                rows = file_rows.normalize(chunk)
-                self.skipped += skipped + file_rows.take_skipped()
-                where = file_index << 40 | np.array([row.row for row in rows], dtype=np.int64)
-                firsts = self._keys.add(key_digests([row.source_key for row in rows]), where)
-                for row, first in zip(rows, firsts.tolist(), strict=True):
-                    if first >= 0:
-                        self._duplicate(row, first)
-                    yield row
-                continue
             self.skipped += skipped
-            yield from self._v1_rows(file_rows, file_index, chunk, unchanged)
-
-    def _v1_rows(
-        self,
-        file_rows: _FileNormalizer,
-        file_index: int,
-        chunk: pd.DataFrame,
-        unchanged: UnchangedCheck | None,
-    ) -> Iterator[Row | Unchanged]:
-        """One chunk of a version-1 file: unchanged rows counted, the rest built."""
-        with _gc_paused():
-            prepared = file_rows.prepare(chunk)
-            skip = np.zeros(len(chunk), dtype=bool)
-            # Keys of the rows that may be skipped: the key column's, or natural keys
-            # made a column at a time (not content hashes: those need the body).
-            fast_keys = prepared.keys
-            if unchanged is not None and (file_rows.keyed or not file_rows.content_keys):
-                if not file_rows.keyed:
-                    fast_keys = file_rows._natural_keys(prepared.fields, len(chunk))
-                candidates = np.flatnonzero(file_rows.proven(prepared, fast_keys)).tolist()
-                if candidates:
-                    keys = [fast_keys[pos] or "" for pos in candidates]
-                    digests = prepared.digests[candidates]
-                    skip[candidates] = unchanged(keys, digests)
-        numbers = chunk.index.to_numpy(dtype=np.int64)
-        for start in range(0, len(chunk), _SLICE):
-            stop = min(start + _SLICE, len(chunk))
             with _gc_paused():
-                skipped = skip[start:stop].tolist()
-                built = {
-                    pos: file_rows.row_at(prepared, int(numbers[pos]), pos)
-                    for pos, same in enumerate(skipped, start)
-                    if not same
-                }
-                keys = [key or "" for key in fast_keys[start:stop]]
-                for pos, row in built.items():
-                    keys[pos - start] = row.source_key
-                where = file_index << 40 | numbers[start:stop]
+                if file_rows.v2:
+                    consents = file_rows.v2_rows.consents_of(chunk, unchanged)
+                    self.skipped += file_rows.take_skipped()
+                else:
+                    consents = _v1_consents(file_rows, chunk, unchanged)
+            yield from self._sliced(file_rows.file, file_index, consents)
+
+    def _sliced(self, file: str, file_index: int, chunk: Consents) -> Iterator[Row | Unchanged]:
+        """A chunk's consents, `_SLICE` rows at a time: unchanged ones counted, the rest
+        built; a repeat of an earlier key is built (to report it), even if unchanged."""
+        for start in range(0, chunk.size, _SLICE):
+            lo, hi = np.searchsorted(chunk.pos, [start, start + _SLICE]).tolist()
+            if lo == hi:
+                continue
+            with _gc_paused():
+                skipped = chunk.skip[lo:hi].tolist()
+                built = {i: chunk.build(i) for i, same in enumerate(skipped, lo) if not same}
+                keys = [key or "" for key in chunk.keys[lo:hi]]
+                for i, row in built.items():
+                    keys[i - lo] = row.source_key
+                where = file_index << 40 | chunk.numbers[chunk.pos[lo:hi]]
                 firsts = self._keys.add(key_digests(keys), where)
                 for at in np.flatnonzero(firsts >= 0).tolist():
-                    pos = start + at
-                    if pos not in built:
-                        # A repeat of an earlier key is reported, even if unchanged.
-                        built[pos] = file_rows.row_at(prepared, int(numbers[pos]), pos)
+                    i = lo + at
+                    if i not in built:
+                        built[i] = chunk.build(i)
                         skipped[at] = False
-                    self._duplicate(built[pos], int(firsts[at]))
+                    self._duplicate(built[i], int(firsts[at]))
             same = skipped.count(True)
             if same:
-                yield Unchanged(file_rows.file, same)
-            yield from (built[pos] for pos in sorted(built))
+                yield Unchanged(file, same)
+            yield from (built[i] for i in sorted(built))
 
     def in_input(self, keys: list[str]) -> npt.NDArray[np.bool_]:
         """For each key, whether the input read so far held it (by its 64-bit digest)."""
@@ -373,6 +354,7 @@ class Normalizer:
         file_rows = self.file_normalizer(table)
         file_index = self._add_file(table.name)
         for chunk in table.chunks():
+            self.rows_read += len(chunk)
             chunk, skipped = file_rows.prefilter(chunk)
             if file_rows.v2:
                 yield self._check_v2(file_rows, file_index, chunk, skipped)
@@ -463,18 +445,18 @@ class KeyIndex:
     """The source keys seen so far, as sorted 64-bit digests with where each was first
     seen: 16 bytes a row, checked a batch at a time with numpy.
 
-    Two sorted runs: the old keys, and the recent ones, merged into the old when they
-    grow past an eighth of them (at least `_RECENT` keys). A run adds a slice at a time;
-    merging the whole index on every slice made it quadratic in the file's size.
+    Sorted runs, each at least `_FACTOR` times the size of the next: a batch's new keys
+    are a run of their own, merged into the one before while that one is not that much
+    bigger. A run adds a slice at a time; merging the whole index on every slice was
+    quadratic in the file's size, and merging into one run of recent keys still cost a
+    sort of an eighth of the index a slice. Here a key is merged about log4(n) times,
+    and a lookup searches a handful of runs.
     """
 
-    _RECENT = 65_536
+    _FACTOR = 4
 
     def __init__(self) -> None:
-        self._keys = np.empty(0, dtype=np.uint64)
-        self._where = np.empty(0, dtype=np.int64)
-        self._recent_keys = np.empty(0, dtype=np.uint64)
-        self._recent_where = np.empty(0, dtype=np.int64)
+        self._runs: list[tuple[npt.NDArray[np.uint64], npt.NDArray[np.int64]]] = []
 
     def contains(self, keys: npt.NDArray[np.uint64]) -> npt.NDArray[np.bool_]:
         return self._first(keys) >= 0
@@ -482,11 +464,12 @@ class KeyIndex:
     def _first(self, keys: npt.NDArray[np.uint64]) -> npt.NDArray[np.int64]:
         """For each key, where it was first seen, or -1."""
         first = np.full(len(keys), -1, dtype=np.int64)
-        for known, where in ((self._keys, self._where), (self._recent_keys, self._recent_where)):
-            if len(known) and len(keys):
-                pos = np.minimum(np.searchsorted(known, keys), len(known) - 1)
-                seen = known[pos] == keys
-                first[seen] = where[pos[seen]]
+        if not len(keys):
+            return first
+        for known, where in self._runs:
+            pos = np.minimum(np.searchsorted(known, keys), len(known) - 1)
+            seen = known[pos] == keys
+            first[seen] = where[pos[seen]]
         return first
 
     def add(
@@ -500,15 +483,12 @@ class KeyIndex:
         repeat = (earliest != np.arange(len(keys))) & (first < 0)
         first[repeat] = here[earliest[repeat]]
         new = first[first_index] < 0
-        self._recent_keys, self._recent_where = _merged(
-            self._recent_keys, self._recent_where, unique[new], here[first_index[new]]
-        )
-        if len(self._recent_keys) > max(self._RECENT, len(self._keys) // 8):
-            self._keys, self._where = _merged(
-                self._keys, self._where, self._recent_keys, self._recent_where
-            )
-            self._recent_keys = np.empty(0, dtype=np.uint64)
-            self._recent_where = np.empty(0, dtype=np.int64)
+        if new.any():
+            runs = self._runs
+            runs.append((unique[new], here[first_index[new]]))
+            while len(runs) > 1 and len(runs[-2][0]) < self._FACTOR * len(runs[-1][0]):
+                last = runs.pop()
+                runs[-1] = _merged(*runs[-1], *last)
         return first
 
 
@@ -518,10 +498,9 @@ def _merged(
     more_keys: npt.NDArray[np.uint64],
     more_where: npt.NDArray[np.int64],
 ) -> tuple[npt.NDArray[np.uint64], npt.NDArray[np.int64]]:
-    merged_keys = np.concatenate([keys, more_keys])
-    merged_where = np.concatenate([where, more_where])
-    order = np.argsort(merged_keys, kind="stable")
-    return merged_keys[order], merged_where[order]
+    """Two sorted runs of distinct keys as one (each put in place, not sorted again)."""
+    at = np.searchsorted(keys, more_keys)
+    return np.insert(keys, at, more_keys), np.insert(where, at, more_where)
 
 
 class _FileNormalizer:
@@ -559,29 +538,12 @@ class _FileNormalizer:
         self.v2_rows = _V2Rows(self, mapping)
         self._digest_key = _cells_digest_key(mapping, self.fields, excel=excel)
 
-    def prepare(self, chunk: pd.DataFrame) -> Prepared:
-        """The chunk's cells a column at a time, with each row's cells digest."""
-        headers, raw, prepared, keys = self._prepare(chunk)
-        digests = cells_digests(prepared, self._chunk_dates, self._digest_key, len(chunk))
-        return Prepared(headers, raw, prepared, keys, digests)
-
-    def proven(self, prepared: Prepared, keys: list[str | None]) -> npt.NDArray[np.bool_]:
-        """Rows `fastcheck` proves valid (their bodies are certain to validate)."""
-        return proven_valid(
-            prepared.fields,
-            keys,
-            parse_date=self.parse_date,
-            crosswalk=self.mapping.crosswalk,
-            read_dates=self._chunk_dates,
-        )
-
-    def row_at(self, prepared: Prepared, number: int, pos: int) -> Row:
-        """The full row at position `pos` of a prepared chunk: its model or its errors."""
-        values = tuple(column[pos] for column in prepared.raw.values())
-        cells = {name: column[pos] for name, column in prepared.fields.items()}
-        row = self._row(number, prepared.headers, values, cells, prepared.keys[pos])
-        row.cells_digest = int(prepared.digests[pos])
-        return row
+    def digest_key(self) -> str:
+        """The cells digests' key for the chunk just read: the mapping's, with the way
+        each date column reads its cells (a date cell enters the digest as its text)."""
+        readings = sorted((name, column.reading()) for name, column in self._date_columns.items())
+        text = f"{self._digest_key}{readings!r}"
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def parse_date(self, name: str, text: str) -> datetime | None:
         """A date cell of field `name` in the current chunk, read the column's one way."""
@@ -876,6 +838,43 @@ class _FileNormalizer:
         return f"{name} (column '{header}')" if header and header != name else name
 
 
+def _v1_consents(
+    owner: _FileNormalizer, chunk: pd.DataFrame, unchanged: UnchangedCheck | None
+) -> Consents:
+    """A version-1 chunk's rows (one consent each), those `unchanged` confirms marked."""
+    headers, raw, fields, keys = owner._prepare(chunk)
+    size = len(chunk)
+    digests = cells_digests(fields, owner.digest_key(), size)
+    skip = np.zeros(size, dtype=bool)
+    # Keys of the rows that may be skipped: the key column's, or natural keys made a
+    # column at a time (not content hashes: those need the body).
+    fast_keys = keys
+    if unchanged is not None and (owner.keyed or not owner.content_keys):
+        if not owner.keyed:
+            fast_keys = owner._natural_keys(fields, size)
+        proven = proven_valid(
+            fields,
+            fast_keys,
+            parse_date=owner.parse_date,
+            crosswalk=owner.mapping.crosswalk,
+            read_dates=owner._chunk_dates,
+        )
+        candidates = np.flatnonzero(proven).tolist()
+        if candidates:
+            asked = [fast_keys[pos] or "" for pos in candidates]
+            skip[candidates] = unchanged(asked, digests[candidates])
+    numbers = chunk.index.to_numpy(dtype=np.int64)
+
+    def build(pos: int) -> Row:
+        values = tuple(column[pos] for column in raw.values())
+        cells = {name: column[pos] for name, column in fields.items()}
+        row = owner._row(int(numbers[pos]), headers, values, cells, keys[pos])
+        row.cells_digest = int(digests[pos])
+        return row
+
+    return Consents(size, numbers, np.arange(size, dtype=np.int64), fast_keys, skip, build)
+
+
 class _V2Rows:
     """A file's rows through a version-2 mapping: its consent plans, each row's consents
     checked (`check`, for validate) or built (`normalize`, for a run)."""
@@ -958,12 +957,63 @@ class _V2Rows:
         )
         return proven & proven_by_specs(plan.specs, plan.values, size)
 
-    def _evaluate(self, raw: dict[str, list[Any]], size: int) -> None:
+    def _evaluate(self, raw: dict[str, list[Any]], size: int) -> dict[str, list[str]]:
+        """Every plan evaluated over the chunk; the trimmed cells by mapped column."""
         cells = {
             name: self.owner._cells(raw[header]) for name, header in self.owner.headers.items()
         }
         for plan in self.consents:
             plan.evaluate(cells, size)
+        return cells
+
+    def consents_of(self, chunk: pd.DataFrame, unchanged: UnchangedCheck | None) -> Consents:
+        """A chunk's consents through a version-2 mapping, in row order, those `unchanged`
+        confirms marked (keyed files: a natural key needs the body's patient)."""
+        owner = self.owner
+        headers, raw, prepared, keys = owner._prepare(chunk)
+        size = len(chunk)
+        cells = self._evaluate(raw, size)
+        # A row's digest covers its version-1 fields and every mapped column's cells
+        # (what the specs read); date cells enter as text, their reading in the key.
+        digests = cells_digests(
+            {**prepared, **{"\x00" + name: column for name, column in cells.items()}},
+            owner.digest_key(),
+            size,
+        )
+        holds = np.array(
+            [np.ones(size, dtype=bool) if p.holds is None else p.holds for p in self.consents],
+            dtype=bool,
+        ).reshape(len(self.consents), size)
+        owner._skipped += int(size - holds.any(axis=0).sum())
+        pos, plan_of = np.nonzero(holds.T)  # row by row, a row's consents in order
+        suffixes = [f"#{p.key}" if p.key else "" for p in self.consents]
+        fast_keys: list[str | None] = [
+            None if keys[at] is None else f"{keys[at]}{suffixes[p]}"
+            for at, p in zip(pos.tolist(), plan_of.tolist(), strict=True)
+        ]
+        skip = np.zeros(len(pos), dtype=bool)
+        if unchanged is not None and owner.keyed and len(pos):
+            has_key = np.array([k is not None for k in keys], dtype=bool)
+            proven = np.array(
+                [self._proof(p, prepared, keys, size) & has_key for p in self.consents],
+                dtype=bool,
+            ).reshape(len(self.consents), size)
+            candidates = np.flatnonzero(proven[plan_of, pos]).tolist()
+            if candidates:
+                asked = [fast_keys[i] or "" for i in candidates]
+                skip[candidates] = unchanged(asked, digests[pos[candidates]])
+        numbers = chunk.index.to_numpy(dtype=np.int64)
+        names = list(prepared)
+
+        def build(index: int) -> Row:
+            at, plan = int(pos[index]), self.consents[int(plan_of[index])]
+            values = tuple(column[at] for column in raw.values())
+            row_cells = {n: prepared[n][at] for n in names if n not in plan.dropped}
+            row = owner._row(int(numbers[at]), headers, values, row_cells, keys[at], (plan, at))
+            row.cells_digest = int(digests[at])
+            return row
+
+        return Consents(size, numbers, pos.astype(np.int64), fast_keys, skip, build)
 
     def normalize(self, chunk: pd.DataFrame) -> list[Row]:
         """Rows through a version-2 mapping: per row, one Row per consent made."""
@@ -1222,11 +1272,17 @@ class DateColumn:
             return out
         if self.decided is None:
             self._decide(rest)
-        index = self.decided if self.decided is not None else self.candidates[0]
+        index = self.reading()
         family = self.families[index] if self.families else ()
         for text in rest:
             out[text] = self._parse(family, text)
         return out
+
+    def reading(self) -> int:
+        """Which family read the cells so far (the decided one, or the first candidate:
+        the candidates left read every cell so far alike). With the text, it fixes the
+        date a cell is read as (ISO 8601 cells read alike under every family)."""
+        return self.decided if self.decided is not None else self.candidates[0]
 
     def _decide(self, texts: list[str]) -> None:
         results = {i: [self._parse(self.families[i], t) for t in texts] for i in self.candidates}
@@ -1290,27 +1346,30 @@ def key_digests(keys: list[str]) -> npt.NDArray[np.uint64]:
     return digests
 
 
-def cells_digests(
-    fields: dict[str, list[str]],
-    dates: dict[str, dict[str, datetime | None]],
-    key: str,
-    size: int,
-) -> npt.NDArray[np.int64]:
-    """Per row, a 64-bit SipHash of its prepared cells (date cells as the dates they were
-    read as: a column's reading is decided across chunks), keyed by `key`, a digest of
-    all else that makes its body (`_cells_digest_key`): equal digests, equal bodies."""
-    if not fields:
-        return np.zeros(size, dtype=np.int64)
-    columns = []
-    for name, cells in fields.items():
-        read = dates.get(name)
-        if read is not None:
-            shown = {text: repr(when) for text, when in read.items()}
-            cells = [shown.get(cell, cell) for cell in cells]
-        columns.append(cells)
-    joined = np.array(["\x1f".join(row) for row in zip(*columns, strict=True)], dtype=object)
-    hashed = pd.util.hash_array(joined, categorize=False, hash_key=key)
-    digests: npt.NDArray[np.int64] = hashed.view(np.int64)
+def cells_digests(fields: dict[str, list[str]], key: str, size: int) -> npt.NDArray[np.int64]:
+    """Per row, a 64-bit digest of its prepared cells, keyed by `key`, a digest of all
+    else that makes its body (`_FileNormalizer.digest_key`: the mapping, and how each
+    date column is read): equal digests, equal bodies.
+
+    A column at a time: each cell is hashed (keyed SipHash) and a row's column hashes are
+    combined in field order as CPython combines a tuple's (what pandas does for a frame's
+    rows), so no text is joined per row.
+    """
+    out = np.full(size, 0x345678, dtype=np.uint64)
+    mult = np.uint64(1_000_003)
+    with np.errstate(over="ignore"):
+        for i, cells in enumerate(fields.values()):
+            if cells and cells.count(cells[0]) == size:
+                # One value in the whole column (a default, a constant): hashed once.
+                first = np.array(cells[:1], dtype=object)
+                out ^= pd.util.hash_array(first, categorize=False, hash_key=key)[0]
+            else:
+                column = np.array(cells, dtype=object)
+                out ^= pd.util.hash_array(column, categorize=False, hash_key=key)
+            out *= mult
+            mult += np.uint64(82_520 + 2 * (len(fields) - i))
+    out += np.uint64(97_531)
+    digests: npt.NDArray[np.int64] = out.view(np.int64)
     return digests
 
 

@@ -27,6 +27,7 @@ from importer._normalize import Normalizer, Row, Unchanged
 from importer._options import DEFAULTS, RunOptions
 from importer._outputs import write_text
 from importer._preflight import run_checks
+from importer._reader import Table
 from importer._results import RunStats, ValidationSummary
 from importer._revocation import RevokeScope
 
@@ -70,16 +71,22 @@ def run_import(
     on_progress: Callable[[str, RunStats], None] | None = None,
     on_wait: Callable[[float, str], None] | None = None,
     on_total: Callable[[int], None] | None = None,
+    count_first: bool = True,
 ) -> RunResult:
-    """Import `config.inputs` into the API; blocking. Settings are checked before the lock."""
+    """Import `config.inputs` into the API; blocking. Settings are checked before the lock.
+
+    `on_total` is told how many rows the input holds (see `_Total`): before the run with
+    `count_first` (a progress bar), else only if the run waits or stops.
+    """
     api_key = check_api_key(config.api_key)
     base_url = check_base_url(config.options.base_url)
     tables = open_tables(config.inputs, mapping)
     normalizer = Normalizer(mapping)
     scope = RevokeScope.of_tables(config.options.revoke_max, mapping, tables, normalizer.tally)
-    total = sum(t.count_rows() for t in tables)
-    if on_total is not None:
-        on_total(total)
+    count = _Total(tables, on_total)
+    if on_total is not None and count_first:
+        count()
+    on_wait = count.before_waits(on_wait)
     checked, window = 0, None
     options = config.options
     if options.preflight:
@@ -127,12 +134,46 @@ def run_import(
             stats.requests += checked
             if stats.aborted:
                 # Rows not yet read count too: everything the next run still has to do.
+                total = count()
                 stats.rows_left = max(total - stats.finished, stats.rows_left)
+            else:
+                total = normalizer.rows_read  # every row was read
             status = "paused" if stats.paused else ("aborted" if stats.aborted else "finished")
             ledger.finish_run(run_id, status, stats.summary())
         finally:
             ledger.close()
     return RunResult(stats, run_id, config.options.ledger, validation, total)
+
+
+class _Total:
+    """The rows of the input, counted at most once and told to `on_total`. Counting is a
+    pass over the files that a nightly job would pay for nothing: a finished run counts
+    its rows as it reads them; a wait (idle time) counts them for its ETA."""
+
+    def __init__(self, tables: list[Table], on_total: Callable[[int], None] | None) -> None:
+        self.tables, self.on_total = tables, on_total
+        self.rows: int | None = None
+
+    def __call__(self) -> int:
+        if self.rows is None:
+            self.rows = sum(t.count_rows() for t in self.tables)
+            if self.on_total is not None:
+                self.on_total(self.rows)
+        return self.rows
+
+    def before_waits(
+        self, on_wait: Callable[[float, str], None] | None
+    ) -> Callable[[float, str], None] | None:
+        """`on_wait`, counting first when someone wants the total."""
+        if on_wait is None or self.on_total is None:
+            return on_wait
+        told = on_wait
+
+        def counted(seconds: float, reason: str) -> None:
+            self()
+            told(seconds, reason)
+
+        return counted
 
 
 def _has_uvloop() -> bool:
