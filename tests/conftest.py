@@ -3,6 +3,7 @@ tests, reset to its defaults before each test that asks for it."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from typing import Any
 
@@ -54,3 +55,22 @@ def bodies(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
     monkeypatch.setattr(normalize, "_v1_body", counted)
     return built
+
+
+@pytest.fixture
+def ledger_warnings() -> Iterator[list[str]]:
+    """The messages of the ledger's warnings (its migrations say they ran), heard on the
+    ledger's own logger at its level: a CLI test may have left the package's logger quiet
+    and not propagating."""
+    said: list[str] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = lambda record: said.append(record.getMessage())  # type: ignore[method-assign]
+    logger = logging.getLogger("importer.ledger")
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.WARNING)
+    try:
+        yield said
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)

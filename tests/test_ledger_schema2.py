@@ -9,7 +9,6 @@ Its server is gone, so the reruns point it at a new sandbox with the last inputs
 from __future__ import annotations
 
 import json
-import logging
 import shutil
 import sqlite3
 from pathlib import Path
@@ -59,23 +58,13 @@ def read_done(ledger: Path) -> list[list[object]]:
         readonly.close()
 
 
-def test_the_schema2_ledger_is_migrated_once_and_says_so(tmp_path: Path) -> None:
-    said: list[str] = []
-    # Listened to on the ledger's own logger, at its level: a CLI test may have left the
-    # package's logger quiet and not propagating.
-    handler = logging.Handler(logging.WARNING)
-    handler.emit = lambda record: said.append(record.getMessage())  # type: ignore[method-assign]
-    logger = logging.getLogger("importer.ledger")
-    level = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.WARNING)
+def test_the_schema2_ledger_is_migrated_once_and_says_so(
+    tmp_path: Path, ledger_warnings: list[str]
+) -> None:
+    said = ledger_warnings
     ledger = copy_for(tmp_path, "http://127.0.0.1:1")
-    try:
-        first = status(ledger)  # opens it: the migration runs here
-        second = status(ledger)
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(level)
+    first = status(ledger)  # opens it: the migration runs here
+    second = status(ledger)
     assert len(said) == 1
     assert said[0].startswith(f"ledger {ledger}: upgraded from schema 2 to 3 in place, once (")
     assert first == second

@@ -7,7 +7,6 @@ so the test points it at a new sandbox and reruns the last input it saw.
 
 from __future__ import annotations
 
-import logging
 import shutil
 import sqlite3
 from pathlib import Path
@@ -64,26 +63,16 @@ def test_a_rerun_on_the_legacy_ledger_sends_nothing_for_done_rows(tmp_path: Path
     assert stats.by_error == {"not_found": 1}  # that consent lived on the gone server
 
 
-def test_the_legacy_ledger_is_migrated_once_and_says_so(tmp_path: Path) -> None:
-    said: list[str] = []
-    # Listened to on the ledger's own logger, at its level: a CLI test may have left the
-    # package's logger quiet and not propagating.
-    handler = logging.Handler(logging.WARNING)
-    handler.emit = lambda record: said.append(record.getMessage())  # type: ignore[method-assign]
-    logger = logging.getLogger("importer.ledger")
-    level = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.WARNING)
-    try:
-        ledger = copy_for(tmp_path, "http://127.0.0.1:1")
-        before = status(ledger)  # opens it: the migration runs here
-        assert len(said) == 1
-        assert said[0].startswith(f"ledger {ledger}: upgraded from schema 1 to 3 in place, once (")
-        assert status(ledger)["rows_by_state"] == before["rows_by_state"]
-        assert len(said) == 1  # not again
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(level)
+def test_the_legacy_ledger_is_migrated_once_and_says_so(
+    tmp_path: Path, ledger_warnings: list[str]
+) -> None:
+    said = ledger_warnings
+    ledger = copy_for(tmp_path, "http://127.0.0.1:1")
+    before = status(ledger)  # opens it: the migration runs here
+    assert len(said) == 1
+    assert said[0].startswith(f"ledger {ledger}: upgraded from schema 1 to 3 in place, once (")
+    assert status(ledger)["rows_by_state"] == before["rows_by_state"]
+    assert len(said) == 1  # not again
     with sqlite3.connect(ledger) as db:
         assert db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == (
             "3",

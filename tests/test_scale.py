@@ -110,22 +110,29 @@ def test_work_is_released_once_its_outcome_is_recorded(
     assert peak[0] <= engine_module._BATCH + 4 * concurrency
 
 
-def test_a_run_holds_a_slice_of_rows_not_the_file(
-    tmp_path: Path, server: RunningSandbox, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Rows (with their models) alive at once, sampled as rows are read: a slice of the
-    input and the rows planned, however big the file's chunk."""
+def sample_live_rows(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Slices of 100 rows; every 250th row read, the number of `Row`s alive (after
+    collecting garbage: rows held, not what the reader's paused collector left)."""
     monkeypatch.setattr(normalize, "_SLICE", 100)
     samples: list[int] = []
     read = RunObserver.read
 
     def sampled(self: RunObserver, row: Row) -> None:
         if self.stats.rows % 250 == 0:
-            gc.collect()  # rows held, not garbage the reader's paused collector left
+            gc.collect()
             samples.append(sum(isinstance(o, Row) for o in gc.get_objects()))
         read(self, row)
 
     monkeypatch.setattr(RunObserver, "read", sampled)
+    return samples
+
+
+def test_a_run_holds_a_slice_of_rows_not_the_file(
+    tmp_path: Path, server: RunningSandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rows (with their models) alive at once, sampled as rows are read: a slice of the
+    input and the rows planned, however big the file's chunk."""
+    samples = sample_live_rows(monkeypatch)
     # No first-run check: its sample of rows is kept apart (importer._preflight).
     result = run(
         write_csv(tmp_path / "a.csv", consent_rows(1500)),
@@ -277,17 +284,7 @@ def test_a_v2_run_holds_a_slice_of_rows_not_the_file(
 ) -> None:
     """As for version 1: a slice of rows' consents alive, not the chunk's (all 2,250
     consents of the 1,500 rows were alive at once before)."""
-    monkeypatch.setattr(normalize, "_SLICE", 100)
-    samples: list[int] = []
-    read = RunObserver.read
-
-    def sampled(self: RunObserver, row: Row) -> None:
-        if self.stats.rows % 250 == 0:
-            gc.collect()  # rows held, not garbage the reader's paused collector left
-            samples.append(sum(isinstance(o, Row) for o in gc.get_objects()))
-        read(self, row)
-
-    monkeypatch.setattr(RunObserver, "read", sampled)
+    samples = sample_live_rows(monkeypatch)
     mapping = tmp_path / "m.toml"
     mapping.write_text(V2_MAPPING, encoding="utf-8")
     result = run(
