@@ -432,7 +432,9 @@ def _parse_cases(path: Path, raw: dict[str, Any], key: str, where: str) -> Spec:
         # Parsed like a spec's own `formats`; the cases share one date reading.
         formats = parse_spec(path, {"value": "", "formats": raw["formats"]}, key, where).formats
     parsed: list[Case] = []
+    # The columns giving values first: a row error's report cell is the first column's.
     headers: dict[str, None] = {}
+    tested: dict[str, None] = {}
     for number, table in enumerate(cases, start=1):
         at = f"{key}.cases[{number}]"
         if not isinstance(table, dict):
@@ -450,11 +452,12 @@ def _parse_cases(path: Path, raw: dict[str, Any], key: str, where: str) -> Spec:
         when = None
         if "when" in table:
             when = parse_condition(table["when"], f"{where}: {at}.when")
-            headers[when.column] = None
+            tested[when.column] = None
         spec = parse_spec(path, own, at, where)
         headers.update(dict.fromkeys(spec.columns))
         parsed.append(Case(when, spec))
-    return Spec(path, key, "cases", columns=tuple(headers), formats=formats, cases=tuple(parsed))
+    columns = tuple({**headers, **tested})
+    return Spec(path, key, "cases", columns=columns, formats=formats, cases=tuple(parsed))
 
 
 def _typed(path: Path, value: Any, where: str, *, list_ok: bool) -> Any:

@@ -4,6 +4,7 @@ wins; per row, column-wise (validate's proof) and over the sandbox."""
 from __future__ import annotations
 
 import shutil
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -210,6 +211,11 @@ def test_column_wise_and_per_row_agree(tmp_path: Path, bodies: list[int]) -> Non
     summary = validate_files([source], mapping)
     assert (summary.valid, summary.invalid) == (4, 1)
     assert [(e.row, e.field, e.code) for e in summary.errors] == [(5, "status", "invalid_enum")]
+    # the report's cell is the value column's, not the withdrawal date's
+    assert summary.errors[0].value == "2"
+    assert summary.errors[0].message.startswith(
+        "status (cases on column 'consent___1' + column 'withdraw_date'): "
+    )
     # validate proved the four valid rows column-wise: only the invalid one was built
     assert bodies[0] - built == 1
 
@@ -249,3 +255,11 @@ def test_the_redcap_example_reads_as_documented(capsys: pytest.CaptureFixture[st
         (True, "rejected", False),  # consent___1 = 0; "[not completed]" timestamp is empty
         (True, "active", True),
     ]
+
+
+def test_the_readme_shows_the_redcap_example_as_it_is() -> None:
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    blocks = [b.split("```", 1)[0] for b in readme.split("```toml\n")[1:]]
+    [shown] = [b for b in blocks if "consent___1" in b]
+    written = (REDCAP / "econsent.toml").read_text(encoding="utf-8")
+    assert tomllib.loads(shown) == tomllib.loads(written)
