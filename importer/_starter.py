@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import codecs
 import csv
+import dataclasses
 import io
 import os
 import re
@@ -91,6 +92,9 @@ _NULL_WORDS = ("NA", "N/A", "NULL", "-", "#N/A", "None", "nil", "[not completed]
 #: Encodings the reader cannot tell without being told: UTF-16 without a byte-order mark
 #: is recognised only while the text is mostly ASCII.
 _PINNED_ENCODINGS = frozenset({"utf-16-le", "utf-16-be"})
+#: Read when a file is neither UTF-8 nor Windows-1252 (every byte is a Latin-1 letter).
+_FALLBACK = "latin-1"
+_FALLBACK_CODEC = codecs.lookup(_FALLBACK).name  # as the reader names it
 _PATIENT_ID = re.compile(PATIENT_ID_PATTERN)
 #: A crosswalk candidate next to the file is read whole: skip files bigger than this.
 _CROSSWALK_MAX_BYTES = 20 * 1024 * 1024
@@ -134,7 +138,16 @@ def draft_mapping(path: Path) -> Draft:
         header_row = None
     else:
         delimiter, header_row = _csv_shape(path)
-        table = open_table(path, SourceOptions(delimiter=delimiter, header_row=header_row))
+        options = SourceOptions(delimiter=delimiter, header_row=header_row)
+        try:
+            table = open_table(path, options)
+        except InputError as exc:
+            # Neither UTF-8 nor Windows-1252: Latin-1 reads any byte, so it is a guess to
+            # pin (detection would refuse the file); any other fault stays as it was.
+            try:
+                table = open_table(path, dataclasses.replace(options, encoding=_FALLBACK))
+            except InputError:
+                raise exc from None
     draft = Draft(table, header_row)
     sample = _sample(table)
     draft.null_values = _find_nulls(sample)
@@ -221,12 +234,13 @@ def _notes(draft: Draft, output: Path) -> list[str]:
     table = draft.table
     notes: list[str] = []
     if table.encoding is not None:
-        how = (
-            "pinned (UTF-16 without a byte-order mark is not reliably detected)"
-            if table.encoding in _PINNED_ENCODINGS
-            else "written commented out, so each file is detected again"
-        )
-        notes.append(f"encoding {table.encoding}: detected; {how}")
+        if codecs.lookup(table.encoding).name == _FALLBACK_CODEC:
+            how = "guessed: the file is neither UTF-8 nor Windows-1252; pinned"
+        elif table.encoding in _PINNED_ENCODINGS:
+            how = "detected; pinned (UTF-16 without a byte-order mark is not reliably detected)"
+        else:
+            how = "detected; written commented out, so each file is detected again"
+        notes.append(f"encoding {table.encoding}: {how}")
     if table.delimiter is not None:
         notes.append(f"delimiter {_q(table.delimiter)}: detected")
     if draft.header_row is not None and draft.header_row > 1:
@@ -287,6 +301,11 @@ def _notes(draft: Draft, output: Path) -> list[str]:
 def _encoding_line(encoding: str) -> str:
     """The encoding commented out when the reader finds it again on its own (a night's
     file in cp1252 after a UTF-8 one is read, not refused); pinned when it cannot."""
+    if codecs.lookup(encoding).name == _FALLBACK_CODEC:
+        return (
+            f"encoding = {_q(encoding)}   # TODO: guessed: the file is neither UTF-8 nor "
+            "Windows-1252; check accented letters with preview"
+        )
     if encoding in _PINNED_ENCODINGS:
         return (
             f"encoding = {_q(encoding)}   # detected; pinned: UTF-16 without a byte-order "
