@@ -263,3 +263,46 @@ def test_the_readme_shows_the_redcap_example_as_it_is() -> None:
     [shown] = [b for b in blocks if "consent___1" in b]
     written = (REDCAP / "econsent.toml").read_text(encoding="utf-8")
     assert tomllib.loads(shown) == tomllib.loads(written)
+
+
+@pytest.mark.parametrize(
+    ("cells", "expected"),
+    [
+        # the hipaa consent's own status comes from its cases; research keeps the top one
+        ("2024-05-01,Y", {"research": "inactive", "hipaa": "inactive"}),
+        (",Y", {"research": None, "hipaa": "active"}),
+        (",N", {"research": None}),  # no hipaa consent: its `when` does not hold
+    ],
+)
+def test_cases_in_a_consents_table(
+    tmp_path: Path, cells: str, expected: dict[str, str | None]
+) -> None:
+    mapping = (
+        HEAD + 'status = { cases = [ { when = { column = "Withdrawn", not_empty = true }, '
+        'value = "inactive" } ] }\n'
+        + '[[consents]]\nkey = "research"\n'
+        + '[[consents]]\nkey = "hipaa"\nwhen = { column = "Hipaa", in = ["Y"] }\n'
+        + "[consents.fields]\n"
+        + 'status = { cases = [ { when = { column = "Withdrawn", not_empty = true }, '
+        'value = "inactive" }, { value = "active" } ] }\n'
+    )
+    rows = rows_of(tmp_path, f"Key,Patient,Withdrawn,Hipaa\nK1,pt_1,{cells}\n", mapping)
+    assert all(row.valid for row in rows), [e.message for r in rows for e in r.errors]
+    assert {row.consent: row.body().get("status") for row in rows} == expected
+
+
+def test_a_cases_constant_alone_makes_no_nested_object(tmp_path: Path) -> None:
+    # Constants alone make nothing: a case's `value` is a constant like any other, so an
+    # opt-out flag alone never becomes a blanket deny; with the purposes it does.
+    mapping = (
+        HEAD + '"provision.provision[0].type" = { cases = [ { when = { column = "OptOut", '
+        'not_empty = true }, value = "deny" } ] }\n'
+        + '"provision.provision[0].purpose" = { column = "Purposes", split = ";" }\n'
+    )
+    alone, with_purposes = rows_of(
+        tmp_path, "Key,Patient,OptOut,Purposes\nK1,pt_1,x,\nK2,pt_2,x,HMARKT\n", mapping
+    )
+    assert "provision" not in alone.body()
+    assert with_purposes.body()["provision"]["provision"] == [
+        {"type": "deny", "purpose": [{"code": "HMARKT"}]}
+    ]
