@@ -879,12 +879,10 @@ def init(source: Path, output: Path) -> int:
         f"comments, {draft.todos} lines marked TODO. Next: edit it, "
         f"then consent-import preview {source} --mapping {output}"
     )
-    if draft.legacy_patients:
-        found = "check the one it names" if draft.crosswalk else "name yours"
-        click.echo(
-            "The patient column holds legacy ids, not ClinikAPI patient ids (pt_...): they are "
-            f"resolved through [patients] crosswalk; {found}."
-        )
+    if draft.notes:
+        click.echo("Guessed (each marked in the file; check them):")
+    for note in draft.notes:
+        click.echo(f"  {note}")
     return EXIT_OK
 
 

@@ -281,15 +281,34 @@ class Spec:
     default: Any = None
     formats: tuple[str, ...] | None = None
     system: str | None = None
+    cases: tuple[Case, ...] = ()  # source "cases": the first whose `when` holds gives the value
 
     @property
     def headers(self) -> tuple[str, ...]:
         """Every column header the spec reads."""
         return self.columns
 
+    def named_headers(self) -> list[tuple[str, str]]:
+        """(TOML key, header) for every header the spec reads, a case's own key for each."""
+        if not self.cases:
+            return [(self.key, h) for h in self.columns]
+        named = []
+        for case in self.cases:
+            if case.when is not None:
+                named.append((f"{case.spec.key}.when.column", case.when.column))
+            named += case.spec.named_headers()
+        return named
+
+    @property
+    def parts(self) -> tuple[Spec, ...]:
+        """The spec and the specs of its cases (each may name a [values.NAME] table)."""
+        return (self, *(case.spec for case in self.cases))
+
     def describe(self) -> str:
         if self.source == "value":
             return "a constant"
+        if self.source == "cases":
+            return "cases on " + " + ".join(f"column '{c}'" for c in self.columns)
         if self.source == "template":
             return f"template '{self.template}'"
         return " + ".join(f"column '{c}'" for c in self.columns)
@@ -312,9 +331,20 @@ def _map_spec(path: Path, table: Any, here: str) -> dict[str, Any]:
     )
 
 
+@dataclass(frozen=True)
+class Case:
+    """One choice of a `cases` spec: its spec gives the value where `when` holds (no
+    `when`: the default, always last)."""
+
+    when: Condition | None
+    spec: Spec
+
+
 def parse_spec(path: Path, raw: Any, key: str, where: str) -> Spec:
     """One `[fields]` entry: a header string, or a table with one source and modifiers."""
     here = f"{where}: {key}"
+    if isinstance(raw, dict) and "cases" in raw:
+        return _parse_cases(path, raw, key, where)
     if isinstance(raw, str):
         if not raw.strip():
             raise ConfigError(f"{here}: an empty header; name the column")
@@ -386,6 +416,50 @@ def parse_spec(path: Path, raw: Any, key: str, where: str) -> Spec:
     return Spec(path, key, **spec)
 
 
+def _parse_cases(path: Path, raw: dict[str, Any], key: str, where: str) -> Spec:
+    """`{ cases = [ { when = {...}, <spec> }, ..., { <spec> } ] }`: the first case whose
+    `when` holds gives the value; a case without `when` is the default and comes last."""
+    here = f"{where}: {key}"
+    _no_unknown(raw, ("cases", "formats"), here)
+    cases = raw["cases"]
+    if not isinstance(cases, list) or not cases:
+        raise ConfigError(
+            f"{here}.cases: must be a non-empty list of tables such as "
+            '{ when = { column = "Withdrawn", not_empty = true }, value = "inactive" }'
+        )
+    formats = None
+    if "formats" in raw:
+        # Parsed like a spec's own `formats`; the cases share one date reading.
+        formats = parse_spec(path, {"value": "", "formats": raw["formats"]}, key, where).formats
+    parsed: list[Case] = []
+    # The columns giving values first: a row error's report cell is the first column's.
+    headers: dict[str, None] = {}
+    tested: dict[str, None] = {}
+    for number, table in enumerate(cases, start=1):
+        at = f"{key}.cases[{number}]"
+        if not isinstance(table, dict):
+            raise ConfigError(f'{where}: {at}: must be a table such as {{ column = "H" }}')
+        if parsed and parsed[-1].when is None:
+            raise ConfigError(
+                f"{where}: {at}: comes after a case without `when` (the default), so it is "
+                "never used; put the default last"
+            )
+        for name in ("cases", "formats"):
+            if name in table:
+                where_to = "beside cases = [...]" if name == "formats" else "in one list"
+                raise ConfigError(f"{where}: {at}.{name}: not inside a case; put it {where_to}")
+        own = {k: v for k, v in table.items() if k != "when"}
+        when = None
+        if "when" in table:
+            when = parse_condition(table["when"], f"{where}: {at}.when")
+            tested[when.column] = None
+        spec = parse_spec(path, own, at, where)
+        headers.update(dict.fromkeys(spec.columns))
+        parsed.append(Case(when, spec))
+    columns = tuple({**headers, **tested})
+    return Spec(path, key, "cases", columns=columns, formats=formats, cases=tuple(parsed))
+
+
 def _typed(path: Path, value: Any, where: str, *, list_ok: bool) -> Any:
     """A constant checked against the path's kind."""
     if path.kind == BOOL:
@@ -443,6 +517,8 @@ def evaluate(
     """The spec's value for every row of a chunk; `cells` are trimmed, null-blanked cells
     by the spec's own header names. `parse_date` reads a date column as a whole;
     `parse_constant` reads a date written in the mapping (a value, a default, a map)."""
+    if spec.source == "cases":
+        return _choose(spec, cells, size, parse_date, parse_constant)
     if spec.source == "value":
         texts: list[str] = [""] * size
     elif spec.source == "column":
@@ -492,6 +568,36 @@ def evaluate(
         if text not in cache:
             cache[text] = _convert_cell(spec, text, mapped)
     return [cache[text] for text in texts]
+
+
+def _choose(
+    spec: Spec,
+    cells: dict[str, list[str]],
+    size: int,
+    parse_date: Callable[[list[str]], list[datetime | None]] | None,
+    parse_constant: Callable[[str], datetime | None],
+) -> list[Value]:
+    """A `cases` spec over a chunk: each case evaluated column-wise, then per row the
+    value of the first case whose `when` holds; none holds and no default: empty."""
+    out: list[Value] = [_EMPTY] * size
+    open_rows = list(range(size))
+    for case in spec.cases:
+        if not open_rows:
+            break
+        values = evaluate(case.spec, cells, size, parse_date, parse_constant)
+        if case.when is None:
+            for pos in open_rows:
+                out[pos] = values[pos]
+            break
+        holds = case.when.holds(cells[case.when.column])
+        left = []
+        for pos in open_rows:
+            if holds[pos]:
+                out[pos] = values[pos]
+            else:
+                left.append(pos)
+        open_rows = left
+    return out
 
 
 def _convert_cell(spec: Spec, text: str, mapped: dict[str, Any]) -> Value:

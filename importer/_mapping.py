@@ -139,12 +139,12 @@ class Mapping:
         """(TOML key, header) for every header the version-2 parts name."""
         used = [(toml_key("filter", i + 1, "column"), f.column) for i, f in enumerate(self.filters)]
         for spec in self.fields.values():
-            used += [(spec.key, h) for h in spec.headers]
+            used += spec.named_headers()
         for number, consent in enumerate(self.consents, start=1):
             if consent.when is not None:
                 used.append((toml_key("consents", number, "when", "column"), consent.when.column))
             for spec in consent.fields.values():
-                used += [(spec.key, h) for h in spec.headers]
+                used += spec.named_headers()
         return used
 
     def header_map(self, headers: list[str], file_name: str) -> dict[str, str]:
@@ -288,12 +288,15 @@ class _V2:
     @property
     def map_names(self) -> set[str]:
         specs = [*self.fields.values(), *(s for c in self.consents for s in c.fields.values())]
-        return {s.map_name for s in specs if s.map_name}
+        return {p.map_name for s in specs for p in s.parts if p.map_name}
 
     def resolve_maps(
         self, values: dict[str, dict[str, str | bool]], where: str
     ) -> tuple[dict[str, Spec], tuple[ConsentSpec, ...]]:
         def attach(spec: Spec) -> Spec:
+            if spec.cases:  # each case's own map
+                cases = tuple(dataclasses.replace(c, spec=attach(c.spec)) for c in spec.cases)
+                return dataclasses.replace(spec, cases=cases)
             if spec.map_name is None:
                 return spec
             table = values.get(spec.map_name)
