@@ -32,6 +32,7 @@ from pydantic import ValidationError
 
 from importer._errors import ConfigError
 from importer._fastcheck import proven_by_specs, proven_valid
+from importer._fhir import FhirTable
 from importer._fields import (
     BOOL,
     DATE,
@@ -301,6 +302,11 @@ class Normalizer:
         chunk of them. A version-2 mapping's consents go the same way (a row's consents
         share its digest; each has its own key).
         """
+        if isinstance(table, FhirTable):  # resources, not cells: importer._fhir_body
+            from importer._fhir_body import fhir_rows
+
+            yield from fhir_rows(self, table)
+            return
         file_rows = self.file_normalizer(table)
         file_index = self._add_file(table.name)
         for chunk in table.chunks():
@@ -351,6 +357,11 @@ class Normalizer:
         What `validate` needs: valid rows are only counted, invalid ones come with their
         errors.
         """
+        if isinstance(table, FhirTable):  # resources, not cells: importer._fhir_body
+            from importer._fhir_body import fhir_batches
+
+            yield from fhir_batches(self, table)
+            return
         file_rows = self.file_normalizer(table)
         file_index = self._add_file(table.name)
         for chunk in table.chunks():
