@@ -19,12 +19,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 from importer._errors import ConfigError, InputError
-from importer._reader import Table
+from importer._reader import ERROR_COLUMNS, Table
 
 if TYPE_CHECKING:
     from importer._mapping import Mapping
 
 __all__ = [
+    "ERROR_TAG_SYSTEM",
     "FHIR_SUFFIXES",
     "MAPPED_PATHS",
     "RESOURCE_COLUMN",
@@ -32,6 +33,7 @@ __all__ = [
     "FhirTable",
     "Resource",
     "check_fhir_mapping",
+    "has_error_tag",
     "open_fhir",
     "parse_fhir",
 ]
@@ -39,6 +41,8 @@ __all__ = [
 FHIR_SUFFIXES: Final = (".json", ".ndjson")
 #: The one column a FHIR file's rows have in CSV reports and the ledger: the resource.
 RESOURCE_COLUMN: Final = "resource"
+#: The `meta.tag` system of the errors `export --failed FILE.ndjson` adds to a resource.
+ERROR_TAG_SYSTEM: Final = "urn:consent-import:error"
 #: FHIR paths a `[fhir]` key names: element names joined by dots, no indexes.
 _RULE_PATH: Final = re.compile(r"_?[A-Za-z][A-Za-z0-9]*(?:\.[A-Za-z][A-Za-z0-9]*)*")
 _FHIR_KEYS: Final = ("drop", "rename")
@@ -144,6 +148,15 @@ def parse_fhir(table: Any, where: str, mapped: frozenset[str]) -> FhirOptions:
     return FhirOptions(dict(rename), frozenset(drop))
 
 
+def has_error_tag(resource: dict[str, Any]) -> bool:
+    """Whether a resource carries an error tag of our own export (a correction file's)."""
+    meta = resource.get("meta")
+    tags = meta.get("tag") if isinstance(meta, dict) else None
+    return isinstance(tags, list) and any(
+        isinstance(t, dict) and t.get("system") == ERROR_TAG_SYSTEM for t in tags
+    )
+
+
 def _check_path(path: str, where: str, key: str) -> None:
     if not _RULE_PATH.fullmatch(path):
         raise ConfigError(
@@ -202,10 +215,13 @@ class Resource:
 class FhirTable(Table):
     """A FHIR file: `resources` streams its resources (see the module docstring)."""
 
-    def __init__(self, path: Path, name: str, *, ndjson: bool, count: int | None) -> None:
-        super().__init__(
-            path, name, [RESOURCE_COLUMN], header_row=0, chunk_rows=1, encoding="utf-8"
-        )
+    def __init__(
+        self, path: Path, name: str, *, ndjson: bool, count: int | None, correction: bool = False
+    ) -> None:
+        # A correction file (`export --failed`'s, its resources tagged with their errors)
+        # shows the error columns failed.csv has: `--revoke-missing` then never revokes.
+        columns = [RESOURCE_COLUMN, *(ERROR_COLUMNS if correction else ())]
+        super().__init__(path, name, columns, header_row=0, chunk_rows=1, encoding="utf-8")
         self.ndjson = ndjson
         self._count = count
 
@@ -288,8 +304,8 @@ def open_fhir(path: Path, name: str) -> FhirTable:
     """Check a FHIR file up front: JSON a Consent or a Bundle; NDJSON's first line a
     resource. Bad lines further into NDJSON are row errors, found as it streams."""
     if path.suffix.lower() == ".ndjson":
-        _check_ndjson(path, name)
-        return FhirTable(path, name, ndjson=True, count=None)
+        first = _check_ndjson(path, name)
+        return FhirTable(path, name, ndjson=True, count=None, correction=has_error_tag(first))
     document = _load_json(path, name)
     kind = document["resourceType"]
     if kind == "Bundle":
@@ -311,8 +327,9 @@ def open_fhir(path: Path, name: str) -> FhirTable:
     return FhirTable(path, name, ndjson=False, count=1)
 
 
-def _check_ndjson(path: Path, name: str) -> None:
-    """The first non-blank line must be a resource (read alone: the file is streamed)."""
+def _check_ndjson(path: Path, name: str) -> dict[str, Any]:
+    """The first resource: the first non-blank line must be one (read alone: the file is
+    streamed)."""
     with path.open("rb") as handle:
         for raw in handle:
             if not raw.strip():
@@ -326,5 +343,5 @@ def _check_ndjson(path: Path, name: str) -> None:
                     f"{name}: the first line is not a FHIR resource; NDJSON holds one "
                     "JSON resource a line (a single resource or a Bundle: save it as .json)"
                 )
-            return
+            return first
     raise InputError(f"{name}: holds no resources; export it again")
