@@ -55,7 +55,7 @@ def export_csvs(ledger_path: Path, created: Path | None, failed: Path | None) ->
         if failed is not None and failed.suffix.lower() == ".ndjson":
             from importer._fhir_export import export_failed_ndjson  # FHIR resources back
 
-            counts.failed = export_failed_ndjson(ledger, failed)
+            counts.failed = export_failed_ndjson(_failed_source_rows(ledger), failed)
         elif failed is not None:
             counts.failed = _export_failed(ledger, failed)
     finally:

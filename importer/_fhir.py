@@ -16,13 +16,10 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final, Protocol
 
 from importer._errors import ConfigError, InputError
-from importer._reader import ERROR_COLUMNS, Table
-
-if TYPE_CHECKING:
-    from importer._mapping import Mapping
+from importer._reader import ERROR_COLUMNS, OPENERS, Table
 
 __all__ = [
     "ERROR_TAG_SYSTEM",
@@ -165,7 +162,29 @@ def _check_path(path: str, where: str, key: str) -> None:
         )
 
 
-def check_fhir_mapping(mapping: Mapping, name: str) -> None:
+class _MappingParts(Protocol):
+    """What `check_fhir_mapping` reads of an `importer._mapping.Mapping` (which imports
+    this module)."""
+
+    @property
+    def path(self) -> Path | None: ...
+    @property
+    def columns(self) -> dict[str, str]: ...
+    @property
+    def fields(self) -> dict[str, Any]: ...
+    @property
+    def consents(self) -> tuple[Any, ...]: ...
+    @property
+    def filters(self) -> tuple[Any, ...]: ...
+    @property
+    def defaults(self) -> dict[str, str | bool]: ...
+    @property
+    def values(self) -> dict[str, dict[str, str | bool]]: ...
+    @property
+    def key(self) -> tuple[str, ...]: ...
+
+
+def check_fhir_mapping(mapping: _MappingParts, name: str) -> None:
     """Refuse the mapping sections that name columns: a FHIR file has none."""
     used = [
         section
@@ -345,3 +364,7 @@ def _check_ndjson(path: Path, name: str) -> dict[str, Any]:
                 )
             return first
     raise InputError(f"{name}: holds no resources; export it again")
+
+
+for _suffix in FHIR_SUFFIXES:
+    OPENERS[_suffix] = open_fhir

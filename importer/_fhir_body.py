@@ -24,23 +24,19 @@ from datetime import date, datetime
 from typing import TYPE_CHECKING, Any, Final
 from zoneinfo import ZoneInfo
 
-import numpy as np
 from pydantic import ValidationError
 
 from importer._fhir import RESOURCE_COLUMN, FhirOptions, FhirTable, Resource
-from importer._keys import CELLS_PREFIX, namespaced, natural_key
-from importer._models import ConsentIn, field_errors
-from importer._normalize import Batch, Row, RowError, _identity, key_digests
+from importer._keys import CELLS_PREFIX, NATURAL_FIELDS, KeyTally, natural_key
+from importer._models import ConsentIdentity, ConsentIn, field_errors
 
 if TYPE_CHECKING:
-    from importer._normalize import Normalizer
+    from importer._mapping import Mapping
 
-__all__ = ["FhirMapper", "fhir_batches", "fhir_rows"]
+__all__ = ["FhirConsents", "FhirMapper", "MappedConsent", "Problem"]
 
 log = logging.getLogger("importer.fhir")
 
-#: Rows mapped between two checks of their source keys against the input's.
-_SLICE: Final = 1_000
 #: The resource's own bookkeeping: no consent field, nothing lost.
 _BOOKKEEPING: Final = frozenset({"resourceType", "id", "meta", "text"})
 _DATE_TIME: Final = re.compile(r"\d{4}-\d{2}-\d{2}T.+")
@@ -84,27 +80,15 @@ def _join(base: str, name: str) -> str:
     return f"{base}.{name}" if base else name
 
 
-class FhirMapper:
-    """Maps Consent resources to bodies with one mapping's `[fhir]`, crosswalk and zone."""
+class _Walker:
+    """Walks FHIR JSON element by element: each one to its handler, dropped by `[fhir]
+    drop`, moved by `[fhir] rename`, or a `Problem` (see the module docstring)."""
 
-    def __init__(
-        self, options: FhirOptions, crosswalk: dict[str, str] | None, timezone: ZoneInfo
-    ) -> None:
+    def __init__(self, options: FhirOptions) -> None:
         self.options = options
-        self.crosswalk = crosswalk
-        self.timezone = timezone
         self.problems: list[Problem] = []
         #: elements left out by `[fhir] drop`, by path
         self.dropped: Counter[str] = Counter()
-
-    # --- the walk ---------------------------------------------------------------------------
-
-    def body(self, resource: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-        """The body of one Consent; `problems` holds what could not be mapped."""
-        self.problems = []
-        body: dict[str, Any] = {}
-        self._object(resource, "", prefix.rstrip("."), self._consent_handlers(body), top=True)
-        return body
 
     def _object(
         self, value: Any, rule: str, shown: str, handlers: dict[str, Handler], *, top: bool = False
@@ -157,6 +141,60 @@ class FhirMapper:
         path = re.sub(r"^entry\.", "", path)
         return re.sub(r"(?:provision\.)+", "provision.", path)
 
+    def _string(self, value: Any, shown: str) -> str | None:
+        if isinstance(value, str):
+            return value
+        self._problem(shown, self._rule(shown), "invalid_element", "must be a string", value)
+        return None
+
+    def _collect(
+        self, value: Any, shown: str, converters: dict[str, Callable[[Any, str], Any]]
+    ) -> dict[str, Any] | None:
+        """An object made of the elements `converters` know, each converted (None: left
+        out); None when `value` is not an object."""
+        kept: dict[str, Any] = {}
+
+        def keep(name: str, convert: Callable[[Any, str], Any]) -> Handler:
+            def handler(item: Any, where: str) -> None:
+                made = convert(item, where)
+                if made is not None:
+                    kept[name] = made
+
+            return handler
+
+        handlers = {name: keep(name, convert) for name, convert in converters.items()}
+        if not self._object(value, self._rule(shown), shown, handlers):
+            return None
+        return kept
+
+    def _each(
+        self, value: Any, shown: str, converters: dict[str, Callable[[Any, str], Any]]
+    ) -> list[dict[str, Any]]:
+        """`_collect` for each item of an array."""
+        items = self._items(value, shown, self._rule(shown))
+        made = (self._collect(item, at, converters) for item, at in items)
+        return [item for item in made if item is not None]
+
+
+class FhirMapper(_Walker):
+    """Maps Consent resources to bodies with one mapping's `[fhir]`, crosswalk and zone."""
+
+    def __init__(
+        self, options: FhirOptions, crosswalk: dict[str, str] | None, timezone: ZoneInfo
+    ) -> None:
+        super().__init__(options)
+        self.crosswalk = crosswalk
+        self.timezone = timezone
+
+    # --- the walk ---------------------------------------------------------------------------
+
+    def body(self, resource: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+        """The body of one Consent; `problems` holds what could not be mapped."""
+        self.problems = []
+        body: dict[str, Any] = {}
+        self._object(resource, "", prefix.rstrip("."), self._consent_handlers(body), top=True)
+        return body
+
     # --- the Consent ------------------------------------------------------------------------
 
     def _consent_handlers(self, body: dict[str, Any]) -> dict[str, Handler]:
@@ -188,12 +226,6 @@ class FhirMapper:
             "verification": lambda v, s: extend("verification", self._verifications(v, s)),
             "provision": lambda v, s: put("provision", self._provision(v, s), s),
         }
-
-    def _string(self, value: Any, shown: str) -> str | None:
-        if isinstance(value, str):
-            return value
-        self._problem(shown, self._rule(shown), "invalid_element", "must be a string", value)
-        return None
 
     def _date_time(self, value: Any, shown: str) -> str | None:
         """A FHIR dateTime as ClinikAPI takes it: a day is its midnight in `[source]
@@ -252,7 +284,7 @@ class FhirMapper:
         codes: list[str] = []
         for item, at in self._items(value, shown, self._rule(shown)):
             codes += self._concept_codes(item, at)
-        return codes
+        return list(dict.fromkeys(codes))  # one code in two concepts is one category
 
     def _codings(self, value: Any, shown: str) -> list[dict[str, Any]]:
         """Codings kept whole (system, code, display); a CodeableConcept among them (moved
@@ -367,33 +399,6 @@ class FhirMapper:
 
     # --- the other parts --------------------------------------------------------------------
 
-    def _collect(
-        self, value: Any, shown: str, converters: dict[str, Callable[[Any, str], Any]]
-    ) -> dict[str, Any] | None:
-        """An object made of the elements `converters` know, each converted (None: left
-        out); None when `value` is not an object."""
-        kept: dict[str, Any] = {}
-
-        def keep(name: str, convert: Callable[[Any, str], Any]) -> Handler:
-            def handler(item: Any, where: str) -> None:
-                made = convert(item, where)
-                if made is not None:
-                    kept[name] = made
-
-            return handler
-
-        handlers = {name: keep(name, convert) for name, convert in converters.items()}
-        if not self._object(value, self._rule(shown), shown, handlers):
-            return None
-        return kept
-
-    def _each(
-        self, value: Any, shown: str, converters: dict[str, Callable[[Any, str], Any]]
-    ) -> list[dict[str, Any]]:
-        """`_collect` for each item of an array."""
-        made = (self._collect(item, at, converters) for item, at in self._items(value, shown, ""))
-        return [item for item in made if item is not None]
-
     def _attachment(self, value: Any, shown: str) -> dict[str, Any] | None:
         return self._collect(value, shown, dict.fromkeys(_ATTACHMENT, _as_is))
 
@@ -458,7 +463,7 @@ class FhirMapper:
         return body
 
 
-# --- rows -----------------------------------------------------------------------------------
+# --- consents ---------------------------------------------------------------------------------
 
 #: API fields whose FHIR element has another name (for messages, and to tell a model
 #: error caused by an element already reported).
@@ -469,78 +474,84 @@ _FHIR_OF_API: Final = {
     "sourceReferenceId": "sourceReference",
     "policies": "policy",
 }
+#: Where an error's field name ends its first part.
 _ROOT: Final = re.compile(r"[.\[]")
 
 
-class _FhirRows:
-    """One FHIR file's resources as `Row`s, for one `Normalizer`."""
+@dataclass(slots=True)
+class MappedConsent:
+    """One Consent of a FHIR file, mapped: its model when valid, else its errors as
+    (field, code, message, value); its source key before any `[source] system`."""
 
-    def __init__(self, normalizer: Normalizer, table: FhirTable) -> None:
-        mapping = normalizer.mapping
-        self.normalizer = normalizer
+    row: int
+    text: str
+    key: str
+    model: ConsentIn | None
+    errors: list[tuple[str, str, str, str]]
+
+
+class FhirConsents:
+    """A FHIR file's Consents, mapped a slice at a time (what importer._normalize reads).
+
+    Resources of other types are skipped, counted (`skipped`) and named in one warning.
+    """
+
+    def __init__(self, mapping: Mapping, table: FhirTable, tally: KeyTally) -> None:
         self.table = table
-        self.file = table.name
-        self.system = mapping.system
+        self.tally = tally
         self.mapper = FhirMapper(mapping.fhir, mapping.crosswalk, mapping.timezone)
-        self.other: Counter[str] = Counter()
+        self.read = self.skipped = 0  # since last taken (see `slices`)
+        #: whether a Consent had no id (its key is then its natural identity)
         self.unkeyed = False
+        self._other: Counter[str] = Counter()
 
-    def consents(self) -> Iterator[Row | int]:
-        """Every Consent's row, in file order; a skipped resource of another type as 1."""
+    def slices(self, size: int) -> Iterator[list[MappedConsent]]:
+        """The Consents, at most `size` at a time (the last slice may be empty); `read`
+        and `skipped` count the resources behind each slice."""
+        done: list[MappedConsent] = []
         for resource in self.table.resources():
-            self.normalizer.rows_read += 1
+            self.read += 1
             if resource.data is not None and resource.resource_type != "Consent":
-                self.other[resource.resource_type[:40] or "(no resourceType)"] += 1
-                self.normalizer.skipped += 1
-                yield 1
-                continue
-            yield self.row(resource)
-        self.finish()
+                self._other[resource.resource_type[:40] or "(no resourceType)"] += 1
+                self.skipped += 1
+            else:
+                done.append(self.consent(resource))
+            if len(done) == size:
+                yield done
+                done = []
+        self._say_skipped()
+        yield done
 
-    def finish(self) -> None:
-        if self.other:
-            kinds = ", ".join(f"{kind} {count}" for kind, count in sorted(self.other.items()))
+    def _say_skipped(self) -> None:
+        if self._other:
+            kinds = ", ".join(f"{kind} {count}" for kind, count in sorted(self._other.items()))
             log.warning(
                 "%s: skipped %d resource(s) that are not Consents (%s)",
-                self.file,
-                self.other.total(),
+                self.table.name,
+                self._other.total(),
                 kinds,
             )
-            self.other.clear()
-        if self.unkeyed:
-            self.normalizer.unkeyed_files += 1
-            self.unkeyed = False
 
-    def row(self, resource: Resource) -> Row:
-        row = Row(self.file, resource.row, "", (RESOURCE_COLUMN,), (resource.text,))
+    def consent(self, resource: Resource) -> MappedConsent:
+        """One resource's body checked by the model, its problems as row errors."""
         if resource.data is None:
             code = "invalid_json" if self.table.ndjson else "invalid_element"
-            message = f"{resource.problem} ({code})"
-            row.errors.append(
-                RowError(
-                    self.file, row.row, RESOURCE_COLUMN, code, message, value=resource.text[:500]
-                )
+            error = (RESOURCE_COLUMN, code, f"{resource.problem} ({code})", resource.text[:500])
+            return MappedConsent(
+                resource.row, resource.text, self._unstable(resource), None, [error]
             )
-            row.source_key = self._unstable(resource)
-            return row
         body = self.mapper.body(resource.data, resource.prefix)
-        for problem in self.mapper.problems:
-            rule = (
-                problem.rule
-                if f"({problem.code})" in problem.rule
-                else f"{problem.rule} ({problem.code})"
+        errors = [
+            (
+                p.path,
+                p.code,
+                f"{p.shown}: {p.rule if f'({p.code})' in p.rule else f'{p.rule} ({p.code})'}",
+                p.value,
             )
-            row.errors.append(
-                RowError(
-                    self.file,
-                    row.row,
-                    problem.path,
-                    problem.code,
-                    f"{problem.shown}: {rule}",
-                    value=problem.value,
-                )
-            )
+            for p in self.mapper.problems
+        ]
         reported = {_ROOT.split(p.path, maxsplit=1)[0] for p in self.mapper.problems}
+        model = None
         try:
             model = ConsentIn.model_validate(body)
         except ValidationError as exc:
@@ -551,16 +562,18 @@ class _FhirRows:
                     continue  # e.g. an unknown patient: not also a missing patientId
                 path = f"{fhir}.{rest}" if rest else fhir
                 rule = err.message.split(": ", 1)[1] if ": " in err.message else err.message
-                row.errors.append(
-                    RowError(self.file, row.row, path, err.code, f"{resource.prefix}{path}: {rule}")
-                )
-        else:
-            if not row.errors:
-                row.model = model
-        row.source_key = namespaced(self.system, self._key(resource, row, body))
-        return row
+                errors.append((path, err.code, f"{resource.prefix}{path}: {rule}", ""))
+        model = model if not errors else None
+        key = self._key(resource, model, body, errors)
+        return MappedConsent(resource.row, resource.text, key, model, errors)
 
-    def _key(self, resource: Resource, row: Row, body: dict[str, Any]) -> str:
+    def _key(
+        self,
+        resource: Resource,
+        model: ConsentIn | None,
+        body: dict[str, Any],
+        errors: list[tuple[str, str, str, str]],
+    ) -> str:
         """The resource's id; without one, its natural identity (as a CSV row without a
         key column), or a key of its text when nothing stable is left."""
         assert resource.data is not None
@@ -568,58 +581,24 @@ class _FhirRows:
         if isinstance(ident, str) and ident.strip():
             return ident.strip()
         self.unkeyed = True
-        if row.model is not None:
-            model = row.model
+        if model is not None:
             return natural_key(model.patient_id, model.scope.value, model.category, model.date_time)
-        identity = _identity(body, row.errors)
-        if identity is not None:
-            return natural_key(*identity)
+        fields = {_ROOT.split(_API_OF_FHIR.get(e[0], e[0]), maxsplit=1)[0] for e in errors}
+        if not fields & NATURAL_FIELDS:
+            try:
+                found = ConsentIdentity.model_validate(body)
+            except ValidationError:
+                pass
+            else:
+                # Invalid elsewhere: still the same consent, so the ledger keeps its row.
+                return natural_key(
+                    found.patient_id, found.scope.value, found.category, found.date_time
+                )
         return self._unstable(resource)
 
     def _unstable(self, resource: Resource) -> str:
-        self.normalizer.tally.unstable += 1
+        self.tally.unstable += 1
         return CELLS_PREFIX + hashlib.sha256(resource.text.encode()).hexdigest()[:32]
 
 
-def _checked(normalizer: Normalizer, file_index: int, rows: list[Row]) -> list[Row]:
-    """The rows with their source keys checked against the input's so far: a repeat is
-    invalid as `duplicate_row`."""
-    if rows:
-        keys = key_digests([row.source_key for row in rows])
-        where = file_index << 40 | np.array([row.row for row in rows], dtype=np.int64)
-        firsts = normalizer._keys.add(keys, where)
-        for at in np.flatnonzero(firsts >= 0).tolist():
-            normalizer._duplicate(rows[at], int(firsts[at]))
-    return rows
-
-
-def fhir_rows(normalizer: Normalizer, table: FhirTable) -> Iterator[Row]:
-    """Every Consent of a FHIR file as a `Row` (what a run and a preview read)."""
-    file_index = normalizer._add_file(table.name)
-    pending: list[Row] = []
-    for item in _FhirRows(normalizer, table).consents():
-        if isinstance(item, Row):
-            pending.append(item)
-            if len(pending) == _SLICE:
-                yield from _checked(normalizer, file_index, pending)
-                pending = []
-    yield from _checked(normalizer, file_index, pending)
-
-
-def fhir_batches(normalizer: Normalizer, table: FhirTable) -> Iterator[Batch]:
-    """The verdict on every Consent of a FHIR file, `_SLICE` at a time (what `validate`
-    reads); resources of other types count as skipped."""
-    file_index = normalizer._add_file(table.name)
-    pending: list[Row] = []
-    skipped = 0
-    for item in _FhirRows(normalizer, table).consents():
-        if isinstance(item, Row):
-            pending.append(item)
-        else:
-            skipped += item
-        if len(pending) == _SLICE:
-            rows = _checked(normalizer, file_index, pending)
-            yield Batch(table.name, len(rows), [r for r in rows if not r.valid], skipped)
-            pending, skipped = [], 0
-    rows = _checked(normalizer, file_index, pending)
-    yield Batch(table.name, len(rows), [r for r in rows if not r.valid], skipped)
+_API_OF_FHIR: Final = {fhir: api for api, fhir in _FHIR_OF_API.items()}

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from importer._fhir import ERROR_TAG_SYSTEM, RESOURCE_COLUMN
-from importer._ledger import Ledger
 from importer._outputs import atomic_writer
 
 __all__ = ["export_failed_ndjson"]
@@ -22,14 +22,15 @@ __all__ = ["export_failed_ndjson"]
 log = logging.getLogger("importer.export")
 
 
-def export_failed_ndjson(ledger: Ledger, path: Path) -> int:
-    """Write every invalid or failed FHIR resource of the ledger to `path` (0600); rows
-    read from CSV or Excel files are left for `--failed FILE.csv`, and said so."""
-    from importer._export import _failed_source_rows
-
+def export_failed_ndjson(
+    rows: Iterable[tuple[dict[str, Any], list[tuple[str, Any]]]], path: Path
+) -> int:
+    """Write every invalid or failed FHIR resource to `path` (0600), given the ledger's
+    failed source rows (cells, consents); rows read from CSV or Excel files are left for
+    `--failed FILE.csv`, and said so."""
     written = other = 0
     with atomic_writer(path) as handle:
-        for cells, consents in _failed_source_rows(ledger):
+        for cells, consents in rows:
             if set(cells) != {RESOURCE_COLUMN}:
                 other += 1
                 continue
