@@ -519,7 +519,8 @@ def _print_run(stats: RunStats, ledger: Path, total: int) -> None:
     "--failed",
     type=click.Path(path_type=Path, dir_okay=False),
     help="Write invalid and failed rows here: their original columns plus the "
-    "error; fix it and feed it back as input.",
+    "error; fix it and feed it back as input. A .ndjson name writes the failed FHIR "
+    "resources, their errors as meta.tag.",
 )
 def export(ledger: Path, created: Path | None, failed: Path | None) -> int:
     """Write created.csv and failed.csv from a ledger.

@@ -253,7 +253,11 @@ class FhirTable(Table):
 
     def chunks(self) -> Iterator[Any]:
         # Nothing reads a FHIR file as cells: the normalizer asks `resources`.
-        raise InputError(f"{self.name}: a FHIR file has no columns to read as a table")
+        raise InputError(
+            f"{self.name}: is FHIR input, which needs no starting mapping: the built-in "
+            "FHIR mapping reads it (a mapping file may add [source] system, [patients] and "
+            "[fhir]; see the README's FHIR Consent input)"
+        )
 
     def _require_rows(self) -> None:
         pass  # open_fhir has checked that there is a resource
