@@ -9,6 +9,7 @@ import logging
 import shutil
 import stat
 import tracemalloc
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -22,6 +23,7 @@ from importer._mapping import load_mapping
 from importer._models import ConsentIn, to_api_json
 from importer._normalize import Normalizer
 from importer._reader import open_table
+from importer._revocation import is_correction_file
 from importer._validate import validate_files
 from importer.sandbox import RunningSandbox
 from tests.cli_helpers import run_cli
@@ -499,8 +501,26 @@ def write_ndjson(path: Path, lines: list[Any]) -> Path:
     return path
 
 
+@pytest.fixture
+def fhir_warnings() -> Iterator[list[str]]:
+    """The FHIR reader's warnings, heard on its own logger (a CLI test may have left the
+    package's logger quiet and not propagating)."""
+    said: list[str] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = lambda record: said.append(record.getMessage())  # type: ignore[method-assign]
+    logger = logging.getLogger("importer.fhir")
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.WARNING)
+    try:
+        yield said
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
 def test_bundle_errors_name_the_entry_and_other_types_are_skipped(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, fhir_warnings: list[str]
 ) -> None:
     path = write_bundle(
         tmp_path / "b.json",
@@ -514,13 +534,14 @@ def test_bundle_errors_name_the_entry_and_other_types_are_skipped(
             ),
         ],
     )
-    with caplog.at_level(logging.WARNING, logger="importer"):
-        summary = validate_files([path], load_mapping(None))
+    summary = validate_files([path], load_mapping(None))
     assert (summary.rows, summary.valid, summary.invalid, summary.skipped) == (2, 1, 1, 2)
     [error] = summary.errors
     assert (error.row, error.field, error.code) == (3, "provision.code", "unsupported_element")
     assert error.message.startswith("entry[3].provision.provision[0].code: has no ClinikAPI field")
-    assert "skipped 2 resource(s) that are not Consents (Organization 1, Patient 1)" in caplog.text
+    assert fhir_warnings == [
+        f"{path}: skipped 2 resource(s) that are not Consents (Organization 1, Patient 1)"
+    ]
     assert summary.to_json()["fhir_unsupported"] == {"provision.code": 1}
 
 
@@ -760,3 +781,76 @@ def test_validate_json_lists_unsupported_elements(
     report = summary_of("v.json")
     assert report["fhir_unsupported"] == {"performer.display": 1, "provision.data.meaning": 1}
     assert report["summary"]["skipped"] == 2
+
+
+def test_a_changed_resource_is_patched_on_the_rerun(
+    fhir_samples: Path, server: RunningSandbox, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run_cli(["run", *INPUTS], capsys)[0] == 1
+    lines = Path("bulk_export.ndjson").read_text(encoding="utf-8").splitlines()
+    first = json.loads(lines[0])
+    first["status"] = "inactive"  # a withdrawal in the consent manager
+    lines[0] = json.dumps(first)
+    Path("bulk_export.ndjson").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    code, out, _ = run_cli(["run", *INPUTS, "--summary-json", "s.json"], capsys)
+    assert code == 1, out
+    again = summary_of("s.json")
+    assert (again["created"], again["updated"], again["unchanged"]) == (0, 1, 10), out
+    assert server.stats()["patches"] == 1
+    [stored] = [c for c in server.consents() if c["patientId"] == "pt_fhir_1010"]
+    assert stored["status"] == "inactive"
+
+
+def test_preview_shows_entry_0(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write_bundle(tmp_path / "b.json", [consent(id="zero"), consent(id="one")])
+    code, out, _ = run_cli(["preview", str(path), "--row", "0"], capsys)
+    assert code == 0
+    assert out.startswith(f"{path}:0  valid; run would send:")
+
+
+def test_init_says_fhir_input_needs_no_starting_mapping(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write_ndjson(tmp_path / "x.ndjson", [consent()])
+    code, _, err = run_cli(["init", str(path), "--output", str(tmp_path / "m.toml")], capsys)
+    assert code == 2
+    assert "is FHIR input, which needs no starting mapping" in err
+    assert "Traceback" not in err
+    assert not (tmp_path / "m.toml").exists()
+
+
+def test_the_failed_ndjson_is_a_correction_file(
+    fhir_samples: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run_cli(["run", *INPUTS], capsys)
+    run_cli(["export", "--ledger", "consent-import.db", "--failed", "failed.ndjson"], capsys)
+    table = open_table("failed.ndjson")
+    assert isinstance(table, FhirTable)
+    assert is_correction_file(table.columns)
+    assert not is_correction_file(open_table("bulk_export.ndjson").columns)
+    code, out, err = run_cli(
+        ["run", "failed.ndjson", "--mapping", "mapping.toml", "--revoke-missing"], capsys
+    )
+    assert code == 1  # still invalid: nothing was fixed
+    assert "correction file" in out + err
+
+
+def test_export_ndjson_leaves_csv_rows_for_the_csv_export(
+    tmp_path: Path,
+    server: RunningSandbox,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("CLINIKAPI_API_KEY", KEY)
+    monkeypatch.setenv("CLINIKAPI_BASE_URL", server.base_url)
+    monkeypatch.chdir(tmp_path)
+    Path("c.csv").write_text("patientId,scope,category\npt_1,nonsense,x\n", encoding="utf-8")
+    write_ndjson(Path("f.ndjson"), [consent(id="a", status="bogus")])
+    assert run_cli(["run", "c.csv", "--ledger", "l.db"], capsys)[0] == 1
+    assert run_cli(["run", "f.ndjson", "--ledger", "l.db"], capsys)[0] == 1
+    code, out, err = run_cli(["export", "--ledger", "l.db", "--failed", "out.ndjson"], capsys)
+    assert code == 0
+    assert "1 invalid or failed row -> out.ndjson" in out
+    [line] = Path("out.ndjson").read_text(encoding="utf-8").splitlines()
+    assert json.loads(line)["id"] == "a"
+    assert "1 invalid or failed row(s) came from CSV or Excel files" in err
