@@ -47,6 +47,8 @@ _REFERENCE: Final = re.compile(
     r"(?:.*/)?(?P<type>[A-Z][A-Za-z]{0,63})/(?P<id>[A-Za-z0-9.\-_]{1,128})(?:/_history/[^/]+)?"
 )
 _BARE_ID: Final = re.compile(r"[A-Za-z0-9.\-_]{1,128}")
+#: A FHIR element's name (`_status` holds a primitive's extensions).
+_ELEMENT: Final = re.compile(r"_?[A-Za-z][A-Za-z0-9]{0,63}")
 #: The one `provision.data.meaning` a ClinikAPI data reference expresses: the resource itself.
 _DATA_MEANING: Final = "instance"
 _ATTACHMENT: Final = ("contentType", "data", "url", "title")
@@ -100,6 +102,12 @@ class _Walker:
         for name, item in value.items():
             if name == "id" or (top and name in _BOOKKEEPING):
                 continue  # element ids and the resource's bookkeeping
+            if not _ELEMENT.fullmatch(name):
+                # A key that is no FHIR name may be a value (PHI): never echoed.
+                text = "holds an element whose name is not a FHIR element name (not shown)"
+                where, path = shown or "resource", rule or "resource"
+                self._problem(where, path, "unsupported_element", text, item)
+                continue
             path, where = _join(rule, name), _join(shown, name)
             if path in self.options.drop:
                 self.dropped[path] += 1

@@ -413,6 +413,19 @@ def test_elements_without_a_field_are_row_errors(
     assert (f"entry[3].{shown}", path, code) in found
 
 
+def test_a_key_that_is_no_fhir_name_is_never_echoed() -> None:
+    """A key may be a value pasted in the wrong place (PHI): the message does not show it."""
+    m = mapper()
+    m.body(consent(provision={"John Smith 1970": "x"}), "entry[1].")
+    [problem] = m.problems
+    assert (problem.shown, problem.path, problem.code) == (
+        "entry[1].provision",
+        "provision",
+        "unsupported_element",
+    )
+    assert "John" not in problem.rule
+
+
 def test_an_unknown_patient_is_a_row_error() -> None:
     m = mapper(crosswalk={"p-1": "pt_1"})
     m.body(consent(patient={"reference": "Patient/p-2"}))
