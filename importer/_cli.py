@@ -519,7 +519,8 @@ def _print_run(stats: RunStats, ledger: Path, total: int) -> None:
     "--failed",
     type=click.Path(path_type=Path, dir_okay=False),
     help="Write invalid and failed rows here: their original columns plus the "
-    "error; fix it and feed it back as input.",
+    "error; fix it and feed it back as input. A .ndjson name writes the failed FHIR "
+    "resources, their errors as meta.tag.",
 )
 def export(ledger: Path, created: Path | None, failed: Path | None) -> int:
     """Write created.csv and failed.csv from a ledger.
@@ -835,7 +836,12 @@ def sandbox(
     type=click.IntRange(min=1),
     help="How many rows to show, from the top.",
 )
-@click.option("--row", "number", type=click.IntRange(min=1), help="Show this spreadsheet row.")
+@click.option(
+    "--row",
+    "number",
+    type=click.IntRange(min=0),  # 0: a FHIR Bundle's first entry
+    help="Show this spreadsheet row (a FHIR Bundle's entry index, an NDJSON line).",
+)
 def preview(inputs: Sequence[Path], mapping: Path | None, count: int, number: int | None) -> int:
     """Print the exact JSON body (or bodies) `run` would send for a few rows, or their
     errors. Reads only; never calls the API. Exit as `validate`.

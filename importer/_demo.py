@@ -24,6 +24,7 @@ class SampleSet:
     name: str
     inputs: tuple[str, ...]
     mapping: str | None
+    failed: str = "failed.csv"  # what `export --failed` writes: FHIR resources go as NDJSON
 
 
 SAMPLES = (
@@ -31,6 +32,12 @@ SAMPLES = (
     SampleSet("legacy_ehr", ("legacy_ehr/consents_export.csv",), "legacy_ehr/mapping.toml"),
     SampleSet("workbook", ("clinic_consents.xlsx",), "clinic_consents.toml"),
     SampleSet("registry", ("registry/registry_export.csv",), "registry/mapping.toml"),
+    SampleSet(
+        "fhir",
+        ("fhir/consent_manager_bundle.json", "fhir/bulk_export.ndjson"),
+        "fhir/mapping.toml",
+        "failed.ndjson",
+    ),
 )
 
 
@@ -73,12 +80,11 @@ def run_demo(samples: Path, out: Path, echo: Callable[[str], None]) -> int:
                 f"{stats.requests} requests, "
                 f"{stats.retries} retries, {stats.rate_limited} rate-limited"
             )
-            counts = export_csvs(
-                ledger, out / f"{sample.name}-created.csv", out / f"{sample.name}-failed.csv"
-            )
+            failed = f"{sample.name}-{sample.failed}"
+            counts = export_csvs(ledger, out / f"{sample.name}-created.csv", out / failed)
             echo(
                 f"{'':<11} ledger {ledger}; {counts.created} -> {sample.name}-created.csv, "
-                f"{counts.failed} -> {sample.name}-failed.csv"
+                f"{counts.failed} -> {failed}"
             )
             if stats.failed or stats.aborted:
                 worst = 1

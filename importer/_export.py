@@ -52,7 +52,11 @@ def export_csvs(ledger_path: Path, created: Path | None, failed: Path | None) ->
                     cells["source_key"] = split_key(row["source_key"])[1]  # as the file has it
                     writer.write(cells)
                     counts.created += 1
-        if failed is not None:
+        if failed is not None and failed.suffix.lower() == ".ndjson":
+            from importer._fhir_export import export_failed_ndjson  # FHIR resources back
+
+            counts.failed = export_failed_ndjson(_failed_source_rows(ledger), failed)
+        elif failed is not None:
             counts.failed = _export_failed(ledger, failed)
     finally:
         ledger.close()

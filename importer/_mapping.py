@@ -19,6 +19,7 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from importer._errors import ConfigError, no_such_file
+from importer._fhir import MAPPED_PATHS, FhirOptions, FhirTable, check_fhir_mapping, parse_fhir
 from importer._fields import (
     V1_PATHS,
     Condition,
@@ -69,7 +70,10 @@ DATE_FIELDS = ("dateTime", "verificationDate", "provisionStart", "provisionEnd")
 TRUE_WORDS = frozenset({"y", "yes", "true", "t", "1"})
 FALSE_WORDS = frozenset({"n", "no", "false", "f", "0"})
 
-_SECTIONS = {"source", "columns", "values", "defaults", "patients", "filter", "fields", "consents"}
+_SECTIONS = {
+    *("source", "columns", "values", "defaults", "patients", "filter", "fields", "consents"),
+    "fhir",
+}
 _SOURCE_KEYS = {
     "sheet",
     "encoding",
@@ -120,6 +124,8 @@ class Mapping:
     filters: tuple[Condition, ...] = ()
     fields: dict[str, Spec] = field(default_factory=dict)
     consents: tuple[ConsentSpec, ...] = ()
+    #: `[fhir]`: how FHIR input's elements without a ClinikAPI field are handled
+    fhir: FhirOptions = field(default_factory=FhirOptions)
 
     @property
     def builds_v2(self) -> bool:
@@ -219,6 +225,9 @@ def open_tables(inputs: Sequence[str | Path], mapping: Mapping) -> list[Table]:
     """Open every input up front, so a bad file or mapping fails before any work."""
     tables = [open_table(path, mapping.source) for path in inputs]
     for table in tables:
+        if isinstance(table, FhirTable):  # no columns: the built-in FHIR mapping reads it
+            check_fhir_mapping(mapping, table.name)
+            continue
         mapping.resolve(table.columns, table.label)
     return tables
 
@@ -273,6 +282,7 @@ def load_mapping(path: str | Path | None) -> Mapping:
         consents=consents,
         crosswalk_path=crosswalk_path,
         system=_system(source.get("system"), where),
+        fhir=parse_fhir(doc.get("fhir", {}), str(path), MAPPED_PATHS),
     )
 
 

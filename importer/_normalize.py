@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
-from functools import lru_cache
+from functools import lru_cache, partial
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -32,6 +32,8 @@ from pydantic import ValidationError
 
 from importer._errors import ConfigError
 from importer._fastcheck import proven_by_specs, proven_valid
+from importer._fhir import RESOURCE_COLUMN, FhirTable
+from importer._fhir_body import FhirConsents, MappedConsent
 from importer._fields import (
     BOOL,
     DATE,
@@ -301,6 +303,10 @@ class Normalizer:
         chunk of them. A version-2 mapping's consents go the same way (a row's consents
         share its digest; each has its own key).
         """
+        if isinstance(table, FhirTable):  # resources, not cells
+            for rows, _ in self._fhir_rows(table):
+                yield from rows
+            return
         file_rows = self.file_normalizer(table)
         file_index = self._add_file(table.name)
         for chunk in table.chunks():
@@ -351,6 +357,10 @@ class Normalizer:
         What `validate` needs: valid rows are only counted, invalid ones come with their
         errors.
         """
+        if isinstance(table, FhirTable):  # resources, not cells
+            for rows, skipped in self._fhir_rows(table):
+                yield Batch(table.name, len(rows), [r for r in rows if not r.valid], skipped)
+            return
         file_rows = self.file_normalizer(table)
         file_index = self._add_file(table.name)
         for chunk in table.chunks():
@@ -391,6 +401,29 @@ class Normalizer:
         # Reports list a row's consents together, in row order.
         order = sorted(invalid, key=lambda i: (places[i][1], i))
         return Batch(file_rows.file, len(keys), [invalid[i] for i in order], skipped)
+
+    def _fhir_rows(self, table: FhirTable) -> Iterator[tuple[list[Row], int]]:
+        """A FHIR file's Consents as rows (importer._fhir_body maps them), `_SLICE` at a
+        time, each slice with the resources of other types it skipped."""
+        file_index = self._add_file(table.name)
+        consents = FhirConsents(self.mapping, table, self.tally)
+        for mapped in consents.slices(_SLICE):
+            skipped, self.rows_read = consents.skipped, self.rows_read + consents.read
+            self.skipped += skipped
+            consents.read = consents.skipped = 0
+            keys: list[str | None] = [namespaced(self.mapping.system, m.key) for m in mapped]
+            size = len(mapped)
+            chunk = Consents(
+                size,
+                np.array([m.row for m in mapped], dtype=np.int64),
+                np.arange(size, dtype=np.int64),
+                keys,
+                np.zeros(size, dtype=bool),
+                partial(_fhir_row, table.name, mapped, self.mapping.system),
+            )
+            made = self._sliced(table.name, file_index, chunk)
+            yield [row for row in made if isinstance(row, Row)], skipped
+        self.unkeyed_files += consents.unkeyed
 
     def _add_file(self, name: str) -> int:
         self._files.append(name)
@@ -439,6 +472,17 @@ class Normalizer:
             )
         )
         row.model = None
+
+
+def _fhir_row(file: str, mapped: list[MappedConsent], system: str | None, index: int) -> Row:
+    """The `Row` of a mapped FHIR Consent: its resource is its one cell."""
+    consent = mapped[index]
+    row = Row(file, consent.row, namespaced(system, consent.key), (RESOURCE_COLUMN,))
+    row.values, row.model = (consent.text,), consent.model
+    row.errors = [
+        RowError(file, consent.row, *error[:3], value=error[3]) for error in consent.errors
+    ]
+    return row
 
 
 class KeyIndex:

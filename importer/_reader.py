@@ -42,6 +42,7 @@ from importer._errors import ConfigError, InputError, no_such_file
 __all__ = [
     "CSV_SUFFIXES",
     "EXCEL_SUFFIXES",
+    "OPENERS",
     "SourceOptions",
     "Table",
     "escape_formula",
@@ -54,6 +55,9 @@ __all__ = [
 CSV_SUFFIXES: Final = (".csv", ".tsv", ".txt")
 EXCEL_SUFFIXES: Final = (".xlsx", ".xlsm", ".xls")
 _SUFFIX_LIST: Final = ".csv, .tsv, .txt, .xlsx, .xlsm or .xls"
+#: Readers of files that are not tables of cells, by suffix: importer._fhir adds FHIR's
+#: (.json, .ndjson) when imported (it builds on `Table`, so this module cannot import it).
+OPENERS: dict[str, Callable[[Path, str], Table]] = {}
 
 _SAMPLE_BYTES: Final = 64 * 1024
 #: csv.Sniffer's regexes turn quadratic on unclosed quotes; it sees only this much.
@@ -278,9 +282,12 @@ def open_table(
     if path.is_dir():
         raise InputError(f"{name}: is a folder, not a file; give the path of a {_SUFFIX_LIST} file")
     suffix = path.suffix.lower()
-    if suffix not in CSV_SUFFIXES + EXCEL_SUFFIXES:
+    if suffix not in (*CSV_SUFFIXES, *EXCEL_SUFFIXES, *OPENERS):
         kind = f"'{path.suffix}'" if path.suffix else "(no extension)"
-        raise InputError(f"{name}: unsupported file type {kind}; save it as {_SUFFIX_LIST}")
+        raise InputError(
+            f"{name}: unsupported file type {kind}; save it as {_SUFFIX_LIST} "
+            "(FHIR: .json, .ndjson)"
+        )
     try:
         size = path.stat().st_size
         with path.open("rb") as handle:
@@ -291,6 +298,8 @@ def open_table(
         ) from None
     if size == 0:
         raise InputError(f"{name}: the file is empty; export it again with a header row")
+    if suffix in OPENERS:
+        return OPENERS[suffix](path, name)
     table: Table
     if suffix in EXCEL_SUFFIXES:
         table = _open_excel(path, name, head, options, chunk_rows)

@@ -35,6 +35,8 @@ class ValidationSummary:
     by_field: Counter[str] = field(default_factory=Counter)
     by_file: dict[str, FileCounts] = field(default_factory=dict)
     errors: list[RowError] = field(default_factory=list)
+    #: FHIR elements without a ClinikAPI field, by path (`unsupported_element` errors)
+    fhir_unsupported: Counter[str] = field(default_factory=Counter)
 
     def add(self, row: Row) -> None:
         counts = self.by_file.setdefault(row.file, FileCounts())
@@ -73,6 +75,8 @@ class ValidationSummary:
             self.by_rule[error.code] += 1
             self.by_field[error.field] += 1
             self.errors.append(error)
+            if error.code == "unsupported_element":
+                self.fhir_unsupported[error.field] += 1
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -100,6 +104,12 @@ class ValidationSummary:
                 }
                 for e in self.errors
             ],
+            # FHIR input only: what [fhir] rename or drop would have to say
+            **(
+                {"fhir_unsupported": dict(self.fhir_unsupported.most_common())}
+                if self.fhir_unsupported
+                else {}
+            ),
         }
 
 

@@ -479,12 +479,12 @@ SUFFIXES = ".csv, .tsv, .txt, .xlsx, .xlsm or .xls"
             f"is a folder, not a file; give the path of a {SUFFIXES} file",
         ),
         (
-            lambda d: write(d, "in.json", "{}"),
-            f"unsupported file type '.json'; save it as {SUFFIXES}",
+            lambda d: write(d, "in.xml", "<a/>"),
+            f"unsupported file type '.xml'; save it as {SUFFIXES} (FHIR: .json, .ndjson)",
         ),
         (
             lambda d: write(d, "noext", "id\n1\n"),
-            f"unsupported file type (no extension); save it as {SUFFIXES}",
+            f"unsupported file type (no extension); save it as {SUFFIXES} (FHIR: .json, .ndjson)",
         ),
     ],
 )

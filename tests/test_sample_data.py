@@ -16,13 +16,15 @@ SETS = {
     "legacy_ehr/consents_export.csv": "legacy_ehr/mapping.toml",
     "clinic_consents.xlsx": "clinic_consents.toml",
     "registry/registry_export.csv": "registry/mapping.toml",
+    "fhir/consent_manager_bundle.json": "fhir/mapping.toml",
+    "fhir/bulk_export.ndjson": "fhir/mapping.toml",
 }
 
 
 def documented_errors() -> set[tuple[str, int, str, str]]:
     text = (SAMPLES / "README.md").read_text(encoding="utf-8")
     table = text.split("## The deliberately invalid rows", 1)[1]
-    rows = re.findall(r"^\| (\S+) \| (\d+) \| (\w+) \| (\w+) \|", table, flags=re.M)
+    rows = re.findall(r"^\| (\S+) \| (\d+) \| ([\w.]+) \| (\w+) \|", table, flags=re.M)
     return {(file, int(row), field, code) for file, row, field, code in rows}
 
 
