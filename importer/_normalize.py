@@ -49,15 +49,19 @@ from importer._keys import (
     CELLS_PREFIX,
     NATURAL_FIELDS,
     NATURAL_PREFIX,
+    SOURCE_PREFIX,
     KeyTally,
     namespaced,
     natural_key,
+    source_key,
     split_key,
 )
 from importer._mapping import DATE_FIELDS, FALSE_WORDS, TRUE_WORDS, Mapping
 from importer._models import ConsentIdentity, ConsentIn, field_errors
 from importer._reader import EXCEL_SUFFIXES, Table, excel_serial_to_iso, sheet_label
 
+#: The fields a row's identity is made of, without a key column (importer._keys).
+_IDENTITY = ("patientId", "scope", "category", "dateTime")
 #: Where an error's field name ends its first part ("category.0" -> "category").
 _KEY_ROOT = re.compile(r"[.\[]")
 #: How a natural key's collision names its field.
@@ -262,6 +266,8 @@ class Normalizer:
         #: key rows without a key column by a hash of their whole body, as ledgers made
         #: before natural keys do (see importer._keys)
         self.content_keys = content_keys
+        #: key them by natural identity, as ledgers made before source-cell keys do
+        self.natural_keys = False
         self.unkeyed_files = 0
         self._keys = KeyIndex()
         self._files: list[str] = []
@@ -278,7 +284,9 @@ class Normalizer:
         "content hash"."""
         if not self.unkeyed_files:
             return "column"
-        return "content hash" if self.content_keys else "natural"
+        if self.content_keys:
+            return "content hash"
+        return "natural" if self.natural_keys else "source cells"
 
     def rows(self, table: Table) -> Iterator[Row]:
         """Every row of one table, in order, with its model when valid (what a run needs).
@@ -405,6 +413,7 @@ class Normalizer:
             excel=table.path.suffix.lower() in EXCEL_SUFFIXES,
             headers=table.columns,
             content_keys=self.content_keys,
+            natural_keys=self.natural_keys,
             tally=self.tally,
             sheet=table.sheet or "",
         )
@@ -416,7 +425,14 @@ class Normalizer:
         otherwise be sent twice."""
         file, number = self._files[first >> 40], first & ((1 << 40) - 1)
         where = f"row {number}" if file == row.file else f"{file} row {number}"
-        if split_key(row.source_key)[1].startswith(NATURAL_PREFIX):
+        if split_key(row.source_key)[1].startswith(SOURCE_PREFIX):
+            name, value = NATURAL_KEY_FIELD, ""
+            message = (
+                f"{name}: same patient, scope, category and date-time cells as {where} (the "
+                "row's identity without a key column); give the file a key column "
+                "([source] key) to import both"
+            )
+        elif split_key(row.source_key)[1].startswith(NATURAL_PREFIX):
             # No key column: the two rows are one consent as far as the ledger can tell.
             name, value = NATURAL_KEY_FIELD, ""
             message = (
@@ -513,6 +529,7 @@ class _FileNormalizer:
         excel: bool,
         headers: list[str] | None = None,
         content_keys: bool = False,
+        natural_keys: bool = False,
         tally: KeyTally | None = None,
         sheet: str = "",
     ) -> None:
@@ -530,6 +547,8 @@ class _FileNormalizer:
         self.system = mapping.system
         self.content_keys = content_keys
         self.v2 = mapping.builds_v2
+        #: rows without a key column keyed by their identity cells (importer._keys)
+        self.source_keyed = not self.keyed and not content_keys and not natural_keys
         self._excel = excel
         # One reading per date column (see DateColumn), decided as chunks come.
         self._date_columns: dict[str, DateColumn] = {}
@@ -611,7 +630,7 @@ class _FileNormalizer:
                 invalid = [(i, row) for i, row in enumerate(rows) if not row.valid]
                 return Checked(hashed, key_digests(hashed), invalid)
             headers, raw, prepared, keys = self._prepare(chunk)
-            if not self.keyed:
+            if not self.keyed and not self.source_keyed:
                 keys = self._natural_keys(prepared, len(chunk))
             proven = proven_valid(
                 prepared,
@@ -627,7 +646,7 @@ class _FileNormalizer:
                 values = tuple(column[pos] for column in raw.values())
                 cells = {name: prepared[name][pos] for name in names}
                 # An unproven row's natural key comes from its model, as in `normalize`.
-                key = keys[pos] if self.keyed else None
+                key = keys[pos] if self.keyed or self.source_keyed else None
                 row = self._row(int(numbers[pos]), headers, values, cells, key)
                 keys[pos] = row.source_key
                 if not row.valid:
@@ -697,11 +716,60 @@ class _FileNormalizer:
             keys = [None if not all(p) else "|".join(p) for p in zip(*parts, strict=True)]
         elif (header := self.columns.get("sourceKey")) is not None:
             keys = [c or None for c in self._cells(raw[header])]
+        elif self.source_keyed and not self.v2:
+            keys = self._source_keys(raw, size)
         else:
             return [None] * size
         if self.system is not None:
             keys = [None if k is None else namespaced(self.system, k) for k in keys]
         return keys
+
+    def _identity_headers(self, plan: _ConsentPlan | None = None) -> list[tuple[str, ...]]:
+        """Per identity field (patientId, scope, category, dateTime), the file's headers
+        whose cells feed it (none for a constant or a default)."""
+        out: list[tuple[str, ...]] = []
+        for name in _IDENTITY:
+            spec = plan.labels.get(name) if plan is not None else None
+            if spec is not None:
+                out.append(tuple(self.headers.get(c, c) for c in spec.headers))
+            elif name in self.columns and (plan is None or name not in plan.dropped):
+                out.append((self.columns[name],))
+            else:
+                out.append(())
+        return out
+
+    def _source_keys(self, raw: dict[str, list[Any]], size: int) -> list[str | None]:
+        """Source-cell keys a column at a time (None where the patient cell is empty:
+        such rows take the full path, and a key made from all their cells)."""
+        parts: list[list[str]] = []
+        fed = self._identity_headers()
+        for headers in fed:
+            columns = [self._cells(raw[h]) for h in headers]
+            if not columns:
+                parts.append([""] * size)
+            elif len(columns) == 1:
+                parts.append(columns[0])
+            else:
+                parts.append(["\x1f".join(cells) for cells in zip(*columns, strict=True)])
+        system, needs_patient = self.system, bool(fed[0])
+        return [
+            None
+            if needs_patient and not patient
+            else namespaced(system, source_key(patient, scope, category, when))
+            for patient, scope, category, when in zip(*parts, strict=True)
+        ]
+
+    def _row_source_key(self, row: Row, plan: _ConsentPlan | None) -> str | None:
+        """One row's source-cell key (see `_source_keys`), for a row built alone."""
+        cells, nulls = row.cells, self.nulls
+        parts: list[str] = []
+        fed = self._identity_headers(plan)
+        for headers in fed:
+            texts = [str(cells.get(h, "")).strip() for h in headers]
+            parts.append("\x1f".join("" if t.casefold() in nulls else t for t in texts))
+        if fed[0] and not parts[0]:
+            return None
+        return source_key(*parts)
 
     def _natural_keys(self, prepared: dict[str, list[str]], size: int) -> list[str | None]:
         """Natural keys a column at a time, from the cells as the body would hold them
@@ -794,19 +862,29 @@ class _FileNormalizer:
                 fail(
                     "sourceKey", "missing_required", "the source key is empty; every row needs one"
                 )
-            row.source_key = namespaced(self.system, self._key_without_column(row, body))
+            plan = v2[0] if v2 is not None else None
+            row.source_key = namespaced(self.system, self._key_without_column(row, body, plan))
         if consent:
             # Each consent of the row has its own key, so reruns and patches go per consent.
             row.source_key += "#" + consent
+        if errors and self.source_keyed and _identity_failed(row.source_key, errors):
+            # Its identity cells hold a typo: the row may be the one the ledger misses.
+            self.tally.unstable += 1
         if errors:
             row.model = None
         return row
 
-    def _key_without_column(self, row: Row, body: dict[str, Any]) -> str:
-        """A row's key when no key column gives one: its natural identity (or body hash,
-        in a content-hash ledger); the hash of its cells when nothing stable is left."""
+    def _key_without_column(
+        self, row: Row, body: dict[str, Any], plan: _ConsentPlan | None = None
+    ) -> str:
+        """A row's key when no key column gives one: its source-cell identity (natural
+        identity or body hash, in older ledgers); the hash of its cells when nothing
+        stable is left."""
         model = row.model if not row.errors else None
-        if not self.keyed:  # (a keyed row here has an empty key cell: nothing is stable)
+        if self.source_keyed and (found := self._row_source_key(row, plan)) is not None:
+            return found
+        if not self.keyed and not self.source_keyed:
+            # (a keyed row here has an empty key cell: nothing is stable)
             if model is not None and self.content_keys:
                 return "sha256:" + row.body_hash[:32]
             if model is not None:
@@ -850,7 +928,7 @@ def _v1_consents(
     # column at a time (not content hashes: those need the body).
     fast_keys = keys
     if unchanged is not None and (owner.keyed or not owner.content_keys):
-        if not owner.keyed:
+        if not owner.keyed and not owner.source_keyed:
             fast_keys = owner._natural_keys(fields, size)
         proven = proven_valid(
             fields,
@@ -1406,6 +1484,13 @@ def _identity(
     except ValidationError:
         return None
     return found.patient_id, found.scope.value, found.category, found.date_time
+
+
+def _identity_failed(key: str, errors: list[RowError]) -> bool:
+    """Whether a row keyed by its identity cells failed in one of its identity fields."""
+    return split_key(key)[1].startswith(SOURCE_PREFIX) and any(
+        _KEY_ROOT.split(e.field, maxsplit=1)[0] in NATURAL_FIELDS for e in errors
+    )
 
 
 def split_codes(text: str) -> list[str]:

@@ -177,6 +177,7 @@ def plan_import(
     seen: set[str] = set()
     with context as ledger:
         normalizer.content_keys = ledger is not None and ledger.key_scheme == "content"
+        normalizer.natural_keys = ledger is not None and ledger.key_scheme == "natural"
         batch: list[Row] = []
         for row in chain.from_iterable(normalizer.rows(t) for t in tables):
             batch.append(row)

@@ -95,6 +95,7 @@ def run_import(
     with LedgerLock(options.ledger):
         ledger = Ledger(options.ledger, base_url=base_url)
         normalizer.content_keys = ledger.key_scheme == "content"
+        normalizer.natural_keys = ledger.key_scheme == "natural"
         # Rows the ledger holds as done from the same cells come as counts, no bodies.
         rows: Iterator[Row | Unchanged] = chain.from_iterable(
             normalizer.rows_or_unchanged(t, ledger.unchanged) for t in tables
