@@ -25,8 +25,8 @@ import hashlib
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from functools import lru_cache
 from datetime import UTC, datetime
+from functools import lru_cache
 
 #: Separates a source system's name from the key in the ledger's `source_key`: a control
 #: character, which no trimmed cell of an export holds, so namespaced keys never collide
@@ -90,6 +90,7 @@ def _instant(text: str) -> str:
     except ValueError:
         return text
     return text if value.tzinfo is None else value.astimezone(UTC).isoformat()
+
 
 #: The API fields a natural key pins: a row whose key matches holds the same values,
 #: however written (categories in another order, the instant in another zone).

@@ -20,8 +20,8 @@ import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime
-from functools import lru_cache
+from datetime import UTC, datetime, timedelta, timezone
+from functools import lru_cache, partial
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -206,8 +206,9 @@ def body_field_hashes(body: dict[str, Any]) -> dict[str, str]:
 _SLICE = 1_000
 #: Bump when a change of this module changes the body made from the same cells: every
 #: stored cells digest then misses once, and the rerun compares bodies instead (and
-#: when the digest itself is made differently: 2 = column-wise).
-_BODY_RULES = "2"
+#: when the digest itself is made differently: 2 = column-wise; 3 = a date-only period
+#: end is the end of its day).
+_BODY_RULES = "3"
 
 
 @dataclass(frozen=True, slots=True)
@@ -268,6 +269,10 @@ class Normalizer:
         self.content_keys = content_keys
         #: key them by natural identity, as ledgers made before source-cell keys do
         self.natural_keys = False
+        #: read naive date-times as UTC when the mapping states no zone, as ledgers
+        #: made before zones were stated did (importer._ledger: naive_times)
+        self.naive_utc = False
+        self._file_rows: list[_FileNormalizer] = []
         self.unkeyed_files = 0
         self._keys = KeyIndex()
         self._files: list[str] = []
@@ -287,6 +292,10 @@ class Normalizer:
         if self.content_keys:
             return "content hash"
         return "natural" if self.natural_keys else "source cells"
+
+    def read_naive_as_utc(self) -> bool:
+        """Whether naive times of day were read as UTC, no zone stated (older ledgers)."""
+        return any(f.read_naive_as_utc() for f in self._file_rows)
 
     def rows(self, table: Table) -> Iterator[Row]:
         """Every row of one table, in order, with its model when valid (what a run needs).
@@ -416,7 +425,9 @@ class Normalizer:
             natural_keys=self.natural_keys,
             tally=self.tally,
             sheet=table.sheet or "",
+            naive_utc=self.naive_utc,
         )
+        self._file_rows.append(file_rows)
         self.unkeyed_files += not file_rows.keyed
         return file_rows
 
@@ -532,8 +543,11 @@ class _FileNormalizer:
         natural_keys: bool = False,
         tally: KeyTally | None = None,
         sheet: str = "",
+        naive_utc: bool = False,
     ) -> None:
         self.mapping = mapping
+        #: read naive date-times as UTC when the mapping states no zone (older ledgers)
+        self.naive_utc = naive_utc
         #: counts the rows given a key made from their cells (importer._keys.CELLS_PREFIX)
         self.tally = tally or KeyTally()
         self.columns = columns
@@ -569,13 +583,36 @@ class _FileNormalizer:
         dates = self._chunk_dates.get(name)
         return dates.get(text) if dates is not None else None
 
-    def _date_column(self, name: str, label: str, formats: tuple[str, ...]) -> DateColumn:
+    def _date_column(
+        self, name: str, label: str, formats: tuple[str, ...], *, end: bool = False
+    ) -> DateColumn:
         column = self._date_columns.get(name)
         if column is None:
             column = self._date_columns[name] = DateColumn(
-                self.label, label, formats, self.mapping.timezone, excel=self._excel
+                self.label,
+                label,
+                formats,
+                self.zone,
+                excel=self._excel,
+                end_of_day=end,
+                unstated=self.mapping.timezone_todo,
             )
         return column
+
+    @property
+    def zone(self) -> ZoneInfo | None:
+        """The zone naive date-times are read in: the mapping's, UTC where an older
+        ledger read them so, else None (they stop the read)."""
+        if self.mapping.timezone_stated:
+            return self.mapping.timezone
+        return self.mapping.timezone if self.naive_utc else None
+
+    def read_naive_as_utc(self) -> bool:
+        """Whether a naive time of day was read as UTC with no zone stated (an older
+        ledger's rule)."""
+        return not self.mapping.timezone_stated and any(
+            column.read_naive for column in self._date_columns.values()
+        )
 
     def prefilter(self, chunk: pd.DataFrame) -> tuple[pd.DataFrame, int]:
         """The chunk without the rows a [[filter]] leaves out, and how many those were."""
@@ -589,13 +626,25 @@ class _FileNormalizer:
             return chunk, 0
         return chunk[keep], int((~keep).sum())
 
-    def _constant_date(self, text: str) -> datetime | None:
-        """A date written in the mapping (value, default, map): ISO 8601."""
+    def _constant_date(self, text: str, *, end: bool = False) -> datetime | None:
+        """A date written in the mapping (value, default, map): ISO 8601, a naive one
+        in the zone (see DateColumn)."""
         try:
             value = datetime.fromisoformat(text)
         except ValueError:
             return None
-        return value.replace(tzinfo=self.mapping.timezone) if value.tzinfo is None else value
+        if value.tzinfo is not None:
+            return value
+        column = DateColumn(
+            str(self.mapping.path or "mapping"),
+            "a date-time written in the mapping",
+            (),
+            self.zone,
+            excel=False,
+            end_of_day=end,
+            unstated=self.mapping.timezone_todo,
+        )
+        return column._local(value, bool(_ISO_TIME.search(text)), text, [text], None)
 
     def take_skipped(self) -> int:
         """Rows of the last chunks for which no [[consents]] `when` held; resets."""
@@ -667,10 +716,11 @@ class _FileNormalizer:
         headers = tuple(str(c) for c in chunk.columns)
         raw = {h: chunk[h].to_numpy(dtype=object).tolist() for h in headers}
         prepared = {name: self._column(raw, name, len(chunk)) for name in self.fields}
+        index = chunk.index
         self._chunk_dates = {
-            name: self._date_column(name, self._label(name), self.mapping.date_formats).read(
-                prepared[name]
-            )
+            name: self._date_column(
+                name, self._label(name), self.mapping.date_formats, end=name == "provisionEnd"
+            ).read(prepared[name], lambda pos: int(index[pos]))
             for name in DATE_FIELDS
             if name in prepared
         }
@@ -974,7 +1024,7 @@ class _V2Rows:
         """
         headers, raw, prepared, keys = self.owner._prepare(chunk)
         size = len(chunk)
-        self._evaluate(raw, size)
+        self._evaluate(raw, size, chunk.index)
         numbers = chunk.index.tolist()
         value_rows: list[tuple[Any, ...]] | None = None
         names = list(prepared)
@@ -1035,13 +1085,18 @@ class _V2Rows:
         )
         return proven & proven_by_specs(plan.specs, plan.values, size)
 
-    def _evaluate(self, raw: dict[str, list[Any]], size: int) -> dict[str, list[str]]:
-        """Every plan evaluated over the chunk; the trimmed cells by mapped column."""
+    def _evaluate(
+        self, raw: dict[str, list[Any]], size: int, index: pd.Index | None = None
+    ) -> dict[str, list[str]]:
+        """Every plan evaluated over the chunk; the trimmed cells by mapped column
+        (`rows`: a position in the chunk -> its row number, for messages)."""
         cells = {
             name: self.owner._cells(raw[header]) for name, header in self.owner.headers.items()
         }
+        numbers = None if index is None else index.tolist()
+        rows = None if numbers is None else (lambda pos: int(numbers[pos]))
         for plan in self.consents:
-            plan.evaluate(cells, size)
+            plan.evaluate(cells, size, rows)
         return cells
 
     def consents_of(self, chunk: pd.DataFrame, unchanged: UnchangedCheck | None) -> Consents:
@@ -1050,7 +1105,7 @@ class _V2Rows:
         owner = self.owner
         headers, raw, prepared, keys = owner._prepare(chunk)
         size = len(chunk)
-        cells = self._evaluate(raw, size)
+        cells = self._evaluate(raw, size, chunk.index)
         # A row's digest covers its version-1 fields and every mapped column's cells
         # (what the specs read); date cells enter as text, their reading in the key.
         digests = cells_digests(
@@ -1097,7 +1152,7 @@ class _V2Rows:
         """Rows through a version-2 mapping: per row, one Row per consent made."""
         headers, raw, prepared, keys = self.owner._prepare(chunk)
         size = len(chunk)
-        self._evaluate(raw, size)
+        self._evaluate(raw, size, chunk.index)
         names = list(prepared)
         numbers = chunk.index.tolist()
         value_rows = list(zip(*raw.values(), strict=True))
@@ -1248,25 +1303,32 @@ class _ConsentPlan:
         #: The spec behind each field path (without indexes), to name it in row errors.
         self.labels = {spec.path.plain: spec for spec in specs}
 
-    def evaluate(self, cells: dict[str, list[str]], size: int) -> None:
-        """Evaluate `when` and every spec over a chunk's cells, a column at a time."""
+    def evaluate(
+        self, cells: dict[str, list[str]], size: int, rows: Callable[[int], int] | None = None
+    ) -> None:
+        """Evaluate `when` and every spec over a chunk's cells, a column at a time
+        (`rows`: a position in the chunk -> its row number, for messages)."""
         owner = self.owner
         self.holds = self.when.holds(cells[self.when.column]) if self.when else None
         values = []
         for spec in self.specs:
             reader = None
+            # A period's end given as a date alone means the end of that day.
+            end = spec.path.kind == DATE and spec.path.steps[-1][0] == "end"
             if spec.path.kind == DATE and spec.source != "value":
                 column = owner._date_column(
                     f"{self.key}:{spec.key}",
                     f"{spec.path.plain} ({spec.describe()})",
                     spec.formats if spec.formats is not None else owner.mapping.date_formats,
+                    end=end,
                 )
 
                 def reader(texts: list[str], column: DateColumn = column) -> list[datetime | None]:
-                    read = column.read(texts)
+                    read = column.read(texts, rows)
                     return [read.get(t) if t else None for t in texts]
 
-            values.append(evaluate(spec, cells, size, reader, owner._constant_date))
+            constant = partial(owner._constant_date, end=end)
+            values.append(evaluate(spec, cells, size, reader, constant))
         self.values = values
         self._rows = list(zip(*values, strict=True)) if values else [()] * size
         self._errors = {}
@@ -1321,22 +1383,44 @@ class DateColumn:
     """
 
     def __init__(
-        self, file: str, label: str, formats: tuple[str, ...], tz: ZoneInfo, *, excel: bool
+        self,
+        file: str,
+        label: str,
+        formats: tuple[str, ...],
+        tz: ZoneInfo | None,
+        *,
+        excel: bool,
+        end_of_day: bool = False,
+        unstated: str = "",
     ) -> None:
         self.file = file
         self.label = label
+        #: None: the mapping states no zone, and a naive time stops the read (`unstated`
+        #: says how the mapping left it: "" or "TODO")
         self.tz = tz
+        self.unstated = unstated
+        #: a date-only cell means the end of its day (a period's end), else its start
+        self.end_of_day = end_of_day
+        #: whether a naive time of day was read in `tz` (UTC, for an older ledger)
+        self.read_naive = False
         self.excel = excel
         self.families = date_families(formats)
         self.candidates = list(range(len(self.families)))
         self.decided: int | None = 0 if len(self.families) <= 1 else None
 
-    def read(self, texts: list[str]) -> dict[str, datetime | None]:
-        """Each distinct non-empty text of a chunk -> its date-time (None: unreadable)."""
+    def read(
+        self, texts: list[str], rows: Callable[[int], int] | None = None
+    ) -> dict[str, datetime | None]:
+        """Each distinct non-empty text of a chunk -> its date-time (None: unreadable).
+
+        A cell without an offset is read in the zone; with no zone stated, one holding a
+        time of day stops the read (ConfigError naming the column and, through `rows`
+        (position in `texts` -> row number), a row). A date alone is read in the zone,
+        or UTC: the start of its day, or its end for a period's end."""
         out: dict[str, datetime | None] = {}
         rest: list[str] = []
-        tz = self.tz
         parse = datetime.fromisoformat
+        timed = _ISO_TIME.search
         for text in set(texts):
             if not text:
                 continue
@@ -1345,7 +1429,9 @@ class DateColumn:
             except ValueError:
                 rest.append(text)
                 continue
-            out[text] = value if value.tzinfo is not None else value.replace(tzinfo=tz)
+            if value.tzinfo is None:
+                value = self._local(value, bool(timed(text)), text, texts, rows)
+            out[text] = value
         if not rest:
             return out
         if self.decided is None:
@@ -1353,8 +1439,33 @@ class DateColumn:
         index = self.reading()
         family = self.families[index] if self.families else ()
         for text in rest:
-            out[text] = self._parse(family, text)
+            read = self._parse(family, text)
+            if read is not None and (read.tzinfo is _LOCAL_TIME or read.tzinfo is _LOCAL_DATE):
+                read = self._local(read, read.tzinfo is _LOCAL_TIME, text, texts, rows)
+            out[text] = read
         return out
+
+    def _local(
+        self,
+        value: datetime,
+        timed: bool,
+        text: str,
+        texts: list[str],
+        rows: Callable[[int], int] | None,
+    ) -> datetime:
+        """A naive reading in the column's zone (see `read`)."""
+        if not timed:
+            if self.end_of_day:
+                value = value.replace(hour=23, minute=59, second=59, microsecond=999_000)
+            return value.replace(tzinfo=self.tz or UTC)
+        if self.tz is None:
+            # The first such cell of the chunk, not the one this set of texts met first.
+            pos = next(at for at, cell in enumerate(texts) if cell and self._naive(cell))
+            row = rows(pos) if rows is not None else None
+            message = naive_time_message(self.file, self.label, row, texts[pos], self.unstated)
+            raise ConfigError(message)
+        self.read_naive = True
+        return value.replace(tzinfo=self.tz)
 
     def reading(self) -> int:
         """Which family read the cells so far (the decided one, or the first candidate:
@@ -1382,21 +1493,67 @@ class DateColumn:
         counts = {i: sum(v is not None for v in results[i]) for i in self.candidates}
         self.decided = max(self.candidates, key=lambda i: (counts[i], -i))
 
+    def _naive(self, text: str) -> bool:
+        """Whether a cell reads as a time of day without an offset (the error path)."""
+        try:
+            value = datetime.fromisoformat(text)
+        except ValueError:
+            family = self.families[self.reading()] if self.families else ()
+            read = self._parse(family, text)
+            return read is not None and read.tzinfo is _LOCAL_TIME
+        return value.tzinfo is None and bool(_ISO_TIME.search(text))
+
     @lru_cache(maxsize=65536)  # noqa: B019 - one DateColumn per column of a run
     def _parse(self, family: tuple[str, ...], text: str) -> datetime | None:
+        """The cell read by the family; a naive reading marked _LOCAL_TIME or
+        _LOCAL_DATE (a time of day or not), for `read` to place in the zone."""
         for fmt in family:
             try:
-                return self._aware(datetime.strptime(text, fmt))
+                value = datetime.strptime(text, fmt)
             except ValueError:
                 continue
+            return _marked(value, bool(_FORMAT_TIME.search(fmt)))
         if self.excel:
             iso = excel_serial_to_iso(text)
             if iso:
-                return self._aware(datetime.fromisoformat(iso))
+                return _marked(datetime.fromisoformat(iso), "T" in iso)
         return None
 
-    def _aware(self, value: datetime) -> datetime:
-        return value.replace(tzinfo=self.tz) if value.tzinfo is None else value
+
+#: A naive reading's mark, until `DateColumn.read` places it in the zone.
+_LOCAL_TIME = timezone(timedelta(0), "local time of day")
+_LOCAL_DATE = timezone(timedelta(0), "local date")
+#: An ISO 8601 cell with a time of day (a date alone has no `T`, space or colon).
+_ISO_TIME = re.compile(r"[Tt :]")
+#: A strptime format reading a time of day.
+_FORMAT_TIME = re.compile(r"%[HIMSpfXcTRr]")
+
+
+def _marked(value: datetime, timed: bool) -> datetime:
+    if value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=_LOCAL_TIME if timed else _LOCAL_DATE)
+
+
+def cell_shape(text: str) -> str:
+    """A cell's shape without its value (digits as 9, letters as A or a): what a
+    message may show of a date cell, which can be PHI."""
+    return re.sub(r"[a-z]", "a", re.sub(r"[A-Z]", "A", re.sub(r"\d", "9", text)))
+
+
+def naive_time_message(file: str, label: str, row: int | None, text: str, unstated: str) -> str:
+    """Why a naive date-time stops a read: the column, a row, the cell's shape, the key."""
+    where = f"row {row}, " if row is not None else ""
+    said = (
+        'and the mapping\'s [source] timezone is still "TODO"'
+        if unstated == "TODO"
+        else "and the mapping states no time zone"
+    )
+    return (
+        f"{file}: {label} holds date-times without a UTC offset ({where}a cell shaped "
+        f"'{cell_shape(text)}') {said}; set [source] timezone to the zone they were "
+        'written in, e.g. timezone = "America/Chicago" (timezone = "UTC" if they are UTC)'
+    )
 
 
 _DATE_PARTS = {"d": "d", "m": "m", "b": "m", "B": "m", "Y": "y", "y": "y", "j": "d"}

@@ -100,8 +100,9 @@ def test_a_bad_boolean_is_a_row_error(tmp_path: Path) -> None:
     [
         ("2024-03-05T14:30:00Z", "", "2024-03-05T14:30:00Z"),
         ("2024-03-05T14:30:00+02:00", "", "2024-03-05T14:30:00+02:00"),
-        ("2024-03-05 14:30", "", "2024-03-05T14:30:00Z"),  # naive: UTC by default
-        ("2024-03-05", "", "2024-03-05T00:00:00Z"),
+        # naive: in the zone stated (UTC is a statement; none stops: tests/test_time_zones.py)
+        ("2024-03-05 14:30", "[source]\ntimezone='UTC'\n", "2024-03-05T14:30:00Z"),
+        ("2024-03-05", "", "2024-03-05T00:00:00Z"),  # a date alone: UTC when none is stated
         # naive with a timezone: Chicago is UTC-6 in March before DST, UTC-5 in July
         (
             "2024-03-05T14:30:00",
@@ -117,7 +118,7 @@ def test_a_bad_boolean_is_a_row_error(tmp_path: Path) -> None:
         ("2024-07-05T14:30:00Z", "[source]\ntimezone='America/Chicago'\n", "2024-07-05T14:30:00Z"),
         (
             "03/05/2024 02:30 PM",
-            "[source]\ndate_formats=['%m/%d/%Y %I:%M %p']\n",
+            "[source]\ntimezone='UTC'\ndate_formats=['%m/%d/%Y %I:%M %p']\n",
             "2024-03-05T14:30:00Z",
         ),
         (

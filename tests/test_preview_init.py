@@ -89,6 +89,7 @@ def test_init_writes_a_mapping_that_validates(
     code, out, _ = run_cli(["init", str(SAMPLES / name), "--output", str(output)], capsys)
     assert code == 0
     assert f"Wrote {output}" in out
+    state_the_zone(output)
     code, _, err = run_cli(["validate", str(SAMPLES / name), "--mapping", str(output)], capsys)
     assert code in (0, 1), err
 
@@ -135,12 +136,21 @@ def test_init_refuses_to_overwrite(tmp_path: Path, capsys: pytest.CaptureFixture
     assert output.read_text(encoding="utf-8") == "# mine\n"
 
 
+def state_the_zone(mapping: Path) -> None:
+    """Set the `[source] timezone` init leaves to a person (naive times stop without it)."""
+    text = mapping.read_text(encoding="utf-8")
+    text = re.sub(r'(?m)^#? *timezone = "(UTC|TODO)"', 'timezone = "UTC"', text)
+    mapping.write_text(text, encoding="utf-8")
+
+
 def init_and_validate(
     source: Path, output: Path, capsys: pytest.CaptureFixture[str]
 ) -> tuple[dict[str, object], int, str, str]:
-    """(the written mapping, validate's exit code, stdout, stderr) with it untouched."""
+    """(the written mapping, validate's exit code, stdout, stderr) with it untouched but
+    for its time zone, stated as a person must (issue 20)."""
     code, _, err = run_cli(["init", str(source), "--output", str(output)], capsys)
     assert code == 0, err
+    state_the_zone(output)
     doc = tomllib.loads(output.read_text(encoding="utf-8"))
     code, out, err = run_cli(["validate", str(source), "--mapping", str(output)], capsys)
     return doc, code, out, err
