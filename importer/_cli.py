@@ -466,6 +466,14 @@ def _print_run(stats: RunStats, ledger: Path, total: int) -> None:
     )
     if stats.source_key != "column":
         out.print(f"     {_KEY_NOTES[stats.source_key]}", soft_wrap=True)
+    if stats.mapping_changed:
+        refused = stats.by_error.get("immutable_change", 0)
+        out.print(
+            f"     The {stats.mapping_changed} changed since the last run: this run changed "
+            f"{plural(stats.updated + refused, 'row')} ({stats.updated:,} updated, "
+            f"{refused:,} refused as immutable changes) and created {stats.created:,}",
+            soft_wrap=True,
+        )
     if stats.settled_adopted or stats.settled_reposted:
         out.print(
             f"     after --settle: {stats.settled_adopted:,} found and adopted, "
