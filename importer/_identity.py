@@ -12,9 +12,10 @@ import dataclasses
 import hashlib
 import logging
 
-from importer._ledger import Ledger
+from importer._ledger import Ledger, last_mapping, record_mapping
 from importer._mapping import Mapping
 from importer._normalize import Normalizer
+from importer._results import RunStats
 
 log = logging.getLogger("importer.run")
 
@@ -39,16 +40,18 @@ def note_mapping(ledger: Ledger, run_id: int, mapping: Mapping) -> str:
     its own ("mapping", "crosswalk", "mapping and crosswalk"; "" for nothing, or for a
     first run)."""
     now = fingerprints(mapping)
-    last = ledger.last_mapping(before=run_id)
-    ledger.record_mapping(run_id, *now)
+    last = last_mapping(ledger, before=run_id)
+    record_mapping(ledger, run_id, *now)
     if last is None:
         return ""
     changed = [n for n, a, b in zip(("mapping", "crosswalk"), last[1:], now, strict=True) if a != b]
     return " and ".join(changed)
 
 
-def say_naive_utc(normalizer: Normalizer) -> None:
-    """Once a run: naive times were read as UTC, as this (older) ledger's runs did."""
+def read_with(stats: RunStats, normalizer: Normalizer, changed: str) -> None:
+    """Note in a run's stats how its rows were keyed and whether the mapping changed;
+    say (once a run) that naive times were read as UTC, as this older ledger's runs did."""
+    stats.source_key, stats.mapping_changed = normalizer.key_kind, changed
     if normalizer.read_naive_as_utc():
         log.warning(
             "date-times without a UTC offset were read as UTC, as this ledger's earlier runs "

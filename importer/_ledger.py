@@ -844,7 +844,7 @@ class Ledger(_Transitions, _VerifyReads):
                 "INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (SCHEMA_VERSION,)
             )
             #: how earlier runs read naive date-times: "utc" (before zones were stated)
-            self.naive_times = meta.get("naive_times") or self._first_naive_times()
+            self.naive_times = meta.get("naive_times") or _first_naive_times(self._db)
             self.key_scheme = meta.get("key_scheme") or self._first_key_scheme()
             if base_url is None:
                 return
@@ -870,33 +870,6 @@ class Ledger(_Transitions, _VerifyReads):
         scheme = "content" if held else "source"
         self._db.execute("INSERT INTO meta VALUES ('key_scheme', ?)", (scheme,))
         return scheme
-
-    def _first_naive_times(self) -> str:
-        """How naive date-times are read when the mapping states no zone, recorded once
-        per ledger: one holding rows already was written when they were read as UTC, and
-        keeps that ("utc"), so upgrading moves no consent's instant; a new one stops
-        ("stated": the mapping must say)."""
-        held = self._db.execute("SELECT 1 FROM rows LIMIT 1").fetchone() is not None
-        rule = "utc" if held else "stated"
-        self._db.execute("INSERT INTO meta VALUES ('naive_times', ?)", (rule,))
-        return rule
-
-    def record_mapping(self, run_id: int, mapping: str, crosswalk: str) -> None:
-        """Note the digests of the mapping and crosswalk run `run_id` reads with."""
-        with self.transaction():
-            self._db.execute(
-                "INSERT OR REPLACE INTO run_mappings VALUES (?, ?, ?)", (run_id, mapping, crosswalk)
-            )
-
-    def last_mapping(self, before: int | None = None) -> tuple[int, str, str] | None:
-        """(run id, mapping digest, crosswalk digest) of the last run that noted them
-        (before run `before`), or None."""
-        found = self._db.execute(
-            "SELECT run_id, mapping, crosswalk FROM run_mappings WHERE run_id < ? "
-            "ORDER BY run_id DESC LIMIT 1",
-            (before if before is not None else 1 << 62,),
-        ).fetchone()
-        return None if found is None else (int(found[0]), str(found[1]), str(found[2]))
 
     def close(self) -> None:
         if self._reads is not None:
@@ -1147,6 +1120,36 @@ class Ledger(_Transitions, _VerifyReads):
             )
         ledger.schema = version or SCHEMA_VERSION
         return ledger
+
+
+def _first_naive_times(db: sqlite3.Connection) -> str:
+    """How naive date-times are read when the mapping states no zone, recorded once per
+    ledger: one holding rows already was written when they were read as UTC, and keeps
+    that ("utc"), so upgrading moves no consent's instant; a new one stops ("stated":
+    the mapping must say)."""
+    held = db.execute("SELECT 1 FROM rows LIMIT 1").fetchone() is not None
+    rule = "utc" if held else "stated"
+    db.execute("INSERT INTO meta VALUES ('naive_times', ?)", (rule,))
+    return rule
+
+
+def record_mapping(ledger: Ledger, run_id: int, mapping: str, crosswalk: str) -> None:
+    """Note the digests of the mapping and crosswalk run `run_id` reads with."""
+    with ledger.transaction():
+        ledger._db.execute(
+            "INSERT OR REPLACE INTO run_mappings VALUES (?, ?, ?)", (run_id, mapping, crosswalk)
+        )
+
+
+def last_mapping(ledger: Ledger, before: int) -> tuple[int, str, str] | None:
+    """(run id, mapping digest, crosswalk digest) of the last run before `before` that
+    noted them, or None."""
+    found = ledger._db.execute(
+        "SELECT run_id, mapping, crosswalk FROM run_mappings WHERE run_id < ? "
+        "ORDER BY run_id DESC LIMIT 1",
+        (before,),
+    ).fetchone()
+    return None if found is None else (int(found[0]), str(found[1]), str(found[2]))
 
 
 def _connect(database: str, **options: Any) -> sqlite3.Connection:

@@ -295,7 +295,7 @@ class Normalizer:
 
     def read_naive_as_utc(self) -> bool:
         """Whether naive times of day were read as UTC, no zone stated (older ledgers)."""
-        return any(f.read_naive_as_utc() for f in self._file_rows)
+        return any(_read_naive_as_utc(f) for f in self._file_rows)
 
     def rows(self, table: Table) -> Iterator[Row]:
         """Every row of one table, in order, with its model when valid (what a run needs).
@@ -588,31 +588,8 @@ class _FileNormalizer:
     ) -> DateColumn:
         column = self._date_columns.get(name)
         if column is None:
-            column = self._date_columns[name] = DateColumn(
-                self.label,
-                label,
-                formats,
-                self.zone,
-                excel=self._excel,
-                end_of_day=end,
-                unstated=self.mapping.timezone_todo,
-            )
+            column = self._date_columns[name] = _date_column(self, label, formats, end)
         return column
-
-    @property
-    def zone(self) -> ZoneInfo | None:
-        """The zone naive date-times are read in: the mapping's, UTC where an older
-        ledger read them so, else None (they stop the read)."""
-        if self.mapping.timezone_stated:
-            return self.mapping.timezone
-        return self.mapping.timezone if self.naive_utc else None
-
-    def read_naive_as_utc(self) -> bool:
-        """Whether a naive time of day was read as UTC with no zone stated (an older
-        ledger's rule)."""
-        return not self.mapping.timezone_stated and any(
-            column.read_naive for column in self._date_columns.values()
-        )
 
     def prefilter(self, chunk: pd.DataFrame) -> tuple[pd.DataFrame, int]:
         """The chunk without the rows a [[filter]] leaves out, and how many those were."""
@@ -627,24 +604,8 @@ class _FileNormalizer:
         return chunk[keep], int((~keep).sum())
 
     def _constant_date(self, text: str, *, end: bool = False) -> datetime | None:
-        """A date written in the mapping (value, default, map): ISO 8601, a naive one
-        in the zone (see DateColumn)."""
-        try:
-            value = datetime.fromisoformat(text)
-        except ValueError:
-            return None
-        if value.tzinfo is not None:
-            return value
-        column = DateColumn(
-            str(self.mapping.path or "mapping"),
-            "a date-time written in the mapping",
-            (),
-            self.zone,
-            excel=False,
-            end_of_day=end,
-            unstated=self.mapping.timezone_todo,
-        )
-        return column._local(value, bool(_ISO_TIME.search(text)), text, [text], None)
+        """A date written in the mapping (value, default, map): ISO 8601."""
+        return _mapping_date(self, text, end=end)
 
     def take_skipped(self) -> int:
         """Rows of the last chunks for which no [[consents]] `when` held; resets."""
@@ -767,59 +728,12 @@ class _FileNormalizer:
         elif (header := self.columns.get("sourceKey")) is not None:
             keys = [c or None for c in self._cells(raw[header])]
         elif self.source_keyed and not self.v2:
-            keys = self._source_keys(raw, size)
+            keys = _source_keys(self, raw, size)
         else:
             return [None] * size
         if self.system is not None:
             keys = [None if k is None else namespaced(self.system, k) for k in keys]
         return keys
-
-    def _identity_headers(self, plan: _ConsentPlan | None = None) -> list[tuple[str, ...]]:
-        """Per identity field (patientId, scope, category, dateTime), the file's headers
-        whose cells feed it (none for a constant or a default)."""
-        out: list[tuple[str, ...]] = []
-        for name in _IDENTITY:
-            spec = plan.labels.get(name) if plan is not None else None
-            if spec is not None:
-                out.append(tuple(self.headers.get(c, c) for c in spec.headers))
-            elif name in self.columns and (plan is None or name not in plan.dropped):
-                out.append((self.columns[name],))
-            else:
-                out.append(())
-        return out
-
-    def _source_keys(self, raw: dict[str, list[Any]], size: int) -> list[str | None]:
-        """Source-cell keys a column at a time (None where the patient cell is empty:
-        such rows take the full path, and a key made from all their cells)."""
-        parts: list[list[str]] = []
-        fed = self._identity_headers()
-        for headers in fed:
-            columns = [self._cells(raw[h]) for h in headers]
-            if not columns:
-                parts.append([""] * size)
-            elif len(columns) == 1:
-                parts.append(columns[0])
-            else:
-                parts.append(["\x1f".join(cells) for cells in zip(*columns, strict=True)])
-        system, needs_patient = self.system, bool(fed[0])
-        return [
-            None
-            if needs_patient and not patient
-            else namespaced(system, source_key(patient, scope, category, when))
-            for patient, scope, category, when in zip(*parts, strict=True)
-        ]
-
-    def _row_source_key(self, row: Row, plan: _ConsentPlan | None) -> str | None:
-        """One row's source-cell key (see `_source_keys`), for a row built alone."""
-        cells, nulls = row.cells, self.nulls
-        parts: list[str] = []
-        fed = self._identity_headers(plan)
-        for headers in fed:
-            texts = [str(cells.get(h, "")).strip() for h in headers]
-            parts.append("\x1f".join("" if t.casefold() in nulls else t for t in texts))
-        if fed[0] and not parts[0]:
-            return None
-        return source_key(*parts)
 
     def _natural_keys(self, prepared: dict[str, list[str]], size: int) -> list[str | None]:
         """Natural keys a column at a time, from the cells as the body would hold them
@@ -931,7 +845,7 @@ class _FileNormalizer:
         identity or body hash, in older ledgers); the hash of its cells when nothing
         stable is left."""
         model = row.model if not row.errors else None
-        if self.source_keyed and (found := self._row_source_key(row, plan)) is not None:
+        if self.source_keyed and (found := _row_source_key(self, row, plan)) is not None:
             return found
         if not self.keyed and not self.source_keyed:
             # (a keyed row here has an empty key cell: nothing is stable)
@@ -964,6 +878,110 @@ class _FileNormalizer:
             return f"{name} ({spec.describe()})" if spec.source != "value" else name
         header = self.columns.get(name)
         return f"{name} (column '{header}')" if header and header != name else name
+
+
+def _zone(owner: _FileNormalizer) -> ZoneInfo | None:
+    """The zone naive date-times are read in: the mapping's, UTC where an older
+    ledger read them so, else None (they stop the read)."""
+    if owner.mapping.timezone_stated:
+        return owner.mapping.timezone
+    return owner.mapping.timezone if owner.naive_utc else None
+
+
+def _date_column(
+    owner: _FileNormalizer, label: str, formats: tuple[str, ...], end: bool
+) -> DateColumn:
+    """How a date column of the file is read: in the zone stated (UTC for an older
+    ledger's runs; None: naive times stop), a date-only period end at the day's end."""
+    return DateColumn(
+        owner.label,
+        label,
+        formats,
+        _zone(owner),
+        excel=owner._excel,
+        end_of_day=end,
+        unstated=owner.mapping.timezone_todo,
+    )
+
+
+def _mapping_date(owner: _FileNormalizer, text: str, *, end: bool) -> datetime | None:
+    """A date written in the mapping, a naive one in the zone (see DateColumn)."""
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    if value.tzinfo is not None:
+        return value
+    column = DateColumn(
+        str(owner.mapping.path or "mapping"),
+        "a date-time written in the mapping",
+        (),
+        _zone(owner),
+        excel=False,
+        end_of_day=end,
+        unstated=owner.mapping.timezone_todo,
+    )
+    return column._local(value, bool(_ISO_TIME.search(text)), text, [text], None)
+
+
+def _read_naive_as_utc(owner: _FileNormalizer) -> bool:
+    """Whether a naive time of day was read as UTC with no zone stated (an older
+    ledger's rule)."""
+    return not owner.mapping.timezone_stated and any(
+        column.read_naive for column in owner._date_columns.values()
+    )
+
+
+def _identity_headers(
+    owner: _FileNormalizer, plan: _ConsentPlan | None = None
+) -> list[tuple[str, ...]]:
+    """Per identity field (patientId, scope, category, dateTime), the file's headers
+    whose cells feed it (none for a constant or a default)."""
+    out: list[tuple[str, ...]] = []
+    for name in _IDENTITY:
+        spec = plan.labels.get(name) if plan is not None else None
+        if spec is not None:
+            out.append(tuple(owner.headers.get(c, c) for c in spec.headers))
+        elif name in owner.columns and (plan is None or name not in plan.dropped):
+            out.append((owner.columns[name],))
+        else:
+            out.append(())
+    return out
+
+
+def _source_keys(owner: _FileNormalizer, raw: dict[str, list[Any]], size: int) -> list[str | None]:
+    """Source-cell keys a column at a time (None where the patient cell is empty:
+    such rows take the full path, and a key made from all their cells)."""
+    parts: list[list[str]] = []
+    fed = _identity_headers(owner)
+    for headers in fed:
+        columns = [owner._cells(raw[h]) for h in headers]
+        if not columns:
+            parts.append([""] * size)
+        elif len(columns) == 1:
+            parts.append(columns[0])
+        else:
+            parts.append(["\x1f".join(cells) for cells in zip(*columns, strict=True)])
+    system, needs_patient = owner.system, bool(fed[0])
+    return [
+        None
+        if needs_patient and not patient
+        else namespaced(system, source_key(patient, scope, category, when))
+        for patient, scope, category, when in zip(*parts, strict=True)
+    ]
+
+
+def _row_source_key(owner: _FileNormalizer, row: Row, plan: _ConsentPlan | None) -> str | None:
+    """One row's source-cell key (see `_source_keys`), for a row built alone."""
+    cells, nulls = row.cells, owner.nulls
+    parts: list[str] = []
+    fed = _identity_headers(owner, plan)
+    for headers in fed:
+        texts = [str(cells.get(h, "")).strip() for h in headers]
+        parts.append("\x1f".join("" if t.casefold() in nulls else t for t in texts))
+    if fed[0] and not parts[0]:
+        return None
+    return source_key(*parts)
 
 
 def _v1_consents(

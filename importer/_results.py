@@ -241,7 +241,7 @@ class ExportCounts:
 
 
 #: What `verify` reports, by kind.
-KINDS = ("missing", "differs", "duplicate", "outcome_unknown", "unchecked")
+KINDS = ("missing", "differs", "duplicate", "outcome_unknown", "unchecked", "suspect_duplicate")
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ import sniffio
 from importer._breaker import CircuitBreaker
 from importer._client import ClinikClient, check_api_key, check_base_url, make_http_client
 from importer._engine import Engine, InInput
-from importer._identity import note_mapping, read_as_the_ledger_did, say_naive_utc
+from importer._identity import note_mapping, read_as_the_ledger_did, read_with
 from importer._ledger import Ledger
 from importer._limiter import Limiter
 from importer._lock import LedgerLock
@@ -132,8 +132,7 @@ def run_import(
                 backend_options={"use_uvloop": _has_uvloop()},
             )
             stats.skipped = validation.skipped = normalizer.skipped
-            stats.source_key, stats.mapping_changed = normalizer.key_kind, changed
-            say_naive_utc(normalizer)
+            read_with(stats, normalizer, changed)
             stats.requests += checked
             if stats.aborted:
                 # Rows not yet read count too: everything the next run still has to do.

@@ -7,12 +7,15 @@ import sqlite3
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from importer import _retry as retry
 from importer._mapping import load_mapping, open_tables
 from importer._normalize import Normalizer
+from importer._suspects import suspicion
+from importer._verify import VerifyConfig, verify
 from importer.sandbox import SandboxConfig, running_sandbox
 from tests.cli_helpers import run_cli
 from tests.engine_helpers import KEY, run
@@ -227,3 +230,60 @@ def test_a_ledger_that_read_naive_times_as_utc_keeps_doing_so_and_says_so(
         assert (again.stats.created, again.stats.unchanged, again.exit_code) == (0, 2, 0)
     said = [r.getMessage() for r in caplog.records if "read as UTC" in r.getMessage()]
     assert len(said) == 1
+
+
+# --- verify: suspect duplicates ---------------------------------------------------------
+
+
+def consent(when: str, **extra: Any) -> dict[str, Any]:
+    body = {"id": "c", "patientId": "pt_1", "scope": "treatment", "category": ["a", "b"]}
+    return {**body, "status": "active", "dateTime": when, **extra}
+
+
+A = "2024-03-01T09:30:00Z"
+
+
+@pytest.mark.parametrize(
+    ("other", "suspect"),
+    [
+        (consent("2024-03-01T15:30:00Z"), "6 h apart"),  # 09:30 read in UTC and in Chicago
+        (consent("2024-03-01T09:30:00-06:00"), "6 h apart"),  # the same, as written
+        (consent("2024-03-01T23:30:00Z"), "14 h apart"),
+        (consent("2024-03-01T00:00:00Z"), "on the same day"),  # a date alone, read twice
+        (consent("2024-03-01T10:00:00Z"), "on the same day"),  # not a whole hour away
+        (consent("2024-03-02T00:30:00Z"), None),  # 15 h: no zone is that far; another day
+        (consent("2024-03-02T09:30:00Z"), None),  # 24 h: another day
+        (consent(A), None),  # the very same instant is a `duplicate`, not a suspect
+        (consent("2024-03-01T15:30:00Z", status="inactive"), None),  # retired: not live
+        (consent("2024-03-01T15:30:00Z", scope="research"), None),
+        (consent("2024-03-01T15:30:00Z", category=["b", "a"]), "6 h apart"),  # a set
+        (consent("2024-03-01T15:30:00Z", category=["a"]), None),
+        (consent("2024-03-01T15:30:00Z", patientId="pt_2"), None),
+    ],
+)
+def test_what_makes_two_consents_suspect_duplicates(
+    other: dict[str, Any], suspect: str | None
+) -> None:
+    why = suspicion(consent(A), other)
+    assert (why is None) if suspect is None else (why is not None and suspect in why)
+
+
+def test_verify_reports_a_suspect_duplicate_left_by_a_zone_read_two_ways(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = tmp_path / "in.csv"
+    source.write_text(NAIVE, encoding="utf-8")
+    utc, chicago = tmp_path / "utc.toml", tmp_path / "chicago.toml"
+    utc.write_text('[source]\ntimezone = "UTC"\n', encoding="utf-8")
+    chicago.write_text('[source]\ntimezone = "America/Chicago"\n', encoding="utf-8")
+    with running_sandbox(SandboxConfig()) as sandbox:
+        # Two ledgers (or natural keys of before): row 3's 09:30 made twice, 6 h apart.
+        run(source, sandbox.base_url, tmp_path / "a.db", mapping=utc)
+        run(source, sandbox.base_url, tmp_path / "b.db", mapping=chicago)
+        result = verify(VerifyConfig(tmp_path / "b.db", base_url=sandbox.base_url, api_key=KEY))
+    found = [(f.kind, f.source_row) for f in result.findings]
+    # Row 2 states its offset: both ledgers made the same instant, a `duplicate`.
+    assert found == [("duplicate", 2), ("suspect_duplicate", 3)]
+    [suspect] = [f for f in result.findings if f.kind == "suspect_duplicate"]
+    assert "6 h apart" in suspect.detail
+    assert result.counts()["suspect_duplicate"] == 1
