@@ -287,3 +287,49 @@ def test_verify_reports_a_suspect_duplicate_left_by_a_zone_read_two_ways(
     [suspect] = [f for f in result.findings if f.kind == "suspect_duplicate"]
     assert "6 h apart" in suspect.detail
     assert result.counts()["suspect_duplicate"] == 1
+
+
+V2_HEAD = "Patient,HIPAA Date,Research Date,Research Time\n"
+V2_ROWS = "pt_1,2024-03-01 09:00,03/02/2024,10:30\npt_2,2024-03-03 08:00,,\n"
+
+
+def v2_mapping(zone: str) -> str:
+    return f"""
+[source]
+timezone = "{zone}"
+[fields]
+patientId = "Patient"
+[[consents]]
+key = "hipaa"
+when = {{ column = "HIPAA Date", not_empty = true }}
+fields = {{ scope = {{ value = "patient-privacy" }}, category = {{ value = "hipaa-notice" }}, dateTime = "HIPAA Date" }}
+[[consents]]
+key = "research"
+when = {{ column = "Research Date", not_empty = true }}
+fields = {{ scope = {{ value = "research" }}, category = {{ value = "research-participation" }}, dateTime = {{ columns = ["Research Date", "Research Time"], formats = ["%m/%d/%Y %H:%M"] }} }}
+"""
+
+
+def test_a_zone_fix_under_a_version_2_mapping_keeps_each_consents_identity(
+    tmp_path: Path,
+) -> None:
+    source = tmp_path / "v2.csv"
+    source.write_text(V2_HEAD + V2_ROWS, encoding="utf-8")
+    map_path = tmp_path / "v2.toml"
+    map_path.write_text(v2_mapping("UTC"), encoding="utf-8")
+    ledger = tmp_path / "l.db"
+    with running_sandbox(SandboxConfig()) as sandbox:
+        assert run(source, sandbox.base_url, ledger, mapping=map_path).stats.created == 3
+        map_path.write_text(v2_mapping("America/Chicago"), encoding="utf-8")
+        again = run(source, sandbox.base_url, ledger, mapping=map_path)
+        assert (again.stats.created, again.stats.by_error.get("immutable_change")) == (0, 3)
+        last = run(
+            source, sandbox.base_url, ledger, mapping=map_path, on_immutable_change="recreate"
+        )
+        assert (last.stats.created, last.stats.updated, last.exit_code) == (0, 3, 0)
+        live = [c for c in sandbox.consents() if c["status"] != "inactive"]
+        assert sorted((c["patientId"], c["dateTime"]) for c in live) == [
+            ("pt_1", "2024-03-01T09:00:00-06:00"),
+            ("pt_1", "2024-03-02T10:30:00-06:00"),
+            ("pt_2", "2024-03-03T08:00:00-06:00"),
+        ]
