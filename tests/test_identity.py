@@ -302,11 +302,17 @@ patientId = "Patient"
 [[consents]]
 key = "hipaa"
 when = {{ column = "HIPAA Date", not_empty = true }}
-fields = {{ scope = {{ value = "patient-privacy" }}, category = {{ value = "hipaa-notice" }}, dateTime = "HIPAA Date" }}
+[consents.fields]
+scope = {{ value = "patient-privacy" }}
+category = {{ value = "hipaa-notice" }}
+dateTime = "HIPAA Date"
 [[consents]]
 key = "research"
 when = {{ column = "Research Date", not_empty = true }}
-fields = {{ scope = {{ value = "research" }}, category = {{ value = "research-participation" }}, dateTime = {{ columns = ["Research Date", "Research Time"], formats = ["%m/%d/%Y %H:%M"] }} }}
+[consents.fields]
+scope = {{ value = "research" }}
+category = {{ value = "research-participation" }}
+dateTime = {{ columns = ["Research Date", "Research Time"], formats = ["%m/%d/%Y %H:%M"] }}
 """
 
 
