@@ -3,15 +3,19 @@ naive date-times are read only in a zone the mapping states."""
 
 from __future__ import annotations
 
+import json
+import shutil
 import sqlite3
 from collections import Counter
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from importer import _retry as retry
+from importer._ledger import Ledger
 from importer._mapping import load_mapping, open_tables
 from importer._normalize import Normalizer
 from importer._suspects import suspicion
@@ -339,3 +343,46 @@ def test_a_zone_fix_under_a_version_2_mapping_keeps_each_consents_identity(
             ("pt_1", "2024-03-02T10:30:00-06:00"),
             ("pt_2", "2024-03-03T08:00:00-06:00"),
         ]
+
+
+# --- what a ledger records, and what an older one keeps ---------------------------------
+
+LEGACY = Path(__file__).parent / "data"
+
+
+@pytest.mark.parametrize(
+    ("ledger", "scheme", "naive"),
+    [
+        (None, "source", "stated"),  # a new ledger: identity cells; zones must be stated
+        ("schema2-ledger.db", "natural", "utc"),  # made with natural keys, naive as UTC
+        ("legacy_ledger/legacy.db", "content", "utc"),  # made before natural keys
+    ],
+)
+def test_a_ledger_records_its_rules_once_and_keeps_them(
+    tmp_path: Path, ledger: str | None, scheme: str, naive: str
+) -> None:
+    path = tmp_path / "l.db"
+    if ledger is not None:
+        shutil.copy(LEGACY / ledger, path)
+    for _ in range(2):  # the second opening reads what the first recorded
+        opened = Ledger(path)
+        assert (opened.key_scheme, opened.naive_times) == (scheme, naive)
+        opened.close()
+
+
+def test_a_natural_key_ledger_says_so_on_every_run(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    sandbox_env: object,
+) -> None:
+    (tmp_path / "in.csv").write_text(NAIVE.replace(" 09:30", "T09:30Z"), encoding="utf-8")
+    args = ["run", "in.csv", "--ledger", "l.db", "--summary-json", "s.json"]
+    with closing(Ledger(tmp_path / "l.db")):
+        pass
+    with sqlite3.connect(tmp_path / "l.db") as db:  # as a ledger of issues 10 to 19
+        db.execute("UPDATE meta SET value = 'natural' WHERE key = 'key_scheme'")
+    for _ in range(2):
+        code, out, err = run_cli(args, capsys)
+        assert code == 0, err
+        assert "this ledger was made with natural keys" in out
+        assert json.loads((tmp_path / "s.json").read_text())["source_key"] == "natural"
