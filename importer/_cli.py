@@ -474,6 +474,14 @@ def _print_run(stats: RunStats, ledger: Path, total: int) -> None:
             f"{refused:,} refused as immutable changes) and created {stats.created:,}",
             soft_wrap=True,
         )
+        if stats.created and stats.source_key in ("natural", "content hash"):
+            # These keys come from mapped values: the fix may have re-created rows.
+            out.print(
+                f"     This ledger's {stats.source_key} keys change with the mapping: some of "
+                f"the {stats.created:,} created may be second consents of earlier rows; "
+                "`consent-import verify` lists them as suspect_duplicate",
+                soft_wrap=True,
+            )
     if stats.settled_adopted or stats.settled_reposted:
         out.print(
             f"     after --settle: {stats.settled_adopted:,} found and adopted, "

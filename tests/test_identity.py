@@ -386,3 +386,25 @@ def test_a_natural_key_ledger_says_so_on_every_run(
         assert code == 0, err
         assert "this ledger was made with natural keys" in out
         assert json.loads((tmp_path / "s.json").read_text())["source_key"] == "natural"
+
+
+def test_a_mapping_fix_under_natural_keys_is_said_to_risk_second_consents(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    sandbox_env: object,
+) -> None:
+    (tmp_path / "in.csv").write_text(NAIVE, encoding="utf-8")
+    with closing(Ledger(tmp_path / "l.db")):
+        pass
+    with sqlite3.connect(tmp_path / "l.db") as db:  # as a ledger of issues 10 to 19
+        db.execute("UPDATE meta SET value = 'natural' WHERE key = 'key_scheme'")
+    args = ["run", "in.csv", "--mapping", "m.toml", "--ledger", "l.db"]
+    (tmp_path / "m.toml").write_text('[source]\ntimezone = "UTC"\n', encoding="utf-8")
+    assert run_cli(args, capsys)[0] == 0
+    (tmp_path / "m.toml").write_text('[source]\ntimezone = "America/Chicago"\n')
+    code, out, err = run_cli(args, capsys)
+    assert code == 0, err
+    assert (
+        "this run changed 0 rows (0 updated, 0 refused as immutable changes) and created 1" in out
+    )
+    assert "some of the 1 created may be second consents of earlier rows" in out
