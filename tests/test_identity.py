@@ -408,3 +408,32 @@ def test_a_mapping_fix_under_natural_keys_is_said_to_risk_second_consents(
         "this run changed 0 rows (0 updated, 0 refused as immutable changes) and created 1" in out
     )
     assert "some of the 1 created may be second consents of earlier rows" in out
+
+
+def test_the_zone_fix_after_legacy_utc_reads_creates_nothing(tmp_path: Path, export: Path) -> None:
+    ledger = tmp_path / "l.db"
+    with closing(Ledger(ledger)):
+        pass
+    with sqlite3.connect(ledger) as db:  # naive times read as UTC, no zone stated: as before
+        db.execute("UPDATE meta SET value = 'utc' WHERE key = 'naive_times'")
+    map_path = tmp_path / "map.toml"
+    map_path.write_text(mapping().replace('timezone = "UTC"\n', ""), encoding="utf-8")
+    with running_sandbox(SandboxConfig()) as sandbox:
+        first = run(export, sandbox.base_url, ledger, mapping=map_path)
+        assert first.stats.created == 3
+        assert {c["dateTime"] for c in sandbox.consents()} >= {"2024-03-04T09:30:00Z"}
+        map_path.write_text(mapping(zone="America/Chicago"), encoding="utf-8")
+        again = run(export, sandbox.base_url, ledger, mapping=map_path)
+        assert (again.stats.created, again.stats.by_error.get("immutable_change")) == (0, 3)
+        assert sandbox.stats()["creates"] == 3  # 0 POST
+        last = run(
+            export, sandbox.base_url, ledger, mapping=map_path, on_immutable_change="recreate"
+        )
+        assert (last.stats.created, last.stats.updated) == (0, 3)
+        live = [c for c in sandbox.consents() if c["status"] != "inactive"]
+        assert sorted(c["dateTime"] for c in live) == [
+            "2024-03-04T09:30:00-06:00",
+            "2024-03-05T10:00:00-06:00",
+            "2024-03-06T11:15:00-06:00",
+        ]
+        assert set(live_per_patient(sandbox).values()) == {1}
