@@ -61,6 +61,7 @@ def canonical_csv(rows: int, name: str | None = None) -> Path:
 
 REGISTRY_MAPPING = """
 [source]
+timezone = "UTC"
 header_row = 3
 null_values = ["NA"]
 key = ["Record ID"]

@@ -361,8 +361,11 @@ def run(
 
 
 _KEY_NOTES = {
-    "natural": "Source key: no key column, so each row is keyed by its consent's natural "
-    "identity (patientId, scope, categories, dateTime); other edits are PATCHed",
+    "source cells": "Source key: no key column, so each row is keyed by the cells feeding "
+    "patientId, scope, category and dateTime, as read before mapping; other edits are PATCHed",
+    "natural": "Source key: no key column, and this ledger was made with natural keys: rows "
+    "are keyed by their mapped patientId, scope, categories and dateTime, so a mapping fix "
+    "changing them makes new consents (see README: source keys)",
     "content hash": "Source key: no key column, and this ledger was made before natural keys: "
     "rows are keyed by a hash of their whole body (an edited row is a new consent; see README)",
 }
@@ -463,6 +466,22 @@ def _print_run(stats: RunStats, ledger: Path, total: int) -> None:
     )
     if stats.source_key != "column":
         out.print(f"     {_KEY_NOTES[stats.source_key]}", soft_wrap=True)
+    if stats.mapping_changed:
+        refused = stats.by_error.get("immutable_change", 0)
+        out.print(
+            f"     The {stats.mapping_changed} changed since the last run: this run changed "
+            f"{plural(stats.updated + refused, 'row')} ({stats.updated:,} updated, "
+            f"{refused:,} refused as immutable changes) and created {stats.created:,}",
+            soft_wrap=True,
+        )
+        if stats.created and stats.source_key in ("natural", "content hash"):
+            # These keys come from mapped values: the fix may have re-created rows.
+            out.print(
+                f"     This ledger's {stats.source_key} keys change with the mapping: some of "
+                f"the {stats.created:,} created may be second consents of earlier rows; "
+                "`consent-import verify` lists them as suspect_duplicate",
+                soft_wrap=True,
+            )
     if stats.settled_adopted or stats.settled_reposted:
         out.print(
             f"     after --settle: {stats.settled_adopted:,} found and adopted, "

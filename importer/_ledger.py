@@ -197,6 +197,13 @@ CREATE TABLE IF NOT EXISTS attempts (
     request_id TEXT,
     error_code TEXT
 );
+-- What each run read its rows with: digests of the mapping and of its crosswalks' contents
+-- (no PHI), so a run can say that the mapping changed since the last one.
+CREATE TABLE IF NOT EXISTS run_mappings (
+    run_id INTEGER PRIMARY KEY,
+    mapping TEXT NOT NULL,
+    crosswalk TEXT NOT NULL
+);
 """  # noqa: S608 - constant text
 #: The condition of `rows_state`, written as the queries that use the index must say it.
 _NOT_DONE = "state != 'done'"
@@ -295,7 +302,28 @@ def _packer(prefix: str, size: int) -> tuple[Callable[[Any], Any], Callable[[Any
 
 #: Natural keys (importer._keys.NATURAL_PREFIX and 32 hex digits) as their 16 bytes;
 #: keys from a key column, namespaced keys and content keys stay the text they are.
-pack_key, unpack_key = _packer("nk:", 16)
+_pack_natural, _unpack_natural = _packer("nk:", 16)
+#: Source-cell keys (importer._keys.SOURCE_PREFIX, "sk:") as a tag byte and their 16
+#: bytes: 17 bytes, never mistaken for a natural key's 16.
+_pack_source, _ = _packer("sk:", 16)
+_SOURCE_TAG = b"\x01"
+
+
+def pack_key(value: Any) -> Any:
+    """A source key as stored: natural and source-cell keys as bytes, others as text."""
+    if isinstance(value, str) and value.startswith("sk:"):
+        raw = _pack_source(value)
+        return _SOURCE_TAG + raw if isinstance(raw, bytes) else raw
+    return _pack_natural(value)
+
+
+def unpack_key(stored: Any) -> Any:
+    """A stored source key as the normalizer makes it."""
+    if isinstance(stored, bytes) and len(stored) == 17 and stored[:1] == _SOURCE_TAG:
+        return "sk:" + stored[1:].hex()
+    return _unpack_natural(stored)
+
+
 #: Consent ids as ClinikAPI makes them ("consent_" and 24 hex digits) as 12 bytes.
 pack_id, _unpack_consent = _packer("consent_", 12)
 #: Request ids ("req_" and 16 hex digits) as 8 bytes.
@@ -815,6 +843,8 @@ class Ledger(_Transitions, _VerifyReads):
             self._db.execute(
                 "INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (SCHEMA_VERSION,)
             )
+            #: how earlier runs read naive date-times: "utc" (before zones were stated)
+            self.naive_times = meta.get("naive_times") or _first_naive_times(self._db)
             self.key_scheme = meta.get("key_scheme") or self._first_key_scheme()
             if base_url is None:
                 return
@@ -833,9 +863,11 @@ class Ledger(_Transitions, _VerifyReads):
     def _first_key_scheme(self) -> str:
         """How rows without a key column are keyed, recorded once per ledger. One that
         already holds rows was made before natural keys: it keeps hashing whole bodies
-        ("content"), so its rows still match; a new ledger keys them by natural identity."""
+        ("content"), so its rows still match; a new ledger keys them by their source
+        cells ("source", importer._keys.source_key). A ledger recorded as "natural" keeps
+        natural keys."""
         held = self._db.execute("SELECT 1 FROM rows LIMIT 1").fetchone() is not None
-        scheme = "content" if held else "natural"
+        scheme = "content" if held else "source"
         self._db.execute("INSERT INTO meta VALUES ('key_scheme', ?)", (scheme,))
         return scheme
 
@@ -955,7 +987,7 @@ class Ledger(_Transitions, _VerifyReads):
             self._reads = _connect(str(self.path), check_same_thread=False)
             self._reads.execute("PRAGMA busy_timeout=5000")
         # Keys as stored: natural ones packed (by a function, a call a key: only if any).
-        natural = any(key.startswith("nk:") for key in keys)
+        natural = any(key.startswith(("nk:", "sk:")) for key in keys)
         query = _UNCHANGED.format(key="pack_key(k.value)" if natural else "k.value")
         found = self._reads.execute(query, (json.dumps(keys),)).fetchall()
         same = np.zeros(len(keys), dtype=bool)
@@ -1088,6 +1120,36 @@ class Ledger(_Transitions, _VerifyReads):
             )
         ledger.schema = version or SCHEMA_VERSION
         return ledger
+
+
+def _first_naive_times(db: sqlite3.Connection) -> str:
+    """How naive date-times are read when the mapping states no zone, recorded once per
+    ledger: one holding rows already was written when they were read as UTC, and keeps
+    that ("utc"), so upgrading moves no consent's instant; a new one stops ("stated":
+    the mapping must say)."""
+    held = db.execute("SELECT 1 FROM rows LIMIT 1").fetchone() is not None
+    rule = "utc" if held else "stated"
+    db.execute("INSERT INTO meta VALUES ('naive_times', ?)", (rule,))
+    return rule
+
+
+def record_mapping(ledger: Ledger, run_id: int, mapping: str, crosswalk: str) -> None:
+    """Note the digests of the mapping and crosswalk run `run_id` reads with."""
+    with ledger.transaction():
+        ledger._db.execute(
+            "INSERT OR REPLACE INTO run_mappings VALUES (?, ?, ?)", (run_id, mapping, crosswalk)
+        )
+
+
+def last_mapping(ledger: Ledger, before: int) -> tuple[int, str, str] | None:
+    """(run id, mapping digest, crosswalk digest) of the last run before `before` that
+    noted them, or None."""
+    found = ledger._db.execute(
+        "SELECT run_id, mapping, crosswalk FROM run_mappings WHERE run_id < ? "
+        "ORDER BY run_id DESC LIMIT 1",
+        (before,),
+    ).fetchone()
+    return None if found is None else (int(found[0]), str(found[1]), str(found[2]))
 
 
 def _connect(database: str, **options: Any) -> sqlite3.Connection:

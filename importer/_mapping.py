@@ -126,6 +126,10 @@ class Mapping:
     consents: tuple[ConsentSpec, ...] = ()
     #: `[fhir]`: how FHIR input's elements without a ClinikAPI field are handled
     fhir: FhirOptions = field(default_factory=FhirOptions)
+    #: whether `[source] timezone` names a zone: without one, naive date-times stop
+    #: (`timezone` is UTC then, for dates alone); `timezone_todo` is "TODO" when it says so
+    timezone_stated: bool = False
+    timezone_todo: str = ""
 
     @property
     def builds_v2(self) -> bool:
@@ -269,7 +273,10 @@ def load_mapping(path: str | Path | None) -> Mapping:
             header_row=_header_row(source.get("header_row"), str(path)),
         ),
         key=_key(source.get("key"), where),
-        timezone=_timezone(source.get("timezone", "UTC"), where),
+        timezone=_timezone(_zone_name(source.get("timezone")), where),
+        timezone_stated=source.get("timezone") is not None
+        and _zone_name(source.get("timezone")) != "TODO",
+        timezone_todo="TODO" if _zone_name(source.get("timezone")) == "TODO" else "",
         date_formats=_string_list(source.get("date_formats", []), where, "date_formats"),
         columns=columns,
         values=values,
@@ -566,8 +573,18 @@ def _system(value: Any, where: str) -> str | None:
     return value
 
 
+def _zone_name(value: Any) -> Any:
+    """`[source] timezone` as `_timezone` reads it: absent or "TODO" (init's placeholder,
+    which stops until set) is UTC for dates alone, and no statement."""
+    if value is None:
+        return "UTC"
+    return "TODO" if isinstance(value, str) and value.strip().upper() == "TODO" else value
+
+
 def _timezone(value: Any, where: str) -> ZoneInfo:
     name = _string(value, where, "timezone")
+    if name == "TODO":
+        return ZoneInfo("UTC")
     try:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError):

@@ -20,7 +20,7 @@ import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta, timezone
 from functools import lru_cache, partial
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -51,15 +51,19 @@ from importer._keys import (
     CELLS_PREFIX,
     NATURAL_FIELDS,
     NATURAL_PREFIX,
+    SOURCE_PREFIX,
     KeyTally,
     namespaced,
     natural_key,
+    source_key,
     split_key,
 )
 from importer._mapping import DATE_FIELDS, FALSE_WORDS, TRUE_WORDS, Mapping
 from importer._models import ConsentIdentity, ConsentIn, field_errors
 from importer._reader import EXCEL_SUFFIXES, Table, excel_serial_to_iso, sheet_label
 
+#: The fields a row's identity is made of, without a key column (importer._keys).
+_IDENTITY = ("patientId", "scope", "category", "dateTime")
 #: Where an error's field name ends its first part ("category.0" -> "category").
 _KEY_ROOT = re.compile(r"[.\[]")
 #: How a natural key's collision names its field.
@@ -204,8 +208,9 @@ def body_field_hashes(body: dict[str, Any]) -> dict[str, str]:
 _SLICE = 1_000
 #: Bump when a change of this module changes the body made from the same cells: every
 #: stored cells digest then misses once, and the rerun compares bodies instead (and
-#: when the digest itself is made differently: 2 = column-wise).
-_BODY_RULES = "2"
+#: when the digest itself is made differently: 2 = column-wise; 3 = a date-only period
+#: end is the end of its day).
+_BODY_RULES = "3"
 
 
 @dataclass(frozen=True, slots=True)
@@ -264,6 +269,12 @@ class Normalizer:
         #: key rows without a key column by a hash of their whole body, as ledgers made
         #: before natural keys do (see importer._keys)
         self.content_keys = content_keys
+        #: key them by natural identity, as ledgers made before source-cell keys do
+        self.natural_keys = False
+        #: read naive date-times as UTC when the mapping states no zone, as ledgers
+        #: made before zones were stated did (importer._ledger: naive_times)
+        self.naive_utc = False
+        self._file_rows: list[_FileNormalizer] = []
         self.unkeyed_files = 0
         self._keys = KeyIndex()
         self._files: list[str] = []
@@ -273,6 +284,7 @@ class Normalizer:
         self.rows_read = 0
         #: Invalid rows read so far without a stable key (read by --revoke-missing).
         self.tally = KeyTally()
+        self._fhir_unkeyed = False
 
     @property
     def key_kind(self) -> str:
@@ -280,7 +292,14 @@ class Normalizer:
         "content hash"."""
         if not self.unkeyed_files:
             return "column"
-        return "content hash" if self.content_keys else "natural"
+        if self.content_keys:
+            return "content hash"
+        # A FHIR resource without an id is keyed by its mapped fields (importer._fhir_body).
+        return "natural" if self.natural_keys or self._fhir_unkeyed else "source cells"
+
+    def read_naive_as_utc(self) -> bool:
+        """Whether naive times of day were read as UTC, no zone stated (older ledgers)."""
+        return any(_read_naive_as_utc(f) for f in self._file_rows)
 
     def rows(self, table: Table) -> Iterator[Row]:
         """Every row of one table, in order, with its model when valid (what a run needs).
@@ -424,6 +443,7 @@ class Normalizer:
             made = self._sliced(table.name, file_index, chunk)
             yield [row for row in made if isinstance(row, Row)], skipped
         self.unkeyed_files += consents.unkeyed
+        self._fhir_unkeyed = self._fhir_unkeyed or bool(consents.unkeyed)
 
     def _add_file(self, name: str) -> int:
         self._files.append(name)
@@ -438,9 +458,12 @@ class Normalizer:
             excel=table.path.suffix.lower() in EXCEL_SUFFIXES,
             headers=table.columns,
             content_keys=self.content_keys,
+            natural_keys=self.natural_keys,
             tally=self.tally,
             sheet=table.sheet or "",
+            naive_utc=self.naive_utc,
         )
+        self._file_rows.append(file_rows)
         self.unkeyed_files += not file_rows.keyed
         return file_rows
 
@@ -449,7 +472,14 @@ class Normalizer:
         otherwise be sent twice."""
         file, number = self._files[first >> 40], first & ((1 << 40) - 1)
         where = f"row {number}" if file == row.file else f"{file} row {number}"
-        if split_key(row.source_key)[1].startswith(NATURAL_PREFIX):
+        if split_key(row.source_key)[1].startswith(SOURCE_PREFIX):
+            name, value = NATURAL_KEY_FIELD, ""
+            message = (
+                f"{name}: same patient, scope, category and date-time cells as {where} (the "
+                "row's identity without a key column); give the file a key column "
+                "([source] key) to import both"
+            )
+        elif split_key(row.source_key)[1].startswith(NATURAL_PREFIX):
             # No key column: the two rows are one consent as far as the ledger can tell.
             name, value = NATURAL_KEY_FIELD, ""
             message = (
@@ -557,10 +587,14 @@ class _FileNormalizer:
         excel: bool,
         headers: list[str] | None = None,
         content_keys: bool = False,
+        natural_keys: bool = False,
         tally: KeyTally | None = None,
         sheet: str = "",
+        naive_utc: bool = False,
     ) -> None:
         self.mapping = mapping
+        #: read naive date-times as UTC when the mapping states no zone (older ledgers)
+        self.naive_utc = naive_utc
         #: counts the rows given a key made from their cells (importer._keys.CELLS_PREFIX)
         self.tally = tally or KeyTally()
         self.columns = columns
@@ -574,6 +608,8 @@ class _FileNormalizer:
         self.system = mapping.system
         self.content_keys = content_keys
         self.v2 = mapping.builds_v2
+        #: rows without a key column keyed by their identity cells (importer._keys)
+        self.source_keyed = not self.keyed and not content_keys and not natural_keys
         self._excel = excel
         # One reading per date column (see DateColumn), decided as chunks come.
         self._date_columns: dict[str, DateColumn] = {}
@@ -594,12 +630,12 @@ class _FileNormalizer:
         dates = self._chunk_dates.get(name)
         return dates.get(text) if dates is not None else None
 
-    def _date_column(self, name: str, label: str, formats: tuple[str, ...]) -> DateColumn:
+    def _date_column(
+        self, name: str, label: str, formats: tuple[str, ...], *, end: bool = False
+    ) -> DateColumn:
         column = self._date_columns.get(name)
         if column is None:
-            column = self._date_columns[name] = DateColumn(
-                self.label, label, formats, self.mapping.timezone, excel=self._excel
-            )
+            column = self._date_columns[name] = _date_column(self, label, formats, end)
         return column
 
     def prefilter(self, chunk: pd.DataFrame) -> tuple[pd.DataFrame, int]:
@@ -614,13 +650,9 @@ class _FileNormalizer:
             return chunk, 0
         return chunk[keep], int((~keep).sum())
 
-    def _constant_date(self, text: str) -> datetime | None:
+    def _constant_date(self, text: str, *, end: bool = False) -> datetime | None:
         """A date written in the mapping (value, default, map): ISO 8601."""
-        try:
-            value = datetime.fromisoformat(text)
-        except ValueError:
-            return None
-        return value.replace(tzinfo=self.mapping.timezone) if value.tzinfo is None else value
+        return _mapping_date(self, text, end=end)
 
     def take_skipped(self) -> int:
         """Rows of the last chunks for which no [[consents]] `when` held; resets."""
@@ -655,7 +687,7 @@ class _FileNormalizer:
                 invalid = [(i, row) for i, row in enumerate(rows) if not row.valid]
                 return Checked(hashed, key_digests(hashed), invalid)
             headers, raw, prepared, keys = self._prepare(chunk)
-            if not self.keyed:
+            if not self.keyed and not self.source_keyed:
                 keys = self._natural_keys(prepared, len(chunk))
             proven = proven_valid(
                 prepared,
@@ -671,7 +703,7 @@ class _FileNormalizer:
                 values = tuple(column[pos] for column in raw.values())
                 cells = {name: prepared[name][pos] for name in names}
                 # An unproven row's natural key comes from its model, as in `normalize`.
-                key = keys[pos] if self.keyed else None
+                key = keys[pos] if self.keyed or self.source_keyed else None
                 row = self._row(int(numbers[pos]), headers, values, cells, key)
                 keys[pos] = row.source_key
                 if not row.valid:
@@ -692,10 +724,11 @@ class _FileNormalizer:
         headers = tuple(str(c) for c in chunk.columns)
         raw = {h: chunk[h].to_numpy(dtype=object).tolist() for h in headers}
         prepared = {name: self._column(raw, name, len(chunk)) for name in self.fields}
+        index = chunk.index
         self._chunk_dates = {
-            name: self._date_column(name, self._label(name), self.mapping.date_formats).read(
-                prepared[name]
-            )
+            name: self._date_column(
+                name, self._label(name), self.mapping.date_formats, end=name == "provisionEnd"
+            ).read(prepared[name], lambda pos: int(index[pos]))
             for name in DATE_FIELDS
             if name in prepared
         }
@@ -741,6 +774,8 @@ class _FileNormalizer:
             keys = [None if not all(p) else "|".join(p) for p in zip(*parts, strict=True)]
         elif (header := self.columns.get("sourceKey")) is not None:
             keys = [c or None for c in self._cells(raw[header])]
+        elif self.source_keyed and not self.v2:
+            keys = _source_keys(self, raw, size)
         else:
             return [None] * size
         if self.system is not None:
@@ -838,19 +873,29 @@ class _FileNormalizer:
                 fail(
                     "sourceKey", "missing_required", "the source key is empty; every row needs one"
                 )
-            row.source_key = namespaced(self.system, self._key_without_column(row, body))
+            plan = v2[0] if v2 is not None else None
+            row.source_key = namespaced(self.system, self._key_without_column(row, body, plan))
         if consent:
             # Each consent of the row has its own key, so reruns and patches go per consent.
             row.source_key += "#" + consent
+        if errors and self.source_keyed and _identity_failed(row.source_key, errors):
+            # Its identity cells hold a typo: the row may be the one the ledger misses.
+            self.tally.unstable += 1
         if errors:
             row.model = None
         return row
 
-    def _key_without_column(self, row: Row, body: dict[str, Any]) -> str:
-        """A row's key when no key column gives one: its natural identity (or body hash,
-        in a content-hash ledger); the hash of its cells when nothing stable is left."""
+    def _key_without_column(
+        self, row: Row, body: dict[str, Any], plan: _ConsentPlan | None = None
+    ) -> str:
+        """A row's key when no key column gives one: its source-cell identity (natural
+        identity or body hash, in older ledgers); the hash of its cells when nothing
+        stable is left."""
         model = row.model if not row.errors else None
-        if not self.keyed:  # (a keyed row here has an empty key cell: nothing is stable)
+        if self.source_keyed and (found := _row_source_key(self, row, plan)) is not None:
+            return found
+        if not self.keyed and not self.source_keyed:
+            # (a keyed row here has an empty key cell: nothing is stable)
             if model is not None and self.content_keys:
                 return "sha256:" + row.body_hash[:32]
             if model is not None:
@@ -882,6 +927,110 @@ class _FileNormalizer:
         return f"{name} (column '{header}')" if header and header != name else name
 
 
+def _zone(owner: _FileNormalizer) -> ZoneInfo | None:
+    """The zone naive date-times are read in: the mapping's, UTC where an older
+    ledger read them so, else None (they stop the read)."""
+    if owner.mapping.timezone_stated:
+        return owner.mapping.timezone
+    return owner.mapping.timezone if owner.naive_utc else None
+
+
+def _date_column(
+    owner: _FileNormalizer, label: str, formats: tuple[str, ...], end: bool
+) -> DateColumn:
+    """How a date column of the file is read: in the zone stated (UTC for an older
+    ledger's runs; None: naive times stop), a date-only period end at the day's end."""
+    return DateColumn(
+        owner.label,
+        label,
+        formats,
+        _zone(owner),
+        excel=owner._excel,
+        end_of_day=end,
+        unstated=owner.mapping.timezone_todo,
+    )
+
+
+def _mapping_date(owner: _FileNormalizer, text: str, *, end: bool) -> datetime | None:
+    """A date written in the mapping, a naive one in the zone (see DateColumn)."""
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    if value.tzinfo is not None:
+        return value
+    column = DateColumn(
+        str(owner.mapping.path or "mapping"),
+        "a date-time written in the mapping",
+        (),
+        _zone(owner),
+        excel=False,
+        end_of_day=end,
+        unstated=owner.mapping.timezone_todo,
+    )
+    return column._local(value, bool(_ISO_TIME.search(text)), text, [text], None)
+
+
+def _read_naive_as_utc(owner: _FileNormalizer) -> bool:
+    """Whether a naive time of day was read as UTC with no zone stated (an older
+    ledger's rule)."""
+    return not owner.mapping.timezone_stated and any(
+        column.read_naive for column in owner._date_columns.values()
+    )
+
+
+def _identity_headers(
+    owner: _FileNormalizer, plan: _ConsentPlan | None = None
+) -> list[tuple[str, ...]]:
+    """Per identity field (patientId, scope, category, dateTime), the file's headers
+    whose cells feed it (none for a constant or a default)."""
+    out: list[tuple[str, ...]] = []
+    for name in _IDENTITY:
+        spec = plan.labels.get(name) if plan is not None else None
+        if spec is not None:
+            out.append(tuple(owner.headers.get(c, c) for c in spec.headers))
+        elif name in owner.columns and (plan is None or name not in plan.dropped):
+            out.append((owner.columns[name],))
+        else:
+            out.append(())
+    return out
+
+
+def _source_keys(owner: _FileNormalizer, raw: dict[str, list[Any]], size: int) -> list[str | None]:
+    """Source-cell keys a column at a time (None where the patient cell is empty:
+    such rows take the full path, and a key made from all their cells)."""
+    parts: list[list[str]] = []
+    fed = _identity_headers(owner)
+    for headers in fed:
+        columns = [owner._cells(raw[h]) for h in headers]
+        if not columns:
+            parts.append([""] * size)
+        elif len(columns) == 1:
+            parts.append(columns[0])
+        else:
+            parts.append(["\x1f".join(cells) for cells in zip(*columns, strict=True)])
+    system, needs_patient = owner.system, bool(fed[0])
+    return [
+        None
+        if needs_patient and not patient
+        else namespaced(system, source_key(patient, scope, category, when))
+        for patient, scope, category, when in zip(*parts, strict=True)
+    ]
+
+
+def _row_source_key(owner: _FileNormalizer, row: Row, plan: _ConsentPlan | None) -> str | None:
+    """One row's source-cell key (see `_source_keys`), for a row built alone."""
+    cells, nulls = row.cells, owner.nulls
+    parts: list[str] = []
+    fed = _identity_headers(owner, plan)
+    for headers in fed:
+        texts = [str(cells.get(h, "")).strip() for h in headers]
+        parts.append("\x1f".join("" if t.casefold() in nulls else t for t in texts))
+    if fed[0] and not parts[0]:
+        return None
+    return source_key(*parts)
+
+
 def _v1_consents(
     owner: _FileNormalizer, chunk: pd.DataFrame, unchanged: UnchangedCheck | None
 ) -> Consents:
@@ -894,7 +1043,7 @@ def _v1_consents(
     # column at a time (not content hashes: those need the body).
     fast_keys = keys
     if unchanged is not None and (owner.keyed or not owner.content_keys):
-        if not owner.keyed:
+        if not owner.keyed and not owner.source_keyed:
             fast_keys = owner._natural_keys(fields, size)
         proven = proven_valid(
             fields,
@@ -940,7 +1089,7 @@ class _V2Rows:
         """
         headers, raw, prepared, keys = self.owner._prepare(chunk)
         size = len(chunk)
-        self._evaluate(raw, size)
+        self._evaluate(raw, size, chunk.index)
         numbers = chunk.index.tolist()
         value_rows: list[tuple[Any, ...]] | None = None
         names = list(prepared)
@@ -1001,13 +1150,18 @@ class _V2Rows:
         )
         return proven & proven_by_specs(plan.specs, plan.values, size)
 
-    def _evaluate(self, raw: dict[str, list[Any]], size: int) -> dict[str, list[str]]:
-        """Every plan evaluated over the chunk; the trimmed cells by mapped column."""
+    def _evaluate(
+        self, raw: dict[str, list[Any]], size: int, index: pd.Index | None = None
+    ) -> dict[str, list[str]]:
+        """Every plan evaluated over the chunk; the trimmed cells by mapped column
+        (`rows`: a position in the chunk -> its row number, for messages)."""
         cells = {
             name: self.owner._cells(raw[header]) for name, header in self.owner.headers.items()
         }
+        numbers = None if index is None else index.tolist()
+        rows = None if numbers is None else (lambda pos: int(numbers[pos]))
         for plan in self.consents:
-            plan.evaluate(cells, size)
+            plan.evaluate(cells, size, rows)
         return cells
 
     def consents_of(self, chunk: pd.DataFrame, unchanged: UnchangedCheck | None) -> Consents:
@@ -1016,7 +1170,7 @@ class _V2Rows:
         owner = self.owner
         headers, raw, prepared, keys = owner._prepare(chunk)
         size = len(chunk)
-        cells = self._evaluate(raw, size)
+        cells = self._evaluate(raw, size, chunk.index)
         # A row's digest covers its version-1 fields and every mapped column's cells
         # (what the specs read); date cells enter as text, their reading in the key.
         digests = cells_digests(
@@ -1063,7 +1217,7 @@ class _V2Rows:
         """Rows through a version-2 mapping: per row, one Row per consent made."""
         headers, raw, prepared, keys = self.owner._prepare(chunk)
         size = len(chunk)
-        self._evaluate(raw, size)
+        self._evaluate(raw, size, chunk.index)
         names = list(prepared)
         numbers = chunk.index.tolist()
         value_rows = list(zip(*raw.values(), strict=True))
@@ -1214,25 +1368,32 @@ class _ConsentPlan:
         #: The spec behind each field path (without indexes), to name it in row errors.
         self.labels = {spec.path.plain: spec for spec in specs}
 
-    def evaluate(self, cells: dict[str, list[str]], size: int) -> None:
-        """Evaluate `when` and every spec over a chunk's cells, a column at a time."""
+    def evaluate(
+        self, cells: dict[str, list[str]], size: int, rows: Callable[[int], int] | None = None
+    ) -> None:
+        """Evaluate `when` and every spec over a chunk's cells, a column at a time
+        (`rows`: a position in the chunk -> its row number, for messages)."""
         owner = self.owner
         self.holds = self.when.holds(cells[self.when.column]) if self.when else None
         values = []
         for spec in self.specs:
             reader = None
+            # A period's end given as a date alone means the end of that day.
+            end = spec.path.kind == DATE and spec.path.steps[-1][0] == "end"
             if spec.path.kind == DATE and spec.source != "value":
                 column = owner._date_column(
                     f"{self.key}:{spec.key}",
                     f"{spec.path.plain} ({spec.describe()})",
                     spec.formats if spec.formats is not None else owner.mapping.date_formats,
+                    end=end,
                 )
 
                 def reader(texts: list[str], column: DateColumn = column) -> list[datetime | None]:
-                    read = column.read(texts)
+                    read = column.read(texts, rows)
                     return [read.get(t) if t else None for t in texts]
 
-            values.append(evaluate(spec, cells, size, reader, owner._constant_date))
+            constant = partial(owner._constant_date, end=end)
+            values.append(evaluate(spec, cells, size, reader, constant))
         self.values = values
         self._rows = list(zip(*values, strict=True)) if values else [()] * size
         self._errors = {}
@@ -1287,22 +1448,44 @@ class DateColumn:
     """
 
     def __init__(
-        self, file: str, label: str, formats: tuple[str, ...], tz: ZoneInfo, *, excel: bool
+        self,
+        file: str,
+        label: str,
+        formats: tuple[str, ...],
+        tz: ZoneInfo | None,
+        *,
+        excel: bool,
+        end_of_day: bool = False,
+        unstated: str = "",
     ) -> None:
         self.file = file
         self.label = label
+        #: None: the mapping states no zone, and a naive time stops the read (`unstated`
+        #: says how the mapping left it: "" or "TODO")
         self.tz = tz
+        self.unstated = unstated
+        #: a date-only cell means the end of its day (a period's end), else its start
+        self.end_of_day = end_of_day
+        #: whether a naive time of day was read in `tz` (UTC, for an older ledger)
+        self.read_naive = False
         self.excel = excel
         self.families = date_families(formats)
         self.candidates = list(range(len(self.families)))
         self.decided: int | None = 0 if len(self.families) <= 1 else None
 
-    def read(self, texts: list[str]) -> dict[str, datetime | None]:
-        """Each distinct non-empty text of a chunk -> its date-time (None: unreadable)."""
+    def read(
+        self, texts: list[str], rows: Callable[[int], int] | None = None
+    ) -> dict[str, datetime | None]:
+        """Each distinct non-empty text of a chunk -> its date-time (None: unreadable).
+
+        A cell without an offset is read in the zone; with no zone stated, one holding a
+        time of day stops the read (ConfigError naming the column and, through `rows`
+        (position in `texts` -> row number), a row). A date alone is read in the zone,
+        or UTC: the start of its day, or its end for a period's end."""
         out: dict[str, datetime | None] = {}
         rest: list[str] = []
-        tz = self.tz
         parse = datetime.fromisoformat
+        timed = _ISO_TIME.search
         for text in set(texts):
             if not text:
                 continue
@@ -1311,7 +1494,9 @@ class DateColumn:
             except ValueError:
                 rest.append(text)
                 continue
-            out[text] = value if value.tzinfo is not None else value.replace(tzinfo=tz)
+            if value.tzinfo is None:
+                value = self._local(value, bool(timed(text)), text, texts, rows)
+            out[text] = value
         if not rest:
             return out
         if self.decided is None:
@@ -1319,8 +1504,37 @@ class DateColumn:
         index = self.reading()
         family = self.families[index] if self.families else ()
         for text in rest:
-            out[text] = self._parse(family, text)
+            read = self._parse(family, text)
+            if read is not None and (read.tzinfo is _LOCAL_TIME or read.tzinfo is _LOCAL_DATE):
+                read = self._local(read, read.tzinfo is _LOCAL_TIME, text, texts, rows)
+            out[text] = read
         return out
+
+    def _local(
+        self,
+        value: datetime,
+        timed: bool,
+        text: str,
+        texts: list[str],
+        rows: Callable[[int], int] | None,
+    ) -> datetime:
+        """A naive reading in the column's zone (see `read`). Init's `timezone = "TODO"`
+        stops a date alone too: the mapping is unfinished until a person states the zone."""
+        todo = self.tz is None and self.unstated == "TODO"
+        if not timed and not todo:
+            if self.end_of_day:
+                value = value.replace(hour=23, minute=59, second=59, microsecond=999_000)
+            return value.replace(tzinfo=self.tz or UTC)
+        if self.tz is None:
+            # The first such cell of the chunk, not the one this set of texts met first.
+            pos = next(
+                at for at, cell in enumerate(texts) if cell and self._naive(cell, dates=todo)
+            )
+            row = rows(pos) if rows is not None else None
+            message = naive_time_message(self.file, self.label, row, texts[pos], self.unstated)
+            raise ConfigError(message)
+        self.read_naive = True
+        return value.replace(tzinfo=self.tz)
 
     def reading(self) -> int:
         """Which family read the cells so far (the decided one, or the first candidate:
@@ -1348,21 +1562,69 @@ class DateColumn:
         counts = {i: sum(v is not None for v in results[i]) for i in self.candidates}
         self.decided = max(self.candidates, key=lambda i: (counts[i], -i))
 
+    def _naive(self, text: str, *, dates: bool = False) -> bool:
+        """Whether a cell reads as a time of day (or, with `dates`, a date alone) without
+        an offset (the error path)."""
+        try:
+            value = datetime.fromisoformat(text)
+        except ValueError:
+            family = self.families[self.reading()] if self.families else ()
+            read = self._parse(family, text)
+            local = (_LOCAL_TIME, _LOCAL_DATE) if dates else (_LOCAL_TIME,)
+            return read is not None and read.tzinfo in local
+        return value.tzinfo is None and (dates or bool(_ISO_TIME.search(text)))
+
     @lru_cache(maxsize=65536)  # noqa: B019 - one DateColumn per column of a run
     def _parse(self, family: tuple[str, ...], text: str) -> datetime | None:
+        """The cell read by the family; a naive reading marked _LOCAL_TIME or
+        _LOCAL_DATE (a time of day or not), for `read` to place in the zone."""
         for fmt in family:
             try:
-                return self._aware(datetime.strptime(text, fmt))
+                value = datetime.strptime(text, fmt)
             except ValueError:
                 continue
+            return _marked(value, bool(_FORMAT_TIME.search(fmt)))
         if self.excel:
             iso = excel_serial_to_iso(text)
             if iso:
-                return self._aware(datetime.fromisoformat(iso))
+                return _marked(datetime.fromisoformat(iso), "T" in iso)
         return None
 
-    def _aware(self, value: datetime) -> datetime:
-        return value.replace(tzinfo=self.tz) if value.tzinfo is None else value
+
+#: A naive reading's mark, until `DateColumn.read` places it in the zone.
+_LOCAL_TIME = timezone(timedelta(0), "local time of day")
+_LOCAL_DATE = timezone(timedelta(0), "local date")
+#: An ISO 8601 cell with a time of day (a date alone has no `T`, space or colon).
+_ISO_TIME = re.compile(r"[Tt :]")
+#: A strptime format reading a time of day.
+_FORMAT_TIME = re.compile(r"%[HIMSpfXcTRr]")
+
+
+def _marked(value: datetime, timed: bool) -> datetime:
+    if value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=_LOCAL_TIME if timed else _LOCAL_DATE)
+
+
+def cell_shape(text: str) -> str:
+    """A cell's shape without its value (digits as 9, letters as A or a): what a
+    message may show of a date cell, which can be PHI."""
+    return re.sub(r"[a-z]", "a", re.sub(r"[A-Z]", "A", re.sub(r"\d", "9", text)))
+
+
+def naive_time_message(file: str, label: str, row: int | None, text: str, unstated: str) -> str:
+    """Why a naive date-time stops a read: the column, a row, the cell's shape, the key."""
+    where = f"row {row}, " if row is not None else ""
+    said = (
+        'and the mapping\'s [source] timezone is still "TODO"'
+        if unstated == "TODO"
+        else "and the mapping states no time zone"
+    )
+    return (
+        f"{file}: {label} holds date-times without a UTC offset ({where}a cell shaped "
+        f"'{cell_shape(text)}') {said}; set [source] timezone to the zone they were "
+        'written in, e.g. timezone = "America/Chicago" (timezone = "UTC" if they are UTC)'
+    )
 
 
 _DATE_PARTS = {"d": "d", "m": "m", "b": "m", "B": "m", "Y": "y", "y": "y", "j": "d"}
@@ -1450,6 +1712,13 @@ def _identity(
     except ValidationError:
         return None
     return found.patient_id, found.scope.value, found.category, found.date_time
+
+
+def _identity_failed(key: str, errors: list[RowError]) -> bool:
+    """Whether a row keyed by its identity cells failed in one of its identity fields."""
+    return split_key(key)[1].startswith(SOURCE_PREFIX) and any(
+        _KEY_ROOT.split(e.field, maxsplit=1)[0] in NATURAL_FIELDS for e in errors
+    )
 
 
 def split_codes(text: str) -> list[str]:

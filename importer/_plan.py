@@ -14,6 +14,7 @@ from enum import StrEnum
 from itertools import chain
 from pathlib import Path
 
+from importer._identity import read_as_the_ledger_did
 from importer._keys import pinned_fields
 from importer._ledger import Ledger, LedgerRow, Op, RowState, same_payload
 from importer._mapping import Mapping, open_tables
@@ -176,7 +177,8 @@ def plan_import(
     )
     seen: set[str] = set()
     with context as ledger:
-        normalizer.content_keys = ledger is not None and ledger.key_scheme == "content"
+        if ledger is not None:
+            read_as_the_ledger_did(normalizer, ledger)
         batch: list[Row] = []
         for row in chain.from_iterable(normalizer.rows(t) for t in tables):
             batch.append(row)

@@ -130,7 +130,9 @@ class RunStats:
     revoke_refused: str = ""  # over --revoke-max: nothing revoked (exit 2)
     revoke_note: str = ""  # a correction file, or rows without a stable key: nothing revoked
     revoke_reason: str = ""  # RevokePlan.reason
-    source_key: str = "column"  # or "natural", or "content hash" (a ledger made before)
+    source_key: str = "column"  # or "source cells"; "natural", "content hash" (older ledgers)
+    #: what changed since the last run noted its mapping: "mapping", "crosswalk", both, ""
+    mapping_changed: str = ""
     lookups: int = 0
     #: rows waiting out --settle after an ambiguous answer, right now
     settling: int = 0
@@ -182,6 +184,7 @@ class RunStats:
             revoke_out_of_scope=self.revoke_out_of_scope,
             revoke_refused=self.revoke_refused or None,
             source_key=self.source_key,
+            mapping_changed=self.mapping_changed or None,
             lookups=self.lookups,
             settled_adopted=self.settled_adopted,
             settled_reposted=self.settled_reposted,
@@ -248,7 +251,7 @@ class ExportCounts:
 
 
 #: What `verify` reports, by kind.
-KINDS = ("missing", "differs", "duplicate", "outcome_unknown", "unchecked")
+KINDS = ("missing", "differs", "duplicate", "outcome_unknown", "unchecked", "suspect_duplicate")
 
 
 @dataclass(frozen=True)

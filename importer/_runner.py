@@ -19,6 +19,7 @@ import sniffio
 from importer._breaker import CircuitBreaker
 from importer._client import ClinikClient, check_api_key, check_base_url, make_http_client
 from importer._engine import Engine, InInput
+from importer._identity import note_mapping, read_as_the_ledger_did, read_with
 from importer._ledger import Ledger
 from importer._limiter import Limiter
 from importer._lock import LedgerLock
@@ -94,7 +95,7 @@ def run_import(
         _, checked, window = run_checks(base_url, api_key, timeout_s=options.timeout_s)
     with LedgerLock(options.ledger):
         ledger = Ledger(options.ledger, base_url=base_url)
-        normalizer.content_keys = ledger.key_scheme == "content"
+        read_as_the_ledger_did(normalizer, ledger)
         # Rows the ledger holds as done from the same cells come as counts, no bodies.
         rows: Iterator[Row | Unchanged] = chain.from_iterable(
             normalizer.rows_or_unchanged(t, ledger.unchanged) for t in tables
@@ -115,6 +116,7 @@ def run_import(
                 )
                 rows, checked = sampled or plain, checked + spent
             run_id = ledger.begin_run([t.name for t in tables])
+            changed = note_mapping(ledger, run_id, mapping)
             stats, validation = anyio.run(
                 _run_async,
                 config,
@@ -130,7 +132,7 @@ def run_import(
                 backend_options={"use_uvloop": _has_uvloop()},
             )
             stats.skipped = validation.skipped = normalizer.skipped
-            stats.source_key = normalizer.key_kind
+            read_with(stats, normalizer, changed)
             stats.requests += checked
             if stats.aborted:
                 # Rows not yet read count too: everything the next run still has to do.

@@ -9,7 +9,11 @@ per field, never the values. What it reports:
 - `duplicate`: another consent of the same patient with the same scope, categories and
   date-time, which no ledger row claims;
 - `outcome_unknown`: a row whose create may or may not have landed (a rerun settles it);
-- `unchecked`: the server could not be read for it, even after retries.
+- `unchecked`: the server could not be read for it, even after retries;
+- `suspect_duplicate`: another live consent of the patient with the same scope and
+  categories, whose date-time is a whole number of hours away (up to 14) or on the same
+  day: the trace of a time zone (or date format) read two ways, by natural keys of before
+  or by two ledgers (importer._suspects).
 
 It only reads: GET requests through the run's limiter (budget, `--max-wait`), the ledger
 opened read-only under its lock.
@@ -68,6 +72,7 @@ from importer._preflight import refused_key
 from importer._report import SafeCsvWriter, check_report_paths, write_json
 from importer._results import KINDS, Finding, VerifyResult
 from importer._retry import retrying
+from importer._suspects import suspects
 
 #: The body fields a consent can carry, by their API (camelCase) names.
 _BODY_FIELDS = frozenset(f.alias or name for name, f in ConsentIn.model_fields.items())
@@ -329,6 +334,19 @@ class _Checker:
                 # Not in the search: gone, or the search index lags behind the store.
                 await self._get(row)
         self._duplicates(patient, others, seen)
+        for row, other, detail in suspects(rows, seen, others):
+            self.result.findings.append(
+                Finding(
+                    "suspect_duplicate",
+                    row.source_file,
+                    row.source_row,
+                    row.source_key,
+                    row.consent_id,
+                    row.patient_id,
+                    duplicate_id=other,
+                    detail=detail,
+                )
+            )
 
     async def _get(self, row: DoneConsent) -> None:
         consent: dict[str, Any] | None = None

@@ -18,6 +18,7 @@ from importer._fastcheck import KNOWN_FIELDS, proven_valid
 from importer._mapping import FIELDS, Mapping, load_mapping
 from importer._normalize import Normalizer
 from importer._reader import Table, open_table
+from tests.zones import with_zone
 
 #: Every row field, as a column of the same name.
 HEADERS = list(FIELDS)
@@ -116,7 +117,7 @@ def setup(tmp_path: Path, name: str, rows: int = 3000, seed: int = 7) -> tuple[M
     source = tmp_path / "in.csv"
     write_rows(source, rows, seed, headers)
     map_path = tmp_path / "map.toml"
-    map_path.write_text(text or "", encoding="utf-8")
+    map_path.write_text(with_zone(text), encoding="utf-8")
     (tmp_path / "xwalk.csv").write_text(
         "legacy,patientId\nlegacy-1,pt_1\nlegacy-2,bad id\npt_1,pt_1\n", encoding="utf-8"
     )

@@ -33,6 +33,9 @@ SHA = "ab" * 32
         (pack_key, unpack_key, "nk:" + HEX32, 16),  # a natural key: its 16 bytes
         (pack_key, unpack_key, "nk:" + HEX32.upper(), None),  # not as we write them: text
         (pack_key, unpack_key, "nk:" + HEX32[:-1], None),
+        (pack_key, unpack_key, "sk:" + HEX32, 17),  # an identity-cells key: a tag and 16
+        (pack_key, unpack_key, "sk:" + HEX32.upper(), None),
+        (pack_key, unpack_key, "crm\x1fsk:" + HEX32, None),
         (pack_key, unpack_key, "crm\x1fnk:" + HEX32, None),  # namespaced: exact text
         (pack_key, unpack_key, "K000001", None),  # a key column's: exact text
         (pack_key, unpack_key, "sha256:" + HEX32, None),

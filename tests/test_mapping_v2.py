@@ -15,6 +15,7 @@ from importer._reader import open_table
 from importer._validate import validate_files
 from importer.sandbox import SandboxConfig, running_sandbox
 from tests.engine_helpers import run
+from tests.zones import with_zone
 
 BASE = 'patientId = "pt_1"\nscope = "research"\ncategory = "research-participation"\n'
 HEAD = "Patient,Scope,Cat"
@@ -30,7 +31,7 @@ def rows_of(tmp_path: Path, csv_text: str, mapping: str) -> tuple[list[Row], Nor
     source = tmp_path / "in.csv"
     source.write_text(csv_text, encoding="utf-8")
     path = tmp_path / "map.toml"
-    path.write_text(mapping, encoding="utf-8")
+    path.write_text(with_zone(mapping), encoding="utf-8")
     the_mapping = load_mapping(path)
     normalizer = Normalizer(the_mapping)
     return list(normalizer.rows(open_table(source, the_mapping.source))), normalizer

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from importer._keys import natural_key
+from importer._keys import natural_key, source_key
 from importer._mapping import load_mapping
 from importer._normalize import Normalizer, Row
 from importer._reader import open_table
@@ -100,8 +100,9 @@ def test_a_bad_boolean_is_a_row_error(tmp_path: Path) -> None:
     [
         ("2024-03-05T14:30:00Z", "", "2024-03-05T14:30:00Z"),
         ("2024-03-05T14:30:00+02:00", "", "2024-03-05T14:30:00+02:00"),
-        ("2024-03-05 14:30", "", "2024-03-05T14:30:00Z"),  # naive: UTC by default
-        ("2024-03-05", "", "2024-03-05T00:00:00Z"),
+        # naive: in the zone stated (UTC is a statement; none stops: tests/test_time_zones.py)
+        ("2024-03-05 14:30", "[source]\ntimezone='UTC'\n", "2024-03-05T14:30:00Z"),
+        ("2024-03-05", "", "2024-03-05T00:00:00Z"),  # a date alone: UTC when none is stated
         # naive with a timezone: Chicago is UTC-6 in March before DST, UTC-5 in July
         (
             "2024-03-05T14:30:00",
@@ -117,7 +118,7 @@ def test_a_bad_boolean_is_a_row_error(tmp_path: Path) -> None:
         ("2024-07-05T14:30:00Z", "[source]\ntimezone='America/Chicago'\n", "2024-07-05T14:30:00Z"),
         (
             "03/05/2024 02:30 PM",
-            "[source]\ndate_formats=['%m/%d/%Y %I:%M %p']\n",
+            "[source]\ntimezone='UTC'\ndate_formats=['%m/%d/%Y %I:%M %p']\n",
             "2024-03-05T14:30:00Z",
         ),
         (
@@ -223,11 +224,23 @@ def test_source_key_from_key_columns(tmp_path: Path) -> None:
     assert errors(rows[1]) == [("sourceKey", "missing_required")]
 
 
-def test_source_key_defaults_to_the_natural_identity(tmp_path: Path) -> None:
-    # Issue 10 changed the default from a hash of the whole body (an edit made a new key).
+def test_source_key_defaults_to_the_identity_cells(tmp_path: Path) -> None:
+    # Issue 10 changed the default from a hash of the whole body (an edit made a new key),
+    # issue 20 from the natural identity (a mapping fix made a new key).
     rows = rows_of(tmp_path, f"{HEAD}\npt_1,treatment,c\npt_2,treatment,c\n")
-    assert rows[0].source_key == natural_key("pt_1", "treatment", ["c"], None)
+    assert rows[0].source_key == source_key("pt_1", "treatment", "c", "")
     assert rows[0].source_key != rows[1].source_key
+
+
+def test_a_ledger_made_with_natural_keys_keeps_them(tmp_path: Path) -> None:
+    source = tmp_path / "in.csv"
+    source.write_text(f"{HEAD}\npt_1,treatment,c\n", encoding="utf-8")
+    mapping = load_mapping(None)
+    normalizer = Normalizer(mapping)
+    normalizer.natural_keys = True
+    [row] = normalizer.rows(open_table(source, mapping.source))
+    assert row.source_key == natural_key("pt_1", "treatment", ["c"], None)
+    assert normalizer.key_kind == "natural"
 
 
 def test_a_ledger_made_before_natural_keys_keeps_the_body_hash(tmp_path: Path) -> None:
@@ -265,7 +278,7 @@ def test_a_source_system_namespaces_its_keys(
         (
             "patientId,scope,category\npt_1,treatment,c\npt_1,treatment,c\n",
             "patientId/scope/category/dateTime",
-            "row 2 (the natural key)",
+            "row 2 (the row's identity without a key column)",
         ),
     ],
 )

@@ -152,7 +152,8 @@ def test_init_refuses_to_overwrite(tmp_path: Path, capsys: pytest.CaptureFixture
 def init_and_validate(
     source: Path, output: Path, capsys: pytest.CaptureFixture[str]
 ) -> tuple[dict[str, object], int, str, str]:
-    """(the written mapping, validate's exit code, stdout, stderr) with it untouched."""
+    """(the written mapping, validate's exit code, stdout, stderr) with it untouched but
+    for its time zone, stated as a person must (issue 20)."""
     code, _, err = run_cli(["init", str(source), "--output", str(output)], capsys)
     assert code == 0, err
     fill_zone(output)

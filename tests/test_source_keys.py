@@ -1,6 +1,7 @@
-"""Without a key column, a row is keyed by its consent's natural identity (issue 10,
-item 2): an edit of a patchable field is a PATCH, never a second consent. Ledgers made
-before keep their content-hash keys."""
+"""Without a key column, a row is keyed by the source cells feeding its consent's identity
+(issue 20; natural identity before, issue 10, item 2): an edit of a patchable field is a
+PATCH, never a second consent. Ledgers made before keep their natural or content-hash
+keys."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from importer import _retry as retry
-from importer._keys import natural_key
+from importer._keys import natural_key, source_key
 from importer._mapping import load_mapping, open_tables
 from importer._normalize import Normalizer
 from importer.sandbox import SandboxConfig, running_sandbox
@@ -37,18 +38,21 @@ def unkeyed_rows(n: int) -> list[dict[str, str]]:
     return rows
 
 
-# (the edit to row 2, then created, updated, unchanged on the rerun)
+# (the edit to row 2, then created, updated, unchanged, refused as an immutable change on
+# the rerun)
 EDITS = [
-    ({"status": "inactive"}, (0, 1, 4)),
-    ({"policyUri": "https://clinic.example/policy/v2"}, (0, 1, 4)),
-    ({"category": "hipaa-notice;treatment-consent"}, (0, 0, 5)),  # a set: order is no edit
-    ({"category": "hipaa-notice|treatment-consent|hipaa-notice"}, (0, 0, 5)),
+    ({"status": "inactive"}, (0, 1, 4, 0)),
+    ({"policyUri": "https://clinic.example/policy/v2"}, (0, 1, 4, 0)),
+    # The same set of codes is the same row (its key), but the body's list changed order,
+    # which the API cannot patch: an immutable change (recreated on request), no 2nd consent.
+    ({"category": "hipaa-notice;treatment-consent"}, (0, 0, 4, 1)),
+    ({"category": "hipaa-notice|treatment-consent|hipaa-notice"}, (0, 0, 4, 1)),
 ]
 
 
 @pytest.mark.parametrize(("edit", "counts"), EDITS)
 def test_an_edit_without_a_key_column_is_a_patch_not_a_second_consent(
-    tmp_path: Path, edit: dict[str, str], counts: tuple[int, int, int]
+    tmp_path: Path, edit: dict[str, str], counts: tuple[int, int, int, int]
 ) -> None:
     rows = unkeyed_rows(5)
     source = write_csv(tmp_path / "in.csv", rows)
@@ -57,9 +61,10 @@ def test_an_edit_without_a_key_column_is_a_patch_not_a_second_consent(
         rows[2].update(edit)
         write_csv(source, rows)
         stats = run(source, sandbox.base_url, tmp_path / "l.db").stats
-        assert (stats.created, stats.updated, stats.unchanged) == counts
+        immutable = stats.by_error.get("immutable_change", 0)
+        assert (stats.created, stats.updated, stats.unchanged, immutable) == counts
         assert stats.missing_from_source == 0
-        assert stats.source_key == "natural"
+        assert stats.source_key == "source cells"
         assert sandbox.stats()["creates"] == 5
         assert sandbox.stats()["duplicates"] == 0
 
@@ -80,7 +85,7 @@ def test_the_same_instant_in_another_zone_is_the_same_consent(tmp_path: Path) ->
 @pytest.mark.parametrize(
     ("keyed", "said", "summary"),
     [
-        (False, "natural identity", "natural"),
+        (False, "as read before mapping", "source cells"),
         (True, None, "column"),
     ],
 )
@@ -152,9 +157,9 @@ def test_validate_finds_two_rows_of_one_consent(
 
 
 NATURAL_DUPLICATE = (
-    "patientId/scope/category/dateTime: same patient, scope, categories and date-time as "
-    "row 2 (the natural key); give the file a key column ([source] key) to import both "
-    "(duplicate_row)"
+    "patientId/scope/category/dateTime: same patient, scope, category and date-time cells as "
+    "row 2 (the row's identity without a key column); give the file a key column ([source] "
+    "key) to import both (duplicate_row)"
 )
 
 
@@ -203,23 +208,31 @@ def test_a_natural_key_collision_names_the_natural_key(
     assert code == 1
 
 
+@pytest.mark.parametrize("natural", [False, True])
 @pytest.mark.parametrize(
     "edit",
     [{"status": "actve"}, {"status": "actve", "category": "b|a|b"}, {"verified": "maybe"}],
 )
 def test_a_run_and_validate_key_an_invalid_row_by_its_natural_identity(
-    tmp_path: Path, edit: dict[str, str]
+    tmp_path: Path, edit: dict[str, str], natural: bool
 ) -> None:
     row = {"patientId": "pt_1", "scope": "treatment", "category": "a;b", "verified": "yes"}
     row |= {"status": "active", "dateTime": "2024-01-01T10:00:00Z"}
     source = write_csv(tmp_path / "in.csv", [row, {**row, "patientId": "pt_2", **edit}])
     mapping = load_mapping(None)
     (table,) = open_tables([source], mapping)
-    rows = list(Normalizer(mapping).rows(table))
+    first = Normalizer(mapping)
+    first.natural_keys = natural
+    rows = list(first.rows(table))
     assert [r.valid for r in rows] == [True, False]
     when = datetime(2024, 1, 1, 10, tzinfo=UTC)
-    assert rows[1].source_key == natural_key("pt_2", "treatment", ["a", "b"], when)
+    if natural:  # a ledger made with natural keys keeps them
+        assert rows[1].source_key == natural_key("pt_2", "treatment", ["a", "b"], when)
+    else:  # the cells as read; the categories a set, the instant stated
+        expected = source_key("pt_2", "treatment", "a;b", "2024-01-01T10:00:00+00:00")
+        assert rows[1].source_key == expected
     (table,) = open_tables([source], mapping)
     normalizer = Normalizer(mapping)
+    normalizer.natural_keys = natural
     checked = [r for batch in normalizer.check(table) for r in batch.invalid]
     assert [(r.row, r.source_key) for r in checked] == [(3, rows[1].source_key)]

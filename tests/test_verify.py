@@ -9,6 +9,7 @@ import hashlib
 import json
 import stat
 from collections.abc import Iterator
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -252,6 +253,8 @@ def test_verify_reads_by_cost_over_the_wire(
     fetched: int,
 ) -> None:
     rows = list(consent_rows(150, patientId="pt_many"))
+    for day, row in enumerate(rows):  # each on a day of its own: none a suspect duplicate
+        row["dateTime"] = f"{date(2020, 1, 1) + timedelta(days=day)}T09:00:00Z"
     rows += consent_rows(3, start=150)  # three other patients, one consent each
     ledger = tmp_path / "l.db"
     assert run(write_csv(tmp_path / "in.csv", rows), sandbox.base_url, ledger).exit_code == 0
