@@ -409,6 +409,7 @@ class Normalizer:
             sheet=table.sheet or "",
         )
         self.unkeyed_files += not file_rows.keyed
+        file_rows.defects = table.defects
         return file_rows
 
     def _duplicate(self, row: Row, first: int) -> None:
@@ -537,6 +538,15 @@ class _FileNormalizer:
         self._skipped = 0
         self.v2_rows = _V2Rows(self, mapping)
         self._digest_key = _cells_digest_key(mapping, self.fields, excel=excel)
+        #: rows the reader found cut short (`Table.defects`): invalid whatever their cells
+        self.defects: dict[int, tuple[str, str]] = {}
+        self.numbers: pd.Index = pd.Index([], dtype="int64")  # the last `_prepare`d chunk's
+
+    def whole(self, numbers: Any) -> npt.NDArray[np.bool_]:
+        """Per row number: not cut short, so a column-wise proof may pass it."""
+        if not self.defects:
+            return np.ones(len(numbers), dtype=bool)
+        return np.array([int(n) not in self.defects for n in numbers], dtype=bool)
 
     def digest_key(self) -> str:
         """The cells digests' key for the chunk just read: the mapping's, with the way
@@ -621,6 +631,7 @@ class _FileNormalizer:
                 read_dates=self._chunk_dates,
             )
             numbers = chunk.index.tolist()
+            proven &= self.whole(numbers)
             names = list(prepared)
             checked: list[tuple[int, Row]] = []
             for pos in np.flatnonzero(~proven).tolist():
@@ -646,6 +657,7 @@ class _FileNormalizer:
     ) -> tuple[tuple[str, ...], dict[str, list[Any]], dict[str, list[str]], list[str | None]]:
         """Headers, raw cells by header, prepared cells by row field, and source keys."""
         headers = tuple(str(c) for c in chunk.columns)
+        self.numbers = chunk.index
         raw = {h: chunk[h].to_numpy(dtype=object).tolist() for h in headers}
         prepared = {name: self._column(raw, name, len(chunk)) for name in self.fields}
         self._chunk_dates = {
@@ -798,6 +810,20 @@ class _FileNormalizer:
         if consent:
             # Each consent of the row has its own key, so reruns and patches go per consent.
             row.source_key += "#" + consent
+        defect = self.defects.get(number)
+        if defect is not None:
+            # Its last cells are missing, not empty: what it would fail on says nothing.
+            errors[:] = [
+                RowError(
+                    self.file,
+                    number,
+                    "row",
+                    defect[0],
+                    defect[1],
+                    consent=consent,
+                    sheet=self.sheet,
+                )
+            ]
         if errors:
             row.model = None
         return row
@@ -859,6 +885,7 @@ def _v1_consents(
             crosswalk=owner.mapping.crosswalk,
             read_dates=owner._chunk_dates,
         )
+        proven &= owner.whole(chunk.index)
         candidates = np.flatnonzero(proven).tolist()
         if candidates:
             asked = [fast_keys[pos] or "" for pos in candidates]
@@ -955,6 +982,7 @@ class _V2Rows:
             supplied=plan.supplied,
             read_dates=self.owner._chunk_dates,
         )
+        proven &= self.owner.whole(self.owner.numbers)
         return proven & proven_by_specs(plan.specs, plan.values, size)
 
     def _evaluate(self, raw: dict[str, list[Any]], size: int) -> dict[str, list[str]]:

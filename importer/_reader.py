@@ -16,6 +16,7 @@ from __future__ import annotations
 import codecs
 import csv
 import io
+import logging
 import math
 import re
 from collections.abc import Callable, Generator, Iterable, Iterator
@@ -37,11 +38,16 @@ from python_calamine import (
     SheetVisibleEnum,
 )
 
+from importer._cutcheck import CellCounter, Cut, Shape
 from importer._errors import ConfigError, InputError, no_such_file
+
+log = logging.getLogger("importer.reader")
 
 __all__ = [
     "CSV_SUFFIXES",
     "EXCEL_SUFFIXES",
+    "SHORT_ROW",
+    "TRUNCATED_FILE",
     "SourceOptions",
     "Table",
     "escape_formula",
@@ -54,6 +60,9 @@ __all__ = [
 CSV_SUFFIXES: Final = (".csv", ".tsv", ".txt")
 EXCEL_SUFFIXES: Final = (".xlsx", ".xlsm", ".xls")
 _SUFFIX_LIST: Final = ".csv, .tsv, .txt, .xlsx, .xlsm or .xls"
+#: Row error codes of rows the reader finds cut short (see `Table.defects`).
+SHORT_ROW: Final = "short_row"
+TRUNCATED_FILE: Final = "truncated_file"
 
 _SAMPLE_BYTES: Final = 64 * 1024
 #: csv.Sniffer's regexes turn quadratic on unclosed quotes; it sees only this much.
@@ -205,6 +214,10 @@ class Table:
         delimiter: the CSV delimiter; None for Excel.
         sheet: the Excel sheet read; None for CSV.
         header_row: the row number of the header (1 unless blank rows precede it).
+        defects: rows cut short, by row number: (rule code, what is wrong). Filled
+            before `chunks` yields its first chunk; such a row is never to be sent.
+        truncated: the file ends inside a row (the export was cut off): one line
+            saying so, else None. Set like `defects`.
     """
 
     def __init__(
@@ -227,6 +240,8 @@ class Table:
         self.encoding = encoding
         self.delimiter = delimiter
         self.sheet = sheet
+        self.defects: dict[int, tuple[str, str]] = {}
+        self.truncated: str | None = None
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r} columns={len(self.columns)}>"
@@ -328,19 +343,27 @@ class _CsvTable(Table):
         )
         self._layout = layout
         self._count: int | None = None
+        self._cut: int | None = None  # the row cut inside quotes; 0: none; None: not looked
+        self._cut_text = ""
 
     def chunks(self) -> Iterator[pd.DataFrame]:
         width = self._layout.width
         done = 0  # records after the header already turned into chunks
         restarts = 0
+        cut = self._find_defects()
+        # A file cut inside a quoted value: pandas reads up to the cut record, which is
+        # read here (its cells as far as they go) so that it is reported, not lost.
+        limit = cut - self.header_row - 1 if cut is not None else None
         while True:
             try:
-                with closing(self._frames(width, done)) as frames:
+                with closing(self._frames(width, done, limit)) as frames:
                     for frame in frames:
                         chunk = self._finish(frame, done)
                         done += len(frame)
                         if len(chunk):
                             yield chunk
+                if cut is not None and (last := self._cut_frame(cut)) is not None:
+                    yield last
                 return
             except ParserError as exc:
                 # A record wider than any in the sample: read on from the last chunk with
@@ -358,8 +381,10 @@ class _CsvTable(Table):
             except OSError as exc:
                 raise InputError(f"{self.name}: cannot be read ({exc.strerror})") from None
 
-    def _frames(self, width: int, done: int) -> Generator[pd.DataFrame]:
+    def _frames(self, width: int, done: int, limit: int | None = None) -> Generator[pd.DataFrame]:
         layout = self._layout
+        if limit is not None and limit <= done:
+            return
         with pd.read_csv(
             self.path,
             sep=layout.delimiter,
@@ -378,6 +403,7 @@ class _CsvTable(Table):
             encoding=layout.encoding,
             engine="c",
             chunksize=self.chunk_rows,
+            nrows=None if limit is None else max(limit - done, 0),
         ) as reader:
             yield from reader
 
@@ -421,6 +447,119 @@ class _CsvTable(Table):
         if self._count is None:
             self._count = self._scan_count()
         return self._count
+
+    def _find_defects(self) -> int | None:
+        """Fill `defects` and `truncated` (once); the row number of a last record cut
+        inside a quoted value, which pandas cannot read."""
+        if self._cut is not None:
+            return self._cut or None
+        layout = self._layout
+        shape, stream = self._shape()
+        named = len(layout.columns)
+        first = layout.skip + 1  # records before it: titles, `sep=`, the header
+        # Record i is row i + 1: pandas numbers rows by records as well (quoted line
+        # breaks included), which is what `_finish` counts.
+        defects = {
+            index + 1: (
+                SHORT_ROW,
+                f"has {cells} of the header's {named} cells; a row cut short is not "
+                f"read as empty cells, check the export ({SHORT_ROW})",
+            )
+            for index, cells in shape.short.items()
+            if index >= first
+        }
+        cut_row = 0
+        cut = shape.cut
+        if cut is not None and cut.record >= first:
+            row = cut.record + 1
+            how = (
+                "inside a quoted value"
+                if cut.in_quotes
+                else f"after {cut.cells} of the header's {named} cells"
+            )
+            defects[row] = (
+                TRUNCATED_FILE,
+                f"the file ends {how} of this row without a line break: the export was cut "
+                f"off, export it again ({TRUNCATED_FILE})",
+            )
+            self.truncated = (
+                f"{self.name}: ends {how} of row {row} without a line break: the export looks "
+                f"cut off; row {row} is reported invalid, never sent ({TRUNCATED_FILE})"
+            )
+            log.warning("%s", self.truncated)
+            if cut.in_quotes:
+                cut_row = row
+                self._cut_text = cut.tail.decode(stream, "replace")
+        self.defects.update(defects)
+        self._cut = cut_row
+        return cut_row or None
+
+    def _shape(self) -> tuple[Shape, str]:
+        """Cells per record where short, by one vectorised pass over the bytes (the
+        csv module where quoting is too irregular for it); the stream's encoding."""
+        layout = self._layout
+        compatible = _ascii_compatible(layout.encoding)
+        stream = layout.encoding if compatible else "utf-8"
+        delimiter = layout.delimiter.encode(stream)
+        named = len(layout.columns)
+        shape: Shape | None = None
+        if len(delimiter) == 1:
+            blocks = _byte_blocks(self.path)
+            if not compatible:
+                blocks = _transcode(blocks, layout.encoding)
+            counter = CellCounter(delimiter[0], ord(layout.newline), named)
+            try:
+                for block in blocks:
+                    counter.feed(block)
+            except OSError as exc:
+                raise InputError(f"{self.name}: cannot be read ({exc.strerror})") from None
+            shape = counter.finish()
+        if shape is None or not shape.sure:
+            shape = self._exact_shape(shape, named)
+        return shape, stream
+
+    def _exact_shape(self, counted: Shape | None, named: int) -> Shape:
+        """Cells per record by the csv module, whose quoting rules are the C parser's."""
+        shape = Shape()
+        index = -1
+        cells = named
+        try:
+            with self.path.open(encoding=self._layout.encoding, errors="replace", newline="") as f:
+                for index, record in enumerate(
+                    csv.reader(f, delimiter=self._layout.delimiter, quotechar='"')
+                ):
+                    cells = len(record)
+                    if cells < named:
+                        shape.short[index] = cells
+                raw = self.path.read_bytes()[-4:]
+        except OSError as exc:
+            raise InputError(f"{self.name}: cannot be read ({exc.strerror})") from None
+        ended = raw.rstrip(b"\x00").endswith((b"\n", b"\r"))
+        if counted is not None and counted.cut is not None:
+            shape.cut = replace(counted.cut, record=index, cells=cells)
+        elif not ended and index >= 0 and cells < named:
+            shape.cut = Cut(index, cells, in_quotes=False, tail=b"")
+        return shape
+
+    def _cut_frame(self, row: int) -> pd.DataFrame | None:
+        """The record a file ends in, inside a quoted value, as a one-row chunk."""
+        text = self._cut_text
+        if not text:
+            return None  # longer than MAX_TAIL_BYTES: reported, not readable
+        record = next(
+            csv.reader(io.StringIO(text, newline=""), delimiter=self._layout.delimiter), []
+        )
+        named = len(self._layout.columns)
+        cells = (record + [""] * named)[:named]
+        named_at = _named(self._layout.columns)
+        if named_at is not None:
+            cells = [cells[i] for i in named_at]
+        frame = pd.DataFrame(
+            [cells], columns=pd.Index(self.columns), index=pd.Index([row]), dtype="str"
+        )
+        if _blank(cells):
+            return None
+        return _unescape_frame(frame) if self._layout.may_escape else frame
 
     def _scan_count(self) -> int:
         layout = self._layout
@@ -758,7 +897,9 @@ def _check_quotes(name: str, sample: str, delimiter: str) -> None:
         for _ in reader:
             count += 1
     except csv.Error as exc:
-        if "unexpected end of data" in str(exc):
+        # Without a final line break the export was cut inside a value: the table
+        # reports that row (`truncated_file`) and reads the others.
+        if "unexpected end of data" in str(exc) and sample.endswith(("\n", "\r")):
             raise _unterminated(name, count + 1) from None
         # Other strict-mode complaints (text after a closing quote) pandas accepts.
 
