@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from importer import _cutcheck
+from importer._mapping import load_mapping
 from importer._reader import (
     SHORT_ROW,
     TRUNCATED_FILE,
@@ -20,6 +21,7 @@ from importer._reader import (
     open_table,
     unescape_formula,
 )
+from importer._validate import validate_files
 from importer.sandbox import RunningSandbox
 from tests.cli_helpers import run_cli
 from tests.engine_helpers import KEY, consent_rows, run, write_csv
@@ -301,3 +303,55 @@ def test_cli_run_of_a_truncated_file_exits_1(
     assert code == 1, out + err
     assert server.stats()["creates"] == 3
     assert "truncated_file" in out + err
+
+
+# --- a version-2 mapping ([[consents]]) takes the same way --------------------------------
+
+CONSENTS = """
+[source]
+key = ["ID"]
+
+[columns]
+patientId = "Patient"
+
+[[consents]]
+key = "research"
+fields = { scope = { value = "research" }, category = { value = "research-participation" }, \
+status = "Research Status" }
+
+[[consents]]
+key = "hipaa"
+when = { column = "HIPAA Date", not_empty = true }
+fields = { scope = { value = "patient-privacy" }, category = { value = "hipaa-notice" }, \
+dateTime = "HIPAA Date", status = "HIPAA Status" }
+"""
+FULL = (
+    "ID,Patient,Research Status,HIPAA Date,HIPAA Status\n"
+    "R1,pt_1,active,2024-05-01T00:00:00Z,active\n"
+    "R2,pt_2,active,,\n"
+    "R3,pt_3,active,2024-05-03T00:00:00Z,active\n"
+)
+SHORT = FULL.replace("R2,pt_2,active,,\n", "R2,pt_2,active\n")  # same cells, cut short
+
+
+@pytest.mark.slow
+def test_a_version_2_mapping_never_takes_a_short_row(
+    tmp_path: Path, server: RunningSandbox
+) -> None:
+    mapping_path = tmp_path / "map.toml"
+    mapping_path.write_text(CONSENTS, encoding="utf-8")
+    mapping = load_mapping(mapping_path)
+    source = tmp_path / "in.csv"
+    source.write_text(SHORT, encoding="utf-8")
+    summary = validate_files([source], mapping)
+    assert (summary.valid, summary.invalid) == (4, 1)
+    assert [(e.row, e.code, e.consent) for e in summary.errors] == [(3, S, "research")]
+    # a rerun: the row came back short with the same cells; not counted as unchanged
+    source.write_text(FULL, encoding="utf-8")
+    ledger = tmp_path / "l.db"
+    assert run(source, server.base_url, ledger, mapping=mapping_path).exit_code == 0
+    source.write_text(SHORT, encoding="utf-8")
+    result = run(source, server.base_url, ledger, mapping=mapping_path)
+    assert result.exit_code == 1
+    assert (result.stats.invalid, result.stats.updated) == (1, 0)
+    assert server.stats()["patches"] == 0
