@@ -542,12 +542,6 @@ class _FileNormalizer:
         self.defects: dict[int, tuple[str, str]] = {}
         self.numbers: pd.Index = pd.Index([], dtype="int64")  # the last `_prepare`d chunk's
 
-    def whole(self, numbers: Any) -> npt.NDArray[np.bool_]:
-        """Per row number: not cut short, so a column-wise proof may pass it."""
-        if not self.defects:
-            return np.ones(len(numbers), dtype=bool)
-        return np.array([int(n) not in self.defects for n in numbers], dtype=bool)
-
     def digest_key(self) -> str:
         """The cells digests' key for the chunk just read: the mapping's, with the way
         each date column reads its cells (a date cell enters the digest as its text)."""
@@ -631,7 +625,7 @@ class _FileNormalizer:
                 read_dates=self._chunk_dates,
             )
             numbers = chunk.index.tolist()
-            proven &= self.whole(numbers)
+            proven &= _whole(self.defects, numbers)
             names = list(prepared)
             checked: list[tuple[int, Row]] = []
             for pos in np.flatnonzero(~proven).tolist():
@@ -810,20 +804,8 @@ class _FileNormalizer:
         if consent:
             # Each consent of the row has its own key, so reruns and patches go per consent.
             row.source_key += "#" + consent
-        defect = self.defects.get(number)
-        if defect is not None:
-            # Its last cells are missing, not empty: what it would fail on says nothing.
-            errors[:] = [
-                RowError(
-                    self.file,
-                    number,
-                    "row",
-                    defect[0],
-                    defect[1],
-                    consent=consent,
-                    sheet=self.sheet,
-                )
-            ]
+        if number in self.defects:
+            _cut_short(row, self.defects[number])
         if errors:
             row.model = None
         return row
@@ -864,6 +846,22 @@ class _FileNormalizer:
         return f"{name} (column '{header}')" if header and header != name else name
 
 
+def _whole(defects: dict[int, tuple[str, str]], numbers: Any) -> npt.NDArray[np.bool_]:
+    """Per row number: not cut short by the reader, so a column-wise proof may pass it."""
+    if not defects:
+        return np.ones(len(numbers), dtype=bool)
+    return np.array([int(n) not in defects for n in numbers], dtype=bool)
+
+
+def _cut_short(row: Row, defect: tuple[str, str]) -> None:
+    """Make `row` invalid for the reader's `defect` (rule code, message), its only error:
+    its last cells are missing, not empty, so what they would fail on says nothing."""
+    code, message = defect
+    row.errors[:] = [
+        RowError(row.file, row.row, "row", code, message, consent=row.consent, sheet=row.sheet)
+    ]
+
+
 def _v1_consents(
     owner: _FileNormalizer, chunk: pd.DataFrame, unchanged: UnchangedCheck | None
 ) -> Consents:
@@ -885,7 +883,7 @@ def _v1_consents(
             crosswalk=owner.mapping.crosswalk,
             read_dates=owner._chunk_dates,
         )
-        proven &= owner.whole(chunk.index)
+        proven &= _whole(owner.defects, chunk.index)
         candidates = np.flatnonzero(proven).tolist()
         if candidates:
             asked = [fast_keys[pos] or "" for pos in candidates]
@@ -982,7 +980,7 @@ class _V2Rows:
             supplied=plan.supplied,
             read_dates=self.owner._chunk_dates,
         )
-        proven &= self.owner.whole(self.owner.numbers)
+        proven &= _whole(self.owner.defects, self.owner.numbers)
         return proven & proven_by_specs(plan.specs, plan.values, size)
 
     def _evaluate(self, raw: dict[str, list[Any]], size: int) -> dict[str, list[str]]:
