@@ -38,9 +38,12 @@ class Cut:
 
 @dataclass
 class Shape:
-    """What the counter found: short records by index, and the cut last record if any."""
+    """What the counter found: short records (0-based record indexes, ascending, and their
+    cells), and the cut last record if any. Arrays, so that a file whose every row is
+    short costs 12 bytes a row."""
 
-    short: dict[int, int] = field(default_factory=dict)  # record index -> cells
+    records: npt.NDArray[np.int64] = field(default_factory=lambda: np.empty(0, np.int64))
+    cells: npt.NDArray[np.int32] = field(default_factory=lambda: np.empty(0, np.int32))
     cut: Cut | None = None
     sure: bool = True  # False: malformed quoting, count again with the csv module
 
@@ -70,6 +73,8 @@ class CellCounter:
         self.tail_whole = True
         self.ended = True  # the last byte fed ends a record
         self.shape = Shape()
+        self._records: list[npt.NDArray[np.int64]] = []
+        self._cells: list[npt.NDArray[np.int32]] = []
 
     def feed(self, block: bytes) -> None:
         data = self.held + block
@@ -91,7 +96,11 @@ class CellCounter:
                     self.record, self.cells, bool(self.parity), tail if self.tail_whole else b""
                 )
             if self.cells < self.width:
-                self.shape.short[self.record] = self.cells
+                self._records.append(np.array([self.record], dtype=np.int64))
+                self._cells.append(np.array([self.cells], dtype=np.int32))
+        if self._records:
+            self.shape.records = np.concatenate(self._records)
+            self.shape.cells = np.concatenate(self._cells)
         return self.shape
 
     def _count(self, data: bytes | memoryview, after: int) -> None:
@@ -120,9 +129,8 @@ class CellCounter:
             cells[0] += self.cells - 1
             short = np.flatnonzero(cells < self.width)
             if short.size:
-                self.shape.short.update(
-                    zip((short + self.record).tolist(), cells[short].tolist(), strict=True)
-                )
+                self._records.append((short + self.record).astype(np.int64))
+                self._cells.append(cells[short].astype(np.int32))
             self.record += int(breaks.size)
             self.cells = 1 + int(delims.size - at[-1])
             start = int(breaks[-1]) + 1

@@ -56,7 +56,13 @@ from importer._keys import (
 )
 from importer._mapping import DATE_FIELDS, FALSE_WORDS, TRUE_WORDS, Mapping
 from importer._models import ConsentIdentity, ConsentIn, field_errors
-from importer._reader import EXCEL_SUFFIXES, Table, excel_serial_to_iso, sheet_label
+from importer._reader import (
+    EXCEL_SUFFIXES,
+    RowDefects,
+    Table,
+    excel_serial_to_iso,
+    sheet_label,
+)
 
 #: Where an error's field name ends its first part ("category.0" -> "category").
 _KEY_ROOT = re.compile(r"[.\[]")
@@ -539,7 +545,7 @@ class _FileNormalizer:
         self.v2_rows = _V2Rows(self, mapping)
         self._digest_key = _cells_digest_key(mapping, self.fields, excel=excel)
         #: rows the reader found cut short (`Table.defects`): invalid whatever their cells
-        self.defects: dict[int, tuple[str, str]] = {}
+        self.defects = RowDefects()
         self.numbers: pd.Index = pd.Index([], dtype="int64")  # the last `_prepare`d chunk's
 
     def digest_key(self) -> str:
@@ -846,11 +852,9 @@ class _FileNormalizer:
         return f"{name} (column '{header}')" if header and header != name else name
 
 
-def _whole(defects: dict[int, tuple[str, str]], numbers: Any) -> npt.NDArray[np.bool_]:
+def _whole(defects: RowDefects, numbers: Any) -> npt.NDArray[np.bool_]:
     """Per row number: not cut short by the reader, so a column-wise proof may pass it."""
-    if not defects:
-        return np.ones(len(numbers), dtype=bool)
-    return np.array([int(n) not in defects for n in numbers], dtype=bool)
+    return defects.whole(numbers)
 
 
 def _cut_short(row: Row, defect: tuple[str, str]) -> None:

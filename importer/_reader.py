@@ -19,7 +19,7 @@ import io
 import logging
 import math
 import re
-from collections.abc import Callable, Generator, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
 from contextlib import ExitStack, closing, contextmanager
 from dataclasses import dataclass, replace
 from datetime import date, datetime, time, timedelta
@@ -48,6 +48,7 @@ __all__ = [
     "EXCEL_SUFFIXES",
     "SHORT_ROW",
     "TRUNCATED_FILE",
+    "RowDefects",
     "SourceOptions",
     "Table",
     "escape_formula",
@@ -204,6 +205,55 @@ def excel_serial_to_iso(text: str) -> str | None:
 # --- tables ---------------------------------------------------------------------------------
 
 
+class RowDefects(Mapping[int, tuple[str, str]]):
+    """Rows the reader found cut short, by row number: (rule code, message).
+
+    Short rows are kept as two arrays (a file whose every row is short costs 12 bytes a
+    row); the row a file ends in, cut off, is one entry of its own.
+    """
+
+    def __init__(
+        self,
+        rows: npt.NDArray[np.int64] | None = None,
+        cells: npt.NDArray[np.int32] | None = None,
+        width: int = 0,
+        last: tuple[int, str] | None = None,
+    ) -> None:
+        self._rows = rows if rows is not None else np.empty(0, np.int64)
+        self._cells = cells if cells is not None else np.empty(0, np.int32)
+        self._width = width
+        self._last = last  # (row, message) of a file's cut last row
+
+    def __getitem__(self, row: int) -> tuple[str, str]:
+        if self._last is not None and row == self._last[0]:
+            return TRUNCATED_FILE, self._last[1]
+        at = int(np.searchsorted(self._rows, row))
+        if at == self._rows.size or self._rows[at] != row:
+            raise KeyError(row)
+        return SHORT_ROW, (
+            f"has {self._cells[at]} of the header's {self._width} cells; a row cut short is "
+            f"not read as empty cells, check the export ({SHORT_ROW})"
+        )
+
+    def __iter__(self) -> Iterator[int]:
+        last = self._last[0] if self._last is not None else None
+        yield from (row for row in self._rows.tolist() if row != last)
+        if last is not None:
+            yield last
+
+    def __len__(self) -> int:
+        last = self._last[0] if self._last is not None else None
+        return int(self._rows.size) + (last is not None and last not in self._rows)
+
+    def whole(self, numbers: npt.ArrayLike) -> _Bools:
+        """Per row number: not cut short (for a chunk's index, at numpy speed)."""
+        at = np.asarray(numbers, dtype=np.int64)
+        whole: _Bools = ~np.isin(at, self._rows)
+        if self._last is not None:
+            whole &= at != self._last[0]
+        return whole
+
+
 class Table:
     """One opened input file: its header, and its rows as a stream of chunks.
 
@@ -216,6 +266,7 @@ class Table:
         header_row: the row number of the header (1 unless blank rows precede it).
         defects: rows cut short, by row number: (rule code, what is wrong). Filled
             before `chunks` yields its first chunk; such a row is never to be sent.
+            It may also name blank rows, which `chunks` never yields.
         truncated: the file ends inside a row (the export was cut off): one line
             saying so, else None. Set like `defects`.
     """
@@ -240,7 +291,7 @@ class Table:
         self.encoding = encoding
         self.delimiter = delimiter
         self.sheet = sheet
-        self.defects: dict[int, tuple[str, str]] = {}
+        self.defects = RowDefects()
         self.truncated: str | None = None
 
     def __repr__(self) -> str:
@@ -459,16 +510,10 @@ class _CsvTable(Table):
         first = layout.skip + 1  # records before it: titles, `sep=`, the header
         # Record i is row i + 1: pandas numbers rows by records as well (quoted line
         # breaks included), which is what `_finish` counts.
-        defects = {
-            index + 1: (
-                SHORT_ROW,
-                f"has {cells} of the header's {named} cells; a row cut short is not "
-                f"read as empty cells, check the export ({SHORT_ROW})",
-            )
-            for index, cells in shape.short.items()
-            if index >= first
-        }
+        keep = shape.records >= first
+        rows, cells = shape.records[keep] + 1, shape.cells[keep]
         cut_row = 0
+        last = None
         cut = shape.cut
         if cut is not None and cut.record >= first:
             row = cut.record + 1
@@ -477,8 +522,8 @@ class _CsvTable(Table):
                 if cut.in_quotes
                 else f"after {cut.cells} of the header's {named} cells"
             )
-            defects[row] = (
-                TRUNCATED_FILE,
+            last = (
+                row,
                 f"the file ends {how} of this row without a line break: the export was cut "
                 f"off, export it again ({TRUNCATED_FILE})",
             )
@@ -490,7 +535,7 @@ class _CsvTable(Table):
             if cut.in_quotes:
                 cut_row = row
                 self._cut_text = cut.tail.decode(stream, "replace")
-        self.defects.update(defects)
+        self.defects = RowDefects(rows, cells, named, last)
         self._cut = cut_row
         return cut_row or None
 
@@ -520,7 +565,8 @@ class _CsvTable(Table):
 
     def _exact_shape(self, counted: Shape | None, named: int) -> Shape:
         """Cells per record by the csv module, whose quoting rules are the C parser's."""
-        shape = Shape()
+        records: list[int] = []
+        widths: list[int] = []
         index = -1
         cells = named
         try:
@@ -530,10 +576,12 @@ class _CsvTable(Table):
                 ):
                     cells = len(record)
                     if cells < named:
-                        shape.short[index] = cells
+                        records.append(index)
+                        widths.append(cells)
                 raw = self.path.read_bytes()[-4:]
         except OSError as exc:
             raise InputError(f"{self.name}: cannot be read ({exc.strerror})") from None
+        shape = Shape(np.array(records, dtype=np.int64), np.array(widths, dtype=np.int32))
         ended = raw.rstrip(b"\x00").endswith((b"\n", b"\r"))
         if counted is not None and counted.cut is not None:
             shape.cut = replace(counted.cut, record=index, cells=cells)

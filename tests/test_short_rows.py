@@ -6,16 +6,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import openpyxl
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from importer import _cutcheck
+from importer import _reader as reader_module
 from importer._mapping import load_mapping
 from importer._reader import (
     SHORT_ROW,
     TRUNCATED_FILE,
+    RowDefects,
     SourceOptions,
     Table,
     open_table,
@@ -87,6 +90,38 @@ def test_short_and_cut_rows_are_found(
     assert set(expected) <= set(rows)  # reported rows are still read (their keys count)
     assert (table.truncated is not None) == cut
     assert table.count_rows() == len(rows)
+
+
+def test_short_rows_are_found_across_chunks_and_blocks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Tiny read blocks: records, quotes and CRLFs straddle every block boundary.
+    monkeypatch.setattr(reader_module, "_BLOCK_BYTES", 7)
+    lines = [f'{i},"x\r\n{i}",y' if i % 3 else f"{i},x" for i in range(1, 200)]
+    path = tmp_path / "in.csv"
+    path.write_bytes(("id,a,b\r\n" + "\r\n".join(lines) + "\r\n").encode())
+    table = open_table(path, chunk_rows=7)
+    found, rows = defects(table)
+    assert len(rows) == 199
+    assert found == {i + 1: S for i in range(1, 200) if i % 3 == 0}
+    assert len(table.defects) == len(found)
+
+
+def test_row_defects_is_a_compact_mapping() -> None:
+    found = RowDefects(
+        np.array([3, 5], dtype=np.int64), np.array([1, 2], dtype=np.int32), 4, (9, "cut")
+    )
+    assert dict(found) == {
+        3: (S, "has 1 of the header's 4 cells; a row cut short is not read as empty cells, "
+            "check the export (short_row)"),
+        5: (S, "has 2 of the header's 4 cells; a row cut short is not read as empty cells, "
+            "check the export (short_row)"),
+        9: (T, "cut"),
+    }  # fmt: skip
+    assert len(found) == 3
+    assert 4 not in found
+    assert found.whole([2, 3, 4, 5, 9, 10]).tolist() == [True, False, True, False, False, True]
+    assert RowDefects().whole([1, 2]).tolist() == [True, True]
 
 
 def test_cut_rows_keep_their_cells_and_messages_name_counts_not_values(tmp_path: Path) -> None:
