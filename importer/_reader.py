@@ -941,13 +941,16 @@ def _check_quotes(name: str, sample: str, delimiter: str) -> None:
         io.StringIO(sample, newline=""), delimiter=delimiter, quotechar='"', strict=True
     )
     count = 0
+    header = False  # a non-blank record was complete before the error
     try:
-        for _ in reader:
+        for record in reader:
             count += 1
+            header = header or not _blank(record)
     except csv.Error as exc:
-        # Without a final line break the export was cut inside a value: the table
-        # reports that row (`truncated_file`) and reads the others.
-        if "unexpected end of data" in str(exc) and sample.endswith(("\n", "\r")):
+        # Without a final line break, a row below the header was cut inside a value:
+        # the table reports that row (`truncated_file`) and reads the others.
+        cut = header and not sample.endswith(("\n", "\r"))
+        if "unexpected end of data" in str(exc) and not cut:
             raise _unterminated(name, count + 1) from None
         # Other strict-mode complaints (text after a closing quote) pandas accepts.
 

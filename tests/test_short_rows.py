@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from importer import _cutcheck
 from importer import _reader as reader_module
+from importer._errors import InputError
 from importer._mapping import load_mapping
 from importer._reader import (
     SHORT_ROW,
@@ -140,12 +141,19 @@ def test_cut_rows_keep_their_cells_and_messages_name_counts_not_values(tmp_path:
     assert "SECRET" not in repr(table.defects) + table.truncated
 
 
-def test_an_unterminated_quote_before_the_last_line_break_is_still_an_error(
-    tmp_path: Path,
+@pytest.mark.parametrize(
+    ("raw", "row"),
+    [
+        (b'id,name\n1,"Smith\n2,Jones\n', 2),  # a line break after it: not a cut
+        (b'"id,name\n1,2', 1),  # in the header: no rows to read at all
+    ],
+)
+def test_an_unterminated_quote_that_is_no_cut_row_is_still_an_error(
+    tmp_path: Path, raw: bytes, row: int
 ) -> None:
     path = tmp_path / "in.csv"
-    path.write_bytes(b'id,name\n1,"Smith\n2,Jones\n')
-    with pytest.raises(Exception, match="unterminated quoted field starting near row 2"):
+    path.write_bytes(raw)
+    with pytest.raises(InputError, match=f"unterminated quoted field starting near row {row};"):
         open_table(path)
 
 
