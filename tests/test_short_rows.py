@@ -288,7 +288,6 @@ def test_validate_and_preview_report_them(
     assert "run would send" not in out
 
 
-@pytest.mark.slow
 def test_a_truncated_file_run_sends_every_row_but_the_cut_ones(
     tmp_path: Path, server: RunningSandbox
 ) -> None:
@@ -301,7 +300,6 @@ def test_a_truncated_file_run_sends_every_row_but_the_cut_ones(
     assert server.stats()["by_method"].get("POST", 0) == 3
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize(
     "policy",
     [
@@ -330,7 +328,6 @@ def test_a_rerun_never_takes_a_row_that_came_back_short(
     )
 
 
-@pytest.mark.slow
 def test_cli_run_of_a_truncated_file_exits_1(
     tmp_path: Path,
     server: RunningSandbox,
@@ -377,7 +374,6 @@ FULL = (
 SHORT = FULL.replace("R2,pt_2,active,,\n", "R2,pt_2,active\n")  # same cells, cut short
 
 
-@pytest.mark.slow
 def test_a_version_2_mapping_never_takes_a_short_row(
     tmp_path: Path, server: RunningSandbox
 ) -> None:
