@@ -60,7 +60,13 @@ from importer._keys import (
 )
 from importer._mapping import DATE_FIELDS, FALSE_WORDS, TRUE_WORDS, Mapping
 from importer._models import ConsentIdentity, ConsentIn, field_errors
-from importer._reader import EXCEL_SUFFIXES, Table, excel_serial_to_iso, sheet_label
+from importer._reader import (
+    EXCEL_SUFFIXES,
+    RowDefects,
+    Table,
+    excel_serial_to_iso,
+    sheet_label,
+)
 
 #: The fields a row's identity is made of, without a key column (importer._keys).
 _IDENTITY = ("patientId", "scope", "category", "dateTime")
@@ -465,6 +471,7 @@ class Normalizer:
         )
         self._file_rows.append(file_rows)
         self.unkeyed_files += not file_rows.keyed
+        file_rows.defects = table.defects
         return file_rows
 
     def _duplicate(self, row: Row, first: int) -> None:
@@ -617,6 +624,9 @@ class _FileNormalizer:
         self._skipped = 0
         self.v2_rows = _V2Rows(self, mapping)
         self._digest_key = _cells_digest_key(mapping, self.fields, excel=excel)
+        #: rows the reader found cut short (`Table.defects`): invalid whatever their cells
+        self.defects = RowDefects()
+        self.numbers: pd.Index = pd.Index([], dtype="int64")  # the last `_prepare`d chunk's
 
     def digest_key(self) -> str:
         """The cells digests' key for the chunk just read: the mapping's, with the way
@@ -697,6 +707,7 @@ class _FileNormalizer:
                 read_dates=self._chunk_dates,
             )
             numbers = chunk.index.tolist()
+            proven &= _whole(self.defects, numbers)
             names = list(prepared)
             checked: list[tuple[int, Row]] = []
             for pos in np.flatnonzero(~proven).tolist():
@@ -722,6 +733,7 @@ class _FileNormalizer:
     ) -> tuple[tuple[str, ...], dict[str, list[Any]], dict[str, list[str]], list[str | None]]:
         """Headers, raw cells by header, prepared cells by row field, and source keys."""
         headers = tuple(str(c) for c in chunk.columns)
+        self.numbers = chunk.index
         raw = {h: chunk[h].to_numpy(dtype=object).tolist() for h in headers}
         prepared = {name: self._column(raw, name, len(chunk)) for name in self.fields}
         index = chunk.index
@@ -881,6 +893,8 @@ class _FileNormalizer:
         if errors and self.source_keyed and _identity_failed(row.source_key, errors):
             # Its identity cells hold a typo: the row may be the one the ledger misses.
             self.tally.unstable += 1
+        if number in self.defects:
+            _cut_short(row, self.defects[number])
         if errors:
             row.model = None
         return row
@@ -1031,6 +1045,20 @@ def _row_source_key(owner: _FileNormalizer, row: Row, plan: _ConsentPlan | None)
     return source_key(*parts)
 
 
+def _whole(defects: RowDefects, numbers: Any) -> npt.NDArray[np.bool_]:
+    """Per row number: not cut short by the reader, so a column-wise proof may pass it."""
+    return defects.whole(numbers)
+
+
+def _cut_short(row: Row, defect: tuple[str, str]) -> None:
+    """Make `row` invalid for the reader's `defect` (rule code, message), its only error:
+    its last cells are missing, not empty, so what they would fail on says nothing."""
+    code, message = defect
+    row.errors[:] = [
+        RowError(row.file, row.row, "row", code, message, consent=row.consent, sheet=row.sheet)
+    ]
+
+
 def _v1_consents(
     owner: _FileNormalizer, chunk: pd.DataFrame, unchanged: UnchangedCheck | None
 ) -> Consents:
@@ -1052,6 +1080,7 @@ def _v1_consents(
             crosswalk=owner.mapping.crosswalk,
             read_dates=owner._chunk_dates,
         )
+        proven &= _whole(owner.defects, chunk.index)
         candidates = np.flatnonzero(proven).tolist()
         if candidates:
             asked = [fast_keys[pos] or "" for pos in candidates]
@@ -1148,6 +1177,7 @@ class _V2Rows:
             supplied=plan.supplied,
             read_dates=self.owner._chunk_dates,
         )
+        proven &= _whole(self.owner.defects, self.owner.numbers)
         return proven & proven_by_specs(plan.specs, plan.values, size)
 
     def _evaluate(

@@ -16,9 +16,10 @@ from __future__ import annotations
 import codecs
 import csv
 import io
+import logging
 import math
 import re
-from collections.abc import Callable, Generator, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
 from contextlib import ExitStack, closing, contextmanager
 from dataclasses import dataclass, replace
 from datetime import date, datetime, time, timedelta
@@ -37,12 +38,18 @@ from python_calamine import (
     SheetVisibleEnum,
 )
 
+from importer._cutcheck import CellCounter, Cut, Shape
 from importer._errors import ConfigError, InputError, no_such_file
+
+log = logging.getLogger("importer.reader")
 
 __all__ = [
     "CSV_SUFFIXES",
     "EXCEL_SUFFIXES",
     "OPENERS",
+    "SHORT_ROW",
+    "TRUNCATED_FILE",
+    "RowDefects",
     "SourceOptions",
     "Table",
     "escape_formula",
@@ -58,6 +65,9 @@ _SUFFIX_LIST: Final = ".csv, .tsv, .txt, .xlsx, .xlsm or .xls"
 #: Readers of files that are not tables of cells, by suffix: importer._fhir adds FHIR's
 #: (.json, .ndjson) when imported (it builds on `Table`, so this module cannot import it).
 OPENERS: dict[str, Callable[[Path, str], Table]] = {}
+#: Row error codes of rows the reader finds cut short (see `Table.defects`).
+SHORT_ROW: Final = "short_row"
+TRUNCATED_FILE: Final = "truncated_file"
 
 _SAMPLE_BYTES: Final = 64 * 1024
 #: csv.Sniffer's regexes turn quadratic on unclosed quotes; it sees only this much.
@@ -199,6 +209,55 @@ def excel_serial_to_iso(text: str) -> str | None:
 # --- tables ---------------------------------------------------------------------------------
 
 
+class RowDefects(Mapping[int, tuple[str, str]]):
+    """Rows the reader found cut short, by row number: (rule code, message).
+
+    Short rows are kept as two arrays (a file whose every row is short costs 12 bytes a
+    row); the row a file ends in, cut off, is one entry of its own.
+    """
+
+    def __init__(
+        self,
+        rows: npt.NDArray[np.int64] | None = None,
+        cells: npt.NDArray[np.int32] | None = None,
+        width: int = 0,
+        last: tuple[int, str] | None = None,
+    ) -> None:
+        self._rows = rows if rows is not None else np.empty(0, np.int64)
+        self._cells = cells if cells is not None else np.empty(0, np.int32)
+        self._width = width
+        self._last = last  # (row, message) of a file's cut last row
+
+    def __getitem__(self, row: int) -> tuple[str, str]:
+        if self._last is not None and row == self._last[0]:
+            return TRUNCATED_FILE, self._last[1]
+        at = int(np.searchsorted(self._rows, row))
+        if at == self._rows.size or self._rows[at] != row:
+            raise KeyError(row)
+        return SHORT_ROW, (
+            f"has {self._cells[at]} of the header's {self._width} cells; a row cut short is "
+            f"not read as empty cells, check the export ({SHORT_ROW})"
+        )
+
+    def __iter__(self) -> Iterator[int]:
+        last = self._last[0] if self._last is not None else None
+        yield from (row for row in self._rows.tolist() if row != last)
+        if last is not None:
+            yield last
+
+    def __len__(self) -> int:
+        last = self._last[0] if self._last is not None else None
+        return int(self._rows.size) + (last is not None and last not in self._rows)
+
+    def whole(self, numbers: npt.ArrayLike) -> _Bools:
+        """Per row number: not cut short (for a chunk's index, at numpy speed)."""
+        at = np.asarray(numbers, dtype=np.int64)
+        whole: _Bools = ~np.isin(at, self._rows)
+        if self._last is not None:
+            whole &= at != self._last[0]
+        return whole
+
+
 class Table:
     """One opened input file: its header, and its rows as a stream of chunks.
 
@@ -209,6 +268,11 @@ class Table:
         delimiter: the CSV delimiter; None for Excel.
         sheet: the Excel sheet read; None for CSV.
         header_row: the row number of the header (1 unless blank rows precede it).
+        defects: rows cut short, by row number: (rule code, what is wrong). Filled
+            before `chunks` yields its first chunk; such a row is never to be sent.
+            It may also name blank rows, which `chunks` never yields.
+        truncated: the file ends inside a row (the export was cut off): one line
+            saying so, else None. Set like `defects`.
     """
 
     def __init__(
@@ -231,6 +295,8 @@ class Table:
         self.encoding = encoding
         self.delimiter = delimiter
         self.sheet = sheet
+        self.defects = RowDefects()
+        self.truncated: str | None = None
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r} columns={len(self.columns)}>"
@@ -337,19 +403,27 @@ class _CsvTable(Table):
         )
         self._layout = layout
         self._count: int | None = None
+        self._cut: int | None = None  # the row cut inside quotes; 0: none; None: not looked
+        self._cut_text = ""
 
     def chunks(self) -> Iterator[pd.DataFrame]:
         width = self._layout.width
         done = 0  # records after the header already turned into chunks
         restarts = 0
+        cut = self._find_defects()
+        # A file cut inside a quoted value: pandas reads up to the cut record, which is
+        # read here (its cells as far as they go) so that it is reported, not lost.
+        limit = cut - self.header_row - 1 if cut is not None else None
         while True:
             try:
-                with closing(self._frames(width, done)) as frames:
+                with closing(self._frames(width, done, limit)) as frames:
                     for frame in frames:
                         chunk = self._finish(frame, done)
                         done += len(frame)
                         if len(chunk):
                             yield chunk
+                if cut is not None and (last := self._cut_frame(cut)) is not None:
+                    yield last
                 return
             except ParserError as exc:
                 # A record wider than any in the sample: read on from the last chunk with
@@ -367,8 +441,10 @@ class _CsvTable(Table):
             except OSError as exc:
                 raise InputError(f"{self.name}: cannot be read ({exc.strerror})") from None
 
-    def _frames(self, width: int, done: int) -> Generator[pd.DataFrame]:
+    def _frames(self, width: int, done: int, limit: int | None = None) -> Generator[pd.DataFrame]:
         layout = self._layout
+        if limit is not None and limit <= done:
+            return
         with pd.read_csv(
             self.path,
             sep=layout.delimiter,
@@ -387,6 +463,7 @@ class _CsvTable(Table):
             encoding=layout.encoding,
             engine="c",
             chunksize=self.chunk_rows,
+            nrows=None if limit is None else max(limit - done, 0),
         ) as reader:
             yield from reader
 
@@ -430,6 +507,116 @@ class _CsvTable(Table):
         if self._count is None:
             self._count = self._scan_count()
         return self._count
+
+    def _find_defects(self) -> int | None:
+        """Fill `defects` and `truncated` (once); the row number of a last record cut
+        inside a quoted value, which pandas cannot read."""
+        if self._cut is not None:
+            return self._cut or None
+        layout = self._layout
+        shape, stream = self._shape()
+        named = len(layout.columns)
+        first = layout.skip + 1  # records before it: titles, `sep=`, the header
+        # Record i is row i + 1: pandas numbers rows by records as well (quoted line
+        # breaks included), which is what `_finish` counts.
+        keep = shape.records >= first
+        rows, cells = shape.records[keep] + 1, shape.cells[keep]
+        cut_row = 0
+        last = None
+        cut = shape.cut
+        if cut is not None and cut.record >= first:
+            row = cut.record + 1
+            how = (
+                "inside a quoted value"
+                if cut.in_quotes
+                else f"after {cut.cells} of the header's {named} cells"
+            )
+            last = (
+                row,
+                f"the file ends {how} of this row without a line break: the export was cut "
+                f"off, export it again ({TRUNCATED_FILE})",
+            )
+            self.truncated = (
+                f"{self.name}: ends {how} of row {row} without a line break: the export looks "
+                f"cut off; row {row} is reported invalid, never sent ({TRUNCATED_FILE})"
+            )
+            log.warning("%s", self.truncated)
+            if cut.in_quotes:
+                cut_row = row
+                self._cut_text = cut.tail.decode(stream, "replace")
+        self.defects = RowDefects(rows, cells, named, last)
+        self._cut = cut_row
+        return cut_row or None
+
+    def _shape(self) -> tuple[Shape, str]:
+        """Cells per record where short, by one vectorised pass over the bytes (the
+        csv module where quoting is too irregular for it); the stream's encoding."""
+        layout = self._layout
+        compatible = _ascii_compatible(layout.encoding)
+        stream = layout.encoding if compatible else "utf-8"
+        delimiter = layout.delimiter.encode(stream)
+        named = len(layout.columns)
+        shape: Shape | None = None
+        if len(delimiter) == 1:
+            blocks = _byte_blocks(self.path)
+            if not compatible:
+                blocks = _transcode(blocks, layout.encoding)
+            counter = CellCounter(delimiter[0], ord(layout.newline), named)
+            try:
+                for block in blocks:
+                    counter.feed(block)
+            except OSError as exc:
+                raise InputError(f"{self.name}: cannot be read ({exc.strerror})") from None
+            shape = counter.finish()
+        if shape is None or not shape.sure:
+            shape = self._exact_shape(shape, named)
+        return shape, stream
+
+    def _exact_shape(self, counted: Shape | None, named: int) -> Shape:
+        """Cells per record by the csv module, whose quoting rules are the C parser's."""
+        records: list[int] = []
+        widths: list[int] = []
+        index = -1
+        cells = named
+        try:
+            with self.path.open(encoding=self._layout.encoding, errors="replace", newline="") as f:
+                for index, record in enumerate(
+                    csv.reader(f, delimiter=self._layout.delimiter, quotechar='"')
+                ):
+                    cells = len(record)
+                    if cells < named:
+                        records.append(index)
+                        widths.append(cells)
+                raw = self.path.read_bytes()[-4:]
+        except OSError as exc:
+            raise InputError(f"{self.name}: cannot be read ({exc.strerror})") from None
+        shape = Shape(np.array(records, dtype=np.int64), np.array(widths, dtype=np.int32))
+        ended = raw.rstrip(b"\x00").endswith((b"\n", b"\r"))
+        if counted is not None and counted.cut is not None:
+            shape.cut = replace(counted.cut, record=index, cells=cells)
+        elif not ended and index >= 0 and cells < named:
+            shape.cut = Cut(index, cells, in_quotes=False, tail=b"")
+        return shape
+
+    def _cut_frame(self, row: int) -> pd.DataFrame | None:
+        """The record a file ends in, inside a quoted value, as a one-row chunk."""
+        text = self._cut_text
+        if not text:
+            return None  # longer than MAX_TAIL_BYTES: reported, not readable
+        record = next(
+            csv.reader(io.StringIO(text, newline=""), delimiter=self._layout.delimiter), []
+        )
+        named = len(self._layout.columns)
+        cells = (record + [""] * named)[:named]
+        named_at = _named(self._layout.columns)
+        if named_at is not None:
+            cells = [cells[i] for i in named_at]
+        frame = pd.DataFrame(
+            [cells], columns=pd.Index(self.columns), index=pd.Index([row]), dtype="str"
+        )
+        if _blank(cells):
+            return None
+        return _unescape_frame(frame) if self._layout.may_escape else frame
 
     def _scan_count(self) -> int:
         layout = self._layout
@@ -763,11 +950,16 @@ def _check_quotes(name: str, sample: str, delimiter: str) -> None:
         io.StringIO(sample, newline=""), delimiter=delimiter, quotechar='"', strict=True
     )
     count = 0
+    header = False  # a non-blank record was complete before the error
     try:
-        for _ in reader:
+        for record in reader:
             count += 1
+            header = header or not _blank(record)
     except csv.Error as exc:
-        if "unexpected end of data" in str(exc):
+        # Without a final line break, a row below the header was cut inside a value:
+        # the table reports that row (`truncated_file`) and reads the others.
+        cut = header and not sample.endswith(("\n", "\r"))
+        if "unexpected end of data" in str(exc) and not cut:
             raise _unterminated(name, count + 1) from None
         # Other strict-mode complaints (text after a closing quote) pandas accepts.
 

@@ -192,7 +192,8 @@ def test_delimiter_option_overrides(tmp_path: Path, option: str, delimiter: str)
         # whitespace-only and delimiter-only rows are blank: skipped, still counted
         ("id,note\n  \n,\n , \t\n1,a\n", {5: ["1", "a"]}),
         ('id,note\n"",""\n1,a\n', {3: ["1", "a"]}),
-        # a row with fewer cells gets "" for the missing ones
+        # a row with fewer cells is read with "" for the missing ones, and named in
+        # `defects` (short_row: tests/test_short_rows.py), which makes it invalid
         ("id,note,x\n1\n2,b\n", {2: ["1", "", ""], 3: ["2", "b", ""]}),
         # trailing delimiters: extra empty cells are ignored, with or without a header for them
         ("id,note,\n1,a,\n2,b,\n", {2: ["1", "a"], 3: ["2", "b"]}),
