@@ -129,6 +129,14 @@ CREATE TABLE IF NOT EXISTS rows (
     updated_at INTEGER NOT NULL      -- Unix time in milliseconds
 ) WITHOUT ROWID
 """
+#: The columns of `rows` (but its key) that `run_changes` keeps of a row before a run.
+UNDO_COLUMNS = (
+    "file", "source_row", "state", "action", "consent_id", "previous_consent_id",
+    "patient_id", "payload_hash", "field_hashes", "cells_hash", "pending_op", "error_stage",
+    "error_code", "error_message", "http_status", "request_id", "cells", "settle_after",
+    "attempts", "first_run", "last_run", "updated_at",
+)  # fmt: skip
+_UNDO_COLUMNS_DDL = ", ".join(UNDO_COLUMNS)
 #: A row's source system, as `tally` counts it: the part of a text key before the
 #: separator (importer._keys.SYSTEM_SEPARATOR), '' for none. A packed key has none.
 _SYSTEM_OF = (
@@ -197,6 +205,31 @@ CREATE TABLE IF NOT EXISTS attempts (
     request_id TEXT,
     error_code TEXT
 );
+-- Undo (issue 21). Each row a run changed on the server, as the ledger held it before
+-- that run's first request for it (existed = 0: it held no record), and how far an
+-- `undo` of that run took it (undo: NULL, deleting, restoring, undone).
+CREATE TABLE IF NOT EXISTS run_changes (
+    run_id INTEGER NOT NULL,
+    source_key NOT NULL,             -- as rows.source_key
+    existed INTEGER NOT NULL,
+    {_UNDO_COLUMNS_DDL},
+    body TEXT,                       -- the bodies row it had (PHI), if any
+    body_hash TEXT,
+    undo TEXT,
+    PRIMARY KEY (run_id, source_key)
+) WITHOUT ROWID;
+-- Runs that recorded their changes for undo, and how far an undo took them
+-- (state: NULL, partly undone, undone).
+CREATE TABLE IF NOT EXISTS run_undo (run_id INTEGER PRIMARY KEY, state TEXT, undone_at TEXT);
+-- The values of the patchable fields the server was sent, by their short hash (as
+-- `field_hashes` holds it): what the undo of a PATCH puts back. A hash two values share
+-- holds NULL (unknown), never a guess.
+CREATE TABLE IF NOT EXISTS field_values (
+    field TEXT NOT NULL,
+    hash TEXT NOT NULL,
+    value TEXT,
+    PRIMARY KEY (field, hash)
+) WITHOUT ROWID;
 """  # noqa: S608 - constant text
 #: The condition of `rows_state`, written as the queries that use the index must say it.
 _NOT_DONE = "state != 'done'"
@@ -439,6 +472,7 @@ class _Transitions:
         previous_consent_id: str | None = None,
     ) -> None:
         """any -> in_flight: the request for `op` is about to be sent with `body`."""
+        self._keep_before(run_id, src.key)
         values: dict[str, Any] = {
             "state": RowState.IN_FLIGHT,
             "pending_op": op,
@@ -565,6 +599,7 @@ class _Transitions:
         """done -> in_flight (revoke): the PATCH to inactive is about to be sent. A crash
         after it leaves the row to the next run's revocation, or to a PATCH that makes
         the consent active again if the row is back in the source."""
+        self._keep_before(run_id, key)
         self._db.execute(
             "UPDATE rows SET state = 'in_flight', pending_op = 'revoke', updated_at = ?, "
             "attempts = attempts + 1 WHERE source_key = ?",
@@ -650,6 +685,37 @@ class _Transitions:
             "error_stage = NULL, error_code = NULL, error_message = NULL, cells = NULL "
             "WHERE source_key = ?",
             [(run_id, digest, pack_key(key)) for key, digest in rows],
+        )
+
+    def _keep_before(self, run_id: int, key: str) -> None:
+        """Before a run's first request for a row: keep the row as the ledger holds it,
+        so `undo` can give it back (later requests of the same run keep nothing)."""
+        stored = pack_key(key)
+        columns = ", ".join(UNDO_COLUMNS)
+        kept = self._db.execute(
+            f"INSERT OR IGNORE INTO run_changes (run_id, source_key, existed, {columns}, "  # noqa: S608
+            f"body, body_hash) SELECT ?, source_key, 1, {columns}, "
+            "(SELECT body FROM bodies AS b WHERE b.source_key = rows.source_key), "
+            "(SELECT hash FROM bodies AS b WHERE b.source_key = rows.source_key) "
+            "FROM rows WHERE source_key = ?",
+            (run_id, stored),
+        )
+        if not kept.rowcount:
+            self._db.execute(
+                "INSERT OR IGNORE INTO run_changes (run_id, source_key, existed) VALUES (?, ?, 0)",
+                (run_id, stored),
+            )
+
+    def keep_field_values(self, values: dict[str, Any], hashes: dict[str, str]) -> None:
+        """Remember the patchable fields' values the server was sent, by their hash."""
+        self._db.executemany(
+            "INSERT INTO field_values VALUES (?, ?, ?) ON CONFLICT (field, hash) DO UPDATE "
+            "SET value = NULL WHERE field_values.value IS NOT excluded.value",
+            [
+                (name, hashes[name], json.dumps(value, separators=(",", ":")))
+                for name, value in values.items()
+                if name in hashes
+            ],
         )
 
     def _upsert(self, run_id: int, src: Source, values: dict[str, Any]) -> None:
@@ -865,6 +931,8 @@ class Ledger(_Transitions, _VerifyReads):
                 "INSERT INTO runs (started_at, status, pid, inputs) VALUES (?, 'running', ?, ?)",
                 (now_iso(), os.getpid(), json.dumps(list(inputs))),
             )
+            # This run records what it changes, so `undo` can take it back.
+            self._db.execute("INSERT INTO run_undo (run_id) VALUES (?)", (cursor.lastrowid,))
         assert cursor.lastrowid is not None
         return cursor.lastrowid
 

@@ -1,0 +1,668 @@
+"""`undo`: put the server (and the ledger) back as they were before one run.
+
+Every run of this version keeps, before its first request for a row, the row as the
+ledger held it (`run_changes`), and the ledger keeps the patchable values it sent by
+their hash (`field_values`). From these, for each row the run changed on the server:
+
+- a consent it created (or recreated) is deleted; a recreate's retired consent gets back
+  the status it had;
+- a consent it PATCHed gets back the patchable fields it had; one it revoked, its status;
+- a consent it adopted existed before the run: it is left on the server, only forgotten.
+
+Then the row's ledger record is put back as it was before the run, so a rerun of the
+same files redoes exactly the undone work.
+
+Safe against what happened since: each consent is read back first and compared with
+what the run left; one that differs is left alone (`changed_since`), and so is a row a
+later run touched (`later_run`). Crash-safe as a run is: the intent is committed before
+the first request of a row, and every DELETE or PATCH is preceded by a read, so a request
+whose answer was lost (or a killed undo) is checked before it is sent again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import anyio
+import sniffio
+
+from importer._breaker import CircuitBreaker
+from importer._client import ClinikClient, check_api_key, check_base_url, make_http_client
+from importer._errors import (
+    AbortError,
+    ApiError,
+    AuthError,
+    BudgetWaitTooLong,
+    ClientRequestError,
+    ConfigError,
+    ConsentImportError,
+    LimiterClosed,
+    ServerUnreachable,
+    UsageError,
+    no_such_file,
+)
+from importer._ledger import (
+    UNDO_COLUMNS,
+    AsyncLedger,
+    Ledger,
+    now_iso,
+    unpack_field_hashes,
+    unpack_id,
+    unpack_key,
+)
+from importer._limiter import Limiter
+from importer._lock import LedgerLock
+from importer._normalize import body_field_hashes
+from importer._options import DEFAULTS
+from importer._outputs import write_text
+from importer._plan import PATCHABLE
+from importer._retry import retrying
+from importer._verify import differing_fields
+
+log = logging.getLogger("importer.undo")
+
+#: The statuses a consent can have (clinikapi.md): a status is found from its hash.
+STATUSES = ("draft", "proposed", "active", "rejected", "inactive")
+#: Outcomes that leave a row as it is (exit 1).
+LEFT = ("changed_since", "later_run", "in_flight", "no_before", "cannot_restore", "failed")
+#: Errors that stop the whole undo (exit 3; the next `undo` finishes it).
+_STOPPERS = (AuthError, BudgetWaitTooLong, LimiterClosed, ServerUnreachable)
+_ROWS_COLUMNS = ", ".join(f"r.{c}" for c in UNDO_COLUMNS)
+_BEFORE_COLUMNS = ", ".join(f"c.{c}" for c in UNDO_COLUMNS)
+
+
+@dataclass(frozen=True)
+class UndoConfig:
+    """Everything `consent-import undo` takes, as a library call takes it."""
+
+    ledger: Path
+    run_id: int
+    base_url: str = DEFAULTS.base_url
+    api_key: str | None = field(default=None, repr=False)  # never printed whole
+    dry_run: bool = False
+    concurrency: int = DEFAULTS.concurrency
+    timeout_s: float = DEFAULTS.timeout_s
+    max_attempts: int = DEFAULTS.max_attempts
+    max_wait_s: float | None = None
+
+
+@dataclass
+class UndoRow:
+    """What undo did (or would do, or refused) for one row of the run."""
+
+    file: str
+    row: int
+    source_key: str
+    consent_id: str | None
+    #: delete | delete_and_restore | restore_fields | restore_status | forget
+    action: str
+    #: undone | would_undo | one of LEFT
+    outcome: str = "would_undo"
+    detail: str = ""
+
+
+@dataclass
+class UndoResult:
+    run_id: int
+    ledger: str
+    dry_run: bool
+    rows: list[UndoRow] = field(default_factory=list)
+    requests: int = 0
+    #: why the undo stopped before every row was seen (exit 3), if it did
+    aborted: str | None = None
+
+    def counts(self) -> dict[str, int]:
+        found: dict[str, int] = {}
+        for row in self.rows:
+            found[row.outcome] = found.get(row.outcome, 0) + 1
+        return dict(sorted(found.items()))
+
+    @property
+    def left(self) -> int:
+        return sum(1 for row in self.rows if row.outcome in LEFT)
+
+    @property
+    def exit_code(self) -> int:
+        """0 everything undone (or, dry, undoable), 1 some rows left, 3 stopped early."""
+        if self.aborted:
+            return 3
+        return 1 if self.left else 0
+
+    def summary(self) -> dict[str, Any]:
+        """Counts and codes only, no PHI."""
+        return {
+            "run": self.run_id,
+            "dry_run": self.dry_run,
+            "rows": len(self.rows),
+            "by_outcome": self.counts(),
+            "requests": self.requests,
+            "aborted": self.aborted,
+        }
+
+
+# -- what to do for one row (pure) ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Target:
+    """One consent to put back: DELETE it (`body` None) or PATCH it with `body`.
+
+    `left` are the field hashes the run left it with; `back` those it has once put back
+    (None: gone).
+    """
+
+    consent_id: str
+    body: dict[str, Any] | None
+    left: dict[str, str]
+    back: dict[str, str] | None
+
+
+@dataclass
+class _Change:
+    """A row run N changed, as the ledger holds it now and held it before run N."""
+
+    stored_key: Any
+    row: UndoRow
+    existed: bool
+    undo: str | None
+    later: bool
+    now: dict[str, Any] | None
+    before: dict[str, Any]
+    targets: list[_Target] = field(default_factory=list)
+
+
+def _status_hash(status: str) -> str:
+    return body_field_hashes({"status": status})["status"]
+
+
+def _status_before(before: dict[str, Any], hashes: dict[str, str]) -> str | None:
+    """The status the consent had before the run: found from its hash (a closed set)."""
+    if before.get("state") == "revoked":
+        return "inactive"
+    held = hashes.get("status")
+    if held is None:
+        return "active"  # sent without one: the server's default
+    return next((s for s in STATUSES if _status_hash(s) == held), None)
+
+
+def _plan(change: _Change, values: Callable[[str, str], str | None]) -> None:
+    """Fill in the row's action, its targets, or the reason it is left."""
+    row, now, before = change.row, change.now, change.before
+    if change.undo == "undone":
+        row.outcome = "undone"
+        return
+    if change.later:
+        row.outcome, row.detail = "later_run", "a later run changed it: undo that run first"
+        return
+    if now is None:
+        return  # no record left to restore: forget
+    state, action = now["state"], now["action"]
+    now_hashes = unpack_field_hashes(now["field_hashes"])
+    before_hashes = unpack_field_hashes(before.get("field_hashes")) if change.existed else {}
+    consent_id = unpack_id(now["consent_id"])
+    row.consent_id = consent_id
+    if state in ("in_flight", "settling"):
+        row.outcome = "in_flight"
+        row.detail = "the run left its request unfinished: rerun the same files, then undo"
+        return
+    if state in ("failed", "invalid", "pending"):
+        return  # the run changed nothing on the server: forget
+    if now["error_code"] is not None:
+        row.outcome = "failed"
+        row.detail = f"its request failed in the run ({now['error_code']}): check it by hand"
+        return
+    if action == "adopted":
+        return  # it existed before the run: left on the server, forgotten
+    if action in ("created", "recreated"):
+        row.action = "delete"
+        change.targets.append(_Target(consent_id, None, now_hashes, None))
+        if action == "recreated":
+            old = unpack_id(now["previous_consent_id"])
+            status = _status_before(before, before_hashes)
+            if old is None or status is None:
+                row.outcome, row.detail = "no_before", "the retired consent's status is unknown"
+                return
+            row.action = "delete_and_restore"
+            left = {**before_hashes, "status": _status_hash("inactive")}
+            back = {**before_hashes, "status": _status_hash(status)}
+            change.targets.append(_Target(old, {"status": status}, left, back))
+        return
+    if state == "revoked" and action == "revoked":
+        status = _status_before({}, before_hashes)
+        if status is None:
+            row.outcome, row.detail = "no_before", "the status it had is unknown"
+            return
+        row.action = "restore_status"
+        left = {**before_hashes, "status": _status_hash("inactive")}
+        back = {**before_hashes, "status": _status_hash(status)}
+        change.targets.append(_Target(consent_id, {"status": status}, left, back))
+        return
+    if action == "updated":
+        _plan_patch(change, consent_id, now_hashes, before_hashes, values)
+        return
+    row.outcome, row.detail = "failed", f"nothing known undoes a row {action or state}"
+
+
+def _plan_patch(
+    change: _Change,
+    consent_id: str,
+    now_hashes: dict[str, str],
+    before_hashes: dict[str, str],
+    values: Callable[[str, str], str | None],
+) -> None:
+    """A PATCH: the patchable fields back to the values they had before the run."""
+    row = change.row
+    row.action = "restore_fields"
+    if not change.existed or change.before.get("state") not in ("done", "revoked"):
+        row.outcome, row.detail = "no_before", "the ledger held no consent for it before the run"
+        return
+    # Fields the run's PATCH did not carry kept the value they had.
+    left = {**{n: h for n, h in before_hashes.items() if n in PATCHABLE}, **now_hashes}
+    status = _status_before(change.before, before_hashes)
+    if status is None:
+        row.outcome, row.detail = "no_before", "the status it had is unknown"
+        return
+    left.setdefault("status", _status_hash("active"))  # the run's PATCH sends one always
+    back = {**left, "status": _status_hash(status)}
+    body: dict[str, Any] = {}
+    if left["status"] != back["status"]:
+        body["status"] = status
+    for name in PATCHABLE:
+        if name == "status" or left.get(name) == before_hashes.get(name):
+            continue
+        if name not in before_hashes:
+            row.outcome = "cannot_restore"
+            row.detail = f"the run added {name}, which the API cannot remove"
+            return
+        value = values(name, before_hashes[name])
+        if value is None:
+            row.outcome = "no_before"
+            row.detail = f"the {name} it had was not recorded (a run before undo existed)"
+            return
+        body[name] = json.loads(value)
+        back[name] = before_hashes[name]
+    if body:
+        change.targets.append(_Target(consent_id, body, left, back))
+
+
+# -- reading the run's changes ---------------------------------------------------------
+
+
+def _db(ledger: Ledger) -> Any:
+    return ledger._db
+
+
+def _has_tables(ledger: Ledger) -> bool:
+    found = _db(ledger).execute(
+        "SELECT count(*) FROM sqlite_master WHERE type = 'table' "
+        "AND name IN ('run_changes', 'run_undo', 'field_values')"
+    )
+    return bool(found.fetchone()[0] == 3)
+
+
+def _check_run(ledger: Ledger, run_id: int) -> None:
+    db = _db(ledger)
+    if db.execute("SELECT 1 FROM runs WHERE id = ?", (run_id,)).fetchone() is None:
+        raise UsageError(
+            f"ledger {ledger.path} has no run {run_id}; `consent-import status` lists its runs"
+        )
+    recorded = _has_tables(ledger) and (
+        db.execute("SELECT 1 FROM run_undo WHERE run_id = ?", (run_id,)).fetchone() is not None
+    )
+    if not recorded:
+        raise ConfigError(
+            f"run {run_id} was made by a consent-import before `undo` existed: it recorded "
+            "nothing to take it back with; nothing was changed"
+        )
+
+
+def _changes(ledger: Ledger, run_id: int) -> list[_Change]:
+    """Every row run `run_id` sent a request for, now and before the run."""
+    db = _db(ledger)
+    query = (
+        f"SELECT c.source_key, c.existed, c.undo, "  # noqa: S608 - constant column lists
+        "EXISTS (SELECT 1 FROM run_changes AS l WHERE l.source_key = c.source_key "
+        "AND l.run_id > c.run_id AND l.undo IS NOT 'undone'), "
+        "r.source_key IS NOT NULL, coalesce(f.name, g.name), "
+        f"coalesce(r.source_row, c.source_row), {_ROWS_COLUMNS}, {_BEFORE_COLUMNS} "
+        "FROM run_changes AS c LEFT JOIN rows AS r ON r.source_key = c.source_key "
+        "LEFT JOIN files AS f ON f.id = r.file LEFT JOIN files AS g ON g.id = c.file "
+        "WHERE c.run_id = ? ORDER BY 6, 7"
+    )
+    width = len(UNDO_COLUMNS)
+    found: list[_Change] = []
+    for r in db.execute(query, (run_id,)):
+        stored, existed, undo, later, has_now, file, number = r[:7]
+        now = dict(zip(UNDO_COLUMNS, r[7 : 7 + width], strict=True)) if has_now else None
+        before = dict(zip(UNDO_COLUMNS, r[7 + width :], strict=True))
+        key = unpack_key(stored)
+        row = UndoRow(file or "", number or 0, key, None, "forget")
+        found.append(_Change(stored, row, bool(existed), undo, bool(later), now, before))
+    return found
+
+
+def _values(ledger: Ledger) -> Callable[[str, str], str | None]:
+    db = _db(ledger)
+
+    def value(name: str, digest: str) -> str | None:
+        hit = db.execute(
+            "SELECT value FROM field_values WHERE field = ? AND hash = ?", (name, digest)
+        ).fetchone()
+        return None if hit is None else hit[0]
+
+    return value
+
+
+def _restore(ledger: Ledger, run_id: int, change: _Change) -> None:
+    """The row's ledger record as before the run (none if it had none); marked undone."""
+    db, key = _db(ledger), change.stored_key
+    db.execute("DELETE FROM rows WHERE source_key = ?", (key,))
+    db.execute("DELETE FROM bodies WHERE source_key = ?", (key,))
+    if change.existed:
+        columns = ", ".join(UNDO_COLUMNS)
+        db.execute(
+            f"INSERT INTO rows (source_key, {columns}) SELECT source_key, {columns} "  # noqa: S608
+            "FROM run_changes WHERE run_id = ? AND source_key = ?",
+            (run_id, key),
+        )
+        db.execute(
+            "INSERT INTO bodies SELECT source_key, body, body_hash FROM run_changes "
+            "WHERE run_id = ? AND source_key = ? AND body IS NOT NULL",
+            (run_id, key),
+        )
+    _mark(ledger, run_id, change, "undone")
+
+
+def _mark(ledger: Ledger, run_id: int, change: _Change, undo: str) -> None:
+    _db(ledger).execute(
+        "UPDATE run_changes SET undo = ? WHERE run_id = ? AND source_key = ?",
+        (undo, run_id, change.stored_key),
+    )
+
+
+def _finish(ledger: Ledger, run_id: int) -> None:
+    """The run's undo state, as `status` shows it."""
+    db = _db(ledger)
+    total, undone = db.execute(
+        "SELECT count(*), count(*) FILTER (WHERE undo = 'undone') FROM run_changes "
+        "WHERE run_id = ?",
+        (run_id,),
+    ).fetchone()
+    state = "undone" if undone == total else ("partly undone" if undone else None)
+    db.execute(
+        "UPDATE run_undo SET state = ?, undone_at = ? WHERE run_id = ?",
+        (state, now_iso(), run_id),
+    )
+
+
+def undo_states(ledger: Ledger) -> dict[int, str]:
+    """Runs taken back by `undo`, wholly or partly (for `status`); a ledger from before
+    undo existed has none."""
+    db = _db(ledger)
+    if not db.execute("SELECT 1 FROM sqlite_master WHERE name = 'run_undo'").fetchone():
+        return {}
+    return dict(db.execute("SELECT run_id, state FROM run_undo WHERE state IS NOT NULL"))
+
+
+# -- the undo ----------------------------------------------------------------------------
+
+
+class _Changed(Exception):
+    """The consent is neither as the run left it nor as undo puts it back."""
+
+
+def undo(config: UndoConfig, *, on_wait: Callable[[float, str], None] | None = None) -> UndoResult:
+    """Take run `config.run_id` back; blocking. With `dry_run`, only reads.
+
+    Raises:
+        ConfigError: no ledger, another server's ledger, or a run that recorded nothing.
+        UsageError: no such run.
+    """
+    api_key = check_api_key(config.api_key)
+    base_url = check_base_url(config.base_url)
+    if not config.ledger.is_file():  # said before the lock, which would leave its file
+        raise ConfigError(no_such_file("ledger", config.ledger, "give the --ledger of a run"))
+    result = UndoResult(config.run_id, str(config.ledger), config.dry_run)
+    with LedgerLock(config.ledger):
+        # A dry run opens the ledger read-only: it cannot write to it even by mistake.
+        ledger = Ledger.open_readonly(config.ledger) if config.dry_run else Ledger(config.ledger)
+        try:
+            known = ledger.base_url()
+            if known is not None and known != base_url:
+                raise ConfigError(
+                    f"ledger {config.ledger} records imports into {known}, not {base_url}; "
+                    "undo against the server the ledger was written for"
+                )
+            _check_run(ledger, config.run_id)
+            changes = _changes(ledger, config.run_id)
+            values = _values(ledger)
+            for change in changes:
+                _plan(change, values)
+            result.rows = [c.row for c in changes]
+            undoer = _Undoer(config, ledger, base_url, api_key, result, on_wait)
+            anyio.run(undoer.run, changes)
+            if not config.dry_run:
+                with ledger.transaction():
+                    _finish(ledger, config.run_id)
+        finally:
+            ledger.close()
+    return result
+
+
+class _Undoer:
+    """Runs the undo of each row with bounded concurrency, through the run's client,
+    limiter, breaker, retries and grouped ledger commits."""
+
+    def __init__(
+        self,
+        config: UndoConfig,
+        ledger: Ledger,
+        base_url: str,
+        api_key: str,
+        result: UndoResult,
+        on_wait: Callable[[float, str], None] | None,
+    ) -> None:
+        self.config, self.ledger, self.result = config, ledger, result
+        self.base_url, self.api_key, self.on_wait = base_url, api_key, on_wait
+        self.writer = AsyncLedger(ledger, max_unsettled=4 * config.concurrency)
+
+    async def run(self, changes: list[_Change]) -> None:
+        sniffio.current_async_library_cvar.set("asyncio")
+        config = self.config
+        limiter = Limiter(
+            concurrency=config.concurrency, max_wait_s=config.max_wait_s, on_wait=self.on_wait
+        )
+        http = make_http_client(
+            base_url=self.base_url, concurrency=config.concurrency, timeout_s=config.timeout_s
+        )
+        pending = iter(c for c in changes if c.row.outcome == "would_undo")
+        async with http:
+            breaker = CircuitBreaker(urlsplit(self.base_url).netloc)
+            self.client = ClinikClient(
+                http, base_url=self.base_url, api_key=self.api_key, limiter=limiter, breaker=breaker
+            )
+            try:
+                async with anyio.create_task_group() as outer:
+                    if not config.dry_run:
+                        outer.start_soon(self.writer.run_committer)
+                    try:
+                        async with anyio.create_task_group() as workers:
+                            for _ in range(config.concurrency):
+                                workers.start_soon(self._worker, pending)
+                    finally:
+                        self.writer.close()
+            except* AbortError as group:
+                self.result.aborted = str(group.exceptions[0])
+            self.result.requests = self.client.stats.requests
+
+    async def _worker(self, pending: Any) -> None:
+        for change in pending:
+            try:
+                await self._undo(change)
+            except _STOPPERS as exc:
+                if self.client.limiter is not None:
+                    self.client.limiter.close()
+                if isinstance(exc, AuthError):
+                    message = f"the API key was refused ({exc.status}); undo stopped"
+                    raise AbortError(message) from exc
+                if isinstance(exc, LimiterClosed):
+                    return
+                raise AbortError(str(exc)) from exc
+
+    async def _undo(self, change: _Change) -> None:
+        row = change.row
+        seen: list[dict[str, Any] | None] = []
+        for target in change.targets:
+            consent = await self._get(target.consent_id)
+            theirs = _state(target, consent)
+            # Put back already, with no undo intent committed: someone else did it.
+            if theirs == "other" or (theirs == "back" and change.undo is None):
+                row.outcome = "changed_since"
+                row.detail = "changed on the server since the run: left as it is"
+                return
+            seen.append(consent)
+        if self.config.dry_run:
+            return
+        if change.undo is None and change.targets:
+            run_id = self.config.run_id
+            await self.writer.write(lambda ledger: _mark(ledger, run_id, change, "undoing"))
+        try:
+            for target, consent in zip(change.targets, seen, strict=True):
+                await self._put_back(target, consent)
+        except _Changed:
+            row.outcome = "changed_since"
+            row.detail = "changed on the server while undo ran: left as it is"
+            return
+        except _STOPPERS:
+            raise
+        except ConsentImportError as exc:
+            row.outcome = "failed"
+            row.detail = _failure(exc)
+            log.info("undo failed: file=%s row=%d %s", row.file, row.row, row.detail)
+            return
+        run_id = self.config.run_id
+        await self.writer.write_soon(lambda ledger: _restore(ledger, run_id, change))
+        row.outcome = "undone"
+
+    async def _get(self, consent_id: str) -> dict[str, Any] | None:
+        """The consent as the server holds it; None when it is gone (404)."""
+        async for attempt in self._retrying():
+            with attempt:
+                try:
+                    return dict((await self.client.get_consent(consent_id)).data)
+                except ClientRequestError as exc:
+                    if exc.status == 404:
+                        return None
+                    raise
+        raise AssertionError("unreachable: the retry policy re-raises the last error")
+
+    async def _put_back(self, target: _Target, consent: dict[str, Any] | None) -> None:
+        """DELETE or PATCH the consent; after a lost answer, read it again before
+        sending again: a request that landed is never sent twice."""
+        first = True
+        async for attempt in self._retrying():
+            with attempt:
+                if not first:
+                    consent = await self._get(target.consent_id)
+                first = False
+                theirs = _state(target, consent)
+                if theirs == "back":
+                    return
+                if theirs == "other":
+                    raise _Changed
+                try:
+                    if target.body is None:
+                        await self.client.delete_consent(target.consent_id)
+                    else:
+                        await self.client.patch_consent(target.consent_id, target.body)
+                except ClientRequestError as exc:
+                    if exc.status != 404:
+                        raise
+                    if target.body is not None:
+                        raise _Changed from None
+                return
+
+    def _retrying(self) -> Any:
+        return retrying(attempts=self.config.max_attempts)
+
+
+def _state(target: _Target, consent: dict[str, Any] | None) -> str:
+    """Whether the consent is as the run `left` it, put `back`, or `other`."""
+    if consent is None:
+        return "back" if target.back is None else "other"
+    if target.back is not None and not differing_fields(consent, target.back):
+        return "back"
+    return "other" if differing_fields(consent, target.left) else "left"
+
+
+def _failure(exc: ConsentImportError) -> str:
+    if isinstance(exc, ApiError):
+        return f"the API answered {exc.status} {exc.code or ''}".strip()
+    return type(exc).__name__
+
+
+# -- output ---------------------------------------------------------------------------------
+
+
+_SAID = {
+    "delete": "delete the consent it created",
+    "delete_and_restore": "delete the consent it created, give the retired one its status back",
+    "restore_fields": "give its consent back the fields it had",
+    "restore_status": "give its revoked consent back its status",
+    "forget": "forget it (nothing to change on the server)",
+}
+
+
+def row_lines(result: UndoResult) -> list[str]:
+    """One line per row that was or would be touched, or left: file and row, no PHI."""
+    lines = []
+    for row in result.rows:
+        where = f"{row.file} row {row.row}"
+        if row.outcome in LEFT:
+            lines.append(f"  {where}: left ({row.outcome}): {row.detail}")
+        elif result.dry_run and row.outcome == "would_undo":
+            lines.append(f"  {where}: would {_SAID[row.action]}")
+    return lines
+
+
+def summary_lines(result: UndoResult) -> list[str]:
+    counts = result.counts()
+    told = ", ".join(f"{k} {v:,}" for k, v in counts.items()) or "no rows"
+    head = "Dry run of undo" if result.dry_run else "Undo"
+    lines = [f"{head} of run {result.run_id}: {told}; {result.requests:,} requests"]
+    if result.aborted:
+        lines.append(f"stopped: {result.aborted}; run undo again to finish")
+    elif result.left:
+        lines.append(f"{result.left:,} rows left as they are (see above)")
+    return lines
+
+
+def write_report(path: Path, result: UndoResult) -> None:
+    """Every row with what undo did: source keys and consent ids, so owner-only."""
+    document = {
+        "summary": result.summary(),
+        "rows": [
+            {
+                "file": r.file,
+                "row": r.row,
+                "source_key": r.source_key,
+                "consent_id": r.consent_id,
+                "action": r.action,
+                "outcome": r.outcome,
+                "detail": r.detail,
+            }
+            for r in result.rows
+        ],
+    }
+    write_text(path, json.dumps(document, indent=2) + "\n")
+
+
+def check_report_path(path: Path | None) -> None:
+    if path is not None and path.suffix.lower() != ".json":
+        raise UsageError(f"--report {path}: undo writes a .json report")
