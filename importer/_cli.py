@@ -576,8 +576,10 @@ def status(ledger: Path, runs: int, as_json: bool) -> int:
             for k in ("rows", "created", "updated", "unchanged", "invalid", "failed")
             if k in summary
         )
+        undone = f" ({run_info['undo']})" if run_info.get("undo") else ""
         click.echo(
             f"  run {run_info['id']:>4} {run_info['started_at']} {run_info['status']:<8} {counts}"
+            f"{undone}"
         )
     for title, counts in (
         ("Source systems", info["systems"]),

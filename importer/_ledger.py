@@ -831,7 +831,133 @@ class _VerifyReads:
         ]
 
 
-class Ledger(_Transitions, _VerifyReads):
+@dataclass(frozen=True, slots=True)
+class RunChange:
+    """A row a run sent a request for: its record now and before that run (`UNDO_COLUMNS`,
+    as stored), and how far an undo of the run took it."""
+
+    stored_key: Any  # as rows.source_key holds it
+    source_key: str
+    source_file: str
+    source_row: int
+    existed: bool  # the ledger held a record of it before the run
+    undo: str | None  # None, undoing (intent committed), undone
+    later: bool  # a later run, not undone, sent a request for it too
+    now: dict[str, Any] | None
+    before: dict[str, Any]
+
+
+class _UndoRecords:
+    """What `undo` reads and writes: `run_changes`, `run_undo`, `field_values`. A ledger
+    from before undo existed lacks the tables: read as empty."""
+
+    _db: sqlite3.Connection
+
+    def _has_undo_tables(self) -> bool:
+        found = self._db.execute(
+            "SELECT count(*) FROM sqlite_master WHERE type = 'table' "
+            "AND name IN ('run_changes', 'run_undo', 'field_values')"
+        ).fetchone()
+        return bool(found[0] == 3)
+
+    def undo_recorded(self, run_id: int) -> bool | None:
+        """Whether run `run_id` recorded its changes for undo; None: no such run."""
+        if self._db.execute("SELECT 1 FROM runs WHERE id = ?", (run_id,)).fetchone() is None:
+            return None
+        return self._has_undo_tables() and (
+            self._db.execute("SELECT 1 FROM run_undo WHERE run_id = ?", (run_id,)).fetchone()
+            is not None
+        )
+
+    def run_changes(self, run_id: int) -> list[RunChange]:
+        """Every row run `run_id` sent a request for, by file and row."""
+        now_columns = ", ".join(f"r.{c}" for c in UNDO_COLUMNS)
+        before_columns = ", ".join(f"c.{c}" for c in UNDO_COLUMNS)
+        query = (
+            "SELECT c.source_key, c.existed, c.undo, "  # noqa: S608 - constant column lists
+            "EXISTS (SELECT 1 FROM run_changes AS l WHERE l.source_key = c.source_key "
+            "AND l.run_id > c.run_id AND l.undo IS NOT 'undone'), "
+            "r.source_key IS NOT NULL, coalesce(f.name, g.name), "
+            f"coalesce(r.source_row, c.source_row), {now_columns}, {before_columns} "
+            "FROM run_changes AS c LEFT JOIN rows AS r ON r.source_key = c.source_key "
+            "LEFT JOIN files AS f ON f.id = r.file LEFT JOIN files AS g ON g.id = c.file "
+            "WHERE c.run_id = ? ORDER BY 6, 7"
+        )
+        width = len(UNDO_COLUMNS)
+        found = []
+        for r in self._db.execute(query, (run_id,)):
+            stored, existed, undo, later, has_now, file, number = r[:7]
+            now = dict(zip(UNDO_COLUMNS, r[7 : 7 + width], strict=True)) if has_now else None
+            before = dict(zip(UNDO_COLUMNS, r[7 + width :], strict=True))
+            found.append(
+                RunChange(
+                    stored,
+                    unpack_key(stored),
+                    file or "",
+                    number or 0,
+                    bool(existed),
+                    undo,
+                    bool(later),
+                    now,
+                    before,
+                )
+            )
+        return found
+
+    def field_value(self, name: str, digest: str) -> str | None:
+        """The JSON of the value of field `name` whose short hash is `digest`, if known."""
+        hit = self._db.execute(
+            "SELECT value FROM field_values WHERE field = ? AND hash = ?", (name, digest)
+        ).fetchone()
+        return None if hit is None or hit[0] is None else str(hit[0])
+
+    def undo_mark(self, run_id: int, stored_key: Any, undo: str) -> None:
+        """Note how far the undo of run `run_id` took the row (intent: `undoing`)."""
+        self._db.execute(
+            "UPDATE run_changes SET undo = ? WHERE run_id = ? AND source_key = ?",
+            (undo, run_id, stored_key),
+        )
+
+    def undo_restore(self, run_id: int, stored_key: Any) -> None:
+        """The row's record as before run `run_id` (none if it had none); marked undone."""
+        db = self._db
+        db.execute("DELETE FROM rows WHERE source_key = ?", (stored_key,))
+        db.execute("DELETE FROM bodies WHERE source_key = ?", (stored_key,))
+        columns = ", ".join(UNDO_COLUMNS)
+        db.execute(
+            f"INSERT INTO rows (source_key, {columns}) SELECT source_key, {columns} "  # noqa: S608
+            "FROM run_changes WHERE run_id = ? AND source_key = ? AND existed",
+            (run_id, stored_key),
+        )
+        db.execute(
+            "INSERT INTO bodies SELECT source_key, body, body_hash FROM run_changes "
+            "WHERE run_id = ? AND source_key = ? AND existed AND body IS NOT NULL",
+            (run_id, stored_key),
+        )
+        self.undo_mark(run_id, stored_key, "undone")
+
+    def undo_finish(self, run_id: int) -> str | None:
+        """Note the run's undo state for `status`: undone, partly undone, or None."""
+        total, undone = self._db.execute(
+            "SELECT count(*), count(*) FILTER (WHERE undo = 'undone') FROM run_changes "
+            "WHERE run_id = ?",
+            (run_id,),
+        ).fetchone()
+        state = "undone" if undone == total else ("partly undone" if undone else None)
+        self._db.execute(
+            "UPDATE run_undo SET state = ?, undone_at = ? WHERE run_id = ?",
+            (state, now_iso(), run_id),
+        )
+        return state
+
+    def undo_states(self) -> dict[int, str]:
+        """Runs `undo` took back, wholly ("undone") or partly ("partly undone")."""
+        if not self._has_undo_tables():
+            return {}
+        return dict(self._db.execute("SELECT run_id, state FROM run_undo WHERE state NOT NULL"))
+
+
+class Ledger(_Transitions, _VerifyReads, _UndoRecords):
     """Synchronous access to the ledger file; one connection, used by one thread at a time.
 
     Rows change only through the named transitions of `_Transitions` (`intent`, `done`,

@@ -48,13 +48,11 @@ from importer._errors import (
     no_such_file,
 )
 from importer._ledger import (
-    UNDO_COLUMNS,
     AsyncLedger,
     Ledger,
-    now_iso,
+    RunChange,
     unpack_field_hashes,
     unpack_id,
-    unpack_key,
 )
 from importer._limiter import Limiter
 from importer._lock import LedgerLock
@@ -73,8 +71,6 @@ STATUSES = ("draft", "proposed", "active", "rejected", "inactive")
 LEFT = ("changed_since", "later_run", "in_flight", "no_before", "cannot_restore", "failed")
 #: Errors that stop the whole undo (exit 3; the next `undo` finishes it).
 _STOPPERS = (AuthError, BudgetWaitTooLong, LimiterClosed, ServerUnreachable)
-_ROWS_COLUMNS = ", ".join(f"r.{c}" for c in UNDO_COLUMNS)
-_BEFORE_COLUMNS = ", ".join(f"c.{c}" for c in UNDO_COLUMNS)
 
 
 @dataclass(frozen=True)
@@ -165,16 +161,16 @@ class _Target:
 
 @dataclass
 class _Change:
-    """A row run N changed, as the ledger holds it now and held it before run N."""
+    """A row run N changed (`RunChange`), what to do for it, and what undo did."""
 
-    stored_key: Any
+    record: RunChange
     row: UndoRow
-    existed: bool
-    undo: str | None
-    later: bool
-    now: dict[str, Any] | None
-    before: dict[str, Any]
     targets: list[_Target] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, record: RunChange) -> _Change:
+        row = UndoRow(record.source_file, record.source_row, record.source_key, None, "forget")
+        return cls(record, row)
 
 
 def _status_hash(status: str) -> str:
@@ -193,18 +189,19 @@ def _status_before(before: dict[str, Any], hashes: dict[str, str]) -> str | None
 
 def _plan(change: _Change, values: Callable[[str, str], str | None]) -> None:
     """Fill in the row's action, its targets, or the reason it is left."""
-    row, now, before = change.row, change.now, change.before
-    if change.undo == "undone":
+    row, now, before = change.row, change.record.now, change.record.before
+    if change.record.undo == "undone":
         row.outcome = "undone"
         return
-    if change.later:
+    if change.record.later:
         row.outcome, row.detail = "later_run", "a later run changed it: undo that run first"
         return
     if now is None:
         return  # no record left to restore: forget
     state, action = now["state"], now["action"]
     now_hashes = unpack_field_hashes(now["field_hashes"])
-    before_hashes = unpack_field_hashes(before.get("field_hashes")) if change.existed else {}
+    existed = change.record.existed
+    before_hashes = unpack_field_hashes(before.get("field_hashes")) if existed else {}
     consent_id = unpack_id(now["consent_id"])
     row.consent_id = consent_id
     if state in ("in_flight", "settling"):
@@ -259,12 +256,13 @@ def _plan_patch(
     """A PATCH: the patchable fields back to the values they had before the run."""
     row = change.row
     row.action = "restore_fields"
-    if not change.existed or change.before.get("state") not in ("done", "revoked"):
+    before = change.record.before
+    if not change.record.existed or before.get("state") not in ("done", "revoked"):
         row.outcome, row.detail = "no_before", "the ledger held no consent for it before the run"
         return
     # Fields the run's PATCH did not carry kept the value they had.
     left = {**{n: h for n, h in before_hashes.items() if n in PATCHABLE}, **now_hashes}
-    status = _status_before(change.before, before_hashes)
+    status = _status_before(before, before_hashes)
     if status is None:
         row.outcome, row.detail = "no_before", "the status it had is unknown"
         return
@@ -291,126 +289,20 @@ def _plan_patch(
         change.targets.append(_Target(consent_id, body, left, back))
 
 
-# -- reading the run's changes ---------------------------------------------------------
-
-
-def _db(ledger: Ledger) -> Any:
-    return ledger._db
-
-
-def _has_tables(ledger: Ledger) -> bool:
-    found = _db(ledger).execute(
-        "SELECT count(*) FROM sqlite_master WHERE type = 'table' "
-        "AND name IN ('run_changes', 'run_undo', 'field_values')"
-    )
-    return bool(found.fetchone()[0] == 3)
+# -- the undo ----------------------------------------------------------------------------
 
 
 def _check_run(ledger: Ledger, run_id: int) -> None:
-    db = _db(ledger)
-    if db.execute("SELECT 1 FROM runs WHERE id = ?", (run_id,)).fetchone() is None:
+    recorded = ledger.undo_recorded(run_id)
+    if recorded is None:
         raise UsageError(
             f"ledger {ledger.path} has no run {run_id}; `consent-import status` lists its runs"
         )
-    recorded = _has_tables(ledger) and (
-        db.execute("SELECT 1 FROM run_undo WHERE run_id = ?", (run_id,)).fetchone() is not None
-    )
     if not recorded:
         raise ConfigError(
             f"run {run_id} was made by a consent-import before `undo` existed: it recorded "
             "nothing to take it back with; nothing was changed"
         )
-
-
-def _changes(ledger: Ledger, run_id: int) -> list[_Change]:
-    """Every row run `run_id` sent a request for, now and before the run."""
-    db = _db(ledger)
-    query = (
-        f"SELECT c.source_key, c.existed, c.undo, "  # noqa: S608 - constant column lists
-        "EXISTS (SELECT 1 FROM run_changes AS l WHERE l.source_key = c.source_key "
-        "AND l.run_id > c.run_id AND l.undo IS NOT 'undone'), "
-        "r.source_key IS NOT NULL, coalesce(f.name, g.name), "
-        f"coalesce(r.source_row, c.source_row), {_ROWS_COLUMNS}, {_BEFORE_COLUMNS} "
-        "FROM run_changes AS c LEFT JOIN rows AS r ON r.source_key = c.source_key "
-        "LEFT JOIN files AS f ON f.id = r.file LEFT JOIN files AS g ON g.id = c.file "
-        "WHERE c.run_id = ? ORDER BY 6, 7"
-    )
-    width = len(UNDO_COLUMNS)
-    found: list[_Change] = []
-    for r in db.execute(query, (run_id,)):
-        stored, existed, undo, later, has_now, file, number = r[:7]
-        now = dict(zip(UNDO_COLUMNS, r[7 : 7 + width], strict=True)) if has_now else None
-        before = dict(zip(UNDO_COLUMNS, r[7 + width :], strict=True))
-        key = unpack_key(stored)
-        row = UndoRow(file or "", number or 0, key, None, "forget")
-        found.append(_Change(stored, row, bool(existed), undo, bool(later), now, before))
-    return found
-
-
-def _values(ledger: Ledger) -> Callable[[str, str], str | None]:
-    db = _db(ledger)
-
-    def value(name: str, digest: str) -> str | None:
-        hit = db.execute(
-            "SELECT value FROM field_values WHERE field = ? AND hash = ?", (name, digest)
-        ).fetchone()
-        return None if hit is None else hit[0]
-
-    return value
-
-
-def _restore(ledger: Ledger, run_id: int, change: _Change) -> None:
-    """The row's ledger record as before the run (none if it had none); marked undone."""
-    db, key = _db(ledger), change.stored_key
-    db.execute("DELETE FROM rows WHERE source_key = ?", (key,))
-    db.execute("DELETE FROM bodies WHERE source_key = ?", (key,))
-    if change.existed:
-        columns = ", ".join(UNDO_COLUMNS)
-        db.execute(
-            f"INSERT INTO rows (source_key, {columns}) SELECT source_key, {columns} "  # noqa: S608
-            "FROM run_changes WHERE run_id = ? AND source_key = ?",
-            (run_id, key),
-        )
-        db.execute(
-            "INSERT INTO bodies SELECT source_key, body, body_hash FROM run_changes "
-            "WHERE run_id = ? AND source_key = ? AND body IS NOT NULL",
-            (run_id, key),
-        )
-    _mark(ledger, run_id, change, "undone")
-
-
-def _mark(ledger: Ledger, run_id: int, change: _Change, undo: str) -> None:
-    _db(ledger).execute(
-        "UPDATE run_changes SET undo = ? WHERE run_id = ? AND source_key = ?",
-        (undo, run_id, change.stored_key),
-    )
-
-
-def _finish(ledger: Ledger, run_id: int) -> None:
-    """The run's undo state, as `status` shows it."""
-    db = _db(ledger)
-    total, undone = db.execute(
-        "SELECT count(*), count(*) FILTER (WHERE undo = 'undone') FROM run_changes "
-        "WHERE run_id = ?",
-        (run_id,),
-    ).fetchone()
-    state = "undone" if undone == total else ("partly undone" if undone else None)
-    db.execute(
-        "UPDATE run_undo SET state = ?, undone_at = ? WHERE run_id = ?",
-        (state, now_iso(), run_id),
-    )
-
-
-def undo_states(ledger: Ledger) -> dict[int, str]:
-    """Runs taken back by `undo`, wholly or partly (for `status`); a ledger from before
-    undo existed has none."""
-    db = _db(ledger)
-    if not db.execute("SELECT 1 FROM sqlite_master WHERE name = 'run_undo'").fetchone():
-        return {}
-    return dict(db.execute("SELECT run_id, state FROM run_undo WHERE state IS NOT NULL"))
-
-
-# -- the undo ----------------------------------------------------------------------------
 
 
 class _Changed(Exception):
@@ -440,16 +332,15 @@ def undo(config: UndoConfig, *, on_wait: Callable[[float, str], None] | None = N
                     "undo against the server the ledger was written for"
                 )
             _check_run(ledger, config.run_id)
-            changes = _changes(ledger, config.run_id)
-            values = _values(ledger)
+            changes = [_Change.of(c) for c in ledger.run_changes(config.run_id)]
             for change in changes:
-                _plan(change, values)
+                _plan(change, ledger.field_value)
             result.rows = [c.row for c in changes]
             undoer = _Undoer(config, ledger, base_url, api_key, result, on_wait)
             anyio.run(undoer.run, changes)
             if not config.dry_run:
                 with ledger.transaction():
-                    _finish(ledger, config.run_id)
+                    ledger.undo_finish(config.run_id)
         finally:
             ledger.close()
     return result
@@ -522,16 +413,16 @@ class _Undoer:
             consent = await self._get(target.consent_id)
             theirs = _state(target, consent)
             # Put back already, with no undo intent committed: someone else did it.
-            if theirs == "other" or (theirs == "back" and change.undo is None):
+            if theirs == "other" or (theirs == "back" and change.record.undo is None):
                 row.outcome = "changed_since"
                 row.detail = "changed on the server since the run: left as it is"
                 return
             seen.append(consent)
         if self.config.dry_run:
             return
-        if change.undo is None and change.targets:
-            run_id = self.config.run_id
-            await self.writer.write(lambda ledger: _mark(ledger, run_id, change, "undoing"))
+        run_id, key = self.config.run_id, change.record.stored_key
+        if change.record.undo is None and change.targets:
+            await self.writer.write(lambda ledger: ledger.undo_mark(run_id, key, "undoing"))
         try:
             for target, consent in zip(change.targets, seen, strict=True):
                 await self._put_back(target, consent)
@@ -546,8 +437,7 @@ class _Undoer:
             row.detail = _failure(exc)
             log.info("undo failed: file=%s row=%d %s", row.file, row.row, row.detail)
             return
-        run_id = self.config.run_id
-        await self.writer.write_soon(lambda ledger: _restore(ledger, run_id, change))
+        await self.writer.write_soon(lambda ledger: ledger.undo_restore(run_id, key))
         row.outcome = "undone"
 
     async def _get(self, consent_id: str) -> dict[str, Any] | None:

@@ -43,12 +43,16 @@ def ledger_dump(path: Path) -> list[tuple[Any, ...]]:
         db.close()
 
 
-def nightly(tmp_path: Path, sandbox: RunningSandbox) -> tuple[Path, Path, list[dict[str, str]]]:
-    """Run 1 creates 100 rows; run 2 (the nightly) patches those 100 and creates 50."""
-    rows = list(consent_rows(100))
+def first_run(tmp_path: Path, sandbox: RunningSandbox, n: int = 100) -> tuple[Path, Path, list]:
+    rows = list(consent_rows(n))
     source = write_csv(tmp_path / "in.csv", rows)
     ledger = tmp_path / "l.db"
     assert run(source, sandbox.base_url, ledger).exit_code == 0
+    return source, ledger, rows
+
+
+def nightly(source: Path, ledger: Path, rows: list[dict[str, str]], sandbox: RunningSandbox) -> None:
+    """The nightly run: every row of the first run patched, 50 new rows created."""
     for i, row in enumerate(rows):
         row["policyUri"] = f"https://clinic.example/policy/v{2 + i % 3}"
         if i % 4 == 0:
@@ -57,20 +61,16 @@ def nightly(tmp_path: Path, sandbox: RunningSandbox) -> tuple[Path, Path, list[d
     write_csv(source, rows)
     second = run(source, sandbox.base_url, ledger)
     assert (second.stats.created, second.stats.updated) == (50, 100)
-    return source, ledger, rows
 
 
 def test_undo_of_a_nightly_run_restores_the_bodies_before_it_and_a_rerun_redoes_it(
     tmp_path: Path,
 ) -> None:
     with running_sandbox(SandboxConfig()) as sandbox:
-        rows = list(consent_rows(100))
-        source = write_csv(tmp_path / "in.csv", rows)
-        ledger = tmp_path / "l.db"
-        run(source, sandbox.base_url, ledger)
+        source, ledger, rows = first_run(tmp_path, sandbox)
         before_run = by_id(sandbox)
         ids_before = ledger_ids(ledger)
-        _, _, _ = nightly_again(source, ledger, rows, sandbox)
+        nightly(source, ledger, rows, sandbox)
         after_run = by_id(sandbox)
         assert len(after_run) == 150
         writes = methods(sandbox)
@@ -93,15 +93,178 @@ def test_undo_of_a_nightly_run_restores_the_bodies_before_it_and_a_rerun_redoes_
         }
 
 
-def nightly_again(
-    source: Path, ledger: Path, rows: list[dict[str, str]], sandbox: RunningSandbox
-) -> tuple[Path, Path, list[dict[str, str]]]:
-    for i, row in enumerate(rows):
-        row["policyUri"] = f"https://clinic.example/policy/v{2 + i % 3}"
-        if i % 4 == 0:
-            row["status"] = "inactive"
-    rows.extend(consent_rows(50, start=1000))
-    write_csv(source, rows)
-    second = run(source, sandbox.base_url, ledger)
-    assert (second.stats.created, second.stats.updated) == (50, 100)
-    return source, ledger, rows
+
+
+def test_a_dry_run_sends_no_write_writes_nothing_and_lists_rows_without_phi(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with running_sandbox(SandboxConfig()) as sandbox:
+        source, ledger, rows = first_run(tmp_path, sandbox)
+        nightly(source, ledger, rows, sandbox)
+        stored, writes, kept = by_id(sandbox), methods(sandbox), ledger_dump(ledger)
+        report = tmp_path / "undo.json"
+        args = ["undo", "--ledger", str(ledger), "--run", "2", "--dry-run"]
+        args += ["--report", str(report), "--base-url", sandbox.base_url, "--api-key", KEY]
+        code, out, _ = run_cli(args, capsys)
+        assert code == 0
+        after = methods(sandbox)
+        assert {m: after.get(m, 0) - writes.get(m, 0) for m in WRITES} == dict.fromkeys(WRITES, 0)
+        assert after["GET"] - writes.get("GET", 0) == 150  # reads each consent back
+        assert by_id(sandbox) == stored
+        assert ledger_dump(ledger) == kept
+        assert "in.csv row 2: would give its consent back the fields it had" in out
+        assert "in.csv row 102: would delete the consent it created" in out
+        assert "would_undo 150" in out
+        # No source key, patient id or consent id on the terminal; the report has them.
+        assert "K000" not in out and "pt_" not in out and "consent_" not in out
+        document = json.loads(report.read_text(encoding="utf-8"))
+        assert document["summary"]["by_outcome"] == {"would_undo": 150}
+        assert report.stat().st_mode & 0o077 == 0
+
+
+def test_a_consent_edited_since_the_run_is_kept_and_reported(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with running_sandbox(SandboxConfig()) as sandbox:
+        source, ledger, rows = first_run(tmp_path, sandbox)
+        nightly(source, ledger, rows, sandbox)
+        ids = ledger_ids(ledger)
+        patched, created = ids["K000003"], ids["K001003"]
+        sandbox.edit_consent(patched, {"policyUri": "https://someone.else/edited"})
+        sandbox.edit_consent(created, {"status": "rejected"})
+        edited = {i: by_id(sandbox)[i] for i in (patched, created)}
+        args = ["undo", "--ledger", str(ledger), "--run", "2", "--base-url", sandbox.base_url]
+        code, out, _ = run_cli([*args, "--api-key", KEY], capsys)
+        assert code == 1
+        assert "in.csv row 5: left (changed_since)" in out  # K000003: spreadsheet row 5
+        assert "in.csv row 105: left (changed_since)" in out
+        assert "changed_since 2" in out and "undone 148" in out
+        now = by_id(sandbox)
+        assert {i: now[i] for i in (patched, created)} == edited
+        assert len(now) == 101  # the other 49 created are gone
+        # The rows left keep their ledger record; status shows the run as partly undone.
+        assert {"K000003", "K001003"} <= set(ledger_ids(ledger))
+        code, out, _ = run_cli(["status", "--ledger", str(ledger), "--json"], capsys)
+        assert [(r["id"], r["undo"]) for r in json.loads(out)["runs"]] == [
+            (2, "partly undone"),
+            (1, None),
+        ]
+
+
+def test_a_second_undo_is_a_no_op_and_status_says_undone(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with running_sandbox(SandboxConfig()) as sandbox:
+        source, ledger, rows = first_run(tmp_path, sandbox, 20)
+        rows[0]["policyUri"] = "https://clinic.example/policy/v9"
+        write_csv(source, rows)
+        run(source, sandbox.base_url, ledger)
+        assert do_undo(sandbox, ledger, 2).counts() == {"undone": 1}
+        requests = sandbox.stats()["requests"]
+        again = do_undo(sandbox, ledger, 2)
+        assert (again.exit_code, again.counts()) == (0, {"undone": 1})
+        assert sandbox.stats()["requests"] == requests
+        code, out, _ = run_cli(["status", "--ledger", str(ledger)], capsys)
+        assert code == 0
+        lines = [line for line in out.splitlines() if line.startswith("  run ")]
+        assert lines[0].endswith("(undone)") and not lines[1].endswith(")")
+
+
+def test_undo_of_a_run_with_revocations_gives_their_status_back(tmp_path: Path) -> None:
+    with running_sandbox(SandboxConfig()) as sandbox:
+        source, ledger, rows = first_run(tmp_path, sandbox, 10)
+        before = by_id(sandbox)
+        write_csv(source, rows[:7])
+        revoking = run(source, sandbox.base_url, ledger, revoke_missing=True, revoke_max="5")
+        assert revoking.stats.revoked == 3
+        assert sum(c["status"] == "inactive" for c in by_id(sandbox).values()) == 3
+        result = do_undo(sandbox, ledger, 2)
+        assert (result.exit_code, result.counts()) == (0, {"undone": 3})
+        assert {r.action for r in result.rows} == {"restore_status"}
+        assert by_id(sandbox) == before
+        assert len(ledger_ids(ledger)) == 10  # done again, not revoked
+        # Rerun: the same revocations again, nothing else.
+        again = run(source, sandbox.base_url, ledger, revoke_missing=True, revoke_max="5")
+        assert (again.stats.revoked, again.stats.requests) == (3, 3)
+
+
+def test_undo_of_a_recreate_deletes_the_new_consent_and_gives_the_old_its_status(
+    tmp_path: Path,
+) -> None:
+    with running_sandbox(SandboxConfig()) as sandbox:
+        source, ledger, rows = first_run(tmp_path, sandbox, 5)
+        before = by_id(sandbox)
+        rows[2]["scope"] = "research"
+        write_csv(source, rows)
+        run(source, sandbox.base_url, ledger, on_immutable_change="recreate")
+        assert len(sandbox.consents()) == 6
+        result = do_undo(sandbox, ledger, 2)
+        assert (result.exit_code, [r.action for r in result.rows]) == (0, ["delete_and_restore"])
+        assert by_id(sandbox) == before
+
+
+def test_a_row_a_later_run_touched_is_left_until_that_run_is_undone(tmp_path: Path) -> None:
+    with running_sandbox(SandboxConfig()) as sandbox:
+        source, ledger, rows = first_run(tmp_path, sandbox, 10)
+        rows[4]["policyUri"] = "https://clinic.example/policy/v7"
+        write_csv(source, rows)
+        run(source, sandbox.base_url, ledger)
+        result = do_undo(sandbox, ledger, 1)
+        assert result.exit_code == 1
+        assert result.counts() == {"later_run": 1, "undone": 9}
+        assert [r.row for r in result.rows if r.outcome == "later_run"] == [6]
+        assert len(sandbox.consents()) == 1
+        # Undo the later run first, then the first run finishes.
+        assert do_undo(sandbox, ledger, 2).exit_code == 0
+        last = do_undo(sandbox, ledger, 1)
+        assert (last.exit_code, last.counts()) == (0, {"undone": 10})
+        assert sandbox.consents() == []
+        assert ledger_ids(ledger) == {}
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--run", "9"], "has no run 9"),
+        (["--run", "1", "--report", "undo.html"], "undo writes a .json report"),
+    ],
+)
+def test_refusals_exit_2_before_anything_is_sent(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], message: str
+) -> None:
+    with running_sandbox(SandboxConfig()) as sandbox:
+        _, ledger, _ = first_run(tmp_path, sandbox, 3)
+        requests = sandbox.stats()["requests"]
+        base = ["undo", "--ledger", str(ledger), "--base-url", sandbox.base_url, "--api-key", KEY]
+        code, out, err = run_cli([*base, *args], capsys)
+        assert (code, out) == (2, "")
+        assert message in err
+        assert sandbox.stats()["requests"] == requests
+
+
+def test_a_run_made_before_undo_existed_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with running_sandbox(SandboxConfig()) as sandbox:
+        _, ledger, _ = first_run(tmp_path, sandbox, 3)
+        db = sqlite3.connect(ledger)
+        db.execute("DELETE FROM run_undo")  # as a ledger of an earlier version has it
+        db.commit()
+        db.close()
+        base = ["undo", "--ledger", str(ledger), "--base-url", sandbox.base_url, "--api-key", KEY]
+        code, _, err = run_cli([*base, "--run", "1", "--dry-run"], capsys)
+        assert code == 2
+        assert "before `undo` existed" in err
+        assert len(sandbox.consents()) == 3
+
+
+@pytest.mark.parametrize("ledger_file", sorted(Path("tests/data").glob("*.db")))
+def test_status_reads_a_ledger_from_before_undo(ledger_file: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from importer._export import status
+
+    copy = tmp_path / ledger_file.name
+    shutil.copy(ledger_file, copy)
+    assert all(r["undo"] is None for r in status(copy)["runs"])
+    assert Ledger.open_readonly(copy).undo_states() == {}
