@@ -98,7 +98,7 @@ class UndoRow:
     consent_id: str | None
     #: delete | delete_and_restore | restore_fields | restore_status | forget
     action: str
-    #: undone | would_undo | one of LEFT
+    #: undone | would_undo (dry run) | not_done (the undo stopped first) | one of LEFT
     outcome: str = "would_undo"
     detail: str = ""
 
@@ -339,6 +339,10 @@ def undo(config: UndoConfig, *, on_wait: Callable[[float, str], None] | None = N
             undoer = _Undoer(config, ledger, base_url, api_key, result, on_wait)
             anyio.run(undoer.run, changes)
             if not config.dry_run:
+                for row in result.rows:
+                    if row.outcome == "would_undo":  # stopped before it was done
+                        row.outcome = "not_done"
+            if not config.dry_run:
                 with ledger.transaction():
                     ledger.undo_finish(config.run_id)
         finally:
@@ -389,7 +393,7 @@ class _Undoer:
                     finally:
                         self.writer.close()
             except* AbortError as group:
-                self.result.aborted = str(group.exceptions[0])
+                self.result.aborted = str(_first(group))
             self.result.requests = self.client.stats.requests
 
     async def _worker(self, pending: Any) -> None:
@@ -480,6 +484,13 @@ class _Undoer:
 
     def _retrying(self) -> Any:
         return retrying(attempts=self.config.max_attempts)
+
+
+def _first(error: BaseException) -> BaseException:
+    """The first error a (nested) exception group holds."""
+    while isinstance(error, BaseExceptionGroup):
+        error = error.exceptions[0]
+    return error
 
 
 def _state(target: _Target, consent: dict[str, Any] | None) -> str:

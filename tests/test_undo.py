@@ -51,7 +51,9 @@ def first_run(tmp_path: Path, sandbox: RunningSandbox, n: int = 100) -> tuple[Pa
     return source, ledger, rows
 
 
-def nightly(source: Path, ledger: Path, rows: list[dict[str, str]], sandbox: RunningSandbox) -> None:
+def nightly(
+    source: Path, ledger: Path, rows: list[dict[str, str]], sandbox: RunningSandbox
+) -> None:
     """The nightly run: every row of the first run patched, 50 new rows created."""
     for i, row in enumerate(rows):
         row["policyUri"] = f"https://clinic.example/policy/v{2 + i % 3}"
@@ -91,8 +93,6 @@ def test_undo_of_a_nightly_run_restores_the_bodies_before_it_and_a_rerun_redoes_
         assert {k: v for k, v in by_id(sandbox).items() if k in before_run} == {
             k: v for k, v in after_run.items() if k in before_run
         }
-
-
 
 
 def test_a_dry_run_sends_no_write_writes_nothing_and_lists_rows_without_phi(
@@ -268,3 +268,89 @@ def test_status_reads_a_ledger_from_before_undo(ledger_file: Path, tmp_path: Pat
     shutil.copy(ledger_file, copy)
     assert all(r["undo"] is None for r in status(copy)["runs"])
     assert Ledger.open_readonly(copy).undo_states() == {}
+
+
+def test_a_lost_answer_is_read_back_before_the_request_is_sent_again(tmp_path: Path) -> None:
+    with running_sandbox(SandboxConfig(seed=5)) as sandbox:
+        source, ledger, rows = first_run(tmp_path, sandbox)
+        before = by_id(sandbox)
+        nightly(source, ledger, rows, sandbox)
+        patches = sandbox.stats()["patches"]
+        # Half the undo's PATCHes are stored and then answered 500 or dropped.
+        sandbox.configure(fault_error_after_store=0.25, fault_drop_after_store=0.25)
+        result = do_undo(sandbox, ledger, 2)
+        sandbox.configure(fault_error_after_store=0.0, fault_drop_after_store=0.0)
+        stats = sandbox.stats()
+        assert stats["faults"]["error_after_store"] + stats["faults"]["drop_after_store"] > 10
+        assert (result.exit_code, result.counts()) == (0, {"undone": 150})
+        assert stats["patches"] - patches == 100  # each consent patched back once
+        assert by_id(sandbox) == before
+
+
+@pytest.mark.slow
+def test_sigkill_mid_undo_then_undo_again_touches_each_consent_once(tmp_path: Path) -> None:
+    from tests.test_crash_and_schedule import start_cli, wait_for
+
+    with running_sandbox(SandboxConfig(seed=3)) as sandbox:
+        source, ledger, rows = first_run(tmp_path, sandbox)
+        before = by_id(sandbox)
+        nightly(source, ledger, rows, sandbox)
+        start = sandbox.stats()
+        # Latency keeps requests on the wire, so the kill lands with some done unanswered.
+        sandbox.configure(latency_ms=20, jitter_ms=20)
+
+        def writes() -> int:
+            now = sandbox.stats()
+            return now["deletes"] + now["patches"] - start["deletes"] - start["patches"]
+
+        args = ["undo", "--ledger", str(ledger), "--run", "2", "--concurrency", "8", "--quiet"]
+        proc = start_cli(args, sandbox.base_url)
+        wait_for(lambda: writes() >= 60 or proc.poll() is not None)
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate(timeout=30)
+        assert proc.returncode == -signal.SIGKILL
+        assert 0 < writes() < 150
+        sandbox.configure(latency_ms=0, jitter_ms=0)
+        result = do_undo(sandbox, ledger, 2)
+        assert (result.exit_code, result.counts()) == (0, {"undone": 150})
+        end = sandbox.stats()
+        assert end["deletes"] - start["deletes"] == 50
+        assert end["patches"] - start["patches"] == 100
+        assert by_id(sandbox) == before
+        again = run(source, sandbox.base_url, ledger)
+        assert (again.stats.created, again.stats.updated, again.stats.lookups) == (50, 100, 0)
+
+
+def test_a_spent_budget_stops_the_undo_with_exit_3_and_the_next_undo_finishes(
+    tmp_path: Path,
+) -> None:
+    with running_sandbox(SandboxConfig()) as sandbox:
+        source, ledger, rows = first_run(tmp_path, sandbox)
+        before = by_id(sandbox)
+        nightly(source, ledger, rows, sandbox)
+        start = sandbox.stats()
+        sandbox.configure(rate_limit=120, rate_window_s=3600)  # room for 60 rows' two requests
+        stopped = do_undo(sandbox, ledger, 2, max_wait_s=1.0)
+        assert stopped.exit_code == 3
+        assert "budget" in (stopped.aborted or "")
+        assert sandbox.stats()["rate_limited"] == start["rate_limited"]  # waited for no 429
+        assert 0 < stopped.counts().get("undone", 0) < 150
+        sandbox.configure(rate_limit=None)
+        finished = do_undo(sandbox, ledger, 2)
+        assert (finished.exit_code, finished.counts()) == (0, {"undone": 150})
+        end = sandbox.stats()
+        assert (end["deletes"] - start["deletes"], end["patches"] - start["patches"]) == (50, 100)
+        assert by_id(sandbox) == before
+
+
+def test_undo_honours_the_ledger_lock(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from importer._lock import LedgerLock
+
+    with running_sandbox(SandboxConfig()) as sandbox:
+        _, ledger, _ = first_run(tmp_path, sandbox, 3)
+        base = ["undo", "--ledger", str(ledger), "--base-url", sandbox.base_url, "--api-key", KEY]
+        with LedgerLock(ledger):
+            code, _, err = run_cli([*base, "--run", "1"], capsys)
+        assert code == 2
+        assert "is in use by process" in err
+        assert len(sandbox.consents()) == 3
