@@ -212,6 +212,7 @@ CREATE TABLE IF NOT EXISTS run_changes (
     run_id INTEGER NOT NULL,
     source_key NOT NULL,             -- as rows.source_key
     existed INTEGER NOT NULL,
+    posted INTEGER,                  -- 1: that first request was a POST (create, recreate)
     {_UNDO_COLUMNS_DDL},
     body TEXT,                       -- the bodies row it had (PHI), if any
     body_hash TEXT,
@@ -472,7 +473,7 @@ class _Transitions:
         previous_consent_id: str | None = None,
     ) -> None:
         """any -> in_flight: the request for `op` is about to be sent with `body`."""
-        self._keep_before(run_id, src.key)
+        self._keep_before(run_id, src.key, posted=op in (Op.CREATE, Op.RECREATE))
         values: dict[str, Any] = {
             "state": RowState.IN_FLIGHT,
             "pending_op": op,
@@ -599,7 +600,7 @@ class _Transitions:
         """done -> in_flight (revoke): the PATCH to inactive is about to be sent. A crash
         after it leaves the row to the next run's revocation, or to a PATCH that makes
         the consent active again if the row is back in the source."""
-        self._keep_before(run_id, key)
+        self._keep_before(run_id, key, posted=False)
         self._db.execute(
             "UPDATE rows SET state = 'in_flight', pending_op = 'revoke', updated_at = ?, "
             "attempts = attempts + 1 WHERE source_key = ?",
@@ -687,23 +688,24 @@ class _Transitions:
             [(run_id, digest, pack_key(key)) for key, digest in rows],
         )
 
-    def _keep_before(self, run_id: int, key: str) -> None:
+    def _keep_before(self, run_id: int, key: str, *, posted: bool) -> None:
         """Before a run's first request for a row: keep the row as the ledger holds it,
         so `undo` can give it back (later requests of the same run keep nothing)."""
         stored = pack_key(key)
         columns = ", ".join(UNDO_COLUMNS)
         kept = self._db.execute(
-            f"INSERT OR IGNORE INTO run_changes (run_id, source_key, existed, {columns}, "  # noqa: S608
-            f"body, body_hash) SELECT ?, source_key, 1, {columns}, "
+            f"INSERT OR IGNORE INTO run_changes (run_id, source_key, existed, posted, "  # noqa: S608
+            f"{columns}, body, body_hash) SELECT ?, source_key, 1, ?, {columns}, "
             "(SELECT body FROM bodies AS b WHERE b.source_key = rows.source_key), "
             "(SELECT hash FROM bodies AS b WHERE b.source_key = rows.source_key) "
             "FROM rows WHERE source_key = ?",
-            (run_id, stored),
+            (run_id, posted, stored),
         )
         if not kept.rowcount:
             self._db.execute(
-                "INSERT OR IGNORE INTO run_changes (run_id, source_key, existed) VALUES (?, ?, 0)",
-                (run_id, stored),
+                "INSERT OR IGNORE INTO run_changes (run_id, source_key, existed, posted) "
+                "VALUES (?, ?, 0, ?)",
+                (run_id, stored, posted),
             )
 
     def keep_field_values(self, values: dict[str, Any], hashes: dict[str, str]) -> None:
@@ -841,6 +843,7 @@ class RunChange:
     source_file: str
     source_row: int
     existed: bool  # the ledger held a record of it before the run
+    posted: bool  # the run's first request for it was a POST
     undo: str | None  # None, undoing (intent committed), undone
     later: bool  # a later run, not undone, sent a request for it too
     now: dict[str, Any] | None
@@ -874,21 +877,21 @@ class _UndoRecords:
         now_columns = ", ".join(f"r.{c}" for c in UNDO_COLUMNS)
         before_columns = ", ".join(f"c.{c}" for c in UNDO_COLUMNS)
         query = (
-            "SELECT c.source_key, c.existed, c.undo, "  # noqa: S608 - constant column lists
+            "SELECT c.source_key, c.existed, c.posted, c.undo, "  # noqa: S608 - constant column lists
             "EXISTS (SELECT 1 FROM run_changes AS l WHERE l.source_key = c.source_key "
             "AND l.run_id > c.run_id AND l.undo IS NOT 'undone'), "
             "r.source_key IS NOT NULL, coalesce(f.name, g.name), "
             f"coalesce(r.source_row, c.source_row), {now_columns}, {before_columns} "
             "FROM run_changes AS c LEFT JOIN rows AS r ON r.source_key = c.source_key "
             "LEFT JOIN files AS f ON f.id = r.file LEFT JOIN files AS g ON g.id = c.file "
-            "WHERE c.run_id = ? ORDER BY 6, 7"
+            "WHERE c.run_id = ? ORDER BY 7, 8"
         )
         width = len(UNDO_COLUMNS)
         found = []
         for r in self._db.execute(query, (run_id,)):
-            stored, existed, undo, later, has_now, file, number = r[:7]
-            now = dict(zip(UNDO_COLUMNS, r[7 : 7 + width], strict=True)) if has_now else None
-            before = dict(zip(UNDO_COLUMNS, r[7 + width :], strict=True))
+            stored, existed, posted, undo, later, has_now, file, number = r[:8]
+            now = dict(zip(UNDO_COLUMNS, r[8 : 8 + width], strict=True)) if has_now else None
+            before = dict(zip(UNDO_COLUMNS, r[8 + width :], strict=True))
             found.append(
                 RunChange(
                     stored,
@@ -896,6 +899,7 @@ class _UndoRecords:
                     file or "",
                     number or 0,
                     bool(existed),
+                    bool(posted),
                     undo,
                     bool(later),
                     now,

@@ -68,7 +68,15 @@ log = logging.getLogger("importer.undo")
 #: The statuses a consent can have (clinikapi.md): a status is found from its hash.
 STATUSES = ("draft", "proposed", "active", "rejected", "inactive")
 #: Outcomes that leave a row as it is (exit 1).
-LEFT = ("changed_since", "later_run", "in_flight", "no_before", "cannot_restore", "failed")
+LEFT = (
+    "changed_since",
+    "later_run",
+    "in_flight",
+    "no_before",
+    "cannot_restore",
+    "failed",
+    "uncertain",
+)
 #: Errors that stop the whole undo (exit 3; the next `undo` finishes it).
 _STOPPERS = (AuthError, BudgetWaitTooLong, LimiterClosed, ServerUnreachable)
 
@@ -215,6 +223,13 @@ def _plan(change: _Change, values: Callable[[str, str], str | None]) -> None:
         row.detail = f"its request failed in the run ({now['error_code']}): check it by hand"
         return
     if action == "adopted":
+        if change.record.posted:
+            # Found after the run's own POST went unanswered: the run's consent, or one
+            # that was there before; deleting the wrong one, or forgetting the run's (a
+            # rerun would post it again), are both worse than asking.
+            row.outcome = "uncertain"
+            row.detail = "adopted after the run's own POST was lost: check it by hand"
+            return
         return  # it existed before the run: left on the server, forgotten
     if action in ("created", "recreated"):
         row.action = "delete"

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from importer._export import status
 from importer._ledger import Ledger
 from importer._undo import UndoConfig, UndoResult, undo
 from importer.sandbox import RunningSandbox, SandboxConfig, running_sandbox
@@ -72,6 +73,7 @@ def test_undo_of_a_nightly_run_restores_the_bodies_before_it_and_a_rerun_redoes_
         source, ledger, rows = first_run(tmp_path, sandbox)
         before_run = by_id(sandbox)
         ids_before = ledger_ids(ledger)
+        states_before = status(ledger)["rows_by_state"]
         nightly(source, ledger, rows, sandbox)
         after_run = by_id(sandbox)
         assert len(after_run) == 150
@@ -84,6 +86,7 @@ def test_undo_of_a_nightly_run_restores_the_bodies_before_it_and_a_rerun_redoes_
         spent = {m: methods(sandbox).get(m, 0) - writes.get(m, 0) for m in WRITES}
         assert spent == {"POST": 0, "PATCH": 100, "DELETE": 50}
         assert ledger_ids(ledger) == ids_before
+        assert status(ledger)["rows_by_state"] == states_before  # the tally kept too
         # A rerun of the same file redoes exactly the undone work: no lookups.
         again = run(source, sandbox.base_url, ledger)
         spent = {m: methods(sandbox).get(m, 0) - writes.get(m, 0) for m in WRITES}
@@ -264,8 +267,6 @@ def test_a_run_made_before_undo_existed_is_refused(
 def test_status_reads_a_ledger_from_before_undo(ledger_file: Path, tmp_path: Path) -> None:
     import shutil
 
-    from importer._export import status
-
     copy = tmp_path / ledger_file.name
     shutil.copy(ledger_file, copy)
     assert all(r["undo"] is None for r in status(copy)["runs"])
@@ -356,3 +357,59 @@ def test_undo_honours_the_ledger_lock(tmp_path: Path, capsys: pytest.CaptureFixt
         assert code == 2
         assert "is in use by process" in err
         assert len(sandbox.consents()) == 3
+
+
+def test_an_adopted_consent_is_left_on_the_server_and_forgotten(tmp_path: Path) -> None:
+    with running_sandbox(SandboxConfig()) as sandbox:
+        rows = list(consent_rows(5))
+        source = write_csv(tmp_path / "in.csv", rows)
+        run(source, sandbox.base_url, tmp_path / "other.db")  # made by another ledger
+        rows[1]["status"] = "inactive"  # adopted, then patched
+        write_csv(source, rows)
+        ledger = tmp_path / "l.db"
+        adopting = run(source, sandbox.base_url, ledger, skip_existing=True)
+        assert adopting.stats.adopted == 5
+        stored = by_id(sandbox)
+        result = do_undo(sandbox, ledger, 1)
+        assert (result.exit_code, [(r.row, r.action) for r in result.rows]) == (0, [(3, "forget")])
+        assert by_id(sandbox) == stored  # nothing deleted, nothing patched back
+        assert len(ledger_ids(ledger)) == 4  # the patched one is forgotten
+
+
+def test_a_consent_adopted_after_the_runs_own_lost_post_is_left_for_a_person(
+    tmp_path: Path,
+) -> None:
+    with running_sandbox(SandboxConfig(seed=11, fault_error_after_store=0.3)) as sandbox:
+        source = write_csv(tmp_path / "in.csv", consent_rows(30))
+        ledger = tmp_path / "l.db"
+        created = run(source, sandbox.base_url, ledger)
+        assert created.exit_code == 0
+        assert created.stats.adopted > 0  # stored, answered 500, found by the lookup
+        sandbox.configure(fault_error_after_store=0.0)
+        result = do_undo(sandbox, ledger, 1)
+        assert result.exit_code == 1
+        assert result.counts() == {
+            "uncertain": created.stats.adopted,
+            "undone": 30 - created.stats.adopted,
+        }
+        assert len(sandbox.consents()) == created.stats.adopted
+        assert len(ledger_ids(ledger)) == created.stats.adopted
+
+
+@pytest.mark.parametrize(
+    ("state", "status_sent", "expected"),
+    [
+        ("done", "rejected", "rejected"),
+        ("done", None, "active"),  # sent without one: the server's default
+        ("revoked", "active", "inactive"),  # revoked before the run: inactive then
+        ("done", "not-a-status", None),  # a hash of no status: unknown, never guessed
+    ],
+)
+def test_the_status_before_a_run_is_found_from_its_hash(
+    state: str, status_sent: str | None, expected: str | None
+) -> None:
+    from importer._normalize import body_field_hashes
+    from importer._undo import _status_before
+
+    hashes = body_field_hashes({"status": status_sent}) if status_sent else {}
+    assert _status_before({"state": state}, hashes) == expected
