@@ -413,3 +413,21 @@ def test_the_status_before_a_run_is_found_from_its_hash(
 
     hashes = body_field_hashes({"status": status_sent}) if status_sent else {}
     assert _status_before({"state": state}, hashes) == expected
+
+
+def test_the_sandbox_answers_404_for_a_deleted_consent_and_edits_uncounted() -> None:
+    import httpx
+
+    with running_sandbox(SandboxConfig()) as sandbox:
+        headers = {"x-api-key": KEY}
+        with httpx.Client(base_url=sandbox.base_url, headers=headers) as http:
+            body = {"patientId": "pt_1", "scope": "treatment", "category": "treatment-consent"}
+            consent_id = http.post("/v1/consents", json=body).json()["data"]["id"]
+            requests = sandbox.stats()["requests"]
+            edited = http.patch(f"/__sandbox/consents/{consent_id}", json={"scope": "research"})
+            assert (edited.status_code, edited.json()["scope"]) == (200, "research")
+            assert sandbox.stats()["requests"] == requests  # an admin edit is no API request
+            assert http.delete(f"/v1/consents/{consent_id}").status_code == 200
+            gone = http.get(f"/v1/consents/{consent_id}")
+            assert (gone.status_code, gone.json()["code"]) == (404, "NOT_FOUND")
+            assert http.patch(f"/__sandbox/consents/{consent_id}", json={}).status_code == 404
