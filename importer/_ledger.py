@@ -877,18 +877,20 @@ class _UndoRecords:
         now_columns = ", ".join(f"r.{c}" for c in UNDO_COLUMNS)
         before_columns = ", ".join(f"c.{c}" for c in UNDO_COLUMNS)
         query = (
-            "SELECT c.source_key, c.existed, c.posted, c.undo, "  # noqa: S608 - constant column lists
-            "EXISTS (SELECT 1 FROM run_changes AS l WHERE l.source_key = c.source_key "
-            "AND l.run_id > c.run_id AND l.undo IS NOT 'undone'), "
+            "SELECT c.source_key, c.existed, c.posted, c.undo, l.source_key IS NOT NULL, "  # noqa: S608 - constant column lists
             "r.source_key IS NOT NULL, coalesce(f.name, g.name), "
             f"coalesce(r.source_row, c.source_row), {now_columns}, {before_columns} "
             "FROM run_changes AS c LEFT JOIN rows AS r ON r.source_key = c.source_key "
             "LEFT JOIN files AS f ON f.id = r.file LEFT JOIN files AS g ON g.id = c.file "
+            # Rows of later runs not undone, once each (joined, not a subquery a row: the
+            # key is not first in run_changes' primary key).
+            "LEFT JOIN (SELECT DISTINCT source_key FROM run_changes WHERE run_id > ? "
+            "AND undo IS NOT 'undone') AS l ON l.source_key = c.source_key "
             "WHERE c.run_id = ? ORDER BY 7, 8"
         )
         width = len(UNDO_COLUMNS)
         found = []
-        for r in self._db.execute(query, (run_id,)):
+        for r in self._db.execute(query, (run_id, run_id)):
             stored, existed, posted, undo, later, has_now, file, number = r[:8]
             now = dict(zip(UNDO_COLUMNS, r[8 : 8 + width], strict=True)) if has_now else None
             before = dict(zip(UNDO_COLUMNS, r[8 + width :], strict=True))
