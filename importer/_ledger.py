@@ -226,9 +226,9 @@ CREATE TABLE IF NOT EXISTS run_undo (run_id INTEGER PRIMARY KEY, state TEXT, und
 -- `field_hashes` holds it): what the undo of a PATCH puts back. A hash two values share
 -- holds NULL (unknown), never a guess.
 CREATE TABLE IF NOT EXISTS field_values (
-    field TEXT NOT NULL,
-    hash TEXT NOT NULL,
-    value TEXT,
+    field INTEGER NOT NULL,          -- its index in FIELD_ORDER
+    hash NOT NULL,                   -- its short hash: 6 bytes (BLOB), or the text it is
+    value TEXT,                      -- JSON
     PRIMARY KEY (field, hash)
 ) WITHOUT ROWID;
 """  # noqa: S608 - constant text
@@ -386,6 +386,11 @@ def pack_field_hashes(hashes: dict[str, str]) -> bytes | str:
         return json.dumps(hashes, separators=(",", ":"))
     bits = sum(1 << at for at, _ in order)
     return bits.to_bytes(_BITMAP_BYTES, "little") + raw
+
+
+def _pack_field_hash(digest: str) -> bytes | str:
+    """One field's short hash as `field_values` keys it: its 6 bytes (else the text)."""
+    return _hex_bytes(digest, _FIELD_HASH_BYTES) or digest
 
 
 def unpack_field_hashes(stored: bytes | str | None) -> dict[str, str]:
@@ -714,7 +719,11 @@ class _Transitions:
             "INSERT INTO field_values VALUES (?, ?, ?) ON CONFLICT (field, hash) DO UPDATE "
             "SET value = NULL WHERE field_values.value IS NOT excluded.value",
             [
-                (name, hashes[name], json.dumps(value, separators=(",", ":")))
+                (
+                    _FIELD_INDEX[name],
+                    _pack_field_hash(hashes[name]),
+                    json.dumps(value, separators=(",", ":")),
+                )
                 for name, value in values.items()
                 if name in hashes
             ],
@@ -913,7 +922,8 @@ class _UndoRecords:
     def field_value(self, name: str, digest: str) -> str | None:
         """The JSON of the value of field `name` whose short hash is `digest`, if known."""
         hit = self._db.execute(
-            "SELECT value FROM field_values WHERE field = ? AND hash = ?", (name, digest)
+            "SELECT value FROM field_values WHERE field = ? AND hash = ?",
+            (_FIELD_INDEX[name], _pack_field_hash(digest)),
         ).fetchone()
         return None if hit is None or hit[0] is None else str(hit[0])
 

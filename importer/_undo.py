@@ -212,7 +212,10 @@ def _plan(change: _Change, values: Callable[[str, str], str | None]) -> None:
     before_hashes = unpack_field_hashes(before.get("field_hashes")) if existed else {}
     consent_id = unpack_id(now["consent_id"])
     row.consent_id = consent_id
-    if state in ("in_flight", "settling"):
+    # A POST that may have landed (in flight, settling, or failed as outcome_unknown with
+    # its op kept for a lookup): forgetting it would let a rerun post it again.
+    unknown = now["error_code"] == "outcome_unknown" or now["pending_op"] in ("create", "recreate")
+    if state in ("in_flight", "settling") or unknown:
         row.outcome = "in_flight"
         row.detail = "the run left its request unfinished: rerun the same files, then undo"
         return

@@ -431,3 +431,50 @@ def test_the_sandbox_answers_404_for_a_deleted_consent_and_edits_uncounted() -> 
             gone = http.get(f"/v1/consents/{consent_id}")
             assert (gone.status_code, gone.json()["code"]) == (404, "NOT_FOUND")
             assert http.patch(f"/__sandbox/consents/{consent_id}", json={}).status_code == 404
+
+
+def _record(now: dict[str, Any] | None, *, posted: bool = False, existed: bool = False) -> Any:
+    from importer._ledger import UNDO_COLUMNS, RunChange
+
+    blank = dict.fromkeys(UNDO_COLUMNS)
+    current = None if now is None else {**blank, "consent_id": "consent_" + "ab" * 12, **now}
+    return RunChange(b"k", "K1", "in.csv", 2, existed, posted, None, False, current, blank)
+
+
+@pytest.mark.parametrize(
+    ("now", "posted", "outcome", "action"),
+    [
+        ({"state": "done", "action": "created"}, True, "would_undo", "delete"),
+        ({"state": "done", "action": "adopted"}, False, "would_undo", "forget"),
+        # found after the run's own POST was lost: maybe the run's, maybe not
+        ({"state": "done", "action": "adopted"}, True, "uncertain", "forget"),
+        ({"state": "in_flight", "pending_op": "create"}, True, "in_flight", "forget"),
+        ({"state": "settling", "pending_op": "create"}, True, "in_flight", "forget"),
+        # gave up settling: the POST may have landed, a rerun looks it up
+        (
+            {"state": "failed", "pending_op": "create", "error_code": "outcome_unknown"},
+            True,
+            "in_flight",
+            "forget",
+        ),
+        # refused by the server: nothing was stored
+        ({"state": "failed", "error_code": "api_validation"}, True, "would_undo", "forget"),
+        (
+            {"state": "done", "action": "updated", "error_code": "patch_outcome_unknown"},
+            False,
+            "failed",
+            "forget",
+        ),
+        # a PATCH of a row the ledger did not hold before the run (cannot happen by a run)
+        ({"state": "done", "action": "updated"}, False, "no_before", "restore_fields"),
+        (None, False, "would_undo", "forget"),
+    ],
+)
+def test_what_undo_plans_for_a_row_by_how_the_run_left_it(
+    now: dict[str, Any] | None, posted: bool, outcome: str, action: str
+) -> None:
+    from importer._undo import _Change, _plan
+
+    change = _Change.of(_record(now, posted=posted))
+    _plan(change, lambda name, digest: None)
+    assert (change.row.outcome, change.row.action) == (outcome, action)
