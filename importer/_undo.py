@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,7 +35,6 @@ import sniffio
 from importer._breaker import CircuitBreaker
 from importer._client import ClinikClient, check_api_key, check_base_url, make_http_client
 from importer._errors import (
-    AbortError,
     ApiError,
     AuthError,
     BudgetWaitTooLong,
@@ -400,35 +399,51 @@ class _Undoer:
             self.client = ClinikClient(
                 http, base_url=self.base_url, api_key=self.api_key, limiter=limiter, breaker=breaker
             )
-            try:
-                async with anyio.create_task_group() as outer:
-                    if not config.dry_run:
-                        outer.start_soon(self.writer.run_committer)
-                    try:
-                        async with anyio.create_task_group() as workers:
-                            for _ in range(config.concurrency):
-                                workers.start_soon(self._worker, pending)
-                    finally:
-                        self.writer.close()
-            except* AbortError as group:
-                self.result.aborted = str(_first(group))
+            async with anyio.create_task_group() as outer:
+                if not config.dry_run:
+                    outer.start_soon(self.writer.run_committer)
+                try:
+                    async with anyio.create_task_group() as workers:
+                        for _ in range(config.concurrency):
+                            workers.start_soon(self._worker, pending)
+                finally:
+                    self.writer.close()
             self.result.requests = self.client.stats.requests
 
-    async def _worker(self, pending: Any) -> None:
+    async def _worker(self, pending: Iterator[_Change]) -> None:
         for change in pending:
             try:
                 await self._undo(change)
             except _STOPPERS as exc:
+                # Stop well: no new request starts (the others' waits end with
+                # LimiterClosed), requests on the wire finish, their outcomes commit.
                 if self.client.limiter is not None:
                     self.client.limiter.close()
-                if isinstance(exc, AuthError):
-                    message = f"the API key was refused ({exc.status}); undo stopped"
-                    raise AbortError(message) from exc
-                if isinstance(exc, LimiterClosed):
-                    return
-                raise AbortError(str(exc)) from exc
+                if not isinstance(exc, LimiterClosed) and self.result.aborted is None:
+                    self.result.aborted = (
+                        f"the API key was refused ({exc.status} {exc.code or 'no code'})"
+                        if isinstance(exc, AuthError)
+                        else str(exc)
+                    )
+                return
 
     async def _undo(self, change: _Change) -> None:
+        row = change.row
+        try:
+            await self._put_back_all(change)
+        except _Changed:
+            row.outcome = "changed_since"
+            row.detail = "changed on the server while undo ran: left as it is"
+        except _STOPPERS:
+            raise
+        except ConsentImportError as exc:
+            row.outcome = "failed"
+            row.detail = _failure(exc)
+            log.info("undo failed: file=%s row=%d %s", row.file, row.row, row.detail)
+
+    async def _put_back_all(self, change: _Change) -> None:
+        """Read every consent of the row back; if each is as the run left it (or, after
+        an earlier undo's intent, put back), commit the intent and put them back."""
         row = change.row
         seen: list[dict[str, Any] | None] = []
         for target in change.targets:
@@ -445,20 +460,8 @@ class _Undoer:
         run_id, key = self.config.run_id, change.record.stored_key
         if change.record.undo is None and change.targets:
             await self.writer.write(lambda ledger: ledger.undo_mark(run_id, key, "undoing"))
-        try:
-            for target, consent in zip(change.targets, seen, strict=True):
-                await self._put_back(target, consent)
-        except _Changed:
-            row.outcome = "changed_since"
-            row.detail = "changed on the server while undo ran: left as it is"
-            return
-        except _STOPPERS:
-            raise
-        except ConsentImportError as exc:
-            row.outcome = "failed"
-            row.detail = _failure(exc)
-            log.info("undo failed: file=%s row=%d %s", row.file, row.row, row.detail)
-            return
+        for target, consent in zip(change.targets, seen, strict=True):
+            await self._put_back(target, consent)
         await self.writer.write_soon(lambda ledger: ledger.undo_restore(run_id, key))
         row.outcome = "undone"
 
@@ -502,13 +505,6 @@ class _Undoer:
 
     def _retrying(self) -> Any:
         return retrying(attempts=self.config.max_attempts)
-
-
-def _first(error: BaseException) -> BaseException:
-    """The first error a (nested) exception group holds."""
-    while isinstance(error, BaseExceptionGroup):
-        error = error.exceptions[0]
-    return error
 
 
 def _state(target: _Target, consent: dict[str, Any] | None) -> str:

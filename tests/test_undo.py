@@ -480,3 +480,19 @@ def test_what_undo_plans_for_a_row_by_how_the_run_left_it(
     change = _Change.of(_record(now, posted=posted))
     _plan(change, lambda name, digest: None)
     assert (change.row.outcome, change.row.action) == (outcome, action)
+
+
+def test_a_server_failing_every_read_leaves_every_row_and_touches_nothing(tmp_path: Path) -> None:
+    with running_sandbox(SandboxConfig()) as sandbox:
+        source, ledger, rows = first_run(tmp_path, sandbox, 10)
+        rows[0]["status"] = "inactive"
+        write_csv(source, rows)
+        run(source, sandbox.base_url, ledger)
+        stored, kept = by_id(sandbox), ledger_ids(ledger)
+        sandbox.configure(fault_unavailable=1.0)
+        result = do_undo(sandbox, ledger, 2, max_attempts=2)
+        sandbox.configure(fault_unavailable=0.0)
+        assert (result.exit_code, result.counts()) == (1, {"failed": 1})
+        assert result.rows[0].detail == "the API answered 503 INTERNAL_ERROR"
+        assert (by_id(sandbox), ledger_ids(ledger)) == (stored, kept)
+        assert do_undo(sandbox, ledger, 2).counts() == {"undone": 1}  # the next one does it
