@@ -496,3 +496,31 @@ def test_a_server_failing_every_read_leaves_every_row_and_touches_nothing(tmp_pa
         assert result.rows[0].detail == "the API answered 503 INTERNAL_ERROR"
         assert (by_id(sandbox), ledger_ids(ledger)) == (stored, kept)
         assert do_undo(sandbox, ledger, 2).counts() == {"undone": 1}  # the next one does it
+
+
+def test_a_run_keeps_each_row_as_before_its_first_request_once(tmp_path: Path) -> None:
+    from importer._ledger import Op, Source
+
+    ledger = Ledger(tmp_path / "l.db")
+    src = Source("K1", "in.csv", 2)
+
+    def step(fn: Any) -> None:
+        with ledger.transaction():
+            fn()
+
+    first, second = ledger.begin_run(["in.csv"]), ledger.begin_run(["in.csv"])
+    sent = {"body": "{}", "body_hash": "0" * 64, "patient_id": "pt_1"}
+    step(lambda: ledger.intent(first, src, Op.CREATE, **sent))
+    step(lambda: ledger.intent(first, src, Op.CREATE, **sent))  # a retry: kept once
+    done = {"payload_hash": "1" * 64, "field_hashes": {}, "patient_id": "pt_1"}
+    step(lambda: ledger.done(first, src, Op.CREATE, action="created", request_id=None, **done))
+    step(lambda: ledger.revoking(second, "K1"))
+    [created] = ledger.run_changes(first)
+    [revoking] = ledger.run_changes(second)
+    assert (created.existed, created.posted, created.later) == (False, True, True)
+    assert (revoking.existed, revoking.posted, revoking.before["state"]) == (True, False, "done")
+    assert revoking.now is not None
+    assert revoking.now["state"] == "in_flight"
+    assert ledger.undo_recorded(first)
+    assert ledger.undo_recorded(3) is None
+    ledger.close()
