@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     )
     from importer._runner import RunConfig, RunResult
     from importer._runner import run_import as run
+    from importer._undo import UndoConfig, UndoResult, undo
     from importer._validate import validate_files as validate
     from importer._verify import VerifyConfig, verify
     from importer.sandbox import SandboxConfig, running_sandbox
@@ -47,6 +48,9 @@ _HOMES: dict[str, str | tuple[str, str]] = {
     "run": ("importer._runner", "run_import"),
     "export": ("importer._export", "export_csvs"),
     "verify": "importer._verify",
+    "undo": "importer._undo",
+    "UndoConfig": "importer._undo",
+    "UndoResult": "importer._undo",
     "status": "importer._export",
     "load_mapping": "importer._mapping",
     "Mapping": "importer._mapping",
@@ -74,6 +78,8 @@ __all__ = [
     "RunResult",
     "RunStats",
     "SandboxConfig",
+    "UndoConfig",
+    "UndoResult",
     "ValidationSummary",
     "VerifyConfig",
     "VerifyResult",
@@ -84,6 +90,7 @@ __all__ = [
     "run",
     "running_sandbox",
     "status",
+    "undo",
     "validate",
     "verify",
 ]

@@ -596,8 +596,10 @@ def status(ledger: Path, runs: int, as_json: bool) -> int:
             for k in ("rows", "created", "updated", "unchanged", "invalid", "failed")
             if k in summary
         )
+        undone = f" ({run_info['undo']})" if run_info.get("undo") else ""
         click.echo(
             f"  run {run_info['id']:>4} {run_info['started_at']} {run_info['status']:<8} {counts}"
+            f"{undone}"
         )
     for title, counts in (
         ("Source systems", info["systems"]),
@@ -685,6 +687,81 @@ def verify(
     write_reports(paths, result)
     if not quiet:
         for line in summary_lines(result, ledger):
+            click.echo(line)
+    return result.exit_code
+
+
+@cli.command()
+@_earlier_ledger
+@click.option(
+    "--run",
+    "run_id",
+    required=True,
+    type=click.IntRange(min=1),
+    metavar="N",
+    help="The run to take back (its id as `status` lists it).",
+)
+@click.option(
+    "--dry-run", is_flag=True, help="Read only: list what undo would do, by file and row."
+)
+@click.option(
+    "--report",
+    type=click.Path(path_type=Path, dir_okay=False),
+    metavar="PATH.json",
+    help="Write every row with what undo did (source keys, consent ids: kept owner-only).",
+)
+@_base_url
+@_api_key
+@_concurrency
+@_timeout
+@_max_attempts
+@_max_wait
+@click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors.")
+def undo(
+    ledger: Path,
+    run_id: int,
+    dry_run: bool,
+    report: Path | None,
+    base_url: str,
+    api_key: str | None,
+    concurrency: int,
+    timeout_s: float,
+    max_attempts: int,
+    max_wait_s: float | None,
+    quiet: bool,
+) -> int:
+    """Take a run back: delete the consents it created, put back what it patched or
+    revoked, and the ledger's rows as they were before it.
+
+    A consent changed on the server since the run, or a row a later run touched, is left
+    as it is and listed. Exit 0 all undone, 1 some rows left, 2 usage or configuration
+    error (no such run, a run made before undo existed), 3 stopped early (run it again
+    to finish).
+
+    \b
+    Example:
+      consent-import undo --ledger legacy.db --run 7 --dry-run
+    """
+    from importer._undo import UndoConfig, check_report_path, row_lines, summary_lines, write_report
+    from importer._undo import undo as do_undo
+
+    check_report_path(report)
+    config = UndoConfig(
+        ledger=ledger,
+        run_id=run_id,
+        base_url=base_url,
+        api_key=api_key,
+        dry_run=dry_run,
+        concurrency=concurrency,
+        timeout_s=timeout_s,
+        max_attempts=max_attempts,
+        max_wait_s=max_wait_s,
+    )
+    result = do_undo(config, on_wait=None if quiet else _echo_wait)
+    if report is not None:
+        write_report(report, result)
+    if not quiet:
+        for line in [*row_lines(result), *summary_lines(result)]:
             click.echo(line)
     return result.exit_code
 

@@ -456,6 +456,10 @@ class ClinikClient:
         """
         return await self._request("PATCH", _consent_path(consent_id), json_body=body)
 
+    async def delete_consent(self, consent_id: str) -> ApiResponse:
+        """DELETE /v1/consents/{id} (`undo` of a consent a run created)."""
+        return await self._request("DELETE", _consent_path(consent_id))
+
     async def search_consents(
         self,
         *,

@@ -735,8 +735,11 @@ class Recorder:
         settles by a lookup."""
         row, run_id, src, op = work.row, self.run_id, work.src, work.op
         hashes, patient_id, digest = row.field_hashes(), work.patient_id, row.cells_digest
-        await self.writer.write_soon(
-            lambda ledger: ledger.done(
+        # The patchable values the server now holds: what an undo of a later PATCH puts back.
+        patchable = {name: work.body[name] for name in PATCHABLE if name in work.body}
+
+        def record(ledger: Ledger) -> None:
+            ledger.done(
                 run_id,
                 src,
                 op,
@@ -748,7 +751,9 @@ class Recorder:
                 request_id=request_id or None,
                 consent_id=consent_id,
             )
-        )
+            ledger.keep_field_values(patchable, hashes)
+
+        await self.writer.write_soon(record)
 
     async def unsent(self, work: Work) -> None:
         """The row's request was never sent after its intent: put its state back."""

@@ -117,6 +117,7 @@ def status(ledger_path: Path, *, runs: int = 10) -> dict[str, Any]:
         errors = Counter(ledger.error_counts())
         counts = ledger.counts()
         systems, files = ledger.sources()
+        undone = ledger.undo_states()
         return {
             "ledger": str(ledger_path),
             "rows_by_state": counts,
@@ -124,10 +125,15 @@ def status(ledger_path: Path, *, runs: int = 10) -> dict[str, Any]:
             "top_errors": dict(errors.most_common(10)),
             "systems": systems,
             "source_files": files,
-            "runs": [_with_live_status(run) for run in ledger.runs(runs)],
+            "runs": [_with_undo(_with_live_status(run), undone) for run in ledger.runs(runs)],
         }
     finally:
         ledger.close()
+
+
+def _with_undo(run: dict[str, Any], undone: dict[int, str]) -> dict[str, Any]:
+    """The run with `undo`: its undo state, or None if it was never taken back."""
+    return {**run, "undo": undone.get(run["id"])}
 
 
 def _with_live_status(run: dict[str, Any]) -> dict[str, Any]:

@@ -129,6 +129,14 @@ CREATE TABLE IF NOT EXISTS rows (
     updated_at INTEGER NOT NULL      -- Unix time in milliseconds
 ) WITHOUT ROWID
 """
+#: The columns of `rows` (but its key) that `run_changes` keeps of a row before a run.
+UNDO_COLUMNS = (
+    "file", "source_row", "state", "action", "consent_id", "previous_consent_id",
+    "patient_id", "payload_hash", "field_hashes", "cells_hash", "pending_op", "error_stage",
+    "error_code", "error_message", "http_status", "request_id", "cells", "settle_after",
+    "attempts", "first_run", "last_run", "updated_at",
+)  # fmt: skip
+_UNDO_COLUMNS_DDL = ", ".join(UNDO_COLUMNS)
 #: A row's source system, as `tally` counts it: the part of a text key before the
 #: separator (importer._keys.SYSTEM_SEPARATOR), '' for none. A packed key has none.
 _SYSTEM_OF = (
@@ -204,6 +212,32 @@ CREATE TABLE IF NOT EXISTS run_mappings (
     mapping TEXT NOT NULL,
     crosswalk TEXT NOT NULL
 );
+-- Undo (issue 21). Each row a run changed on the server, as the ledger held it before
+-- that run's first request for it (existed = 0: it held no record), and how far an
+-- `undo` of that run took it (undo: NULL, deleting, restoring, undone).
+CREATE TABLE IF NOT EXISTS run_changes (
+    run_id INTEGER NOT NULL,
+    source_key NOT NULL,             -- as rows.source_key
+    existed INTEGER NOT NULL,
+    posted INTEGER,                  -- 1: that first request was a POST (create, recreate)
+    {_UNDO_COLUMNS_DDL},
+    body TEXT,                       -- the bodies row it had (PHI), if any
+    body_hash TEXT,
+    undo TEXT,
+    PRIMARY KEY (run_id, source_key)
+) WITHOUT ROWID;
+-- Runs that recorded their changes for undo, and how far an undo took them
+-- (state: NULL, partly undone, undone).
+CREATE TABLE IF NOT EXISTS run_undo (run_id INTEGER PRIMARY KEY, state TEXT, undone_at TEXT);
+-- The values of the patchable fields the server was sent, by their short hash (as
+-- `field_hashes` holds it): what the undo of a PATCH puts back. A hash two values share
+-- holds NULL (unknown), never a guess.
+CREATE TABLE IF NOT EXISTS field_values (
+    field INTEGER NOT NULL,          -- its index in FIELD_ORDER
+    hash NOT NULL,                   -- its short hash: 6 bytes (BLOB), or the text it is
+    value TEXT,                      -- JSON
+    PRIMARY KEY (field, hash)
+) WITHOUT ROWID;
 """  # noqa: S608 - constant text
 #: The condition of `rows_state`, written as the queries that use the index must say it.
 _NOT_DONE = "state != 'done'"
@@ -382,6 +416,11 @@ def pack_field_hashes(hashes: dict[str, str]) -> bytes | str:
     return bits.to_bytes(_BITMAP_BYTES, "little") + raw
 
 
+def _pack_field_hash(digest: str) -> bytes | str:
+    """One field's short hash as `field_values` keys it: its 6 bytes (else the text)."""
+    return _hex_bytes(digest, _FIELD_HASH_BYTES) or digest
+
+
 def unpack_field_hashes(stored: bytes | str | None) -> dict[str, str]:
     if not stored:
         return {}
@@ -467,6 +506,7 @@ class _Transitions:
         previous_consent_id: str | None = None,
     ) -> None:
         """any -> in_flight: the request for `op` is about to be sent with `body`."""
+        self._keep_before(run_id, src.key, posted=op in (Op.CREATE, Op.RECREATE))
         values: dict[str, Any] = {
             "state": RowState.IN_FLIGHT,
             "pending_op": op,
@@ -593,6 +633,7 @@ class _Transitions:
         """done -> in_flight (revoke): the PATCH to inactive is about to be sent. A crash
         after it leaves the row to the next run's revocation, or to a PATCH that makes
         the consent active again if the row is back in the source."""
+        self._keep_before(run_id, key, posted=False)
         self._db.execute(
             "UPDATE rows SET state = 'in_flight', pending_op = 'revoke', updated_at = ?, "
             "attempts = attempts + 1 WHERE source_key = ?",
@@ -678,6 +719,42 @@ class _Transitions:
             "error_stage = NULL, error_code = NULL, error_message = NULL, cells = NULL "
             "WHERE source_key = ?",
             [(run_id, digest, pack_key(key)) for key, digest in rows],
+        )
+
+    def _keep_before(self, run_id: int, key: str, *, posted: bool) -> None:
+        """Before a run's first request for a row: keep the row as the ledger holds it,
+        so `undo` can give it back (later requests of the same run keep nothing)."""
+        stored = pack_key(key)
+        columns = ", ".join(UNDO_COLUMNS)
+        kept = self._db.execute(
+            f"INSERT OR IGNORE INTO run_changes (run_id, source_key, existed, posted, "  # noqa: S608
+            f"{columns}, body, body_hash) SELECT ?, source_key, 1, ?, {columns}, "
+            "(SELECT body FROM bodies AS b WHERE b.source_key = rows.source_key), "
+            "(SELECT hash FROM bodies AS b WHERE b.source_key = rows.source_key) "
+            "FROM rows WHERE source_key = ?",
+            (run_id, posted, stored),
+        )
+        if not kept.rowcount:
+            self._db.execute(
+                "INSERT OR IGNORE INTO run_changes (run_id, source_key, existed, posted) "
+                "VALUES (?, ?, 0, ?)",
+                (run_id, stored, posted),
+            )
+
+    def keep_field_values(self, values: dict[str, Any], hashes: dict[str, str]) -> None:
+        """Remember the patchable fields' values the server was sent, by their hash."""
+        self._db.executemany(
+            "INSERT INTO field_values VALUES (?, ?, ?) ON CONFLICT (field, hash) DO UPDATE "
+            "SET value = NULL WHERE field_values.value IS NOT excluded.value",
+            [
+                (
+                    _FIELD_INDEX[name],
+                    _pack_field_hash(hashes[name]),
+                    json.dumps(value, separators=(",", ":")),
+                )
+                for name, value in values.items()
+                if name in hashes
+            ],
         )
 
     def _upsert(self, run_id: int, src: Source, values: dict[str, Any]) -> None:
@@ -793,7 +870,138 @@ class _VerifyReads:
         ]
 
 
-class Ledger(_Transitions, _VerifyReads):
+@dataclass(frozen=True, slots=True)
+class RunChange:
+    """A row a run sent a request for: its record now and before that run (`UNDO_COLUMNS`,
+    as stored), and how far an undo of the run took it."""
+
+    stored_key: Any  # as rows.source_key holds it
+    source_key: str
+    source_file: str
+    source_row: int
+    existed: bool  # the ledger held a record of it before the run
+    posted: bool  # the run's first request for it was a POST
+    undo: str | None  # None, undoing (intent committed), undone
+    later: bool  # a later run, not undone, sent a request for it too
+    now: dict[str, Any] | None
+    before: dict[str, Any]
+
+
+class _UndoRecords:
+    """What `undo` reads and writes: `run_changes`, `run_undo`, `field_values`. A ledger
+    from before undo existed lacks the tables: read as empty."""
+
+    _db: sqlite3.Connection
+
+    def _has_undo_tables(self) -> bool:
+        found = self._db.execute(
+            "SELECT count(*) FROM sqlite_master WHERE type = 'table' "
+            "AND name IN ('run_changes', 'run_undo', 'field_values')"
+        ).fetchone()
+        return bool(found[0] == 3)
+
+    def undo_recorded(self, run_id: int) -> bool | None:
+        """Whether run `run_id` recorded its changes for undo; None: no such run."""
+        if self._db.execute("SELECT 1 FROM runs WHERE id = ?", (run_id,)).fetchone() is None:
+            return None
+        return self._has_undo_tables() and (
+            self._db.execute("SELECT 1 FROM run_undo WHERE run_id = ?", (run_id,)).fetchone()
+            is not None
+        )
+
+    def run_changes(self, run_id: int) -> list[RunChange]:
+        """Every row run `run_id` sent a request for, by file and row."""
+        now_columns = ", ".join(f"r.{c}" for c in UNDO_COLUMNS)
+        before_columns = ", ".join(f"c.{c}" for c in UNDO_COLUMNS)
+        query = (
+            "SELECT c.source_key, c.existed, c.posted, c.undo, l.source_key IS NOT NULL, "  # noqa: S608 - constant column lists
+            "r.source_key IS NOT NULL, coalesce(f.name, g.name), "
+            f"coalesce(r.source_row, c.source_row), {now_columns}, {before_columns} "
+            "FROM run_changes AS c LEFT JOIN rows AS r ON r.source_key = c.source_key "
+            "LEFT JOIN files AS f ON f.id = r.file LEFT JOIN files AS g ON g.id = c.file "
+            # Rows of later runs not undone, once each (joined, not a subquery a row: the
+            # key is not first in run_changes' primary key).
+            "LEFT JOIN (SELECT DISTINCT source_key FROM run_changes WHERE run_id > ? "
+            "AND undo IS NOT 'undone') AS l ON l.source_key = c.source_key "
+            "WHERE c.run_id = ? ORDER BY 7, 8"
+        )
+        width = len(UNDO_COLUMNS)
+        found = []
+        for r in self._db.execute(query, (run_id, run_id)):
+            stored, existed, posted, undo, later, has_now, file, number = r[:8]
+            now = dict(zip(UNDO_COLUMNS, r[8 : 8 + width], strict=True)) if has_now else None
+            before = dict(zip(UNDO_COLUMNS, r[8 + width :], strict=True))
+            found.append(
+                RunChange(
+                    stored,
+                    unpack_key(stored),
+                    file or "",
+                    number or 0,
+                    bool(existed),
+                    bool(posted),
+                    undo,
+                    bool(later),
+                    now,
+                    before,
+                )
+            )
+        return found
+
+    def field_value(self, name: str, digest: str) -> str | None:
+        """The JSON of the value of field `name` whose short hash is `digest`, if known."""
+        hit = self._db.execute(
+            "SELECT value FROM field_values WHERE field = ? AND hash = ?",
+            (_FIELD_INDEX[name], _pack_field_hash(digest)),
+        ).fetchone()
+        return None if hit is None or hit[0] is None else str(hit[0])
+
+    def undo_mark(self, run_id: int, stored_key: Any, undo: str) -> None:
+        """Note how far the undo of run `run_id` took the row (intent: `undoing`)."""
+        self._db.execute(
+            "UPDATE run_changes SET undo = ? WHERE run_id = ? AND source_key = ?",
+            (undo, run_id, stored_key),
+        )
+
+    def undo_restore(self, run_id: int, stored_key: Any) -> None:
+        """The row's record as before run `run_id` (none if it had none); marked undone."""
+        db = self._db
+        db.execute("DELETE FROM rows WHERE source_key = ?", (stored_key,))
+        db.execute("DELETE FROM bodies WHERE source_key = ?", (stored_key,))
+        columns = ", ".join(UNDO_COLUMNS)
+        db.execute(
+            f"INSERT INTO rows (source_key, {columns}) SELECT source_key, {columns} "  # noqa: S608
+            "FROM run_changes WHERE run_id = ? AND source_key = ? AND existed",
+            (run_id, stored_key),
+        )
+        db.execute(
+            "INSERT INTO bodies SELECT source_key, body, body_hash FROM run_changes "
+            "WHERE run_id = ? AND source_key = ? AND existed AND body IS NOT NULL",
+            (run_id, stored_key),
+        )
+        self.undo_mark(run_id, stored_key, "undone")
+
+    def undo_finish(self, run_id: int) -> str | None:
+        """Note the run's undo state for `status`: undone, partly undone, or None."""
+        total, undone = self._db.execute(
+            "SELECT count(*), count(*) FILTER (WHERE undo = 'undone') FROM run_changes "
+            "WHERE run_id = ?",
+            (run_id,),
+        ).fetchone()
+        state = "undone" if undone == total else ("partly undone" if undone else None)
+        self._db.execute(
+            "UPDATE run_undo SET state = ?, undone_at = ? WHERE run_id = ?",
+            (state, now_iso(), run_id),
+        )
+        return state
+
+    def undo_states(self) -> dict[int, str]:
+        """Runs `undo` took back, wholly ("undone") or partly ("partly undone")."""
+        if not self._has_undo_tables():
+            return {}
+        return dict(self._db.execute("SELECT run_id, state FROM run_undo WHERE state NOT NULL"))
+
+
+class Ledger(_Transitions, _VerifyReads, _UndoRecords):
     """Synchronous access to the ledger file; one connection, used by one thread at a time.
 
     Rows change only through the named transitions of `_Transitions` (`intent`, `done`,
@@ -897,6 +1105,8 @@ class Ledger(_Transitions, _VerifyReads):
                 "INSERT INTO runs (started_at, status, pid, inputs) VALUES (?, 'running', ?, ?)",
                 (now_iso(), os.getpid(), json.dumps(list(inputs))),
             )
+            # This run records what it changes, so `undo` can take it back.
+            self._db.execute("INSERT INTO run_undo (run_id) VALUES (?)", (cursor.lastrowid,))
         assert cursor.lastrowid is not None
         return cursor.lastrowid
 

@@ -31,4 +31,5 @@ def test_the_readme_python_snippet_runs() -> None:
         "valid 15 invalid 6",  # sample_data/README.md lists the six invalid rows
         "created 15 exit 1",  # exit 1: some rows are invalid
         "rerun {'unchanged': 15, 'invalid': 6}",
+        "undo {'undone': 15} consents left 0",  # the run taken back
     ]

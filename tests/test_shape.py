@@ -160,7 +160,9 @@ def test_no_class_over_350_lines_and_no_function_over_80() -> None:
 
 
 def test_the_public_api_is_stated_and_every_name_loads() -> None:
-    assert {"validate", "plan", "run", "export", "verify", "status"} <= set(importer.__all__)
+    assert {"validate", "plan", "run", "export", "verify", "status", "undo"} <= set(
+        importer.__all__
+    )
     for name in importer.__all__:
         assert getattr(importer, name) is not None, name
     with pytest.raises(AttributeError):

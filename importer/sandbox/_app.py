@@ -405,6 +405,7 @@ class _SandboxRoutes:
             Route("/health", self.health, methods=["GET"]),
             Route("/__sandbox/stats", self.stats, methods=["GET"]),
             Route("/__sandbox/consents", self.consents, methods=["GET"]),
+            Route("/__sandbox/consents/{consent_id}", self.edit, methods=["PATCH"]),
             Route("/__sandbox/requests", self.requests, methods=["GET"]),
             Route("/__sandbox/reset", self.reset, methods=["POST"]),
             Route("/__sandbox/config", self.config, methods=["GET", "POST"]),
@@ -418,6 +419,20 @@ class _SandboxRoutes:
 
     async def consents(self, request: Request) -> Response:
         return _json(200, self.state.store.all())
+
+    async def edit(self, request: Request) -> Response:
+        """Change a consent behind the API's back (someone else's edit, for tests of what
+        happens to a consent after a run): any fields, a null removes one; not counted."""
+        try:
+            changes = json.loads(await request.body())
+        except ValueError:
+            return _plain_error(request, 400, ["body: malformed JSON"])
+        if not isinstance(changes, dict) or "id" in changes:
+            return _plain_error(request, 422, ["body: a JSON object of fields other than id"])
+        consent = self.state.store.patch(request.path_params["consent_id"], changes)
+        if consent is None:
+            return _plain_error(request, 404, ["id: no such consent"])
+        return _json(200, consent)
 
     async def requests(self, request: Request) -> Response:
         return _json(200, list(self.state.log))

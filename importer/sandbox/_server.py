@@ -186,6 +186,11 @@ class RunningSandbox:
         """Every stored consent in creation order (a copy)."""
         return self._on_loop(lambda: copy.deepcopy(self._state.store.all()))
 
+    def edit_consent(self, consent_id: str, changes: dict[str, Any]) -> dict[str, Any] | None:
+        """Change a stored consent behind the API's back, as `PATCH
+        /__sandbox/consents/{id}` does (a None value removes a field); None if no such id."""
+        return self._on_loop(lambda: copy.deepcopy(self._state.store.patch(consent_id, changes)))
+
     def requests(self) -> list[dict[str, Any]]:
         """The request log of `GET /__sandbox/requests`: t, method, path, status.
 
