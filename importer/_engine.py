@@ -58,7 +58,7 @@ from importer._plan import PATCHABLE, Verdict, immutable_changes, plan_row
 from importer._results import RunStats, ValidationSummary
 from importer._retry import retrying
 from importer._revocation import RevokeScope
-from importer._revocation import plan as plan_revocations
+from importer._revocation import weigh as weigh_revocations
 from importer._rowlog import log_invalid_row, row_fields
 from importer._settle import SettleQueue
 
@@ -334,9 +334,11 @@ class Engine:
         """Rows done in earlier runs that this run's input no longer holds: counted, and
         revoked with --revoke-missing."""
         run_id, scope, stats = self.run_id, self.revoke_scope, self.stats
+        sizes = scope.read_sizes({f: c.rows for f, c in self.validation.by_file.items()})
+        after = self.options.revoke_after
         plan = await self.record.read(
-            lambda ledger: plan_revocations(
-                ledger.missing_rows(run_id, in_input=in_input), ledger, scope
+            lambda ledger: weigh_revocations(
+                ledger, run_id, scope, after=after, sizes=sizes, in_input=in_input
             )
         )
         stats.missing_from_source = plan.in_scope
@@ -352,6 +354,22 @@ class Engine:
                 "%s", plan.refusal or plan.note, extra={"fields": plan.log_fields()}
             )
             return
+        if plan.pending:
+            stats.revoke_pending = plan.pending_total
+            stats.revoke_pending_note = plan.pending_note()
+            log.warning(
+                "%s (--revoke-after %d)",
+                stats.revoke_pending_note,
+                plan.after,
+                extra={
+                    "fields": {
+                        "event": "revoke_pending",
+                        "pending": plan.pending_total,
+                        "due": plan.due,
+                        "revoke_after": plan.after,
+                    }
+                },
+            )
         for key, file, number, consent_id in plan.rows:
             yield Work(Op.REVOKE, Row(file, number, key), None, consent_id=consent_id)
 
