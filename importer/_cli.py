@@ -383,9 +383,11 @@ def _print_revocations(plan: RevokePlan) -> None:
     """A dry run's revocations: how many, and where their rows were (file and row only:
     keys may hold patient ids)."""
     click.echo(
-        f"  would revoke {plan.in_scope:,} (rows missing from the source); "
+        f"  would revoke {plan.due:,} (rows missing from the source); "
         f"{plan.out_of_scope:,} ledger rows of other files or systems out of scope"
     )
+    if plan.pending:
+        click.echo(f"  pending: {plan.pending_note()}")
     shown = plan.rows[:50]
     for _, file, number, _ in shown:
         click.echo(f"    {file} row {number}")
