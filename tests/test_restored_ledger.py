@@ -91,7 +91,8 @@ def test_a_restored_ledger_creates_nothing_then_adopts_with_skip_existing(
     message = str(info.value)
     assert "is an older copy of the live one" in message
     assert "restored from a backup" in message
-    assert "--skip-existing" in message and "--no-preflight" in message
+    assert "--skip-existing" in message
+    assert "--no-preflight" in message
     # Refused again the next night: a refused run does not make the copy the live one.
     with pytest.raises(ConfigError, match="older copy"):
         run(source, server.base_url, ledger, preflight=True)
@@ -99,7 +100,8 @@ def test_a_restored_ledger_creates_nothing_then_adopts_with_skip_existing(
     assert adopted.exit_code == 0
     assert (adopted.stats.created, adopted.stats.adopted) == (300, 300)
     assert _method(server, "POST") == posts  # adopted, not posted: 0 duplicates
-    assert len(server.consents()) == 600 and _each_consent_once(server)
+    assert len(server.consents()) == 600
+    assert _each_consent_once(server)
     # The adopting run made this ledger the live one: the next night is a plain rerun.
     again = run(source, server.base_url, ledger, preflight=True)
     assert (again.exit_code, again.stats.unchanged, again.stats.created) == (0, 600, 0)
@@ -121,9 +123,12 @@ def test_a_ledger_restored_with_the_file_beside_it_is_caught_by_the_sample(
     # The sample is of the rows the run would create (rows 301-600), all on the server.
     assert f"{lookups} of the first {lookups} valid rows already exist" in message
     assert "a ledger restored from a backup" in message
-    assert "another import" in message and "another tool" in message
-    assert "--skip-existing" in message and "--no-preflight" in message
-    assert len(server.consents()) == 600 and _each_consent_once(server)
+    assert "another import" in message
+    assert "another tool" in message
+    assert "--skip-existing" in message
+    assert "--no-preflight" in message
+    assert len(server.consents()) == 600
+    assert _each_consent_once(server)
 
 
 def test_a_first_run_over_a_ledger_of_another_file_stops_before_creating(
