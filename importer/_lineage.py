@@ -72,7 +72,7 @@ def check(ledger: Ledger) -> Lineage:
             "the other one created"
         )
         return Lineage(ledger_id, generation, 0, stale)
-    marked = int(marker.get("generation", 0))
+    marked = int(marker["generation"])
     if marked > generation:
         stale = (
             f"ledger {ledger.path} is an older copy of the live one (generation {generation}; "
@@ -120,7 +120,8 @@ def _read(side: Path) -> dict[str, Any] | None:
         found = json.loads(text)
     except ValueError:
         found = None
-    if not isinstance(found, dict):
+    generation = found.get("generation") if isinstance(found, dict) else None
+    if not isinstance(found, dict) or not isinstance(generation, int):
         log.warning("%s is not a ledger's lineage file: taken as absent", side)
         return None
     return found

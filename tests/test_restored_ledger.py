@@ -251,6 +251,7 @@ def _lineage_of(tmp_path: Path, beside: object) -> str:
         ("same, newer", "is an older copy of the live one"),
         ({"ledger_id": "0" * 32, "generation": 1}, "is not the ledger that last ran here"),
         ("not json", ""),  # unreadable: taken as absent (with a warning)
+        ({"ledger_id": "x", "generation": "many"}, ""),
     ],
 )
 def test_the_lineage_tells_a_restored_copy_from_the_live_ledger(
