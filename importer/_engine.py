@@ -199,6 +199,9 @@ class Engine:
                     complete = await self._pump(self._planned(batches))
                 if complete and not self._stop:
                     await self._pump(self._missing_rows(in_input))
+                else:  # rows read before the stop are in the source all the same
+                    run_id = self.run_id
+                    await self.record.read(lambda ledger: ledger.reset_misses(run_id, in_input))
             finally:
                 self.record.writer.close()
         self.observer.finished()

@@ -214,3 +214,24 @@ def test_the_shrink_is_against_the_last_full_read(
     sizes: dict[str, int], reads: dict[str, tuple[int, int]], shrink: Shrink | None
 ) -> None:
     assert Shrink.of(sizes, reads) == shrink
+
+
+def test_a_row_read_by_a_run_that_stops_starts_over_too(
+    tmp_path: Path, server: RunningSandbox
+) -> None:
+    rows = list(consent_rows(30))
+    source, ledger = tmp_path / "a.csv", tmp_path / "l.db"
+    write_csv(source, rows)
+    run(source, server.base_url, ledger)
+    write_csv(source, rows[:28])
+    assert run(source, server.base_url, ledger, revoke_missing=True).stats.revoke_pending == 2
+    # The whole file again, every row edited, and a budget that pauses the run early:
+    # it never reaches the revocations, but it read the 2 rows, which are in the source.
+    write_csv(source, [{**row, "status": "inactive"} for row in rows])
+    server.configure(rate_limit=5, rate_window_s=60.0)
+    stopped = run(source, server.base_url, ledger, revoke_missing=True, max_wait_s=0.5)
+    assert stopped.stats.paused
+    server.configure(rate_limit=None)
+    write_csv(source, rows[:28])
+    again = run(source, server.base_url, ledger, revoke_missing=True)
+    assert (again.stats.revoked, again.stats.revoke_pending) == (0, 2)  # counted from 1
