@@ -236,7 +236,7 @@ def validate(
     is_flag=True,
     help="Look each new row up before posting and "
     "adopt an existing match, for a first import into a tenant that already holds "
-    "consents. Costs one search request per row.",
+    "consents, or a ledger restored from a backup. Costs one search request per row.",
 )
 @click.option(
     "--settle",
