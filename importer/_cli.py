@@ -222,11 +222,21 @@ def validate(
     "[default: 10%]",
 )
 @click.option(
+    "--revoke-after",
+    type=click.IntRange(min=1),
+    default=DEFAULTS.revoke_after,
+    show_default=True,
+    metavar="N",
+    help="With --revoke-missing, revoke a row only once N consecutive runs that read its "
+    "scope missed it (a row seen again starts over); until then it is pending. 1: at the "
+    "first miss.",
+)
+@click.option(
     "--skip-existing",
     is_flag=True,
     help="Look each new row up before posting and "
     "adopt an existing match, for a first import into a tenant that already holds "
-    "consents. Costs one search request per row.",
+    "consents, or a ledger restored from a backup. Costs one search request per row.",
 )
 @click.option(
     "--settle",
@@ -250,9 +260,10 @@ def validate(
     "--no-preflight",
     is_flag=True,
     help="Skip the checks before the first row: one request to see that the base URL is "
-    "ClinikAPI and takes the key and, on a ledger that has created nothing, up to 20 "
-    "lookups of the first valid rows (a consent already there means a rerun with a new "
-    "ledger: exit 2).",
+    "ClinikAPI and takes the key and, before the run creates anything, up to 20 "
+    "lookups of the first rows it would create (a consent already there means a ledger "
+    "restored from a backup, another ledger or another tool: exit 2), and the check that "
+    "the ledger is not an older copy of the one that last ran beside it.",
 )
 @click.option(
     "--dry-run",
@@ -375,9 +386,11 @@ def _print_revocations(plan: RevokePlan) -> None:
     """A dry run's revocations: how many, and where their rows were (file and row only:
     keys may hold patient ids)."""
     click.echo(
-        f"  would revoke {plan.in_scope:,} (rows missing from the source); "
+        f"  would revoke {plan.due:,} (rows missing from the source); "
         f"{plan.out_of_scope:,} ledger rows of other files or systems out of scope"
     )
+    if plan.pending:
+        click.echo(f"  pending: {plan.pending_note()}")
     shown = plan.rows[:50]
     for _, file, number, _ in shown:
         click.echo(f"    {file} row {number}")
@@ -489,16 +502,20 @@ def _print_run(stats: RunStats, ledger: Path, total: int) -> None:
         )
     if stats.missing_from_source:
         verb = (
-            "revoked"
+            f"{stats.revoked:,} revoked"
             if stats.revoked
             else f"none revoked: {RevokePlan.named(stats.revoke_reason)}"
             if stats.revoke_note
             else "none revoked"
             if stats.revoke_refused
+            else f"{stats.revoke_pending:,} pending, see below"
+            if stats.revoke_pending
             else "left alone; --revoke-missing patches them inactive"
         )
         missing = plural(stats.missing_from_source, "row")
         out.print(f"     {missing} missing from the source ({verb})")
+    if stats.revoke_pending:
+        out.print(f"     pending revocation: {stats.revoke_pending_note}", soft_wrap=True)
     if stats.revoke_out_of_scope:
         out.print(
             f"     {stats.revoke_out_of_scope:,} ledger rows of other files or source systems "

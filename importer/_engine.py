@@ -49,16 +49,18 @@ from importer._errors import (
     ServerError,
     ServerUnreachable,
 )
+from importer._gate import CreateCheck, SampleGate
 from importer._ledger import AsyncLedger, Ledger, LedgerRow, Op, RowError, RowState, Source
 from importer._lookup import find_consent
 from importer._normalize import Row, Unchanged, sheet_note
 from importer._observer import ProgressCallback, RunObserver
 from importer._options import RunOptions
 from importer._plan import PATCHABLE, Verdict, immutable_changes, plan_row
+from importer._preflight import look_up_sample, sample_refusal
 from importer._results import RunStats, ValidationSummary
 from importer._retry import retrying
 from importer._revocation import RevokeScope
-from importer._revocation import plan as plan_revocations
+from importer._revocation import weigh as weigh_revocations
 from importer._rowlog import log_invalid_row, row_fields
 from importer._settle import SettleQueue
 
@@ -149,8 +151,12 @@ class Engine:
         options: RunOptions,
         revoke_scope: RevokeScope,
         on_progress: ProgressCallback | None = None,
+        create_check: CreateCheck | None = None,
     ) -> None:
         self.client, self.ledger, self.run_id = client, ledger, run_id
+        # Before the first create: hold jobs until a sample of the creates is looked up.
+        self.create_check = create_check
+        self._gate = SampleGate[Work](create_check.size) if create_check is not None else None
         self.options = options
         self.revoke_scope = revoke_scope
         self.observer = RunObserver(client.stats, on_progress)
@@ -193,6 +199,9 @@ class Engine:
                     complete = await self._pump(self._planned(batches))
                 if complete and not self._stop:
                     await self._pump(self._missing_rows(in_input))
+                else:  # rows read before the stop are in the source all the same
+                    run_id = self.run_id
+                    await self.record.read(lambda ledger: ledger.reset_misses(run_id, in_input))
             finally:
                 self.record.writer.close()
         self.observer.finished()
@@ -288,8 +297,72 @@ class Engine:
         async for batch in batches:
             if self._stop:
                 return
-            for work in await self._plan(batch):
+            for work in await self._gated(await self._plan(batch)):
                 yield work
+        for work in await self._gated(None):  # the input's end: the sample is what it is
+            yield work
+
+    async def _gated(self, jobs: list[Work] | None) -> list[Work]:
+        """The jobs that may go now: all once the check before creating passed; until
+        then, held (importer._gate). `None`: the input ended."""
+        gate = self._gate
+        if gate is None or gate.open:
+            return jobs or []
+        out: list[Work] = []
+        for work in jobs or []:
+            new = work.op is Op.CREATE and not work.maybe_sent and work.consent_id is None
+            out += gate.hold(work, creates=new)
+        if (jobs is None or gate.full) and not self._stop and await self._sample_clear(gate):
+            out += gate.release()
+        return out
+
+    async def _sample_clear(self, gate: SampleGate[Work]) -> bool:
+        """Look the sample of creates up; False (the run stopped) if any exists, if the
+        ledger is stale (importer._lineage), or if the lookups could not finish."""
+        check = self.create_check
+        assert check is not None
+        if not gate.creates:
+            return True
+        if check.stale:
+            return self._refuse(
+                f"{check.stale}; nothing was created. Pass --skip-existing to adopt what the "
+                "server holds (one lookup per new row; the run then makes this ledger the "
+                "live one), or --no-preflight to create without checking"
+            )
+        bodies = [work.body for work in gate.creates]
+        try:
+            checked, found = await look_up_sample(self.client, bodies, most=check.most)
+        except LimiterClosed:
+            return False
+        except BudgetWaitTooLong as exc:
+            if self.observer.paused(exc.reset_in_s):
+                self.stop(
+                    f"the rate-limit budget resets in {exc.reset_in_s:,.0f} s, past --max-wait"
+                )
+            return False
+        except ConsentImportError as exc:
+            self.stop(
+                f"the check before creating could not finish ({exc}); nothing was created; "
+                "rerun, or pass --no-preflight to skip the check"
+            )
+            return False
+        if found:
+            base_url = self.client.base_url
+            return self._refuse(
+                sample_refusal(found, checked, base_url, check.ledger, fresh=check.fresh)
+            )
+        log.info(
+            "check before creating: none of %d sampled rows exists on the server",
+            checked,
+            extra={"fields": {"event": "create_check", "checked": checked, "found": 0}},
+        )
+        return True
+
+    def _refuse(self, message: str) -> bool:
+        """Create nothing: the run stops, and exits 2 with `message`."""
+        self.stats.create_refused = message
+        self.stop("the check before creating refused this run (nothing was created)")
+        return False
 
     async def _plan(self, batch: list[Row | Unchanged]) -> list[Work]:
         """Plan each row from the ledger; record what needs no request."""
@@ -334,9 +407,11 @@ class Engine:
         """Rows done in earlier runs that this run's input no longer holds: counted, and
         revoked with --revoke-missing."""
         run_id, scope, stats = self.run_id, self.revoke_scope, self.stats
+        sizes = scope.read_sizes({f: c.rows for f, c in self.validation.by_file.items()})
+        after = self.options.revoke_after
         plan = await self.record.read(
-            lambda ledger: plan_revocations(
-                ledger.missing_rows(run_id, in_input=in_input), ledger, scope
+            lambda ledger: weigh_revocations(
+                ledger, run_id, scope, after=after, sizes=sizes, in_input=in_input
             )
         )
         stats.missing_from_source = plan.in_scope
@@ -352,6 +427,22 @@ class Engine:
                 "%s", plan.refusal or plan.note, extra={"fields": plan.log_fields()}
             )
             return
+        if plan.pending:
+            stats.revoke_pending = plan.pending_total
+            stats.revoke_pending_note = plan.pending_note()
+            log.warning(
+                "%s (--revoke-after %d)",
+                stats.revoke_pending_note,
+                plan.after,
+                extra={
+                    "fields": {
+                        "event": "revoke_pending",
+                        "pending": plan.pending_total,
+                        "due": plan.due,
+                        "revoke_after": plan.after,
+                    }
+                },
+            )
         for key, file, number, consent_id in plan.rows:
             yield Work(Op.REVOKE, Row(file, number, key), None, consent_id=consent_id)
 

@@ -238,6 +238,20 @@ CREATE TABLE IF NOT EXISTS field_values (
     value TEXT,                      -- JSON
     PRIMARY KEY (field, hash)
 ) WITHOUT ROWID;
+-- --revoke-missing's evidence (importer._revocation): done rows missing from the source,
+-- and for how many consecutive runs that read their scope. A row seen again leaves it.
+CREATE TABLE IF NOT EXISTS revoke_misses (
+    source_key PRIMARY KEY,          -- as rows.source_key
+    misses INTEGER NOT NULL,
+    last_run INTEGER NOT NULL        -- the run that counted its last miss
+) WITHOUT ROWID;
+-- The rows the last full read of each revocation scope held: a run whose input shrank
+-- by more than --revoke-max since revokes nothing.
+CREATE TABLE IF NOT EXISTS scope_reads (
+    scope TEXT PRIMARY KEY,          -- "system:NAME", or "file:NAME" (a base name, no system)
+    rows INTEGER NOT NULL,
+    run_id INTEGER NOT NULL
+) WITHOUT ROWID;
 """  # noqa: S608 - constant text
 #: The condition of `rows_state`, written as the queries that use the index must say it.
 _NOT_DONE = "state != 'done'"
@@ -1001,7 +1015,92 @@ class _UndoRecords:
         return dict(self._db.execute("SELECT run_id, state FROM run_undo WHERE state NOT NULL"))
 
 
-class Ledger(_Transitions, _VerifyReads, _UndoRecords):
+class _Evidence:
+    """What `--revoke-missing` counts across runs (importer._revocation) and what tells
+    a restored copy of the ledger (importer._lineage): tables and keys of their own."""
+
+    _db: sqlite3.Connection
+
+    def count_miss(self, key: str, run_id: int) -> int:
+        """Run `run_id` missed this done row too: its count of consecutive misses now
+        (counted once a run)."""
+        (misses,) = self._db.execute(
+            "INSERT INTO revoke_misses VALUES (?, 1, ?) ON CONFLICT (source_key) DO UPDATE "
+            "SET misses = misses + (last_run < excluded.last_run), last_run = excluded.last_run "
+            "RETURNING misses",
+            (pack_key(key), run_id),
+        ).fetchone()
+        return int(misses)
+
+    def misses(self, key: str) -> int:
+        """How many consecutive runs have missed this row so far (0: none)."""
+        found = self._db.execute(
+            "SELECT misses FROM revoke_misses WHERE source_key = ?", (pack_key(key),)
+        ).fetchone()
+        return int(found[0]) if found else 0
+
+    def reset_misses(
+        self, run_id: int, in_input: Callable[[list[str]], npt.NDArray[np.bool_]] | None
+    ) -> None:
+        """Forget the misses of rows this run's input held (seen again: counting starts
+        over) and of rows no longer done (revoked, or gone from the ledger)."""
+        self._db.execute(
+            "DELETE FROM revoke_misses WHERE NOT EXISTS (SELECT 1 FROM rows AS r WHERE "
+            "r.source_key = revoke_misses.source_key AND (r.state = 'done' OR "
+            "(r.state = 'in_flight' AND r.pending_op = 'revoke')))"
+        )
+        if in_input is None:  # the rows this run recorded as seen
+            self._db.execute(
+                "DELETE FROM revoke_misses WHERE source_key IN "
+                "(SELECT source_key FROM rows WHERE last_run >= ?)",
+                (run_id,),
+            )
+            return
+        stored = [key for (key,) in self._db.execute("SELECT source_key FROM revoke_misses")]
+        for start in range(0, len(stored), 10_000):
+            part = stored[start : start + 10_000]
+            held = in_input([k if type(k) is str else unpack_key(k) for k in part]).tolist()
+            self._db.executemany(
+                "DELETE FROM revoke_misses WHERE source_key = ?",
+                [(key,) for key, h in zip(part, held, strict=True) if h],
+            )
+
+    def tentative(self, keep: bool | None = None) -> None:
+        """Open (None), keep (True) or undo (False) writes that may be taken back: a
+        run's count of misses stands only if its revocation guards pass."""
+        if keep is None:
+            self._db.execute("SAVEPOINT tentative")
+        elif keep:
+            self._db.execute("RELEASE tentative")
+        else:
+            self._db.execute("ROLLBACK TO tentative")
+            self._db.execute("RELEASE tentative")
+
+    def full_reads(self) -> dict[str, tuple[int, int]]:
+        """Each scope's last full read: (rows, run id)."""
+        return {
+            scope: (rows, run_id)
+            for scope, rows, run_id in self._db.execute(
+                "SELECT scope, rows, run_id FROM scope_reads"
+            )
+        }
+
+    def record_full_reads(self, sizes: dict[str, int], run_id: int) -> None:
+        self._db.executemany(
+            "INSERT OR REPLACE INTO scope_reads VALUES (?, ?, ?)",
+            [(scope, rows, run_id) for scope, rows in sizes.items()],
+        )
+
+    def meta_value(self, key: str) -> str | None:
+        found = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if found is None else str(found[0])
+
+    def set_meta(self, key: str, value: str) -> None:
+        """One statement, committed on its own (outside a transaction) or with it."""
+        self._db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+
+
+class Ledger(_Transitions, _VerifyReads, _UndoRecords, _Evidence):
     """Synchronous access to the ledger file; one connection, used by one thread at a time.
 
     Rows change only through the named transitions of `_Transitions` (`intent`, `done`,

@@ -33,13 +33,15 @@ class RunOptions:
         revoke_missing: patch consents whose rows left the source to inactive.
         revoke_max: at most this many revocations in one run, "N" or "P%" of the
             done rows in scope (None: 10%); over it, none (see importer._revocation).
+        revoke_after: with revoke_missing, a row is revoked only once this many
+            consecutive runs that read its scope missed it (1: at the first miss).
         skip_existing: look each new row up before posting it, and adopt a match.
         settle_s: after an ambiguous answer to a POST (a timeout after sending, a dropped
             connection, a 5xx), wait this long before looking the consent up, so a server
             that stores it late or shows it in search late is not posted to twice; 0
             looks it up at once.
-        preflight: check the server first, and on a ledger that created nothing, a
-            sample of rows (importer._preflight).
+        preflight: check the server first, and before a run creates anything, look a
+            sample of the rows it would create up (importer._preflight, importer._gate).
     """
 
     ledger: Path = Path("consent-import.db")
@@ -53,6 +55,7 @@ class RunOptions:
     on_immutable_change: OnImmutableChange = "fail"
     revoke_missing: bool = False
     revoke_max: str | None = None
+    revoke_after: int = 2
     skip_existing: bool = False
     settle_s: float = 30.0
     preflight: bool = True
@@ -64,6 +67,8 @@ class RunOptions:
             )
         if self.concurrency < 1 or self.max_attempts < 1:
             raise ValueError("concurrency and max_attempts must be at least 1")
+        if self.revoke_after < 1:
+            raise ValueError("revoke_after must be at least 1")
         if self.settle_s < 0:
             raise ValueError("settle_s must be at least 0")
 

@@ -21,7 +21,7 @@ from importer._mapping import Mapping, open_tables
 from importer._normalize import Normalizer, Row
 from importer._options import RunOptions
 from importer._results import PlanSummary
-from importer._revocation import RevokeScope
+from importer._revocation import RevokeScope, Shrink
 from importer._revocation import plan as plan_revocations
 
 #: How many of the rows a dry run would revoke it keeps, to list.
@@ -176,6 +176,7 @@ def plan_import(
         closing(Ledger(ledger_path)) if ledger_path.exists() else nullcontext(None)
     )
     seen: set[str] = set()
+    sizes: dict[str, int] = {}
     with context as ledger:
         if ledger is not None:
             read_as_the_ledger_did(normalizer, ledger)
@@ -184,13 +185,23 @@ def plan_import(
             batch.append(row)
             if options.revoke_missing:
                 seen.add(row.source_key)
+                sizes[row.file] = sizes.get(row.file, 0) + 1
             if len(batch) >= 500:
                 _count(batch, ledger, options, summary)
                 batch = []
         _count(batch, ledger, options, summary)
         if ledger is not None and options.revoke_missing:
             missing = ledger.missing_rows(seen=seen)
-            summary.revoke = plan_revocations(missing, ledger, scope, keep=REVOKES_LISTED)
+            known = ledger  # the next run counts one more miss than the ledger holds
+            summary.revoke = plan_revocations(
+                missing,
+                ledger,
+                scope,
+                keep=REVOKES_LISTED,
+                after=options.revoke_after,
+                misses=lambda key: known.misses(key) + 1,
+                shrink=Shrink.of(scope.read_sizes(sizes), ledger.full_reads()),
+            )
     summary.source_key = normalizer.key_kind
     if normalizer.skipped:
         summary.counts["skipped"] = normalizer.skipped  # filtered out, or making no consent

@@ -4,9 +4,12 @@
   wrong host, a refused port, a TLS mismatch, an answer that is not ClinikAPI's (404 on
   the base path, an HTML page) or a refused key becomes one line naming the URL and the
   cause (never the key), exit 2, before the ledger exists or is bound to that URL.
-- `check_first_run`: on a ledger that has created nothing, look up the first valid rows
-  (at most `SAMPLE_REQUESTS` requests); when any already exists on the server, this is a
-  rerun with a new ledger, and creating everything again would duplicate it: exit 2.
+- `look_up_sample` (with `sample_refusal`): before a run creates anything, look up the
+  first rows it would create (at most `SAMPLE_REQUESTS` requests); when any already
+  exists on the server, the ledger does not know what the server holds (a new ledger, a
+  ledger restored from a backup, another ledger's import, another tool), and creating
+  them would duplicate them: exit 2. The engine holds its jobs while it samples
+  (importer._gate).
 - `CircuitBreaker`: during a run, fed by the client with every request's outcome; when
   no request has had an answer for `WINDOW_S` or `MAX_IN_A_ROW` times in a row, every
   further request raises `ServerUnreachable` before it is sent, and the run stops
@@ -17,9 +20,9 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Iterator
-from itertools import chain
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import anyio
@@ -28,15 +31,10 @@ import httpx
 from importer._breaker import MAX_IN_A_ROW, WINDOW_S, CircuitBreaker
 from importer._client import ClinikClient, make_http_client, parse_rate
 from importer._errors import (
-    AbortError,
-    AuthError,
     ConfigError,
-    ConsentImportError,
     NoResponseError,
 )
-from importer._limiter import Limiter, RateLimitInfo
 from importer._lookup import matches_consent, search_window
-from importer._normalize import Row
 from importer._retry import retrying
 
 __all__ = [
@@ -44,17 +42,16 @@ __all__ = [
     "SAMPLE_REQUESTS",
     "WINDOW_S",
     "CircuitBreaker",
-    "check_first_run",
     "check_server",
+    "look_up_sample",
     "refused_key",
+    "sample_refusal",
 ]
 
 log = logging.getLogger("importer.preflight")
 
-#: The most requests the first-run check spends.
+#: The most requests the check before creating spends.
 SAMPLE_REQUESTS = 20
-#: Rows read at most while looking for the sample's valid rows (all kept in memory).
-_SAMPLE_READ_MAX = 2000
 
 
 async def check_server(client: ClinikClient) -> httpx.Response:
@@ -131,115 +128,63 @@ def _cause(exc: NoResponseError) -> str:
     return f"{type(inner or exc).__name__}: {text[:160]}"
 
 
-# -- the first-run check ---------------------------------------------------------------
+# -- the check before creating ---------------------------------------------------------
 
 
-async def check_first_run(
-    rows: Iterator[Row], client: ClinikClient, *, ledger: Path, most: int = SAMPLE_REQUESTS
-) -> Iterator[Row]:
-    """Look the first valid rows up (at most `most` requests, never more than
-    `SAMPLE_REQUESTS`); raise ConfigError (exit 2) if any already exists.
+async def look_up_sample(
+    client: ClinikClient, bodies: Sequence[dict[str, Any]], *, most: int = SAMPLE_REQUESTS
+) -> tuple[int, int]:
+    """Look each body up (at most `most` requests, never more than `SAMPLE_REQUESTS`,
+    retries included): (rows checked, rows found on the server).
 
-    Returns `rows` as it was (the rows read for the sample come first again).
+    Raises what the client raises once its retries are spent (the caller stops the run).
     """
     most = min(most, SAMPLE_REQUESTS)
-    if most < 1:
-        log.warning(
-            "first-run check skipped: the server's rate-limit window is too small to spare "
-            "requests for it",
-            extra={"fields": {"event": "first_run_check", "skipped": True}},
-        )
-        return rows
-    read: list[Row] = []
-    sample: list[Row] = []
-    for row in rows:
-        read.append(row)
-        if row.valid:
-            sample.append(row)
-        if len(sample) >= most or len(read) >= _SAMPLE_READ_MAX:
-            break
-    again = chain(read, rows)
     start = client.stats.requests
     checked = found = 0
-    for row in sample:
+    for body in bodies:
         if client.stats.requests - start >= most:
             break
-        body = row.body()
-        try:
-            async for attempt in retrying(attempts=3):
-                with attempt:
-                    date_from, date_to = search_window(body)
-                    consents = await client.search_consents(
-                        patient_id=body["patientId"], date_from=date_from, date_to=date_to
-                    )
-        except AuthError:
-            raise
-        except ConsentImportError as exc:
-            raise AbortError(
-                f"the first-run check could not finish ({exc}); nothing was created; rerun, "
-                "or pass --no-preflight to skip the check"
-            ) from None
+        date_from, date_to = search_window(body)
+        async for attempt in retrying(attempts=3):
+            with attempt:
+                consents = await client.search_consents(
+                    patient_id=body["patientId"], date_from=date_from, date_to=date_to
+                )
         checked += 1
         found += any(matches_consent(c, body) for c in consents)
-    if found:
-        host = urlsplit(client.base_url).netloc
-        raise ConfigError(
-            f"{found} of the first {checked} valid rows already exist in ClinikAPI at {host}, "
-            f"yet the ledger {ledger} has created nothing: this looks like a rerun with a new "
-            "ledger; nothing was sent. Rerun with the ledger that imported them (--ledger "
-            "PATH), or pass --skip-existing to adopt the existing consents (one lookup per row)"
-        )
-    log.info(
-        "first-run check: none of %d sampled rows exists on the server",
-        checked,
-        extra={"fields": {"event": "first_run_check", "checked": checked, "found": 0}},
+    return checked, found
+
+
+def sample_refusal(found: int, checked: int, base_url: str, ledger: Path, *, fresh: bool) -> str:
+    """Why a run whose sample exists on the server creates nothing, and the ways on."""
+    host = urlsplit(base_url).netloc
+    cause = (
+        "it has created nothing: this looks like a rerun with a new ledger"
+        if fresh
+        else "this looks like a ledger restored from a backup (it lacks what later runs "
+        "created), the ledger of another import of these rows, or consents another tool made"
     )
-    return again
+    return (
+        f"{found} of the first {checked} valid rows already exist in ClinikAPI at {host}, "
+        f"yet the ledger {ledger} would create them: {cause}; nothing was created. Rerun "
+        "with the ledger that imported them (--ledger PATH), or pass --skip-existing to adopt "
+        "what the server holds (one lookup per new row), or --no-preflight to skip this check"
+    )
 
 
-class _WindowLimiter(Limiter):
-    """A limiter that also keeps the last rate-limit window the server reported."""
+def run_checks(base_url: str, api_key: str, *, timeout_s: float) -> tuple[None, int, int | None]:
+    """Run the server check on its own event loop. Returns None, the requests spent and
+    the server's rate-limit window size when it said (the check before creating spends
+    at most a tenth of it: a tiny plan's budget is for consents)."""
 
-    window: RateLimitInfo | None = None
-
-    def observe(self, rate: RateLimitInfo) -> None:
-        self.window = rate
-        super().observe(rate)
-
-
-def run_checks(
-    base_url: str,
-    api_key: str,
-    *,
-    timeout_s: float,
-    max_wait_s: float | None = None,
-    on_wait: Callable[[float, str], None] | None = None,
-    rows: Iterator[Row] | None = None,
-    ledger: Path | None = None,
-    window_limit: int | None = None,
-) -> tuple[Iterator[Row] | None, int, int | None]:
-    """Run the server check or, given `rows`, the first-run check, on their own event
-    loop. Returns the rows (as given, sample first again), the requests spent and the
-    server's rate-limit window size when it said.
-
-    The lookups keep to the server's window as the run does (`max_wait_s`), and spend at
-    most a tenth of it (`window_limit`, from the server check): a tiny plan's budget is
-    for consents.
-    """
-
-    async def checks() -> tuple[Iterator[Row] | None, int, int | None]:
+    async def checks() -> tuple[None, int, int | None]:
         http = make_http_client(base_url=base_url, concurrency=1, timeout_s=timeout_s)
-        limiter = _WindowLimiter(concurrency=1, max_wait_s=max_wait_s, on_wait=on_wait)
         async with http:
-            client = ClinikClient(http, base_url=base_url, api_key=api_key, limiter=limiter)
-            if rows is None:
-                response = await check_server(client)
-                window = parse_rate(_lower(response.headers), {})
-                return None, client.stats.requests, window.limit if window else None
-            assert ledger is not None
-            most = SAMPLE_REQUESTS if window_limit is None else window_limit // 10
-            checked = await check_first_run(rows, client, ledger=ledger, most=most)
-            return checked, client.stats.requests, window_limit
+            client = ClinikClient(http, base_url=base_url, api_key=api_key)
+            response = await check_server(client)
+            window = parse_rate(_lower(response.headers), {})
+            return None, client.stats.requests, window.limit if window else None
 
     return anyio.run(checks)
 

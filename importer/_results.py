@@ -130,6 +130,12 @@ class RunStats:
     revoke_refused: str = ""  # over --revoke-max: nothing revoked (exit 2)
     revoke_note: str = ""  # a correction file, or rows without a stable key: nothing revoked
     revoke_reason: str = ""  # RevokePlan.reason
+    #: rows missing from the source that --revoke-missing holds back until more runs miss
+    #: them (--revoke-after), and the sentence saying when they would go
+    revoke_pending: int = 0
+    revoke_pending_note: str = ""
+    #: the check before creating found the ledger stale or foreign: nothing created (exit 2)
+    create_refused: str = ""
     source_key: str = "column"  # or "source cells"; "natural", "content hash" (older ledgers)
     #: what changed since the last run noted its mapping: "mapping", "crosswalk", both, ""
     mapping_changed: str = ""
@@ -180,6 +186,7 @@ class RunStats:
             skipped=self.skipped,
             adopted=self.adopted,
             revoked=self.revoked,
+            revoke_pending=self.revoke_pending,
             missing_from_source=self.missing_from_source,
             revoke_out_of_scope=self.revoke_out_of_scope,
             revoke_refused=self.revoke_refused or None,
@@ -213,7 +220,36 @@ class RevokePlan:
     out_of_scope: int = 0
     refusal: str = ""
     note: str = ""
-    reason: str = ""  # "over_cap", "correction_file", "unstable_keys"
+    reason: str = ""  # "over_cap", "shrunk", "correction_file", "unstable_keys"
+    #: --revoke-after: runs that must miss a row before it is revoked
+    after: int = 1
+    #: in scope and missed by enough runs: `rows` holds (some of) these
+    due: int = 0
+    #: in scope, missed by fewer runs than `after`: how many, by runs that missed them
+    pending: dict[int, int] = field(default_factory=dict)
+
+    @property
+    def pending_total(self) -> int:
+        return sum(self.pending.values())
+
+    def pending_note(self) -> str:
+        """When the held-back rows would go, one clause per count of runs that missed
+        them ("28 consents missing from the source for 1 of 2 runs: revoked at the next
+        run that misses them")."""
+        parts = []
+        for misses, count in sorted(self.pending.items(), reverse=True):
+            more = self.after - misses
+            when = (
+                "revoked at the next run that misses them"
+                if more == 1
+                else f"revoked once {more} more runs miss them"
+            )
+            noun = "consent" if count == 1 else "consents"
+            parts.append(
+                f"{count:,} {noun} missing from the source for {misses} of {self.after} "
+                f"runs: {when}"
+            )
+        return "; ".join(parts)
 
     @staticmethod
     def named(reason: str) -> str:

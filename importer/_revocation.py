@@ -12,12 +12,19 @@ consent looks missing, so three guards stand before a revocation:
   patientId, scope, category or dateTime, or its key column, unusable) revokes nothing:
   that row's ledger row looks missing, and any missing row could be it;
 - the cap, `--revoke-max` (a count, or a share of the done rows in the scope; 10% by
-  default): a run that would revoke more revokes nothing and exits 2.
+  default): a run that would revoke more revokes nothing and exits 2;
+- the input's size: a run whose input holds fewer rows than the last full read of its
+  scope, by more than the cap (a share: of that read's rows), revokes nothing and exits 2;
+- the evidence, `--revoke-after N` (2 by default): a row is revoked only once N
+  consecutive runs that read its scope missed it; a run that sees it again starts its
+  count over. The count lives in the ledger (`revoke_misses`); a run any guard above
+  stops counts nothing (its input is suspect), and only a run every guard passed is the
+  scope's last full read (`scope_reads`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from pathlib import PurePath
@@ -29,6 +36,10 @@ from importer._reader import ERROR_COLUMNS
 from importer._results import Missing, RevokePlan
 
 if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
+
+    from importer._ledger import Ledger
     from importer._mapping import Mapping
     from importer._reader import Table
 
@@ -128,6 +139,17 @@ class RevokeScope:
         inputs = [(t.name, t.columns) for t in tables]
         return cls.of_run(mapping.system, inputs, RevokeCap.parse(revoke_max), tally)
 
+    def read_sizes(self, by_file: dict[str, int]) -> dict[str, int]:
+        """This run's rows per unit of its scope (`scope_reads.scope`): its system's, or
+        each input's by base name."""
+        if self.system is not None:
+            return {f"system:{self.system}": sum(by_file.values())}
+        sizes: dict[str, int] = {}
+        for file, rows in by_file.items():
+            unit = f"file:{PurePath(file).name}"
+            sizes[unit] = sizes.get(unit, 0) + rows
+        return sizes
+
     def holds(self, ledger_key: str, source_file: str) -> bool:
         system, _ = split_key(ledger_key)
         if self.system is not None:
@@ -144,16 +166,49 @@ def done_in_scope(done: DoneRows | int, scope: RevokeScope) -> int:
     )
 
 
+@dataclass(frozen=True)
+class Shrink:
+    """The run's input holds fewer rows than the last full read of its scope."""
+
+    before: int  # rows of the last full read (of the scope's units this run read)
+    now: int
+    run_id: int  # the run that read them
+
+    @property
+    def lost(self) -> int:
+        return self.before - self.now
+
+    @classmethod
+    def of(cls, sizes: dict[str, int], reads: dict[str, tuple[int, int]]) -> Shrink | None:
+        """From this run's sizes and the ledger's last full reads (None: not smaller)."""
+        known = [unit for unit in sizes if unit in reads]
+        before = sum(reads[unit][0] for unit in known)
+        now = sum(sizes[unit] for unit in known)
+        if now >= before:
+            return None
+        return cls(before, now, max(reads[unit][1] for unit in known))
+
+
 def plan(
-    missing: Iterable[Missing], done: DoneRows | int, scope: RevokeScope, *, keep: int = 0
+    missing: Iterable[Missing],
+    done: DoneRows | int,
+    scope: RevokeScope,
+    *,
+    keep: int = 0,
+    after: int = 1,
+    misses: Callable[[str], int] | None = None,
+    shrink: Shrink | None = None,
 ) -> RevokePlan:
     """Sort the missing rows by scope and apply the cap. Keeps at most cap + 1 rows, or
     `keep` (a dry run's list), since a wrong input can make the whole ledger "missing".
 
     `done`: the ledger (or the count of done rows in scope). A share's base is counted
     only once a row in scope is missing: most runs miss none, and it reads every done row.
+    `misses(key)`: how many consecutive runs, this one included, missed the row (without
+    it, 1); rows missed by fewer than `after` are pending, not revoked. `shrink`: the
+    input is smaller than the scope's last full read.
     """
-    result = RevokePlan()
+    result = RevokePlan(after=after)
     done_rows = limit = kept = -1
     for row in missing:
         if not scope.holds(row[0], row[1]):
@@ -164,6 +219,11 @@ def plan(
             limit = scope.cap.limit(done_rows)
             kept = max(limit + 1, keep)
         result.in_scope += 1
+        count = 1 if misses is None else misses(row[0])
+        if count < after:
+            result.pending[count] = result.pending.get(count, 0) + 1
+            continue
+        result.due += 1
         if len(result.rows) < kept:
             result.rows.append(row)
     unstable = scope.tally.unstable
@@ -192,4 +252,54 @@ def plan(
             f"{scope.cap.describe(done_rows)}; nothing was revoked. Check that the input is "
             "the whole source, or raise --revoke-max"
         )
+    elif result.in_scope and shrink is not None and shrink.lost > scope.cap.limit(shrink.before):
+        result.rows, result.reason = [], "shrunk"
+        cap = scope.cap
+        allowed = (
+            f"--revoke-max {cap.count}"
+            if cap.count is not None
+            else f"--revoke-max {cap.text} of {shrink.before:,} = {cap.limit(shrink.before):,}"
+        )
+        result.refusal = (
+            f"the input holds {shrink.now:,} rows of this scope, {shrink.lost:,} fewer than "
+            f"the {shrink.before:,} of its last full read (run {shrink.run_id}), more than "
+            f"{allowed}: it may be cut short; nothing was revoked and no miss was counted. "
+            "Check that the export is whole; if the source really shrank, rerun once with a "
+            "higher --revoke-max"
+        )
+    return result
+
+
+def weigh(
+    ledger: Ledger,
+    run_id: int,
+    scope: RevokeScope,
+    *,
+    after: int,
+    sizes: dict[str, int],
+    in_input: Callable[[list[str]], npt.NDArray[np.bool_]] | None = None,
+) -> RevokePlan:
+    """A run that read its whole input: count its misses as evidence and plan what it
+    may revoke. Call inside a ledger transaction.
+
+    Rows its input held start their count over; each row in scope it misses counts one
+    more miss, kept only if the plan passes every guard (a refused or braked run counts
+    nothing); such a run is also its scope's new last full read (`sizes`, by
+    `RevokeScope.read_sizes`).
+    """
+    ledger.reset_misses(run_id, in_input)
+    shrink = Shrink.of(sizes, ledger.full_reads())
+    ledger.tentative()
+    result = plan(
+        ledger.missing_rows(run_id, in_input=in_input),
+        ledger,
+        scope,
+        after=after,
+        misses=lambda key: ledger.count_miss(key, run_id),
+        shrink=shrink,
+    )
+    kept = not (result.refusal or result.note)
+    ledger.tentative(kept)
+    if kept:
+        ledger.record_full_reads(sizes, run_id)
     return result

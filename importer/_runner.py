@@ -19,15 +19,19 @@ import sniffio
 from importer._breaker import CircuitBreaker
 from importer._client import ClinikClient, check_api_key, check_base_url, make_http_client
 from importer._engine import Engine, InInput
+from importer._errors import ConfigError
+from importer._gate import CreateCheck
 from importer._identity import note_mapping, read_as_the_ledger_did, read_with
 from importer._ledger import Ledger
 from importer._limiter import Limiter
+from importer._lineage import advance as advance_lineage
+from importer._lineage import check as check_lineage
 from importer._lock import LedgerLock
 from importer._mapping import Mapping, open_tables
 from importer._normalize import Normalizer, Row, Unchanged
 from importer._options import DEFAULTS, RunOptions
 from importer._outputs import write_text
-from importer._preflight import run_checks
+from importer._preflight import SAMPLE_REQUESTS, run_checks
 from importer._reader import Table
 from importer._results import RunStats, ValidationSummary
 from importer._revocation import RevokeScope
@@ -101,22 +105,14 @@ def run_import(
             normalizer.rows_or_unchanged(t, ledger.unchanged) for t in tables
         )
         try:
-            if options.preflight and not options.skip_existing and ledger.created_nothing():
-                # A ledger that created nothing holds nothing unchanged: plain rows.
-                plain = chain.from_iterable(normalizer.rows(t) for t in tables)
-                sampled, spent, _ = run_checks(
-                    base_url,
-                    api_key,
-                    timeout_s=options.timeout_s,
-                    max_wait_s=options.max_wait_s,
-                    on_wait=on_wait,
-                    rows=plain,
-                    ledger=ledger.path,
-                    window_limit=window,
-                )
-                rows, checked = sampled or plain, checked + spent
+            lineage = check_lineage(ledger)
+            create_check = _create_check(options, ledger, window, lineage.stale)
             run_id = ledger.begin_run([t.name for t in tables])
             changed = note_mapping(ledger, run_id, mapping)
+            if create_check is None or not create_check.stale:
+                advance_lineage(ledger, lineage, run_id)  # this run is the live ledger's
+            else:
+                log.warning("%s: this run creates nothing unless --skip-existing", lineage.stale)
             stats, validation = anyio.run(
                 _run_async,
                 config,
@@ -129,8 +125,13 @@ def run_import(
                 base_url,
                 on_progress,
                 on_wait,
+                create_check,
                 backend_options={"use_uvloop": _has_uvloop()},
             )
+            if stats.create_refused:
+                stats.requests += checked
+                ledger.finish_run(run_id, "refused", stats.summary())
+                raise ConfigError(stats.create_refused)
             stats.skipped = validation.skipped = normalizer.skipped
             read_with(stats, normalizer, changed)
             stats.requests += checked
@@ -145,6 +146,25 @@ def run_import(
         finally:
             ledger.close()
     return RunResult(stats, run_id, config.options.ledger, validation, total)
+
+
+def _create_check(
+    options: RunOptions, ledger: Ledger, window: int | None, stale: str
+) -> CreateCheck | None:
+    """The check before creating (importer._gate), unless the run adopts what exists
+    (--skip-existing) or skips the checks: at most 20 lookups, and a tenth of the
+    server's rate-limit window."""
+    if not options.preflight or options.skip_existing:
+        return None
+    most = SAMPLE_REQUESTS if window is None else min(SAMPLE_REQUESTS, window // 10)
+    if most < 1 and not stale:
+        log.warning(
+            "check before creating skipped: the server's rate-limit window is too small to "
+            "spare requests for it",
+            extra={"fields": {"event": "create_check", "skipped": True}},
+        )
+        return None
+    return CreateCheck(ledger.path, most, ledger.created_nothing(), stale)
 
 
 class _Total:
@@ -194,6 +214,7 @@ async def _run_async(
     base_url: str,
     on_progress: Callable[[str, RunStats], None] | None,
     on_wait: Callable[[float, str], None] | None,
+    create_check: CreateCheck | None = None,
 ) -> tuple[RunStats, ValidationSummary]:
     # anyio asks sniffio which event loop runs, dozens of times a row (every lock, event,
     # sleep and thread hand-off), and sniffio finds asyncio by looking up the current task
@@ -222,6 +243,7 @@ async def _run_async(
             options=options,
             revoke_scope=revoke_scope,
             on_progress=on_progress,
+            create_check=create_check,
         )
         with anyio.CancelScope() as scope:
             async with anyio.create_task_group() as tg:

@@ -314,7 +314,9 @@ def test_a_refused_patch_keeps_the_row_on_its_consent(
             assert "K000001" in {r["source_key"] for r in db.rows_needing_a_person()}
         heal(monkeypatch)
         write_csv(source, rows[:1] + rows[2:])
-        gone = run(source, sandbox.base_url, ledger, revoke_missing=True, revoke_max="1")
+        gone = run(
+            source, sandbox.base_url, ledger, revoke_missing=True, revoke_after=1, revoke_max="1"
+        )
         stored = {c["id"]: c["status"] for c in sandbox.consents()}
     assert (gone.stats.missing_from_source, gone.stats.revoked) == (1, 1)
     assert stored[held] == "inactive"
@@ -337,7 +339,13 @@ def test_a_revoke_that_fails_fails_the_row_and_the_next_run_revokes_it(
         write_csv(source, rows[:1] + rows[2:])
         fail_patch(monkeypatch, lambda body: body == INACTIVE, _server_error, after_sending=True)
         failing = run(
-            source, sandbox.base_url, ledger, revoke_missing=True, revoke_max="1", max_attempts=2
+            source,
+            sandbox.base_url,
+            ledger,
+            revoke_missing=True,
+            revoke_after=1,
+            revoke_max="1",
+            max_attempts=2,
         )
         assert (failing.exit_code, failing.stats.revoked) == (1, 0)
         assert failing.stats.by_error == {"server_error": 1}
@@ -353,7 +361,9 @@ def test_a_revoke_that_fails_fails_the_row_and_the_next_run_revokes_it(
             assert (returned.exit_code, returned.stats.updated, stored[gone]) == (0, 1, "active")
             assert record(ledger, "K000001") == ("done", None, gone, None)
             return
-        again = run(source, sandbox.base_url, ledger, revoke_missing=True, revoke_max="1")
+        again = run(
+            source, sandbox.base_url, ledger, revoke_missing=True, revoke_after=1, revoke_max="1"
+        )
         stored = {c["id"]: c["status"] for c in sandbox.consents()}
     assert (again.exit_code, again.stats.revoked) == (0, 1)
     assert stored[gone] == "inactive"
@@ -375,11 +385,25 @@ def test_a_revoked_row_back_in_the_source_is_active_again(
         if crash:  # the PATCH lands, the process dies before its outcome is recorded
             fail_patch(monkeypatch, lambda body: body == INACTIVE, _crash, after_sending=True)
             with pytest.raises((Crash, BaseExceptionGroup)):
-                run(source, sandbox.base_url, ledger, revoke_missing=True, revoke_max="1")
+                run(
+                    source,
+                    sandbox.base_url,
+                    ledger,
+                    revoke_missing=True,
+                    revoke_after=1,
+                    revoke_max="1",
+                )
             heal(monkeypatch)
             assert record(ledger, "K000001")[:2] == ("in_flight", "revoke")
         else:
-            run(source, sandbox.base_url, ledger, revoke_missing=True, revoke_max="1")
+            run(
+                source,
+                sandbox.base_url,
+                ledger,
+                revoke_missing=True,
+                revoke_after=1,
+                revoke_max="1",
+            )
         assert {c["id"]: c["status"] for c in sandbox.consents()}[gone] == "inactive"
         write_csv(source, rows)  # the row comes back
         result = run(source, sandbox.base_url, ledger)
@@ -399,9 +423,18 @@ def test_a_revoke_cut_short_by_a_crash_is_revoked_by_the_next_run(
         write_csv(source, rows[:1] + rows[2:])
         fail_patch(monkeypatch, lambda body: body == INACTIVE, _crash)
         with pytest.raises((Crash, BaseExceptionGroup)):
-            run(source, sandbox.base_url, ledger, revoke_missing=True, revoke_max="1")
+            run(
+                source,
+                sandbox.base_url,
+                ledger,
+                revoke_missing=True,
+                revoke_after=1,
+                revoke_max="1",
+            )
         heal(monkeypatch)
-        result = run(source, sandbox.base_url, ledger, revoke_missing=True, revoke_max="1")
+        result = run(
+            source, sandbox.base_url, ledger, revoke_missing=True, revoke_after=1, revoke_max="1"
+        )
     assert (result.exit_code, result.stats.revoked) == (0, 1)
     assert record(ledger, "K000001")[:2] == ("revoked", None)
 
@@ -419,7 +452,16 @@ def test_a_failing_revoke_through_the_cli_exits_1_not_as_an_internal_error(
         write_csv(source, rows[:1] + rows[2:])
         fail_patch(monkeypatch, lambda body: True, _server_error)
         args = ["run", str(source), "--ledger", str(ledger), "--base-url", sandbox.base_url]
-        args += ["--revoke-missing", "--revoke-max", "1", "--no-preflight", "--settle", "0"]
+        args += [
+            "--revoke-missing",
+            "--revoke-after",
+            "1",
+            "--revoke-max",
+            "1",
+            "--no-preflight",
+            "--settle",
+            "0",
+        ]
         with pytest.raises(SystemExit) as exited:
             main([*args, "--max-attempts", "2"])
     assert exited.value.code == 1

@@ -47,7 +47,7 @@ def registry(tmp_path: Path, server: RunningSandbox, monkeypatch: pytest.MonkeyP
 def first_run(capsys: pytest.CaptureFixture[str]) -> dict[str, dict[str, str]]:
     code, _ = cli(
         ["run", "registry_export.csv", "--mapping", "mapping.toml", "--ledger", "rc.db",
-         "--revoke-missing"],
+         "--revoke-missing", "--revoke-after", "1"],
         capsys,
     )  # fmt: skip
     assert code == 1
@@ -108,7 +108,7 @@ def test_the_fixed_failed_csv_feeds_back_sending_only_what_failed(
     Path("failed-fixed.csv").write_text(fixed, encoding="utf-8")
     code, out = cli(
         ["run", "failed-fixed.csv", "--mapping", "mapping.toml", "--ledger", "rc.db",
-         "--revoke-missing", "--summary-json", "s.json"],
+         "--revoke-missing", "--revoke-after", "1", "--summary-json", "s.json"],
         capsys,
     )  # fmt: skip
     assert code == 0, out
@@ -146,7 +146,7 @@ def test_the_correction_file_notice_is_said_once(
     first_run(capsys)
     with pytest.raises(SystemExit):
         main(["run", "failed.csv", "--mapping", "mapping.toml", "--ledger", "rc.db",
-              "--revoke-missing"])  # fmt: skip
+              "--revoke-missing", "--revoke-after", "1"])  # fmt: skip
     out, err = capsys.readouterr()
     assert (out + err).count("is a correction file") == 1, out + err
     # the summary still says why nothing was revoked

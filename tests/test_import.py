@@ -211,7 +211,12 @@ def test_missing_rows_are_reported_and_revoked_only_when_asked(tmp_path: Path) -
         assert {c["id"]: c["status"] for c in sandbox.consents()}[gone] == "active"
         # (1 of 6 is over the default cap of 10%: the cap has its own tests)
         result = run(
-            source, sandbox.base_url, tmp_path / "l.db", revoke_missing=True, revoke_max="1"
+            source,
+            sandbox.base_url,
+            tmp_path / "l.db",
+            revoke_missing=True,
+            revoke_after=1,
+            revoke_max="1",
         )
         assert (result.stats.missing_from_source, result.stats.revoked) == (1, 1)
         assert {c["id"]: c["status"] for c in sandbox.consents()}[gone] == "inactive"
@@ -332,13 +337,21 @@ def test_revokes_past_max_wait_pause_the_run_like_any_other_request(tmp_path: Pa
         run(source, sandbox.base_url, ledger)
         write_csv(source, rows[:2])  # six rows left the source
         result = run(
-            source, sandbox.base_url, ledger, revoke_missing=True, revoke_max="6", max_wait_s=2
+            source,
+            sandbox.base_url,
+            ledger,
+            revoke_missing=True,
+            revoke_after=1,
+            revoke_max="6",
+            max_wait_s=2,
         )
         assert result.stats.paused
         assert result.exit_code == 0
         assert result.stats.missing_from_source == 6
         assert 1 <= result.stats.revoked <= 3
         sandbox.configure(rate_limit=None)
-        result = run(source, sandbox.base_url, ledger, revoke_missing=True, revoke_max="6")
+        result = run(
+            source, sandbox.base_url, ledger, revoke_missing=True, revoke_after=1, revoke_max="6"
+        )
         revoked = [c for c in sandbox.consents() if c["status"] == "inactive"]
         assert len(revoked) == 6

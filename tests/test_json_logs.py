@@ -27,8 +27,8 @@ def json_lines(
 @pytest.mark.parametrize(
     ("config", "args", "events"),
     [
-        # a first run: the first-run check says what it found
-        ({}, [], {"first_run_check", "summary"}),
+        # a first run: the check before creating says what it found
+        ({}, [], {"create_check", "summary"}),
         # requests answer 503 once in a while: retries (enough that no row runs out)
         (
             {"fault_unavailable": 0.4, "seed": 7},

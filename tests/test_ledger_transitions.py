@@ -228,7 +228,14 @@ def test_every_state_and_op_a_run_writes_is_listed(tmp_path: Path) -> None:
         rows[1]["status"] = "inactive"  # patch
         rows[2]["scope"] = "research"  # recreate
         write_csv(source, rows[:-3])  # three rows left: revoked
-        run(source, sb.base_url, ledger, on_immutable_change="recreate", revoke_missing=True)
+        run(
+            source,
+            sb.base_url,
+            ledger,
+            on_immutable_change="recreate",
+            revoke_missing=True,
+            revoke_after=1,
+        )
     with sqlite3.connect(ledger) as db:
         states = {s for (s,) in db.execute("SELECT DISTINCT state FROM rows")}
         ops = {o for (o,) in db.execute("SELECT DISTINCT op FROM attempts")}

@@ -51,7 +51,7 @@ def test_the_readme_fix_and_feed_back_recipe_revokes_nothing(
     for row in rows[4:7]:
         row["scope"] = "nope"
     write_csv(tmp_path / "consents.csv", rows)
-    flags = ["--ledger", "l.db", "--revoke-missing", "-q"]
+    flags = ["--ledger", "l.db", "--revoke-missing", "--revoke-after", "1", "-q"]
     code, _, err = run_cli(["run", "consents.csv", *flags, "--summary-json", "1.json"], capsys)
     assert code == 1, err
     assert _summary(tmp_path / "1.json")["created"] == 12
@@ -75,7 +75,7 @@ def test_a_fixed_file_of_another_name_leaves_the_first_files_rows_alone(
 ) -> None:
     write_csv(tmp_path / "clinic.csv", consent_rows(12))
     write_csv(tmp_path / "extra.csv", consent_rows(2, start=100))
-    flags = ["--ledger", "l.db", "--revoke-missing", "-q"]
+    flags = ["--ledger", "l.db", "--revoke-missing", "--revoke-after", "1", "-q"]
     assert run_cli(["run", "clinic.csv", *flags], capsys)[0] == 0
     code, _, err = run_cli(["run", "extra.csv", *flags, "--summary-json", "s.json"], capsys)
     assert code == 0, err
@@ -106,7 +106,17 @@ def test_revocations_beyond_the_cap_are_refused_whole(
     write_csv(tmp_path / "a.csv", rows)
     assert run_cli(["run", "a.csv", "--ledger", "l.db", "-q"], capsys)[0] == 0
     write_csv(tmp_path / "a.csv", rows[:20])
-    args = ["run", "a.csv", "--ledger", "l.db", "--revoke-missing", "--summary-json", "s.json"]
+    args = [
+        "run",
+        "a.csv",
+        "--ledger",
+        "l.db",
+        "--revoke-missing",
+        "--revoke-after",
+        "1",
+        "--summary-json",
+        "s.json",
+    ]
     got, _, err = run_cli([*args, *(["--revoke-max", cap] if cap else [])], capsys)
     assert got == code, err
     assert _summary(tmp_path / "s.json")["revoked"] == revoked
@@ -124,7 +134,18 @@ def test_a_dry_run_lists_what_it_would_revoke_without_phi(
     assert run_cli(["run", "a.csv", "--ledger", "l.db", "-q"], capsys)[0] == 0
     write_csv(tmp_path / "a.csv", rows[:8])
     code, out, err = run_cli(
-        ["run", "a.csv", "--ledger", "l.db", "--revoke-missing", "--revoke-max", "5", "--dry-run"],
+        [
+            "run",
+            "a.csv",
+            "--ledger",
+            "l.db",
+            "--revoke-missing",
+            "--revoke-after",
+            "1",
+            "--revoke-max",
+            "5",
+            "--dry-run",
+        ],
         capsys,
     )
     assert code == 0, err
@@ -136,7 +157,18 @@ def test_a_dry_run_lists_what_it_would_revoke_without_phi(
         assert row["patientId"] not in out
     # Over the cap, the dry run says the run would refuse, and exits as it would.
     code, out, _ = run_cli(
-        ["run", "a.csv", "--ledger", "l.db", "--revoke-missing", "--revoke-max", "1", "--dry-run"],
+        [
+            "run",
+            "a.csv",
+            "--ledger",
+            "l.db",
+            "--revoke-missing",
+            "--revoke-after",
+            "1",
+            "--revoke-max",
+            "1",
+            "--dry-run",
+        ],
         capsys,
     )
     assert code == 2
@@ -155,7 +187,7 @@ def test_two_source_systems_never_patch_or_revoke_each_other(
     write_csv(tmp_path / "a.csv", consent_rows(5))
     # The same keys, other patients: clinic B's K000001 is not clinic A's.
     write_csv(tmp_path / "b.csv", consent_rows(5, patientId="pt_b"))
-    flags = ["--ledger", "l.db", "--revoke-missing", "-q"]
+    flags = ["--ledger", "l.db", "--revoke-missing", "--revoke-after", "1", "-q"]
     assert run_cli(["run", "a.csv", "--mapping", "a.toml", *flags], capsys)[0] == 0
     code, _, err = run_cli(
         ["run", "b.csv", "--mapping", "b.toml", *flags, "--summary-json", "s.json"], capsys
@@ -248,7 +280,12 @@ def test_an_invalid_row_under_natural_keys_never_revokes_its_consent(
             rows[1].update(edit)
         write_csv(source, rows)
         result = run(
-            source, sandbox.base_url, tmp_path / "l.db", revoke_missing=True, revoke_max="1"
+            source,
+            sandbox.base_url,
+            tmp_path / "l.db",
+            revoke_missing=True,
+            revoke_after=1,
+            revoke_max="1",
         )
         stats = result.stats
         assert (stats.invalid, stats.missing_from_source, stats.revoked) == counts
@@ -279,7 +316,12 @@ def test_an_empty_key_cell_brakes_revocation_too(
             del rows[1]
         write_csv(source, rows)
         result = run(
-            source, sandbox.base_url, tmp_path / "l.db", revoke_missing=True, revoke_max="1"
+            source,
+            sandbox.base_url,
+            tmp_path / "l.db",
+            revoke_missing=True,
+            revoke_after=1,
+            revoke_max="1",
         )
         assert (result.stats.missing_from_source, result.stats.revoked) == (1, revoked)
         assert ("no stable key" in result.stats.revoke_note) is emptied
@@ -291,7 +333,7 @@ def test_the_brake_is_said_on_the_terminal_and_in_the_json_log(
 ) -> None:
     rows = _unkeyed(12)
     write_csv(tmp_path / "in.csv", rows)
-    flags = ["--ledger", "l.db", "--revoke-missing", "--revoke-max", "5"]
+    flags = ["--ledger", "l.db", "--revoke-missing", "--revoke-after", "1", "--revoke-max", "5"]
     assert run_cli(["run", "in.csv", *flags, "-q"], capsys)[0] == 0
     rows[1]["scope"] = "treatmnt"
     del rows[2]
@@ -336,7 +378,9 @@ def test_the_revoke_share_is_of_the_rows_in_scope(
         assert run([a, b], sandbox.base_url, tmp_path / "l.db").exit_code == 0
         write_csv(b, b_rows[:1])  # a wrong, partial extract of b
         options = {"revoke_max": cap} if cap else {}
-        result = run(b, sandbox.base_url, tmp_path / "l.db", revoke_missing=True, **options)
+        result = run(
+            b, sandbox.base_url, tmp_path / "l.db", revoke_missing=True, revoke_after=1, **options
+        )
         assert (result.exit_code, result.stats.revoked) == (code, revoked)
         assert result.stats.revoke_out_of_scope == 60
         assert _statuses(sandbox) == ({"active": 61, "inactive": 5} if revoked else {"active": 66})

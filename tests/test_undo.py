@@ -182,7 +182,9 @@ def test_undo_of_a_run_with_revocations_gives_their_status_back(tmp_path: Path) 
         source, ledger, rows = first_run(tmp_path, sandbox, 10)
         before = by_id(sandbox)
         write_csv(source, rows[:7])
-        revoking = run(source, sandbox.base_url, ledger, revoke_missing=True, revoke_max="5")
+        revoking = run(
+            source, sandbox.base_url, ledger, revoke_missing=True, revoke_max="5", revoke_after=1
+        )
         assert revoking.stats.revoked == 3
         assert sum(c["status"] == "inactive" for c in by_id(sandbox).values()) == 3
         result = do_undo(sandbox, ledger, 2)
@@ -191,7 +193,9 @@ def test_undo_of_a_run_with_revocations_gives_their_status_back(tmp_path: Path) 
         assert by_id(sandbox) == before
         assert len(ledger_ids(ledger)) == 10  # done again, not revoked
         # Rerun: the same revocations again, nothing else.
-        again = run(source, sandbox.base_url, ledger, revoke_missing=True, revoke_max="5")
+        again = run(
+            source, sandbox.base_url, ledger, revoke_missing=True, revoke_max="5", revoke_after=1
+        )
         assert (again.stats.revoked, again.stats.requests) == (3, 3)
 
 

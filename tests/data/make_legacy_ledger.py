@@ -43,7 +43,14 @@ def main() -> None:
         # run 2: K1 edited (patched), K3 left the source (revoked), K5 added (created)
         second = [dict(r) for r in rows[:3]] + [rows[4], *consent_rows(1, start=5)]
         second[1]["status"] = "inactive"
-        run(write(tmp / "b.csv", second), sb.base_url, ledger, max_attempts=1, revoke_missing=True)
+        run(
+            write(tmp / "b.csv", second),
+            sb.base_url,
+            ledger,
+            max_attempts=1,
+            revoke_missing=True,
+            revoke_after=1,
+        )
         # run 3, every request 503: K2 edited (its PATCH fails), K6 new (its POST in flight)
         sb.configure(fault_unavailable=1.0)
         third = [dict(r) for r in second] + list(consent_rows(1, start=6))

@@ -66,6 +66,7 @@ def main() -> None:
             ledger,
             max_attempts=1,
             revoke_missing=True,
+            revoke_after=1,
             revoke_max="100%",
             on_immutable_change="recreate",
         )
