@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
 import numpy as np
@@ -35,16 +35,19 @@ from importer._fastcheck import proven_by_specs, proven_valid
 from importer._fields import (
     BOOL,
     DATE,
+    UNMAPPED,
     V1_PATHS,
     Condition,
     Shape,
     Spec,
     Value,
+    coding,
     evaluate,
     merge,
     overlaps,
     parse_path,
 )
+from importer._fields import split_codes as split_cell
 from importer._keys import (
     CELLS_PREFIX,
     NATURAL_FIELDS,
@@ -57,6 +60,9 @@ from importer._keys import (
 from importer._mapping import DATE_FIELDS, FALSE_WORDS, TRUE_WORDS, Mapping
 from importer._models import ConsentIdentity, ConsentIn, field_errors
 from importer._reader import EXCEL_SUFFIXES, Table, excel_serial_to_iso, sheet_label
+
+if TYPE_CHECKING:
+    from importer._values import ChunkProfile, ValuesProfile
 
 #: Where an error's field name ends its first part ("category.0" -> "category").
 _KEY_ROOT = re.compile(r"[.\[]")
@@ -271,6 +277,8 @@ class Normalizer:
         self.rows_read = 0
         #: Invalid rows read so far without a stable key (read by --revoke-missing).
         self.tally = KeyTally()
+        #: validate's values profile, when one is wanted (importer._values)
+        self.profile: ValuesProfile | None = None
 
     @property
     def key_kind(self) -> str:
@@ -409,6 +417,10 @@ class Normalizer:
             sheet=table.sheet or "",
         )
         self.unkeyed_files += not file_rows.keyed
+        if self.profile is not None:
+            from importer._values import profile_file
+
+            file_rows.profile = profile_file(self.profile, file_rows)
         return file_rows
 
     def _duplicate(self, row: Row, first: int) -> None:
@@ -537,6 +549,24 @@ class _FileNormalizer:
         self._skipped = 0
         self.v2_rows = _V2Rows(self, mapping)
         self._digest_key = _cells_digest_key(mapping, self.fields, excel=excel)
+        #: rows of the chunk just prepared holding a value their [values] table does
+        #: not list (None: no such row)
+        self._unmapped_rows: npt.NDArray[np.bool_] | None = None
+        #: counts the mapped columns' values (validate's values profile), if asked
+        self.profile: ChunkProfile | None = None
+
+    def translate(self, name: str, cells: list[str]) -> list[str]:
+        """Cells of `name`'s column as the body would hold them (trimmed, translated,
+        defaulted; `UNMAPPED_CELL` where its table lacks one): for the values profile."""
+        saved = self._unmapped_rows
+        try:
+            return self._column({self.columns[name]: cells}, name, len(cells))
+        finally:
+            self._unmapped_rows = saved
+
+    def mapped(self, proven: npt.NDArray[np.bool_]) -> npt.NDArray[np.bool_]:
+        """`proven` without the rows of the last chunk holding an unmapped value."""
+        return proven if self._unmapped_rows is None else proven & ~self._unmapped_rows
 
     def digest_key(self) -> str:
         """The cells digests' key for the chunk just read: the mapping's, with the way
@@ -620,6 +650,7 @@ class _FileNormalizer:
                 crosswalk=self.mapping.crosswalk,
                 read_dates=self._chunk_dates,
             )
+            proven = self.mapped(proven)
             numbers = chunk.index.tolist()
             names = list(prepared)
             checked: list[tuple[int, Row]] = []
@@ -647,6 +678,9 @@ class _FileNormalizer:
         """Headers, raw cells by header, prepared cells by row field, and source keys."""
         headers = tuple(str(c) for c in chunk.columns)
         raw = {h: chunk[h].to_numpy(dtype=object).tolist() for h in headers}
+        self._unmapped_rows = None
+        if self.profile is not None:
+            self.profile.add(chunk)
         prepared = {name: self._column(raw, name, len(chunk)) for name in self.fields}
         self._chunk_dates = {
             name: self._date_column(name, self._label(name), self.mapping.date_formats).read(
@@ -679,6 +713,17 @@ class _FileNormalizer:
         translations = self.mapping.values.get(name)
         if translations:
             table = {k: _as_text(v) for k, v in translations.items()}
+            if name not in self.mapping.unmapped_keep:
+                # Cells the table does not list become UNMAPPED_CELL (a row error), found
+                # once per distinct cell; most chunks have none and pay one set().
+                multi = name in MULTI_VALUE_FIELDS
+                missing = {v for v in set(values) if v and not _listed(v, table, multi=multi)}
+                if missing:
+                    table.update(dict.fromkeys((v.casefold() for v in missing), UNMAPPED_CELL))
+                    flags = [v in missing for v in values]
+                    seen = self._unmapped_rows
+                    mask = np.array(flags, dtype=bool)
+                    self._unmapped_rows = mask if seen is None else seen | mask
             if name in MULTI_VALUE_FIELDS:
                 values = [_translate_codes(v, table) for v in values]
             else:
@@ -859,7 +904,7 @@ def _v1_consents(
             crosswalk=owner.mapping.crosswalk,
             read_dates=owner._chunk_dates,
         )
-        candidates = np.flatnonzero(proven).tolist()
+        candidates = np.flatnonzero(owner.mapped(proven)).tolist()
         if candidates:
             asked = [fast_keys[pos] or "" for pos in candidates]
             skip[candidates] = unchanged(asked, digests[candidates])
@@ -955,7 +1000,7 @@ class _V2Rows:
             supplied=plan.supplied,
             read_dates=self.owner._chunk_dates,
         )
-        return proven & proven_by_specs(plan.specs, plan.values, size)
+        return self.owner.mapped(proven) & proven_by_specs(plan.specs, plan.values, size)
 
     def _evaluate(self, raw: dict[str, list[Any]], size: int) -> dict[str, list[str]]:
         """Every plan evaluated over the chunk; the trimmed cells by mapped column."""
@@ -1073,6 +1118,11 @@ def _v1_body(
     crosswalk: dict[str, str] | None,
 ) -> dict[str, Any]:
     """Assemble the API body from one row's prepared cells; faults go to `fail`."""
+    if UNMAPPED_CELL in c.values():
+        for name, cell in c.items():
+            if cell == UNMAPPED_CELL:
+                fail(name, UNMAPPED, _unmapped_rule(f"[values.{name}]"))
+        c = {name: "" if cell == UNMAPPED_CELL else cell for name, cell in c.items()}
     body: dict[str, Any] = {name: c[name] for name in _PLAIN_FIELDS if c.get(name)}
     dates: dict[str, datetime] = {}
     for name in DATE_FIELDS:
@@ -1138,7 +1188,7 @@ def _provision(c: dict[str, str], dates: dict[str, datetime]) -> dict[str, Any]:
     if period:
         provision["period"] = period
     if c.get("purpose"):
-        provision["purpose"] = [{"code": code} for code in split_codes(c["purpose"])]
+        provision["purpose"] = [coding(code) for code in split_codes(c["purpose"])]
     return provision
 
 
@@ -1193,8 +1243,8 @@ class _ConsentPlan:
         self._rows = list(zip(*values, strict=True)) if values else [()] * size
         self._errors = {}
         for spec, results in zip(self.specs, values, strict=True):
-            if spec.path.kind not in (DATE, BOOL):
-                continue  # only dates and booleans can fail to read
+            if spec.path.kind not in (DATE, BOOL) and spec.map is None and spec.crosswalk is None:
+                continue  # only dates, booleans, maps and crosswalks can fail
             for pos, (_, _, code) in enumerate(results):
                 if code is not None:
                     self._errors.setdefault(pos, []).append((spec, code))
@@ -1219,7 +1269,17 @@ class _ConsentPlan:
         return body
 
 
+def _unmapped_rule(table: str) -> str:
+    return (
+        f"its column holds a value {table} does not list; add it there, or set "
+        'unmapped = "keep" to send such values as they are'
+    )
+
+
 _V2_RULES = {
+    UNMAPPED: _unmapped_rule("the map"),
+    "unknown_patient": "not in the crosswalk, or its target is blank there; add it",
+    "unknown_id": "not in the crosswalk, or its target is blank there; add it",
     "invalid_date": "not a date-time in ISO 8601 or one of the formats given",
     "invalid_boolean": "must be Y/N, yes/no, true/false or 1/0, or be listed in the map",
 }
@@ -1409,8 +1469,9 @@ def _identity(
 
 
 def split_codes(text: str) -> list[str]:
-    """The codes of a multi-value cell (`a;b|c`), stripped, empty ones dropped."""
-    return [part.strip() for part in _SPLIT.split(text) if part.strip()]
+    """The codes of a multi-value cell (`a;b|c`), stripped, empty ones dropped; a
+    `system|code` pair stays one code (`importer._fields.split_codes`)."""
+    return split_cell(text)
 
 
 def _translate_codes(cell: str, table: dict[str, str]) -> str:
@@ -1420,6 +1481,21 @@ def _translate_codes(cell: str, table: dict[str, str]) -> str:
     if whole is not None or not _SPLIT.search(cell):
         return cell if whole is None else whole
     return ";".join(table.get(code.casefold(), code) for code in split_codes(cell))
+
+
+#: What a cell its `[values.NAME]` table does not list becomes (see `_FileNormalizer
+#: ._column`): no model accepts it, and `_v1_body` reports it as `unmapped_value`.
+UNMAPPED_CELL = "\x00\x01"
+
+
+def _listed(cell: str, table: dict[str, str], *, multi: bool) -> bool:
+    """Whether a values table translates the cell: as a whole, or (a multi-value
+    field) code by code."""
+    if cell.casefold() in table:
+        return True
+    if not multi or not _SPLIT.search(cell):
+        return False
+    return all(code.casefold() in table for code in split_codes(cell))
 
 
 def _as_text(value: str | bool) -> str:

@@ -35,6 +35,10 @@ class ValidationSummary:
     by_field: Counter[str] = field(default_factory=Counter)
     by_file: dict[str, FileCounts] = field(default_factory=dict)
     errors: list[RowError] = field(default_factory=list)
+    #: validate's values profile (importer._values): cell values, for reports only
+    values: list[dict[str, Any]] | None = None
+    #: what validate saw that is not a row error (no values: they go to the terminal)
+    warnings: list[str] = field(default_factory=list)
 
     def add(self, row: Row) -> None:
         counts = self.by_file.setdefault(row.file, FileCounts())
@@ -100,6 +104,8 @@ class ValidationSummary:
                 }
                 for e in self.errors
             ],
+            **({"warnings": self.warnings} if self.warnings else {}),
+            **({"values": self.values} if self.values is not None else {}),
         }
 
 

@@ -17,6 +17,7 @@ from importer._report import (
     write_json,
 )
 from importer._results import ValidationSummary
+from importer._values import ValuesProfile
 
 
 def validate_files(
@@ -38,6 +39,7 @@ def validate_files(
     writers = [SafeCsvWriter(p, error_columns(t.columns for t in tables)) for p in csv_paths]
     try:
         normalizer = Normalizer(mapping)
+        profile = normalizer.profile = ValuesProfile()
         for table in tables:
             for batch in normalizer.check(table):
                 summary.add_batch(batch)
@@ -50,6 +52,8 @@ def validate_files(
         raise
     for writer in writers:
         writer.close()
+    summary.values = profile.to_json()
+    summary.warnings += profile.warnings()
     for path in paths:
         suffix = path.suffix.lower()
         if suffix == ".json":
