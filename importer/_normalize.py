@@ -558,7 +558,7 @@ class _FileNormalizer:
     def translate(self, name: str, cells: list[str]) -> list[str]:
         """Cells of `name`'s column as the body would hold them (trimmed, translated,
         defaulted; `UNMAPPED_CELL` where its table lacks one): for the values profile."""
-        saved = self._unmapped_rows
+        saved, self._unmapped_rows = self._unmapped_rows, None
         try:
             return self._column({self.columns[name]: cells}, name, len(cells))
         finally:
