@@ -57,7 +57,10 @@ def validate_files(
     for path in paths:
         suffix = path.suffix.lower()
         if suffix == ".json":
-            write_json(path, summary.to_json())
+            document = summary.to_json()
+            if redact:
+                document.pop("values", None)  # cell values: --redact leaves them out
+            write_json(path, document)
         elif suffix == ".html":
             from importer._html_report import write_validation_html
 
