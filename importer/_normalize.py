@@ -680,7 +680,7 @@ class _FileNormalizer:
         raw = {h: chunk[h].to_numpy(dtype=object).tolist() for h in headers}
         self._unmapped_rows = None
         if self.profile is not None:
-            self.profile.add(chunk)
+            self.profile.add(raw)
         prepared = {name: self._column(raw, name, len(chunk)) for name in self.fields}
         self._chunk_dates = {
             name: self._date_column(name, self._label(name), self.mapping.date_formats).read(

@@ -8,8 +8,10 @@ A migration can be signed off by reading it. It holds cell values: it goes only 
 user's own report files, never to the terminal; the warnings drawn from it name fields
 and columns only.
 
-Counting costs one `value_counts` per profiled column per chunk (hashing in C); once a
-column has `LIMIT` distinct values, the rest are only counted as `other_rows`.
+Counting costs one `Counter` per profiled column per chunk (in C, over the cells the
+normalizer has already listed); once a column shows more than `LIMIT` distinct values
+(patient ids, say), its later rows are only counted, as `other_rows`: the counts of the
+values listed then cover the rows read until that chunk.
 """
 
 from __future__ import annotations
@@ -17,12 +19,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
-
-import numpy as np
-import pandas as pd
 
 from importer._fields import CODES, LIST, REFS, UNMAPPED, Spec, evaluate
 from importer._normalize import UNMAPPED_CELL, _FileNormalizer
@@ -46,24 +46,25 @@ class ColumnCounts:
     #: whether the field holds a ClinikAPI id (values are checked for the `prefix_` shape)
     holds_id: bool = False
     counts: dict[str, int] = dataclasses.field(default_factory=dict)
+    #: rows not counted by value: the column has more than `LIMIT` distinct values
     other_rows: int = 0
+    full: bool = False
 
-    def add(self, series: pd.Series[Any]) -> None:
-        """Count one chunk's cells of this column."""
-        found = series.value_counts(sort=False)
-        if not len(found):
+    def add(self, cells: list[str]) -> None:
+        """Count one chunk's cells of this column (until it shows more than `LIMIT`
+        distinct values: from then on only its rows are counted, as `other_rows`)."""
+        if self.full:
+            self.other_rows += len(cells)
             return
-        index = found.index
-        known = index.isin(list(self.counts)) if self.counts else np.zeros(len(index), bool)
-        totals = found.to_numpy()
-        for value, n in zip(index[known].tolist(), totals[known].tolist(), strict=True):
-            self.counts[value] += n
-        new = np.flatnonzero(~known)
-        room = max(LIMIT - len(self.counts), 0)
-        for at in new[:room].tolist():
-            self.counts[str(index[at])] = int(totals[at])
-        if len(new) > room:
-            self.other_rows += int(totals[new[room:]].sum())
+        counts = self.counts
+        for value, n in Counter(cells).items():
+            if value in counts:
+                counts[value] += n
+            elif len(counts) < LIMIT:
+                counts[value] = n
+            else:
+                self.other_rows += n
+                self.full = True
 
     def values(self) -> list[dict[str, Any]]:
         """The values (trimmed; spellings differing only in spaces merged), most
@@ -152,9 +153,10 @@ class ChunkProfile:
 
     columns: list[ColumnCounts]
 
-    def add(self, chunk: pd.DataFrame) -> None:
+    def add(self, raw: dict[str, list[Any]]) -> None:
+        """Count a chunk's cells, by header (as the reader gives them)."""
         for column in self.columns:
-            column.add(chunk[column.column])
+            column.add(raw[column.column])
 
 
 #: Version-1 row fields profiled (enums, codes, ids), and those holding other ids.
