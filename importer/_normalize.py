@@ -209,7 +209,7 @@ _SLICE = 1_000
 #: Bump when a change of this module changes the body made from the same cells: every
 #: stored cells digest then misses once, and the rerun compares bodies instead (and
 #: when the digest itself is made differently: 2 = column-wise).
-_BODY_RULES = "2"
+_BODY_RULES = "3"  # 3: `system|code` stays one coding in version 1's purpose and category
 
 
 @dataclass(frozen=True, slots=True)
@@ -1214,7 +1214,11 @@ class _ConsentPlan:
         top = {spec.path.steps[0][0] for spec in specs if len(spec.path.steps) == 1}
         #: Required fields this consent gets from its specs, not from version-1 columns.
         self.supplied = frozenset(top & {"patientId", "scope", "category"})
-        self.patient_from_v2 = "patientId" in top
+        # A patient id from [fields] goes through [patients], unless its spec names its
+        # own crosswalk (then `evaluate` has resolved it already).
+        self.patient_from_v2 = "patientId" in top and not any(
+            spec.crosswalk is not None for spec in specs if spec.path.plain == "patientId"
+        )
         self._rows: list[tuple[Value, ...]] = []
         self._errors: dict[int, list[tuple[Spec, str]]] = {}
         #: The spec behind each field path (without indexes), to name it in row errors.
@@ -1437,6 +1441,10 @@ def _cells_digest_key(mapping: Mapping, fields: list[str], *, excel: bool) -> st
     """The SipHash key of a file's cells digests (16 characters): a digest of the body
     rules, the mapping (with its crosswalk) and the file kind."""
     crosswalk = sorted((mapping.crosswalk or {}).items())
+    # Named crosswalks are left out of the mapping's repr (PHI): their tables count here.
+    crosswalk += sorted(
+        (f"{name}\x00{k}", v) for name, t in mapping.crosswalks.items() for k, v in t.items()
+    )
     text = repr((_BODY_RULES, dataclasses.replace(mapping, path=None), crosswalk, fields, excel))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 

@@ -548,3 +548,35 @@ def test_v2_split_on_bar_keeps_system_code(tmp_path: Path) -> None:
         {"code": "TREAT"},
         {"system": ACT_REASON, "code": "HRESCH"},
     ]
+
+
+def test_a_patient_id_through_its_own_crosswalk_is_not_looked_up_twice(tmp_path: Path) -> None:
+    rows = rows_of(
+        tmp_path,
+        "Subject,scope,category\nS1,treatment,c\nS9,treatment,c\n",
+        "[patients]\ncrosswalk = 'p.csv'\n"
+        "[crosswalks.subjects]\nfile = 's.csv'\n"
+        "[fields]\npatientId = { column = 'Subject', crosswalk = 'subjects' }\n",
+        p_csv="MRN,patientId\n007,pt_7\n",
+        s_csv="Subject,Patient\nS1,pt_1\n",
+    )
+    assert rows[0].body()["patientId"] == "pt_1"
+    assert verdicts(rows) == [(3, "patientId", "unknown_patient")]
+    assert checked(tmp_path) == verdicts(rows)
+
+
+def test_a_changed_named_crosswalk_changes_the_cells_digest(tmp_path: Path) -> None:
+    """A rerun after a crosswalk fix must rebuild its rows, not take them as unchanged."""
+    from importer._normalize import _cells_digest_key
+
+    keys = []
+    for target in ("prac_1", "prac_2"):
+        _, path = setup_files(
+            tmp_path,
+            "",
+            "[crosswalks.docs]\nfile = 'd.csv'\n"
+            "[fields]\nperformerId = { column = 'Doc', crosswalk = 'docs' }\n",
+            d_csv=f"Doc,Id\nD1,{target}\n",
+        )
+        keys.append(_cells_digest_key(load_mapping(path), ["patientId"], excel=False))
+    assert keys[0] != keys[1]
