@@ -662,10 +662,12 @@ def _values(
     for name in table:
         if name not in FIELDS and name not in extra:
             # A custom name is fine; one that nothing uses is a mistake worth naming.
+            guess = difflib.get_close_matches(name, [*FIELDS, *sorted(extra)], n=1)
+            hint = f"; did you mean [values.{guess[0]}]?" if guess else ""
             raise ConfigError(
                 f"{where}: [values.{name}] is not used: no [fields] spec names it "
                 f'(map = "{name}"), and it is not a field name ([values.scope] translates '
-                "the scope column); use it or remove it"
+                f"the scope column){hint or '; use it or remove it'}"
             )
     values: dict[str, dict[str, str | bool]] = {}
     keep: set[str] = set()

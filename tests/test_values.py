@@ -161,6 +161,7 @@ def test_v2_codes_and_booleans_through_a_map(tmp_path: Path) -> None:
     ("values", "message"),
     [
         ("[values.kinds]\na = 'b'\n", "[values.kinds] is not used: no [fields] spec names it"),
+        ("[values.stauts]\na = 'b'\n", "the scope column); did you mean [values.status]?"),
         ("[values.scope]\nunmapped = 'sometimes'\n", 'values.scope.unmapped: must be "keep"'),
     ],
 )
