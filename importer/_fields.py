@@ -397,16 +397,7 @@ def parse_spec(path: Path, raw: Any, key: str, where: str) -> Spec:
         spec["split"] = _text(raw["split"], f"{here}.split", strip=False)
     if "map" in raw:
         spec.update(_map_spec(path, raw["map"], here))
-    if "unmapped" in raw:
-        if "map" not in raw:
-            raise ConfigError(f"{here}.unmapped: only goes with map = ...")
-        spec["unmapped_keep"] = unmapped_option(raw["unmapped"], f"{here}.unmapped")
-    if "crosswalk" in raw:
-        if source == "value":
-            raise ConfigError(f"{here}.crosswalk: a constant is not looked up; name a column")
-        if path.kind not in (TEXT, REFS, LIST) or (path.kind == TEXT and path.plain in _NOT_IDS):
-            raise ConfigError(f"{here}.crosswalk: {path.text} does not hold an id")
-        spec["crosswalk_name"] = _text(raw["crosswalk"], f"{here}.crosswalk")
+    spec.update(_lookups(path, raw, source, here))
     if "default" in raw:
         spec["default"] = _typed(path, raw["default"], f"{here}.default", list_ok=True)
     if "formats" in raw:
@@ -424,6 +415,22 @@ def parse_spec(path: Path, raw: Any, key: str, where: str) -> Spec:
             )
         spec["system"] = _text(raw["system"], f"{here}.system")
     return Spec(path, key, **spec)
+
+
+def _lookups(path: Path, raw: dict[str, Any], source: str, here: str) -> dict[str, Any]:
+    """A spec's `unmapped` and `crosswalk` modifiers."""
+    out: dict[str, Any] = {}
+    if "unmapped" in raw:
+        if "map" not in raw:
+            raise ConfigError(f"{here}.unmapped: only goes with map = ...")
+        out["unmapped_keep"] = unmapped_option(raw["unmapped"], f"{here}.unmapped")
+    if "crosswalk" in raw:
+        if source == "value":
+            raise ConfigError(f"{here}.crosswalk: a constant is not looked up; name a column")
+        if path.kind not in (TEXT, REFS, LIST) or (path.kind == TEXT and path.plain in _NOT_IDS):
+            raise ConfigError(f"{here}.crosswalk: {path.text} does not hold an id")
+        out["crosswalk_name"] = _text(raw["crosswalk"], f"{here}.crosswalk")
+    return out
 
 
 def _typed(path: Path, value: Any, where: str, *, list_ok: bool) -> Any:

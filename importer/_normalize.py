@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import numpy as np
@@ -60,9 +60,6 @@ from importer._keys import (
 from importer._mapping import DATE_FIELDS, FALSE_WORDS, TRUE_WORDS, Mapping
 from importer._models import ConsentIdentity, ConsentIn, field_errors
 from importer._reader import EXCEL_SUFFIXES, Table, excel_serial_to_iso, sheet_label
-
-if TYPE_CHECKING:
-    from importer._values import ChunkProfile, ValuesProfile
 
 #: Where an error's field name ends its first part ("category.0" -> "category").
 _KEY_ROOT = re.compile(r"[.\[]")
@@ -277,8 +274,10 @@ class Normalizer:
         self.rows_read = 0
         #: Invalid rows read so far without a stable key (read by --revoke-missing).
         self.tally = KeyTally()
-        #: validate's values profile, when one is wanted (importer._values)
-        self.profile: ValuesProfile | None = None
+        #: given each file's normalizer, what counts its chunks' cells (validate's values
+        #: profile, importer._values), when one is wanted
+        self.on_file: Callable[[_FileNormalizer], Callable[[dict[str, list[Any]]], None]] | None
+        self.on_file = None
 
     @property
     def key_kind(self) -> str:
@@ -417,10 +416,8 @@ class Normalizer:
             sheet=table.sheet or "",
         )
         self.unkeyed_files += not file_rows.keyed
-        if self.profile is not None:
-            from importer._values import profile_file
-
-            file_rows.profile = profile_file(self.profile, file_rows)
+        if self.on_file is not None:
+            file_rows.profile = self.on_file(file_rows)
         return file_rows
 
     def _duplicate(self, row: Row, first: int) -> None:
@@ -549,20 +546,10 @@ class _FileNormalizer:
         self._skipped = 0
         self.v2_rows = _V2Rows(self, mapping)
         self._digest_key = _cells_digest_key(mapping, self.fields, excel=excel)
-        #: rows of the chunk just prepared holding a value their [values] table does
-        #: not list (None: no such row)
+        #: rows of the last chunk holding a value their [values] table lacks (None: none)
         self._unmapped_rows: npt.NDArray[np.bool_] | None = None
-        #: counts the mapped columns' values (validate's values profile), if asked
-        self.profile: ChunkProfile | None = None
-
-    def translate(self, name: str, cells: list[str]) -> list[str]:
-        """Cells of `name`'s column as the body would hold them (trimmed, translated,
-        defaulted; `UNMAPPED_CELL` where its table lacks one): for the values profile."""
-        saved, self._unmapped_rows = self._unmapped_rows, None
-        try:
-            return self._column({self.columns[name]: cells}, name, len(cells))
-        finally:
-            self._unmapped_rows = saved
+        #: counts each chunk's cells by header (validate's values profile), if asked
+        self.profile: Callable[[dict[str, list[Any]]], None] | None = None
 
     def mapped(self, proven: npt.NDArray[np.bool_]) -> npt.NDArray[np.bool_]:
         """`proven` without the rows of the last chunk holding an unmapped value."""
@@ -680,7 +667,7 @@ class _FileNormalizer:
         raw = {h: chunk[h].to_numpy(dtype=object).tolist() for h in headers}
         self._unmapped_rows = None
         if self.profile is not None:
-            self.profile.add(raw)
+            self.profile(raw)
         prepared = {name: self._column(raw, name, len(chunk)) for name in self.fields}
         self._chunk_dates = {
             name: self._date_column(name, self._label(name), self.mapping.date_formats).read(
@@ -714,15 +701,9 @@ class _FileNormalizer:
         if translations:
             table = {k: _as_text(v) for k, v in translations.items()}
             if name not in self.mapping.unmapped_keep:
-                # Cells the table does not list become UNMAPPED_CELL (a row error), found
-                # once per distinct cell; most chunks have none and pay one set().
-                multi = name in MULTI_VALUE_FIELDS
-                missing = {v for v in set(values) if v and not _listed(v, table, multi=multi)}
-                if missing:
-                    table.update(dict.fromkeys((v.casefold() for v in missing), UNMAPPED_CELL))
-                    flags = [v in missing for v in values]
+                mask = _mark_unmapped(values, table, multi=name in MULTI_VALUE_FIELDS)
+                if mask is not None:
                     seen = self._unmapped_rows
-                    mask = np.array(flags, dtype=bool)
                     self._unmapped_rows = mask if seen is None else seen | mask
             if name in MULTI_VALUE_FIELDS:
                 values = [_translate_codes(v, table) for v in values]
@@ -1494,6 +1475,19 @@ def _translate_codes(cell: str, table: dict[str, str]) -> str:
 #: What a cell its `[values.NAME]` table does not list becomes (see `_FileNormalizer
 #: ._column`): no model accepts it, and `_v1_body` reports it as `unmapped_value`.
 UNMAPPED_CELL = "\x00\x01"
+
+
+def _mark_unmapped(
+    cells: list[str], table: dict[str, str], *, multi: bool
+) -> npt.NDArray[np.bool_] | None:
+    """Cells the table does not list are entered in it as UNMAPPED_CELL (a row error);
+    the rows holding one (None: none). Found once per distinct cell: most chunks have
+    none and pay one set()."""
+    missing = {c for c in set(cells) if c and not _listed(c, table, multi=multi)}
+    if not missing:
+        return None
+    table.update(dict.fromkeys((c.casefold() for c in missing), UNMAPPED_CELL))
+    return np.array([c in missing for c in cells], dtype=bool)
 
 
 def _listed(cell: str, table: dict[str, str], *, multi: bool) -> bool:

@@ -17,7 +17,7 @@ from importer._report import (
     write_json,
 )
 from importer._results import ValidationSummary
-from importer._values import ValuesProfile
+from importer._values import ValuesProfile, profile_file
 
 
 def validate_files(
@@ -39,7 +39,8 @@ def validate_files(
     writers = [SafeCsvWriter(p, error_columns(t.columns for t in tables)) for p in csv_paths]
     try:
         normalizer = Normalizer(mapping)
-        profile = normalizer.profile = ValuesProfile()
+        profile = ValuesProfile()
+        normalizer.on_file = lambda file_rows: profile_file(profile, file_rows).add
         for table in tables:
             for batch in normalizer.check(table):
                 summary.add_batch(batch)

@@ -218,8 +218,15 @@ def _v1_translate(owner: _FileNormalizer, name: str) -> Translate:
     crosswalk = owner.mapping.crosswalk if name == "patientId" else None
 
     def translate(cells: list[str]) -> list[tuple[Any, str | None]]:
+        # As the normalizer prepares the column (trimmed, translated, defaulted), without
+        # touching the unmapped rows it keeps for the chunk being read.
+        saved, owner._unmapped_rows = owner._unmapped_rows, None
+        try:
+            prepared = owner._column({owner.columns[name]: cells}, name, len(cells))
+        finally:
+            owner._unmapped_rows = saved
         out: list[tuple[Any, str | None]] = []
-        for text in owner.translate(name, cells):
+        for text in prepared:
             if text == UNMAPPED_CELL:
                 out.append((None, UNMAPPED))
             elif not text:
