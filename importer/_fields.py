@@ -632,8 +632,9 @@ def unknown_code(spec: Spec) -> str:
     return "unknown_patient" if spec.path.plain == "patientId" else "unknown_id"
 
 
-#: A coding system written before `|`: a URI (`http://…`, `urn:oid:…`).
-_SYSTEM_URI = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:\S+")
+#: A coding system written before `|`: a URL or a URN (`http://…`, `urn:oid:…`); a code
+#: such as `hipaa:notice` is not one.
+_SYSTEM_URI = re.compile(r"(?:[A-Za-z][A-Za-z0-9+.-]*://|[Uu][Rr][Nn]:)\S+")
 
 
 def split_codes(text: str, separator: str | None = None) -> list[str]:

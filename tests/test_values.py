@@ -530,6 +530,7 @@ def test_v1_purpose_keeps_system_code_as_one_coding(
         ("a|b;c", ["a", "b", "c"]),
         ("http://loinc.org|59284-0", ["http://loinc.org|59284-0"]),  # a pair: not split
         ("hipaa-notice|http://loinc.org|59284-0", ["hipaa-notice", "http://loinc.org|59284-0"]),
+        ("hipaa:notice|b", ["hipaa:notice", "b"]),  # a colon alone makes no system
     ],
 )
 def test_a_category_cell_splits_on_bar_only_outside_a_pair(
