@@ -260,7 +260,11 @@ def parse_condition(table: Any, where: str) -> Condition:
 # --- source specs ------------------------------------------------------------------------
 
 _SOURCES = ("column", "columns", "template", "value")
-_MODIFIERS = ("join", "map", "split", "default", "formats", "system")
+#: Text paths that never hold an id (a crosswalk on one is a mistake).
+_NOT_IDS = frozenset({"scope", "status", "policyUri", "policyRule", "provision.type"})
+_MODIFIERS = ("join", "map", "split", "default", "formats", "system", "unmapped", "crosswalk")
+#: `unmapped` takes one of these: an error (the default) or the cell kept as it is.
+UNMAPPED_CHOICES = ("error", "keep")
 _TEMPLATE = re.compile(r"\{([^{}]+)\}")
 
 
@@ -282,6 +286,19 @@ class Spec:
     formats: tuple[str, ...] | None = None
     system: str | None = None
     cases: tuple[Case, ...] = ()  # source "cases": the first whose `when` holds gives the value
+    #: `unmapped = "keep"`: a cell the map does not list is kept as it is (else a row
+    #: error `unmapped_value`)
+    unmapped_keep: bool = False
+    #: `crosswalk = "NAME"`: the value is looked up there (filled in by the mapping)
+    crosswalk_name: str | None = None
+    #: the crosswalk's table, legacy id -> ClinikAPI id; its ids are PHI (the mapping's
+    #: digest adds the crosswalks itself)
+    crosswalk: dict[str, str] | None = field(default=None, repr=False)
+
+    @property
+    def strict(self) -> bool:
+        """Whether a non-empty cell its map does not list is an error."""
+        return self.map is not None and not self.unmapped_keep
 
     @property
     def headers(self) -> tuple[str, ...]:
@@ -319,12 +336,15 @@ def _map_spec(path: Path, table: Any, here: str) -> dict[str, Any]:
     if isinstance(table, str):
         return {"map_name": table}
     if isinstance(table, dict):
-        return {
-            "map": {
-                str(k).strip().casefold(): _typed(path, v, f"{here}.map.{k}", list_ok=False)
-                for k, v in table.items()
-            }
+        out: dict[str, Any] = {}
+        if "unmapped" in table:  # the option, spelled exactly; "Unmapped" is a value
+            out["unmapped_keep"] = unmapped_option(table["unmapped"], f"{here}.map.unmapped")
+        out["map"] = {
+            str(k).strip().casefold(): _typed(path, v, f"{here}.map.{k}", list_ok=False)
+            for k, v in table.items()
+            if k != "unmapped"
         }
+        return out
     raise ConfigError(
         f'{here}.map: must be an inline table {{ "source" = "api" }} or the name '
         "of a [values.NAME] table"
@@ -338,6 +358,16 @@ class Case:
 
     when: Condition | None
     spec: Spec
+
+
+def unmapped_option(value: Any, where: str) -> bool:
+    """`unmapped = "keep"` (True) or `"error"` (False, the default)."""
+    if value not in UNMAPPED_CHOICES:
+        raise ConfigError(
+            f'{where}: must be "keep" (a value the map does not list is sent as it is) or '
+            '"error" (the default: such a cell is a row error unmapped_value)'
+        )
+    return bool(value == "keep")
 
 
 def parse_spec(path: Path, raw: Any, key: str, where: str) -> Spec:
@@ -397,6 +427,7 @@ def parse_spec(path: Path, raw: Any, key: str, where: str) -> Spec:
         spec["split"] = _text(raw["split"], f"{here}.split", strip=False)
     if "map" in raw:
         spec.update(_map_spec(path, raw["map"], here))
+    spec.update(_lookups(path, raw, source, here))
     if "default" in raw:
         spec["default"] = _typed(path, raw["default"], f"{here}.default", list_ok=True)
     if "formats" in raw:
@@ -458,6 +489,22 @@ def _parse_cases(path: Path, raw: dict[str, Any], key: str, where: str) -> Spec:
         parsed.append(Case(when, spec))
     columns = tuple({**headers, **tested})
     return Spec(path, key, "cases", columns=columns, formats=formats, cases=tuple(parsed))
+
+
+def _lookups(path: Path, raw: dict[str, Any], source: str, here: str) -> dict[str, Any]:
+    """A spec's `unmapped` and `crosswalk` modifiers."""
+    out: dict[str, Any] = {}
+    if "unmapped" in raw:
+        if "map" not in raw:
+            raise ConfigError(f"{here}.unmapped: only goes with map = ...")
+        out["unmapped_keep"] = unmapped_option(raw["unmapped"], f"{here}.unmapped")
+    if "crosswalk" in raw:
+        if source == "value":
+            raise ConfigError(f"{here}.crosswalk: a constant is not looked up; name a column")
+        if path.kind not in (TEXT, REFS, LIST) or (path.kind == TEXT and path.plain in _NOT_IDS):
+            raise ConfigError(f"{here}.crosswalk: {path.text} does not hold an id")
+        out["crosswalk_name"] = _text(raw["crosswalk"], f"{here}.crosswalk")
+    return out
 
 
 def _typed(path: Path, value: Any, where: str, *, list_ok: bool) -> Any:
@@ -557,6 +604,8 @@ def evaluate(
             elif mapped and text.casefold() in mapped:
                 got = mapped[text.casefold()]
                 out.append(_convert_constant(spec, got, parse_constant, from_cell=True))
+            elif spec.strict:
+                out.append((None, True, UNMAPPED))
             else:
                 out.append(
                     (moment, True, None) if moment is not None else (None, True, "invalid_date")
@@ -600,20 +649,42 @@ def _choose(
     return out
 
 
+#: The row error of a non-empty cell its map does not list.
+UNMAPPED: Final = "unmapped_value"
+
+
 def _convert_cell(spec: Spec, text: str, mapped: dict[str, Any]) -> Value:
     kind = spec.path.kind
+    strict = spec.strict
+    crosswalk = spec.crosswalk
     if kind in (CODES, REFS, LIST):
-        items = [p.strip() for p in text.split(spec.split)] if spec.split else [text]
+        items = split_codes(text, spec.split) if spec.split else [text]
         values: list[str] = []
         for item in items:
             if not item:
                 continue
-            got = mapped.get(item.casefold(), item)
+            folded = item.casefold()
+            if strict and folded not in mapped:
+                return None, True, UNMAPPED
+            got = mapped.get(folded, item)
             values.extend(got if isinstance(got, list) else [str(got)])
+        if crosswalk is not None:
+            found = [crosswalk.get(v) for v in values]
+            if None in found:
+                return None, True, unknown_code(spec)
+            values = [v for v in found if v is not None]
         if not values:
             return _EMPTY
         return _as_kind(spec, values), True, None
-    got = mapped.get(text.casefold(), text)
+    folded = text.casefold()
+    if strict and folded not in mapped:
+        return None, True, UNMAPPED
+    got = mapped.get(folded, text)
+    if crosswalk is not None and got != "":
+        resolved = crosswalk.get(str(got))
+        if resolved is None:
+            return None, True, unknown_code(spec)
+        got = resolved
     if kind == BOOL:
         if isinstance(got, bool):
             return got, True, None
@@ -649,16 +720,56 @@ def _as_kind(spec: Spec, items: list[str]) -> Any:
         return items
     if kind == REFS:
         return [{"reference": item} for item in items]
-    codings = []
-    for item in items:
-        system, bar, code = item.rpartition("|")
-        if bar and system.strip():
-            codings.append({"system": system.strip(), "code": code.strip()})
-        elif spec.system:
-            codings.append({"system": spec.system, "code": item})
-        else:
-            codings.append({"code": item})
-    return codings
+    return [coding(item, spec.system) for item in items]
+
+
+def coding(item: str, system: str | None = None) -> dict[str, str]:
+    """A coding from a code; `system|code` carries its own system (else `system`)."""
+    own, bar, code = item.rpartition("|")
+    if bar and own.strip():
+        return {"system": own.strip(), "code": code.strip()}
+    if system:
+        return {"system": system, "code": item}
+    return {"code": item}
+
+
+def unknown_code(spec: Spec) -> str:
+    """The row error of a value its crosswalk lacks (or has a blank target for)."""
+    return "unknown_patient" if spec.path.plain == "patientId" else "unknown_id"
+
+
+#: A coding system written before `|`: a URL or a URN (`http://…`, `urn:oid:…`); a code
+#: such as `hipaa:notice` is not one.
+_SYSTEM_URI = re.compile(r"(?:[A-Za-z][A-Za-z0-9+.-]*://|[Uu][Rr][Nn]:)\S+")
+
+
+def split_codes(text: str, separator: str | None = None) -> list[str]:
+    """The codes of a multi-value cell, stripped, empty ones dropped: split on
+    `separator`, or on `;` and `|` when None. A `system|code` pair stays one code: a
+    `|` right after a URI (`http://…|HRESCH`) joins, it does not split."""
+    if "|" not in text or ":" not in text:
+        seps = separator if separator is not None else None
+        parts = text.split(seps) if seps is not None else _SPLIT_BOTH.split(text)
+        return [p.strip() for p in parts if p.strip()]
+    pattern = re.escape(separator) if separator is not None else "[;|]"
+    parts = re.split(f"({pattern})", text)
+    items: list[str] = []
+    glue = False
+    for i in range(0, len(parts), 2):
+        token = parts[i].strip()
+        if glue and token:
+            items[-1] += "|" + token
+            glue = False
+            continue
+        glue = False
+        if token:
+            items.append(token)
+            after = parts[i + 1] if i + 1 < len(parts) else ""
+            glue = after == "|" and _SYSTEM_URI.fullmatch(token) is not None
+    return items
+
+
+_SPLIT_BOTH = re.compile(r"[;|]")
 
 
 # --- assembling a body ------------------------------------------------------------------

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import jinja2
 
 from importer._outputs import write_text
+from importer._values import LIMIT as VALUES_LIMIT
 from importer._version import __version__
 
 if TYPE_CHECKING:
@@ -213,6 +214,9 @@ def _validation_context(summary: ValidationSummary, *, redact: bool, title: str)
         "total_errors_text": f"{total_errors:,}",
         "shown_text": f"{len(shown):,}",
         "capped": len(shown) < total_errors,
+        "warnings": summary.warnings,
+        "values": summary.values,
+        "values_limit": VALUES_LIMIT,
     }
 
 

@@ -32,7 +32,9 @@ from importer._fields import (
     parse_path,
     parse_spec,
     toml_key,
+    unmapped_option,
 )
+from importer._models import PATIENT_ID_PATTERN
 from importer._reader import SourceOptions, Table, open_table
 
 #: Row fields a column can feed, with the header spellings recognised without a mapping.
@@ -73,6 +75,7 @@ FALSE_WORDS = frozenset({"n", "no", "false", "f", "0"})
 _SECTIONS = {
     *("source", "columns", "values", "defaults", "patients", "filter", "fields", "consents"),
     "fhir",
+    "crosswalks",
 }
 _SOURCE_KEYS = {
     "sheet",
@@ -88,7 +91,15 @@ _SOURCE_KEYS = {
 #: A source system's name namespaces its keys in the ledger: letters, digits, `_.-`.
 _SYSTEM = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _CONSENT_KEYS = {"key", "when", "fields"}
-_PATIENTS_KEYS = {"crosswalk"}
+_PATIENTS_KEYS = {"crosswalk", "from", "to"}
+_CROSSWALK_KEYS = {"file", "from", "to"}
+#: `crosswalk = "patients"` on a spec: the [patients] crosswalk (the performer is the patient).
+PATIENTS_CROSSWALK = "patients"
+#: A crosswalk's targets: ClinikAPI patient ids, or any ClinikAPI id (`prefix_…`).
+_TARGETS = {
+    "patient": (re.compile(PATIENT_ID_PATTERN[1:-1]), "a ClinikAPI patient id (pt_…)"),
+    "id": (re.compile(r"[a-z][a-z0-9]*_[A-Za-z0-9._-]{1,120}"), "a ClinikAPI id (prefix_…)"),
+}
 
 
 def canonical_header(header: str) -> str:
@@ -130,6 +141,11 @@ class Mapping:
     #: (`timezone` is UTC then, for dates alone); `timezone_todo` is "TODO" when it says so
     timezone_stated: bool = False
     timezone_todo: str = ""
+    #: `[values.NAME]` tables with `unmapped = "keep"`: unlisted cells pass as they are
+    unmapped_keep: frozenset[str] = frozenset()
+    #: `[crosswalks.NAME]` tables as read (legacy id -> ClinikAPI id: PHI)
+    crosswalks: dict[str, dict[str, str]] = field(default_factory=dict, repr=False)
+    crosswalk_files: tuple[Path, ...] = ()
 
     @property
     def builds_v2(self) -> bool:
@@ -255,16 +271,24 @@ def load_mapping(path: str | Path | None) -> Mapping:
     _no_unknown(source, _SOURCE_KEYS, f"{where} [source]")
     columns = _string_table(doc, "columns", where, fields=True)
     v2 = _load_v2(doc, source, str(path))
-    values = _values(doc, where, extra=v2.map_names)
+    values, keep = _values(doc, where, extra=v2.map_names)
     defaults = _defaults(doc, where)
-    fields, consents = v2.resolve_maps(values, str(path))
+    fields, consents = v2.resolve_maps(values, str(path), keep)
     _no_twice(columns, defaults, fields, str(path))
     patients = _table(doc, "patients", where)
     _no_unknown(patients, _PATIENTS_KEYS, f"{where} [patients]")
     crosswalk = crosswalk_path = None
     if "crosswalk" in patients:
         crosswalk_path = path.parent / _string(patients["crosswalk"], where, "crosswalk")
-        crosswalk = load_crosswalk(crosswalk_path)
+        crosswalk = load_crosswalk(
+            crosswalk_path,
+            source=_optional_string(patients.get("from"), where, "patients.from"),
+            target=_optional_string(patients.get("to"), where, "patients.to"),
+        )
+    elif patients:
+        raise ConfigError(f'{where} [patients]: needs crosswalk = "FILE.csv"')
+    named = _named_crosswalks(doc, path, v2, crosswalk)
+    fields, consents = v2.resolve_crosswalks(fields, consents, named, crosswalk, str(path))
     return Mapping(
         source=SourceOptions(
             sheet=_sheet(source.get("sheet"), where),
@@ -290,7 +314,65 @@ def load_mapping(path: str | Path | None) -> Mapping:
         crosswalk_path=crosswalk_path,
         system=_system(source.get("system"), where),
         fhir=parse_fhir(doc.get("fhir", {}), str(path), MAPPED_PATHS),
+        unmapped_keep=frozenset(keep),
+        crosswalks={name: table for name, (table, _) in named.items()},
+        crosswalk_files=tuple(file for _, file in named.values()),
     )
+
+
+def _named_crosswalks(
+    doc: dict[str, Any], path: Path, v2: _V2, patients: dict[str, str] | None
+) -> dict[str, tuple[dict[str, str], Path]]:
+    """`[crosswalks.NAME]` tables, each read once, with targets checked as the fields
+    using them need (a crosswalk feeding patientId holds `pt_…` ids)."""
+    where = f"mapping file {path}"
+    tables = _table(doc, "crosswalks", where)
+    used: dict[str, str] = {}  # name -> "patient" or "id"
+    for spec in v2.specs:
+        if spec.crosswalk_name is None:
+            continue
+        name = spec.crosswalk_name
+        if name == PATIENTS_CROSSWALK and name not in tables:
+            if patients is None:
+                raise ConfigError(
+                    f"{path}: {spec.key}.crosswalk: 'patients' is the [patients] crosswalk, "
+                    'and there is none; add [patients] crosswalk = "FILE.csv"'
+                )
+            continue
+        if name not in tables:
+            known = ", ".join(sorted(tables)) or "none"
+            raise ConfigError(
+                f"{path}: {spec.key}.crosswalk: no table [crosswalks.{name}] (defined: "
+                f'{known}); add one with file = "FILE.csv", from = "HEADER", to = "HEADER"'
+            )
+        kind = "patient" if spec.path.plain == "patientId" else "id"
+        if used.get(name) != "patient":
+            used[name] = kind
+    named: dict[str, tuple[dict[str, str], Path]] = {}
+    for name, table in tables.items():
+        here = f"{where} [crosswalks.{name}]"
+        if not isinstance(table, dict):
+            raise ConfigError(f"{here}: must be a table with file, from and to")
+        _no_unknown(table, _CROSSWALK_KEYS, here)
+        if name not in used:
+            raise ConfigError(
+                f'{here}: no spec uses it; name it on a field, e.g. performerId = {{ column = "…", '
+                f'crosswalk = "{name}" }}, or remove it'
+            )
+        if "file" not in table:
+            raise ConfigError(f'{here}: needs file = "FILE.csv"')
+        file = path.parent / _string(table["file"], here, "file")
+        named[name] = (
+            load_crosswalk(
+                file,
+                source=_optional_string(table.get("from"), here, "from"),
+                target=_optional_string(table.get("to"), here, "to"),
+                kind=used[name],
+                section=f"[crosswalks.{name}] file",
+            ),
+            file,
+        )
+    return named
 
 
 @dataclass
@@ -303,12 +385,40 @@ class _V2:
     consents: tuple[ConsentSpec, ...] = ()
 
     @property
+    def specs(self) -> list[Spec]:
+        return [*self.fields.values(), *(s for c in self.consents for s in c.fields.values())]
+
+    @property
     def map_names(self) -> set[str]:
-        specs = [*self.fields.values(), *(s for c in self.consents for s in c.fields.values())]
-        return {p.map_name for s in specs for p in s.parts if p.map_name}
+        return {p.map_name for s in self.specs for p in s.parts if p.map_name}
+
+    def resolve_crosswalks(
+        self,
+        fields: dict[str, Spec],
+        consents: tuple[ConsentSpec, ...],
+        named: dict[str, tuple[dict[str, str], Path]],
+        patients: dict[str, str] | None,
+        where: str,
+    ) -> tuple[dict[str, Spec], tuple[ConsentSpec, ...]]:
+        """Specs with `crosswalk = "NAME"` given their table."""
+
+        def attach(spec: Spec) -> Spec:
+            if spec.cases:  # each case's own crosswalk
+                cases = tuple(dataclasses.replace(c, spec=attach(c.spec)) for c in spec.cases)
+                return dataclasses.replace(spec, cases=cases)
+            name = spec.crosswalk_name
+            if name is None:
+                return spec
+            table = named[name][0] if name in named else patients
+            return dataclasses.replace(spec, crosswalk=table)
+
+        return {k: attach(s) for k, s in fields.items()}, tuple(
+            dataclasses.replace(c, fields={k: attach(s) for k, s in c.fields.items()})
+            for c in consents
+        )
 
     def resolve_maps(
-        self, values: dict[str, dict[str, str | bool]], where: str
+        self, values: dict[str, dict[str, str | bool]], where: str, keep: set[str]
     ) -> tuple[dict[str, Spec], tuple[ConsentSpec, ...]]:
         def attach(spec: Spec) -> Spec:
             if spec.cases:  # each case's own map
@@ -322,7 +432,11 @@ class _V2:
                     f"{where}: {spec.key}.map: no table [values.{spec.map_name}]; add it, or "
                     "write the map inline"
                 )
-            return dataclasses.replace(spec, map=dict(table))
+            return dataclasses.replace(
+                spec,
+                map=dict(table),
+                unmapped_keep=spec.unmapped_keep or spec.map_name in keep,
+            )
 
         fields = {k: attach(s) for k, s in self.fields.items()}
         consents = tuple(
@@ -416,39 +530,98 @@ def _no_twice(
                 )
 
 
-def load_crosswalk(path: Path) -> dict[str, str]:
-    """Read a two-column crosswalk CSV (header row; legacy id, patientId)."""
+def load_crosswalk(
+    path: Path,
+    *,
+    source: str | None = None,
+    target: str | None = None,
+    kind: str = "patient",
+    section: str = "[patients] crosswalk",
+) -> dict[str, str]:
+    """Read a crosswalk CSV (a header row, then legacy id -> ClinikAPI id): {legacy: id}.
+
+    `source`/`target` name the legacy id and the ClinikAPI id columns by header (trimmed,
+    case-folded); without them the file must have two columns, legacy id first (naming
+    one names the other). Each target must be a ClinikAPI id of `kind` ("patient": `pt_…`;
+    "id": `prefix_…`); a blank target leaves its legacy id out, so rows holding that id
+    are row errors (unknown_patient / unknown_id), not the whole file. ConfigError names
+    the file and line; it never echoes a cell (ids are PHI).
+    """
     try:
         with path.open(newline="", encoding="utf-8-sig") as handle:
-            rows = list(csv.reader(handle))
+            reader = csv.reader(handle)
+            rows = [(reader.line_num, row) for row in reader]
     except FileNotFoundError:
         raise ConfigError(
             no_such_file(
-                "crosswalk file",
-                path,
-                "[patients] crosswalk is read relative to the mapping file's folder",
+                "crosswalk file", path, f"{section} is read relative to the mapping file's folder"
             )
         ) from None
-    except (OSError, UnicodeDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise ConfigError(f"crosswalk file {path} cannot be read as UTF-8 CSV: {exc}") from None
+    header = rows[0][1] if rows else []
+    pick, take = _crosswalk_columns(path, header, source, target, section)
+    pattern, what = _TARGETS[kind]
     table: dict[str, str] = {}
-    for number, row in enumerate(rows[1:], start=2):
+    blank: set[str] = set()
+    for number, row in rows[1:]:
         if not any(cell.strip() for cell in row):
             continue
-        if len(row) != 2 or not row[0].strip() or not row[1].strip():
+        here = f"crosswalk file {path}, line {number}"
+        if len(row) < len(header):
             raise ConfigError(
-                f"crosswalk file {path}, row {number}: expected two non-empty cells "
-                "(legacy id, patientId)"
+                f"{here}: {len(row)} cell{'s' if len(row) != 1 else ''}, the header has "
+                f"{len(header)}; a short row is not read as a blank target (write the commas)"
             )
-        legacy, patient = row[0].strip(), row[1].strip()
-        if table.setdefault(legacy, patient) != patient:
+        legacy, found = row[pick].strip(), row[take].strip()
+        if not legacy:
+            raise ConfigError(f"{here}: the legacy id (column {pick + 1}) is blank")
+        if not found:
+            blank.add(legacy)
+        elif not pattern.fullmatch(found):
+            swap = "" if source or target else "; if the columns are the other way round, "
+            swap += "name them with from = and to =" if swap else ""
+            raise ConfigError(f"{here}: the target (column {take + 1}) is not {what}{swap}")
+        if (legacy in blank and found) or table.setdefault(legacy, found) != found:
             raise ConfigError(
-                f"crosswalk file {path}, row {number}: a legacy id maps to two different "
-                "patient ids; fix the crosswalk"
+                f"{here}: a legacy id maps to two different targets; fix the crosswalk"
             )
-    if not table:
+    for legacy in blank:
+        table.pop(legacy, None)
+    if not table and not blank:
         raise ConfigError(f"crosswalk file {path} has no rows")
     return table
+
+
+def _crosswalk_columns(
+    path: Path, header: list[str], source: str | None, target: str | None, section: str
+) -> tuple[int, int]:
+    """The positions of the legacy id and the target columns in a crosswalk's header."""
+    named = {}
+    for key, name in (("from", source), ("to", target)):
+        if name is None:
+            continue
+        header_name = match_header(header, name)
+        if header_name is None:
+            raise ConfigError(
+                f"crosswalk file {path}: {section.split()[0]} {key} = '{name}': no such column "
+                f"in its header ({len(header)} columns){header_hint(header, name)}"
+            )
+        named[key] = header.index(header_name)
+    if len(named) == 2:
+        if named["from"] == named["to"]:
+            raise ConfigError(f"crosswalk file {path}: from and to name the same column")
+        return named["from"], named["to"]
+    if len(header) != 2:
+        raise ConfigError(
+            f"crosswalk file {path}: {len(header)} columns; name the legacy id and the "
+            f"ClinikAPI id columns by header with from = and to = ({section.split()[0]})"
+        )
+    if "from" in named:
+        return named["from"], 1 - named["from"]
+    if "to" in named:
+        return 1 - named["to"], named["to"]
+    return 0, 1
 
 
 def _no_unknown(table: dict[str, Any], allowed: set[str] | tuple[str, ...], where: str) -> None:
@@ -496,18 +669,35 @@ def _values(
     where: str,
     *,
     extra: set[str] = frozenset(),  # type: ignore[assignment]
-) -> dict[str, dict[str, str | bool]]:
+) -> tuple[dict[str, dict[str, str | bool]], set[str]]:
+    """`[values.NAME]` tables (source folded -> API value), and the names of those with
+    `unmapped = "keep"`."""
     table = _table(doc, "values", where)
-    _no_unknown(table, (*FIELDS, *sorted(extra)), f"{where} [values]")
+    for name in table:
+        if name not in FIELDS and name not in extra:
+            # A custom name is fine; one that nothing uses is a mistake worth naming.
+            guess = difflib.get_close_matches(name, [*FIELDS, *sorted(extra)], n=1)
+            hint = f"; did you mean [values.{guess[0]}]?" if guess else ""
+            raise ConfigError(
+                f"{where}: [values.{name}] is not used: no [fields] spec names it "
+                f'(map = "{name}"), and it is not a field name ([values.scope] translates '
+                f"the scope column){hint or '; use it or remove it'}"
+            )
     values: dict[str, dict[str, str | bool]] = {}
+    keep: set[str] = set()
     for name, translations in table.items():
         if not isinstance(translations, dict):
             raise ConfigError(f"{where}: [values.{name}] must be a table")
+        # The option, spelled exactly; "Unmapped" (any other case) is a value.
+        option = translations.get("unmapped")
+        if option is not None and unmapped_option(option, f"{where}: values.{name}.unmapped"):
+            keep.add(name)
         values[name] = {
             source.strip().casefold(): _value(name, value, where, f"values.{name}")
             for source, value in translations.items()
+            if source != "unmapped"
         }
-    return values
+    return values, keep
 
 
 def _defaults(doc: dict[str, Any], where: str) -> dict[str, str | bool]:

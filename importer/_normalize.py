@@ -37,16 +37,19 @@ from importer._fhir_body import FhirConsents, MappedConsent
 from importer._fields import (
     BOOL,
     DATE,
+    UNMAPPED,
     V1_PATHS,
     Condition,
     Shape,
     Spec,
     Value,
+    coding,
     evaluate,
     merge,
     overlaps,
     parse_path,
 )
+from importer._fields import split_codes as split_cell
 from importer._keys import (
     CELLS_PREFIX,
     NATURAL_FIELDS,
@@ -215,8 +218,9 @@ _SLICE = 1_000
 #: Bump when a change of this module changes the body made from the same cells: every
 #: stored cells digest then misses once, and the rerun compares bodies instead (and
 #: when the digest itself is made differently: 2 = column-wise; 3 = a date-only period
-#: end is the end of its day).
-_BODY_RULES = "3"
+#: end is the end of its day; 4 = `system|code` stays one coding in version 1's purpose
+#: and category).
+_BODY_RULES = "4"
 
 
 @dataclass(frozen=True, slots=True)
@@ -291,6 +295,10 @@ class Normalizer:
         #: Invalid rows read so far without a stable key (read by --revoke-missing).
         self.tally = KeyTally()
         self._fhir_unkeyed = False
+        #: given each file's normalizer, what counts its chunks' cells (validate's values
+        #: profile, importer._values), when one is wanted
+        self.on_file: Callable[[_FileNormalizer], Callable[[dict[str, list[Any]]], None]] | None
+        self.on_file = None
 
     @property
     def key_kind(self) -> str:
@@ -472,6 +480,8 @@ class Normalizer:
         self._file_rows.append(file_rows)
         self.unkeyed_files += not file_rows.keyed
         file_rows.defects = table.defects
+        if self.on_file is not None:
+            file_rows.profile = self.on_file(file_rows)
         return file_rows
 
     def _duplicate(self, row: Row, first: int) -> None:
@@ -627,6 +637,14 @@ class _FileNormalizer:
         #: rows the reader found cut short (`Table.defects`): invalid whatever their cells
         self.defects = RowDefects()
         self.numbers: pd.Index = pd.Index([], dtype="int64")  # the last `_prepare`d chunk's
+        #: rows of the last chunk holding a value their [values] table lacks (None: none)
+        self._unmapped_rows: npt.NDArray[np.bool_] | None = None
+        #: counts each chunk's cells by header (validate's values profile), if asked
+        self.profile: Callable[[dict[str, list[Any]]], None] | None = None
+
+    def mapped(self, proven: npt.NDArray[np.bool_]) -> npt.NDArray[np.bool_]:
+        """`proven` without the rows of the last chunk holding an unmapped value."""
+        return proven if self._unmapped_rows is None else proven & ~self._unmapped_rows
 
     def digest_key(self) -> str:
         """The cells digests' key for the chunk just read: the mapping's, with the way
@@ -706,6 +724,7 @@ class _FileNormalizer:
                 crosswalk=self.mapping.crosswalk,
                 read_dates=self._chunk_dates,
             )
+            proven = self.mapped(proven)
             numbers = chunk.index.tolist()
             proven &= _whole(self.defects, numbers)
             names = list(prepared)
@@ -735,6 +754,9 @@ class _FileNormalizer:
         headers = tuple(str(c) for c in chunk.columns)
         self.numbers = chunk.index
         raw = {h: chunk[h].to_numpy(dtype=object).tolist() for h in headers}
+        self._unmapped_rows = None
+        if self.profile is not None:
+            self.profile(raw)
         prepared = {name: self._column(raw, name, len(chunk)) for name in self.fields}
         index = chunk.index
         self._chunk_dates = {
@@ -768,6 +790,11 @@ class _FileNormalizer:
         translations = self.mapping.values.get(name)
         if translations:
             table = {k: _as_text(v) for k, v in translations.items()}
+            if name not in self.mapping.unmapped_keep:
+                mask = _mark_unmapped(values, table, multi=name in MULTI_VALUE_FIELDS)
+                if mask is not None:
+                    seen = self._unmapped_rows
+                    self._unmapped_rows = mask if seen is None else seen | mask
             if name in MULTI_VALUE_FIELDS:
                 values = [_translate_codes(v, table) for v in values]
             else:
@@ -1081,7 +1108,7 @@ def _v1_consents(
             read_dates=owner._chunk_dates,
         )
         proven &= _whole(owner.defects, chunk.index)
-        candidates = np.flatnonzero(proven).tolist()
+        candidates = np.flatnonzero(owner.mapped(proven)).tolist()
         if candidates:
             asked = [fast_keys[pos] or "" for pos in candidates]
             skip[candidates] = unchanged(asked, digests[candidates])
@@ -1178,7 +1205,7 @@ class _V2Rows:
             read_dates=self.owner._chunk_dates,
         )
         proven &= _whole(self.owner.defects, self.owner.numbers)
-        return proven & proven_by_specs(plan.specs, plan.values, size)
+        return self.owner.mapped(proven) & proven_by_specs(plan.specs, plan.values, size)
 
     def _evaluate(
         self, raw: dict[str, list[Any]], size: int, index: pd.Index | None = None
@@ -1301,6 +1328,11 @@ def _v1_body(
     crosswalk: dict[str, str] | None,
 ) -> dict[str, Any]:
     """Assemble the API body from one row's prepared cells; faults go to `fail`."""
+    if UNMAPPED_CELL in c.values():
+        for name, cell in c.items():
+            if cell == UNMAPPED_CELL:
+                fail(name, UNMAPPED, _unmapped_rule(f"[values.{name}]"))
+        c = {name: "" if cell == UNMAPPED_CELL else cell for name, cell in c.items()}
     body: dict[str, Any] = {name: c[name] for name in _PLAIN_FIELDS if c.get(name)}
     dates: dict[str, datetime] = {}
     for name in DATE_FIELDS:
@@ -1366,7 +1398,7 @@ def _provision(c: dict[str, str], dates: dict[str, datetime]) -> dict[str, Any]:
     if period:
         provision["period"] = period
     if c.get("purpose"):
-        provision["purpose"] = [{"code": code} for code in split_codes(c["purpose"])]
+        provision["purpose"] = [coding(code) for code in split_codes(c["purpose"])]
     return provision
 
 
@@ -1392,7 +1424,11 @@ class _ConsentPlan:
         top = {spec.path.steps[0][0] for spec in specs if len(spec.path.steps) == 1}
         #: Required fields this consent gets from its specs, not from version-1 columns.
         self.supplied = frozenset(top & {"patientId", "scope", "category"})
-        self.patient_from_v2 = "patientId" in top
+        # A patient id from [fields] goes through [patients], unless its spec names its
+        # own crosswalk (then `evaluate` has resolved it already).
+        self.patient_from_v2 = "patientId" in top and not any(
+            spec.crosswalk is not None for spec in specs if spec.path.plain == "patientId"
+        )
         self._rows: list[tuple[Value, ...]] = []
         self._errors: dict[int, list[tuple[Spec, str]]] = {}
         #: The spec behind each field path (without indexes), to name it in row errors.
@@ -1428,8 +1464,9 @@ class _ConsentPlan:
         self._rows = list(zip(*values, strict=True)) if values else [()] * size
         self._errors = {}
         for spec, results in zip(self.specs, values, strict=True):
-            if spec.path.kind not in (DATE, BOOL):
-                continue  # only dates and booleans can fail to read
+            can_fail = spec.map is not None or spec.crosswalk is not None or spec.cases
+            if spec.path.kind not in (DATE, BOOL) and not can_fail:
+                continue  # only dates, booleans, maps, crosswalks and cases can fail
             for pos, (_, _, code) in enumerate(results):
                 if code is not None:
                     self._errors.setdefault(pos, []).append((spec, code))
@@ -1454,7 +1491,17 @@ class _ConsentPlan:
         return body
 
 
+def _unmapped_rule(table: str) -> str:
+    return (
+        f"its column holds a value {table} does not list; add it there, or set "
+        'unmapped = "keep" to send such values as they are'
+    )
+
+
 _V2_RULES = {
+    UNMAPPED: _unmapped_rule("the map"),
+    "unknown_patient": "not in the crosswalk, or its target is blank there; add it",
+    "unknown_id": "not in the crosswalk, or its target is blank there; add it",
     "invalid_date": "not a date-time in ISO 8601 or one of the formats given",
     "invalid_boolean": "must be Y/N, yes/no, true/false or 1/0, or be listed in the map",
 }
@@ -1713,6 +1760,10 @@ def _cells_digest_key(mapping: Mapping, fields: list[str], *, excel: bool) -> st
     """The SipHash key of a file's cells digests (16 characters): a digest of the body
     rules, the mapping (with its crosswalk) and the file kind."""
     crosswalk = sorted((mapping.crosswalk or {}).items())
+    # Named crosswalks are left out of the mapping's repr (PHI): their tables count here.
+    crosswalk += sorted(
+        (f"{name}\x00{k}", v) for name, t in mapping.crosswalks.items() for k, v in t.items()
+    )
     text = repr((_BODY_RULES, dataclasses.replace(mapping, path=None), crosswalk, fields, excel))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -1752,8 +1803,9 @@ def _identity_failed(key: str, errors: list[RowError]) -> bool:
 
 
 def split_codes(text: str) -> list[str]:
-    """The codes of a multi-value cell (`a;b|c`), stripped, empty ones dropped."""
-    return [part.strip() for part in _SPLIT.split(text) if part.strip()]
+    """The codes of a multi-value cell (`a;b|c`), stripped, empty ones dropped; a
+    `system|code` pair stays one code (`importer._fields.split_codes`)."""
+    return split_cell(text)
 
 
 def _translate_codes(cell: str, table: dict[str, str]) -> str:
@@ -1763,6 +1815,34 @@ def _translate_codes(cell: str, table: dict[str, str]) -> str:
     if whole is not None or not _SPLIT.search(cell):
         return cell if whole is None else whole
     return ";".join(table.get(code.casefold(), code) for code in split_codes(cell))
+
+
+#: What a cell its `[values.NAME]` table does not list becomes (see `_FileNormalizer
+#: ._column`): no model accepts it, and `_v1_body` reports it as `unmapped_value`.
+UNMAPPED_CELL = "\x00\x01"
+
+
+def _mark_unmapped(
+    cells: list[str], table: dict[str, str], *, multi: bool
+) -> npt.NDArray[np.bool_] | None:
+    """Cells the table does not list are entered in it as UNMAPPED_CELL (a row error);
+    the rows holding one (None: none). Found once per distinct cell: most chunks have
+    none and pay one set()."""
+    missing = {c for c in set(cells) if c and not _listed(c, table, multi=multi)}
+    if not missing:
+        return None
+    table.update(dict.fromkeys((c.casefold() for c in missing), UNMAPPED_CELL))
+    return np.array([c in missing for c in cells], dtype=bool)
+
+
+def _listed(cell: str, table: dict[str, str], *, multi: bool) -> bool:
+    """Whether a values table translates the cell: as a whole, or (a multi-value
+    field) code by code."""
+    if cell.casefold() in table:
+        return True
+    if not multi or not _SPLIT.search(cell):
+        return False
+    return all(code.casefold() in table for code in split_codes(cell))
 
 
 def _as_text(value: str | bool) -> str:

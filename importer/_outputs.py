@@ -49,6 +49,7 @@ def mapping_inputs(mapping: Mapping) -> list[Named]:
         named.append(("--mapping", mapping.path))
     if mapping.crosswalk_path is not None:
         named.append(("crosswalk", mapping.crosswalk_path))
+    named += [("crosswalk", path) for path in mapping.crosswalk_files]
     return named
 
 

@@ -163,6 +163,8 @@ def print_validation(summary: ValidationSummary, console: Console, *, first: int
         f"[{'red' if summary.invalid else 'green'}]{summary.invalid:,} invalid[/]"
         + (f", {summary.skipped:,} skipped (filtered out)" if summary.skipped else "")
     )
+    for warning in summary.warnings:
+        console.print(f"warning: {warning}", soft_wrap=True, markup=False)
     if not summary.invalid:
         return
     console.print(

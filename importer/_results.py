@@ -37,6 +37,10 @@ class ValidationSummary:
     errors: list[RowError] = field(default_factory=list)
     #: FHIR elements without a ClinikAPI field, by path (`unsupported_element` errors)
     fhir_unsupported: Counter[str] = field(default_factory=Counter)
+    #: validate's values profile (importer._values): cell values, for reports only
+    values: list[dict[str, Any]] | None = None
+    #: what validate saw that is not a row error (no values: they go to the terminal)
+    warnings: list[str] = field(default_factory=list)
 
     def add(self, row: Row) -> None:
         counts = self.by_file.setdefault(row.file, FileCounts())
@@ -110,6 +114,8 @@ class ValidationSummary:
                 if self.fhir_unsupported
                 else {}
             ),
+            **({"warnings": self.warnings} if self.warnings else {}),
+            **({"values": self.values} if self.values is not None else {}),
         }
 
 

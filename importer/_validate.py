@@ -17,6 +17,7 @@ from importer._report import (
     write_json,
 )
 from importer._results import ValidationSummary
+from importer._values import ValuesProfile, profile_file
 
 
 def validate_files(
@@ -38,6 +39,8 @@ def validate_files(
     writers = [SafeCsvWriter(p, error_columns(t.columns for t in tables)) for p in csv_paths]
     try:
         normalizer = Normalizer(mapping)
+        profile = ValuesProfile()
+        normalizer.on_file = lambda file_rows: profile_file(profile, file_rows).add
         for table in tables:
             for batch in normalizer.check(table):
                 summary.add_batch(batch)
@@ -50,10 +53,15 @@ def validate_files(
         raise
     for writer in writers:
         writer.close()
+    summary.values = profile.to_json()
+    summary.warnings += profile.warnings()
     for path in paths:
         suffix = path.suffix.lower()
         if suffix == ".json":
-            write_json(path, summary.to_json())
+            document = summary.to_json()
+            if redact:
+                document.pop("values", None)  # cell values: --redact leaves them out
+            write_json(path, document)
         elif suffix == ".html":
             from importer._html_report import write_validation_html
 

@@ -183,7 +183,7 @@ REDCAP_CASES = [
     ("101", "", "1", "active"),
     ("102", "2024-05-01", "1", "inactive"),
     ("103", "", "0", "rejected"),
-    ("104", "", "2", "invalid_enum"),  # an unmapped checkbox value is passed on: invalid
+    ("104", "", "2", "unmapped_value"),  # a checkbox value its map does not list (issue 20)
     ("105", "[not completed]", "1", "active"),
 ]
 
@@ -210,7 +210,7 @@ def test_column_wise_and_per_row_agree(tmp_path: Path, bodies: list[int]) -> Non
     built = bodies[0]
     summary = validate_files([source], mapping)
     assert (summary.valid, summary.invalid) == (4, 1)
-    assert [(e.row, e.field, e.code) for e in summary.errors] == [(5, "status", "invalid_enum")]
+    assert [(e.row, e.field, e.code) for e in summary.errors] == [(5, "status", "unmapped_value")]
     # the report's cell is the value column's, not the withdrawal date's
     assert summary.errors[0].value == "2"
     assert summary.errors[0].message.startswith(
@@ -230,7 +230,7 @@ def consents_of(client: httpx.Client, patient: str) -> list[dict[str, Any]]:
 def test_a_withdrawn_row_is_sent_inactive_and_a_later_withdrawal_patches_it(
     tmp_path: Path, server: RunningSandbox, client: httpx.Client
 ) -> None:
-    cases = [c for c in REDCAP_CASES if c[3] != "invalid_enum"]
+    cases = [c for c in REDCAP_CASES if c[3] != "unmapped_value"]
     source = redcap_file(tmp_path, cases)
     mapping, ledger = tmp_path / "econsent.toml", tmp_path / "ledger.db"
     first = run(source, server.base_url, ledger, mapping=mapping)

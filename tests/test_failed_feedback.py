@@ -71,7 +71,7 @@ def first_run(capsys: pytest.CaptureFixture[str]) -> dict[str, dict[str, str]]:
         (
             "REC-1013",
             "#hipaa: validate; #research: validate",
-            "#hipaa: invalid_enum; #research: invalid_enum",
+            "#hipaa: unmapped_value; #research: unmapped_value",
             "#hipaa: status (column",
         ),
     ],

@@ -80,17 +80,39 @@ timezone = "America/Chicago"
 date_formats = ["%m/%d/%Y %I:%M %p"]
 [values.scope]
 "Treatment" = "treatment"
+unmapped = "keep"   # the API's own values pass as they are
 [values.status]
 signed = "active"
 revoked = "inactive"
+unmapped = "keep"
 [values.verified]
 "maybe" = false
+unmapped = "keep"
 [defaults]
 status = "proposed"
 scope = "patient-privacy"
 provisionType = "permit"
 """,
     "crosswalk": '[patients]\ncrosswalk = "xwalk.csv"\n',
+    # Every value listed: an unlisted one (nope, ACTIVE, maybe...) is unmapped_value.
+    "strict values": """
+[values.scope]
+"treatment" = "treatment"
+"research" = "research"
+"Treatment" = "treatment"
+"adr" = "adr"
+"patient-privacy" = "patient-privacy"
+[values.status]
+"active" = "active"
+"signed" = "active"
+"inactive" = "inactive"
+"revoked" = "inactive"
+"draft" = "draft"
+[values.category]
+"a" = "a"
+"b" = "b"
+"c" = "c"
+""",
 }
 
 
@@ -119,7 +141,7 @@ def setup(tmp_path: Path, name: str, rows: int = 3000, seed: int = 7) -> tuple[M
     map_path = tmp_path / "map.toml"
     map_path.write_text(with_zone(text), encoding="utf-8")
     (tmp_path / "xwalk.csv").write_text(
-        "legacy,patientId\nlegacy-1,pt_1\nlegacy-2,bad id\npt_1,pt_1\n", encoding="utf-8"
+        "legacy,patientId\nlegacy-1,pt_1\nlegacy-2,\npt_1,pt_1\n", encoding="utf-8"
     )
     return load_mapping(map_path), source
 
@@ -161,7 +183,9 @@ def test_check_reports_exactly_the_full_paths_errors(tmp_path: Path, name: str, 
     assert 300 < len(expected) < 2700
 
 
-@pytest.mark.parametrize("name", ["canonical", "crosswalk", "values, defaults, zone, formats"])
+@pytest.mark.parametrize(
+    "name", ["canonical", "crosswalk", "values, defaults, zone, formats", "strict values"]
+)
 def test_rows_it_proves_valid_are_valid_and_it_proves_most(tmp_path: Path, name: str) -> None:
     mapping, source = setup(tmp_path, name)
     the_table = table(mapping, source, chunk_rows=100_000)

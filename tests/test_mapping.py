@@ -146,7 +146,7 @@ def test_key_may_be_one_string(tmp_path: Path) -> None:
         ("[sources]\n", "unknown key 'sources'"),
         ("[source]\nsheets = 1\n", "[source]: unknown key 'sheets'"),
         ("[columns]\npatient = 'X'\n", "[columns]: unknown key 'patient'"),
-        ("[values.colour]\n'a' = 'b'\n", "[values]: unknown key 'colour'"),
+        ("[values.colour]\n'a' = 'b'\n", "[values.colour] is not used: no [fields] spec names it"),
         ("[defaults]\nnope = 'x'\n", "[defaults]: unknown key 'nope'"),
         ("[patients]\nfile = 'x.csv'\n", "[patients]: unknown key 'file'"),
         ("[source]\ntimezone = 'Mars/Olympus'\n", "unknown timezone 'Mars/Olympus'"),
@@ -203,8 +203,8 @@ def test_key_column_must_exist(tmp_path: Path) -> None:
     ("crosswalk", "message"),
     [
         ("MRN,patientId\n", "has no rows"),
-        ("MRN,patientId\n007\n", "row 2: expected two non-empty cells"),
-        ("MRN,patientId\n007,pt_1\n007,pt_2\n", "row 3: a legacy id maps to two different"),
+        ("MRN,patientId\n007\n", "line 2: 1 cell, the header has 2"),
+        ("MRN,patientId\n007,pt_1\n007,pt_2\n", "line 3: a legacy id maps to two different"),
     ],
 )
 def test_bad_crosswalks(tmp_path: Path, crosswalk: str, message: str) -> None:

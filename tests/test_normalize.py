@@ -146,14 +146,16 @@ def test_value_maps_are_trimmed_and_case_insensitive(tmp_path: Path) -> None:
         tmp_path,
         "MRN,Type,Status\npt_1,  hipaa ,SIGNED\npt_2,Research,revoked\npt_3,treatment,active\n",
         "[columns]\npatientId='MRN'\nscope='Type'\ncategory='Type'\nstatus='Status'\n"
-        "[values.scope]\nHIPAA='patient-privacy'\nresearch='research'\n"
-        "[values.category]\nHIPAA='hipaa-notice'\n"
-        "[values.status]\nSigned='active'\nRevoked='inactive'\n",
+        "[values.scope]\nHIPAA='patient-privacy'\nresearch='research'\nunmapped='keep'\n"
+        "[values.category]\nHIPAA='hipaa-notice'\nunmapped='keep'\n"
+        "[values.status]\nSigned='active'\nRevoked='inactive'\nunmapped='keep'\n",
     )
     assert [(b["scope"], b["category"], b["status"]) for b in map(body, rows)] == [
         ("patient-privacy", ["hipaa-notice"], "active"),
         ("research", ["Research"], "inactive"),
-        ("treatment", ["treatment"], "active"),  # values the map lacks pass through
+        # values the map lacks pass through with unmapped = "keep" (else unmapped_value:
+        # tests/test_values.py)
+        ("treatment", ["treatment"], "active"),
     ]
 
 
@@ -176,7 +178,8 @@ def test_multi_value_cells_are_translated_code_by_code(
         f"patientId,scope,Kinds\npt_1,treatment,{cell}\n",
         "[columns]\ncategory='Kinds'\n"
         "[values.category]\nSurgery='surgical-consent'\nHIPAA='hipaa-notice'\n"
-        "Both='treatment-consent;hipaa-notice'\n'Surgery;HIPAA'='hipaa-notice|surgical-consent'\n",
+        "Both='treatment-consent;hipaa-notice'\n'Surgery;HIPAA'='hipaa-notice|surgical-consent'\n"
+        "unmapped='keep'\n",  # "other" passes as it is
     )
     assert body(row)["category"] == categories
 

@@ -54,7 +54,7 @@ def test_preview_prints_the_bodies_of_one_row_with_two_consents(
     ("args", "code", "expected"),
     [
         (["--rows", "1"], 0, ["registry_export.csv:4#research", "registry_export.csv:4#hipaa"]),
-        (["--row", "16"], 1, ["registry_export.csv:16#research  invalid:", "(invalid_enum)"]),
+        (["--row", "16"], 1, ["registry_export.csv:16#research  invalid:", "(unmapped_value)"]),
         # a visit: the filter says which
         (["--row", "6"], 1, ["row 6 is skipped: filter[1] does not hold"]),
     ],
@@ -235,7 +235,11 @@ def test_init_leaves_a_valid_file_as_valid_as_it_was(
     _, code, with_mapping, _ = init_and_validate(source, tmp_path / "mapping.toml", capsys)
     _, without, _ = run_cli(["validate", str(source)], capsys)
     assert code == 1
-    assert validate_counts(with_mapping) == validate_counts(without)
+    # The same rows invalid for the same cells: `marketing`, left TODO in init's
+    # [values.scope], is refused as unmapped_value before the scope check sees it.
+    counts, rules = validate_counts(with_mapping)
+    assert (counts, rules.replace("unmapped_value", "invalid_enum")) == validate_counts(without)
+    assert "unmapped_value 1" in rules
     assert validate_counts(without)[0] == "21 rows, 15 valid, 6 invalid"
 
 
