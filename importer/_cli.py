@@ -20,8 +20,9 @@ from urllib.parse import urlsplit
 import click
 
 from importer._console import plain_console, plural
-from importer._errors import AbortError, ConsentImportError, UsageError
+from importer._errors import AbortError, ConsentImportError, ResourceError, UsageError
 from importer._options import DEFAULTS, IMMUTABLE_CHANGE_CHOICES, RunOptions
+from importer._resources import resource_error
 from importer._results import RevokePlan
 from importer._version import __version__
 
@@ -916,20 +917,37 @@ def main(argv: Sequence[str] | None = None) -> None:
             message += f" (see {exc.ctx.command_path} --help)"
         code = _fail(message, "usage", EXIT_CONFIG, json_logs)
     except ConsentImportError as exc:
+        _debug_traceback()
         kind = "aborted" if isinstance(exc, AbortError) else "config"
-        if exc.exit_code not in (EXIT_CONFIG, EXIT_ABORTED):
+        if isinstance(exc, ResourceError):
+            kind = "resource"
+        elif exc.exit_code not in (EXIT_CONFIG, EXIT_ABORTED):
             kind = "error"
         code = _fail(str(exc), kind, exc.exit_code, json_logs)
     except Exception as exc:
-        if os.environ.get("CONSENT_IMPORT_DEBUG"):
-            raise
-        # The message of an unexpected error may quote a cell, so only its type is shown.
-        message = (
-            f"internal error ({type(exc).__name__}); rerun with CONSENT_IMPORT_DEBUG=1 for "
-            "details and please report it"
+        _debug_traceback()  # CONSENT_IMPORT_DEBUG changes what is said, never the exit code
+        resource = resource_error(
+            exc, "(path not known)", started=False, what="file", then="fix that and run again"
         )
-        code = _fail(message, "internal", EXIT_INTERNAL, json_logs)
+        if resource is not None:  # a full disk or the like outside a run: not a bug
+            code = _fail(str(resource), "resource", resource.exit_code, json_logs)
+        else:
+            # The message of an unexpected error may quote a cell, so only its type is shown.
+            message = (
+                f"internal error ({type(exc).__name__}); rerun with CONSENT_IMPORT_DEBUG=1 "
+                "for details and please report it"
+            )
+            code = _fail(message, "internal", EXIT_INTERNAL, json_logs)
     sys.exit(code if isinstance(code, int) else EXIT_OK)
+
+
+def _debug_traceback() -> None:
+    """With CONSENT_IMPORT_DEBUG set, the traceback of the error being handled (it may
+    quote a cell: for the user's own terminal only)."""
+    if os.environ.get("CONSENT_IMPORT_DEBUG"):
+        import traceback
+
+        traceback.print_exc(file=sys.stderr)
 
 
 def _wants_json_logs(args: list[str]) -> bool:

@@ -29,6 +29,7 @@ import anyio
 import anyio.to_thread
 
 from importer._errors import ConfigError
+from importer._resources import resource_error
 
 if TYPE_CHECKING:
     import numpy as np
@@ -796,6 +797,10 @@ class Ledger(_Transitions, _VerifyReads):
             elif version is None or version == SCHEMA_VERSION:
                 self._db.executescript(_SCHEMA)
         except sqlite3.DatabaseError as exc:
+            # A full disk or a read-only file system is the machine's, not the file's.
+            resource = resource_error(exc, self.path, started=False)
+            if resource is not None:
+                raise resource from exc
             raise ConfigError(
                 f"ledger {self.path} is not a consent-import ledger ({exc}); give another --ledger"
             ) from None

@@ -6,6 +6,7 @@ import importlib.util
 import json
 import logging
 import signal
+import sqlite3
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import chain
@@ -28,6 +29,7 @@ from importer._options import DEFAULTS, RunOptions
 from importer._outputs import write_text
 from importer._preflight import run_checks
 from importer._reader import Table
+from importer._resources import ResourceGuard, resource_error
 from importer._results import RunStats, ValidationSummary
 from importer._revocation import RevokeScope
 
@@ -92,7 +94,9 @@ def run_import(
     if options.preflight:
         # Before the ledger exists or is bound to this base URL: a wrong one touches nothing.
         _, checked, window = run_checks(base_url, api_key, timeout_s=options.timeout_s)
-    with LedgerLock(options.ledger):
+    # A full disk, a read-only folder: exit 2 until the run has begun, 3 after.
+    guard = ResourceGuard(options.ledger)
+    with guard(), LedgerLock(options.ledger):
         ledger = Ledger(options.ledger, base_url=base_url)
         normalizer.content_keys = ledger.key_scheme == "content"
         # Rows the ledger holds as done from the same cells come as counts, no bodies.
@@ -115,6 +119,7 @@ def run_import(
                 )
                 rows, checked = sampled or plain, checked + spent
             run_id = ledger.begin_run([t.name for t in tables])
+            guard.started = True
             stats, validation = anyio.run(
                 _run_async,
                 config,
@@ -139,10 +144,29 @@ def run_import(
             else:
                 total = normalizer.rows_read  # every row was read
             status = "paused" if stats.paused else ("aborted" if stats.aborted else "finished")
-            ledger.finish_run(run_id, status, stats.summary())
+            result = RunResult(stats, run_id, config.options.ledger, validation, total)
+            _finish_run(ledger, result, status)
         finally:
             ledger.close()
-    return RunResult(stats, run_id, config.options.ledger, validation, total)
+    return result
+
+
+def _finish_run(ledger: Ledger, result: RunResult, status: str) -> None:
+    """Record the run's end, its exit code and the rows left settling. On a disk still
+    full this cannot be written: the run stays "running" in the ledger (the next run
+    marks it crashed) and the summary file still tells the monitor."""
+    stats = result.stats
+    try:
+        # Rows a stop left waiting out --settle: neither failed nor done.
+        stats.settling = ledger.counts().get("settling", 0)
+        ledger.finish_run(result.run_id, status, {**stats.summary(), "exit_code": result.exit_code})
+    except (OSError, sqlite3.Error) as exc:
+        resource = resource_error(exc, ledger.path, started=True)
+        if resource is None:
+            raise
+        log.warning(
+            "could not record the end of run %d in the ledger: %s", result.run_id, resource.cause
+        )
 
 
 class _Total:
@@ -222,17 +246,33 @@ async def _run_async(
             on_progress=on_progress,
         )
         with anyio.CancelScope() as scope:
-            async with anyio.create_task_group() as tg:
-                if config.handle_signals:
-                    tg.start_soon(_watch_signals, engine, scope, options.grace_s)
-                await engine.run(rows, in_input)
-                tg.cancel_scope.cancel()
+            try:
+                async with anyio.create_task_group() as tg:
+                    if config.handle_signals:
+                        tg.start_soon(_watch_signals, engine, scope, options.grace_s)
+                    await engine.run(rows, in_input)
+                    tg.cancel_scope.cancel()
+            except Exception as exc:
+                _stopped_by_resource(engine, exc, ledger.path)
         stats = engine.stats
         if scope.cancelled_caught:
             stats.aborted = stats.aborted or "interrupted"
         stats.requests = client.stats.requests
         stats.rate_limited = client.stats.rate_limited
     return stats, engine.validation
+
+
+def _stopped_by_resource(engine: Engine, exc: Exception, path: Path) -> None:
+    """A full disk (or the like) stopped the run mid-way: an abort, not a bug. The
+    ledger's failed transaction rolled back whole; every row is done, or in flight
+    (looked up by the next run), or as before. Anything else is re-raised."""
+    resource = resource_error(exc, path, started=True)
+    if resource is None:
+        raise exc
+    log.error("%s", resource, extra={"fields": {"event": "resource_error", "path": str(path)}})
+    # Not a pause, even if the budget had paused it: the run could not go on (exit 3).
+    engine.stats.aborted, engine.stats.paused = str(resource), False
+    engine.observer.finished()
 
 
 async def _watch_signals(engine: Engine, scope: anyio.CancelScope, grace_s: float) -> None:
