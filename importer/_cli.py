@@ -8,11 +8,12 @@ Exit codes (the contract schedulers rely on): 0 all good, 1 some rows invalid or
 from __future__ import annotations
 
 import errno
+import functools
 import logging
 import math
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -28,6 +29,7 @@ from importer._version import __version__
 
 if TYPE_CHECKING:
     from importer._mapping import Mapping
+    from importer._monitoring import RunMonitor
     from importer._results import RunStats
     from importer._verify import Plan
 
@@ -123,6 +125,48 @@ _max_wait = click.option(
     "seconds, stop cleanly: `run` exits 0 (paused) and resumes on the next run, "
     "`verify` exits 3.",
 )
+
+
+def _monitored(command: Callable[..., int]) -> Callable[..., int]:
+    """`run` with its monitor outputs written for every outcome past argument parsing
+    (importer._monitoring): the exception still goes on to `main`, which says it."""
+
+    @functools.wraps(command)
+    def monitored(**params: Any) -> int:
+        from importer._monitoring import RunMonitor
+
+        monitor = RunMonitor(
+            summary_json=params["summary_json"],
+            metrics_file=params.pop("metrics_file"),
+            inputs=params["inputs"],
+            mapping_path=params["mapping"],
+            ledger=params["ledger"],
+            reports=params["reports"],
+            dry_run=params["dry_run"],
+        )
+        try:
+            code = command(**params, monitor=monitor)
+        except (Exception, KeyboardInterrupt) as exc:
+            monitor.failed(exc, _exit_code_of(exc))
+            raise
+        from importer._results import RunStats
+
+        monitor.write(RunStats(), exit_code=code, run_id=None)  # a dry run (else written)
+        return code
+
+    return monitored
+
+
+def _exit_code_of(exc: BaseException) -> int:
+    """The exit code `main` gives `exc`."""
+    if isinstance(exc, click.exceptions.Abort | KeyboardInterrupt):
+        return EXIT_ABORTED
+    if isinstance(exc, click.ClickException):
+        return EXIT_CONFIG
+    if isinstance(exc, ConsentImportError):
+        return exc.exit_code
+    resource = resource_error(exc, "(path not known)", started=False)
+    return resource.exit_code if resource is not None else EXIT_INTERNAL
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -264,7 +308,15 @@ def validate(
 @click.option(
     "--summary-json",
     type=click.Path(path_type=Path, dir_okay=False),
-    help="Write the run's counts as JSON (for schedulers).",
+    help="Write the run's counts as JSON (for schedulers), whatever the outcome: with "
+    "exit_code, run_id, started_at, finished_at.",
+)
+@click.option(
+    "--metrics-file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Write the same figures in Prometheus text format, whatever the outcome (for "
+    "node_exporter's textfile collector: name it *.prom), with "
+    "consent_import_last_success_timestamp_seconds.",
 )
 @click.option(
     "--report",
@@ -293,6 +345,7 @@ def validate(
     is_flag=True,
     help="No progress bar, no summary, text logs errors only (JSON logs keep every line).",
 )
+@_monitored
 def run(
     inputs: Sequence[Path],
     mapping: Path | None,
@@ -304,6 +357,7 @@ def run(
     redact: bool,
     log_format: str,
     quiet: bool,
+    monitor: RunMonitor,
     **option_values: Any,
 ) -> int:
     """Post every valid row to ClinikAPI; never the same consent twice.
@@ -325,17 +379,17 @@ def run(
     from importer._outputs import check_run
     from importer._report import check_run_report_paths, write_run_reports
     from importer._runner import RunConfig, run_import
-    from importer._runner import summary_json as write_summary
 
     setup_logging(log_format, quiet=quiet)
+    monitor.check()  # before anything else: its outputs are then written whatever happens
     shown = not (quiet or log_format == "json")
     # The other flags are RunOptions' fields by name (their defaults come from it too).
     options = RunOptions(**option_values, preflight=not no_preflight)
     ledger = options.ledger
     _log_start(inputs, options, dry_run=dry_run)
     run_reports = [] if dry_run else check_run_report_paths(reports, redact=redact)
-    the_mapping = load_mapping(mapping)
-    check_run(inputs, the_mapping, ledger, reports, summary_json)
+    the_mapping = monitor.mapping = load_mapping(mapping)
+    check_run(inputs, the_mapping, ledger, reports, summary_json, metrics_file=monitor.metrics_file)
     if dry_run:
         return _dry_run(inputs, the_mapping, options, reports, redact=redact, quiet=not shown)
     with RunProgress(enabled=shown) as progress:
@@ -347,8 +401,7 @@ def run(
             on_total=progress.total,
             count_first=progress.enabled,  # a bar shows it; a wait's ETA counts then
         )
-    if summary_json is not None:
-        write_summary(summary_json, result.stats)
+    monitor.finished(result.stats, exit_code=result.exit_code, run_id=result.run_id)
     write_run_reports(run_reports, result.validation, result.stats, redact=redact)
     summary = result.stats.summary()
     log.info(

@@ -58,13 +58,17 @@ def check_run(
     ledger: Path,
     reports: Sequence[str | Path],
     summary_json: Path | None,
+    *,
+    metrics_file: Path | None = None,
 ) -> None:
-    """`run`'s outputs (the ledger, reports, the summary) against its inputs."""
+    """`run`'s outputs (the ledger, reports, the summary, the metrics) against its inputs."""
     # The lock file beside the ledger is rewritten by every run: an output too.
     outputs: list[Named] = [("--ledger", ledger), ("the ledger's lock", Path(f"{ledger}.lock"))]
     outputs += [("--report", Path(p)) for p in reports]
     if summary_json is not None:
         outputs.append(("--summary-json", summary_json))
+    if metrics_file is not None:
+        outputs.append(("--metrics-file", metrics_file))
     check(outputs, [*(("input", Path(p)) for p in inputs), *mapping_inputs(mapping)])
 
 

@@ -115,6 +115,8 @@ class RunStats:
     unchanged: int = 0
     failed: int = 0
     revoked: int = 0
+    #: rows missing from the source whose revocation waits for more evidence (--revoke-after)
+    revoke_pending: int = 0
     missing_from_source: int = 0
     revoke_out_of_scope: int = 0  # ledger rows missing here, but of other files or systems
     revoke_refused: str = ""  # over --revoke-max: nothing revoked (exit 2)
@@ -168,6 +170,7 @@ class RunStats:
             skipped=self.skipped,
             adopted=self.adopted,
             revoked=self.revoked,
+            revoke_pending=self.revoke_pending,
             missing_from_source=self.missing_from_source,
             revoke_out_of_scope=self.revoke_out_of_scope,
             revoke_refused=self.revoke_refused or None,
@@ -178,6 +181,7 @@ class RunStats:
             paused=self.paused,
             aborted=self.aborted or None,
             rows_left=self.rows_left,
+            settling=self.settling,
             resets_in_s=self.resets_in_s,
             failed_by_code=self.by_error,
         )
