@@ -621,7 +621,8 @@ def status(ledger: Path, runs: int, as_json: bool) -> int:
         return EXIT_OK
     states = ", ".join(f"{k} {v:,}" for k, v in sorted(info["rows_by_state"].items())) or "none"
     click.echo(
-        f"Ledger {ledger}: rows {states}; in flight (outcome unknown): {info['in_flight']:,}"
+        f"Ledger {ledger}: rows {states}; in flight (outcome unknown): {info['in_flight']:,}; "
+        f"settling (waiting for a lookup): {info['settling']:,}"
     )
     for run_info in info["runs"]:
         summary = run_info["summary"] or {}
@@ -630,8 +631,17 @@ def status(ledger: Path, runs: int, as_json: bool) -> int:
             for k in ("rows", "created", "updated", "unchanged", "invalid", "failed")
             if k in summary
         )
+        counts += "".join(
+            f" {k}={run_info[k]}"
+            for k in ("adopted", "revoked", "paused")
+            if run_info[k] is not None
+        )
+        code = run_info["exit_code"]
+        if "error" in summary:  # stopped before it began: why, in its one line
+            counts = summary["error"]
         click.echo(
-            f"  run {run_info['id']:>4} {run_info['started_at']} {run_info['status']:<8} {counts}"
+            f"  run {run_info['id']:>4} {run_info['started_at']} {run_info['status']:<8} "
+            f"exit {'-' if code is None else code}  {counts}".rstrip()
         )
     for title, counts in (
         ("Source systems", info["systems"]),

@@ -1042,11 +1042,12 @@ class Ledger(_Transitions, _VerifyReads):
         )
 
     def error_counts(self) -> dict[str, int]:
-        """Rows by the error code noted on them."""
+        """Rows by the error code noted on them; settling rows' ambiguous answers are no
+        error (they wait for their lookup)."""
         return dict(
             self._db.execute(
                 "SELECT error_code, count(*) FROM rows WHERE error_code IS NOT NULL "
-                "GROUP BY error_code"
+                "AND state != 'settling' GROUP BY error_code"
             ).fetchall()
         )
 
