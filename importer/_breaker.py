@@ -5,8 +5,9 @@ Fed by the client with every request's outcome; when no request has had an answe
 one-second blip is no outage), every further request raises `ServerUnreachable` before it
 is sent, and the run stops (exit 3, resumable) instead of failing every row slowly. A row
 whose every try went unanswered waits for the verdict: an answer (its failure is its own)
-or the window passing without one (one row at a time never makes 20 requests). (A module of its own: the client holds one, and the preflight,
-which uses the client, reports through it.)
+or the window passing without one (one row at a time never makes 20 requests). (A
+module of its own: the client holds one, and the preflight, which uses the client,
+reports through it.)
 """
 
 from __future__ import annotations
