@@ -137,7 +137,8 @@ class AtomicFile:
         os.replace(self._tmp, self.path)
 
     def discard(self) -> None:
-        self.handle.close()
+        with suppress(OSError):  # closing flushes: on a full disk that fails too
+            self.handle.close()
         with suppress(FileNotFoundError):
             self._tmp.unlink()
 
@@ -150,10 +151,10 @@ def atomic_writer(
     file = AtomicFile(path, encoding=encoding, newline=newline, private=private)
     try:
         yield file.handle
+        file.commit()  # may fail too (a full disk): then no temporary is left behind
     except BaseException:
         file.discard()
         raise
-    file.commit()
 
 
 def write_text(path: Path, text: str, *, private: bool = True) -> None:

@@ -14,6 +14,7 @@ group of the engine: the ledger's writer failed, and every worker waiting on it 
 from __future__ import annotations
 
 import errno
+import os
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -33,12 +34,13 @@ _ERRNO_CAUSES = {
     errno.ENOENT: "the file or its folder is gone",
     errno.EIO: "an input/output error of the disk",
 }
+_CANT_OPEN = "it cannot be opened (its folder is gone, or no permission)"
 #: SQLite's error names (prefixes) -> the cause.
 _SQLITE_CAUSES = (
     ("SQLITE_FULL", _ERRNO_CAUSES[errno.ENOSPC]),
     ("SQLITE_READONLY_DBMOVED", "the ledger file was moved or deleted while in use"),
     ("SQLITE_READONLY", "the file or its file system is read-only"),
-    ("SQLITE_CANTOPEN", "it cannot be opened (its folder is gone, or no permission)"),
+    ("SQLITE_CANTOPEN", _CANT_OPEN),
     ("SQLITE_PERM", "permission denied"),
     ("SQLITE_IOERR", "an input/output error of the disk"),
 )
@@ -46,7 +48,7 @@ _SQLITE_CAUSES = (
 _SQLITE_MESSAGES = (
     ("database or disk is full", _ERRNO_CAUSES[errno.ENOSPC]),
     ("attempt to write a readonly database", "the file or its file system is read-only"),
-    ("unable to open database file", "it cannot be opened (its folder is gone, or no permission)"),
+    ("unable to open database file", _CANT_OPEN),
     ("disk i/o error", "an input/output error of the disk"),
 )
 
@@ -67,6 +69,17 @@ def _cause(exc: BaseException) -> tuple[str, str | None] | None:
         filename = exc.filename if isinstance(exc.filename, str | Path) else None
         return _ERRNO_CAUSES[exc.errno], None if filename is None else str(filename)
     return None
+
+
+def _why_not_open(path: Path) -> str:
+    """SQLite's "unable to open" made precise: its folder gone, or not writable (SQLite
+    writes its -wal and -shm files beside the ledger, even to read it)."""
+    folder = path.parent
+    if not folder.is_dir():
+        return f"its folder {folder} is gone"
+    if not os.access(folder, os.W_OK):
+        return f"its folder {folder} is read-only or not writable (SQLite writes beside it)"
+    return _CANT_OPEN
 
 
 def find_resource_error(exc: BaseException) -> tuple[BaseException, str, str | None] | None:
@@ -103,6 +116,8 @@ def resource_error(
             return inner
         return ResourceError(str(inner), path=inner.path, cause=inner.cause, started=started)
     where = named or str(path)
+    if cause == _CANT_OPEN:
+        cause = _why_not_open(Path(where))
     label = what if named is None or Path(named) == Path(path) else "file"
     then = then or (
         "the run stopped, the ledger consistent: fix that and rerun with the same ledger to resume"

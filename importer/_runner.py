@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
+import os
 import signal
 import sqlite3
 from collections.abc import Callable, Iterator, Sequence
@@ -269,7 +270,13 @@ def _stopped_by_resource(engine: Engine, exc: Exception, path: Path) -> None:
     resource = resource_error(exc, path, started=True)
     if resource is None:
         raise exc
-    log.error("%s", resource, extra={"fields": {"event": "resource_error", "path": str(path)}})
+    log.error(
+        "%s",
+        resource,
+        # CONSENT_IMPORT_DEBUG: the traceback too (the output changes, never the exit code).
+        exc_info=exc if os.environ.get("CONSENT_IMPORT_DEBUG") else None,
+        extra={"fields": {"event": "resource_error", "path": str(path)}},
+    )
     # Not a pause, even if the budget had paused it: the run could not go on (exit 3).
     engine.stats.aborted, engine.stats.paused = str(resource), False
     engine.observer.finished()
