@@ -804,7 +804,13 @@ class Ledger(_Transitions, _VerifyReads):
             raise ConfigError(
                 f"ledger {self.path} is not a consent-import ledger ({exc}); give another --ledger"
             ) from None
-        self._check_meta(base_url)
+        try:
+            self._check_meta(base_url)
+        except sqlite3.OperationalError as exc:  # its first write: a full or read-only disk
+            resource = resource_error(exc, self.path, started=False)
+            if resource is None:
+                raise
+            raise resource from exc
 
     def _check_meta(self, base_url: str | None) -> None:
         meta = dict(self._db.execute("SELECT key, value FROM meta").fetchall())

@@ -157,7 +157,8 @@ def test_a_read_only_ledger_folder_is_exit_2_before_anything_is_sent(
         # `status` opens it too: SQLite cannot write its -shm beside it.
         code, _, err = run_cli(["status", "--ledger", str(tiny_disk / "l.db")], capsys)
         assert code == 2
-        assert f"ledger {tiny_disk / 'l.db'}: its folder {tiny_disk} is read-only" in err
+        assert f"ledger {tiny_disk / 'l.db'}: " in err
+        assert "read-only" in err
         assert "internal error" not in err
     finally:
         _remount(tiny_disk, "rw")
