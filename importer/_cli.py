@@ -403,7 +403,8 @@ def run(
         )
     monitor.finished(result.stats, exit_code=result.exit_code, run_id=result.run_id)
     write_run_reports(run_reports, result.validation, result.stats, redact=redact)
-    summary = result.stats.summary()
+    # The summary JSON's document: its keys (exit code, run id, times) in the log line too.
+    summary = monitor.document(result.stats, exit_code=result.exit_code, run_id=result.run_id)
     log.info(
         "summary: %s",
         ", ".join(f"{k} {v}" for k, v in summary.items() if isinstance(v, int | float)),
