@@ -855,6 +855,16 @@ class Ledger(_Transitions, _VerifyReads):
             self._reads.close()
         self._db.close()
 
+    def copy_to(self, path: Path) -> None:
+        """Write this ledger whole, as its connection sees it, into a new owner-only file
+        (a ledger file deleted mid-run is still open here: what the run recorded is kept)."""
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+        target = sqlite3.connect(path)
+        try:
+            self._db.backup(target)
+        finally:
+            target.close()
+
     def created_nothing(self) -> bool:
         """True when no row holds a consent id or may have created one (in flight)."""
         found = self._db.execute(

@@ -99,6 +99,7 @@ def run_import(
     guard = ResourceGuard(options.ledger)
     with guard(), LedgerLock(options.ledger):
         ledger = Ledger(options.ledger, base_url=base_url)
+        opened = os.stat(options.ledger)  # a file deleted or replaced mid-run is told by it
         normalizer.content_keys = ledger.key_scheme == "content"
         # Rows the ledger holds as done from the same cells come as counts, no bodies.
         rows: Iterator[Row | Unchanged] = chain.from_iterable(
@@ -138,6 +139,9 @@ def run_import(
             stats.skipped = validation.skipped = normalizer.skipped
             stats.source_key = normalizer.key_kind
             stats.requests += checked
+            gone = _vanished(ledger.path, opened, run_id)
+            if gone:  # the records are kept (below), but the file was not where it was
+                stats.aborted, stats.paused = gone, False
             if stats.aborted:
                 # Rows not yet read count too: everything the next run still has to do.
                 total = count()
@@ -147,9 +151,47 @@ def run_import(
             status = "paused" if stats.paused else ("aborted" if stats.aborted else "finished")
             result = RunResult(stats, run_id, config.options.ledger, validation, total)
             _finish_run(ledger, result, status)
+            if gone:
+                _keep_records(ledger, run_id)
         finally:
             ledger.close()
     return result
+
+
+def _records_copy(path: Path, run_id: int) -> Path:
+    return path.with_name(f"{path.name}.run-{run_id}")
+
+
+def _vanished(path: Path, opened: os.stat_result, run_id: int) -> str:
+    """'' while `path` still names the ledger file this run opened; else what happened to
+    it, as the one line says it (SQLite writes on into a deleted file without a word)."""
+    try:
+        now = os.stat(path)
+    except FileNotFoundError:
+        return (
+            f"ledger {path}: the file was deleted during the run; what this run recorded is "
+            "put back in its place: find what deleted it, then rerun with the same ledger"
+        )
+    if (now.st_dev, now.st_ino) == (opened.st_dev, opened.st_ino):
+        return ""
+    return (
+        f"ledger {path}: the file was replaced during the run; what this run recorded is "
+        f"kept in {_records_copy(path, run_id)}: find which is the ledger before the next run"
+    )
+
+
+def _keep_records(ledger: Ledger, run_id: int) -> None:
+    """The ledger file went from under the run: copy what its connection holds to a new
+    file, and put it in the ledger's place if that is empty (never over another file)."""
+    path = ledger.path
+    copy = _records_copy(path, run_id)
+    try:
+        ledger.copy_to(copy)
+        ledger.close()  # its -wal and -shm go with it, before the copy takes the name
+        if not path.exists():
+            os.replace(copy, path)
+    except (OSError, sqlite3.Error) as exc:
+        log.error("ledger %s: could not keep this run's records (%s)", path, exc)
 
 
 def _finish_run(ledger: Ledger, result: RunResult, status: str) -> None:

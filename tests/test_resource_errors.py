@@ -11,8 +11,11 @@ and keeps the exit code; the summary is still written.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import subprocess
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -242,3 +245,35 @@ def test_debug_changes_the_output_never_the_exit_code(
     assert "l.db: no space left on the device (the disk is full)" in err
     assert ("Traceback" in err) is debug
     assert json.loads((tmp_path / "s.json").read_text())["exit_code"] == exit_code
+
+
+# -- a ledger file that vanished mid-run -------------------------------------------------
+
+
+def test_a_ledger_deleted_mid_run_is_put_back_and_the_rerun_duplicates_nothing(
+    server: RunningSandbox, tmp_path: Path
+) -> None:
+    source = write_csv(tmp_path / "in.csv", consent_rows(200))
+    ledger = tmp_path / "l.db"
+    server.configure(latency_ms=5)
+
+    def delete_it() -> None:  # `rm l.db` while the run writes to it
+        deadline = time.monotonic() + 60
+        while server.stats()["creates"] < 30 and time.monotonic() < deadline:
+            time.sleep(0.005)
+        os.unlink(ledger)
+
+    remover = threading.Thread(target=delete_it)
+    remover.start()
+    result = run(source, server.base_url, ledger, concurrency=4)
+    remover.join()
+    assert result.exit_code == 3
+    assert result.stats.aborted.startswith(f"ledger {ledger}: the file was deleted during the run")
+    assert ledger.stat().st_mode & 0o777 == 0o600  # put back, owner-only
+    assert not (tmp_path / "l.db.run-1").exists()
+    states = _ledger_states(ledger)
+    assert states == {"done": len(server.consents())}  # every row the server holds
+    again = run(source, server.base_url, ledger, concurrency=4)
+    assert again.exit_code == 0, again.stats.aborted
+    assert again.stats.unchanged == states["done"]
+    _each_row_once(server, 200)
