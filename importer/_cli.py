@@ -147,7 +147,9 @@ def _monitored(command: Callable[..., int]) -> Callable[..., int]:
         try:
             code = command(**params, monitor=monitor)
         except (Exception, KeyboardInterrupt) as exc:
-            monitor.failed(exc, _exit_code_of(exc))
+            # A usage error is no run: the ledger is left as it is (nothing is touched).
+            usage = isinstance(exc, UsageError | click.ClickException)
+            monitor.failed(exc, _exit_code_of(exc), record=not usage)
             raise
         from importer._results import RunStats
 

@@ -1267,6 +1267,47 @@ def recorded_sources(path: Path) -> list[str]:
     return sorted(names)
 
 
+def record_refused_run(
+    path: Path,
+    *,
+    inputs: Sequence[str],
+    started_at: str,
+    finished_at: str,
+    status: str,
+    summary: dict[str, Any],
+) -> int | None:
+    """Add a run that stopped before it began to the ledger at `path`, if that is an
+    existing ledger of this schema: its id, else None (also when it cannot be written).
+    Never creates, migrates or binds a ledger (a refusal is no reason to)."""
+    try:
+        if not path.is_file() or path.stat().st_size == 0:
+            return None
+        db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=rw", uri=True, timeout=5)
+    except (OSError, sqlite3.Error):
+        return None
+    try:
+        if _schema_version(db) != SCHEMA_VERSION:
+            return None
+        with db:
+            cursor = db.execute(
+                "INSERT INTO runs (started_at, finished_at, status, pid, inputs, summary) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    started_at,
+                    finished_at,
+                    status,
+                    os.getpid(),
+                    json.dumps(list(inputs)),
+                    json.dumps(summary),
+                ),
+            )
+        return cursor.lastrowid
+    except sqlite3.Error:
+        return None
+    finally:
+        db.close()
+
+
 def _check_ours(db: sqlite3.Connection, path: Path) -> None:
     """Refuse another program's SQLite database before anything is written to it."""
     tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}

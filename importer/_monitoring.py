@@ -5,7 +5,9 @@ was refused before it started (exit 2: a refused key, a ledger in use, a bad map
 stopped mid-way (exit 3: the key revoked, a full disk) or met a bug (exit 4), with the
 exit code, the run's id (null when it never began), and when it started and ended. A run
 refused before it began is also recorded in its ledger's runs (status `refused`) when
-that ledger already exists, so `status` shows it; no ledger file is created for it.
+that ledger already exists, so `status` shows it; no ledger file is created for it. A
+usage error (a mistake on the command line, an output onto an input) is no run: it is
+not recorded, and no file but the monitor outputs is touched.
 
 An output is written only once it has passed the checks of importer._outputs (never onto
 an input, the mapping, the ledger, a report or the other output). When the mapping could
@@ -18,8 +20,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import sqlite3
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -98,12 +98,13 @@ class RunMonitor:
         """The run returned: write its figures."""
         self.write(stats, exit_code=exit_code, run_id=run_id)
 
-    def failed(self, exc: BaseException, exit_code: int) -> None:
+    def failed(self, exc: BaseException, exit_code: int, *, record: bool = True) -> None:
         """The command failed with `exc` (exit `exit_code`): record a refusal in an
-        existing ledger, then write what is known."""
+        existing ledger (unless `record` is false: a mistake on the command line is no
+        run, and leaves every file as it was), then write what is known."""
         stats = getattr(exc, "stats", None)
         run_id = getattr(exc, "run_id", None)
-        if run_id is None and not self.dry_run:
+        if run_id is None and record and not self.dry_run:
             run_id = record_refusal(
                 self.ledger,
                 self.inputs,
@@ -189,34 +190,13 @@ def record_refusal(
     """Record a run that stopped before it began in an existing ledger of this schema
     (status `refused` for exit 2): its id, or None when there is no such ledger or it
     cannot be written. Never creates, migrates or binds a ledger."""
-    from importer._ledger import SCHEMA_VERSION
+    from importer._ledger import record_refused_run
 
-    try:
-        if not ledger.is_file() or ledger.stat().st_size == 0:
-            return None
-        db = sqlite3.connect(f"{ledger.resolve().as_uri()}?mode=rw", uri=True, timeout=5)
-    except (OSError, sqlite3.Error):
-        return None
-    try:
-        version = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-        if version is None or version[0] != SCHEMA_VERSION:
-            return None  # an older ledger: a refusal is no reason to migrate it
-        summary = {"exit_code": exit_code, "error": message}
-        with db:
-            cursor = db.execute(
-                "INSERT INTO runs (started_at, finished_at, status, pid, inputs, summary) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                (
-                    _iso(started),
-                    _iso(time.time()),
-                    _REFUSED_STATUS.get(exit_code, "error"),
-                    os.getpid(),
-                    json.dumps([str(p) for p in inputs]),
-                    json.dumps(summary),
-                ),
-            )
-        return cursor.lastrowid
-    except sqlite3.Error:
-        return None
-    finally:
-        db.close()
+    return record_refused_run(
+        ledger,
+        inputs=[str(p) for p in inputs],
+        started_at=_iso(started),
+        finished_at=_iso(time.time()),
+        status=_REFUSED_STATUS.get(exit_code, "error"),
+        summary={"exit_code": exit_code, "error": message},
+    )

@@ -6,7 +6,7 @@ none of them is a bug, and each is said in one line naming the path and the caus
 ledger's transactions roll back whole, and rows whose outcome was not recorded stay in
 flight, which the next run looks up before sending anything again).
 
-They come as `OSError` (errno), as `sqlite3.OperationalError` (SQLite's error name, or
+They come as `OSError` (errno), as SQLite's `OperationalError` (its error name, or
 its message when the error was made by hand), or inside an `ExceptionGroup` (a task
 group of the engine: the ledger's writer failed, and every worker waiting on it too).
 """
@@ -15,10 +15,8 @@ from __future__ import annotations
 
 import errno
 import os
-import sqlite3
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
+from types import TracebackType
 
 from importer._errors import ResourceError
 
@@ -53,9 +51,15 @@ _SQLITE_MESSAGES = (
 )
 
 
+def _is_sqlite_error(exc: BaseException) -> bool:
+    """SQLite's OperationalError, told by its class (only the ledger imports sqlite3)."""
+    kind = type(exc)
+    return kind.__module__ == "sqlite3" and kind.__name__ == "OperationalError"
+
+
 def _cause(exc: BaseException) -> tuple[str, str | None] | None:
     """(cause, the path the error names, if any) when `exc` is a resource error."""
-    if isinstance(exc, sqlite3.OperationalError):
+    if _is_sqlite_error(exc):
         name = getattr(exc, "sqlite_errorname", None) or ""
         for prefix, cause in _SQLITE_CAUSES:
             if name.startswith(prefix):
@@ -130,23 +134,44 @@ def resource_error(
 
 
 class ResourceGuard:
-    """Turns the resource errors raised in its blocks into `ResourceError`s about
-    `path`: exit 2 until `started` is set, 3 after."""
+    """The `with` block of a run's ledger: the resource errors raised in it become
+    `ResourceError`s about `path`, exit 2 until the run has begun (`begun`), 3 after; and
+    whether the ledger file is still where the run began (`vanished`)."""
 
     def __init__(self, path: str | Path) -> None:
-        self.path = path
+        self.path = Path(path)
         self.started = False
+        self._opened: os.stat_result | None = None
 
-    @contextmanager
-    def __call__(self) -> Iterator[None]:
-        try:
-            yield
-        except ResourceError as exc:
+    def __enter__(self) -> ResourceGuard:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if exc is None or not isinstance(exc, Exception):
+            return
+        if isinstance(exc, ResourceError):
             if exc.started or not self.started:
-                raise
+                return
             raise ResourceError(str(exc), path=exc.path, cause=exc.cause, started=True) from exc
-        except (OSError, sqlite3.Error, BaseExceptionGroup) as exc:
-            resource = resource_error(exc, self.path, started=self.started)
-            if resource is None:
-                raise
+        resource = resource_error(exc, self.path, started=self.started)
+        if resource is not None:
             raise resource from exc
+
+    def begun(self, run_id: int) -> int:
+        """The run `run_id` has begun (its ledger file is the one there now)."""
+        self.started = True
+        self._opened = os.stat(self.path)
+        return run_id
+
+    def vanished(self) -> str:
+        """'' while the ledger's path names the file the run began with; else what
+        happened to it, in words (SQLite writes on into a deleted file without a word)."""
+        try:
+            now = os.stat(self.path)
+        except FileNotFoundError:
+            return "deleted"
+        opened = self._opened
+        same = opened is not None and (now.st_dev, now.st_ino) == (opened.st_dev, opened.st_ino)
+        return "" if same else "replaced"

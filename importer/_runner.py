@@ -7,7 +7,6 @@ import json
 import logging
 import os
 import signal
-import sqlite3
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import chain
@@ -95,11 +94,8 @@ def run_import(
     if options.preflight:
         # Before the ledger exists or is bound to this base URL: a wrong one touches nothing.
         _, checked, window = run_checks(base_url, api_key, timeout_s=options.timeout_s)
-    # A full disk, a read-only folder: exit 2 until the run has begun, 3 after.
-    guard = ResourceGuard(options.ledger)
-    with guard(), LedgerLock(options.ledger):
+    with ResourceGuard(options.ledger) as guard, LedgerLock(options.ledger):
         ledger = Ledger(options.ledger, base_url=base_url)
-        opened = os.stat(options.ledger)  # a file deleted or replaced mid-run is told by it
         normalizer.content_keys = ledger.key_scheme == "content"
         # Rows the ledger holds as done from the same cells come as counts, no bodies.
         rows: Iterator[Row | Unchanged] = chain.from_iterable(
@@ -120,8 +116,7 @@ def run_import(
                     window_limit=window,
                 )
                 rows, checked = sampled or plain, checked + spent
-            run_id = ledger.begin_run([t.name for t in tables])
-            guard.started = True
+            run_id = guard.begun(ledger.begin_run([t.name for t in tables]))
             stats, validation = anyio.run(
                 _run_async,
                 config,
@@ -139,20 +134,15 @@ def run_import(
             stats.skipped = validation.skipped = normalizer.skipped
             stats.source_key = normalizer.key_kind
             stats.requests += checked
-            gone = _vanished(ledger.path, opened, run_id)
-            if gone:  # the records are kept (below), but the file was not where it was
-                stats.aborted, stats.paused = gone, False
+            gone = _vanished(guard, stats, run_id)
             if stats.aborted:
                 # Rows not yet read count too: everything the next run still has to do.
                 total = count()
                 stats.rows_left = max(total - stats.finished, stats.rows_left)
             else:
                 total = normalizer.rows_read  # every row was read
-            status = "paused" if stats.paused else ("aborted" if stats.aborted else "finished")
             result = RunResult(stats, run_id, config.options.ledger, validation, total)
-            _finish_run(ledger, result, status)
-            if gone:
-                _keep_records(ledger, run_id)
+            _finish_run(ledger, result, keep_records=gone)
         finally:
             ledger.close()
     return result
@@ -162,22 +152,22 @@ def _records_copy(path: Path, run_id: int) -> Path:
     return path.with_name(f"{path.name}.run-{run_id}")
 
 
-def _vanished(path: Path, opened: os.stat_result, run_id: int) -> str:
-    """'' while `path` still names the ledger file this run opened; else what happened to
-    it, as the one line says it (SQLite writes on into a deleted file without a word)."""
-    try:
-        now = os.stat(path)
-    except FileNotFoundError:
-        return (
-            f"ledger {path}: the file was deleted during the run; what this run recorded is "
-            "put back in its place: find what deleted it, then rerun with the same ledger"
-        )
-    if (now.st_dev, now.st_ino) == (opened.st_dev, opened.st_ino):
-        return ""
-    return (
-        f"ledger {path}: the file was replaced during the run; what this run recorded is "
-        f"kept in {_records_copy(path, run_id)}: find which is the ledger before the next run"
+def _vanished(guard: ResourceGuard, stats: RunStats, run_id: int) -> bool:
+    """Whether the ledger file went from under the run (deleted, or replaced by another
+    file): the run then stops as aborted, saying so, and its records are kept."""
+    what = guard.vanished()
+    if what == "deleted":
+        stats.aborted = "put back in its place: find what deleted it"
+    elif what == "replaced":
+        stats.aborted = f"kept in {_records_copy(guard.path, run_id)}: find which is the ledger"
+    else:
+        return False
+    stats.aborted = (
+        f"ledger {guard.path}: the file was {what} during the run; what this run recorded is "
+        f"{stats.aborted}, then rerun with the same ledger"
     )
+    stats.paused = False
+    return True
 
 
 def _keep_records(ledger: Ledger, run_id: int) -> None:
@@ -190,26 +180,29 @@ def _keep_records(ledger: Ledger, run_id: int) -> None:
         ledger.close()  # its -wal and -shm go with it, before the copy takes the name
         if not path.exists():
             os.replace(copy, path)
-    except (OSError, sqlite3.Error) as exc:
+    except Exception as exc:  # said; the run's outcome stands
         log.error("ledger %s: could not keep this run's records (%s)", path, exc)
 
 
-def _finish_run(ledger: Ledger, result: RunResult, status: str) -> None:
+def _finish_run(ledger: Ledger, result: RunResult, *, keep_records: bool) -> None:
     """Record the run's end, its exit code and the rows left settling. On a disk still
     full this cannot be written: the run stays "running" in the ledger (the next run
     marks it crashed) and the summary file still tells the monitor."""
     stats = result.stats
+    status = "paused" if stats.paused else ("aborted" if stats.aborted else "finished")
     try:
         # Rows a stop left waiting out --settle: neither failed nor done.
         stats.settling = ledger.counts().get("settling", 0)
         ledger.finish_run(result.run_id, status, {**stats.summary(), "exit_code": result.exit_code})
-    except (OSError, sqlite3.Error) as exc:
+    except Exception as exc:
         resource = resource_error(exc, ledger.path, started=True)
         if resource is None:
             raise
         log.warning(
             "could not record the end of run %d in the ledger: %s", result.run_id, resource.cause
         )
+    if keep_records:
+        _keep_records(ledger, result.run_id)
 
 
 class _Total:

@@ -84,7 +84,8 @@ def _held_lock(tmp_path: Path, held: list[LedgerLock]) -> list[str]:
         (lambda tmp, held: [], 0, True),
         (_bad_mapping, 2, True),  # a config error: recorded, the ledger existed
         (_held_lock, 2, True),  # an overlapping run: recorded beside it
-        (lambda tmp, held: ["--report", "r.txt"], 2, True),  # a usage error past parsing
+        # a usage error past parsing: written, but no run (the ledger is left untouched)
+        (lambda tmp, held: ["--report", "r.txt"], 2, False),
         (lambda tmp, held: ["--api-key", "clk_test_revokedkey1234"], 2, True),  # refused key
     ],
     ids=["ok", "bad_mapping", "overlap", "bad_report", "refused_key"],
