@@ -1,10 +1,13 @@
 """The circuit breaker: when no request gets an answer for a while, stop the run.
 
 Fed by the client with every request's outcome; when no request has had an answer for
-`WINDOW_S` or `MAX_IN_A_ROW` times in a row, every further request raises
-`ServerUnreachable` before it is sent, and the run stops (exit 3, resumable) instead of
-failing every row slowly. (A module of its own: the client holds one, and the preflight,
-which uses the client, reports through it.)
+`WINDOW_S` and `MAX_IN_A_ROW` went unanswered in a row (both: a burst of refusals in a
+one-second blip is no outage), every further request raises `ServerUnreachable` before it
+is sent, and the run stops (exit 3, resumable) instead of failing every row slowly. A row
+whose every try went unanswered waits for the verdict: an answer (its failure is its own)
+or the window passing without one (one row at a time never makes 20 requests). (A
+module of its own: the client holds one, and the preflight, which uses the client,
+reports through it.)
 """
 
 from __future__ import annotations
@@ -20,12 +23,12 @@ __all__ = ["MAX_IN_A_ROW", "WINDOW_S", "CircuitBreaker"]
 
 #: The breaker trips when no request has had an answer for this long ...
 WINDOW_S = 30.0
-#: ... or this many times in a row, whichever comes first.
+#: ... and this many went unanswered in a row: both.
 MAX_IN_A_ROW = 20
 
 
 class CircuitBreaker:
-    """Counts requests that got no HTTP answer in a row; trips after too many or too long.
+    """Counts requests that got no HTTP answer in a row; trips after too many for too long.
 
     Any HTTP answer (even a 5xx) resets it: the server is there. Once tripped it stays
     tripped, and `check` raises `ServerUnreachable` before every further request.
@@ -60,7 +63,7 @@ class CircuitBreaker:
             self._since = now
         self.in_a_row += 1
         self._cause = cause
-        if self.in_a_row >= self.max_in_a_row or now - self._since >= self.window_s:
+        if self.in_a_row >= self.max_in_a_row and now - self._since >= self.window_s:
             self._trip(now)
 
     async def verdict(self, poll_s: float = 0.05) -> None:

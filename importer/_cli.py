@@ -8,11 +8,12 @@ Exit codes (the contract schedulers rely on): 0 all good, 1 some rows invalid or
 from __future__ import annotations
 
 import errno
+import functools
 import logging
 import math
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -20,13 +21,15 @@ from urllib.parse import urlsplit
 import click
 
 from importer._console import plain_console, plural
-from importer._errors import AbortError, ConsentImportError, UsageError
+from importer._errors import AbortError, ConsentImportError, ResourceError, UsageError
 from importer._options import DEFAULTS, IMMUTABLE_CHANGE_CHOICES, RunOptions
+from importer._resources import resource_error
 from importer._results import RevokePlan
 from importer._version import __version__
 
 if TYPE_CHECKING:
     from importer._mapping import Mapping
+    from importer._monitoring import RunMonitor
     from importer._results import RunStats
     from importer._verify import Plan
 
@@ -122,6 +125,50 @@ _max_wait = click.option(
     "seconds, stop cleanly: `run` exits 0 (paused) and resumes on the next run, "
     "`verify` exits 3.",
 )
+
+
+def _monitored(command: Callable[..., int]) -> Callable[..., int]:
+    """`run` with its monitor outputs written for every outcome past argument parsing
+    (importer._monitoring): the exception still goes on to `main`, which says it."""
+
+    @functools.wraps(command)
+    def monitored(**params: Any) -> int:
+        from importer._monitoring import RunMonitor
+
+        monitor = RunMonitor(
+            summary_json=params["summary_json"],
+            metrics_file=params.pop("metrics_file"),
+            inputs=params["inputs"],
+            mapping_path=params["mapping"],
+            ledger=params["ledger"],
+            reports=params["reports"],
+            dry_run=params["dry_run"],
+        )
+        try:
+            code = command(**params, monitor=monitor)
+        except (Exception, KeyboardInterrupt) as exc:
+            # A usage error is no run: the ledger is left as it is (nothing is touched).
+            usage = isinstance(exc, UsageError | click.ClickException)
+            monitor.failed(exc, _exit_code_of(exc), record=not usage)
+            raise
+        from importer._results import RunStats
+
+        monitor.write(RunStats(), exit_code=code, run_id=None)  # a dry run (else written)
+        return code
+
+    return monitored
+
+
+def _exit_code_of(exc: BaseException) -> int:
+    """The exit code `main` gives `exc`."""
+    if isinstance(exc, click.exceptions.Abort | KeyboardInterrupt):
+        return EXIT_ABORTED
+    if isinstance(exc, click.ClickException):
+        return EXIT_CONFIG
+    if isinstance(exc, ConsentImportError):
+        return exc.exit_code
+    resource = resource_error(exc, "(path not known)", started=False)
+    return resource.exit_code if resource is not None else EXIT_INTERNAL
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -274,7 +321,15 @@ def validate(
 @click.option(
     "--summary-json",
     type=click.Path(path_type=Path, dir_okay=False),
-    help="Write the run's counts as JSON (for schedulers).",
+    help="Write the run's counts as JSON (for schedulers), whatever the outcome: with "
+    "exit_code, run_id, started_at, finished_at.",
+)
+@click.option(
+    "--metrics-file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Write the same figures in Prometheus text format, whatever the outcome (for "
+    "node_exporter's textfile collector: name it *.prom), with "
+    "consent_import_last_success_timestamp_seconds.",
 )
 @click.option(
     "--report",
@@ -303,6 +358,7 @@ def validate(
     is_flag=True,
     help="No progress bar, no summary, text logs errors only (JSON logs keep every line).",
 )
+@_monitored
 def run(
     inputs: Sequence[Path],
     mapping: Path | None,
@@ -314,6 +370,7 @@ def run(
     redact: bool,
     log_format: str,
     quiet: bool,
+    monitor: RunMonitor,
     **option_values: Any,
 ) -> int:
     """Post every valid row to ClinikAPI; never the same consent twice.
@@ -335,17 +392,17 @@ def run(
     from importer._outputs import check_run
     from importer._report import check_run_report_paths, write_run_reports
     from importer._runner import RunConfig, run_import
-    from importer._runner import summary_json as write_summary
 
     setup_logging(log_format, quiet=quiet)
+    monitor.check()  # before anything else: its outputs are then written whatever happens
     shown = not (quiet or log_format == "json")
     # The other flags are RunOptions' fields by name (their defaults come from it too).
     options = RunOptions(**option_values, preflight=not no_preflight)
     ledger = options.ledger
     _log_start(inputs, options, dry_run=dry_run)
     run_reports = [] if dry_run else check_run_report_paths(reports, redact=redact)
-    the_mapping = load_mapping(mapping)
-    check_run(inputs, the_mapping, ledger, reports, summary_json)
+    the_mapping = monitor.mapping = load_mapping(mapping)
+    check_run(inputs, the_mapping, ledger, reports, summary_json, metrics_file=monitor.metrics_file)
     if dry_run:
         return _dry_run(inputs, the_mapping, options, reports, redact=redact, quiet=not shown)
     with RunProgress(enabled=shown) as progress:
@@ -357,10 +414,10 @@ def run(
             on_total=progress.total,
             count_first=progress.enabled,  # a bar shows it; a wait's ETA counts then
         )
-    if summary_json is not None:
-        write_summary(summary_json, result.stats)
+    monitor.finished(result.stats, exit_code=result.exit_code, run_id=result.run_id)
     write_run_reports(run_reports, result.validation, result.stats, redact=redact)
-    summary = result.stats.summary()
+    # The summary JSON's document: its keys (exit code, run id, times) in the log line too.
+    summary = monitor.document(result.stats, exit_code=result.exit_code, run_id=result.run_id)
     log.info(
         "summary: %s",
         ", ".join(f"{k} {v}" for k, v in summary.items() if isinstance(v, int | float)),
@@ -604,7 +661,8 @@ def status(ledger: Path, runs: int, as_json: bool) -> int:
         return EXIT_OK
     states = ", ".join(f"{k} {v:,}" for k, v in sorted(info["rows_by_state"].items())) or "none"
     click.echo(
-        f"Ledger {ledger}: rows {states}; in flight (outcome unknown): {info['in_flight']:,}"
+        f"Ledger {ledger}: rows {states}; in flight (outcome unknown): {info['in_flight']:,}; "
+        f"settling (waiting for a lookup): {info['settling']:,}"
     )
     for run_info in info["runs"]:
         summary = run_info["summary"] or {}
@@ -614,9 +672,18 @@ def status(ledger: Path, runs: int, as_json: bool) -> int:
             if k in summary
         )
         undone = f" ({run_info['undo']})" if run_info.get("undo") else ""
+        counts += "".join(
+            f" {k}={run_info[k]}"
+            for k in ("adopted", "revoked", "paused")
+            if run_info[k] is not None
+        )
+        code = run_info["exit_code"]
+        if "error" in summary:  # stopped before it began: why, in its one line
+            counts = summary["error"]
         click.echo(
-            f"  run {run_info['id']:>4} {run_info['started_at']} {run_info['status']:<8} {counts}"
-            f"{undone}"
+            f"  run {run_info['id']:>4} {run_info['started_at']} {run_info['status']:<8} "
+            f"exit {'-' if code is None else code}  {counts}".rstrip()
+            + undone
         )
     for title, counts in (
         ("Source systems", info["systems"]),
@@ -1033,20 +1100,37 @@ def main(argv: Sequence[str] | None = None) -> None:
             message += f" (see {exc.ctx.command_path} --help)"
         code = _fail(message, "usage", EXIT_CONFIG, json_logs)
     except ConsentImportError as exc:
+        _debug_traceback()
         kind = "aborted" if isinstance(exc, AbortError) else "config"
-        if exc.exit_code not in (EXIT_CONFIG, EXIT_ABORTED):
+        if isinstance(exc, ResourceError):
+            kind = "resource"
+        elif exc.exit_code not in (EXIT_CONFIG, EXIT_ABORTED):
             kind = "error"
         code = _fail(str(exc), kind, exc.exit_code, json_logs)
     except Exception as exc:
-        if os.environ.get("CONSENT_IMPORT_DEBUG"):
-            raise
-        # The message of an unexpected error may quote a cell, so only its type is shown.
-        message = (
-            f"internal error ({type(exc).__name__}); rerun with CONSENT_IMPORT_DEBUG=1 for "
-            "details and please report it"
+        _debug_traceback()  # CONSENT_IMPORT_DEBUG changes what is said, never the exit code
+        resource = resource_error(
+            exc, "(path not known)", started=False, what="file", then="fix that and run again"
         )
-        code = _fail(message, "internal", EXIT_INTERNAL, json_logs)
+        if resource is not None:  # a full disk or the like outside a run: not a bug
+            code = _fail(str(resource), "resource", resource.exit_code, json_logs)
+        else:
+            # The message of an unexpected error may quote a cell, so only its type is shown.
+            message = (
+                f"internal error ({type(exc).__name__}); rerun with CONSENT_IMPORT_DEBUG=1 "
+                "for details and please report it"
+            )
+            code = _fail(message, "internal", EXIT_INTERNAL, json_logs)
     sys.exit(code if isinstance(code, int) else EXIT_OK)
+
+
+def _debug_traceback() -> None:
+    """With CONSENT_IMPORT_DEBUG set, the traceback of the error being handled (it may
+    quote a cell: for the user's own terminal only)."""
+    if os.environ.get("CONSENT_IMPORT_DEBUG"):
+        import traceback
+
+        traceback.print_exc(file=sys.stderr)
 
 
 def _wants_json_logs(args: list[str]) -> bool:

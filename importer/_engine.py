@@ -466,7 +466,11 @@ class Executor:
         try:
             await self._handlers[work.op](work)
         except AuthError as exc:
-            await self._failure(work, exc, sent=False)
+            # The key, not the row: no row fails for it (a key revoked mid-run). A create
+            # never sent is put back; one that may have landed, a patch, a retire or a
+            # revoke stays in flight, and the next run with a good key resumes them.
+            if work.op in (Op.CREATE, Op.RECREATE):
+                await self.record.unsent(work)
             self.run.stop(f"authentication failed ({exc.status} {exc.code or 'no code'})")
             raise _Stop from None
         except BudgetWaitTooLong as exc:

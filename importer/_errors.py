@@ -7,6 +7,9 @@ a cell value or a whole API key (values can be PHI).
     ├── UsageError                bad options (exit 2)
     ├── ConfigError               bad mapping file, crosswalk, ledger lock (exit 2)
     ├── InputError                unreadable, empty or malformed input file (exit 2)
+    ├── ResourceError             the machine refused a file: disk full, read-only file
+    │                             system, a file gone, no permission (exit 2 before the
+    │                             run started, 3 once it had: resumable); not a bug
     ├── AbortError                the run stopped before the end: auth failure, signal (exit 3)
     │   ├── LimiterClosed         the run is stopping: this request was never started
     │   ├── BudgetWaitTooLong     the rate-limit budget resets past --max-wait: the run
@@ -53,6 +56,22 @@ class InputError(ConsentImportError):
     """An input file cannot be read as a table of consents."""
 
     exit_code = 2
+
+
+class ResourceError(ConsentImportError):
+    """The machine refused a file operation (importer._resources names the cause).
+
+    Args:
+        path: the file it was about.
+        cause: what the machine said, in words ("the disk is full").
+        started: whether the run had started: then exit 3 (resumable, the ledger
+            consistent), else exit 2.
+    """
+
+    def __init__(self, message: str, *, path: object, cause: str, started: bool) -> None:
+        super().__init__(message)
+        self.path, self.cause, self.started = path, cause, started
+        self.exit_code = 3 if started else 2
 
 
 class AbortError(ConsentImportError):

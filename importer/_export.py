@@ -85,6 +85,8 @@ def _failed_source_rows(ledger: Ledger) -> list[tuple[dict[str, Any], list[tuple
     failed.csv must give the row back once or its fix reads as a `duplicate_row`."""
     grouped: dict[tuple[str, int, str], list[tuple[str, Any]]] = {}
     for row in ledger.rows_needing_a_person():
+        if row["state"] == "settling":
+            continue  # an ambiguous answer waiting for its lookup: not failed (yet)
         match = _CONSENT_SUFFIX.search(split_key(row["source_key"])[1])
         label = f"#{match[1]}" if match else ""
         where = (row["source_file"], row["source_row"], row["cells"] or "{}")
@@ -122,10 +124,14 @@ def status(ledger_path: Path, *, runs: int = 10) -> dict[str, Any]:
             "ledger": str(ledger_path),
             "rows_by_state": counts,
             "in_flight": counts.get("in_flight", 0),
+            "settling": counts.get("settling", 0),
             "top_errors": dict(errors.most_common(10)),
             "systems": systems,
             "source_files": files,
-            "runs": [_with_undo(_with_live_status(run), undone) for run in ledger.runs(runs)],
+            "runs": [
+                _with_undo(_with_figures(_with_live_status(run)), undone)
+                for run in ledger.runs(runs)
+            ],
         }
     finally:
         ledger.close()
@@ -142,6 +148,21 @@ def _with_live_status(run: dict[str, Any]) -> dict[str, Any]:
     if run["status"] == "running" and not _alive(run.get("pid")):
         return {**run, "status": "interrupted"}
     return run
+
+
+def _with_figures(run: dict[str, Any]) -> dict[str, Any]:
+    """A run with its exit code (None for runs recorded before exit codes were, or
+    still going) and the figures `status` shows of it: adopted, revoked, and the rows a
+    budget pause left (paused)."""
+    summary = run["summary"] or {}
+    left = summary.get("rows_left", 0) if summary.get("paused") else 0
+    return {
+        **run,
+        "exit_code": summary.get("exit_code"),
+        "adopted": summary.get("adopted"),
+        "revoked": summary.get("revoked"),
+        "paused": left if "paused" in summary else None,
+    }
 
 
 def _alive(pid: Any) -> bool:

@@ -29,6 +29,7 @@ import anyio
 import anyio.to_thread
 
 from importer._errors import ConfigError
+from importer._resources import resource_error
 
 if TYPE_CHECKING:
     import numpy as np
@@ -1131,10 +1132,20 @@ class Ledger(_Transitions, _VerifyReads, _UndoRecords, _Evidence):
             elif version is None or version == SCHEMA_VERSION:
                 self._db.executescript(_SCHEMA)
         except sqlite3.DatabaseError as exc:
+            # A full disk or a read-only file system is the machine's, not the file's.
+            resource = resource_error(exc, self.path, started=False)
+            if resource is not None:
+                raise resource from exc
             raise ConfigError(
                 f"ledger {self.path} is not a consent-import ledger ({exc}); give another --ledger"
             ) from None
-        self._check_meta(base_url)
+        try:
+            self._check_meta(base_url)
+        except sqlite3.OperationalError as exc:  # its first write: a full or read-only disk
+            resource = resource_error(exc, self.path, started=False)
+            if resource is None:
+                raise
+            raise resource from exc
 
     def _check_meta(self, base_url: str | None) -> None:
         meta = dict(self._db.execute("SELECT key, value FROM meta").fetchall())
@@ -1182,6 +1193,16 @@ class Ledger(_Transitions, _VerifyReads, _UndoRecords, _Evidence):
         if self._reads is not None:
             self._reads.close()
         self._db.close()
+
+    def copy_to(self, path: Path) -> None:
+        """Write this ledger whole, as its connection sees it, into a new owner-only file
+        (a ledger file deleted mid-run is still open here: what the run recorded is kept)."""
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+        target = sqlite3.connect(path)
+        try:
+            self._db.backup(target)
+        finally:
+            target.close()
 
     def created_nothing(self) -> bool:
         """True when no row holds a consent id or may have created one (in flight)."""
@@ -1378,11 +1399,12 @@ class Ledger(_Transitions, _VerifyReads, _UndoRecords, _Evidence):
         )
 
     def error_counts(self) -> dict[str, int]:
-        """Rows by the error code noted on them."""
+        """Rows by the error code noted on them; settling rows' ambiguous answers are no
+        error (they wait for their lookup)."""
         return dict(
             self._db.execute(
                 "SELECT error_code, count(*) FROM rows WHERE error_code IS NOT NULL "
-                "GROUP BY error_code"
+                "AND state != 'settling' GROUP BY error_code"
             ).fetchall()
         )
 
@@ -1614,6 +1636,47 @@ def recorded_sources(path: Path) -> list[str]:
     except (sqlite3.Error, ValueError):
         return []
     return sorted(names)
+
+
+def record_refused_run(
+    path: Path,
+    *,
+    inputs: Sequence[str],
+    started_at: str,
+    finished_at: str,
+    status: str,
+    summary: dict[str, Any],
+) -> int | None:
+    """Add a run that stopped before it began to the ledger at `path`, if that is an
+    existing ledger of this schema: its id, else None (also when it cannot be written).
+    Never creates, migrates or binds a ledger (a refusal is no reason to)."""
+    try:
+        if not path.is_file() or path.stat().st_size == 0:
+            return None
+        db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=rw", uri=True, timeout=5)
+    except (OSError, sqlite3.Error):
+        return None
+    try:
+        if _schema_version(db) != SCHEMA_VERSION:
+            return None
+        with db:
+            cursor = db.execute(
+                "INSERT INTO runs (started_at, finished_at, status, pid, inputs, summary) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    started_at,
+                    finished_at,
+                    status,
+                    os.getpid(),
+                    json.dumps(list(inputs)),
+                    json.dumps(summary),
+                ),
+            )
+        return cursor.lastrowid
+    except sqlite3.Error:
+        return None
+    finally:
+        db.close()
 
 
 def _check_ours(db: sqlite3.Connection, path: Path) -> None:

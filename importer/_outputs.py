@@ -59,13 +59,17 @@ def check_run(
     ledger: Path,
     reports: Sequence[str | Path],
     summary_json: Path | None,
+    *,
+    metrics_file: Path | None = None,
 ) -> None:
-    """`run`'s outputs (the ledger, reports, the summary) against its inputs."""
+    """`run`'s outputs (the ledger, reports, the summary, the metrics) against its inputs."""
     # The lock file beside the ledger is rewritten by every run: an output too.
     outputs: list[Named] = [("--ledger", ledger), ("the ledger's lock", Path(f"{ledger}.lock"))]
     outputs += [("--report", Path(p)) for p in reports]
     if summary_json is not None:
         outputs.append(("--summary-json", summary_json))
+    if metrics_file is not None:
+        outputs.append(("--metrics-file", metrics_file))
     check(outputs, [*(("input", Path(p)) for p in inputs), *mapping_inputs(mapping)])
 
 
@@ -134,7 +138,8 @@ class AtomicFile:
         os.replace(self._tmp, self.path)
 
     def discard(self) -> None:
-        self.handle.close()
+        with suppress(OSError):  # closing flushes: on a full disk that fails too
+            self.handle.close()
         with suppress(FileNotFoundError):
             self._tmp.unlink()
 
@@ -147,10 +152,10 @@ def atomic_writer(
     file = AtomicFile(path, encoding=encoding, newline=newline, private=private)
     try:
         yield file.handle
+        file.commit()  # may fail too (a full disk): then no temporary is left behind
     except BaseException:
         file.discard()
         raise
-    file.commit()
 
 
 def write_text(path: Path, text: str, *, private: bool = True) -> None:

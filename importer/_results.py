@@ -204,6 +204,7 @@ class RunStats:
             paused=self.paused,
             aborted=self.aborted or None,
             rows_left=self.rows_left,
+            settling=self.settling,
             resets_in_s=self.resets_in_s,
             failed_by_code=self.by_error,
         )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
+import os
 import signal
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ import sniffio
 from importer._breaker import CircuitBreaker
 from importer._client import ClinikClient, check_api_key, check_base_url, make_http_client
 from importer._engine import Engine, InInput
-from importer._errors import ConfigError
+from importer._errors import ConfigError, ConsentImportError
 from importer._gate import CreateCheck
 from importer._identity import note_mapping, read_as_the_ledger_did, read_with
 from importer._ledger import Ledger
@@ -33,6 +34,7 @@ from importer._options import DEFAULTS, RunOptions
 from importer._outputs import write_text
 from importer._preflight import SAMPLE_REQUESTS, run_checks
 from importer._reader import Table
+from importer._resources import ResourceGuard, resource_error
 from importer._results import RunStats, ValidationSummary
 from importer._revocation import RevokeScope
 
@@ -97,7 +99,7 @@ def run_import(
     if options.preflight:
         # Before the ledger exists or is bound to this base URL: a wrong one touches nothing.
         _, checked, window = run_checks(base_url, api_key, timeout_s=options.timeout_s)
-    with LedgerLock(options.ledger):
+    with ResourceGuard(options.ledger) as guard, LedgerLock(options.ledger):
         ledger = Ledger(options.ledger, base_url=base_url)
         read_as_the_ledger_did(normalizer, ledger)
         # Rows the ledger holds as done from the same cells come as counts, no bodies.
@@ -107,7 +109,7 @@ def run_import(
         try:
             lineage = check_lineage(ledger)
             create_check = _create_check(options, ledger, window, lineage.stale)
-            run_id = ledger.begin_run([t.name for t in tables])
+            run_id = guard.begun(ledger.begin_run([t.name for t in tables]))
             changed = note_mapping(ledger, run_id, mapping)
             if create_check is None or not create_check.stale:
                 advance_lineage(ledger, lineage, run_id)  # this run is the live ledger's
@@ -135,17 +137,75 @@ def run_import(
             stats.skipped = validation.skipped = normalizer.skipped
             read_with(stats, normalizer, changed)
             stats.requests += checked
+            gone = _vanished(guard, stats, run_id)
             if stats.aborted:
                 # Rows not yet read count too: everything the next run still has to do.
                 total = count()
                 stats.rows_left = max(total - stats.finished, stats.rows_left)
             else:
                 total = normalizer.rows_read  # every row was read
-            status = "paused" if stats.paused else ("aborted" if stats.aborted else "finished")
-            ledger.finish_run(run_id, status, stats.summary())
+            result = RunResult(stats, run_id, config.options.ledger, validation, total)
+            _finish_run(ledger, result, keep_records=gone)
         finally:
             ledger.close()
-    return RunResult(stats, run_id, config.options.ledger, validation, total)
+    return result
+
+
+def _records_copy(path: Path, run_id: int) -> Path:
+    return path.with_name(f"{path.name}.run-{run_id}")
+
+
+def _vanished(guard: ResourceGuard, stats: RunStats, run_id: int) -> bool:
+    """Whether the ledger file went from under the run (deleted, or replaced by another
+    file): the run then stops as aborted, saying so, and its records are kept."""
+    what = guard.vanished()
+    if what == "deleted":
+        stats.aborted = "put back in its place: find what deleted it"
+    elif what == "replaced":
+        stats.aborted = f"kept in {_records_copy(guard.path, run_id)}: find which is the ledger"
+    else:
+        return False
+    stats.aborted = (
+        f"ledger {guard.path}: the file was {what} during the run; what this run recorded is "
+        f"{stats.aborted}, then rerun with the same ledger"
+    )
+    stats.paused = False
+    return True
+
+
+def _keep_records(ledger: Ledger, run_id: int) -> None:
+    """The ledger file went from under the run: copy what its connection holds to a new
+    file, and put it in the ledger's place if that is empty (never over another file)."""
+    path = ledger.path
+    copy = _records_copy(path, run_id)
+    try:
+        ledger.copy_to(copy)
+        ledger.close()  # its -wal and -shm go with it, before the copy takes the name
+        if not path.exists():
+            os.replace(copy, path)
+    except Exception as exc:  # said; the run's outcome stands
+        log.error("ledger %s: could not keep this run's records (%s)", path, exc)
+
+
+def _finish_run(ledger: Ledger, result: RunResult, *, keep_records: bool) -> None:
+    """Record the run's end, its exit code and the rows left settling. On a disk still
+    full this cannot be written: the run stays "running" in the ledger (the next run
+    marks it crashed) and the summary file still tells the monitor."""
+    stats = result.stats
+    status = "paused" if stats.paused else ("aborted" if stats.aborted else "finished")
+    try:
+        # Rows a stop left waiting out --settle: neither failed nor done.
+        stats.settling = ledger.counts().get("settling", 0)
+        ledger.finish_run(result.run_id, status, {**stats.summary(), "exit_code": result.exit_code})
+    except Exception as exc:
+        resource = resource_error(exc, ledger.path, started=True)
+        if resource is None:
+            raise
+        log.warning(
+            "could not record the end of run %d in the ledger: %s", result.run_id, resource.cause
+        )
+    if keep_records:
+        _keep_records(ledger, result.run_id)
 
 
 def _create_check(
@@ -246,17 +306,46 @@ async def _run_async(
             create_check=create_check,
         )
         with anyio.CancelScope() as scope:
-            async with anyio.create_task_group() as tg:
-                if config.handle_signals:
-                    tg.start_soon(_watch_signals, engine, scope, options.grace_s)
-                await engine.run(rows, in_input)
-                tg.cancel_scope.cancel()
+            try:
+                async with anyio.create_task_group() as tg:
+                    if config.handle_signals:
+                        tg.start_soon(_watch_signals, engine, scope, options.grace_s)
+                    await engine.run(rows, in_input)
+                    tg.cancel_scope.cancel()
+            except Exception as exc:
+                _stopped_by_resource(engine, exc, ledger.path)
         stats = engine.stats
         if scope.cancelled_caught:
             stats.aborted = stats.aborted or "interrupted"
         stats.requests = client.stats.requests
         stats.rate_limited = client.stats.rate_limited
     return stats, engine.validation
+
+
+def _stopped_by_resource(engine: Engine, exc: Exception, path: Path) -> None:
+    """A full disk (or the like) stopped the run mid-way: an abort, not a bug. The
+    ledger's failed transaction rolled back whole; every row is done, or in flight
+    (looked up by the next run), or as before. Anything else is re-raised."""
+    resource = resource_error(exc, path, started=True)
+    if resource is None:
+        # A mapping or data error found mid-run (a naive time in a later chunk, a date
+        # column read two ways): the one line it is, not an "internal error" of a group.
+        inner: BaseException = exc
+        while isinstance(inner, BaseExceptionGroup) and len(inner.exceptions) == 1:
+            inner = inner.exceptions[0]
+        if isinstance(inner, ConsentImportError):
+            raise inner from exc
+        raise exc
+    log.error(
+        "%s",
+        resource,
+        # CONSENT_IMPORT_DEBUG: the traceback too (the output changes, never the exit code).
+        exc_info=exc if os.environ.get("CONSENT_IMPORT_DEBUG") else None,
+        extra={"fields": {"event": "resource_error", "path": str(path)}},
+    )
+    # Not a pause, even if the budget had paused it: the run could not go on (exit 3).
+    engine.stats.aborted, engine.stats.paused = str(resource), False
+    engine.observer.finished()
 
 
 async def _watch_signals(engine: Engine, scope: anyio.CancelScope, grace_s: float) -> None:

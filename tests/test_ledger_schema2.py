@@ -136,7 +136,8 @@ def test_status_says_what_it_said_of_the_schema2_ledger(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """tests/data/schema2-status.txt is main's `status` of the fixture (2e2c374), the
-    ledger's path written LEDGER."""
+    ledger's path written LEDGER, with issue 19's columns (exit code, unknown for runs
+    recorded before; adopted, revoked, paused; rows settling)."""
     ledger = copy_for(tmp_path, "http://127.0.0.1:1")
     code, out, _ = run_cli(["status", "--ledger", str(ledger)], capsys)
     assert code == 0

@@ -185,15 +185,17 @@ class _Clock:
     ("events", "tripped"),
     [
         (["x"] * (MAX_IN_A_ROW - 1), False),
-        (["x"] * MAX_IN_A_ROW, True),
-        (["x"] * 10 + ["ok"] + ["x"] * 10, False),  # an answer starts the count again
-        (["x", f"wait {WINDOW_S}", "x"], True),  # no answer for the whole window
-        (["x", f"wait {WINDOW_S - 1}", "x"], False),
-        (["x", f"wait {WINDOW_S}", "ok", "x"], False),  # it answered in between
+        (["x"] * MAX_IN_A_ROW, False),  # 20 refusals in a blip: not 30 s (was: tripped "over 0 s")
+        (["x"] * (MAX_IN_A_ROW - 1) + [f"wait {WINDOW_S}", "x"], True),  # 20, over 30 s
+        (["x"] * (MAX_IN_A_ROW - 1) + [f"wait {WINDOW_S - 1}", "x"], False),  # 20, over 29 s
+        (["x"] * MAX_IN_A_ROW + [f"wait {WINDOW_S}", "x"], True),
+        (["x"] * 10 + ["ok"] + ["x"] * 9 + [f"wait {WINDOW_S}", "x"], False),  # count restarted
+        (["x", f"wait {WINDOW_S}", "x"], False),  # 30 s, but only 2 requests
+        (["x"] * 19 + [f"wait {WINDOW_S}", "ok", "x"], False),  # it answered in between
         ([f"wait {WINDOW_S * 2}", "ok"], False),  # quiet time alone trips nothing
     ],
 )
-def test_the_breaker_trips_after_20_in_a_row_or_30_s_without_an_answer(
+def test_the_breaker_trips_after_20_in_a_row_and_30_s_without_an_answer(
     events: list[str], tripped: bool
 ) -> None:
     clock = _Clock()
@@ -254,13 +256,15 @@ def test_without_preflight_a_refused_port_stops_after_20_tries_failing_no_row(
     # Before: 200 rows x 5 attempts = 1,000 requests, every row failed, exit 1.
     # One row at a time never makes 20 in a row (the row waits for the verdict): the
     # window decides, shortened here from 30 s.
-    monkeypatch.setattr("importer._preflight.WINDOW_S", 2.0)
+    monkeypatch.setattr("importer._breaker.WINDOW_S", 2.0)
     source = write_csv(tmp_path / "in.csv", consent_rows(200))
     ledger = tmp_path / "l.db"
     result = run(source, f"http://127.0.0.1:{_free_port()}", ledger, concurrency=concurrency)
     assert result.exit_code == 3
     assert "connection refused" in result.stats.aborted.lower()
-    assert result.stats.requests <= MAX_IN_A_ROW + 2 * concurrency
+    # Each worker (two a request slot) tries its row at most --max-attempts times, then
+    # waits for the verdict: the breaker needs 30 s (here 2 s) without an answer too.
+    assert result.stats.requests <= max(MAX_IN_A_ROW, 2 * concurrency * 5)
     with sqlite3.connect(ledger) as db:
         states = dict(db.execute("SELECT state, COUNT(*) FROM rows GROUP BY state").fetchall())
     # Even one row at a time, a row whose 5 tries all went unanswered waits for the

@@ -39,9 +39,13 @@ def test_status_lists_runs_states_and_errors(tmp_path: Path) -> None:
     result = cli(["status", "--ledger", str(ledger)])
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert lines[0] == (f"Ledger {ledger}: rows done 5, invalid 1; in flight (outcome unknown): 0")
+    assert lines[0] == (
+        f"Ledger {ledger}: rows done 5, invalid 1; in flight (outcome unknown): 0; "
+        "settling (waiting for a lookup): 0"
+    )
     assert lines[1].startswith("  run    2 ")
-    assert "finished" in lines[1]
+    assert "finished exit 1 " in lines[1]  # the invalid row
+    assert "adopted=0 revoked=0 paused=0" in lines[1]
     assert "rows=6 created=0 updated=0 unchanged=5 invalid=1 failed=0" in lines[1]
     assert "rows=6 created=5" in lines[2]
     assert lines[-1].split() == ["invalid_enum", "1"]
