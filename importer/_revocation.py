@@ -25,7 +25,7 @@ consent looks missing, so three guards stand before a revocation:
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import Decimal, InvalidOperation
 from pathlib import PurePath
 from typing import TYPE_CHECKING, Any, Protocol
@@ -108,6 +108,13 @@ class RevokeScope:
     correction_files: tuple[str, ...] = ()
     cap: RevokeCap = field(default_factory=RevokeCap)
     tally: KeyTally = field(default_factory=KeyTally, compare=False)
+    #: the run's tables, read to their end by the time revocation is weighed
+    tables: tuple[Table, ...] = field(default=(), compare=False)
+
+    @property
+    def truncated_files(self) -> list[str]:
+        """Inputs the reader found cut off (`truncated_file`): not a whole read."""
+        return [t.name for t in self.tables if t.truncated]
 
     @classmethod
     def of_run(
@@ -137,7 +144,8 @@ class RevokeScope:
         """A run's scope: its mapping's system, its inputs' names, `--revoke-max`, and
         the tally of the normalizer reading its rows."""
         inputs = [(t.name, t.columns) for t in tables]
-        return cls.of_run(mapping.system, inputs, RevokeCap.parse(revoke_max), tally)
+        scope = cls.of_run(mapping.system, inputs, RevokeCap.parse(revoke_max), tally)
+        return replace(scope, tables=tuple(tables))
 
     def read_sizes(self, by_file: dict[str, int]) -> dict[str, int]:
         """This run's rows per unit of its scope (`scope_reads.scope`): its system's, or
@@ -232,6 +240,12 @@ def plan(
         result.note = (
             f"{', '.join(scope.correction_files)} is a correction file (it has failed.csv's "
             "error columns): a run reading one revokes nothing"
+        )
+    elif scope.truncated_files and result.in_scope:
+        result.rows, result.reason = [], "truncated_file"
+        result.note = (
+            f"{', '.join(scope.truncated_files)} ends cut off (truncated_file): a run "
+            "reading a cut export revokes nothing and counts no miss"
         )
     elif unstable and result.in_scope:
         result.rows, result.reason = [], "unstable_keys"

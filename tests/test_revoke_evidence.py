@@ -235,3 +235,32 @@ def test_a_row_read_by_a_run_that_stops_starts_over_too(
     write_csv(source, rows[:28])
     again = run(source, server.base_url, ledger, revoke_missing=True)
     assert (again.stats.revoked, again.stats.revoke_pending) == (0, 2)  # counted from 1
+
+
+def test_an_export_cut_inside_a_row_revokes_nothing_night_after_night(
+    tmp_path: Path,
+    server: RunningSandbox,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A file the reader finds cut off (`truncated_file`) is no whole read: however
+    often it comes, it revokes nothing and counts no miss (under the cap, too)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("CLINIKAPI_API_KEY", KEY)
+    monkeypatch.setenv("CLINIKAPI_BASE_URL", server.base_url)
+    rows = list(consent_rows(600))
+    write_csv(tmp_path / "nightly.csv", rows)
+    flags = ["--ledger", "l.db", "--revoke-missing", "--summary-json", "s.json"]
+    flags += ["--revoke-after", "1"]
+    assert run_cli(["run", "nightly.csv", *flags], capsys)[0] == 0
+    whole = (tmp_path / "nightly.csv").read_text(encoding="utf-8").splitlines(keepends=True)
+    cut = "".join(whole[:571]) + whole[571][:12]  # died inside row 572, no line break
+    (tmp_path / "nightly.csv").write_text(cut, encoding="utf-8")
+    for _ in range(2):
+        code, _, err = run_cli(["run", "nightly.csv", *flags], capsys)
+        assert code == 1, err  # the cut row is invalid, never sent
+        summary = json.loads((tmp_path / "s.json").read_text(encoding="utf-8"))
+        assert (summary["revoked"], summary["revoke_pending"]) == (0, 0)
+        assert summary["missing_from_source"] == 29
+        assert "nightly.csv ends cut off (truncated_file)" in err
+        assert _statuses(server) == {"active": 600}
