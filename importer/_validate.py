@@ -17,7 +17,7 @@ from importer._report import (
     write_json,
 )
 from importer._results import ValidationSummary
-from importer._values import ValuesProfile, profile_file
+from importer._values import ValuesProfile, fhir_elements, profile_file
 
 
 def validate_files(
@@ -53,7 +53,7 @@ def validate_files(
         raise
     for writer in writers:
         writer.close()
-    summary.values = profile.to_json()
+    summary.values = profile.to_json() + fhir_elements(summary)
     summary.warnings += profile.warnings()
     for path in paths:
         suffix = path.suffix.lower()

@@ -26,6 +26,7 @@ from typing import Any
 
 from importer._fields import CODES, LIST, REFS, UNMAPPED, Spec, evaluate
 from importer._normalize import UNMAPPED_CELL, _FileNormalizer
+from importer._results import ValidationSummary
 
 #: Distinct values kept per column.
 LIMIT = 50
@@ -260,3 +261,20 @@ def _v2_translate(owner: _FileNormalizer, spec: Spec) -> Translate:
         return out
 
     return translate
+
+
+def fhir_elements(summary: ValidationSummary) -> list[dict[str, Any]]:
+    """FHIR input's elements without a ClinikAPI field (`unsupported_element`), one entry
+    a path, in the profile's shape: what `[fhir] rename` or `drop` would have to say."""
+    return [
+        {
+            "field": path,
+            "column": "FHIR element",
+            "distinct": 1,
+            "other_rows": 0,
+            "values": [
+                {"value": path, "count": count, "became": None, "error": "unsupported_element"}
+            ],
+        }
+        for path, count in summary.fhir_unsupported.most_common()
+    ]

@@ -556,6 +556,23 @@ def test_bundle_errors_name_the_entry_and_other_types_are_skipped(
         f"{path}: skipped 2 resource(s) that are not Consents (Organization 1, Patient 1)"
     ]
     assert summary.to_json()["fhir_unsupported"] == {"provision.code": 1}
+    # the values profile lists them too (issue 22 point 3), for a migration's sign-off
+    assert [v for v in summary.values or [] if v["column"] == "FHIR element"] == [
+        {
+            "field": "provision.code",
+            "column": "FHIR element",
+            "distinct": 1,
+            "other_rows": 0,
+            "values": [
+                {
+                    "value": "provision.code",
+                    "count": 1,
+                    "became": None,
+                    "error": "unsupported_element",
+                }
+            ],
+        }
+    ]
 
 
 def test_a_single_resource_is_row_1(tmp_path: Path) -> None:
