@@ -41,10 +41,16 @@ HERE = Path(__file__).resolve().parent
 
 
 def child_frictionless(path: str) -> str:
+    import os
+
     import frictionless
 
-    report = frictionless.validate(path)
+    # frictionless refuses an absolute path as "not safe": give it the name, from its folder.
+    os.chdir(Path(path).parent)
+    report = frictionless.validate(Path(path).name)
     task = report.tasks[0]
+    if task.errors and task.errors[0].type in ("resource-error", "source-error", "scheme-error"):
+        raise RuntimeError(task.errors[0].message)
     return f"valid={report.valid} rows={task.stats.get('rows')} errors={len(task.errors)}"
 
 
