@@ -81,6 +81,7 @@ GROUPS: list[tuple[str, tuple[str, ...]]] = [
     ),
     ("event loop", ("asyncio/", "uvloop", "anyio/", "sniffio/", "threading.py", "selectors")),
 ]
+_AS_THEMSELVES = ("HTTP transport", "pydantic models", "JSON")
 FRAME = re.compile(r"^(?P<func>.*) \((?P<file>.*?)(?::(?P<line>\d+))?\)$")
 
 
@@ -136,7 +137,8 @@ def report_raw(path: Path, top: int) -> None:
         if leaf == "other":
             other[chain[-1][1]] += n
         inner = next((p for _, p in reversed(chain) if is_importer(p)), chain[-1][1])
-        by_importer[group_of(inner)] += n
+        # httpx, pydantic and json are charged as themselves, not to the module calling them.
+        by_importer[leaf if leaf in _AS_THEMSELVES else group_of(inner)] += n
     print(f"py-spy: {samples} on-CPU samples (all threads)")
     print(f"--- top {top} by own samples")
     for label, n in own.most_common(top):
@@ -144,7 +146,7 @@ def report_raw(path: Path, top: int) -> None:
     print(f"--- top {top} by inclusive samples")
     for label, n in total.most_common(top):
         print(f"  {n / samples:6.1%}  {label}")
-    print("--- groups: by the innermost importer frame (library work charged to its caller)")
+    print("--- groups: by the innermost importer frame (other libraries charged to their caller)")
     for name, n in by_importer.most_common():
         print(f"  {n / samples:6.1%}  {name}")
     print("--- groups: by the leaf frame")
