@@ -22,11 +22,7 @@ from importer._version import __version__
 
 if TYPE_CHECKING:
     from importer._errors import ConsentImportError
-    from importer._export import export_csvs as export
-    from importer._export import status
-    from importer._mapping import Mapping, load_mapping
     from importer._options import RunOptions
-    from importer._plan import plan_import as plan
     from importer._results import (
         ExportCounts,
         PlanSummary,
@@ -34,30 +30,34 @@ if TYPE_CHECKING:
         ValidationSummary,
         VerifyResult,
     )
-    from importer._runner import RunConfig, RunResult
-    from importer._runner import run_import as run
-    from importer._undo import UndoConfig, UndoResult, undo
-    from importer._validate import validate_files as validate
-    from importer._verify import VerifyConfig, verify
+    from importer.commands._undo import UndoConfig, UndoResult, undo
+    from importer.commands._validate import validate_files as validate
+    from importer.commands._verify import VerifyConfig, verify
+    from importer.engine._plan import plan_import as plan
+    from importer.engine._runner import RunConfig, RunResult
+    from importer.engine._runner import run_import as run
+    from importer.intake._mapping import Mapping, load_mapping
+    from importer.reports._export import export_csvs as export
+    from importer.reports._export import status
     from importer.sandbox import SandboxConfig, running_sandbox
 
 #: Each public name and the private module that holds it (and its name there, if another).
 _HOMES: dict[str, str | tuple[str, str]] = {
-    "validate": ("importer._validate", "validate_files"),
-    "plan": ("importer._plan", "plan_import"),
-    "run": ("importer._runner", "run_import"),
-    "export": ("importer._export", "export_csvs"),
-    "verify": "importer._verify",
-    "undo": "importer._undo",
-    "UndoConfig": "importer._undo",
-    "UndoResult": "importer._undo",
-    "status": "importer._export",
-    "load_mapping": "importer._mapping",
-    "Mapping": "importer._mapping",
+    "validate": ("importer.commands._validate", "validate_files"),
+    "plan": ("importer.engine._plan", "plan_import"),
+    "run": ("importer.engine._runner", "run_import"),
+    "export": ("importer.reports._export", "export_csvs"),
+    "verify": "importer.commands._verify",
+    "undo": "importer.commands._undo",
+    "UndoConfig": "importer.commands._undo",
+    "UndoResult": "importer.commands._undo",
+    "status": "importer.reports._export",
+    "load_mapping": "importer.intake._mapping",
+    "Mapping": "importer.intake._mapping",
     "RunOptions": "importer._options",
-    "RunConfig": "importer._runner",
-    "RunResult": "importer._runner",
-    "VerifyConfig": "importer._verify",
+    "RunConfig": "importer.engine._runner",
+    "RunResult": "importer.engine._runner",
+    "VerifyConfig": "importer.commands._verify",
     "RunStats": "importer._results",
     "ValidationSummary": "importer._results",
     "PlanSummary": "importer._results",

@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
-from importer import _normalize as normalize
+from importer.intake import _normalize as normalize
 from importer.sandbox import RunningSandbox, SandboxConfig, running_sandbox
 
 #: The key the shared `client` sends (any well-formed key is accepted by the sandbox).

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from importer._lock import LedgerLock
+from importer.ledger._lock import LedgerLock
 from importer.sandbox import SandboxConfig, running_sandbox
 from tests.engine_helpers import KEY, consent_rows, ledger_ids, run, write_csv
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from importer._cli import main
+from importer.cli._main import main
 from importer.sandbox import RunningSandbox
 from tests.engine_helpers import KEY
 

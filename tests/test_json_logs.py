@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from importer import _retry as retry
-from importer._cli import main
+from importer.api import _retry as retry
+from importer.cli._main import main
 from importer.sandbox import RunningSandbox
 from tests.engine_helpers import KEY, consent_rows, write_csv
 

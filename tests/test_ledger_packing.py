@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from importer._ledger import (
+from importer.ledger._ledger import (
     Ledger,
     Op,
     Source,

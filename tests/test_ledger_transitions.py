@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from importer import _ledger as ledger_module
-from importer._ledger import Ledger, Op, RowError, RowState, Source
+from importer.ledger import _ledger as ledger_module
+from importer.ledger._ledger import Ledger, Op, RowError, RowState, Source
 from importer.sandbox import SandboxConfig, running_sandbox
 from tests.engine_helpers import consent_rows, run, write_csv
 

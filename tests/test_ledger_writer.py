@@ -9,7 +9,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from importer._ledger import AsyncLedger, Ledger, Op, Source
+from importer.ledger._ledger import AsyncLedger, Ledger, Op, Source
 
 pytestmark = pytest.mark.anyio
 

@@ -11,8 +11,8 @@ import shutil
 import sqlite3
 from pathlib import Path
 
-from importer._export import export_csvs, status
-from importer._ledger import Ledger
+from importer.ledger._ledger import Ledger
+from importer.reports._export import export_csvs, status
 from importer.sandbox import SandboxConfig, running_sandbox
 from tests.engine_helpers import run
 

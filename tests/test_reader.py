@@ -15,9 +15,9 @@ import pandas as pd
 import pytest
 import xlwt
 
-from importer import _reader as reader
 from importer._errors import ConfigError, InputError
-from importer._reader import (
+from importer.intake import _reader as reader
+from importer.intake._reader import (
     SourceOptions,
     Table,
     escape_formula,

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from importer import _retry as retry
-from importer._revocation import RevokeCap, RevokeScope, Shrink, plan
+from importer.api import _retry as retry
+from importer.engine._revocation import RevokeCap, RevokeScope, Shrink, plan
 from importer.sandbox import RunningSandbox
 from tests.cli_helpers import run_cli
 from tests.engine_helpers import KEY, consent_rows, run, write_csv

@@ -445,7 +445,7 @@ def serve_config(monkeypatch: pytest.MonkeyPatch, which: str, argv: list[str]) -
     """The config `consent-import sandbox` or `python -m importer.sandbox` would serve."""
     import importer.sandbox
     import importer.sandbox.__main__ as module_main
-    from importer._cli import main as cli_main
+    from importer.cli._main import main as cli_main
 
     served: list[SandboxConfig] = []
 
@@ -487,7 +487,7 @@ def test_sandbox_flags_set_late_and_search_lag(
 def test_bad_sandbox_late_flags_exit_2(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], argv: list[str]
 ) -> None:
-    from importer._cli import main as cli_main
+    from importer.cli._main import main as cli_main
 
     monkeypatch.setattr("importer.sandbox.serve", lambda *a, **k: None)
     with pytest.raises(SystemExit) as exited:

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from importer import _retry as retry
 from importer._keys import natural_key, source_key
-from importer._mapping import load_mapping, open_tables
-from importer._normalize import Normalizer
+from importer.api import _retry as retry
+from importer.intake._mapping import load_mapping, open_tables
+from importer.intake._normalize import Normalizer
 from importer.sandbox import SandboxConfig, running_sandbox
 from tests.cli_helpers import run_cli
 from tests.engine_helpers import KEY, consent_rows, run, write_csv

@@ -16,17 +16,17 @@ from typing import Any
 import httpx
 import pytest
 
-from importer import _retry as retry
-from importer._cli import main
-from importer._ledger import DoneConsent, Ledger, Op, RowError, Source
-from importer._lock import LedgerLock
-from importer._verify import (
+from importer.api import _retry as retry
+from importer.cli._main import main
+from importer.commands._verify import (
     VerifyConfig,
     differing_fields,
     plan_reads,
     same_identity,
     verify,
 )
+from importer.ledger._ledger import DoneConsent, Ledger, Op, RowError, Source
+from importer.ledger._lock import LedgerLock
 from importer.sandbox import RunningSandbox, SandboxConfig, running_sandbox
 from tests.engine_helpers import KEY, consent_rows, ledger_ids, run, write_csv
 
@@ -388,8 +388,8 @@ def test_a_spent_budget_past_max_wait_stops_with_exit_3(
     ],
 )
 def test_differing_fields(server: dict[str, Any], sent: dict[str, str], differ: list[str]) -> None:
-    from importer._normalize import body_field_hashes
-    from importer._verify import normalised_body
+    from importer.commands._verify import normalised_body
+    from importer.intake._normalize import body_field_hashes
 
     hashes = (
         body_field_hashes(normalised_body(sent)) if "scope" in sent else body_field_hashes(sent)
@@ -398,8 +398,8 @@ def test_differing_fields(server: dict[str, Any], sent: dict[str, str], differ: 
 
 
 def test_same_identity_ignores_fields_outside_the_identity() -> None:
-    from importer._normalize import body_field_hashes
-    from importer._verify import normalised_body
+    from importer.commands._verify import normalised_body
+    from importer.intake._normalize import body_field_hashes
 
     sent = body_field_hashes(normalised_body(body_of("K000001")))
     assert same_identity({**body_of("K000001"), "status": "inactive"}, sent)

@@ -1,0 +1,5 @@
+"""TODO."""
+
+from importer.cli._main import main
+
+__all__ = ["main"]
