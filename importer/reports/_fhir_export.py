@@ -1,9 +1,10 @@
 """`export --failed FILE.ndjson`: the failed FHIR resources back as NDJSON, to fix and feed.
 
-Each line is the resource as it was read, with its errors as `meta.tag` codings of
-the system `importer.intake._fhir.ERROR_TAG_SYSTEM` (code: the rule; display: stage and
-message). `meta` is bookkeeping to the FHIR reader, so a fixed file feeds back unchanged; and a file whose
-first resource carries such a tag reads as a correction file, which never revokes.
+Each line is the resource as it was read, with its errors as `meta.tag` codings of the
+system `importer.intake._fhir.ERROR_TAG_SYSTEM` (code: the rule; display: stage and
+message). `meta` is bookkeeping to the FHIR reader, so a fixed file feeds back unchanged;
+and a file whose first resource carries such a tag reads as a correction file, which never
+revokes.
 """
 
 from __future__ import annotations
