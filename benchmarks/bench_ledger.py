@@ -33,7 +33,9 @@ from pathlib import Path
 
 from common import KEY, canonical_csv, sandbox_process
 
-from importer.ledger._ledger import FIELD_ORDER, Ledger, Op, Source
+from importer.ledger._codec import FIELD_ORDER
+from importer.ledger._ledger import Ledger
+from importer.ledger._schema import Op, Source
 from importer.reports._export import status
 
 BATCH = 2_000

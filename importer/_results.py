@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, Any
 from importer._keys import split_key
 
 if TYPE_CHECKING:
-    from importer.intake._normalize import Batch, Row, RowError
+    from importer._rows import Row, RowError
+    from importer.intake._normalize import Batch
 
 
 @dataclass

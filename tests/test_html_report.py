@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from importer._results import RunStats, ValidationSummary
-from importer.intake._normalize import Row, RowError
+from importer._rows import Row, RowError
 from importer.reports._html_report import (
     MAX_BARS,
     TABLE_ROWS,

@@ -9,9 +9,10 @@ from typing import Any
 import pytest
 
 from importer._errors import ConfigError
+from importer._rows import Row
 from importer.commands._validate import validate_files
 from importer.intake._mapping import load_mapping
-from importer.intake._normalize import Normalizer, Row
+from importer.intake._normalize import Normalizer
 from importer.intake._reader import open_table
 from importer.sandbox import SandboxConfig, running_sandbox
 from tests.engine_helpers import run

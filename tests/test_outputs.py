@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from importer.ledger._ledger import Ledger, Op, RowError, Source
+from importer.ledger._ledger import Ledger
+from importer.ledger._schema import ErrorNote, Op, Source
 from importer.sandbox import SandboxConfig, running_sandbox
 from tests.cli_helpers import run_cli
 from tests.engine_helpers import KEY, consent_rows, run, write_csv
@@ -42,7 +43,7 @@ def _files(tmp: Path) -> None:
     with ledger.transaction():  # a failed row, through the ledger's transitions
         src = Source("K1", "victim.csv", 2)
         ledger.intent(run_id, src, Op.CREATE, body="{}", body_hash="h", patient_id=None)
-        ledger.failed(run_id, src, Op.CREATE, RowError("api", "api_validation", "422", "{}"))
+        ledger.failed(run_id, src, Op.CREATE, ErrorNote("api", "api_validation", "422", "{}"))
     ledger.close()
 
 

@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 
 from importer._options import RunOptions
+from importer._rows import Row, RowError
 from importer.engine._plan import RowPlan, Verdict, plan_row
 from importer.intake._models import ConsentIn
-from importer.intake._normalize import Row, RowError
-from importer.ledger._ledger import LedgerRow, Op, RowState
+from importer.ledger._schema import LedgerRow, Op, RowState
 
 BODY = {
     "patientId": "pt_1",

@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 
 from importer._options import DEFAULTS, RunOptions
+from importer._rows import Row
 from importer.engine import _engine as engine_module
 from importer.engine._observer import RunObserver
 from importer.engine._runner import RunConfig, run_import
 from importer.intake import _normalize as normalize
 from importer.intake import _reader as reader
 from importer.intake._mapping import load_mapping
-from importer.intake._normalize import Row
 from importer.sandbox import RunningSandbox
 from tests.engine_helpers import KEY, consent_rows, run, write_csv
 

@@ -16,6 +16,7 @@ from importer._errors import InputError
 from importer.commands._validate import validate_files
 from importer.intake import _cutcheck
 from importer.intake import _reader as reader_module
+from importer.intake._formulas import unescape_formula
 from importer.intake._mapping import load_mapping
 from importer.intake._reader import (
     SHORT_ROW,
@@ -24,7 +25,6 @@ from importer.intake._reader import (
     SourceOptions,
     Table,
     open_table,
-    unescape_formula,
 )
 from importer.sandbox import RunningSandbox
 from tests.cli_helpers import run_cli

@@ -414,8 +414,8 @@ def test_a_consent_adopted_after_the_runs_own_lost_post_is_left_for_a_person(
 def test_the_status_before_a_run_is_found_from_its_hash(
     state: str, status_sent: str | None, expected: str | None
 ) -> None:
+    from importer._rows import body_field_hashes
     from importer.commands._undo import _status_before
-    from importer.intake._normalize import body_field_hashes
 
     hashes = body_field_hashes({"status": status_sent}) if status_sent else {}
     assert _status_before({"state": state}, hashes) == expected
@@ -440,7 +440,7 @@ def test_the_sandbox_answers_404_for_a_deleted_consent_and_edits_uncounted() -> 
 
 
 def _record(now: dict[str, Any] | None, *, posted: bool = False, existed: bool = False) -> Any:
-    from importer.ledger._ledger import UNDO_COLUMNS, RunChange
+    from importer.ledger._schema import UNDO_COLUMNS, RunChange
 
     blank = dict.fromkeys(UNDO_COLUMNS)
     current = None if now is None else {**blank, "consent_id": "consent_" + "ab" * 12, **now}
@@ -503,7 +503,7 @@ def test_a_server_failing_every_read_leaves_every_row_and_touches_nothing(tmp_pa
 
 
 def test_a_run_keeps_each_row_as_before_its_first_request_once(tmp_path: Path) -> None:
-    from importer.ledger._ledger import Op, Source
+    from importer.ledger._schema import Op, Source
 
     ledger = Ledger(tmp_path / "l.db")
     src = Source("K1", "in.csv", 2)

@@ -25,8 +25,9 @@ from importer.commands._verify import (
     same_identity,
     verify,
 )
-from importer.ledger._ledger import DoneConsent, Ledger, Op, RowError, Source
+from importer.ledger._ledger import Ledger
 from importer.ledger._lock import LedgerLock
+from importer.ledger._schema import DoneConsent, ErrorNote, Op, Source
 from importer.sandbox import RunningSandbox, SandboxConfig, running_sandbox
 from tests.engine_helpers import KEY, consent_rows, ledger_ids, run, write_csv
 
@@ -306,7 +307,7 @@ def test_unknown_outcomes_are_listed(
     src = Source("K999999", "in.csv", 99)
     with ledger.transaction():  # a POST whose outcome stayed unknown after every retry
         ledger.intent(1, src, Op.CREATE, body="{}", body_hash="h", patient_id="pt_secret")
-        error = RowError("api", "outcome_unknown", "no answer")
+        error = ErrorNote("api", "outcome_unknown", "no answer")
         ledger.failed(1, src, Op.CREATE, error)
     ledger.close()
     code, out = cli(imported, sandbox, capsys)
@@ -388,8 +389,8 @@ def test_a_spent_budget_past_max_wait_stops_with_exit_3(
     ],
 )
 def test_differing_fields(server: dict[str, Any], sent: dict[str, str], differ: list[str]) -> None:
+    from importer._rows import body_field_hashes
     from importer.commands._verify import normalised_body
-    from importer.intake._normalize import body_field_hashes
 
     hashes = (
         body_field_hashes(normalised_body(sent)) if "scope" in sent else body_field_hashes(sent)
@@ -398,8 +399,8 @@ def test_differing_fields(server: dict[str, Any], sent: dict[str, str], differ: 
 
 
 def test_same_identity_ignores_fields_outside_the_identity() -> None:
+    from importer._rows import body_field_hashes
     from importer.commands._verify import normalised_body
-    from importer.intake._normalize import body_field_hashes
 
     sent = body_field_hashes(normalised_body(body_of("K000001")))
     assert same_identity({**body_of("K000001"), "status": "inactive"}, sent)

@@ -7,13 +7,10 @@ Exit codes (the contract schedulers rely on): 0 all good, 1 some rows invalid or
 
 from __future__ import annotations
 
-import errno
-import functools
 import logging
-import math
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -32,143 +29,31 @@ if TYPE_CHECKING:
     from importer.commands._verify import Plan
     from importer.intake._mapping import Mapping
     from importer.reports._monitoring import RunMonitor
-
-EXIT_OK, EXIT_ROWS, EXIT_CONFIG, EXIT_ABORTED, EXIT_INTERNAL = 0, 1, 2, 3, 4
+from importer.cli._params import (
+    _RATE,
+    _WAIT,
+    EXIT_ABORTED,
+    EXIT_CONFIG,
+    EXIT_INTERNAL,
+    EXIT_OK,
+    EXIT_ROWS,
+    _api_key,
+    _base_url,
+    _concurrency,
+    _earlier_ledger,
+    _inputs,
+    _mapping,
+    _max_attempts,
+    _max_wait,
+    _monitored,
+    _timeout,
+)
+from importer.cli._tools import demo, init, preview, sandbox
 
 log = logging.getLogger("importer.cli")
 
 
 # -- value types, checked when the command line is parsed (exit 2, one line) ------------
-
-
-class _Number(click.FloatRange):
-    """A float in a range that is also finite: click's FloatRange lets nan through (every
-    comparison with nan is false) and inf past an open maximum."""
-
-    name = "number"
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        number = click.FLOAT.convert(value, param, ctx)
-        if not math.isfinite(number):
-            self.fail(f"{value!r} is not a finite number", param, ctx)
-        return super().convert(number, param, ctx)
-
-
-#: a request's read timeout: positive, at most a day
-_TIMEOUT = _Number(min=0, min_open=True, max=86400)
-#: seconds to wait (grace, max wait, latency): zero or more, at most a day
-_WAIT = _Number(min=0, max=86400)
-#: requests per second: a rate below one request per 100 s would look like a hang
-_RATE = _Number(min=0.01, max=1_000_000)
-#: the sandbox's added delays, in ms: zero or more, at most an hour
-_MILLIS = _Number(min=0, max=3_600_000)
-#: a probability
-_SHARE = _Number(min=0, max=1)
-_PORT = click.IntRange(0, 65535)
-
-_inputs = click.argument(
-    "inputs", nargs=-1, required=True, type=click.Path(path_type=Path, dir_okay=True)
-)
-_mapping = click.option(
-    "--mapping",
-    type=click.Path(path_type=Path),
-    help="TOML mapping file: columns, value translations, defaults, crosswalk.",
-)
-_earlier_ledger = click.option(
-    "--ledger",
-    type=click.Path(path_type=Path, dir_okay=False),
-    required=True,
-    help="The ledger of earlier runs.",
-)
-
-# Options `run` and `verify` share.
-_base_url = click.option(
-    "--base-url",
-    envvar="CLINIKAPI_BASE_URL",
-    default=DEFAULTS.base_url,
-    show_default=True,
-    help="API base URL (env CLINIKAPI_BASE_URL). Plain http:// only to loopback.",
-)
-_api_key = click.option(
-    "--api-key",
-    envvar="CLINIKAPI_API_KEY",
-    help="API key, clk_live_… or clk_test_… "
-    "(env CLINIKAPI_API_KEY; prefer the environment to the command line).",
-)
-_concurrency = click.option(
-    "--concurrency",
-    default=DEFAULTS.concurrency,
-    show_default=True,
-    type=click.IntRange(1, 256),
-    help="Requests in flight at once.",
-)
-_timeout = click.option(
-    "--timeout",
-    "timeout_s",
-    default=DEFAULTS.timeout_s,
-    show_default=True,
-    type=_TIMEOUT,
-    help="Read timeout per request (s).",
-)
-_max_attempts = click.option(
-    "--max-attempts",
-    default=DEFAULTS.max_attempts,
-    show_default=True,
-    type=click.IntRange(1, 20),
-    help="Tries per request for 429s, 5xx and network errors.",
-)
-_max_wait = click.option(
-    "--max-wait",
-    "max_wait_s",
-    type=_WAIT,
-    help="When the rate-limit window is spent and resets later than this many "
-    "seconds, stop cleanly: `run` exits 0 (paused) and resumes on the next run, "
-    "`verify` exits 3.",
-)
-
-
-def _monitored(command: Callable[..., int]) -> Callable[..., int]:
-    """`run` with its monitor outputs written for every outcome past argument parsing
-    (importer.reports._monitoring): the exception still goes on to `main`, which says it."""
-
-    @functools.wraps(command)
-    def monitored(**params: Any) -> int:
-        from importer.reports._monitoring import RunMonitor
-
-        monitor = RunMonitor(
-            summary_json=params["summary_json"],
-            metrics_file=params.pop("metrics_file"),
-            inputs=params["inputs"],
-            mapping_path=params["mapping"],
-            ledger=params["ledger"],
-            reports=params["reports"],
-            dry_run=params["dry_run"],
-        )
-        try:
-            code = command(**params, monitor=monitor)
-        except (Exception, KeyboardInterrupt) as exc:
-            # A usage error is no run: the ledger is left as it is (nothing is touched).
-            usage = isinstance(exc, UsageError | click.ClickException)
-            monitor.failed(exc, _exit_code_of(exc), record=not usage)
-            raise
-        from importer._results import RunStats
-
-        monitor.write(RunStats(), exit_code=code, run_id=None)  # a dry run (else written)
-        return code
-
-    return monitored
-
-
-def _exit_code_of(exc: BaseException) -> int:
-    """The exit code `main` gives `exc`."""
-    if isinstance(exc, click.exceptions.Abort | KeyboardInterrupt):
-        return EXIT_ABORTED
-    if isinstance(exc, click.ClickException):
-        return EXIT_CONFIG
-    if isinstance(exc, ConsentImportError):
-        return exc.exit_code
-    resource = resource_error(exc, "(path not known)", started=False)
-    return resource.exit_code if resource is not None else EXIT_INTERNAL
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -869,226 +754,12 @@ def _echo_plan(plan: Plan) -> None:
     )
 
 
-@cli.command()
-@click.option(
-    "--samples",
-    type=click.Path(path_type=Path, file_okay=False),
-    default=Path("sample_data"),
-    show_default=True,
-    help="The sample exports and their mapping files.",
-)
-@click.option(
-    "--out",
-    type=click.Path(path_type=Path, file_okay=False),
-    default=Path("out"),
-    show_default=True,
-    help="Where the ledgers and CSV exports go.",
-)
-def demo(samples: Path, out: Path) -> int:
-    """Import sample_data/ into a built-in sandbox (rate limit, faults), end to end.
-
-    Exit 0 when every valid row was created exactly once (the samples' invalid rows
-    are there on purpose, to show row errors).
-
-    \b
-    Example:
-      consent-import demo --out out
-    """
-    from importer.commands._demo import run_demo
-
-    return run_demo(samples, out, click.echo)
-
-
-@cli.command()
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
-@click.option(
-    "--port", default=8800, show_default=True, type=_PORT, help="Port to listen on (0: any free)."
-)
-@click.option(
-    "--rate-limit",
-    metavar="N[/SECONDS]",
-    help="Fixed-window rate limit, e.g. 500/3600 (ClinikAPI's documented example); "
-    "N alone is per 60 s.",
-)
-@click.option("--latency-ms", default=0.0, type=_MILLIS, help="Latency added to every request.")
-@click.option("--jitter-ms", default=0.0, type=_MILLIS, help="Random extra latency, up to this.")
-@click.option(
-    "--fault-rate",
-    default=0.0,
-    type=_SHARE,
-    help="Probability of a fault, spread evenly over the four fault modes.",
-)
-@click.option(
-    "--late-rate",
-    default=0.0,
-    type=_SHARE,
-    help="Probability that a write answers 502/504 at once and is stored --late-ms later.",
-)
-@click.option(
-    "--late-ms",
-    default=4000.0,
-    show_default=True,
-    type=_MILLIS,
-    help="How long after its 502/504 a --late-rate write is stored.",
-)
-@click.option(
-    "--search-lag-rate",
-    default=1.0,
-    show_default=True,
-    type=_SHARE,
-    help="Share of new consents that search sees only --search-lag-ms later.",
-)
-@click.option(
-    "--search-lag-ms",
-    default=0.0,
-    type=_MILLIS,
-    help="How far search lags behind the store (GET by id sees a consent at once).",
-)
-@click.option("--seed", type=int, help="Seed for latency jitter and fault draws.")
-@click.option("--access-log", is_flag=True, help="Log every request.")
-@click.option(
-    "--log-level",
-    type=click.Choice(["debug", "info", "warning", "error"]),
-    default="info",
-    show_default=True,
-    help="The server's log level.",
-)
-def sandbox(
-    host: str,
-    port: int,
-    rate_limit: str | None,
-    latency_ms: float,
-    jitter_ms: float,
-    fault_rate: float,
-    late_rate: float,
-    late_ms: float,
-    search_lag_rate: float,
-    search_lag_ms: float,
-    seed: int | None,
-    access_log: bool,
-    log_level: str,
-) -> int:
-    """Serve a local ClinikAPI-compatible API for demos and tests (Ctrl-C stops it).
-
-    Faults: 503 before storing; store then 500; store then drop the connection;
-    store then answer after a delay longer than a client's timeout; answer 502/504 at
-    once and store later (--late-rate); search lagging behind the store (--search-lag-ms).
-    `python -m importer.sandbox` is this same command.
-
-    \b
-    Example:
-      consent-import sandbox --port 8800 --rate-limit 100/2 --fault-rate 0.05 --seed 1
-    """
-    from importer.sandbox import SandboxConfig, serve
-
-    limit, window = _parse_rate_limit(rate_limit)
-    try:
-        config = SandboxConfig.with_fault_rate(
-            fault_rate,
-            rate_limit=limit,
-            rate_window_s=window,
-            latency_ms=latency_ms,
-            jitter_ms=jitter_ms,
-            fault_late=late_rate,
-            late_ms=late_ms,
-            fault_search_lag=search_lag_rate,
-            search_lag_ms=search_lag_ms,
-            seed=seed,
-        )
-    except ValueError as exc:  # e.g. --fault-rate and --late-rate adding up past 1
-        raise UsageError(f"sandbox: {exc}") from None
-    if host not in ("127.0.0.1", "localhost", "::1"):
-        click.echo(f"warning: the sandbox listens on {host}, beyond this machine", err=True)
-    try:
-        serve(config, host, port, access_log=access_log, log_level=log_level)
-    except OSError as exc:
-        if exc.errno not in (errno.EADDRINUSE, errno.EACCES, errno.EADDRNOTAVAIL):
-            raise
-        raise UsageError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
-    return EXIT_OK
-
-
 # --- version-2 mapping helpers (issue 14): preview and init -------------------------------
 
 
-@cli.command()
-@_inputs
-@_mapping
-@click.option(
-    "--rows",
-    "count",
-    default=5,
-    show_default=True,
-    type=click.IntRange(min=1),
-    help="How many rows to show, from the top.",
-)
-@click.option(
-    "--row",
-    "number",
-    type=click.IntRange(min=0),  # 0: a FHIR Bundle's first entry
-    help="Show this spreadsheet row (a FHIR Bundle's entry index, an NDJSON line).",
-)
-def preview(inputs: Sequence[Path], mapping: Path | None, count: int, number: int | None) -> int:
-    """Print the exact JSON body (or bodies) `run` would send for a few rows, or their
-    errors. Reads only; never calls the API. Exit as `validate`.
-
-    \b
-    Example:
-      consent-import preview export.csv --mapping mapping.toml --row 12
-    """
-    from importer.commands._preview import preview_rows, render
-    from importer.intake._mapping import load_mapping
-
-    shown = preview_rows(inputs, load_mapping(mapping), rows=count, row=number)
-    out = plain_console()
-    for line in render(shown):
-        out.print(line, markup=False)
-    return EXIT_ROWS if shown.invalid or shown.missing else EXIT_OK
-
-
-@cli.command()
-@click.argument("source", type=click.Path(path_type=Path, dir_okay=False))
-@click.option(
-    "--output",
-    type=click.Path(path_type=Path, dir_okay=False),
-    default=Path("mapping.toml"),
-    show_default=True,
-    help="Where to write the mapping (never overwritten).",
-)
-def init(source: Path, output: Path) -> int:
-    """Write a starting mapping for an export: how to read it, its recognised columns,
-    the values to translate. Edit it, then `preview` and `validate` with it.
-
-    \b
-    Example:
-      consent-import init export.csv --output mapping.toml
-    """
-    from importer.commands._init import init_mapping
-
-    draft = init_mapping(source, output)
-    click.echo(
-        f"Wrote {output}: {len(draft.columns)} columns placed, {len(draft.others)} left as "
-        f"comments, {draft.todos} lines marked TODO. Next: edit it, "
-        f"then consent-import preview {source} --mapping {output}"
-    )
-    if draft.notes:
-        click.echo("Guessed (each marked in the file; check them):")
-    for note in draft.notes:
-        click.echo(f"  {note}")
-    return EXIT_OK
-
-
-def _parse_rate_limit(text: str | None) -> tuple[int | None, float]:
-    if text is None:
-        return None, 60.0
-    try:
-        count, _, seconds = text.partition("/")
-        limit, window = int(count), float(seconds or 60)
-    except ValueError:
-        raise UsageError(f"--rate-limit {text}: expected N/SECONDS, e.g. 100/2") from None
-    if limit < 1 or window <= 0:
-        raise UsageError(f"--rate-limit {text}: N and SECONDS must be positive")
-    return limit, window
+# The commands beside the import live in their own module; here they join the group.
+for _command in (demo, sandbox, preview, init):
+    cli.add_command(_command)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -43,6 +43,8 @@ from importer.commands._column_guess import (
     ticked,
     withdrawal,
 )
+from importer.intake._cells import split_codes
+from importer.intake._dates import date_families
 from importer.intake._mapping import (
     _RECOGNISED,
     DATE_FIELDS,
@@ -51,7 +53,7 @@ from importer.intake._mapping import (
     load_crosswalk,
 )
 from importer.intake._models import PATIENT_ID_PATTERN, ProvisionType, Scope, Status
-from importer.intake._normalize import MULTI_VALUE_FIELDS, date_families, split_codes
+from importer.intake._normalize import MULTI_VALUE_FIELDS
 from importer.intake._reader import EXCEL_SUFFIXES, SourceOptions, Table, open_table
 
 #: Fields whose values are translated, with the values the API takes.

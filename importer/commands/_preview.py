@@ -7,9 +7,10 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from importer._rows import Row
 from importer.intake._mapping import Mapping, open_tables
 from importer.intake._mapping_v2 import Condition, toml_key
-from importer.intake._normalize import Normalizer, Row
+from importer.intake._normalize import Normalizer
 from importer.intake._reader import Table
 
 

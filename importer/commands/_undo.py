@@ -27,7 +27,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import anyio
 import sniffio
@@ -45,21 +44,18 @@ from importer._errors import (
     no_such_file,
 )
 from importer._options import DEFAULTS
-from importer.api._breaker import CircuitBreaker
-from importer.api._client import ClinikClient, check_api_key, check_base_url, make_http_client
+from importer._rows import body_field_hashes
+from importer.api._build import open_client
+from importer.api._client import check_api_key, check_base_url
 from importer.api._limiter import Limiter
 from importer.api._retry import retrying
 from importer.commands._verify import differing_fields
 from importer.engine._plan import PATCHABLE
-from importer.intake._normalize import body_field_hashes
-from importer.ledger._ledger import (
-    AsyncLedger,
-    Ledger,
-    RunChange,
-    unpack_field_hashes,
-    unpack_id,
-)
+from importer.ledger._codec import unpack_field_hashes, unpack_id
+from importer.ledger._ledger import Ledger
 from importer.ledger._lock import LedgerLock
+from importer.ledger._schema import RunChange
+from importer.ledger._writer import AsyncLedger
 from importer.reports._outputs import write_text
 
 log = logging.getLogger("importer.undo")
@@ -390,15 +386,16 @@ class _Undoer:
         limiter = Limiter(
             concurrency=config.concurrency, max_wait_s=config.max_wait_s, on_wait=self.on_wait
         )
-        http = make_http_client(
-            base_url=self.base_url, concurrency=config.concurrency, timeout_s=config.timeout_s
-        )
         pending = iter(c for c in changes if c.row.outcome == "would_undo")
-        async with http:
-            breaker = CircuitBreaker(urlsplit(self.base_url).netloc)
-            self.client = ClinikClient(
-                http, base_url=self.base_url, api_key=self.api_key, limiter=limiter, breaker=breaker
-            )
+        async with open_client(
+            self.base_url,
+            self.api_key,
+            concurrency=config.concurrency,
+            timeout_s=config.timeout_s,
+            limiter=limiter,
+            breaker=True,
+        ) as client:
+            self.client = client
             async with anyio.create_task_group() as outer:
                 if not config.dry_run:
                     outer.start_soon(self.writer.run_committer)

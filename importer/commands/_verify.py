@@ -55,21 +55,22 @@ from importer._errors import (
 )
 from importer._options import DEFAULTS
 from importer._results import KINDS, Finding, VerifyResult
+from importer._rows import body_field_hashes
+from importer.api._build import open_client
 from importer.api._client import (
     MAX_PAGE_SIZE,
     ClinikClient,
     check_api_key,
     check_base_url,
-    make_http_client,
 )
 from importer.api._limiter import Limiter
 from importer.api._lookup import matches_consent
 from importer.api._retry import retrying
 from importer.engine._preflight import refused_key
 from importer.intake._models import ConsentIn
-from importer.intake._normalize import body_field_hashes
-from importer.ledger._ledger import DoneConsent, Ledger, UnknownOutcome
+from importer.ledger._ledger import Ledger
 from importer.ledger._lock import LedgerLock
+from importer.ledger._schema import DoneConsent, UnknownOutcome
 from importer.reports import _outputs as outputs
 from importer.reports._report import SafeCsvWriter, check_report_paths, write_json
 from importer.reports._suspects import suspects
@@ -264,19 +265,18 @@ class _Checker:
             max_wait_s=self.config.max_wait_s,
             on_wait=self.on_wait,
         )
-        http = make_http_client(
-            base_url=self.base_url,
-            concurrency=self.config.concurrency,
-            timeout_s=self.config.timeout_s,
-        )
         jobs: list[Callable[[], Awaitable[None]]] = [
             partial(self._search, patient, rows) for patient, rows in plan.searches.items()
         ]
         jobs += [partial(self._get, row) for row in plan.gets]
-        async with http:
-            self._client = ClinikClient(
-                http, base_url=self.base_url, api_key=self.api_key, limiter=limiter
-            )
+        async with open_client(
+            self.base_url,
+            self.api_key,
+            concurrency=self.config.concurrency,
+            timeout_s=self.config.timeout_s,
+            limiter=limiter,
+        ) as client:
+            self._client = client
             pending = iter(jobs)
             # The first read goes alone: a refused key is then one request and one line
             # (exit 2, as run's preflight), not a refusal per worker.

@@ -13,9 +13,9 @@ from collections.abc import Callable
 import anyio
 
 from importer._results import RunStats, ValidationSummary
+from importer._rows import Row, Unchanged
 from importer.api._client import ClientStats
 from importer.engine._rowlog import row_fields
-from importer.intake._normalize import Row, Unchanged
 
 log = logging.getLogger("importer.engine")
 

@@ -17,12 +17,15 @@ from pathlib import Path
 from importer._keys import pinned_fields
 from importer._options import RunOptions
 from importer._results import PlanSummary
+from importer._rows import Row
 from importer.engine._identity import read_as_the_ledger_did
 from importer.engine._revocation import RevokeScope, Shrink
 from importer.engine._revocation import plan as plan_revocations
 from importer.intake._mapping import Mapping, open_tables
-from importer.intake._normalize import Normalizer, Row
-from importer.ledger._ledger import Ledger, LedgerRow, Op, RowState, same_payload
+from importer.intake._normalize import Normalizer
+from importer.ledger._codec import same_payload
+from importer.ledger._ledger import Ledger
+from importer.ledger._schema import LedgerRow, Op, RowState
 
 #: How many of the rows a dry run would revoke it keeps, to list.
 REVOKES_LISTED = 50

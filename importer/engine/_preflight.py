@@ -33,7 +33,8 @@ from importer._errors import (
     NoResponseError,
 )
 from importer.api._breaker import MAX_IN_A_ROW, WINDOW_S, CircuitBreaker
-from importer.api._client import ClinikClient, make_http_client, parse_rate
+from importer.api._build import open_client
+from importer.api._client import ClinikClient, parse_rate
 from importer.api._lookup import matches_consent, search_window
 from importer.api._retry import retrying
 
@@ -179,9 +180,7 @@ def run_checks(base_url: str, api_key: str, *, timeout_s: float) -> tuple[None, 
     at most a tenth of it: a tiny plan's budget is for consents)."""
 
     async def checks() -> tuple[None, int, int | None]:
-        http = make_http_client(base_url=base_url, concurrency=1, timeout_s=timeout_s)
-        async with http:
-            client = ClinikClient(http, base_url=base_url, api_key=api_key)
+        async with open_client(base_url, api_key, concurrency=1, timeout_s=timeout_s) as client:
             response = await check_server(client)
             window = parse_rate(_lower(response.headers), {})
             return None, client.stats.requests, window.limit if window else None

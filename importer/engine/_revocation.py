@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from importer._errors import UsageError
 from importer._keys import KeyTally, split_key
 from importer._results import Missing, RevokePlan
-from importer.intake._reader import ERROR_COLUMNS
+from importer.intake._layout import ERROR_COLUMNS
 
 if TYPE_CHECKING:
     import numpy as np

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from importer._errors import ApiError
 
 if TYPE_CHECKING:
-    from importer.intake._normalize import Row
+    from importer._rows import Row
 
 #: Statuses whose diagnostics name fields of the body sent (400 malformed, 409 conflict,
 #: 422 invalid); 401/403 name the key and 429/5xx the service.

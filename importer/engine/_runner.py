@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from itertools import chain
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import anyio
 import sniffio
@@ -21,8 +20,9 @@ from importer._errors import ConfigError, ConsentImportError
 from importer._options import DEFAULTS, RunOptions
 from importer._resources import ResourceGuard, resource_error
 from importer._results import RunStats, ValidationSummary
-from importer.api._breaker import CircuitBreaker
-from importer.api._client import ClinikClient, check_api_key, check_base_url, make_http_client
+from importer._rows import Row, Unchanged
+from importer.api._build import open_client
+from importer.api._client import check_api_key, check_base_url
 from importer.api._limiter import Limiter
 from importer.engine._engine import Engine, InInput
 from importer.engine._gate import CreateCheck
@@ -30,7 +30,7 @@ from importer.engine._identity import note_mapping, read_as_the_ledger_did, read
 from importer.engine._preflight import SAMPLE_REQUESTS, run_checks
 from importer.engine._revocation import RevokeScope
 from importer.intake._mapping import Mapping, open_tables
-from importer.intake._normalize import Normalizer, Row, Unchanged
+from importer.intake._normalize import Normalizer
 from importer.intake._reader import Table
 from importer.ledger._ledger import Ledger
 from importer.ledger._lineage import advance as advance_lineage
@@ -288,14 +288,14 @@ async def _run_async(
         max_wait_s=options.max_wait_s,
         on_wait=on_wait,
     )
-    http = make_http_client(
-        base_url=base_url, concurrency=options.concurrency, timeout_s=options.timeout_s
-    )
-    async with http:
-        breaker = CircuitBreaker(urlsplit(base_url).netloc)
-        client = ClinikClient(
-            http, base_url=base_url, api_key=api_key, limiter=limiter, breaker=breaker
-        )
+    async with open_client(
+        base_url,
+        api_key,
+        concurrency=options.concurrency,
+        timeout_s=options.timeout_s,
+        limiter=limiter,
+        breaker=True,
+    ) as client:
         engine = Engine(
             client,
             ledger,

@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any, Final, Protocol
 
 from importer._errors import ConfigError, InputError
-from importer.intake._reader import ERROR_COLUMNS, OPENERS, Table
+from importer.intake._layout import ERROR_COLUMNS
+from importer.intake._reader import OPENERS, Table
 
 __all__ = [
     "ERROR_TAG_SYSTEM",

@@ -19,8 +19,8 @@ import io
 import logging
 import math
 import re
-from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
-from contextlib import ExitStack, closing, contextmanager
+from collections.abc import Callable, Generator, Iterator, Mapping
+from contextlib import closing
 from dataclasses import dataclass, replace
 from datetime import date, datetime, time, timedelta
 from pathlib import Path
@@ -30,16 +30,31 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 from pandas.errors import ParserError
-from python_calamine import (
-    CalamineError,
-    CalamineSheet,
-    CalamineWorkbook,
-    PasswordError,
-    SheetVisibleEnum,
-)
 
 from importer._errors import ConfigError, InputError, no_such_file
+from importer._rows import sheet_label
 from importer.intake._cutcheck import CellCounter, Cut, Shape
+from importer.intake._encoding import (
+    _BOMS,
+    _OLE_MAGIC,
+    _ZIP_MAGIC,
+    _ascii_compatible,
+    _binary,
+    _binary_share,
+    _bomless_utf16,
+    _decode,
+    _DecodeFailed,
+    _transcode,
+    _undecodable,
+)
+from importer.intake._formulas import (
+    _ESCAPED,
+    _ESCAPED_BYTES,
+    _unescape_frame,
+    escape_formula,
+    unescape_formula,
+)
+from importer.intake._layout import _blank, _csv_layout, _CsvLayout, _named, _unterminated
 
 log = logging.getLogger("importer.reader")
 
@@ -70,14 +85,11 @@ SHORT_ROW: Final = "short_row"
 TRUNCATED_FILE: Final = "truncated_file"
 
 _SAMPLE_BYTES: Final = 64 * 1024
-#: csv.Sniffer's regexes turn quadratic on unclosed quotes; it sees only this much.
-_SNIFF_CHARS: Final = 8 * 1024
 #: A header (or first record) bigger than this is not a consent export.
 _MAX_SAMPLE_BYTES: Final = 64 * 1024 * 1024
 _BLOCK_BYTES: Final = 4 * 1024 * 1024
 #: Re-reads allowed for records wider than the sample showed; more means a broken file.
 _MAX_RESTARTS: Final = 16
-_DELIMITERS: Final = (",", ";", "\t", "|")
 _DELIMITER_NAMES: Final = {
     "tab": "\t",
     "\\t": "\t",
@@ -86,31 +98,12 @@ _DELIMITER_NAMES: Final = {
     "pipe": "|",
 }
 
-_BOMS: Final = (
-    # UTF-32 first: its little-endian BOM starts with UTF-16's.
-    (codecs.BOM_UTF32_LE, "utf-32"),
-    (codecs.BOM_UTF32_BE, "utf-32"),
-    (codecs.BOM_UTF8, "utf-8-sig"),
-    (codecs.BOM_UTF16_LE, "utf-16"),
-    (codecs.BOM_UTF16_BE, "utf-16"),
-)
-_ZIP_MAGIC: Final = b"PK\x03\x04"
-_OLE_MAGIC: Final = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"
-#: Control bytes that never occur in text (tab, LF, FF, CR, ESC and DOS's EOF are allowed).
-_BINARY_BYTES: Final = bytes(set(range(32)) - {9, 10, 12, 13, 26, 27})
-
-#: What escape_formula protects: a formula or DDE trigger as the first character.
-_NEEDS_ESCAPE: Final = re.compile(r"'*[=+\-@\t\r]")
-_ESCAPED: Final = re.compile(r"'+[=+\-@\t\r]")
-_ESCAPED_BYTES: Final = re.compile(rb"'[=+\-@\t\r]")
 
 _EXPECTED_FIELDS: Final = re.compile(r"Expected (\d+) fields in line (\d+), saw (\d+)")
 _EOF_IN_QUOTES: Final = re.compile(r"EOF inside string starting at row (\d+)")
 _SERIAL: Final = re.compile(r"\d{1,7}(?:\.\d+)?")
 
 _Bools = npt.NDArray[np.bool_]
-#: Excel's first line naming the delimiter, which Excel hides when it opens the file.
-_SEP_LINE: Final = re.compile(r"sep=([^\r\n\"])(?:\r\n|\n|\r)", re.IGNORECASE)
 
 # The csv module refuses a field over 128 KiB by default; a long note or an embedded
 # document in the first rows is a cell like any other (pandas' parser has no such limit).
@@ -138,44 +131,6 @@ class SourceOptions:
 
 
 # --- the formula escape ---------------------------------------------------------------------
-
-
-def escape_formula(text: str) -> str:
-    """Prefix `'` to a cell Excel would run as a formula (`=`, `+`, `-`, `@`, tab, CR).
-
-    A cell that already starts with quotes before a trigger gets one more, so
-    `unescape_formula(escape_formula(x)) == x` for every text.
-    """
-    return "'" + text if _NEEDS_ESCAPE.match(text) else text
-
-
-def unescape_formula(text: str) -> str:
-    """Undo `escape_formula`: `'=SUM(A1)` -> `=SUM(A1)`, while `'hello` stays as it is."""
-    return text[1:] if _ESCAPED.match(text) else text
-
-
-def _unescape_column(column: pd.Series) -> pd.Series:
-    values = column.to_numpy(dtype=object)
-    # One C-level join and find tells whether any cell starts with a quote at all, which
-    # is far cheaper than a per-cell test on columns that have none (nearly all).
-    joined = "\x00".join(values)
-    if not joined.startswith("'") and "\x00'" not in joined:
-        return column
-    hits = column.str.match(_ESCAPED.pattern)
-    if not hits.any():
-        return column
-    column = column.copy()
-    column[hits] = column[hits].str.slice(1)
-    return column
-
-
-def _unescape_frame(frame: pd.DataFrame) -> pd.DataFrame:
-    for position in range(frame.shape[1]):
-        column = frame.iloc[:, position]
-        fixed = _unescape_column(column)
-        if fixed is not column:
-            frame.isetitem(position, fixed.array)
-    return frame
 
 
 # --- Excel serial dates -----------------------------------------------------------------------
@@ -368,6 +323,9 @@ def open_table(
         return OPENERS[suffix](path, name)
     table: Table
     if suffix in EXCEL_SUFFIXES:
+        # Here, not at the top: the Excel reader builds on this module's Table.
+        from importer.intake._excel import _open_excel
+
         table = _open_excel(path, name, head, options, chunk_rows)
     else:
         table = _open_csv(path, name, head, options, chunk_rows)
@@ -376,18 +334,6 @@ def open_table(
 
 
 # --- CSV ------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _CsvLayout:
-    encoding: str
-    delimiter: str
-    columns: list[str]
-    skip: int  # blank records before the header
-    width: int  # most cells seen in a record of the sample, at least len(columns)
-    newline: str
-    may_escape: bool  # some cell might start with our formula escape
-    preamble: int = 0  # non-blank records before the header (Excel's `sep=` line)
 
 
 class _CsvTable(Table):
@@ -715,29 +661,6 @@ def _choose_encoding(path: Path, name: str, head: bytes, forced: str | None) -> 
         ) from None
 
 
-def _binary_share(head: bytes) -> float:
-    """The share of bytes that are control characters text never holds."""
-    return (len(head) - len(head.translate(None, _BINARY_BYTES))) / max(len(head), 1)
-
-
-def _bomless_utf16(head: bytes) -> str | None:
-    """UTF-16 without a BOM: mostly-ASCII text has a NUL in every other byte."""
-    if len(head) < 4 or len(head) % 2:
-        return None
-    even, odd = head[0::2], head[1::2]
-    if odd.count(0) > 0.9 * len(odd) and even.count(0) < 0.1 * len(even):
-        return "utf-16-le"
-    if even.count(0) > 0.9 * len(even) and odd.count(0) < 0.1 * len(odd):
-        return "utf-16-be"
-    return None
-
-
-class _DecodeFailed(Exception):
-    def __init__(self, line: int) -> None:
-        super().__init__(line)
-        self.line = line
-
-
 def _scan_text(path: Path, name: str, encoding: str) -> bool:
     """Decode the whole file block by block; tell whether a formula escape may occur.
 
@@ -779,40 +702,8 @@ def _scan_text(path: Path, name: str, encoding: str) -> bool:
     return may_escape
 
 
-def _decode(
-    decoder: codecs.IncrementalDecoder, block: bytes, lines: int, *, final: bool = False
-) -> str:
-    try:
-        return decoder.decode(block, final)
-    except UnicodeDecodeError as exc:
-        before = bytes(exc.object[: exc.start]).decode(exc.encoding, "replace")
-        raise _DecodeFailed(lines + before.count("\n")) from None
-
-
-def _undecodable(name: str, encoding: str, line: int) -> InputError:
-    other = "cp1252" if encoding.startswith("utf") else "utf-8"
-    return InputError(
-        f'{name}: is not valid {encoding} text (near line {line}); set encoding = "{other}" '
-        "in the mapping's [source] section, or remove it to detect the encoding"
-    )
-
-
-def _binary(name: str) -> InputError:
-    return InputError(
-        f"{name}: does not look like a text CSV (it holds binary data); export it again as "
-        "CSV or Excel"
-    )
-
-
 def _no_rows(name: str) -> InputError:
     return InputError(f"{name}: has a header row but no rows to import; add rows below the header")
-
-
-def _unterminated(name: str, row: int) -> InputError:
-    return InputError(
-        f'{name}: unterminated quoted field starting near row {row}; close the quote (") '
-        "or remove it"
-    )
 
 
 def _unnamed_cell(name: str, row: int, column: str) -> InputError:
@@ -822,25 +713,10 @@ def _unnamed_cell(name: str, row: int, column: str) -> InputError:
     )
 
 
-def _ascii_compatible(encoding: str) -> bool:
-    """True if ASCII bytes always mean ASCII characters (no multi-byte code units)."""
-    codec = codecs.lookup(encoding).name
-    return codec in {"utf-8", "utf-8-sig", "ascii", "latin-1"} or codec.startswith(
-        ("cp125", "iso8859", "cp437", "cp850", "mac-")
-    )
-
-
 def _byte_blocks(path: Path) -> Iterator[bytes]:
     with path.open("rb") as handle:
         while block := handle.read(_BLOCK_BYTES):
             yield block
-
-
-def _transcode(blocks: Iterable[bytes], encoding: str) -> Iterator[bytes]:
-    decoder = codecs.getincrementaldecoder(encoding)("replace")
-    for block in blocks:
-        yield decoder.decode(block).encode("utf-8")
-    yield decoder.decode(b"", True).encode("utf-8")
 
 
 def _read_sample(path: Path, encoding: str, size: int) -> tuple[str, bool]:
@@ -852,172 +728,7 @@ def _read_sample(path: Path, encoding: str, size: int) -> tuple[str, bool]:
     text = decoder.decode(raw[:size], whole)
     return text.lstrip("\ufeff"), whole
 
-
-def _parse(sample: str, delimiter: str, whole: bool) -> list[list[str]]:
-    """The complete records of a sample (the last one may be cut unless it is the whole file)."""
-    reader = csv.reader(io.StringIO(sample, newline=""), delimiter=delimiter, quotechar='"')
-    records = list(reader)
-    if not whole and records:
-        records.pop()
-    return records
-
-
-def _csv_layout(
-    name: str,
-    sample: str,
-    whole: bool,
-    encoding: str,
-    forced_delimiter: str | None,
-    suffix: str,
-    header_row: int | None = None,
-) -> _CsvLayout | None:
-    """Delimiter, header and width from the sample; None if the sample is too short to tell.
-
-    With `header_row`, the lines above it are titles: left out of sniffing and skipped
-    (an Excel `sep=` line among them is a title too).
-    """
-    titled = 0  # non-blank title lines above `header_row`
-    if header_row is not None and set(_first_record(sample)) >= set(ERROR_COLUMNS):
-        header_row = None  # our own failed.csv, fed back: its header is its first line
-    if header_row is not None:
-        lines = sample.splitlines(keepends=True)
-        if len(lines) < header_row + 1 and not whole:
-            return None
-        titles = lines[: header_row - 1]
-        titled = sum(1 for line in titles if line.strip())
-        sample = sample[len("".join(titles)) :]
-    declared = _SEP_LINE.match(sample) if header_row is None else None
-    if declared is not None:
-        # Excel's `sep=;` line: the file says its delimiter, and the line is not the header.
-        delimiter = forced_delimiter or declared.group(1)
-    else:
-        delimiter = forced_delimiter or _sniff(sample, whole, suffix)
-    if (
-        declared is None
-        and forced_delimiter is not None
-        and forced_delimiter not in _first_line(sample)
-    ):
-        # A header without the configured delimiter makes a one-column table, which no
-        # mapping wants: the file says otherwise (a fixed failed.csv we wrote with ",",
-        # fed back with the legacy export's mapping), so the file's own delimiter wins.
-        delimiter = _sniff(sample, whole, suffix)
-    if whole:
-        _check_quotes(name, sample, delimiter)
-    records = _parse(sample, delimiter, whole)
-    preamble = 0 if declared is None else 1
-    skip = next((i for i, r in enumerate(records) if i >= preamble and not _blank(r)), None)
-    if header_row is not None and skip != 0 and records:
-        raise InputError(
-            f"{name}: line {header_row} (source.header_row) is blank; give the line of the header"
-        )
-    if skip is None:
-        if whole:
-            raise InputError(f"{name}: the file is empty; export it again with a header row")
-        return None
-    if not whole and len(records) < skip + 2:
-        return None  # pandas must not meet a first record wider than the sample showed
-    header = records[skip]
-    columns = _header(name, header, skip + 1, lambda i: str(i + 1))
-    width = max(len(r) for r in records[skip:])
-    newline = "\r" if "\n" not in sample and "\r" in sample else "\n"
-    if header_row is not None:
-        skip = header_row - 1  # lines above the header: pandas skips lines
-        preamble = titled
-    return _CsvLayout(
-        encoding, delimiter, columns, skip, width, newline, may_escape=True, preamble=preamble
-    )
-
-
-#: The columns `export --failed` adds (after the input's own): a file carrying them is our
-#: own correction file. The reader, reports, exports and revocation all read this one tuple.
-ERROR_COLUMNS: Final = ("error_stage", "error_code", "error_message")
-
-
-def _first_record(sample: str) -> list[str]:
-    """The first line's cells, split on whichever delimiter splits it most."""
-    line = _first_line(sample)
-    return max((line.split(d) for d in _DELIMITERS), key=len)
-
-
-def _first_line(sample: str) -> str:
-    """The first non-blank line of the sample (the header row, unless quoted newlines)."""
-    return next((line for line in sample.splitlines() if line.strip()), "")
-
-
-def _check_quotes(name: str, sample: str, delimiter: str) -> None:
-    """An unterminated quote pandas would not report (one in a skipped header row)."""
-    reader = csv.reader(
-        io.StringIO(sample, newline=""), delimiter=delimiter, quotechar='"', strict=True
-    )
-    count = 0
-    header = False  # a non-blank record was complete before the error
-    try:
-        for record in reader:
-            count += 1
-            header = header or not _blank(record)
-    except csv.Error as exc:
-        # Without a final line break, a row below the header was cut inside a value:
-        # the table reports that row (`truncated_file`) and reads the others.
-        cut = header and not sample.endswith(("\n", "\r"))
-        if "unexpected end of data" in str(exc) and not cut:
-            raise _unterminated(name, count + 1) from None
-        # Other strict-mode complaints (text after a closing quote) pandas accepts.
-
-
-def _sniff(sample: str, whole: bool, suffix: str) -> str:
-    """The candidate delimiter that splits the header and the rows most consistently."""
-    order = ("\t", ",", ";", "|") if suffix == ".tsv" else _DELIMITERS
-    scores: dict[str, tuple[float, int]] = {}
-    for candidate in order:
-        records = [r for r in _parse(sample, candidate, whole) if not _blank(r)][:200]
-        if not records or len(records[0]) < 2:
-            scores[candidate] = (0.0, 1)
-            continue
-        width = len(records[0])
-        same = sum(1 for r in records if len(r) == width) / len(records)
-        scores[candidate] = (same, width)
-    best = max(order, key=lambda c: scores[c])  # max keeps the first of equals
-    try:
-        sniffed = csv.Sniffer().sniff(sample[:_SNIFF_CHARS], delimiters="".join(order)).delimiter
-    except csv.Error:
-        return best
-    # Trust the sniffer only where it is as consistent as the best candidate.
-    if sniffed in scores and scores[sniffed][1] > 1 and scores[sniffed][0] >= scores[best][0]:
-        return sniffed
-    return best
-
-
-def _named(names: list[str]) -> list[int] | None:
-    """Positions of the named columns, or None when every column is named."""
-    keep = [i for i, n in enumerate(names) if n]
-    return None if len(keep) == len(names) else keep
-
-
-def _blank(cells: list[str]) -> bool:
-    return not "".join(cells).strip()
-
-
-def _header(name: str, cells: list[str], row: int, label: Callable[[int], str]) -> list[str]:
-    """The column names: stripped; trailing empty cells dropped; no repeats.
-
-    A column with an empty header before the last named one stays as "" and is left out
-    of the table (`_named`): a pandas index column is common, and no mapping can name it.
-    """
-    names = [unescape_formula(cell).strip().lstrip("\ufeff").strip() for cell in cells]
-    while names and not names[-1]:
-        names.pop()
-    seen: dict[str, int] = {}
-    for i, column in enumerate(names):
-        if not column:
-            continue
-        if column in seen:
-            # Positions only: without a header row, these cells are a patient's values.
-            raise InputError(
-                f"{name}: columns {label(seen[column])} and {label(i)} have the same header "
-                f"in row {row}; rename one"
-            )
-        seen[column] = i
-    return names
+    # Other strict-mode complaints (text after a closing quote) pandas accepts.
 
 
 _isspace: Final = np.frompyfunc(str.isspace, 1, 1)
@@ -1126,326 +837,3 @@ class _RecordCounter:
 
 
 # --- Excel ----------------------------------------------------------------------------------
-
-
-class _Workbook:
-    """Opens the workbook, by content when the extension is wrong about the format."""
-
-    def __init__(self, path: Path, name: str, by_content: bool) -> None:
-        self.path = path
-        self.name = name
-        self.by_content = by_content
-
-    @contextmanager
-    def open(self) -> Iterator[CalamineWorkbook]:
-        with ExitStack() as stack:
-            try:
-                if self.by_content:
-                    handle = stack.enter_context(self.path.open("rb"))
-                    workbook = CalamineWorkbook.from_filelike(handle)
-                else:
-                    workbook = CalamineWorkbook.from_path(str(self.path))
-            except PasswordError:
-                raise InputError(
-                    f"{self.name}: is password-protected; save a copy without a password"
-                ) from None
-            except (CalamineError, OSError):
-                raise self.unreadable() from None
-            stack.enter_context(workbook)
-            yield workbook
-
-    def unreadable(self) -> InputError:
-        return InputError(
-            f"{self.name}: cannot be read as an Excel workbook (damaged, encrypted or another "
-            "format); open it in Excel and save it again as .xlsx"
-        )
-
-
-class _ExcelTable(Table):
-    def __init__(
-        self,
-        path: Path,
-        name: str,
-        columns: list[str],
-        *,
-        keep: list[int] | None = None,
-        workbook: _Workbook,
-        sheet: str,
-        header_row: int,
-        first_column: int,
-        count: int,
-        chunk_rows: int,
-    ) -> None:
-        super().__init__(
-            path,
-            name,
-            [c for c in columns if c],
-            header_row=header_row,
-            chunk_rows=chunk_rows,
-            sheet=sheet,
-        )
-        self._width = len(columns)
-        self._keep = keep
-        self._workbook = workbook
-        self._first_column = first_column
-        self._count = count
-
-    def count_rows(self) -> int:
-        return self._count
-
-    def _require_rows(self) -> None:
-        # The open pass counted the rows already; parsing the sheet again would double
-        # the cost of opening.
-        if self._count == 0:
-            raise _no_rows(self.label)
-
-    def chunks(self) -> Iterator[pd.DataFrame]:
-        named = self._width
-        keep = self._keep
-        where = self.label
-        convert = _cell_text
-        rows: list[list[str]] = []
-        numbers: list[int] = []
-        for number, cells in self._rows():
-            texts = [cell if type(cell) is str else convert(cell) for cell in cells]
-            if _blank(texts):
-                continue
-            if len(texts) > named:
-                if not _blank(texts[named:]):
-                    offset = next(i for i, t in enumerate(texts[named:]) if t.strip())
-                    column = _column_letter(self._first_column + named + offset)
-                    raise _unnamed_cell(where, number, column)
-                del texts[named:]
-            elif len(texts) < named:
-                texts.extend([""] * (named - len(texts)))
-            rows.append(texts if keep is None else [texts[i] for i in keep])
-            numbers.append(number)
-            if len(rows) == self.chunk_rows:
-                yield self._frame(rows, numbers)
-                rows, numbers = [], []
-        if rows:
-            yield self._frame(rows, numbers)
-
-    def _frame(self, rows: list[list[str]], numbers: list[int]) -> pd.DataFrame:
-        frame = pd.DataFrame(
-            rows,
-            columns=pd.Index(self.columns),
-            index=pd.Index(numbers, dtype="int64"),
-            dtype="str",
-        )
-        return _unescape_frame(frame)
-
-    def _rows(self) -> Iterator[tuple[int, list[Any]]]:
-        with self._workbook.open() as workbook:
-            try:
-                sheet = workbook.get_sheet_by_name(self.sheet or "")
-            except CalamineError:
-                raise self._workbook.unreadable() from None
-            if sheet.start is None:
-                return
-            for number, cells in _sheet_rows(sheet, fill_below=self.header_row):
-                if number > self.header_row:
-                    yield number, cells
-
-
-def _open_excel(
-    path: Path, name: str, head: bytes, options: SourceOptions, chunk_rows: int
-) -> _ExcelTable:
-    suffix = path.suffix.lower()
-    if head.startswith(_ZIP_MAGIC):
-        by_content = suffix == ".xls"
-    elif head.startswith(_OLE_MAGIC):
-        by_content = suffix != ".xls"
-    else:
-        raise _not_excel(name, head, suffix)
-    workbook = _Workbook(path, name, by_content)
-    with workbook.open() as book:
-        hidden = {
-            meta.name for meta in book.sheets_metadata if meta.visible != SheetVisibleEnum.Visible
-        }
-        sheet_name = _pick_sheet(name, book.sheet_names, options.sheet, hidden)
-        try:
-            sheet = book.get_sheet_by_name(sheet_name)
-        except CalamineError:
-            raise workbook.unreadable() from None
-        if sheet.start is None:
-            raise InputError(
-                f"{name}: sheet '{sheet_name}' is empty; choose the sheet with the data"
-            )
-        first_column = sheet.start[1]
-        # The header as it is (a merged title or header cell is not spread over columns),
-        # then the rows below it as Excel shows them (merged cells filled). With
-        # `header_row`, the rows above it are titles.
-        wanted = options.header_row
-        header = next(
-            (
-                (n, cells)
-                for n, cells in enumerate(sheet.iter_rows(), 1)
-                if (n == wanted if wanted is not None else True) and not _blank_cells(cells)
-            ),
-            None,
-        )
-        if header is None and wanted is not None:
-            raise InputError(
-                f"{name}: row {wanted} (source.header_row) of sheet '{sheet_name}' is blank; "
-                "give the row of the header"
-            )
-        if header is None:
-            raise InputError(
-                f"{name}: sheet '{sheet_name}' is empty; choose the sheet with the data"
-            )
-        count = sum(
-            1
-            for number, cells in _sheet_rows(sheet, fill_below=header[0])
-            if number > header[0] and not _blank_cells(cells)
-        )
-    header_row, cells = header
-    columns = _header(
-        sheet_label(name, sheet_name),
-        [_cell_text(cell) for cell in cells],
-        header_row,
-        lambda i: _column_letter(first_column + i),
-    )
-    return _ExcelTable(
-        path,
-        name,
-        columns,
-        keep=_named(columns),
-        workbook=workbook,
-        sheet=sheet_name,
-        header_row=header_row,
-        first_column=first_column,
-        count=count,
-        chunk_rows=chunk_rows,
-    )
-
-
-def _not_excel(name: str, head: bytes, suffix: str) -> InputError:
-    text = head.lstrip(codecs.BOM_UTF8).lstrip().lower()
-    if text.startswith((b"<!doctype html", b"<html", b"<table", b"<?xml")):
-        return InputError(
-            f"{name}: is a web page or XML file saved as {suffix}, not an Excel workbook; open "
-            "it in Excel and save it as .xlsx"
-        )
-    has_bom = any(head.startswith(mark) for mark, _ in _BOMS)
-    if has_bom or (b"\x00" not in head and _binary_share(head) <= 0.01):
-        return InputError(
-            f"{name}: is not an Excel file, it looks like CSV text; rename it to .csv"
-        )
-    return InputError(
-        f"{name}: is not an Excel workbook (damaged or another format); open it in Excel and "
-        "save it again as .xlsx"
-    )
-
-
-def sheet_label(name: str, sheet: str | None) -> str:
-    """The file as errors name it: an Excel file with its sheet (`book.xlsx[Consents]`),
-    a CSV file (no sheet) as it is."""
-    return f"{name}[{sheet}]" if sheet else name
-
-
-def _sheet_rows(sheet: CalamineSheet, *, fill_below: int) -> Iterator[tuple[int, list[Any]]]:
-    """(row number, cells) of a sheet, with each merged range below row `fill_below`
-    holding its top-left value in every cell, as Excel shows it (calamine leaves the other
-    cells of the range empty)."""
-    first_column = sheet.start[1] if sheet.start is not None else 0
-    merges = sorted(
-        (r0, c0, r1, c1)
-        for (r0, c0), (r1, c1) in (sheet.merged_cell_ranges or [])
-        if r0 >= fill_below and (r1, c1) != (r0, c0)
-    )
-    upcoming = 0
-    active: list[tuple[int, int, int, Any]] = []  # (last row, first column, last column, value)
-    # iter_rows pads the rows above the used range, so positions are real rows.
-    for index, cells in enumerate(sheet.iter_rows()):
-        while upcoming < len(merges) and merges[upcoming][0] == index:
-            _, c0, r1, c1 = merges[upcoming]
-            at = c0 - first_column
-            value = cells[at] if 0 <= at < len(cells) else ""
-            active.append((r1, c0, c1, value))
-            upcoming += 1
-        if active:
-            active = [m for m in active if m[0] >= index]
-            cells = list(cells)
-            for _, c0, c1, value in active:
-                for at in range(max(c0 - first_column, 0), min(c1 - first_column + 1, len(cells))):
-                    cells[at] = value
-        yield index + 1, cells
-
-
-def _pick_sheet(
-    name: str, sheets: list[str], wanted: str | int | None, hidden: set[str] | None = None
-) -> str:
-    listed = ", ".join(f"'{s}'" for s in sheets)
-    if wanted is None:
-        if not sheets:
-            raise InputError(f"{name}: the workbook has no sheets")
-        # The first sheet a person sees, not a hidden lookup or settings sheet.
-        return next((s for s in sheets if s not in (hidden or set())), sheets[0])
-    if isinstance(wanted, int):
-        if 0 <= wanted < len(sheets):
-            return sheets[wanted]
-        raise InputError(
-            f"{name}: no sheet at index {wanted} (0-based); the workbook has {len(sheets)}: "
-            f"{listed}"
-        )
-    if wanted in sheets:
-        return wanted
-    raise InputError(f"{name}: no sheet named '{wanted}'; the sheets are {listed}")
-
-
-def _blank_cells(cells: list[Any]) -> bool:
-    return all(type(cell) is str and (not cell or cell.isspace()) for cell in cells)
-
-
-def _column_letter(index: int) -> str:
-    """0 -> A, 25 -> Z, 26 -> AA."""
-    letters = ""
-    index += 1
-    while index:
-        index, remainder = divmod(index - 1, 26)
-        letters = chr(65 + remainder) + letters
-    return letters
-
-
-def _cell_text(value: object) -> str:
-    """One Excel cell as the text a user would type for it."""
-    convert = _CELL_TEXT.get(type(value))
-    return convert(value) if convert is not None else str(value)
-
-
-def _number_text(value: float) -> str:
-    # Ids stored as numbers come back as floats: 12345.0 must read "12345".
-    if value.is_integer() and abs(value) < 2**53:
-        return str(int(value))
-    # 15 significant digits is what Excel shows, and drops float noise (0.1 + 0.2).
-    return format(value, ".15g")
-
-
-def _bool_text(value: bool) -> str:
-    return "true" if value else "false"
-
-
-def _moment_text(value: datetime | time) -> str:
-    # Excel keeps milliseconds at most; whole seconds are the usual case.
-    return value.isoformat(timespec="milliseconds" if value.microsecond else "seconds")
-
-
-def _duration_text(value: timedelta) -> str:
-    seconds = round(value.total_seconds())
-    sign = "-" if seconds < 0 else ""
-    hours, rest = divmod(abs(seconds), 3600)
-    return f"{sign}{hours}:{rest // 60:02d}:{rest % 60:02d}"
-
-
-#: By exact type (one dict lookup per cell): what calamine hands back for each cell kind.
-_CELL_TEXT: Final[dict[type, Callable[[Any], str]]] = {
-    str: str,
-    float: _number_text,
-    int: str,
-    bool: _bool_text,
-    datetime: _moment_text,
-    date: date.isoformat,
-    time: _moment_text,
-    timedelta: _duration_text,
-}

@@ -30,7 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from importer.ledger._ledger import Ledger, now_iso
+from importer.ledger._codec import now_iso
+from importer.ledger._ledger import Ledger
 
 log = logging.getLogger("importer.run")
 

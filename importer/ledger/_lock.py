@@ -17,7 +17,7 @@ from types import TracebackType
 from typing import IO, Any
 
 from importer._errors import ConfigError
-from importer.ledger._ledger import now_iso
+from importer.ledger._codec import now_iso
 
 log = logging.getLogger("importer.lock")
 

@@ -27,7 +27,7 @@ from importer.reports._values import LIMIT as VALUES_LIMIT
 
 if TYPE_CHECKING:
     from importer._results import RunStats, ValidationSummary, VerifyResult
-    from importer.intake._normalize import RowError
+    from importer._rows import RowError
 
 #: Rows of the error table. Past a few thousand rows a page opens and prints slowly and
 #: nobody reads it; the counts and charts stay exact, and the CSV report has every row.

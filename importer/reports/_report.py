@@ -18,8 +18,9 @@ from rich.console import Console
 
 from importer._errors import UsageError
 from importer._results import RunStats, ValidationSummary
-from importer.intake._normalize import Row, sheet_note
-from importer.intake._reader import ERROR_COLUMNS, escape_formula
+from importer._rows import Row, sheet_note
+from importer.intake._formulas import escape_formula
+from importer.intake._layout import ERROR_COLUMNS
 from importer.reports._outputs import AtomicFile
 from importer.reports._outputs import write_text as write_whole
 

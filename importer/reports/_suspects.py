@@ -13,7 +13,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from importer.ledger._ledger import DoneConsent
+from importer.ledger._schema import DoneConsent
 
 #: The largest gap between two zones' readings of one naive time, in hours.
 MAX_HOURS = 14

@@ -24,8 +24,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from importer.intake._cells import UNMAPPED_CELL
 from importer.intake._mapping_v2 import CODES, LIST, REFS, UNMAPPED, Spec, evaluate
-from importer.intake._normalize import UNMAPPED_CELL, _FileNormalizer
+from importer.intake._normalize import _FileNormalizer
 
 #: Distinct values kept per column.
 LIMIT = 50
