@@ -36,7 +36,7 @@ from common import KEY, canonical_csv, sandbox_process
 from importer.ledger._codec import FIELD_ORDER
 from importer.ledger._ledger import Ledger
 from importer.ledger._schema import Op, Source
-from importer.reports._export import status
+from importer.reports._status import status
 
 BATCH = 2_000
 FIELDS = FIELD_ORDER[:10]

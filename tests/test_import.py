@@ -240,7 +240,7 @@ def test_skip_existing_adopts_consents_already_in_the_tenant(tmp_path: Path) -> 
 
 def test_dry_run_plans_against_the_ledger_and_sends_nothing(tmp_path: Path) -> None:
     from importer._options import RunOptions
-    from importer.engine._plan import plan_import
+    from importer.engine._dry_run import dry_run_import
     from importer.intake._mapping import load_mapping
 
     rows = list(consent_rows(6))
@@ -253,7 +253,7 @@ def test_dry_run_plans_against_the_ledger_and_sends_nothing(tmp_path: Path) -> N
         rows.append(dict(rows[2], scope="nope", sourceKey="K999"))
         write_csv(source, rows)
         before = sandbox.stats()["requests"]
-        plan = plan_import([source], load_mapping(None), tmp_path / "l.db", RunOptions())
+        plan = dry_run_import([source], load_mapping(None), tmp_path / "l.db", RunOptions())
         assert sandbox.stats()["requests"] == before
     assert plan.counts == {
         "create": 1,

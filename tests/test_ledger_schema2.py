@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from importer.ledger._ledger import Ledger
-from importer.reports._export import export_csvs, status
+from importer.reports._export import export_csvs
+from importer.reports._status import status
 from importer.sandbox import SandboxConfig, running_sandbox
 from tests.cli_helpers import run_cli
 from tests.engine_helpers import run

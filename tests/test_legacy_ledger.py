@@ -12,7 +12,8 @@ import sqlite3
 from pathlib import Path
 
 from importer.ledger._ledger import Ledger
-from importer.reports._export import export_csvs, status
+from importer.reports._export import export_csvs
+from importer.reports._status import status
 from importer.sandbox import SandboxConfig, running_sandbox
 from tests.engine_helpers import run
 

@@ -51,6 +51,22 @@ def test_the_public_api_is_stated_and_every_name_loads() -> None:
         _ = importer.Engine  # type: ignore[attr-defined]
 
 
+def test_the_exception_tree_is_public() -> None:
+    """Every exception of `_errors` a caller may catch is public, with its hierarchy."""
+    from importer import _errors
+
+    tree = {
+        name
+        for name, value in vars(_errors).items()
+        if isinstance(value, type) and issubclass(value, _errors.ConsentImportError)
+    }
+    assert tree <= set(importer.__all__)
+    assert issubclass(importer.AuthError, importer.ApiError)
+    assert issubclass(importer.ApiError, importer.ConsentImportError)
+    assert issubclass(importer.ServerUnreachable, importer.AbortError)
+    assert importer.ConfigError is _errors.ConfigError
+
+
 def test_importing_the_package_loads_no_engine() -> None:
     """`import importer` is cheap: names load on first use."""
     code = "import sys, importer; print('importer.engine._engine' in sys.modules)"

@@ -12,7 +12,7 @@ import pytest
 
 from importer.commands._undo import UndoConfig, UndoResult, undo
 from importer.ledger._ledger import Ledger
-from importer.reports._export import status
+from importer.reports._status import status
 from importer.sandbox import RunningSandbox, SandboxConfig, running_sandbox
 from tests.cli_helpers import run_cli
 from tests.engine_helpers import KEY, consent_rows, ledger_ids, run, write_csv

@@ -26,7 +26,7 @@ from importer.reports._console import plain_console, plural
 
 if TYPE_CHECKING:
     from importer._results import RunStats
-    from importer.commands._verify import Plan
+    from importer.commands._verify import ReadPlan
     from importer.intake._mapping import Mapping
     from importer.reports._monitoring import RunMonitor
 from importer.cli._params import (
@@ -379,7 +379,7 @@ def _dry_run(
     quiet: bool,
 ) -> int:
     from importer.commands._validate import validate_files
-    from importer.engine._plan import plan_import
+    from importer.engine._dry_run import dry_run_import
 
     if reports:
         validation = validate_files(inputs, mapping, reports, redact=redact)
@@ -387,7 +387,7 @@ def _dry_run(
             from importer.reports._report import print_validation
 
             print_validation(validation, plain_console())
-    plan = plan_import(inputs, mapping, options.ledger, options)
+    plan = dry_run_import(inputs, mapping, options.ledger, options)
     log.info(
         "dry run: %d rows",
         plan.rows,
@@ -538,7 +538,7 @@ def status(ledger: Path, runs: int, as_json: bool) -> int:
     """
     import json
 
-    from importer.reports._export import status as ledger_status
+    from importer.reports._status import status as ledger_status
 
     info = ledger_status(ledger, runs=runs)
     if as_json:
@@ -745,7 +745,7 @@ def _echo_wait(seconds: float, reason: str) -> None:
     click.echo(f"waiting: {reason}", err=True)
 
 
-def _echo_plan(plan: Plan) -> None:
+def _echo_plan(plan: ReadPlan) -> None:
     consents = sum(len(rows) for rows in plan.searches.values()) + len(plan.gets)
     click.echo(
         f"Reading back {consents:,} consents: {len(plan.searches):,} patient searches, "

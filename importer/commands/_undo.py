@@ -50,7 +50,7 @@ from importer.api._client import check_api_key, check_base_url
 from importer.api._limiter import Limiter
 from importer.api._retry import retrying
 from importer.commands._verify import differing_fields
-from importer.engine._plan import PATCHABLE
+from importer.engine._decide import PATCHABLE
 from importer.ledger._codec import unpack_field_hashes, unpack_id
 from importer.ledger._ledger import Ledger
 from importer.ledger._lock import LedgerLock

@@ -1,4 +1,5 @@
-"""The dry run: read, map and validate files, and write the reports asked for."""
+"""`validate`: read, map and validate files, and write the reports asked for (no ledger,
+no server; `run --dry-run` is `importer.engine._dry_run`)."""
 
 from __future__ import annotations
 

@@ -112,14 +112,14 @@ class VerifyConfig:
 
 
 @dataclass
-class Plan:
+class ReadPlan:
     """Which patients to search and which consents to fetch by id."""
 
     searches: dict[str, list[DoneConsent]] = field(default_factory=dict)
     gets: list[DoneConsent] = field(default_factory=list)
 
 
-def plan_reads(chosen: Sequence[DoneConsent], everything: Sequence[DoneConsent]) -> Plan:
+def plan_reads(chosen: Sequence[DoneConsent], everything: Sequence[DoneConsent]) -> ReadPlan:
     """Search per patient or GET per consent, whichever costs fewer requests.
 
     A patient's search reads all of the patient's consents on the server, so it costs at
@@ -132,7 +132,7 @@ def plan_reads(chosen: Sequence[DoneConsent], everything: Sequence[DoneConsent])
         if row.patient_id:
             held[row.patient_id] += 1
     by_patient: dict[str, list[DoneConsent]] = defaultdict(list)
-    plan = Plan()
+    plan = ReadPlan()
     for row in chosen:
         if row.patient_id:
             by_patient[row.patient_id].append(row)
@@ -159,7 +159,7 @@ def verify(
     config: VerifyConfig,
     *,
     on_wait: Callable[[float, str], None] | None = None,
-    on_plan: Callable[[Plan], None] | None = None,
+    on_plan: Callable[[ReadPlan], None] | None = None,
 ) -> VerifyResult:
     """Read back the ledger's consents from the server; blocking. Writes nothing (the
     caller writes the reports).
@@ -259,7 +259,7 @@ class _Checker:
         self._client: ClinikClient | None = None
         self._scope: anyio.CancelScope | None = None
 
-    async def run(self, plan: Plan) -> None:
+    async def run(self, plan: ReadPlan) -> None:
         limiter = Limiter(
             concurrency=self.config.concurrency,
             max_wait_s=self.config.max_wait_s,

@@ -2,7 +2,7 @@
 
 A row goes through four steps, in this order in this file:
 
-1. **plan**: `importer.engine._plan.plan_row` decides from the row, its ledger record and the
+1. **plan**: `importer.engine._decide.decide_row` decides from the row, its ledger record and the
    options: send an op, or nothing (unchanged, invalid, an edit the API cannot apply);
 2. **execute**: one handler per `Op`, chosen from `Executor`'s table, retried by one
    `RetryPolicy`;
@@ -41,10 +41,10 @@ from importer._options import RunOptions
 from importer._results import RunStats, ValidationSummary
 from importer._rows import Row, Unchanged
 from importer.api._client import ClinikClient
+from importer.engine._decide import Verdict, decide_row
 from importer.engine._executor import Executor
 from importer.engine._gate import CreateCheck, SampleGate
 from importer.engine._observer import ProgressCallback, RunObserver
-from importer.engine._plan import Verdict, plan_row
 from importer.engine._preflight import look_up_sample, sample_refusal
 from importer.engine._recorder import Recorder
 from importer.engine._revocation import RevokeScope
@@ -311,7 +311,7 @@ class Engine:
         for row in rows:
             self.observer.read(row)
             before = prior.get(row.source_key)
-            plan = plan_row(row, before, self.options)
+            plan = decide_row(row, before, self.options)
             if plan.verdict is Verdict.SEND:
                 assert plan.op is not None
                 jobs.append(

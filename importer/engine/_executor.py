@@ -23,7 +23,7 @@ from importer._errors import (
     ServerUnreachable,
 )
 from importer.api._lookup import find_consent
-from importer.engine._plan import PATCHABLE
+from importer.engine._decide import PATCHABLE
 from importer.engine._rowlog import row_fields
 from importer.engine._work import (
     _RUN_STOPPERS,

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from importer._rows import Row, sheet_note
-from importer.engine._plan import PATCHABLE, immutable_changes
+from importer.engine._decide import PATCHABLE, immutable_changes
 from importer.engine._work import (
     Work,
 )

@@ -19,8 +19,19 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from importer.intake._mapping import DATE_FIELDS, FALSE_WORDS, TRUE_WORDS
-from importer.intake._mapping_v2 import BOOL, CODES, DATE, LIST, REFS, Spec, Step, Value
+from importer.intake._mapping import DATE_FIELDS
+from importer.intake._mapping_v2 import (
+    BOOL,
+    CODES,
+    DATE,
+    FALSE_WORDS,
+    LIST,
+    REFS,
+    TRUE_WORDS,
+    Spec,
+    Step,
+    Value,
+)
 from importer.intake._models import (
     ID_PATTERN,
     PATIENT_ID_PATTERN,

@@ -74,9 +74,6 @@ CANONICAL_COLUMNS = (
 REQUIRED_FIELDS = ("patientId", "scope", "category")
 #: Fields holding date-times, parsed with the source's timezone and date formats.
 DATE_FIELDS = ("dateTime", "verificationDate", "provisionStart", "provisionEnd")
-#: Cell words for `verified`, compared case-folded.
-TRUE_WORDS = frozenset({"y", "yes", "true", "t", "1"})
-FALSE_WORDS = frozenset({"n", "no", "false", "f", "0"})
 
 _SECTIONS = {
     *("source", "columns", "values", "defaults", "patients", "filter", "fields", "consents"),

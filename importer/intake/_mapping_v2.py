@@ -105,8 +105,10 @@ V1_PATHS: Final = {
 }
 
 _SEGMENT = re.compile(r"([A-Za-z]+)(?:\[(\d{1,3})\])?")
-_TRUE = frozenset({"y", "yes", "true", "t", "1"})
-_FALSE = frozenset({"n", "no", "false", "f", "0"})
+#: Cell words for true and false (`verified`, `bool` specs), compared case-folded: the one
+#: copy, version 1 reads them from here too.
+TRUE_WORDS = frozenset({"y", "yes", "true", "t", "1"})
+FALSE_WORDS = frozenset({"n", "no", "false", "f", "0"})
 
 Step = tuple[str, int | None]
 
@@ -689,9 +691,9 @@ def _convert_cell(spec: Spec, text: str, mapped: dict[str, Any]) -> Value:
         if isinstance(got, bool):
             return got, True, None
         word = str(got).casefold()
-        if word in _TRUE:
+        if word in TRUE_WORDS:
             return True, True, None
-        if word in _FALSE:
+        if word in FALSE_WORDS:
             return False, True, None
         return None, True, "invalid_boolean"
     return (got if got != "" else None), True, None

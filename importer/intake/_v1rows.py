@@ -26,10 +26,12 @@ from importer.intake._cells import (
 )
 from importer.intake._dates import DateColumn
 from importer.intake._fastcheck import proven_valid
-from importer.intake._mapping import DATE_FIELDS, FALSE_WORDS, TRUE_WORDS, Mapping
+from importer.intake._mapping import DATE_FIELDS, Mapping
 from importer.intake._mapping_v2 import (
     BOOL,
     DATE,
+    FALSE_WORDS,
+    TRUE_WORDS,
     UNMAPPED,
     V1_PATHS,
     Condition,

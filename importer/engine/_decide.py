@@ -1,34 +1,21 @@
-"""Planning: what to do with one row, given what the ledger knows of it.
+"""A row's decision: what to do with one row, given what the ledger knows of it.
 
-`plan_row` is a pure function of the row, its ledger record and the options; the engine
-carries its plan out, and a dry run (`plan_import`) only counts the plans.
+`decide_row` is a pure function of the row, its ledger record and the options; the engine
+carries its decision out, and the dry run (`importer.engine._dry_run`) only counts them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from contextlib import AbstractContextManager, closing, nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
-from itertools import chain
-from pathlib import Path
 
 from importer._keys import pinned_fields
 from importer._options import RunOptions
-from importer._results import PlanSummary
 from importer._rows import Row
-from importer.engine._identity import read_as_the_ledger_did
-from importer.engine._revocation import RevokeScope, Shrink
-from importer.engine._revocation import plan as plan_revocations
-from importer.intake._mapping import Mapping, open_tables
-from importer.intake._normalize import Normalizer
 from importer.ledger._codec import same_payload
-from importer.ledger._ledger import Ledger
 from importer.ledger._schema import LedgerRow, Op, RowState
 
-#: How many of the rows a dry run would revoke it keeps, to list.
-REVOKES_LISTED = 50
 #: Fields ClinikAPI lets a PATCH replace; a change to any other field cannot be patched.
 PATCHABLE = ("status", "policyUri", "verification", "provision")
 
@@ -43,7 +30,7 @@ class Verdict(StrEnum):
 
 
 @dataclass(frozen=True, slots=True)
-class RowPlan:
+class RowDecision:
     """What to do with one row.
 
     Args:
@@ -71,12 +58,12 @@ class RowPlan:
 
 
 SEND = Verdict.SEND
-_UNCHANGED = RowPlan(Verdict.UNCHANGED)
-_INVALID = RowPlan(Verdict.INVALID)
-_IMMUTABLE = RowPlan(Verdict.IMMUTABLE_CHANGE)
+_UNCHANGED = RowDecision(Verdict.UNCHANGED)
+_INVALID = RowDecision(Verdict.INVALID)
+_IMMUTABLE = RowDecision(Verdict.IMMUTABLE_CHANGE)
 
 
-def plan_row(row: Row, before: LedgerRow | None, options: RunOptions) -> RowPlan:
+def decide_row(row: Row, before: LedgerRow | None, options: RunOptions) -> RowDecision:
     """The plan for `row` given the ledger's record of its key (None: a new key)."""
     if not row.valid:
         return _INVALID
@@ -91,19 +78,19 @@ def plan_row(row: Row, before: LedgerRow | None, options: RunOptions) -> RowPlan
     ):
         # Gave up after ambiguous answers: the consent may exist; look before posting.
         again = before.pending_op or Op.CREATE
-        return RowPlan(SEND, again, lookup_first=True, consent_id=before.consent_id)
+        return RowDecision(SEND, again, lookup_first=True, consent_id=before.consent_id)
     if (
         before is None
         or before.state in (RowState.INVALID, RowState.PENDING)
         or (before.state is RowState.FAILED and before.consent_id is None)
     ):
-        return RowPlan(Verdict.SEND, Op.CREATE, lookup_first=options.skip_existing)
+        return RowDecision(Verdict.SEND, Op.CREATE, lookup_first=options.skip_existing)
     if before.state in (RowState.IN_FLIGHT, RowState.SETTLING):
         op = before.pending_op or Op.CREATE
         if op in (Op.CREATE, Op.RECREATE):
             # Outcome unknown: the lookup decides between adopting and posting, once the
             # server has had its time to show the consent.
-            return RowPlan(
+            return RowDecision(
                 SEND,
                 op,
                 lookup_first=True,
@@ -111,17 +98,17 @@ def plan_row(row: Row, before: LedgerRow | None, options: RunOptions) -> RowPlan
                 not_before=_settle_deadline(before, options.settle_s),
             )
         if op is Op.RETIRE:
-            return RowPlan(Verdict.SEND, op, consent_id=before.consent_id)
+            return RowDecision(Verdict.SEND, op, consent_id=before.consent_id)
         if op is Op.PATCH and before.payload_hash is None and before.consent_id is not None:
             # An adoption's PATCH a crash cut short: the consent is the row's, what it
             # holds unknown; patch it to the row (never a create, never a refusal).
-            return RowPlan(Verdict.SEND, Op.PATCH, consent_id=before.consent_id)
+            return RowDecision(Verdict.SEND, Op.PATCH, consent_id=before.consent_id)
         # An unfinished PATCH is safe to send again (it replaces values): go on and
         # compare with what the server last held.
     if same_payload(before.payload_hash, row.body_hash):
         if before.state is RowState.DONE:
             return _UNCHANGED
-        return RowPlan(Verdict.SEND, Op.PATCH, consent_id=before.consent_id)
+        return RowDecision(Verdict.SEND, Op.PATCH, consent_id=before.consent_id)
     # Fields a natural key pins are equal whenever the key matches: a difference there is
     # only how they are written (category order, the zone of the instant).
     changed = set(changed_fields(row, before)) - pinned_fields(row.source_key)
@@ -129,9 +116,9 @@ def plan_row(row: Row, before: LedgerRow | None, options: RunOptions) -> RowPlan
         return _UNCHANGED
     if changed - set(PATCHABLE):
         if options.on_immutable_change == "recreate":
-            return RowPlan(Verdict.SEND, Op.RECREATE, consent_id=before.consent_id)
+            return RowDecision(Verdict.SEND, Op.RECREATE, consent_id=before.consent_id)
         return _IMMUTABLE
-    return RowPlan(Verdict.SEND, Op.PATCH, consent_id=before.consent_id)
+    return RowDecision(Verdict.SEND, Op.PATCH, consent_id=before.consent_id)
 
 
 def _settle_deadline(before: LedgerRow, settle_s: float) -> datetime | None:
@@ -164,57 +151,3 @@ def immutable_changes(row: Row, before: LedgerRow) -> list[str]:
     """The changed fields a PATCH cannot apply (less those a natural key pins)."""
     changed = set(changed_fields(row, before)) - pinned_fields(row.source_key)
     return sorted(changed - set(PATCHABLE))
-
-
-def plan_import(
-    inputs: Sequence[str | Path], mapping: Mapping, ledger_path: Path, options: RunOptions
-) -> PlanSummary:
-    """A dry run: validate and compare with the ledger; what would be created, patched,
-    skipped, revoked. Sends nothing and writes nothing."""
-    tables = open_tables(inputs, mapping)
-    normalizer = Normalizer(mapping)
-    scope = RevokeScope.of_tables(options.revoke_max, mapping, tables, normalizer.tally)
-    summary = PlanSummary()
-    context: AbstractContextManager[Ledger | None] = (
-        closing(Ledger(ledger_path)) if ledger_path.exists() else nullcontext(None)
-    )
-    seen: set[str] = set()
-    sizes: dict[str, int] = {}
-    with context as ledger:
-        if ledger is not None:
-            read_as_the_ledger_did(normalizer, ledger)
-        batch: list[Row] = []
-        for row in chain.from_iterable(normalizer.rows(t) for t in tables):
-            batch.append(row)
-            if options.revoke_missing:
-                seen.add(row.source_key)
-                sizes[row.file] = sizes.get(row.file, 0) + 1
-            if len(batch) >= 500:
-                _count(batch, ledger, options, summary)
-                batch = []
-        _count(batch, ledger, options, summary)
-        if ledger is not None and options.revoke_missing:
-            missing = ledger.missing_rows(seen=seen)
-            known = ledger  # the next run counts one more miss than the ledger holds
-            summary.revoke = plan_revocations(
-                missing,
-                ledger,
-                scope,
-                keep=REVOKES_LISTED,
-                after=options.revoke_after,
-                misses=lambda key: known.misses(key) + 1,
-                shrink=Shrink.of(scope.read_sizes(sizes), ledger.full_reads()),
-            )
-    summary.source_key = normalizer.key_kind
-    if normalizer.skipped:
-        summary.counts["skipped"] = normalizer.skipped  # filtered out, or making no consent
-    return summary
-
-
-def _count(batch: list[Row], ledger: Ledger | None, options: RunOptions, out: PlanSummary) -> None:
-    prior = ledger.get(r.source_key for r in batch) if ledger else {}
-    for row in batch:
-        out.rows += 1
-        plan = plan_row(row, prior.get(row.source_key), options)
-        out.invalid += plan.verdict is Verdict.INVALID
-        out.add(plan.label)

@@ -1,0 +1,76 @@
+"""The dry run (`run --dry-run`, `importer.plan`): every row's decision counted, nothing sent."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import AbstractContextManager, closing, nullcontext
+from itertools import chain
+from pathlib import Path
+
+from importer._options import RunOptions
+from importer._results import PlanSummary
+from importer._rows import Row
+from importer.engine._decide import Verdict, decide_row
+from importer.engine._identity import read_as_the_ledger_did
+from importer.engine._revocation import RevokeScope, Shrink
+from importer.engine._revocation import plan as plan_revocations
+from importer.intake._mapping import Mapping, open_tables
+from importer.intake._normalize import Normalizer
+from importer.ledger._ledger import Ledger
+
+#: How many of the rows a dry run would revoke it keeps, to list.
+REVOKES_LISTED = 50
+
+
+def dry_run_import(
+    inputs: Sequence[str | Path], mapping: Mapping, ledger_path: Path, options: RunOptions
+) -> PlanSummary:
+    """A dry run: validate and compare with the ledger; what would be created, patched,
+    skipped, revoked. Sends nothing and writes nothing."""
+    tables = open_tables(inputs, mapping)
+    normalizer = Normalizer(mapping)
+    scope = RevokeScope.of_tables(options.revoke_max, mapping, tables, normalizer.tally)
+    summary = PlanSummary()
+    context: AbstractContextManager[Ledger | None] = (
+        closing(Ledger(ledger_path)) if ledger_path.exists() else nullcontext(None)
+    )
+    seen: set[str] = set()
+    sizes: dict[str, int] = {}
+    with context as ledger:
+        if ledger is not None:
+            read_as_the_ledger_did(normalizer, ledger)
+        batch: list[Row] = []
+        for row in chain.from_iterable(normalizer.rows(t) for t in tables):
+            batch.append(row)
+            if options.revoke_missing:
+                seen.add(row.source_key)
+                sizes[row.file] = sizes.get(row.file, 0) + 1
+            if len(batch) >= 500:
+                _count(batch, ledger, options, summary)
+                batch = []
+        _count(batch, ledger, options, summary)
+        if ledger is not None and options.revoke_missing:
+            missing = ledger.missing_rows(seen=seen)
+            known = ledger  # the next run counts one more miss than the ledger holds
+            summary.revoke = plan_revocations(
+                missing,
+                ledger,
+                scope,
+                keep=REVOKES_LISTED,
+                after=options.revoke_after,
+                misses=lambda key: known.misses(key) + 1,
+                shrink=Shrink.of(scope.read_sizes(sizes), ledger.full_reads()),
+            )
+    summary.source_key = normalizer.key_kind
+    if normalizer.skipped:
+        summary.counts["skipped"] = normalizer.skipped  # filtered out, or making no consent
+    return summary
+
+
+def _count(batch: list[Row], ledger: Ledger | None, options: RunOptions, out: PlanSummary) -> None:
+    prior = ledger.get(r.source_key for r in batch) if ledger else {}
+    for row in batch:
+        out.rows += 1
+        plan = decide_row(row, prior.get(row.source_key), options)
+        out.invalid += plan.verdict is Verdict.INVALID
+        out.add(plan.label)
