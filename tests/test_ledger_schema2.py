@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from importer.ledger._ledger import Ledger
+from importer.ledger._lock import LedgerLock
 from importer.reports._export import export_csvs
 from importer.reports._status import status
 from importer.sandbox import SandboxConfig, running_sandbox
@@ -144,3 +145,40 @@ def test_status_says_what_it_said_of_the_schema2_ledger(
     assert code == 0
     expected = (DATA / "schema2-status.txt").read_text()
     assert out.replace(str(ledger), "LEDGER") == expected
+
+
+def test_a_dry_run_reads_the_schema2_ledger_as_a_run_would_and_never_writes_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`run --dry-run` opens the ledger read-only (issue 23): the file stays byte for
+    byte, and its plan is the one a migrated ledger gives (what the dry run said when it
+    migrated the file)."""
+    monkeypatch.chdir(tmp_path)
+    ledger = copy_for(tmp_path, "http://127.0.0.1:1")
+    before = ledger.read_bytes()
+    args = ["run", "keyed.csv", "natural.csv", "--ledger", str(ledger), "--dry-run"]
+    code, read_only, _ = run_cli(args, capsys)
+    assert ledger.read_bytes() == before
+    assert sqlite3.connect(ledger).execute(
+        "SELECT value FROM meta WHERE key = 'schema_version'"
+    ).fetchone() == ("2",)
+    Ledger(ledger).close()  # migrated, as the dry run used to do to the file
+    again, migrated, _ = run_cli(args, capsys)
+    assert (code, read_only) == (again, migrated)
+    assert "unchanged" in read_only
+
+
+def test_a_dry_run_works_while_a_run_holds_the_ledger(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A dry run takes no lock (it writes nothing), as before: a run holding the ledger
+    does not stop it."""
+    monkeypatch.chdir(tmp_path)
+    ledger = copy_for(tmp_path, "http://127.0.0.1:1")
+    Ledger(ledger).close()
+    args = ["run", "keyed.csv", "natural.csv", "--ledger", str(ledger), "--dry-run"]
+    free = run_cli(args, capsys)
+    with LedgerLock(ledger):
+        held = run_cli(args, capsys)
+    assert held[:2] == free[:2]  # the exit code and the plan
+    assert held[0] in (0, 1)

@@ -26,13 +26,14 @@ def dry_run_import(
     inputs: Sequence[str | Path], mapping: Mapping, ledger_path: Path, options: RunOptions
 ) -> PlanSummary:
     """A dry run: validate and compare with the ledger; what would be created, patched,
-    skipped, revoked. Sends nothing and writes nothing."""
+    skipped, revoked. Sends nothing and writes nothing: the ledger is read as a run would
+    read it (`Ledger.for_reading`), never migrated or written, and no lock is taken."""
     tables = open_tables(inputs, mapping)
     normalizer = Normalizer(mapping)
     scope = RevokeScope.of_tables(options.revoke_max, mapping, tables, normalizer.tally)
     summary = PlanSummary()
     context: AbstractContextManager[Ledger | None] = (
-        closing(Ledger(ledger_path)) if ledger_path.exists() else nullcontext(None)
+        closing(Ledger.for_reading(ledger_path)) if _made(ledger_path) else nullcontext(None)
     )
     seen: set[str] = set()
     sizes: dict[str, int] = {}
@@ -74,3 +75,9 @@ def _count(batch: list[Row], ledger: Ledger | None, options: RunOptions, out: Pl
         plan = decide_row(row, prior.get(row.source_key), options)
         out.invalid += plan.verdict is Verdict.INVALID
         out.add(plan.label)
+
+
+def _made(ledger: Path) -> bool:
+    """Whether there is a ledger to read: an empty file is one a run has yet to make
+    (it would make it there), so a dry run counts every row as new, as with none."""
+    return ledger.exists() and not (ledger.is_file() and ledger.stat().st_size == 0)

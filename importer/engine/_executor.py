@@ -34,6 +34,7 @@ from importer.engine._work import (
     _Stop,
     error_code,
 )
+from importer.ledger._ledger import Ledger
 from importer.ledger._schema import Op, RowState
 
 log = logging.getLogger("importer.engine")
@@ -253,7 +254,15 @@ class Executor:
             return
         revoked = work.prior is not None and work.prior.state is RowState.REVOKED
         state = RowState.REVOKED if revoked and not adopted else RowState.DONE
-        await self.record.patch_failed(work, error, state, consent_id, kept)
+        await self.record.transition(
+            Ledger.patch_failed,
+            work.src,
+            Op.PATCH,
+            error,
+            state=state,
+            consent_id=consent_id,
+            field_hashes=kept,
+        )
         self.observer.failed(code)
 
     async def _retire(self, work: Work) -> None:
@@ -270,13 +279,24 @@ class Executor:
                 await self._breaker_verdict(exc)
                 code = error_code(exc)
                 self._log_failed(work, exc, code)
-                await self.record.retire_pending(work, _row_error(work, exc))
+                # The retire failed: in flight with it, the error noted, for the next run.
+                await self.record.transition(
+                    Ledger.outcome_unknown, work.src, Op.RETIRE, _row_error(work, exc)
+                )
                 self.observer.failed(code)
                 return
         if work.patch_error is not None:  # the new consent's PATCH failed: note it now
             error, kept = work.patch_error
             assert work.consent_id is not None
-            await self.record.patch_failed(work, error, RowState.DONE, work.consent_id, kept)
+            await self.record.transition(
+                Ledger.patch_failed,
+                work.src,
+                Op.PATCH,
+                error,
+                state=RowState.DONE,
+                consent_id=work.consent_id,
+                field_hashes=kept,
+            )
             self.observer.failed(error.code)
             return
         await self.record.done(work, "recreated", "", consent_id=work.consent_id)
@@ -289,7 +309,7 @@ class Executor:
         assert work.consent_id is not None
         self._check_stop()
         key = work.row.source_key
-        await self.record.revoking(key)
+        await self.record.transition(Ledger.revoking, key)
         try:
             await _send_inactive(self.client, self.retry, work.consent_id)
         except _RUN_STOPPERS:
@@ -298,10 +318,10 @@ class Executor:
             await self._breaker_verdict(exc)
             code = error_code(exc)
             self._log_failed(work, exc, code)
-            await self.record.revoke_failed(key, _row_error(work, exc))
+            await self.record.transition(Ledger.revoke_failed, key, _row_error(work, exc))
             self.observer.failed(code)
             return
-        await self.record.revoked(key)
+        await self.record.transition(Ledger.revoked, key)
         self.observer.on("revoked")
 
     def _log_failed(self, work: Work, exc: ConsentImportError, code: str) -> None:
@@ -324,7 +344,8 @@ class Executor:
         self._log_failed(work, exc, code)
         error = _row_error(work, exc)
         unknown = sent and work.op in (Op.CREATE, Op.RECREATE)
-        await self.record.failure(work, error, outcome_unknown=unknown)
+        failure = Ledger.outcome_unknown if unknown else Ledger.failed
+        await self.record.transition(failure, work.src, work.op, error)
         self.observer.failed(code)
 
     async def _ambiguous(self, work: Work, exc: ConsentImportError) -> None:
@@ -335,7 +356,7 @@ class Executor:
         if work.ambiguous >= self.options.max_attempts:
             log.info("row failed: file=%s row=%d code=outcome_unknown", work.row.file, work.row.row)
             gave_up = replace(error, code="outcome_unknown")
-            await self.record.gave_up(work, gave_up)
+            await self.record.transition(Ledger.gave_up, work.src, work.op, gave_up)
             self.observer.failed("outcome_unknown")
             return
         settle_s = self.options.settle_s
@@ -346,7 +367,10 @@ class Executor:
             extra={"fields": fields},
         )
         settle_after = datetime.now(UTC) + timedelta(seconds=settle_s)
-        await self.record.settling(work, error, settle_after.isoformat(timespec="milliseconds"))
+        settling = settle_after.isoformat(timespec="milliseconds")
+        await self.record.transition(
+            Ledger.settling, work.src, work.op, error, settle_after=settling
+        )
         self.run.wait_out(work, settle_s)
 
     async def _breaker_verdict(self, exc: ConsentImportError) -> None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from importer._rows import Row, sheet_note
 from importer.engine._decide import PATCHABLE, immutable_changes
@@ -15,10 +15,11 @@ from importer.engine._work import (
     Work,
 )
 from importer.ledger._ledger import Ledger
-from importer.ledger._schema import ErrorNote, LedgerRow, Op, RowState, Source
+from importer.ledger._schema import ErrorNote, LedgerRow, Op, Source
 from importer.ledger._writer import AsyncLedger
 
 T = TypeVar("T")
+P = ParamSpec("P")
 
 log = logging.getLogger("importer.engine")
 
@@ -115,62 +116,17 @@ class Recorder:
         before = work.prior.state if work.prior is not None else None
         await self.writer.write(lambda ledger: ledger.unsent(src, before))
 
-    async def failure(self, work: Work, error: ErrorNote, *, outcome_unknown: bool) -> None:
-        run_id, src, op = self.run_id, work.src, work.op
-        if outcome_unknown:
-            await self.writer.write(lambda ledger: ledger.outcome_unknown(run_id, src, op, error))
-        else:
-            await self.writer.write(lambda ledger: ledger.failed(run_id, src, op, error))
-
-    async def settling(self, work: Work, error: ErrorNote, settle_after: str) -> None:
-        run_id, src, op = self.run_id, work.src, work.op
-        await self.writer.write(
-            lambda ledger: ledger.settling(run_id, src, op, error, settle_after=settle_after)
-        )
-
-    async def gave_up(self, work: Work, error: ErrorNote) -> None:
-        run_id, src, op = self.run_id, work.src, work.op
-        await self.writer.write(lambda ledger: ledger.gave_up(run_id, src, op, error))
-
-    async def patch_failed(
+    async def transition(
         self,
-        work: Work,
-        error: ErrorNote,
-        state: RowState,
-        consent_id: str,
-        field_hashes: dict[str, str],
+        transition: Callable[Concatenate[Ledger, int, P], None],
+        *args: P.args,
+        **kwargs: P.kwargs,
     ) -> None:
-        run_id, src = self.run_id, work.src
-        await self.writer.write(
-            lambda ledger: ledger.patch_failed(
-                run_id,
-                src,
-                Op.PATCH,
-                error,
-                state=state,
-                consent_id=consent_id,
-                field_hashes=field_hashes,
-            )
-        )
-
-    async def retire_pending(self, work: Work, error: ErrorNote) -> None:
-        """The retire failed: in flight with it, the error noted, for the next run."""
-        run_id, src = self.run_id, work.src
-        await self.writer.write(
-            lambda ledger: ledger.outcome_unknown(run_id, src, Op.RETIRE, error)
-        )
-
-    async def revoking(self, key: str) -> None:
+        """Write one of the ledger's transitions for this run: `transition` is the
+        `Ledger` method (each transition is defined there once), called with the run id
+        and `args` in the writer's next commit."""
         run_id = self.run_id
-        await self.writer.write(lambda ledger: ledger.revoking(run_id, key))
-
-    async def revoke_failed(self, key: str, error: ErrorNote) -> None:
-        run_id = self.run_id
-        await self.writer.write(lambda ledger: ledger.revoke_failed(run_id, key, error))
-
-    async def revoked(self, key: str) -> None:
-        run_id = self.run_id
-        await self.writer.write(lambda ledger: ledger.revoked(run_id, key))
+        await self.writer.write(lambda ledger: transition(ledger, run_id, *args, **kwargs))
 
 
 _Note = tuple[Source, Callable[[Ledger, int, Source, ErrorNote], None], ErrorNote]

@@ -16,8 +16,10 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import sqlite3
 from collections.abc import Callable, Container, Iterable, Iterator, Sequence
+from contextlib import closing
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -59,6 +61,7 @@ log = logging.getLogger("importer.ledger")
 
 
 T = TypeVar("T")
+_SCHEMA_TABLES = re.compile(r"CREATE TABLE IF NOT EXISTS (\w+)")
 _SELECT_ROWS = (
     "SELECT source_key, state, action, consent_id, payload_hash, field_hashes, pending_op, "
     "(SELECT body FROM bodies p WHERE p.source_key = rows.source_key), "
@@ -76,17 +79,33 @@ class Ledger(_Transitions, _VerifyReads, _UndoRecords, _Evidence):
     call them inside a transaction (`AsyncLedger.write` runs each in one).
     """
 
-    def __init__(self, path: str | Path, *, base_url: str | None = None) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        base_url: str | None = None,
+        copy_of: ReadOnlyLedger | None = None,
+    ) -> None:
+        """Open (or create) the ledger at `path`, bringing an older schema to this one.
+
+        With `copy_of`, that ledger's contents are copied into memory and opened there
+        instead: whatever this code writes (a migration, meta) goes to the copy, never to
+        the file (`Ledger.for_reading`).
+        """
         self.path = Path(path)
         self.schema = SCHEMA_VERSION
         self._reads: sqlite3.Connection | None = None
         self._files = {}
-        if str(path) != ":memory:":  # in memory: for tests of the transitions
+        if str(path) != ":memory:" and copy_of is None:  # in memory: for transition tests
             _create_private(self.path)
         try:
-            self._db = _connect(str(self.path), check_same_thread=False)
-            _check_ours(self._db, self.path)
-            _make_private(self.path)
+            if copy_of is not None:
+                self._db = _connect(":memory:", check_same_thread=False)
+                copy_of._db.backup(self._db)
+            else:
+                self._db = _connect(str(self.path), check_same_thread=False)
+                _check_ours(self._db, self.path)
+                _make_private(self.path)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute("PRAGMA busy_timeout=5000")
@@ -382,41 +401,27 @@ class Ledger(_Transitions, _VerifyReads, _UndoRecords, _Evidence):
             params,
         )
 
-    # -- read-only access (verify) ----------------------------------------------------
+    # -- read-only access (verify, status, a dry run) -----------------------------------
 
     @classmethod
-    def open_readonly(cls, path: str | Path) -> Ledger:
-        """Open an existing ledger for reading only: nothing is created, migrated or
-        written. A ledger of an older schema this code migrates is read as it is.
+    def open_readonly(cls, path: str | Path) -> ReadOnlyLedger:
+        """Open an existing ledger for reading only (see `ReadOnlyLedger`)."""
+        return ReadOnlyLedger(path)
+
+    @classmethod
+    def for_reading(cls, path: str | Path) -> Ledger:
+        """The ledger at `path` as a run of this code would read it, the file never
+        written: read-only when it is of this schema and whole; else (an older schema, a
+        table or a meta entry missing) a copy in memory, brought to this schema there.
 
         Raises:
             ConfigError: no such file, not a ledger, or another schema version.
         """
-        ledger = cls.__new__(cls)
-        ledger.path = Path(path)
-        ledger._reads = None
-        ledger._files = {}
-        if not ledger.path.is_file():
-            raise ConfigError(f"ledger {ledger.path} not found; give the --ledger of a run")
-        try:
-            uri = ledger.path.resolve().as_uri() + "?mode=ro"
-            ledger._db = _connect(uri, uri=True)
-            ledger._db.execute("PRAGMA busy_timeout=5000")
-            meta = dict(ledger._db.execute("SELECT key, value FROM meta").fetchall())
-        except sqlite3.DatabaseError as exc:
-            raise ConfigError(
-                f"ledger {ledger.path} is not a consent-import ledger ({exc}); "
-                "give another --ledger"
-            ) from None
-        version = meta.get("schema_version")
-        if version is not None and version != SCHEMA_VERSION and version not in _MIGRATES:
-            ledger._db.close()
-            raise ConfigError(
-                f"ledger {ledger.path} has schema version {version}; this consent-import "
-                f"reads version {SCHEMA_VERSION}"
-            )
-        ledger.schema = version or SCHEMA_VERSION
-        return ledger
+        readonly = ReadOnlyLedger(path)
+        if readonly.is_current():
+            return readonly
+        with closing(readonly):
+            return cls(path, copy_of=readonly)
 
 
 def record_mapping(ledger: Ledger, run_id: int, mapping: str, crosswalk: str) -> None:
@@ -580,3 +585,56 @@ def _create_private(path: Path) -> None:
     except PermissionError:
         raise ConfigError(f"ledger {path}: no permission to create it") from None
     os.close(fd)
+
+
+class ReadOnlyLedger(Ledger):
+    """An existing ledger opened for reading only: nothing is created, migrated or written.
+
+    A ledger of an older schema this code migrates is read as it is. Its reads are the
+    `Ledger`'s; its transitions fail, as the file is opened read-only.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        """Open `path` read-only.
+
+        Raises:
+            ConfigError: no such file, not a ledger, or another schema version.
+        """
+        self.path = Path(path)
+        self._reads = None
+        self._files = {}
+        if not self.path.is_file():
+            raise ConfigError(f"ledger {self.path} not found; give the --ledger of a run")
+        try:
+            uri = self.path.resolve().as_uri() + "?mode=ro"
+            self._db = _connect(uri, uri=True)
+            self._db.execute("PRAGMA busy_timeout=5000")
+            _check_ours(self._db, self.path)  # another program's database: said as a run says it
+            meta = dict(self._db.execute("SELECT key, value FROM meta").fetchall())
+        except sqlite3.DatabaseError as exc:
+            raise ConfigError(
+                f"ledger {self.path} is not a consent-import ledger ({exc}); give another --ledger"
+            ) from None
+        version = meta.get("schema_version")
+        if version is not None and version != SCHEMA_VERSION and version not in _MIGRATES:
+            self._db.close()
+            raise ConfigError(
+                f"ledger {self.path} has schema version {version}; this consent-import "
+                f"reads version {SCHEMA_VERSION}"
+            )
+        self.schema = version or SCHEMA_VERSION
+        #: as `Ledger` reads them; "" when the ledger has not recorded them yet
+        self.naive_times = meta.get("naive_times", "")
+        self.key_scheme = meta.get("key_scheme", "")
+
+    def is_current(self) -> bool:
+        """Whether the file is of this schema, with every table and meta entry a run of
+        this code would make: then reading it read-only reads what a run would."""
+        meta = dict(self._db.execute("SELECT key, value FROM meta").fetchall())
+        found = self._db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+        tables = {name for (name,) in found}
+        return (
+            meta.get("schema_version") == SCHEMA_VERSION
+            and {"naive_times", "key_scheme"} <= meta.keys()
+            and set(_SCHEMA_TABLES.findall(_SCHEMA)) <= tables
+        )
