@@ -11,11 +11,10 @@ from importer._options import RunOptions
 from importer._results import PlanSummary
 from importer._rows import Row
 from importer.engine._decide import Verdict, decide_row
-from importer.engine._identity import read_as_the_ledger_did
-from importer.engine._revocation import RevokeScope, Shrink
+from importer.engine._input import RunInput
+from importer.engine._revocation import Shrink
 from importer.engine._revocation import plan as plan_revocations
-from importer.intake._mapping import Mapping, open_tables
-from importer.intake._normalize import Normalizer
+from importer.intake._mapping import Mapping
 from importer.ledger._ledger import Ledger
 
 #: How many of the rows a dry run would revoke it keeps, to list.
@@ -28,9 +27,8 @@ def dry_run_import(
     """A dry run: validate and compare with the ledger; what would be created, patched,
     skipped, revoked. Sends nothing and writes nothing: the ledger is read as a run would
     read it (`Ledger.for_reading`), never migrated or written, and no lock is taken."""
-    tables = open_tables(inputs, mapping)
-    normalizer = Normalizer(mapping)
-    scope = RevokeScope.of_tables(options.revoke_max, mapping, tables, normalizer.tally)
+    source = RunInput.open(inputs, mapping, options.revoke_max)
+    tables, normalizer, scope = source.tables, source.normalizer, source.scope
     summary = PlanSummary()
     context: AbstractContextManager[Ledger | None] = (
         closing(Ledger.for_reading(ledger_path)) if _made(ledger_path) else nullcontext(None)
@@ -39,7 +37,7 @@ def dry_run_import(
     sizes: dict[str, int] = {}
     with context as ledger:
         if ledger is not None:
-            read_as_the_ledger_did(normalizer, ledger)
+            source.read_as(ledger)
         batch: list[Row] = []
         for row in chain.from_iterable(normalizer.rows(t) for t in tables):
             batch.append(row)

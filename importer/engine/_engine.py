@@ -145,7 +145,7 @@ class Engine:
         if not self._stop:
             log.warning("stopping: %s", reason)
             self._stop = True
-            self.stats.aborted = self.stats.aborted or reason
+            self.observer.stopped(reason)
             if self.client.limiter is not None:
                 self.client.limiter.close()
             self._settling.stop()
@@ -288,7 +288,7 @@ class Engine:
 
     def _refuse(self, message: str) -> bool:
         """Create nothing: the run stops, and exits 2 with `message`."""
-        self.stats.create_refused = message
+        self.observer.create_refused(message)
         self.stop("the check before creating refused this run (nothing was created)")
         return False
 
@@ -342,22 +342,17 @@ class Engine:
                 ledger, run_id, scope, after=after, sizes=sizes, in_input=in_input
             )
         )
-        stats.missing_from_source = plan.in_scope
-        stats.revoke_out_of_scope = plan.out_of_scope
+        self.observer.weighed(plan, revoking=self.options.revoke_missing)
         if plan.in_scope:
             log.warning("%d rows are missing from the source since earlier runs", plan.in_scope)
         if not self.options.revoke_missing:
             return
-        stats.revoke_refused, stats.revoke_note = plan.refusal, plan.note
-        stats.revoke_reason = plan.reason
         if plan.refusal or plan.note:
             (log.error if plan.refusal else log.warning)(
                 "%s", plan.refusal or plan.note, extra={"fields": plan.log_fields()}
             )
             return
         if plan.pending:
-            stats.revoke_pending = plan.pending_total
-            stats.revoke_pending_note = plan.pending_note()
             log.warning(
                 "%s (--revoke-after %d)",
                 stats.revoke_pending_note,

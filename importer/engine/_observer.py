@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import anyio
 
-from importer._results import RunStats, ValidationSummary
+from importer._results import RevokePlan, RunStats, ValidationSummary
 from importer._rows import Row, Unchanged
 from importer.api._client import ClientStats
 from importer.engine._rowlog import row_fields
@@ -111,6 +111,28 @@ class RunObserver:
         self.stats.paused = True
         self.stats.resets_in_s = round(reset_in_s, 1)
         return True
+
+    def stopped(self, reason: str) -> None:
+        """The run stops: the first reason given is the one the summary says."""
+        self.stats.aborted = self.stats.aborted or reason
+
+    def create_refused(self, message: str) -> None:
+        """The check before creating refused the run (it exits 2 with `message`)."""
+        self.stats.create_refused = message
+
+    def weighed(self, plan: RevokePlan, *, revoking: bool) -> None:
+        """What the run found of rows missing from the source: always counted; with
+        `--revoke-missing`, its refusal or note, and the rows waiting out --revoke-after."""
+        stats = self.stats
+        stats.missing_from_source = plan.in_scope
+        stats.revoke_out_of_scope = plan.out_of_scope
+        if not revoking:
+            return
+        stats.revoke_refused, stats.revoke_note = plan.refusal, plan.note
+        stats.revoke_reason = plan.reason
+        if not (plan.refusal or plan.note) and plan.pending:
+            stats.revoke_pending = plan.pending_total
+            stats.revoke_pending_note = plan.pending_note()
 
     def _emit(self, event: str) -> None:
         stats = self.stats

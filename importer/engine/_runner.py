@@ -26,11 +26,11 @@ from importer.api._client import check_api_key, check_base_url
 from importer.api._limiter import Limiter
 from importer.engine._engine import Engine, InInput
 from importer.engine._gate import CreateCheck
-from importer.engine._identity import note_mapping, read_as_the_ledger_did, read_with
+from importer.engine._identity import note_mapping, read_with
+from importer.engine._input import RunInput
 from importer.engine._preflight import SAMPLE_REQUESTS, run_checks
 from importer.engine._revocation import RevokeScope
-from importer.intake._mapping import Mapping, open_tables
-from importer.intake._normalize import Normalizer
+from importer.intake._mapping import Mapping
 from importer.intake._reader import Table
 from importer.ledger._ledger import Ledger
 from importer.ledger._lineage import advance as advance_lineage
@@ -87,9 +87,8 @@ def run_import(
     """
     api_key = check_api_key(config.api_key)
     base_url = check_base_url(config.options.base_url)
-    tables = open_tables(config.inputs, mapping)
-    normalizer = Normalizer(mapping)
-    scope = RevokeScope.of_tables(config.options.revoke_max, mapping, tables, normalizer.tally)
+    source = RunInput.open(config.inputs, mapping, config.options.revoke_max)
+    tables, normalizer = source.tables, source.normalizer
     count = _Total(tables, on_total)
     if on_total is not None and count_first:
         count()
@@ -101,7 +100,7 @@ def run_import(
         _, checked, window = run_checks(base_url, api_key, timeout_s=options.timeout_s)
     with ResourceGuard(options.ledger) as guard, LedgerLock(options.ledger):
         ledger = Ledger(options.ledger, base_url=base_url)
-        read_as_the_ledger_did(normalizer, ledger)
+        source.read_as(ledger)
         # Rows the ledger holds as done from the same cells come as counts, no bodies.
         rows: Iterator[Row | Unchanged] = chain.from_iterable(
             normalizer.rows_or_unchanged(t, ledger.unchanged) for t in tables
@@ -115,10 +114,9 @@ def run_import(
                 advance_lineage(ledger, lineage, run_id)  # this run is the live ledger's
             else:
                 log.warning("%s: this run creates nothing unless --skip-existing", lineage.stale)
-            stats, validation = anyio.run(
-                _run_async,
+            session = _Session(
                 config,
-                scope,
+                source.scope,
                 ledger,
                 run_id,
                 rows,
@@ -128,7 +126,9 @@ def run_import(
                 on_progress,
                 on_wait,
                 create_check,
-                backend_options={"use_uvloop": _has_uvloop()},
+            )
+            stats, validation = anyio.run(
+                _run_async, session, backend_options={"use_uvloop": _has_uvloop()}
             )
             if stats.create_refused:
                 stats.requests += checked
@@ -263,19 +263,25 @@ def _has_uvloop() -> bool:
     return importlib.util.find_spec("uvloop") is not None
 
 
-async def _run_async(
-    config: RunConfig,
-    revoke_scope: RevokeScope,
-    ledger: Ledger,
-    run_id: int,
-    rows: Iterator[Row | Unchanged],
-    in_input: InInput,
-    api_key: str,
-    base_url: str,
-    on_progress: Callable[[str, RunStats], None] | None,
-    on_wait: Callable[[float, str], None] | None,
-    create_check: CreateCheck | None = None,
-) -> tuple[RunStats, ValidationSummary]:
+@dataclass(frozen=True)
+class _Session:
+    """What the async part of a run works with: set up by `run_import`, under its lock."""
+
+    config: RunConfig
+    revoke_scope: RevokeScope
+    ledger: Ledger
+    run_id: int
+    rows: Iterator[Row | Unchanged]
+    in_input: InInput
+    api_key: str
+    base_url: str
+    on_progress: Callable[[str, RunStats], None] | None
+    on_wait: Callable[[float, str], None] | None
+    create_check: CreateCheck | None = None
+
+
+async def _run_async(session: _Session) -> tuple[RunStats, ValidationSummary]:
+    config, ledger, base_url = session.config, session.ledger, session.base_url
     # anyio asks sniffio which event loop runs, dozens of times a row (every lock, event,
     # sleep and thread hand-off), and sniffio finds asyncio by looking up the current task
     # each time. Trio answers it by setting this context variable; we do the same for the
@@ -286,11 +292,11 @@ async def _run_async(
         concurrency=options.concurrency,
         max_rps=options.max_rps,
         max_wait_s=options.max_wait_s,
-        on_wait=on_wait,
+        on_wait=session.on_wait,
     )
     async with open_client(
         base_url,
-        api_key,
+        session.api_key,
         concurrency=options.concurrency,
         timeout_s=options.timeout_s,
         limiter=limiter,
@@ -299,18 +305,18 @@ async def _run_async(
         engine = Engine(
             client,
             ledger,
-            run_id=run_id,
+            run_id=session.run_id,
             options=options,
-            revoke_scope=revoke_scope,
-            on_progress=on_progress,
-            create_check=create_check,
+            revoke_scope=session.revoke_scope,
+            on_progress=session.on_progress,
+            create_check=session.create_check,
         )
         with anyio.CancelScope() as scope:
             try:
                 async with anyio.create_task_group() as tg:
                     if config.handle_signals:
                         tg.start_soon(_watch_signals, engine, scope, options.grace_s)
-                    await engine.run(rows, in_input)
+                    await engine.run(session.rows, session.in_input)
                     tg.cancel_scope.cancel()
             except Exception as exc:
                 _stopped_by_resource(engine, exc, ledger.path)

@@ -23,7 +23,7 @@ from contextlib import closing
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from importer._errors import ConfigError
+from importer._errors import ConfigError, no_such_file
 from importer._resources import resource_error
 
 if TYPE_CHECKING:
@@ -604,7 +604,7 @@ class ReadOnlyLedger(Ledger):
         self._reads = None
         self._files = {}
         if not self.path.is_file():
-            raise ConfigError(f"ledger {self.path} not found; give the --ledger of a run")
+            raise ConfigError(no_such_file("ledger", self.path, "give the --ledger of a run"))
         try:
             uri = self.path.resolve().as_uri() + "?mode=ro"
             self._db = _connect(uri, uri=True)
