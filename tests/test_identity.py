@@ -14,7 +14,6 @@ from typing import Any
 
 import pytest
 
-from importer.api import _retry as retry
 from importer.commands._verify import VerifyConfig, verify
 from importer.intake._mapping import load_mapping, open_tables
 from importer.intake._normalize import Normalizer
@@ -43,10 +42,7 @@ def mapping(zone: str = "UTC", formats: str = "%m/%d/%Y %H:%M", status: str = "a
     )
 
 
-@pytest.fixture(autouse=True)
-def _instant_backoff() -> Iterator[None]:
-    with retry.no_waits():
-        yield
+pytestmark = pytest.mark.usefixtures("instant_backoff")
 
 
 @pytest.fixture

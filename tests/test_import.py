@@ -6,21 +6,14 @@ Every test asserts the two things that matter: each valid row created exactly on
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from importer.api import _retry as retry
 from importer.sandbox import SandboxConfig, running_sandbox
 from tests.engine_helpers import KEY, consent_rows, ledger_ids, run, write_csv
 
-
-@pytest.fixture(autouse=True)
-def _instant_backoff() -> Iterator[None]:
-    # Backoff sleeps are tested in test_retry; here they would only slow the suite.
-    with retry.no_waits():
-        yield
+pytestmark = pytest.mark.usefixtures("instant_backoff")
 
 
 def assert_exactly_once(

@@ -22,6 +22,7 @@ from importer.reports._status import status
 from importer.sandbox import SandboxConfig, running_sandbox
 from tests.cli_helpers import run_cli
 from tests.engine_helpers import run
+from tests.helpers import copy_ledger
 
 DATA = Path(__file__).parent / "data"
 FIXTURE = DATA / "schema2-ledger.db"
@@ -39,13 +40,9 @@ SETTLED = {
 
 def copy_for(tmp_path: Path, base_url: str) -> Path:
     """The fixture and its inputs in `tmp_path`, under the names the ledger recorded."""
-    ledger = tmp_path / "schema2.db"
-    shutil.copy(FIXTURE, ledger)
     shutil.copy(DATA / "schema2-keyed.csv", tmp_path / "keyed.csv")
     shutil.copy(DATA / "schema2-natural.csv", tmp_path / "natural.csv")
-    with sqlite3.connect(ledger) as db:  # the server it recorded is gone: this is its heir
-        db.execute("UPDATE meta SET value = ? WHERE key = 'base_url'", (base_url,))
-    return ledger
+    return copy_ledger(FIXTURE, tmp_path / "schema2.db", base_url)
 
 
 def read_done(ledger: Path) -> list[list[object]]:

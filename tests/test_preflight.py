@@ -15,16 +15,11 @@ from pathlib import Path
 import pytest
 
 from importer._errors import ConfigError, ServerUnreachable
-from importer.api import _retry as retry
 from importer.engine._preflight import MAX_IN_A_ROW, SAMPLE_REQUESTS, WINDOW_S, CircuitBreaker
 from importer.sandbox import SandboxConfig, running_sandbox
 from tests.engine_helpers import KEY, consent_rows, run, write_csv
 
-
-@pytest.fixture(autouse=True)
-def _instant_backoff() -> Iterator[None]:
-    with retry.no_waits():
-        yield
+pytestmark = pytest.mark.usefixtures("instant_backoff")
 
 
 def _free_port() -> int:

@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 
 from importer._errors import ConfigError
-from importer.api import _retry as retry
 from importer.engine._gate import SampleGate
 from importer.engine._preflight import SAMPLE_REQUESTS
 from importer.ledger._ledger import Ledger
@@ -22,11 +21,7 @@ from importer.sandbox import RunningSandbox
 from tests.cli_helpers import run_cli
 from tests.engine_helpers import KEY, consent_rows, run, write_csv
 
-
-@pytest.fixture(autouse=True)
-def _instant_backoff() -> Iterator[None]:
-    with retry.no_waits():
-        yield
+pytestmark = pytest.mark.usefixtures("instant_backoff")
 
 
 @pytest.fixture

@@ -6,22 +6,16 @@ real port."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from importer.api import _retry as retry
 from importer.engine._revocation import RevokeCap, RevokeScope, Shrink, plan
 from importer.sandbox import RunningSandbox
 from tests.cli_helpers import run_cli
 from tests.engine_helpers import KEY, consent_rows, run, write_csv
 
-
-@pytest.fixture(autouse=True)
-def _instant_backoff() -> Iterator[None]:
-    with retry.no_waits():
-        yield
+pytestmark = pytest.mark.usefixtures("instant_backoff")
 
 
 def _statuses(server: RunningSandbox) -> dict[str, int]:

@@ -16,8 +16,6 @@ from typing import Any
 import httpx
 import pytest
 
-from importer.api import _retry as retry
-from importer.cli._main import main
 from importer.commands._verify import (
     VerifyConfig,
     differing_fields,
@@ -29,16 +27,14 @@ from importer.ledger._ledger import Ledger
 from importer.ledger._lock import LedgerLock
 from importer.ledger._schema import DoneConsent, ErrorNote, Op, Source
 from importer.sandbox import RunningSandbox, SandboxConfig, running_sandbox
+from tests.cli_helpers import run_cli
 from tests.engine_helpers import KEY, consent_rows, ledger_ids, run, write_csv
 
 ROWS = 12  # one consent per patient (pt_0000 … pt_0011)
 API = {"x-api-key": KEY}
 
 
-@pytest.fixture(autouse=True)
-def _instant_backoff() -> Iterator[None]:
-    with retry.no_waits():
-        yield
+pytestmark = pytest.mark.usefixtures("instant_backoff")
 
 
 @pytest.fixture
@@ -61,11 +57,8 @@ def cli(
 ) -> tuple[int, str]:
     """Run `consent-import verify` on the ledger; (exit code, stdout + stderr)."""
     argv = ["verify", "--ledger", str(ledger), "--base-url", sb.base_url, "--api-key", KEY]
-    with pytest.raises(SystemExit) as exited:
-        main([*argv, *args])
-    out, err = capsys.readouterr()
-    code = exited.value.code
-    return (code if isinstance(code, int) else 0), out + err
+    code, out, err = run_cli([*argv, *args], capsys)
+    return code, out + err
 
 
 def row_of(ledger: Path, key: str) -> tuple[int, str]:
