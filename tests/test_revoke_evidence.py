@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from importer.engine._revocation import RevokeCap, RevokeScope, Shrink, plan
+from importer.engine._revocation import RevokeCap, RevokeScope, Shrink, cap_revocations
 from importer.sandbox import RunningSandbox
 from tests.cli_helpers import run_cli
 from tests.engine_helpers import KEY, consent_rows, run, write_csv
@@ -187,7 +187,7 @@ def test_the_plan_splits_missing_rows_into_due_and_pending(
     missing = [(f"K{i}", "a.csv", i, f"consent_{i}") for i in range(len(misses))]
     counts = {f"K{i}": n for i, n in enumerate(misses)}
     scope = RevokeScope.of_run(None, [("a.csv", ["x"])], RevokeCap.parse("100"))
-    result = plan(missing, 100, scope, after=after, misses=counts.__getitem__)
+    result = cap_revocations(missing, 100, scope, after=after, misses=counts.__getitem__)
     assert (result.due, result.pending, len(result.rows)) == (due, pending, due)
     assert result.in_scope == len(misses)
 

@@ -21,7 +21,7 @@ PATCHABLE = ("status", "policyUri", "verification", "provision")
 
 
 class Verdict(StrEnum):
-    """A row's plan, in one word."""
+    """A row's decision, in one word."""
 
     SEND = "send"  # send `op`
     UNCHANGED = "unchanged"  # the server already holds this exact body
@@ -51,7 +51,7 @@ class RowDecision:
 
     @property
     def label(self) -> str:
-        """The plan as a dry run counts it."""
+        """The decision as a dry run counts it."""
         if self.op is None:
             return self.verdict.value
         return f"{self.op} (after a lookup)" if self.lookup_first else self.op.value
@@ -64,7 +64,7 @@ _IMMUTABLE = RowDecision(Verdict.IMMUTABLE_CHANGE)
 
 
 def decide_row(row: Row, before: LedgerRow | None, options: RunOptions) -> RowDecision:
-    """The plan for `row` given the ledger's record of its key (None: a new key)."""
+    """The decision for `row` given the ledger's record of its key (None: a new key)."""
     if not row.valid:
         return _INVALID
     if (

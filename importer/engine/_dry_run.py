@@ -12,8 +12,7 @@ from importer._results import PlanSummary
 from importer._rows import Row
 from importer.engine._decide import Verdict, decide_row
 from importer.engine._input import RunInput
-from importer.engine._revocation import Shrink
-from importer.engine._revocation import plan as plan_revocations
+from importer.engine._revocation import Shrink, cap_revocations
 from importer.intake._mapping import Mapping
 from importer.ledger._ledger import Ledger
 
@@ -51,7 +50,7 @@ def dry_run_import(
         if ledger is not None and options.revoke_missing:
             missing = ledger.missing_rows(seen=seen)
             known = ledger  # the next run counts one more miss than the ledger holds
-            summary.revoke = plan_revocations(
+            summary.revoke = cap_revocations(
                 missing,
                 ledger,
                 scope,

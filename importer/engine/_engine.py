@@ -1,12 +1,14 @@
 """The import engine: rows in, consents created or patched, the ledger kept true.
 
-A row goes through four steps, in this order in this file:
+A row goes through four steps:
 
-1. **plan**: `importer.engine._decide.decide_row` decides from the row, its ledger record and the
-   options: send an op, or nothing (unchanged, invalid, an edit the API cannot apply);
-2. **execute**: one handler per `Op`, chosen from `Executor`'s table, retried by one
-   `RetryPolicy`;
-3. **record**: every step through a named transition of `importer.ledger._ledger.Ledger`
+1. **decide** (here): `importer.engine._decide.decide_row`, from the row, its ledger record
+   and the options: send an op, or nothing (unchanged, invalid, an edit the API cannot
+   apply);
+2. **execute**: one handler per `Op`, chosen from `importer.engine._executor.Executor`'s
+   table, retried by one `RetryPolicy`;
+3. **record**: every step through a named transition of the ledger
+   (`importer.ledger._transitions`), written by `importer.engine._recorder.Recorder`
    (intent before the request, outcome after), grouped into shared commits;
 4. **observe**: `importer.engine._observer.RunObserver` counts and reports progress.
 
@@ -200,7 +202,7 @@ class Engine:
         self._settling.push(anyio.current_time() + max(seconds, 0.0), work)
         self.observer.on("settling")
 
-    # -- plan ---------------------------------------------------------------------
+    # -- decide -------------------------------------------------------------------
 
     async def _read_ahead(
         self, rows: Iterator[Row | Unchanged], ahead: MemoryObjectSendStream[list[Row | Unchanged]]
@@ -225,7 +227,7 @@ class Engine:
         async for batch in batches:
             if self._stop:
                 return
-            for work in await self._gated(await self._plan(batch)):
+            for work in await self._gated(await self._decide(batch)):
                 yield work
         for work in await self._gated(None):  # the input's end: the sample is what it is
             yield work
@@ -292,7 +294,7 @@ class Engine:
         self.stop("the check before creating refused this run (nothing was created)")
         return False
 
-    async def _plan(self, batch: list[Row | Unchanged]) -> list[Work]:
+    async def _decide(self, batch: list[Row | Unchanged]) -> list[Work]:
         """Plan each row from the ledger; record what needs no request."""
         rows: list[Row] = []
         for item in batch:
@@ -311,23 +313,30 @@ class Engine:
         for row in rows:
             self.observer.read(row)
             before = prior.get(row.source_key)
-            plan = decide_row(row, before, self.options)
-            if plan.verdict is Verdict.SEND:
-                assert plan.op is not None
+            decision = decide_row(row, before, self.options)
+            if decision.verdict is Verdict.SEND:
+                assert decision.op is not None
                 jobs.append(
-                    Work(plan.op, row, before, plan.lookup_first, plan.consent_id, plan.not_before)
+                    Work(
+                        decision.op,
+                        row,
+                        before,
+                        decision.lookup_first,
+                        decision.consent_id,
+                        decision.not_before,
+                    )
                 )
-            elif plan.verdict is Verdict.UNCHANGED:
+            elif decision.verdict is Verdict.UNCHANGED:
                 seen.append(row)
                 self.observer.on("unchanged")
-            elif plan.verdict is Verdict.INVALID:
+            elif decision.verdict is Verdict.INVALID:
                 invalid.append(row)
                 log_invalid_row(log, row)
                 self.observer.on("invalid")
             else:
                 assert before is not None
                 refused.append((row, before))
-                self.observer.failed(plan.verdict.value)
+                self.observer.failed(decision.verdict.value)
         await self.record.planned(seen, invalid, refused)
         return jobs
 
@@ -337,36 +346,36 @@ class Engine:
         run_id, scope, stats = self.run_id, self.revoke_scope, self.stats
         sizes = scope.read_sizes({f: c.rows for f, c in self.validation.by_file.items()})
         after = self.options.revoke_after
-        plan = await self.record.read(
+        weighed = await self.record.read(
             lambda ledger: weigh_revocations(
                 ledger, run_id, scope, after=after, sizes=sizes, in_input=in_input
             )
         )
-        self.observer.weighed(plan, revoking=self.options.revoke_missing)
-        if plan.in_scope:
-            log.warning("%d rows are missing from the source since earlier runs", plan.in_scope)
+        self.observer.weighed(weighed, revoking=self.options.revoke_missing)
+        if weighed.in_scope:
+            log.warning("%d rows are missing from the source since earlier runs", weighed.in_scope)
         if not self.options.revoke_missing:
             return
-        if plan.refusal or plan.note:
-            (log.error if plan.refusal else log.warning)(
-                "%s", plan.refusal or plan.note, extra={"fields": plan.log_fields()}
+        if weighed.refusal or weighed.note:
+            (log.error if weighed.refusal else log.warning)(
+                "%s", weighed.refusal or weighed.note, extra={"fields": weighed.log_fields()}
             )
             return
-        if plan.pending:
+        if weighed.pending:
             log.warning(
                 "%s (--revoke-after %d)",
                 stats.revoke_pending_note,
-                plan.after,
+                weighed.after,
                 extra={
                     "fields": {
                         "event": "revoke_pending",
-                        "pending": plan.pending_total,
-                        "due": plan.due,
-                        "revoke_after": plan.after,
+                        "pending": weighed.pending_total,
+                        "due": weighed.due,
+                        "revoke_after": weighed.after,
                     }
                 },
             )
-        for key, file, number, consent_id in plan.rows:
+        for key, file, number, consent_id in weighed.rows:
             yield Work(Op.REVOKE, Row(file, number, key), None, consent_id=consent_id)
 
 

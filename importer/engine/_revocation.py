@@ -189,7 +189,7 @@ class Shrink:
         return cls(before, now, max(reads[unit][1] for unit in known))
 
 
-def plan(
+def cap_revocations(
     missing: Iterable[Missing],
     done: DoneRows | int,
     scope: RevokeScope,
@@ -290,7 +290,7 @@ def weigh(
     ledger.reset_misses(run_id, in_input)
     shrink = Shrink.of(sizes, ledger.full_reads())
     ledger.tentative()
-    result = plan(
+    result = cap_revocations(
         ledger.missing_rows(run_id, in_input=in_input),
         ledger,
         scope,
