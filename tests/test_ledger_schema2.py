@@ -11,11 +11,12 @@ from __future__ import annotations
 import json
 import shutil
 import sqlite3
+from contextlib import closing
 from pathlib import Path
 
 import pytest
 
-from importer.ledger._ledger import Ledger
+from importer.ledger._ledger import Ledger, ReadOnlyLedger
 from importer.ledger._lock import LedgerLock
 from importer.reports._export import export_csvs
 from importer.reports._status import status
@@ -179,3 +180,15 @@ def test_a_dry_run_works_while_a_run_holds_the_ledger(
         held = run_cli(args, capsys)
     assert held[:2] == free[:2]  # the exit code and the plan
     assert held[0] in (0, 1)
+
+
+def test_the_read_only_ledger_is_a_ledger_that_cannot_write(tmp_path: Path) -> None:
+    ledger = copy_for(tmp_path, "http://127.0.0.1:1")
+    with closing(Ledger.open_readonly(ledger)) as old:
+        assert isinstance(old, ReadOnlyLedger)
+        assert old.schema == "2"  # read as it is, never migrated
+    Ledger(ledger).close()
+    with closing(Ledger.open_readonly(ledger)) as readonly:
+        assert readonly.schema == "3"
+        with pytest.raises(sqlite3.OperationalError, match="readonly"):
+            readonly.revoking(1, "K000000")

@@ -48,7 +48,7 @@ def test_the_public_api_is_stated_and_every_name_loads() -> None:
     for name in importer.__all__:
         assert getattr(importer, name) is not None, name
     with pytest.raises(AttributeError):
-        _ = importer.Engine  # type: ignore[attr-defined]
+        _ = importer.Engine
 
 
 def test_the_exception_tree_is_public() -> None:
@@ -96,3 +96,14 @@ def test_one_row_error_type() -> None:
 
     assert not hasattr(_schema, "RowError")
     assert _schema.ErrorNote is not _rows.RowError
+
+
+def test_the_api_client_is_built_in_one_place() -> None:
+    """One construction path (issue 23): only `api._build.open_client` assembles a client."""
+    builders = []
+    for name, path in MODULES.items():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            called = isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+            if called and node.func.id in ("ClinikClient", "make_http_client"):
+                builders.append(f"{name}:{node.func.id}")
+    assert builders == ["importer.api._build:make_http_client", "importer.api._build:ClinikClient"]
