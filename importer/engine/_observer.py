@@ -116,6 +116,19 @@ class RunObserver:
         """The run stops: the first reason given is the one the summary says."""
         self.stats.aborted = self.stats.aborted or reason
 
+    def halted(self, reason: str) -> None:
+        """The run could not go on (a resource refused it): this reason, not a pause,
+        whatever was said before (exit 3)."""
+        self.stats.aborted, self.stats.paused = reason, False
+
+    def closed(self, *, cancelled: bool) -> None:
+        """The run's last figures from its client; a cancelled run says it was
+        interrupted unless it had said why it stopped."""
+        if cancelled:
+            self.stopped("interrupted")
+        self.stats.requests = self._client.requests
+        self.stats.rate_limited = self._client.rate_limited
+
     def create_refused(self, message: str) -> None:
         """The check before creating refused the run (it exits 2 with `message`)."""
         self.stats.create_refused = message

@@ -320,11 +320,8 @@ async def _run_async(session: _Session) -> tuple[RunStats, ValidationSummary]:
                     tg.cancel_scope.cancel()
             except Exception as exc:
                 _stopped_by_resource(engine, exc, ledger.path)
+        engine.observer.closed(cancelled=scope.cancelled_caught)
         stats = engine.stats
-        if scope.cancelled_caught:
-            stats.aborted = stats.aborted or "interrupted"
-        stats.requests = client.stats.requests
-        stats.rate_limited = client.stats.rate_limited
     return stats, engine.validation
 
 
@@ -350,7 +347,7 @@ def _stopped_by_resource(engine: Engine, exc: Exception, path: Path) -> None:
         extra={"fields": {"event": "resource_error", "path": str(path)}},
     )
     # Not a pause, even if the budget had paused it: the run could not go on (exit 3).
-    engine.stats.aborted, engine.stats.paused = str(resource), False
+    engine.observer.halted(str(resource))
     engine.observer.finished()
 
 
