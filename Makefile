@@ -19,10 +19,11 @@ demo: install  ## import sample_data/ into the built-in sandbox, end to end
 test: install  ## the test suite (the README's test command; CI runs it)
 	$(PY) -m pytest -q
 
-lint: install  ## ruff and mypy (strict on importer/)
+lint: install  ## ruff, mypy (strict on importer/) and the import contracts (pyproject.toml)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 bench: install  ## the speed figures in the README
 	$(PY) benchmarks/bench_validate.py

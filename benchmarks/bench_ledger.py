@@ -33,8 +33,10 @@ from pathlib import Path
 
 from common import KEY, canonical_csv, sandbox_process
 
-from importer._export import status
-from importer._ledger import FIELD_ORDER, Ledger, Op, Source
+from importer.ledger._codec import FIELD_ORDER
+from importer.ledger._ledger import Ledger
+from importer.ledger._schema import Op, Source
+from importer.reports._status import status
 
 BATCH = 2_000
 FIELDS = FIELD_ORDER[:10]

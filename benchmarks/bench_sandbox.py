@@ -9,7 +9,7 @@ Two clients, each keeping `--concurrency` requests in flight on keep-alive conne
 - `raw`: a minimal HTTP/1.1 client on asyncio streams (one write per request). It costs
   ~0.15 ms of CPU per request, so the figure is the server's capacity.
 - `httpx`: the importer's own stack (`make_http_client`: httpx over
-  `importer._http11.Http11Transport`). On a 2-core machine it is client-bound, so its
+  `importer.api._http11.Http11Transport`). On a 2-core machine it is client-bound, so its
   figure says more about the client than about the sandbox.
 
 Example: python benchmarks/bench_sandbox.py --count 20000 --concurrency 64 --client both
@@ -29,7 +29,7 @@ from pathlib import Path
 
 import httpx
 
-from importer._client import make_http_client
+from importer.api._client import make_http_client
 
 try:  # a dev dependency; without it the server's CPU time is not reported
     import psutil

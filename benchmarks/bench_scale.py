@@ -38,7 +38,7 @@ from pathlib import Path
 import httpx
 from common import DATA, KEY, ROOT, canonical_csv, cli, registry_csv, sandbox_process
 
-from importer._export import status
+from importer.reports._status import status
 
 CONCURRENCY = "64"
 

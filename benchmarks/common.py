@@ -14,7 +14,7 @@ from pathlib import Path
 
 import httpx
 
-from importer._mapping import CANONICAL_COLUMNS
+from importer.intake._mapping import CANONICAL_COLUMNS
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "benchmarks" / "data"

@@ -1,6 +1,6 @@
 """`python -m importer` is the same program as `consent-import`."""
 
-from importer._cli import main
+from importer.cli import main
 
 if __name__ == "__main__":
     main()

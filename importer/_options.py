@@ -32,7 +32,7 @@ class RunOptions:
         on_immutable_change: fail the row, or recreate its consent and retire the old one.
         revoke_missing: patch consents whose rows left the source to inactive.
         revoke_max: at most this many revocations in one run, "N" or "P%" of the
-            done rows in scope (None: 10%); over it, none (see importer._revocation).
+            done rows in scope (None: 10%); over it, none (see importer.engine._revocation).
         revoke_after: with revoke_missing, a row is revoked only once this many
             consecutive runs that read its scope missed it (1: at the first miss).
         skip_existing: look each new row up before posting it, and adopt a match.
@@ -41,7 +41,8 @@ class RunOptions:
             that stores it late or shows it in search late is not posted to twice; 0
             looks it up at once.
         preflight: check the server first, and before a run creates anything, look a
-            sample of the rows it would create up (importer._preflight, importer._gate).
+            sample of the rows it would create up (importer.engine._preflight,
+            importer.engine._gate).
     """
 
     ledger: Path = Path("consent-import.db")

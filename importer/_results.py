@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, Any
 from importer._keys import split_key
 
 if TYPE_CHECKING:
-    from importer._normalize import Batch, Row, RowError
+    from importer._rows import Row, RowError
+    from importer.intake._normalize import Batch
 
 
 @dataclass
@@ -37,7 +38,7 @@ class ValidationSummary:
     errors: list[RowError] = field(default_factory=list)
     #: FHIR elements without a ClinikAPI field, by path (`unsupported_element` errors)
     fhir_unsupported: Counter[str] = field(default_factory=Counter)
-    #: validate's values profile (importer._values): cell values, for reports only
+    #: validate's values profile (importer.reports._values): cell values, for reports only
     values: list[dict[str, Any]] | None = None
     #: what validate saw that is not a row error (no values: they go to the terminal)
     warnings: list[str] = field(default_factory=list)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from openpyxl import Workbook
 
-from importer._mapping import CANONICAL_COLUMNS
+from importer.intake._mapping import CANONICAL_COLUMNS
 
 HERE = Path(__file__).parent
 

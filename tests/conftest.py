@@ -1,5 +1,7 @@
 """Shared fixtures: anyio runs every async test on asyncio; one sandbox for the sandbox
-tests, reset to its defaults before each test that asks for it."""
+tests, reset to its defaults before each test that asks for it; `instant_backoff` for
+tests whose retries would only wait (shared helpers that are not fixtures: tests/helpers.py,
+tests/cli_helpers.py, tests/engine_helpers.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +12,8 @@ from typing import Any
 import httpx
 import pytest
 
-from importer import _normalize as normalize
+from importer.api import _retry as retry
+from importer.intake import _normalize as normalize
 from importer.sandbox import RunningSandbox, SandboxConfig, running_sandbox
 
 #: The key the shared `client` sends (any well-formed key is accepted by the sandbox).
@@ -20,6 +23,14 @@ SANDBOX_KEY = "clk_test_sandbox"
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+@pytest.fixture
+def instant_backoff() -> Iterator[None]:
+    """Retries without their backoff sleeps (tested in test_retry; elsewhere they would
+    only slow the suite). Use: `pytestmark = pytest.mark.usefixtures("instant_backoff")`."""
+    with retry.no_waits():
+        yield
 
 
 @pytest.fixture(scope="session")

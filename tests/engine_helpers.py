@@ -7,9 +7,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from importer._mapping import load_mapping
 from importer._options import RunOptions
-from importer._runner import RunConfig, RunResult, run_import
+from importer.engine._runner import RunConfig, RunResult, run_import
+from importer.intake._mapping import load_mapping
 
 KEY = "clk_test_0000testing1234"
 HEADERS = ["sourceKey", "patientId", "scope", "category", "status", "dateTime", "policyUri"]
@@ -65,7 +65,7 @@ def run(
 
 
 def ledger_ids(ledger: Path) -> dict[str, str]:
-    from importer._ledger import Ledger
+    from importer.ledger._ledger import Ledger
 
     db = Ledger.open_readonly(ledger)
     try:

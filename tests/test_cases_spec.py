@@ -12,10 +12,11 @@ import httpx
 import pytest
 
 from importer._errors import ConfigError
-from importer._mapping import load_mapping
-from importer._normalize import Normalizer, Row
-from importer._reader import open_table
-from importer._validate import validate_files
+from importer._rows import Row
+from importer.commands._validate import validate_files
+from importer.intake._mapping import load_mapping
+from importer.intake._normalize import Normalizer
+from importer.intake._reader import open_table
 from importer.sandbox import RunningSandbox
 from tests.engine_helpers import run
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from importer._cli import cli
-from importer._reader import open_table
+from importer.cli._main import cli
+from importer.intake._reader import open_table
 from tests.cli_helpers import run_cli
 
 ROOT = Path(__file__).parent.parent
@@ -286,7 +286,7 @@ def test_an_internal_error_is_a_json_line_without_its_message(
     def broken(_path: object) -> None:
         raise RuntimeError("pt_SECRET in a cell")  # an unexpected error quoting a value
 
-    monkeypatch.setattr("importer._mapping.load_mapping", broken)
+    monkeypatch.setattr("importer.intake._mapping.load_mapping", broken)
     monkeypatch.delenv("CONSENT_IMPORT_DEBUG", raising=False)
     (tmp_path / "a.csv").write_text(CLEAN, encoding="utf-8")
     code, out, err = run_cli(["run", str(tmp_path / "a.csv"), "--log-format", "json"], capsys)

@@ -16,7 +16,15 @@ import httpx
 import pytest
 
 from importer import __version__
-from importer._client import (
+from importer._errors import (
+    AuthError,
+    ClientRequestError,
+    ConfigError,
+    NoResponseError,
+    RateLimitedError,
+    ServerError,
+)
+from importer.api._client import (
     ClinikClient,
     RateLimitInfo,
     check_api_key,
@@ -26,15 +34,7 @@ from importer._client import (
     parse_rate,
     proxy_for,
 )
-from importer._errors import (
-    AuthError,
-    ClientRequestError,
-    ConfigError,
-    NoResponseError,
-    RateLimitedError,
-    ServerError,
-)
-from importer._limiter import Limiter
+from importer.api._limiter import Limiter
 
 KEY = "clk_test_s3cretKEYa1b2"
 BASE = "https://api.clinikapi.test"

@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 
-from importer._cli import main
-from importer._client import ClinikClient
 from importer._errors import ClientRequestError, ConsentImportError, NoResponseError, ServerError
-from importer._ledger import Ledger
+from importer.api._client import ClinikClient
+from importer.cli._main import main
+from importer.ledger._ledger import Ledger
 from importer.sandbox import SandboxConfig, running_sandbox
 from tests.engine_helpers import KEY, consent_rows, ledger_ids, run, write_csv
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from importer._results import RunStats, ValidationSummary
-from importer._runner import RunResult
+from importer.engine._runner import RunResult
 
 README = Path(__file__).parent.parent / "README.md"
 

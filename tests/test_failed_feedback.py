@@ -11,19 +11,17 @@ from pathlib import Path
 
 import pytest
 
-from importer._cli import main
+from importer.cli._main import main
 from importer.sandbox import RunningSandbox
+from tests.cli_helpers import run_cli
 from tests.engine_helpers import KEY
 
 REGISTRY = Path(__file__).parent.parent / "sample_data" / "registry"
 
 
 def cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
-    with pytest.raises(SystemExit) as exit_info:
-        main(args)
-    out, _ = capsys.readouterr()
-    code = exit_info.value.code
-    return (code if isinstance(code, int) else 0), out
+    code, out, _ = run_cli(args, capsys)
+    return code, out
 
 
 def read_failed(path: Path) -> dict[str, dict[str, str]]:

@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from importer._fastcheck import KNOWN_FIELDS, proven_valid
-from importer._mapping import FIELDS, Mapping, load_mapping
-from importer._normalize import Normalizer
-from importer._reader import Table, open_table
+from importer.intake._fastcheck import KNOWN_FIELDS, proven_valid
+from importer.intake._mapping import FIELDS, Mapping, load_mapping
+from importer.intake._normalize import Normalizer
+from importer.intake._reader import Table, open_table
 from tests.zones import with_zone
 
 #: Every row field, as a column of the same name.

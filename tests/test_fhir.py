@@ -17,14 +17,14 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from importer._errors import ConfigError, InputError
-from importer._fhir import MAPPED_PATHS, FhirOptions, FhirTable
-from importer._fhir_body import FhirMapper
-from importer._mapping import load_mapping
-from importer._models import ConsentIn, to_api_json
-from importer._normalize import Normalizer
-from importer._reader import open_table
-from importer._revocation import is_correction_file
-from importer._validate import validate_files
+from importer.commands._validate import validate_files
+from importer.engine._revocation import is_correction_file
+from importer.intake._fhir import MAPPED_PATHS, FhirOptions, FhirTable
+from importer.intake._fhir_body import FhirMapper
+from importer.intake._mapping import load_mapping
+from importer.intake._models import ConsentIn, to_api_json
+from importer.intake._normalize import Normalizer
+from importer.intake._reader import open_table
 from importer.sandbox import RunningSandbox
 from tests.cli_helpers import run_cli
 from tests.engine_helpers import KEY

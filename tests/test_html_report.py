@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from importer._html_report import (
+from importer._results import RunStats, ValidationSummary
+from importer._rows import Row, RowError
+from importer.reports._html_report import (
     MAX_BARS,
     TABLE_ROWS,
     bar_chart,
@@ -19,8 +21,6 @@ from importer._html_report import (
     write_run_html,
     write_validation_html,
 )
-from importer._normalize import Row, RowError
-from importer._results import RunStats, ValidationSummary
 
 _VOID = {"meta", "br", "hr", "img", "input", "link", "source", "wbr", "col", "area", "base"}
 

@@ -18,7 +18,7 @@ import httpx
 import pytest
 import trustme
 
-from importer._http11 import Http11Transport
+from importer.api._http11 import Http11Transport
 from importer.sandbox import SandboxConfig, running_sandbox
 from importer.sandbox._server import RunningSandbox
 

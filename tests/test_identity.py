@@ -14,12 +14,11 @@ from typing import Any
 
 import pytest
 
-from importer import _retry as retry
-from importer._ledger import Ledger
-from importer._mapping import load_mapping, open_tables
-from importer._normalize import Normalizer
-from importer._suspects import suspicion
-from importer._verify import VerifyConfig, verify
+from importer.commands._verify import VerifyConfig, verify
+from importer.intake._mapping import load_mapping, open_tables
+from importer.intake._normalize import Normalizer
+from importer.ledger._ledger import Ledger
+from importer.reports._suspects import suspicion
 from importer.sandbox import SandboxConfig, running_sandbox
 from tests.cli_helpers import run_cli
 from tests.engine_helpers import KEY, run
@@ -43,10 +42,7 @@ def mapping(zone: str = "UTC", formats: str = "%m/%d/%Y %H:%M", status: str = "a
     )
 
 
-@pytest.fixture(autouse=True)
-def _instant_backoff() -> Iterator[None]:
-    with retry.no_waits():
-        yield
+pytestmark = pytest.mark.usefixtures("instant_backoff")
 
 
 @pytest.fixture

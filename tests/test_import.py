@@ -6,21 +6,14 @@ Every test asserts the two things that matter: each valid row created exactly on
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from importer import _retry as retry
 from importer.sandbox import SandboxConfig, running_sandbox
 from tests.engine_helpers import KEY, consent_rows, ledger_ids, run, write_csv
 
-
-@pytest.fixture(autouse=True)
-def _instant_backoff() -> Iterator[None]:
-    # Backoff sleeps are tested in test_retry; here they would only slow the suite.
-    with retry.no_waits():
-        yield
+pytestmark = pytest.mark.usefixtures("instant_backoff")
 
 
 def assert_exactly_once(
@@ -239,9 +232,9 @@ def test_skip_existing_adopts_consents_already_in_the_tenant(tmp_path: Path) -> 
 
 
 def test_dry_run_plans_against_the_ledger_and_sends_nothing(tmp_path: Path) -> None:
-    from importer._mapping import load_mapping
     from importer._options import RunOptions
-    from importer._plan import plan_import
+    from importer.engine._dry_run import dry_run_import
+    from importer.intake._mapping import load_mapping
 
     rows = list(consent_rows(6))
     source = write_csv(tmp_path / "in.csv", rows)
@@ -253,7 +246,7 @@ def test_dry_run_plans_against_the_ledger_and_sends_nothing(tmp_path: Path) -> N
         rows.append(dict(rows[2], scope="nope", sourceKey="K999"))
         write_csv(source, rows)
         before = sandbox.stats()["requests"]
-        plan = plan_import([source], load_mapping(None), tmp_path / "l.db", RunOptions())
+        plan = dry_run_import([source], load_mapping(None), tmp_path / "l.db", RunOptions())
         assert sandbox.stats()["requests"] == before
     assert plan.counts == {
         "create": 1,
@@ -273,15 +266,15 @@ def test_a_stop_starts_no_request_even_from_workers_waiting_for_a_slot(
 
     import anyio
 
-    from importer._client import ClinikClient, make_http_client
-    from importer._engine import Engine
-    from importer._ledger import Ledger
-    from importer._limiter import Limiter
-    from importer._mapping import load_mapping
-    from importer._normalize import Normalizer
     from importer._options import RunOptions
-    from importer._reader import open_table
-    from importer._revocation import RevokeScope
+    from importer.api._client import ClinikClient, make_http_client
+    from importer.api._limiter import Limiter
+    from importer.engine._engine import Engine
+    from importer.engine._revocation import RevokeScope
+    from importer.intake._mapping import load_mapping
+    from importer.intake._normalize import Normalizer
+    from importer.intake._reader import open_table
+    from importer.ledger._ledger import Ledger
     from importer.sandbox._server import RunningSandbox
 
     source = write_csv(tmp_path / "in.csv", consent_rows(40))

@@ -8,20 +8,17 @@ from pathlib import Path
 
 import pytest
 
-from importer import _retry as retry
-from importer._cli import main
+from importer.api import _retry as retry
 from importer.sandbox import RunningSandbox
+from tests.cli_helpers import run_cli
 from tests.engine_helpers import KEY, consent_rows, write_csv
 
 
 def json_lines(
     args: list[str], capsys: pytest.CaptureFixture[str]
 ) -> tuple[int, list[dict[str, object]]]:
-    with pytest.raises(SystemExit) as exited:
-        main([*args, "--log-format", "json"])
-    _, err = capsys.readouterr()
-    code = exited.value.code
-    return (code if isinstance(code, int) else 0), [json.loads(line) for line in err.splitlines()]
+    code, _, err = run_cli([*args, "--log-format", "json"], capsys)
+    return code, [json.loads(line) for line in err.splitlines()]
 
 
 @pytest.mark.parametrize(

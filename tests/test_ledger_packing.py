@@ -7,10 +7,7 @@ from typing import Any
 
 import pytest
 
-from importer._ledger import (
-    Ledger,
-    Op,
-    Source,
+from importer.ledger._codec import (
     pack_field_hashes,
     pack_hash,
     pack_id,
@@ -22,6 +19,8 @@ from importer._ledger import (
     unpack_id,
     unpack_key,
 )
+from importer.ledger._ledger import Ledger
+from importer.ledger._schema import Op, Source
 
 HEX32 = "0123456789abcdef" * 2
 SHA = "ab" * 32

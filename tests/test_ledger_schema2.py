@@ -11,15 +11,19 @@ from __future__ import annotations
 import json
 import shutil
 import sqlite3
+from contextlib import closing
 from pathlib import Path
 
 import pytest
 
-from importer._export import export_csvs, status
-from importer._ledger import Ledger
+from importer.ledger._ledger import Ledger, ReadOnlyLedger
+from importer.ledger._lock import LedgerLock
+from importer.reports._export import export_csvs
+from importer.reports._status import status
 from importer.sandbox import SandboxConfig, running_sandbox
 from tests.cli_helpers import run_cli
 from tests.engine_helpers import run
+from tests.helpers import copy_ledger
 
 DATA = Path(__file__).parent / "data"
 FIXTURE = DATA / "schema2-ledger.db"
@@ -37,13 +41,9 @@ SETTLED = {
 
 def copy_for(tmp_path: Path, base_url: str) -> Path:
     """The fixture and its inputs in `tmp_path`, under the names the ledger recorded."""
-    ledger = tmp_path / "schema2.db"
-    shutil.copy(FIXTURE, ledger)
     shutil.copy(DATA / "schema2-keyed.csv", tmp_path / "keyed.csv")
     shutil.copy(DATA / "schema2-natural.csv", tmp_path / "natural.csv")
-    with sqlite3.connect(ledger) as db:  # the server it recorded is gone: this is its heir
-        db.execute("UPDATE meta SET value = ? WHERE key = 'base_url'", (base_url,))
-    return ledger
+    return copy_ledger(FIXTURE, tmp_path / "schema2.db", base_url)
 
 
 def read_done(ledger: Path) -> list[list[object]]:
@@ -143,3 +143,52 @@ def test_status_says_what_it_said_of_the_schema2_ledger(
     assert code == 0
     expected = (DATA / "schema2-status.txt").read_text()
     assert out.replace(str(ledger), "LEDGER") == expected
+
+
+def test_a_dry_run_reads_the_schema2_ledger_as_a_run_would_and_never_writes_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`run --dry-run` opens the ledger read-only (issue 23): the file stays byte for
+    byte, and its plan is the one a migrated ledger gives (what the dry run said when it
+    migrated the file)."""
+    monkeypatch.chdir(tmp_path)
+    ledger = copy_for(tmp_path, "http://127.0.0.1:1")
+    before = ledger.read_bytes()
+    args = ["run", "keyed.csv", "natural.csv", "--ledger", str(ledger), "--dry-run"]
+    code, read_only, _ = run_cli(args, capsys)
+    assert ledger.read_bytes() == before
+    assert sqlite3.connect(ledger).execute(
+        "SELECT value FROM meta WHERE key = 'schema_version'"
+    ).fetchone() == ("2",)
+    Ledger(ledger).close()  # migrated, as the dry run used to do to the file
+    again, migrated, _ = run_cli(args, capsys)
+    assert (code, read_only) == (again, migrated)
+    assert "unchanged" in read_only
+
+
+def test_a_dry_run_works_while_a_run_holds_the_ledger(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A dry run takes no lock (it writes nothing), as before: a run holding the ledger
+    does not stop it."""
+    monkeypatch.chdir(tmp_path)
+    ledger = copy_for(tmp_path, "http://127.0.0.1:1")
+    Ledger(ledger).close()
+    args = ["run", "keyed.csv", "natural.csv", "--ledger", str(ledger), "--dry-run"]
+    free = run_cli(args, capsys)
+    with LedgerLock(ledger):
+        held = run_cli(args, capsys)
+    assert held[:2] == free[:2]  # the exit code and the plan
+    assert held[0] in (0, 1)
+
+
+def test_the_read_only_ledger_is_a_ledger_that_cannot_write(tmp_path: Path) -> None:
+    ledger = copy_for(tmp_path, "http://127.0.0.1:1")
+    with closing(Ledger.open_readonly(ledger)) as old:
+        assert isinstance(old, ReadOnlyLedger)
+        assert old.schema == "2"  # read as it is, never migrated
+    Ledger(ledger).close()
+    with closing(Ledger.open_readonly(ledger)) as readonly:
+        assert readonly.schema == "3"
+        with pytest.raises(sqlite3.OperationalError, match="readonly"):
+            readonly.revoking(1, "K000000")

@@ -8,13 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from importer import _ledger as ledger_module
-from importer._ledger import Ledger, Op, RowError, RowState, Source
+from importer.ledger import _ledger as ledger_module
+from importer.ledger._ledger import Ledger
+from importer.ledger._schema import ErrorNote, Op, RowState, Source
 from importer.sandbox import SandboxConfig, running_sandbox
 from tests.engine_helpers import consent_rows, run, write_csv
 
 K = Source("K1", "in.csv", 2)
-ERROR = RowError("api", "server_error", "503", "{}", 503, "req_1")
+ERROR = ErrorNote("api", "server_error", "503", "{}", 503, "req_1")
 RUN = 1
 T = "2026-01-01T10:00:30.000+00:00"
 

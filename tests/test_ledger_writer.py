@@ -9,7 +9,9 @@ from pathlib import Path
 import anyio
 import pytest
 
-from importer._ledger import AsyncLedger, Ledger, Op, Source
+from importer.ledger._ledger import Ledger
+from importer.ledger._schema import Op, Source
+from importer.ledger._writer import AsyncLedger
 
 pytestmark = pytest.mark.anyio
 

@@ -7,14 +7,15 @@ so the test points it at a new sandbox and reruns the last input it saw.
 
 from __future__ import annotations
 
-import shutil
 import sqlite3
 from pathlib import Path
 
-from importer._export import export_csvs, status
-from importer._ledger import Ledger
+from importer.ledger._ledger import Ledger
+from importer.reports._export import export_csvs
+from importer.reports._status import status
 from importer.sandbox import SandboxConfig, running_sandbox
 from tests.engine_helpers import run
+from tests.helpers import copy_ledger
 
 DATA = Path(__file__).parent / "data"
 LEGACY = DATA / "legacy-ledger-15ffa94.db"
@@ -27,11 +28,7 @@ DONE_CONSENTS = {
 
 
 def copy_for(tmp_path: Path, base_url: str) -> Path:
-    ledger = tmp_path / "legacy.db"
-    shutil.copy(LEGACY, ledger)
-    with sqlite3.connect(ledger) as db:  # the server it recorded is gone: this is its heir
-        db.execute("UPDATE meta SET value = ? WHERE key = 'base_url'", (base_url,))
-    return ledger
+    return copy_ledger(LEGACY, tmp_path / "legacy.db", base_url)
 
 
 def test_the_legacy_ledger_reads_as_it_was(tmp_path: Path) -> None:

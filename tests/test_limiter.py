@@ -12,7 +12,7 @@ import anyio
 import pytest
 
 from importer._errors import BudgetWaitTooLong, LimiterClosed
-from importer._limiter import SAFETY_MARGIN_S, Limiter, RateLimitInfo
+from importer.api._limiter import SAFETY_MARGIN_S, Limiter, RateLimitInfo
 
 # Slack for timer granularity when asserting "waited at least".
 EPS = 0.03

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from importer._errors import ConfigError
-from importer._mapping import Mapping, canonical_header, load_mapping
+from importer.intake._mapping import Mapping, canonical_header, load_mapping
 
 CANONICAL = ["patientId", "scope", "category"]
 

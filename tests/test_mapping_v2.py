@@ -9,10 +9,11 @@ from typing import Any
 import pytest
 
 from importer._errors import ConfigError
-from importer._mapping import load_mapping
-from importer._normalize import Normalizer, Row
-from importer._reader import open_table
-from importer._validate import validate_files
+from importer._rows import Row
+from importer.commands._validate import validate_files
+from importer.intake._mapping import load_mapping
+from importer.intake._normalize import Normalizer
+from importer.intake._reader import open_table
 from importer.sandbox import SandboxConfig, running_sandbox
 from tests.engine_helpers import run
 from tests.zones import with_zone
@@ -773,7 +774,7 @@ def test_excel_header_row(tmp_path: Path) -> None:
 
 
 def test_a_failed_csv_of_a_file_with_titles_feeds_back_with_its_mapping(tmp_path: Path) -> None:
-    from importer._export import export_csvs
+    from importer.reports._export import export_csvs
 
     source = tmp_path / "in.csv"  # R3#hipaa is invalid
     mapping = tmp_path / "m.toml"

@@ -16,8 +16,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from importer._export import export_csvs
-from importer._export import status as ledger_status
+from importer.reports._export import export_csvs
+from importer.reports._status import status as ledger_status
 from importer.sandbox import RunningSandbox
 from tests.cli_helpers import run_cli
 from tests.engine_helpers import KEY, consent_rows, run, write_csv

@@ -11,7 +11,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from pydantic import ValidationError
 
-from importer._models import (
+from importer.intake._models import (
     CODES,
     Coding,
     ConsentIn,

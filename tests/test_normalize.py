@@ -9,9 +9,10 @@ from typing import Any
 import pytest
 
 from importer._keys import natural_key, source_key
-from importer._mapping import load_mapping
-from importer._normalize import Normalizer, Row
-from importer._reader import open_table
+from importer._rows import Row
+from importer.intake._mapping import load_mapping
+from importer.intake._normalize import Normalizer
+from importer.intake._reader import open_table
 
 HEAD = "patientId,scope,category"
 

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from importer._ledger import Ledger, Op, RowError, Source
+from importer.ledger._ledger import Ledger
+from importer.ledger._schema import ErrorNote, Op, Source
 from importer.sandbox import SandboxConfig, running_sandbox
 from tests.cli_helpers import run_cli
 from tests.engine_helpers import KEY, consent_rows, run, write_csv
@@ -42,7 +43,7 @@ def _files(tmp: Path) -> None:
     with ledger.transaction():  # a failed row, through the ledger's transitions
         src = Source("K1", "victim.csv", 2)
         ledger.intent(run_id, src, Op.CREATE, body="{}", body_hash="h", patient_id=None)
-        ledger.failed(run_id, src, Op.CREATE, RowError("api", "api_validation", "422", "{}"))
+        ledger.failed(run_id, src, Op.CREATE, ErrorNote("api", "api_validation", "422", "{}"))
     ledger.close()
 
 
@@ -137,7 +138,7 @@ def test_an_output_folder_that_cannot_be_written_fails_before_the_run(
 
 
 def test_an_interrupted_write_leaves_the_old_file_and_no_scrap(tmp_path: Path) -> None:
-    from importer import _outputs as outputs
+    from importer.reports import _outputs as outputs
 
     target = tmp_path / "report.json"
     target.write_text("old\n", encoding="utf-8")
@@ -254,7 +255,7 @@ def test_redact_applies_to_every_report_or_is_refused(
 
 def test_export_refuses_a_source_file_the_ledger_recorded(tmp_path: Path) -> None:
     """The fix-and-feed-back loop: failed.csv, fixed and run, then exported over again."""
-    from importer import _outputs as outputs
+    from importer.reports import _outputs as outputs
 
     rows = list(consent_rows(3))
     rows[0]["scope"] = "nope"

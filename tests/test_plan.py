@@ -1,4 +1,4 @@
-"""plan_row as a decision table: (ledger record, row, options) -> plan."""
+"""decide_row as a decision table: (ledger record, row, options) -> plan."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ from typing import Any
 
 import pytest
 
-from importer._ledger import LedgerRow, Op, RowState
-from importer._models import ConsentIn
-from importer._normalize import Row, RowError
 from importer._options import RunOptions
-from importer._plan import RowPlan, Verdict, plan_row
+from importer._rows import Row, RowError
+from importer.engine._decide import RowDecision, Verdict, decide_row
+from importer.intake._models import ConsentIn
+from importer.ledger._schema import LedgerRow, Op, RowState
 
 BODY = {
     "patientId": "pt_1",
@@ -63,66 +63,66 @@ AT = datetime(2026, 1, 1, 10, 0, tzinfo=UTC)
     ("before", "the_row", "options", "plan"),
     [
         # new rows, and rows that never reached the server
-        (None, row(), FAIL, RowPlan(SEND, Op.CREATE)),
-        (None, row(), SKIP_EXISTING, RowPlan(SEND, Op.CREATE, lookup_first=True)),
-        (None, INVALID_ROW, FAIL, RowPlan(Verdict.INVALID)),
-        (record(RowState.INVALID, consent_id=None), row(), FAIL, RowPlan(SEND, Op.CREATE)),
-        (record(RowState.PENDING, consent_id=None), row(), FAIL, RowPlan(SEND, Op.CREATE)),
-        (record(RowState.FAILED, consent_id=None), row(), FAIL, RowPlan(SEND, Op.CREATE)),
+        (None, row(), FAIL, RowDecision(SEND, Op.CREATE)),
+        (None, row(), SKIP_EXISTING, RowDecision(SEND, Op.CREATE, lookup_first=True)),
+        (None, INVALID_ROW, FAIL, RowDecision(Verdict.INVALID)),
+        (record(RowState.INVALID, consent_id=None), row(), FAIL, RowDecision(SEND, Op.CREATE)),
+        (record(RowState.PENDING, consent_id=None), row(), FAIL, RowDecision(SEND, Op.CREATE)),
+        (record(RowState.FAILED, consent_id=None), row(), FAIL, RowDecision(SEND, Op.CREATE)),
         # done: unchanged, patchable edit, immutable edit
-        (record(RowState.DONE), row(), FAIL, RowPlan(Verdict.UNCHANGED)),
+        (record(RowState.DONE), row(), FAIL, RowDecision(Verdict.UNCHANGED)),
         (
             record(RowState.DONE),
             row(status="inactive"),
             FAIL,
-            RowPlan(SEND, Op.PATCH, consent_id="c1"),
+            RowDecision(SEND, Op.PATCH, consent_id="c1"),
         ),
-        (record(RowState.DONE), row(scope="research"), FAIL, RowPlan(Verdict.IMMUTABLE_CHANGE)),
+        (record(RowState.DONE), row(scope="research"), FAIL, RowDecision(Verdict.IMMUTABLE_CHANGE)),
         (
             record(RowState.DONE),
             row(scope="research"),
             RECREATE,
-            RowPlan(SEND, Op.RECREATE, consent_id="c1"),
+            RowDecision(SEND, Op.RECREATE, consent_id="c1"),
         ),
         # an earlier edit whose PATCH failed: the same body is patched again
-        (record(RowState.FAILED), row(), FAIL, RowPlan(SEND, Op.PATCH, consent_id="c1")),
+        (record(RowState.FAILED), row(), FAIL, RowDecision(SEND, Op.PATCH, consent_id="c1")),
         # in flight (a crash, or an unknown outcome): look up before any POST
         (
             record(RowState.IN_FLIGHT, consent_id=None, pending_op=Op.CREATE),
             row(),
             FAIL,
-            RowPlan(SEND, Op.CREATE, lookup_first=True),
+            RowDecision(SEND, Op.CREATE, lookup_first=True),
         ),
         (
             record(RowState.IN_FLIGHT, consent_id=None, pending_op=None),  # old ledgers
             row(),
             FAIL,
-            RowPlan(SEND, Op.CREATE, lookup_first=True),
+            RowDecision(SEND, Op.CREATE, lookup_first=True),
         ),
         (
             record(RowState.IN_FLIGHT, pending_op=Op.RECREATE),
             row(scope="research"),
             RECREATE,
-            RowPlan(SEND, Op.RECREATE, lookup_first=True, consent_id="c1"),
+            RowDecision(SEND, Op.RECREATE, lookup_first=True, consent_id="c1"),
         ),
         (
             record(RowState.IN_FLIGHT, consent_id="c2", pending_op=Op.RETIRE),
             row(scope="research"),
             FAIL,
-            RowPlan(SEND, Op.RETIRE, consent_id="c2"),
+            RowDecision(SEND, Op.RETIRE, consent_id="c2"),
         ),
         # an unfinished PATCH: compare with what the server last held
         (
             record(RowState.IN_FLIGHT, pending_op=Op.PATCH),
             row(status="inactive"),
             FAIL,
-            RowPlan(SEND, Op.PATCH, consent_id="c1"),
+            RowDecision(SEND, Op.PATCH, consent_id="c1"),
         ),
         (
             record(RowState.IN_FLIGHT, pending_op=Op.PATCH),
             row(),
             FAIL,
-            RowPlan(SEND, Op.PATCH, consent_id="c1"),
+            RowDecision(SEND, Op.PATCH, consent_id="c1"),
         ),
         # settling: the lookup waits for the stored deadline (kept across a crash)
         (
@@ -132,7 +132,7 @@ AT = datetime(2026, 1, 1, 10, 0, tzinfo=UTC)
             ),
             row(),
             FAIL,
-            RowPlan(SEND, Op.CREATE, lookup_first=True, not_before=AT + timedelta(seconds=30)),
+            RowDecision(SEND, Op.CREATE, lookup_first=True, not_before=AT + timedelta(seconds=30)),
         ),
         # in flight when a run died: `settle_s` after its intent
         (
@@ -142,7 +142,7 @@ AT = datetime(2026, 1, 1, 10, 0, tzinfo=UTC)
             ),
             row(),
             SETTLE_5,
-            RowPlan(SEND, Op.CREATE, lookup_first=True, not_before=AT + timedelta(seconds=5)),
+            RowDecision(SEND, Op.CREATE, lookup_first=True, not_before=AT + timedelta(seconds=5)),
         ),
         # gave up after --max-attempts ambiguous answers: looked up before any POST
         (
@@ -152,14 +152,14 @@ AT = datetime(2026, 1, 1, 10, 0, tzinfo=UTC)
             ),
             row(),
             FAIL,
-            RowPlan(SEND, Op.CREATE, lookup_first=True),
+            RowDecision(SEND, Op.CREATE, lookup_first=True),
         ),
         # an adoption's PATCH a crash cut short (no hashes yet): a PATCH of that consent
         (
             replace(record(RowState.IN_FLIGHT, pending_op=Op.PATCH), payload_hash=None),
             row(),
             FAIL,
-            RowPlan(SEND, Op.PATCH, consent_id="c1"),
+            RowDecision(SEND, Op.PATCH, consent_id="c1"),
         ),
         (
             replace(
@@ -167,7 +167,7 @@ AT = datetime(2026, 1, 1, 10, 0, tzinfo=UTC)
             ),
             row(scope="research"),
             RECREATE,
-            RowPlan(SEND, Op.PATCH, consent_id="c1"),
+            RowDecision(SEND, Op.PATCH, consent_id="c1"),
         ),
         # a PATCH with no answer (older ledgers: failed, outcome_unknown, no op): a PATCH
         # of the row's consent again, never a lookup and a create
@@ -175,13 +175,13 @@ AT = datetime(2026, 1, 1, 10, 0, tzinfo=UTC)
             replace(record(RowState.FAILED), error_code="outcome_unknown"),
             row(policyUri="https://clinic.example/policy/v2"),
             FAIL,
-            RowPlan(SEND, Op.PATCH, consent_id="c1"),
+            RowDecision(SEND, Op.PATCH, consent_id="c1"),
         ),
         (
             replace(record(RowState.FAILED, pending_op=Op.PATCH), error_code="outcome_unknown"),
             row(status="inactive"),
             FAIL,
-            RowPlan(SEND, Op.PATCH, consent_id="c1"),
+            RowDecision(SEND, Op.PATCH, consent_id="c1"),
         ),
         # ... and now: done, the fields it carried without a hash, so they are sent again
         (
@@ -193,38 +193,38 @@ AT = datetime(2026, 1, 1, 10, 0, tzinfo=UTC)
             ),
             row(),
             FAIL,
-            RowPlan(SEND, Op.PATCH, consent_id="c1"),
+            RowDecision(SEND, Op.PATCH, consent_id="c1"),
         ),
         # a revoke a crash cut short, the row back in the source: a PATCH (to active)
         (
             record(RowState.IN_FLIGHT, pending_op=Op.REVOKE),
             row(),
             FAIL,
-            RowPlan(SEND, Op.PATCH, consent_id="c1"),
+            RowDecision(SEND, Op.PATCH, consent_id="c1"),
         ),
         # revoked (the ledger forgets the body's hash), then back in the source as it was
         (
             replace(record(RowState.REVOKED), payload_hash=None),
             row(),
             FAIL,
-            RowPlan(SEND, Op.PATCH, consent_id="c1"),
+            RowDecision(SEND, Op.PATCH, consent_id="c1"),
         ),
     ],
 )
 def test_plan_row(
-    before: LedgerRow | None, the_row: Row, options: RunOptions, plan: RowPlan
+    before: LedgerRow | None, the_row: Row, options: RunOptions, plan: RowDecision
 ) -> None:
-    assert plan_row(the_row, before, options) == plan
+    assert decide_row(the_row, before, options) == plan
 
 
 @pytest.mark.parametrize(
     ("plan", "label"),
     [
-        (RowPlan(SEND, Op.CREATE), "create"),
-        (RowPlan(SEND, Op.CREATE, lookup_first=True), "create (after a lookup)"),
-        (RowPlan(Verdict.UNCHANGED), "unchanged"),
-        (RowPlan(Verdict.IMMUTABLE_CHANGE), "immutable_change"),
+        (RowDecision(SEND, Op.CREATE), "create"),
+        (RowDecision(SEND, Op.CREATE, lookup_first=True), "create (after a lookup)"),
+        (RowDecision(Verdict.UNCHANGED), "unchanged"),
+        (RowDecision(Verdict.IMMUTABLE_CHANGE), "immutable_change"),
     ],
 )
-def test_a_plan_as_the_dry_run_counts_it(plan: RowPlan, label: str) -> None:
+def test_a_plan_as_the_dry_run_counts_it(plan: RowDecision, label: str) -> None:
     assert plan.label == label

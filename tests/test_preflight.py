@@ -14,17 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from importer import _retry as retry
 from importer._errors import ConfigError, ServerUnreachable
-from importer._preflight import MAX_IN_A_ROW, SAMPLE_REQUESTS, WINDOW_S, CircuitBreaker
+from importer.engine._preflight import MAX_IN_A_ROW, SAMPLE_REQUESTS, WINDOW_S, CircuitBreaker
 from importer.sandbox import SandboxConfig, running_sandbox
 from tests.engine_helpers import KEY, consent_rows, run, write_csv
 
-
-@pytest.fixture(autouse=True)
-def _instant_backoff() -> Iterator[None]:
-    with retry.no_waits():
-        yield
+pytestmark = pytest.mark.usefixtures("instant_backoff")
 
 
 def _free_port() -> int:
@@ -256,7 +251,7 @@ def test_without_preflight_a_refused_port_stops_after_20_tries_failing_no_row(
     # Before: 200 rows x 5 attempts = 1,000 requests, every row failed, exit 1.
     # One row at a time never makes 20 in a row (the row waits for the verdict): the
     # window decides, shortened here from 30 s.
-    monkeypatch.setattr("importer._breaker.WINDOW_S", 2.0)
+    monkeypatch.setattr("importer.api._breaker.WINDOW_S", 2.0)
     source = write_csv(tmp_path / "in.csv", consent_rows(200))
     ledger = tmp_path / "l.db"
     result = run(source, f"http://127.0.0.1:{_free_port()}", ledger, concurrency=concurrency)

@@ -15,16 +15,10 @@ import pandas as pd
 import pytest
 import xlwt
 
-from importer import _reader as reader
 from importer._errors import ConfigError, InputError
-from importer._reader import (
-    SourceOptions,
-    Table,
-    escape_formula,
-    excel_serial_to_iso,
-    open_table,
-    unescape_formula,
-)
+from importer.intake import _reader as reader
+from importer.intake._formulas import escape_formula, unescape_formula
+from importer.intake._reader import SourceOptions, Table, excel_serial_to_iso, open_table
 
 DATA = Path(__file__).parent / "data" / "reader"
 

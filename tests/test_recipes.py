@@ -15,7 +15,7 @@ from pathlib import Path
 import click
 import pytest
 
-from importer._cli import cli
+from importer.cli._main import cli
 
 README = Path(__file__).parents[1] / "README.md"
 UNIT_MARK = re.compile(r"^# (/etc/systemd/system/[\w.@-]+\.(?:service|timer))$", re.MULTILINE)

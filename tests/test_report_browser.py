@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from importer._html_report import write_run_html, write_validation_html
 from importer._results import RunStats, ValidationSummary
+from importer.reports._html_report import write_run_html, write_validation_html
 from tests.test_html_report import Page, error, summary_of
 
 pytestmark = pytest.mark.browser

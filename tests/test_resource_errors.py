@@ -22,8 +22,8 @@ from typing import Any
 
 import pytest
 
-from importer import _ledger
 from importer._errors import ConsentImportError, ResourceError
+from importer.ledger import _ledger
 from importer.sandbox import RunningSandbox
 from tests.cli_helpers import run_cli
 from tests.engine_helpers import KEY, consent_rows, run, write_csv

@@ -12,21 +12,16 @@ from pathlib import Path
 
 import pytest
 
-from importer import _retry as retry
 from importer._errors import ConfigError
-from importer._gate import SampleGate
-from importer._ledger import Ledger
-from importer._lineage import check, sidecar
-from importer._preflight import SAMPLE_REQUESTS
+from importer.engine._gate import SampleGate
+from importer.engine._preflight import SAMPLE_REQUESTS
+from importer.ledger._ledger import Ledger
+from importer.ledger._lineage import check, sidecar
 from importer.sandbox import RunningSandbox
 from tests.cli_helpers import run_cli
 from tests.engine_helpers import KEY, consent_rows, run, write_csv
 
-
-@pytest.fixture(autouse=True)
-def _instant_backoff() -> Iterator[None]:
-    with retry.no_waits():
-        yield
+pytestmark = pytest.mark.usefixtures("instant_backoff")
 
 
 @pytest.fixture

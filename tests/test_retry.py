@@ -8,7 +8,6 @@ import anyio
 import pytest
 import tenacity
 
-from importer import _retry as retry
 from importer._errors import (
     AbortError,
     ApiError,
@@ -19,7 +18,8 @@ from importer._errors import (
     RateLimitedError,
     ServerError,
 )
-from importer._retry import compute_wait, is_retryable, no_waits, retrying
+from importer.api import _retry as retry
+from importer.api._retry import compute_wait, is_retryable, no_waits, retrying
 
 
 @pytest.fixture(autouse=True)

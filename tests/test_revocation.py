@@ -9,18 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from importer import _retry as retry
 from importer._errors import UsageError
-from importer._revocation import RevokeCap, is_correction_file
+from importer.engine._revocation import RevokeCap, is_correction_file
 from importer.sandbox import SandboxConfig, running_sandbox
 from tests.cli_helpers import run_cli
 from tests.engine_helpers import KEY, consent_rows, run, write_csv
 
-
-@pytest.fixture(autouse=True)
-def _instant_backoff() -> Iterator[None]:
-    with retry.no_waits():
-        yield
+pytestmark = pytest.mark.usefixtures("instant_backoff")
 
 
 @pytest.fixture

@@ -6,22 +6,16 @@ real port."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from importer import _retry as retry
-from importer._revocation import RevokeCap, RevokeScope, Shrink, plan
+from importer.engine._revocation import RevokeCap, RevokeScope, Shrink, cap_revocations
 from importer.sandbox import RunningSandbox
 from tests.cli_helpers import run_cli
 from tests.engine_helpers import KEY, consent_rows, run, write_csv
 
-
-@pytest.fixture(autouse=True)
-def _instant_backoff() -> Iterator[None]:
-    with retry.no_waits():
-        yield
+pytestmark = pytest.mark.usefixtures("instant_backoff")
 
 
 def _statuses(server: RunningSandbox) -> dict[str, int]:
@@ -193,7 +187,7 @@ def test_the_plan_splits_missing_rows_into_due_and_pending(
     missing = [(f"K{i}", "a.csv", i, f"consent_{i}") for i in range(len(misses))]
     counts = {f"K{i}": n for i, n in enumerate(misses)}
     scope = RevokeScope.of_run(None, [("a.csv", ["x"])], RevokeCap.parse("100"))
-    result = plan(missing, 100, scope, after=after, misses=counts.__getitem__)
+    result = cap_revocations(missing, 100, scope, after=after, misses=counts.__getitem__)
     assert (result.due, result.pending, len(result.rows)) == (due, pending, due)
     assert result.in_scope == len(misses)
 

@@ -165,7 +165,7 @@ def test_dry_run_through_the_cli_sends_nothing(tmp_path: Path) -> None:
 
 
 def test_a_run_config_repr_never_shows_the_key() -> None:
-    from importer._runner import RunConfig
+    from importer.engine._runner import RunConfig
 
     config = RunConfig(["in.csv"], api_key="clk_test_s3cretKEYa1b2")
     assert "s3cretKEY" not in repr(config)

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from importer._mapping import load_mapping
-from importer._validate import validate_files
+from importer.commands._validate import validate_files
+from importer.intake._mapping import load_mapping
 
 SAMPLES = Path(__file__).parent.parent / "sample_data"
 SETS = {

@@ -12,6 +12,7 @@ import pytest
 from importer.sandbox import Fault, SandboxConfig, running_sandbox
 from importer.sandbox._config import SPREAD_FAULT_FIELDS
 from importer.sandbox._faults import FaultInjector
+from tests.helpers import wait_for
 
 SPREAD = [Fault(name.removeprefix("fault_")) for name in SPREAD_FAULT_FIELDS]
 
@@ -248,15 +249,6 @@ def search_ids(sb: Any, patient: str = "pt_1") -> list[str]:
     return [c["id"] for c in response.json()["data"]]
 
 
-def wait_for(probe: Any) -> float:
-    """Poll `probe()` until it is truthy; returns the monotonic time it first was."""
-    deadline = time.monotonic() + POLL_DEADLINE_S
-    while not probe():
-        assert time.monotonic() < deadline, "gave up waiting"
-        time.sleep(0.05)
-    return time.monotonic()
-
-
 def test_late_post_answers_502_or_504_at_once_and_stores_late_ms_later() -> None:
     with running_sandbox(only("fault_late", late_ms=LATE_S * 1000)) as sb:
         t0 = time.monotonic()
@@ -268,7 +260,7 @@ def test_late_post_answers_502_or_504_at_once_and_stores_late_ms_later() -> None
         stored, searched, pending = sb.consents(), search_ids(sb), sb.stats()["late_pending"]
         if time.monotonic() - t0 < LATE_S:  # else too loaded to tell "before" apart
             assert (stored, searched, pending) == ([], [], 1)
-        seen = wait_for(lambda: search_ids(sb))
+        seen = wait_for(lambda: search_ids(sb), POLL_DEADLINE_S)
         assert seen - t0 >= LATE_S  # never before late_ms
         [consent] = sb.consents()
         assert consent["patientId"] == "pt_1"
@@ -293,7 +285,7 @@ def test_late_patch_is_applied_late_ms_later() -> None:
         status = sb.consents()[0]["status"]
         if time.monotonic() - t0 < LATE_S:
             assert status == "active"
-        seen = wait_for(lambda: sb.consents()[0]["status"] == "inactive")
+        seen = wait_for(lambda: sb.consents()[0]["status"] == "inactive", POLL_DEADLINE_S)
         assert seen - t0 >= LATE_S
         assert sb.stats()["patches"] == 1
 
@@ -342,7 +334,7 @@ def test_search_lag_hides_a_new_consent_from_search_but_not_from_get() -> None:
         searched = search_ids(sb)
         if time.monotonic() - t0 < LATE_S:
             assert searched == []
-        seen = wait_for(lambda: search_ids(sb) == [consent_id])
+        seen = wait_for(lambda: search_ids(sb) == [consent_id], POLL_DEADLINE_S)
         assert seen - t0 >= LATE_S
         assert sb.stats()["faults"]["search_lag"] == 1
 
@@ -362,7 +354,7 @@ def test_late_and_search_lag_combine() -> None:
     config = only("fault_late", late_ms=300, search_lag_ms=60_000)
     with running_sandbox(config) as sb:
         httpx.post(f"{sb.base_url}/v1/consents", json=BODY, headers=KEY, timeout=30)
-        wait_for(sb.consents)
+        wait_for(sb.consents, POLL_DEADLINE_S)
         assert search_ids(sb) == []
         assert sb.stats()["faults"] == {
             **dict.fromkeys([f.value for f in Fault], 0),
@@ -425,7 +417,7 @@ def test_late_and_search_lag_over_http_config() -> None:
         assert response.status_code == 200
         assert response.json() == {**SandboxConfig().to_json(), **changes}
         assert c.post("/v1/consents", json=BODY).status_code in (502, 504)
-        wait_for(lambda: sb.stats()["faults"]["search_lag"] == 1)
+        wait_for(lambda: sb.stats()["faults"]["search_lag"] == 1, POLL_DEADLINE_S)
         assert c.get("/__sandbox/stats").json()["faults"]["late"] == 1
 
 
@@ -445,7 +437,7 @@ def serve_config(monkeypatch: pytest.MonkeyPatch, which: str, argv: list[str]) -
     """The config `consent-import sandbox` or `python -m importer.sandbox` would serve."""
     import importer.sandbox
     import importer.sandbox.__main__ as module_main
-    from importer._cli import main as cli_main
+    from importer.cli._main import main as cli_main
 
     served: list[SandboxConfig] = []
 
@@ -487,7 +479,7 @@ def test_sandbox_flags_set_late_and_search_lag(
 def test_bad_sandbox_late_flags_exit_2(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], argv: list[str]
 ) -> None:
-    from importer._cli import main as cli_main
+    from importer.cli._main import main as cli_main
 
     monkeypatch.setattr("importer.sandbox.serve", lambda *a, **k: None)
     with pytest.raises(SystemExit) as exited:

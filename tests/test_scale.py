@@ -11,14 +11,14 @@ from typing import Any
 import numpy as np
 import pytest
 
-from importer import _engine as engine_module
-from importer import _normalize as normalize
-from importer import _reader as reader
-from importer._mapping import load_mapping
-from importer._normalize import Row
-from importer._observer import RunObserver
 from importer._options import DEFAULTS, RunOptions
-from importer._runner import RunConfig, run_import
+from importer._rows import Row
+from importer.engine import _engine as engine_module
+from importer.engine._observer import RunObserver
+from importer.engine._runner import RunConfig, run_import
+from importer.intake import _normalize as normalize
+from importer.intake import _reader as reader
+from importer.intake._mapping import load_mapping
 from importer.sandbox import RunningSandbox
 from tests.engine_helpers import KEY, consent_rows, run, write_csv
 
@@ -135,7 +135,7 @@ def test_a_run_holds_a_slice_of_rows_not_the_file(
     """Rows (with their models) alive at once, sampled as rows are read: a slice of the
     input and the rows planned, however big the file's chunk."""
     samples = sample_live_rows(monkeypatch)
-    # No first-run check: its sample of rows is kept apart (importer._preflight).
+    # No first-run check: its sample of rows is kept apart (importer.engine._preflight).
     result = run(
         write_csv(tmp_path / "a.csv", consent_rows(1500)),
         server.base_url,

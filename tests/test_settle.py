@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from importer._export import export_csvs
-from importer._mapping import load_mapping
 from importer._options import RunOptions
 from importer._results import RunStats
-from importer._runner import RunConfig, run_import
+from importer.engine._runner import RunConfig, run_import
+from importer.intake._mapping import load_mapping
+from importer.reports._export import export_csvs
 from importer.sandbox import RunningSandbox, SandboxConfig, running_sandbox
 from tests.engine_helpers import KEY, consent_rows, ledger_ids, run, write_csv
 from tests.test_crash_and_schedule import start_cli, wait_for

@@ -6,7 +6,7 @@ from __future__ import annotations
 import anyio
 import pytest
 
-from importer._settle import SettleQueue
+from importer.engine._settle import SettleQueue
 
 pytestmark = pytest.mark.anyio
 

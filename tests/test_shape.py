@@ -1,10 +1,14 @@
-"""The package's shape, measured: no import cycle, no SQL outside the ledger, a stated
-public API. Size is a smell to read, not a rule (issue 23): no line caps."""
+"""The package's shape, measured: no SQL outside the ledger, row types in a leaf, a stated
+public API. The import graph (layers, independent parts, the sandbox on its own) is the
+import-linter contract in pyproject.toml, run by `make lint`. Size is a smell to read, not
+a rule (issue 23): no line caps."""
 
 from __future__ import annotations
 
 import ast
 import importlib
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -22,103 +26,10 @@ def module_name(path: Path) -> str:
 MODULES = {module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
 
 
-def imports_of(path: Path) -> set[str]:
-    """Every importer module `path` imports: at the top, under TYPE_CHECKING or inside
-    functions alike."""
-    found: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-        if isinstance(node, ast.Import):
-            found.update(a.name for a in node.names if a.name.split(".")[0] == "importer")
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            if node.module.split(".")[0] != "importer":
-                continue
-            for alias in node.names:
-                sub = f"{node.module}.{alias.name}"
-                found.add(sub if sub in MODULES else node.module)
-    return found
-
-
-def import_graph() -> dict[str, set[str]]:
-    return {name: imports_of(path) - {name} for name, path in MODULES.items()}
-
-
-def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
-    """One import cycle, as the list of modules around it; None when there is none."""
-    state: dict[str, int] = {}  # 1 on the path, 2 finished
-    path: list[str] = []
-
-    def visit(name: str) -> list[str] | None:
-        state[name] = 1
-        path.append(name)
-        for target in sorted(graph.get(name, ())):
-            if state.get(target) == 1:
-                return [*path[path.index(target) :], target]
-            if target not in state and (cycle := visit(target)) is not None:
-                return cycle
-        path.pop()
-        state[name] = 2
-        return None
-
-    for name in sorted(graph):
-        if name not in state and (cycle := visit(name)) is not None:
-            return cycle
-    return None
-
-
-@pytest.mark.parametrize(
-    ("graph", "cycle"),
-    [
-        ({"a": {"b"}, "b": {"c"}, "c": set()}, None),
-        ({"a": {"b"}, "b": {"a"}}, ["a", "b", "a"]),  # the check itself can fail
-        ({"a": {"b"}, "b": {"c"}, "c": {"b"}}, ["b", "c", "b"]),
-    ],
-)
-def test_the_cycle_finder_finds_cycles(graph: dict[str, set[str]], cycle: list[str] | None) -> None:
-    assert find_cycle(graph) == cycle
-
-
-def test_no_import_cycle_among_importer_modules() -> None:
-    assert find_cycle(import_graph()) is None
-
-
-@pytest.mark.parametrize(
-    ("module", "must_not_import"),
-    [
-        # Result types are a leaf: reports read them, the engine fills them.
-        ("importer._results", {"importer._engine", "importer._report", "importer._html_report"}),
-        ("importer._report", {"importer._engine", "importer._runner"}),
-        ("importer._html_report", {"importer._engine", "importer._runner"}),
-        ("importer._console", {"importer._engine", "importer._runner"}),
-        ("importer._engine", {"importer._report", "importer._html_report", "importer._console"}),
-    ],
-)
-def test_reports_and_engine_do_not_import_each_other(
-    module: str, must_not_import: set[str]
-) -> None:
-    # Transitively: the engine reaching a report through a helper module counts too.
-    assert not reachable(import_graph(), module) & must_not_import
-
-
-def reachable(graph: dict[str, set[str]], start: str) -> set[str]:
-    """Every module `start` imports, directly or through others."""
-    seen: set[str] = set()
-    todo = [start]
-    while todo:
-        for target in graph.get(todo.pop(), ()):
-            if target not in seen:
-                seen.add(target)
-                todo.append(target)
-    return seen
-
-
-def test_reachable_follows_imports_through_other_modules() -> None:
-    assert reachable({"a": {"b"}, "b": {"c"}, "c": set()}, "a") == {"b", "c"}
-
-
 def test_no_sql_outside_the_ledger() -> None:
     offenders = []
     for name, path in MODULES.items():
-        if name == "importer._ledger" or name.startswith("importer.sandbox"):
+        if name.startswith(("importer.ledger", "importer.sandbox")):
             continue
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.Attribute) and node.attr in ("execute", "executemany", "db"):
@@ -137,15 +48,28 @@ def test_the_public_api_is_stated_and_every_name_loads() -> None:
     for name in importer.__all__:
         assert getattr(importer, name) is not None, name
     with pytest.raises(AttributeError):
-        _ = importer.Engine  # type: ignore[attr-defined]
+        _ = importer.Engine
+
+
+def test_the_exception_tree_is_public() -> None:
+    """Every exception of `_errors` a caller may catch is public, with its hierarchy."""
+    from importer import _errors
+
+    tree = {
+        name
+        for name, value in vars(_errors).items()
+        if isinstance(value, type) and issubclass(value, _errors.ConsentImportError)
+    }
+    assert tree <= set(importer.__all__)
+    assert issubclass(importer.AuthError, importer.ApiError)
+    assert issubclass(importer.ApiError, importer.ConsentImportError)
+    assert issubclass(importer.ServerUnreachable, importer.AbortError)
+    assert importer.ConfigError is _errors.ConfigError
 
 
 def test_importing_the_package_loads_no_engine() -> None:
     """`import importer` is cheap: names load on first use."""
-    import subprocess
-    import sys
-
-    code = "import sys, importer; print('importer._engine' in sys.modules)"
+    code = "import sys, importer; print('importer.engine._engine' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
@@ -155,3 +79,31 @@ def test_every_module_imports_on_its_own() -> None:
         if name.endswith("__main__"):
             continue
         importlib.import_module(name)
+
+
+@pytest.mark.parametrize("module", ["importer._rows", "importer._errors", "importer._results"])
+def test_the_leaf_types_load_without_pandas_or_numpy(module: str) -> None:
+    """Row types are a leaf (issue 23): naming a row does not load the data stack."""
+    code = f"import sys, {module}; print(sorted({{'pandas', 'numpy'}} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_one_row_error_type() -> None:
+    """The mapping's RowError is the only one; the ledger's note of an error is ErrorNote."""
+    from importer import _rows
+    from importer.ledger import _schema
+
+    assert not hasattr(_schema, "RowError")
+    assert _schema.ErrorNote is not _rows.RowError
+
+
+def test_the_api_client_is_built_in_one_place() -> None:
+    """One construction path (issue 23): only `api._build.open_client` assembles a client."""
+    builders = []
+    for name, path in MODULES.items():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            called = isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+            if called and node.func.id in ("ClinikClient", "make_http_client"):
+                builders.append(f"{name}:{node.func.id}")
+    assert builders == ["importer.api._build:make_http_client", "importer.api._build:ClinikClient"]

@@ -20,7 +20,7 @@ from typing import Any
 import openpyxl
 import pytest
 
-from importer._ledger import Ledger
+from importer.ledger._ledger import Ledger
 from importer.sandbox import RunningSandbox, SandboxConfig
 from tests.cli_helpers import run_cli
 from tests.engine_helpers import HEADERS, KEY, consent_rows, ledger_ids

@@ -12,20 +12,20 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from importer import _cutcheck
-from importer import _reader as reader_module
 from importer._errors import InputError
-from importer._mapping import load_mapping
-from importer._reader import (
+from importer.commands._validate import validate_files
+from importer.intake import _cutcheck
+from importer.intake import _reader as reader_module
+from importer.intake._formulas import unescape_formula
+from importer.intake._mapping import load_mapping
+from importer.intake._reader import (
     SHORT_ROW,
     TRUNCATED_FILE,
     RowDefects,
     SourceOptions,
     Table,
     open_table,
-    unescape_formula,
 )
-from importer._validate import validate_files
 from importer.sandbox import RunningSandbox
 from tests.cli_helpers import run_cli
 from tests.engine_helpers import KEY, consent_rows, run, write_csv

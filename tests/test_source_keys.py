@@ -8,16 +8,14 @@ from __future__ import annotations
 import json
 import shutil
 import sqlite3
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
-from importer import _retry as retry
 from importer._keys import natural_key, source_key
-from importer._mapping import load_mapping, open_tables
-from importer._normalize import Normalizer
+from importer.intake._mapping import load_mapping, open_tables
+from importer.intake._normalize import Normalizer
 from importer.sandbox import SandboxConfig, running_sandbox
 from tests.cli_helpers import run_cli
 from tests.engine_helpers import KEY, consent_rows, run, write_csv
@@ -25,10 +23,7 @@ from tests.engine_helpers import KEY, consent_rows, run, write_csv
 LEGACY = Path(__file__).parent / "data" / "legacy_ledger"
 
 
-@pytest.fixture(autouse=True)
-def _instant_backoff() -> Iterator[None]:
-    with retry.no_waits():
-        yield
+pytestmark = pytest.mark.usefixtures("instant_backoff")
 
 
 def unkeyed_rows(n: int) -> list[dict[str, str]]:
@@ -115,7 +110,7 @@ def test_the_terminal_and_the_summary_say_which_key_is_in_use(
 
 
 def test_a_ledger_made_before_natural_keys_still_works(tmp_path: Path) -> None:
-    """tests/data/legacy_ledger/legacy.db was made by consent-import 15ffa94 (make.py)."""
+    """tests/data/legacy_ledger/legacy.db was made by consent-import 15ffa94 (see its README)."""
     ledger = shutil.copy(LEGACY / "legacy.db", tmp_path / "legacy.db")
     source = shutil.copy(LEGACY / "legacy.csv", tmp_path / "legacy.csv")
     with running_sandbox(SandboxConfig()) as sandbox:

@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from importer._export import status
-from importer._ledger import Ledger
-from importer._undo import UndoConfig, UndoResult, undo
+from importer.commands._undo import UndoConfig, UndoResult, undo
+from importer.ledger._ledger import Ledger
+from importer.reports._status import status
 from importer.sandbox import RunningSandbox, SandboxConfig, running_sandbox
 from tests.cli_helpers import run_cli
 from tests.engine_helpers import KEY, consent_rows, ledger_ids, run, write_csv
@@ -353,7 +353,7 @@ def test_a_spent_budget_stops_the_undo_with_exit_3_and_the_next_undo_finishes(
 
 
 def test_undo_honours_the_ledger_lock(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from importer._lock import LedgerLock
+    from importer.ledger._lock import LedgerLock
 
     with running_sandbox(SandboxConfig()) as sandbox:
         _, ledger, _ = first_run(tmp_path, sandbox, 3)
@@ -414,8 +414,8 @@ def test_a_consent_adopted_after_the_runs_own_lost_post_is_left_for_a_person(
 def test_the_status_before_a_run_is_found_from_its_hash(
     state: str, status_sent: str | None, expected: str | None
 ) -> None:
-    from importer._normalize import body_field_hashes
-    from importer._undo import _status_before
+    from importer._rows import body_field_hashes
+    from importer.commands._undo import _status_before
 
     hashes = body_field_hashes({"status": status_sent}) if status_sent else {}
     assert _status_before({"state": state}, hashes) == expected
@@ -440,7 +440,7 @@ def test_the_sandbox_answers_404_for_a_deleted_consent_and_edits_uncounted() -> 
 
 
 def _record(now: dict[str, Any] | None, *, posted: bool = False, existed: bool = False) -> Any:
-    from importer._ledger import UNDO_COLUMNS, RunChange
+    from importer.ledger._schema import UNDO_COLUMNS, RunChange
 
     blank = dict.fromkeys(UNDO_COLUMNS)
     current = None if now is None else {**blank, "consent_id": "consent_" + "ab" * 12, **now}
@@ -479,7 +479,7 @@ def _record(now: dict[str, Any] | None, *, posted: bool = False, existed: bool =
 def test_what_undo_plans_for_a_row_by_how_the_run_left_it(
     now: dict[str, Any] | None, posted: bool, outcome: str, action: str
 ) -> None:
-    from importer._undo import _Change, _plan
+    from importer.commands._undo import _Change, _plan
 
     change = _Change.of(_record(now, posted=posted))
     _plan(change, lambda name, digest: None)
@@ -503,7 +503,7 @@ def test_a_server_failing_every_read_leaves_every_row_and_touches_nothing(tmp_pa
 
 
 def test_a_run_keeps_each_row_as_before_its_first_request_once(tmp_path: Path) -> None:
-    from importer._ledger import Op, Source
+    from importer.ledger._schema import Op, Source
 
     ledger = Ledger(tmp_path / "l.db")
     src = Source("K1", "in.csv", 2)

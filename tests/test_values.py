@@ -15,11 +15,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from importer._errors import ConfigError
-from importer._fields import evaluate as evaluate_spec
-from importer._fields import parse_path, parse_spec
-from importer._mapping import load_crosswalk, load_mapping
-from importer._normalize import Normalizer, Row
-from importer._reader import open_table
+from importer._rows import Row
+from importer.intake._mapping import load_crosswalk, load_mapping
+from importer.intake._mapping_v2 import evaluate as evaluate_spec
+from importer.intake._mapping_v2 import parse_path, parse_spec
+from importer.intake._normalize import Normalizer
+from importer.intake._reader import open_table
 from importer.sandbox import RunningSandbox
 from tests.cli_helpers import run_cli
 from tests.engine_helpers import KEY
@@ -569,7 +570,7 @@ def test_a_patient_id_through_its_own_crosswalk_is_not_looked_up_twice(tmp_path:
 
 def test_a_changed_named_crosswalk_changes_the_cells_digest(tmp_path: Path) -> None:
     """A rerun after a crosswalk fix must rebuild its rows, not take them as unchanged."""
-    from importer._normalize import _cells_digest_key
+    from importer.intake._cells import _cells_digest_key
 
     keys = []
     for target in ("prac_1", "prac_2"):

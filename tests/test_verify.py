@@ -16,28 +16,25 @@ from typing import Any
 import httpx
 import pytest
 
-from importer import _retry as retry
-from importer._cli import main
-from importer._ledger import DoneConsent, Ledger, Op, RowError, Source
-from importer._lock import LedgerLock
-from importer._verify import (
+from importer.commands._verify import (
     VerifyConfig,
     differing_fields,
     plan_reads,
     same_identity,
     verify,
 )
+from importer.ledger._ledger import Ledger
+from importer.ledger._lock import LedgerLock
+from importer.ledger._schema import DoneConsent, ErrorNote, Op, Source
 from importer.sandbox import RunningSandbox, SandboxConfig, running_sandbox
+from tests.cli_helpers import run_cli
 from tests.engine_helpers import KEY, consent_rows, ledger_ids, run, write_csv
 
 ROWS = 12  # one consent per patient (pt_0000 … pt_0011)
 API = {"x-api-key": KEY}
 
 
-@pytest.fixture(autouse=True)
-def _instant_backoff() -> Iterator[None]:
-    with retry.no_waits():
-        yield
+pytestmark = pytest.mark.usefixtures("instant_backoff")
 
 
 @pytest.fixture
@@ -60,11 +57,8 @@ def cli(
 ) -> tuple[int, str]:
     """Run `consent-import verify` on the ledger; (exit code, stdout + stderr)."""
     argv = ["verify", "--ledger", str(ledger), "--base-url", sb.base_url, "--api-key", KEY]
-    with pytest.raises(SystemExit) as exited:
-        main([*argv, *args])
-    out, err = capsys.readouterr()
-    code = exited.value.code
-    return (code if isinstance(code, int) else 0), out + err
+    code, out, err = run_cli([*argv, *args], capsys)
+    return code, out + err
 
 
 def row_of(ledger: Path, key: str) -> tuple[int, str]:
@@ -306,7 +300,7 @@ def test_unknown_outcomes_are_listed(
     src = Source("K999999", "in.csv", 99)
     with ledger.transaction():  # a POST whose outcome stayed unknown after every retry
         ledger.intent(1, src, Op.CREATE, body="{}", body_hash="h", patient_id="pt_secret")
-        error = RowError("api", "outcome_unknown", "no answer")
+        error = ErrorNote("api", "outcome_unknown", "no answer")
         ledger.failed(1, src, Op.CREATE, error)
     ledger.close()
     code, out = cli(imported, sandbox, capsys)
@@ -388,8 +382,8 @@ def test_a_spent_budget_past_max_wait_stops_with_exit_3(
     ],
 )
 def test_differing_fields(server: dict[str, Any], sent: dict[str, str], differ: list[str]) -> None:
-    from importer._normalize import body_field_hashes
-    from importer._verify import normalised_body
+    from importer._rows import body_field_hashes
+    from importer.commands._verify import normalised_body
 
     hashes = (
         body_field_hashes(normalised_body(sent)) if "scope" in sent else body_field_hashes(sent)
@@ -398,8 +392,8 @@ def test_differing_fields(server: dict[str, Any], sent: dict[str, str], differ: 
 
 
 def test_same_identity_ignores_fields_outside_the_identity() -> None:
-    from importer._normalize import body_field_hashes
-    from importer._verify import normalised_body
+    from importer._rows import body_field_hashes
+    from importer.commands._verify import normalised_body
 
     sent = body_field_hashes(normalised_body(body_of("K000001")))
     assert same_identity({**body_of("K000001"), "status": "inactive"}, sent)

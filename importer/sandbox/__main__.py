@@ -10,7 +10,7 @@ import sys
 
 def main(argv: list[str] | None = None) -> None:
     """Run `consent-import sandbox` with these arguments (exit codes included)."""
-    from importer._cli import main as cli_main
+    from importer.cli._main import main as cli_main
 
     cli_main(["sandbox", *(sys.argv[1:] if argv is None else argv)])
 

@@ -28,8 +28,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from importer._export import export_csvs
-from importer._ledger import Ledger
+from importer.ledger._ledger import Ledger
+from importer.reports._export import export_csvs
 from importer.sandbox import SandboxConfig, running_sandbox
 from tests.engine_helpers import consent_rows, run, write_csv
 

@@ -1,0 +1,210 @@
+"""The ledger's byte packing: keys, ids and hashes stored in as few bytes as they need, and
+back; timestamps as Unix milliseconds.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+#: Top-level API fields in the order `field_hashes` packs them (append only: a packed
+#: value names its fields by position here).
+FIELD_ORDER = (
+    "patientId",
+    "scope",
+    "category",
+    "status",
+    "dateTime",
+    "performerId",
+    "organizationId",
+    "policyUri",
+    "policies",
+    "policyRule",
+    "sourceAttachment",
+    "sourceReferenceId",
+    "verification",
+    "provision",
+)
+
+
+_FIELD_INDEX = {name: i for i, name in enumerate(FIELD_ORDER)}
+
+
+#: Bytes kept of each field's hash (the 12 hex digits `Row.field_hashes` gives).
+_FIELD_HASH_BYTES = 6
+
+
+#: Bytes of the presence bitmap that opens a packed `field_hashes` (bit i: FIELD_ORDER[i]).
+_BITMAP_BYTES = 2
+
+
+#: Bytes kept of a body's SHA-256 (`payload_hash`): 128 bits, as many as a UUID; a body
+#: that changes and keeps them would need a collision no edit of a row can aim at.
+_PAYLOAD_HASH_BYTES = 16
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+def _now() -> int:
+    """`updated_at` as stored: Unix milliseconds (an ISO text takes 29 bytes a row)."""
+    return time.time_ns() // 1_000_000
+
+
+def _iso(stored: int | str | None) -> str | None:
+    """A stored `updated_at` as `now_iso` writes times (a legacy text as it is)."""
+    if not isinstance(stored, int):
+        return stored
+    return datetime.fromtimestamp(stored / 1000, UTC).isoformat(timespec="milliseconds")
+
+
+def _hex_bytes(text: str, size: int) -> bytes | None:
+    """`text` as `size` bytes, when it is exactly their lowercase hex (so it comes back
+    the same), else None."""
+    if len(text) != 2 * size:
+        return None
+    try:
+        raw = bytes.fromhex(text)
+    except ValueError:
+        return None
+    return raw if raw.hex() == text else None
+
+
+def _packer(prefix: str, size: int) -> tuple[Callable[[Any], Any], Callable[[Any], Any]]:
+    """(pack, unpack) for ids made of `prefix` and `size` bytes in hex: stored as those
+    bytes (a BLOB), any other text as it is (TEXT). Lossless: a BLOB is never text."""
+    cut = len(prefix)
+
+    def pack(value: Any) -> Any:
+        if isinstance(value, str) and value.startswith(prefix):
+            raw = _hex_bytes(value[cut:], size)
+            if raw is not None:
+                return raw
+        return value
+
+    def unpack(stored: Any) -> Any:
+        return prefix + stored.hex() if isinstance(stored, bytes) else stored
+
+    return pack, unpack
+
+
+#: Natural keys (importer._keys.NATURAL_PREFIX and 32 hex digits) as their 16 bytes;
+#: keys from a key column, namespaced keys and content keys stay the text they are.
+_pack_natural, _unpack_natural = _packer("nk:", 16)
+
+
+#: Source-cell keys (importer._keys.SOURCE_PREFIX, "sk:") as a tag byte and their 16
+#: bytes: 17 bytes, never mistaken for a natural key's 16.
+_pack_source, _ = _packer("sk:", 16)
+
+
+_SOURCE_TAG = b"\x01"
+
+
+def pack_key(value: Any) -> Any:
+    """A source key as stored: natural and source-cell keys as bytes, others as text."""
+    if isinstance(value, str) and value.startswith("sk:"):
+        raw = _pack_source(value)
+        return _SOURCE_TAG + raw if isinstance(raw, bytes) else raw
+    return _pack_natural(value)
+
+
+def unpack_key(stored: Any) -> Any:
+    """A stored source key as the normalizer makes it."""
+    if isinstance(stored, bytes) and len(stored) == 17 and stored[:1] == _SOURCE_TAG:
+        return "sk:" + stored[1:].hex()
+    return _unpack_natural(stored)
+
+
+#: Consent ids as ClinikAPI makes them ("consent_" and 24 hex digits) as 12 bytes.
+pack_id, _unpack_consent = _packer("consent_", 12)
+
+
+#: Request ids ("req_" and 16 hex digits) as 8 bytes.
+pack_request_id, _unpack_request = _packer("req_", 8)
+
+
+def unpack_id(stored: Any) -> Any:
+    """A stored consent or request id as the server gave it."""
+    if isinstance(stored, bytes):
+        return (_unpack_consent if len(stored) == 12 else _unpack_request)(stored)
+    return stored
+
+
+def pack_hash(hex_digest: str | None) -> bytes | str | None:
+    """A body's SHA-256 as stored: its first 16 bytes (any other text kept as it is)."""
+    if hex_digest is not None and len(hex_digest) == 64:
+        raw = _hex_bytes(hex_digest, 32)
+        if raw is not None:
+            return raw[:_PAYLOAD_HASH_BYTES]
+    return hex_digest
+
+
+def unpack_hash(stored: bytes | str | None) -> str | None:
+    """A stored payload hash as hex: 32 digits (64 read from a ledger before schema 3)."""
+    return stored.hex() if isinstance(stored, bytes) else stored
+
+
+def same_payload(stored: str | None, body_hash: str) -> bool:
+    """Whether a body of SHA-256 `body_hash` is the one whose hash the ledger holds."""
+    if stored is None:
+        return False
+    if len(stored) == 2 * _PAYLOAD_HASH_BYTES and len(body_hash) == 64:
+        return body_hash.startswith(stored)
+    return stored == body_hash
+
+
+def pack_field_hashes(hashes: dict[str, str]) -> bytes | str:
+    """{field: 12 hex digits} as stored: a bitmap of the fields present (bit i:
+    FIELD_ORDER[i]), then the 6 bytes of each one's hash in FIELD_ORDER. A field or hash
+    this form cannot hold keeps the JSON form."""
+    try:
+        order = sorted((_FIELD_INDEX[name], digest) for name, digest in hashes.items())
+    except KeyError:
+        order = []
+    text = "".join(digest for _, digest in order)
+    # One conversion for the lot (a run packs a row's hashes on every commit).
+    raw = _hex_bytes(text, _FIELD_HASH_BYTES * len(order)) if order else b""
+    if (
+        len(order) != len(hashes)
+        or raw is None
+        or any(len(digest) != 2 * _FIELD_HASH_BYTES for _, digest in order)
+        or (order and order[-1][0] >= 8 * _BITMAP_BYTES)
+    ):
+        return json.dumps(hashes, separators=(",", ":"))
+    bits = sum(1 << at for at, _ in order)
+    return bits.to_bytes(_BITMAP_BYTES, "little") + raw
+
+
+def _pack_field_hash(digest: str) -> bytes | str:
+    """One field's short hash as `field_values` keys it: its 6 bytes (else the text)."""
+    return _hex_bytes(digest, _FIELD_HASH_BYTES) or digest
+
+
+def unpack_field_hashes(stored: bytes | str | None) -> dict[str, str]:
+    if not stored:
+        return {}
+    if isinstance(stored, str):
+        found: dict[str, str] = json.loads(stored)
+        return found
+    bits = int.from_bytes(stored[:_BITMAP_BYTES], "little")
+    fields = [name for i, name in enumerate(FIELD_ORDER) if bits >> i & 1]
+    step = _FIELD_HASH_BYTES
+    return {
+        name: stored[at : at + step].hex()
+        for name, at in zip(fields, range(_BITMAP_BYTES, len(stored), step), strict=True)
+    }
+
+
+def _unpack_field_hashes_v2(stored: bytes | str | None) -> dict[str, str]:
+    """Schema 2's packing: per field, its index in FIELD_ORDER (1 byte) and 6 bytes."""
+    if not isinstance(stored, bytes):
+        return unpack_field_hashes(stored)
+    step = 1 + _FIELD_HASH_BYTES
+    return {
+        FIELD_ORDER[stored[i]]: stored[i + 1 : i + step].hex() for i in range(0, len(stored), step)
+    }

@@ -1,0 +1,302 @@
+"""The ledger's reads beyond one row: what verify checks, what undo puts back, and the
+evidence of what a run revoked.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
+from importer.ledger._codec import (
+    _FIELD_INDEX,
+    _pack_field_hash,
+    _unpack_field_hashes_v2,
+    now_iso,
+    pack_field_hashes,
+    pack_key,
+    unpack_hash,
+    unpack_key,
+)
+from importer.ledger._schema import (
+    SCHEMA_VERSION,
+    UNDO_COLUMNS,
+    DoneConsent,
+    RunChange,
+    UnknownOutcome,
+)
+from importer.ledger._transitions import _NOT_DONE
+
+#: Rows that need a person: invalid, failed, sent with an outcome still unknown, or done
+#: but edited in a way the API cannot apply (the error stays until a run clears it).
+_NEEDS_A_PERSON = f"({_NOT_DONE} AND state IN ('invalid', 'failed')) OR error_code IS NOT NULL"
+
+
+#: A row as the exports read it (sqlite3.Row): every column by its name, the packed
+#: ones unpacked, the file by its name.
+_READ_ROWS = (
+    "SELECT unpack_key(source_key) AS source_key, f.name AS source_file, source_row, state, "
+    "action, unpack_id(consent_id) AS consent_id, "
+    "unpack_id(previous_consent_id) AS previous_consent_id, patient_id, pending_op, "
+    "error_stage, error_code, error_message, http_status, "
+    "unpack_id(request_id) AS request_id, cells, settle_after, attempts, first_run, "
+    "last_run, updated_at FROM rows JOIN files AS f ON f.id = rows.file"
+)
+
+
+class _VerifyReads:
+    """What `verify` reads of a ledger, as its schema (1, 2 or 3) stores it."""
+
+    _db: sqlite3.Connection
+    schema: str
+
+    def base_url(self) -> str | None:
+        """The server this ledger records imports into (None before any run)."""
+        found = self._db.execute("SELECT value FROM meta WHERE key = 'base_url'").fetchone()
+        return None if found is None else str(found[0])
+
+    def _source_columns(self) -> str:
+        """The FROM clause and the key and file columns, as this ledger's schema has them."""
+        if self.schema == SCHEMA_VERSION:
+            return (
+                "unpack_key(source_key), f.name, {} FROM rows JOIN files AS f ON f.id = rows.file"
+            )
+        return "source_key, source_file, {} FROM rows"
+
+    def done_consents(self) -> list[DoneConsent]:
+        """Every row the ledger says the server holds (created, adopted, updated, recreated)."""
+        columns = "source_row, unpack_id(consent_id), patient_id, payload_hash, field_hashes"
+        query = (
+            f"SELECT {self._source_columns().format(columns)} "
+            "WHERE state = 'done' AND consent_id IS NOT NULL ORDER BY 2, source_row"
+        )
+        # Schema 2 packed field hashes otherwise: its rows are packed as schema 3 packs them.
+        repack = self.schema == "2"
+        return [
+            DoneConsent(
+                r[0],
+                r[1],
+                r[2],
+                r[3],
+                r[4],
+                unpack_hash(r[5]),
+                pack_field_hashes(_unpack_field_hashes_v2(r[6])) if repack else r[6],
+            )
+            for r in self._db.execute(query)
+        ]
+
+    def unknown_outcomes(self) -> list[UnknownOutcome]:
+        """Rows whose POST may or may not have created a consent: failed as
+        `outcome_unknown`, or a create still in flight or settling (left by a stopped run)."""
+        columns = "source_row, unpack_id(consent_id), patient_id, state"
+        return [
+            UnknownOutcome(r[0], r[1], r[2], r[3], r[4], r[5])
+            for r in self._db.execute(
+                f"SELECT {self._source_columns().format(columns)} "
+                "WHERE error_code = 'outcome_unknown' OR (state IN "
+                "('in_flight', 'settling') AND pending_op IN ('create', 'recreate')) "
+                "ORDER BY 2, source_row"
+            )
+        ]
+
+
+class _UndoRecords:
+    """What `undo` reads and writes: `run_changes`, `run_undo`, `field_values`. A ledger
+    from before undo existed lacks the tables: read as empty."""
+
+    _db: sqlite3.Connection
+
+    def _has_undo_tables(self) -> bool:
+        found = self._db.execute(
+            "SELECT count(*) FROM sqlite_master WHERE type = 'table' "
+            "AND name IN ('run_changes', 'run_undo', 'field_values')"
+        ).fetchone()
+        return bool(found[0] == 3)
+
+    def undo_recorded(self, run_id: int) -> bool | None:
+        """Whether run `run_id` recorded its changes for undo; None: no such run."""
+        if self._db.execute("SELECT 1 FROM runs WHERE id = ?", (run_id,)).fetchone() is None:
+            return None
+        return self._has_undo_tables() and (
+            self._db.execute("SELECT 1 FROM run_undo WHERE run_id = ?", (run_id,)).fetchone()
+            is not None
+        )
+
+    def run_changes(self, run_id: int) -> list[RunChange]:
+        """Every row run `run_id` sent a request for, by file and row."""
+        now_columns = ", ".join(f"r.{c}" for c in UNDO_COLUMNS)
+        before_columns = ", ".join(f"c.{c}" for c in UNDO_COLUMNS)
+        query = (
+            "SELECT c.source_key, c.existed, c.posted, c.undo, l.source_key IS NOT NULL, "  # noqa: S608 - constant column lists
+            "r.source_key IS NOT NULL, coalesce(f.name, g.name), "
+            f"coalesce(r.source_row, c.source_row), {now_columns}, {before_columns} "
+            "FROM run_changes AS c LEFT JOIN rows AS r ON r.source_key = c.source_key "
+            "LEFT JOIN files AS f ON f.id = r.file LEFT JOIN files AS g ON g.id = c.file "
+            # Rows of later runs not undone, once each (joined, not a subquery a row: the
+            # key is not first in run_changes' primary key).
+            "LEFT JOIN (SELECT DISTINCT source_key FROM run_changes WHERE run_id > ? "
+            "AND undo IS NOT 'undone') AS l ON l.source_key = c.source_key "
+            "WHERE c.run_id = ? ORDER BY 7, 8"
+        )
+        width = len(UNDO_COLUMNS)
+        found = []
+        for r in self._db.execute(query, (run_id, run_id)):
+            stored, existed, posted, undo, later, has_now, file, number = r[:8]
+            now = dict(zip(UNDO_COLUMNS, r[8 : 8 + width], strict=True)) if has_now else None
+            before = dict(zip(UNDO_COLUMNS, r[8 + width :], strict=True))
+            found.append(
+                RunChange(
+                    stored,
+                    unpack_key(stored),
+                    file or "",
+                    number or 0,
+                    bool(existed),
+                    bool(posted),
+                    undo,
+                    bool(later),
+                    now,
+                    before,
+                )
+            )
+        return found
+
+    def field_value(self, name: str, digest: str) -> str | None:
+        """The JSON of the value of field `name` whose short hash is `digest`, if known."""
+        hit = self._db.execute(
+            "SELECT value FROM field_values WHERE field = ? AND hash = ?",
+            (_FIELD_INDEX[name], _pack_field_hash(digest)),
+        ).fetchone()
+        return None if hit is None or hit[0] is None else str(hit[0])
+
+    def undo_mark(self, run_id: int, stored_key: Any, undo: str) -> None:
+        """Note how far the undo of run `run_id` took the row (intent: `undoing`)."""
+        self._db.execute(
+            "UPDATE run_changes SET undo = ? WHERE run_id = ? AND source_key = ?",
+            (undo, run_id, stored_key),
+        )
+
+    def undo_restore(self, run_id: int, stored_key: Any) -> None:
+        """The row's record as before run `run_id` (none if it had none); marked undone."""
+        db = self._db
+        db.execute("DELETE FROM rows WHERE source_key = ?", (stored_key,))
+        db.execute("DELETE FROM bodies WHERE source_key = ?", (stored_key,))
+        columns = ", ".join(UNDO_COLUMNS)
+        db.execute(
+            f"INSERT INTO rows (source_key, {columns}) SELECT source_key, {columns} "  # noqa: S608
+            "FROM run_changes WHERE run_id = ? AND source_key = ? AND existed",
+            (run_id, stored_key),
+        )
+        db.execute(
+            "INSERT INTO bodies SELECT source_key, body, body_hash FROM run_changes "
+            "WHERE run_id = ? AND source_key = ? AND existed AND body IS NOT NULL",
+            (run_id, stored_key),
+        )
+        self.undo_mark(run_id, stored_key, "undone")
+
+    def undo_finish(self, run_id: int) -> str | None:
+        """Note the run's undo state for `status`: undone, partly undone, or None."""
+        total, undone = self._db.execute(
+            "SELECT count(*), count(*) FILTER (WHERE undo = 'undone') FROM run_changes "
+            "WHERE run_id = ?",
+            (run_id,),
+        ).fetchone()
+        state = "undone" if undone == total else ("partly undone" if undone else None)
+        self._db.execute(
+            "UPDATE run_undo SET state = ?, undone_at = ? WHERE run_id = ?",
+            (state, now_iso(), run_id),
+        )
+        return state
+
+    def undo_states(self) -> dict[int, str]:
+        """Runs `undo` took back, wholly ("undone") or partly ("partly undone")."""
+        if not self._has_undo_tables():
+            return {}
+        return dict(self._db.execute("SELECT run_id, state FROM run_undo WHERE state NOT NULL"))
+
+
+class _Evidence:
+    """What `--revoke-missing` counts across runs (importer.engine._revocation) and what tells
+    a restored copy of the ledger (importer.ledger._lineage): tables and keys of their own."""
+
+    _db: sqlite3.Connection
+
+    def count_miss(self, key: str, run_id: int) -> int:
+        """Run `run_id` missed this done row too: its count of consecutive misses now
+        (counted once a run)."""
+        (misses,) = self._db.execute(
+            "INSERT INTO revoke_misses VALUES (?, 1, ?) ON CONFLICT (source_key) DO UPDATE "
+            "SET misses = misses + (last_run < excluded.last_run), last_run = excluded.last_run "
+            "RETURNING misses",
+            (pack_key(key), run_id),
+        ).fetchone()
+        return int(misses)
+
+    def misses(self, key: str) -> int:
+        """How many consecutive runs have missed this row so far (0: none)."""
+        found = self._db.execute(
+            "SELECT misses FROM revoke_misses WHERE source_key = ?", (pack_key(key),)
+        ).fetchone()
+        return int(found[0]) if found else 0
+
+    def reset_misses(
+        self, run_id: int, in_input: Callable[[list[str]], npt.NDArray[np.bool_]] | None
+    ) -> None:
+        """Forget the misses of rows this run's input held (seen again: counting starts
+        over) and of rows no longer done (revoked, or gone from the ledger)."""
+        self._db.execute(
+            "DELETE FROM revoke_misses WHERE NOT EXISTS (SELECT 1 FROM rows AS r WHERE "
+            "r.source_key = revoke_misses.source_key AND (r.state = 'done' OR "
+            "(r.state = 'in_flight' AND r.pending_op = 'revoke')))"
+        )
+        if in_input is None:  # the rows this run recorded as seen
+            self._db.execute(
+                "DELETE FROM revoke_misses WHERE source_key IN "
+                "(SELECT source_key FROM rows WHERE last_run >= ?)",
+                (run_id,),
+            )
+            return
+        stored = [key for (key,) in self._db.execute("SELECT source_key FROM revoke_misses")]
+        for start in range(0, len(stored), 10_000):
+            part = stored[start : start + 10_000]
+            held = in_input([k if type(k) is str else unpack_key(k) for k in part]).tolist()
+            self._db.executemany(
+                "DELETE FROM revoke_misses WHERE source_key = ?",
+                [(key,) for key, h in zip(part, held, strict=True) if h],
+            )
+
+    def tentative(self, keep: bool | None = None) -> None:
+        """Open (None), keep (True) or undo (False) writes that may be taken back: a
+        run's count of misses stands only if its revocation guards pass."""
+        if keep is None:
+            self._db.execute("SAVEPOINT tentative")
+        elif keep:
+            self._db.execute("RELEASE tentative")
+        else:
+            self._db.execute("ROLLBACK TO tentative")
+            self._db.execute("RELEASE tentative")
+
+    def full_reads(self) -> dict[str, tuple[int, int]]:
+        """Each scope's last full read: (rows, run id)."""
+        return {
+            scope: (rows, run_id)
+            for scope, rows, run_id in self._db.execute(
+                "SELECT scope, rows, run_id FROM scope_reads"
+            )
+        }
+
+    def record_full_reads(self, sizes: dict[str, int], run_id: int) -> None:
+        self._db.executemany(
+            "INSERT OR REPLACE INTO scope_reads VALUES (?, ?, ?)",
+            [(scope, rows, run_id) for scope, rows in sizes.items()],
+        )
+
+    def meta_value(self, key: str) -> str | None:
+        found = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if found is None else str(found[0])
+
+    def set_meta(self, key: str, value: str) -> None:
+        """One statement, committed on its own (outside a transaction) or with it."""
+        self._db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))

@@ -1,0 +1,402 @@
+"""The row transitions: every change of a row's state, each one named and defined once."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Sequence
+from typing import Any
+
+from importer.ledger._codec import (
+    _FIELD_INDEX,
+    _now,
+    _pack_field_hash,
+    now_iso,
+    pack_field_hashes,
+    pack_hash,
+    pack_id,
+    pack_key,
+    pack_request_id,
+    unpack_field_hashes,
+)
+from importer.ledger._schema import (
+    _HOLDS_CONSENT,
+    UNDO_COLUMNS,
+    ErrorNote,
+    Op,
+    RowState,
+    Source,
+)
+
+#: The condition of `rows_state`, written as the queries that use the index must say it.
+_NOT_DONE = "state != 'done'"
+
+
+#: Marks a pending body an upsert leaves as it is.
+_KEEP: Any = object()
+
+
+#: Done rows with no error noted, by key and cells digest: what a rerun skips in bulk.
+_UNCHANGED = (
+    # CROSS JOIN: the keys outside, one lookup by primary key each (through the state
+    # index, SQLite would look each row up twice). k.key is the key's place in the list.
+    "SELECT k.key, r.cells_hash FROM json_each(?) AS k CROSS JOIN rows AS r "
+    "ON r.source_key = {key} WHERE r.state = 'done' AND r.error_code IS NULL "
+    "AND r.cells_hash IS NOT NULL"
+)
+
+
+#: Columns cleared once a row's outcome is known.
+_CLEARED = dict.fromkeys(
+    (
+        "pending_op",
+        "pending_body",
+        "pending_hash",
+        "error_stage",
+        "error_code",
+        "error_message",
+        "http_status",
+        "cells",
+        "settle_after",
+    )
+)
+
+
+class _Transitions:
+    """The only ways a row of the ledger changes, each named for its event and with
+    the states it moves between. Call them inside a transaction."""
+
+    _db: sqlite3.Connection
+    #: files.id by name, as this connection has committed or is writing them
+    _files: dict[str, int]
+
+    def intent(
+        self,
+        run_id: int,
+        src: Source,
+        op: Op,
+        *,
+        body: str,
+        body_hash: str,
+        patient_id: str | None,
+        consent_id: str | None = None,
+        previous_consent_id: str | None = None,
+    ) -> None:
+        """any -> in_flight: the request for `op` is about to be sent with `body`."""
+        self._keep_before(run_id, src.key, posted=op in (Op.CREATE, Op.RECREATE))
+        values: dict[str, Any] = {
+            "state": RowState.IN_FLIGHT,
+            "pending_op": op,
+            "pending_body": body,
+            "pending_hash": body_hash,
+            "patient_id": patient_id,
+            "settle_after": None,
+        }
+        if consent_id is not None:
+            values["consent_id"] = pack_id(consent_id)
+        if previous_consent_id is not None:
+            values["previous_consent_id"] = pack_id(previous_consent_id)
+        self._upsert(run_id, src, values)
+        self._db.execute(
+            "UPDATE rows SET attempts = attempts + 1 WHERE source_key = ?", (pack_key(src.key),)
+        )
+
+    def done(
+        self,
+        run_id: int,
+        src: Source,
+        op: Op,
+        *,
+        action: str,
+        payload_hash: str,
+        field_hashes: dict[str, str],
+        patient_id: str | None,
+        request_id: str | None,
+        consent_id: str | None = None,
+        cells_hash: int | None = None,
+    ) -> None:
+        """in_flight -> done: the server holds the row's body (as `consent_id`); its
+        success is the row itself (no attempts row)."""
+        values: dict[str, Any] = {
+            **_CLEARED,
+            "state": RowState.DONE,
+            "action": action,
+            "payload_hash": pack_hash(payload_hash),
+            "field_hashes": pack_field_hashes(field_hashes),
+            "cells_hash": cells_hash,
+            "request_id": pack_request_id(request_id),
+            "patient_id": patient_id,
+        }
+        if consent_id is not None:
+            values["consent_id"] = pack_id(consent_id)
+        self._upsert(run_id, src, values)
+
+    def failed(self, run_id: int, src: Source, op: Op, error: ErrorNote) -> None:
+        """in_flight -> failed: the server refused the request, or retries ran out with
+        the request certainly not applied (or harmless to send again: a PATCH)."""
+        values = {**_error_values(error), "state": RowState.FAILED}
+        values.update(pending_op=None, pending_body=None)
+        self._upsert(run_id, src, values)
+        self._attempt(run_id, src.key, op, "error", error=error)
+
+    def outcome_unknown(self, run_id: int, src: Source, op: Op, error: ErrorNote) -> None:
+        """in_flight -> in_flight, error noted: a POST may have been stored; the next run
+        looks it up before anything is posted again."""
+        self._upsert(run_id, src, {**_error_values(error), "state": RowState.IN_FLIGHT})
+        self._attempt(run_id, src.key, op, "error", error=error)
+
+    def settling(
+        self, run_id: int, src: Source, op: Op, error: ErrorNote, *, settle_after: str
+    ) -> None:
+        """in_flight -> settling: a POST's answer was ambiguous; look the consent up no
+        sooner than `settle_after` (kept across a crash), then adopt it or post again."""
+        values = {**_error_values(error), "state": RowState.SETTLING}
+        self._upsert(run_id, src, {**values, "settle_after": settle_after})
+        self._attempt(run_id, src.key, op, "error", error=error)
+
+    def gave_up(self, run_id: int, src: Source, op: Op, error: ErrorNote) -> None:
+        """settling -> failed as outcome_unknown: ambiguous `--max-attempts` times. The op
+        stays, and the next run looks the consent up before posting."""
+        values = {**_error_values(error), "state": RowState.FAILED, "settle_after": None}
+        self._upsert(run_id, src, values)
+        self._attempt(run_id, src.key, op, "error", error=error)
+
+    def unsent(self, src: Source, before: RowState | None) -> None:
+        """in_flight -> the state before the intent (pending if it was in flight too), or
+        no row at all for a new one: the request was never sent."""
+        key = pack_key(src.key)
+        if before is None:
+            self._db.execute("DELETE FROM rows WHERE source_key = ?", (key,))
+            self._db.execute("DELETE FROM bodies WHERE source_key = ?", (key,))
+            return
+        back = RowState.PENDING if before is RowState.IN_FLIGHT else before
+        changed = self._db.execute(
+            "UPDATE rows SET state = ?, pending_op = NULL "
+            "WHERE source_key = ? AND state = 'in_flight'",
+            (back, key),
+        )
+        if changed.rowcount:
+            self._db.execute("DELETE FROM bodies WHERE source_key = ?", (key,))
+
+    def patch_failed(
+        self,
+        run_id: int,
+        src: Source,
+        op: Op,
+        error: ErrorNote,
+        *,
+        state: RowState,
+        consent_id: str,
+        field_hashes: dict[str, str],
+    ) -> None:
+        """in_flight -> done (or revoked), error noted: a PATCH of the row's consent was
+        refused or went unanswered. The row keeps its consent (created.csv, verify and
+        revocation still see it); `field_hashes` leave out the fields the PATCH carried,
+        so the next run sends them again, whatever the server made of this one."""
+        values = {**_error_values(error), "state": state, "consent_id": pack_id(consent_id)}
+        values.update(
+            pending_op=None,
+            pending_body=None,
+            pending_hash=None,
+            settle_after=None,
+            payload_hash=None,
+            field_hashes=pack_field_hashes(field_hashes),
+            cells_hash=None,
+        )
+        self._upsert(run_id, src, values)
+        self._attempt(run_id, src.key, op, "error", error=error)
+
+    def revoking(self, run_id: int, key: str) -> None:
+        """done -> in_flight (revoke): the PATCH to inactive is about to be sent. A crash
+        after it leaves the row to the next run's revocation, or to a PATCH that makes
+        the consent active again if the row is back in the source."""
+        self._keep_before(run_id, key, posted=False)
+        self._db.execute(
+            "UPDATE rows SET state = 'in_flight', pending_op = 'revoke', updated_at = ?, "
+            "attempts = attempts + 1 WHERE source_key = ?",
+            (_now(), pack_key(key)),
+        )
+
+    def revoke_failed(self, run_id: int, key: str, error: ErrorNote) -> None:
+        """in_flight (revoke) -> done, error noted: the consent may still be active (or
+        not: a 5xx may have applied it); the next run with --revoke-missing tries again,
+        and failed.csv lists the row. Its status is no longer taken as known, so a row
+        back in the source is PATCHed (to its status, or active)."""
+        stored_key = pack_key(key)
+        found = self._db.execute(
+            "SELECT field_hashes FROM rows WHERE source_key = ?", (stored_key,)
+        ).fetchone()
+        hashes = unpack_field_hashes(found[0]) if found else {}
+        hashes.pop("status", None)
+        self._db.execute(
+            "UPDATE rows SET payload_hash = NULL, cells_hash = NULL, field_hashes = ? "
+            "WHERE source_key = ?",
+            (pack_field_hashes(hashes), stored_key),
+        )
+        self._db.execute(
+            "UPDATE rows SET state = 'done', pending_op = NULL, "
+            "error_stage = ?, error_code = ?, error_message = ?, http_status = ?, "
+            "request_id = ?, updated_at = ? WHERE source_key = ?",
+            (
+                error.stage,
+                error.code,
+                error.message,
+                error.http_status,
+                pack_request_id(error.request_id),
+                _now(),
+                stored_key,
+            ),
+        )
+        self._attempt(run_id, key, Op.REVOKE, "error", error=error)
+
+    def revoked(self, run_id: int, key: str) -> None:
+        """done -> revoked: the row left the source and its consent is now inactive."""
+        self._db.execute(
+            "UPDATE rows SET state = 'revoked', action = 'revoked', payload_hash = NULL, "
+            "cells_hash = NULL, pending_op = NULL, error_stage = NULL, error_code = NULL, "
+            "error_message = NULL, http_status = NULL, updated_at = ? WHERE source_key = ?",
+            (_now(), pack_key(key)),
+        )
+        self._db.execute("DELETE FROM bodies WHERE source_key = ?", (pack_key(key),))
+
+    def invalid(self, run_id: int, src: Source, error: ErrorNote) -> None:
+        """-> invalid, or the error noted on a row that holds a consent (its state kept):
+        the row failed validation."""
+        before = self._state(src.key)
+        state = before if before in _HOLDS_CONSENT else RowState.INVALID
+        self._upsert(run_id, src, {**_error_values(error), "state": state})
+
+    def refused(self, run_id: int, src: Source, error: ErrorNote) -> None:
+        """The error noted, state kept: the row's edit cannot be applied (the consent
+        stays as it is and in created.csv; failed.csv lists the row until it is fixed)."""
+        self._db.execute(
+            "UPDATE rows SET file = ?, source_row = ?, last_run = ?, error_stage = ?, "
+            "error_code = ?, error_message = ?, http_status = NULL, request_id = NULL, "
+            "cells = ?, updated_at = ? WHERE source_key = ?",
+            (
+                self._file_id(src.file),
+                src.row,
+                run_id,
+                error.stage,
+                error.code,
+                error.message,
+                error.cells,
+                _now(),
+                pack_key(src.key),
+            ),
+        )
+
+    def seen(self, rows: Sequence[tuple[str, int | None]], run_id: int) -> None:
+        """These done rows (key, cells digest) are in this run's input as the server
+        holds them: note that they were seen, clear any error of an earlier edit that
+        has since been undone, and keep their cells digest (a ledger from before digests
+        gets them here, so its next rerun skips the rows in bulk)."""
+        self._db.executemany(
+            "UPDATE rows SET last_run = ?, cells_hash = coalesce(?, cells_hash), "
+            "error_stage = NULL, error_code = NULL, error_message = NULL, cells = NULL "
+            "WHERE source_key = ?",
+            [(run_id, digest, pack_key(key)) for key, digest in rows],
+        )
+
+    def _keep_before(self, run_id: int, key: str, *, posted: bool) -> None:
+        """Before a run's first request for a row: keep the row as the ledger holds it,
+        so `undo` can give it back (later requests of the same run keep nothing)."""
+        stored = pack_key(key)
+        columns = ", ".join(UNDO_COLUMNS)
+        kept = self._db.execute(
+            f"INSERT OR IGNORE INTO run_changes (run_id, source_key, existed, posted, "  # noqa: S608
+            f"{columns}, body, body_hash) SELECT ?, source_key, 1, ?, {columns}, "
+            "(SELECT body FROM bodies AS b WHERE b.source_key = rows.source_key), "
+            "(SELECT hash FROM bodies AS b WHERE b.source_key = rows.source_key) "
+            "FROM rows WHERE source_key = ?",
+            (run_id, posted, stored),
+        )
+        if not kept.rowcount:
+            self._db.execute(
+                "INSERT OR IGNORE INTO run_changes (run_id, source_key, existed, posted) "
+                "VALUES (?, ?, 0, ?)",
+                (run_id, stored, posted),
+            )
+
+    def keep_field_values(self, values: dict[str, Any], hashes: dict[str, str]) -> None:
+        """Remember the patchable fields' values the server was sent, by their hash."""
+        self._db.executemany(
+            "INSERT INTO field_values VALUES (?, ?, ?) ON CONFLICT (field, hash) DO UPDATE "
+            "SET value = NULL WHERE field_values.value IS NOT excluded.value",
+            [
+                (
+                    _FIELD_INDEX[name],
+                    _pack_field_hash(hashes[name]),
+                    json.dumps(value, separators=(",", ":")),
+                )
+                for name, value in values.items()
+                if name in hashes
+            ],
+        )
+
+    def _upsert(self, run_id: int, src: Source, values: dict[str, Any]) -> None:
+        """Create or update one row's record with `values` (column = value)."""
+        RowState(values["state"])  # a state nobody listed is a bug: fail the transaction
+        body = values.pop("pending_body", _KEEP)
+        body_hash = values.pop("pending_hash", None)
+        values["updated_at"] = _now()
+        key = pack_key(src.key)
+        columns = ", ".join(values)
+        marks = ", ".join("?" * len(values))
+        updates = ", ".join(f"{c} = excluded.{c}" for c in values)
+        self._db.execute(
+            f"INSERT INTO rows (source_key, file, source_row, first_run, last_run, "  # noqa: S608
+            f"{columns}) VALUES (?, ?, ?, ?, ?, {marks}) ON CONFLICT (source_key) DO UPDATE SET "
+            f"file = excluded.file, source_row = excluded.source_row, "
+            f"last_run = excluded.last_run, {updates}",
+            (key, self._file_id(src.file), src.row, run_id, run_id, *values.values()),
+        )
+        if body is None:
+            self._db.execute("DELETE FROM bodies WHERE source_key = ?", (key,))
+        elif body is not _KEEP:
+            self._db.execute(
+                "INSERT OR REPLACE INTO bodies VALUES (?, ?, ?)", (key, body, body_hash)
+            )
+
+    def _file_id(self, name: str) -> int:
+        """The id of an input file's name in `files` (added the first time it is met)."""
+        known = self._files.get(name)
+        if known is None:
+            self._db.execute("INSERT OR IGNORE INTO files (name) VALUES (?)", (name,))
+            (known,) = self._db.execute("SELECT id FROM files WHERE name = ?", (name,)).fetchone()
+            self._files[name] = known
+        return int(known)
+
+    def _attempt(self, run_id: int, key: str, op: Op, outcome: str, *, error: ErrorNote) -> None:
+        """A failed attempt (successes are not kept apart: the row holds them)."""
+        self._db.execute(
+            "INSERT INTO attempts (run_id, source_key, op, at, outcome, http_status, "
+            "request_id, error_code) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                run_id,
+                pack_key(key),
+                op,
+                now_iso(),
+                outcome,
+                error.http_status,
+                error.request_id,
+                error.code,
+            ),
+        )
+
+    def _state(self, key: str) -> RowState | None:
+        found = self._db.execute(
+            "SELECT state FROM rows WHERE source_key = ?", (pack_key(key),)
+        ).fetchone()
+        return RowState(found[0]) if found else None
+
+
+def _error_values(error: ErrorNote) -> dict[str, Any]:
+    return {
+        "error_stage": error.stage,
+        "error_code": error.code,
+        "error_message": error.message,
+        "http_status": error.http_status,
+        "request_id": pack_request_id(error.request_id),
+        "cells": error.cells,
+    }

@@ -1,0 +1,28 @@
+"""Small helpers several test modules share (fixtures are in conftest.py)."""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+
+def wait_for(probe: Callable[[], Any], timeout: float = 60.0) -> float:
+    """Poll `probe()` until it is truthy; returns the monotonic time it first was."""
+    deadline = time.monotonic() + timeout
+    while not probe():
+        assert time.monotonic() < deadline, "gave up waiting: condition not reached in time"
+        time.sleep(0.02)
+    return time.monotonic()
+
+
+def copy_ledger(fixture: Path, ledger: Path, base_url: str) -> Path:
+    """A copy of a committed ledger fixture at `ledger`, bound to `base_url` (the server
+    it recorded is gone: this one is its heir)."""
+    shutil.copy(fixture, ledger)
+    with sqlite3.connect(ledger) as db:
+        db.execute("UPDATE meta SET value = ? WHERE key = 'base_url'", (base_url,))
+    return ledger
