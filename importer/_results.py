@@ -281,9 +281,38 @@ class PlanSummary:
     invalid: int = 0
     revoke: RevokePlan | None = None  # with --revoke-missing and a ledger
     source_key: str = "column"  # as RunStats.source_key
+    #: why the real run would be refused before creating (a restored or replaced ledger,
+    #: importer.ledger._lineage); "" when it would not
+    refused: str = ""
 
     def add(self, action: str) -> None:
         self.counts[action] = self.counts.get(action, 0) + 1
+
+    def summary(self) -> dict[str, Any]:
+        """The `--summary-json` keys a dry run sets over a run's (all else 0, as nothing
+        was done): the rows read, and under `planned` what the terminal says the run
+        would do, by action (`create`, `patch`, ..., `revoke`), no values."""
+        planned = dict(sorted(self.counts.items()))
+        out: dict[str, Any] = {
+            "rows": self.rows,
+            "valid": self.rows - self.invalid - self.counts.get("skipped", 0),
+            "invalid": self.invalid,
+            "skipped": self.counts.get("skipped", 0),
+            "source_key": self.source_key,
+            "would_be_refused": self.refused or None,
+        }
+        plan = self.revoke
+        if plan is not None:
+            held = bool(plan.refusal or plan.note)
+            planned["revoke"] = 0 if held else plan.due
+            out.update(
+                missing_from_source=plan.in_scope,
+                revoke_pending=plan.pending_total,
+                revoke_out_of_scope=plan.out_of_scope,
+                revoke_refused=plan.refusal or None,
+            )
+        out["planned"] = planned
+        return out
 
 
 @dataclass
