@@ -129,6 +129,9 @@ class RunStats:
     created: int = 0
     adopted: int = 0
     updated: int = 0
+    #: of `updated`, rows whose edit the API cannot PATCH, posted as a new consent and
+    #: the old one retired (--on-immutable-change recreate)
+    recreated: int = 0
     unchanged: int = 0
     failed: int = 0
     revoked: int = 0
@@ -192,6 +195,7 @@ class RunStats:
         out.update(
             skipped=self.skipped,
             adopted=self.adopted,
+            recreated=self.recreated,
             revoked=self.revoked,
             revoke_pending=self.revoke_pending,
             missing_from_source=self.missing_from_source,

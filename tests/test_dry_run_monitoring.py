@@ -1,6 +1,7 @@
 """A dry run is no night's import to a monitor (review of issues 19-22, finding 9): it
 never sets the last success, its summary carries its plan, and it applies the lineage
-check the real run would. Against the sandbox on a real port."""
+check the real run would. And a recreate is counted apart (a low item of the same
+review). Against the sandbox on a real port."""
 
 from __future__ import annotations
 
@@ -136,3 +137,31 @@ def test_a_dry_run_over_a_restored_ledger_says_the_run_would_be_refused(
     assert sidecar(tmp_path / "l.db").read_text() == lineage  # the dry run wrote nothing
     if refused:  # as the real run
         assert cli("-q")[0] == 2
+
+
+def test_a_recreate_is_counted_as_recreated_as_well_as_updated(
+    cli: Cli, tmp_path: Path, server: RunningSandbox
+) -> None:
+    rows = list(consent_rows(4))
+    write_csv(tmp_path / "in.csv", rows)
+    assert cli("-q")[0] == 0
+    for row in rows[:3]:
+        row["scope"] = "research"  # immutable: only a new consent can carry it
+    write_csv(tmp_path / "in.csv", rows)
+    posts = server.stats()["creates"]
+    monitor = ["--summary-json", "s.json", "--metrics-file", "m.prom"]
+    code, out, err = cli("--on-immutable-change", "recreate", *monitor)
+    assert code == 0, err
+    assert server.stats()["creates"] - posts == 3
+    assert "0 created (0 adopted after a lookup) · 3 updated (3 recreated as new consents)" in out
+    summary = json.loads((tmp_path / "s.json").read_text())
+    assert (summary["created"], summary["updated"], summary["recreated"]) == (0, 3, 3)
+    assert _metrics(tmp_path / "m.prom")["consent_import_last_run_rows{outcome=recreated}"] == 3
+    # A plain PATCH is no recreate.
+    rows[3]["status"] = "inactive"
+    write_csv(tmp_path / "in.csv", rows)
+    code, out, err = cli(*monitor)
+    assert code == 0, err
+    summary = json.loads((tmp_path / "s.json").read_text())
+    assert (summary["updated"], summary["recreated"]) == (1, 0)
+    assert "recreated" not in out

@@ -426,8 +426,9 @@ def _print_run(stats: RunStats, ledger: Path, total: int) -> None:
     read = f"{stats.rows:,} of {plural(total, 'row')}" if total > stats.rows else ""
     out.print(
         f"Run: {read or plural(stats.rows, 'row')} · {stats.created:,} created "
-        f"({stats.adopted:,} adopted after a lookup) · {stats.updated:,} updated · "
-        f"{stats.unchanged:,} unchanged · {stats.invalid:,} invalid · {stats.failed:,} failed"
+        f"({stats.adopted:,} adopted after a lookup) · {stats.updated:,} updated"
+        + (f" ({stats.recreated:,} recreated as new consents)" if stats.recreated else "")
+        + f" · {stats.unchanged:,} unchanged · {stats.invalid:,} invalid · {stats.failed:,} failed"
         + (f" · {stats.skipped:,} skipped (filtered out)" if stats.skipped else "")
     )
     out.print(

@@ -30,6 +30,7 @@ _OUTCOMES = {
     "created": "created",
     "adopted": "adopted",
     "updated": "updated",
+    "recreated": "recreated",
     "unchanged": "unchanged",
     "invalid": "invalid",
     "failed": "failed",
