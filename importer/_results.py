@@ -299,7 +299,7 @@ class PlanSummary:
         planned = dict(sorted(self.counts.items()))
         out: dict[str, Any] = {
             "rows": self.rows,
-            "valid": self.rows - self.invalid - self.counts.get("skipped", 0),
+            "valid": self.rows - self.invalid,  # skipped rows are not among `rows`
             "invalid": self.invalid,
             "skipped": self.counts.get("skipped", 0),
             "source_key": self.source_key,

@@ -165,3 +165,15 @@ def test_a_recreate_is_counted_as_recreated_as_well_as_updated(
     summary = json.loads((tmp_path / "s.json").read_text())
     assert (summary["updated"], summary["recreated"]) == (1, 0)
     assert "recreated" not in out
+
+
+def test_a_dry_runs_summary_counts_invalid_rows_as_read(cli: Cli, tmp_path: Path) -> None:
+    rows = list(consent_rows(3))
+    rows[1]["patientId"] = ""
+    write_csv(tmp_path / "in.csv", rows)
+    code, _, err = cli("--dry-run", "--summary-json", "s.json")
+    assert code == 1, err  # as the run: a row it would not import
+    summary = json.loads((tmp_path / "s.json").read_text())
+    assert (summary["rows"], summary["valid"], summary["invalid"]) == (3, 2, 1)
+    assert summary["planned"] == {"create": 2, "invalid": 1}
+    assert (summary["exit_code"], summary["dry_run"]) == (1, True)
