@@ -129,6 +129,9 @@ class RunStats:
     created: int = 0
     adopted: int = 0
     updated: int = 0
+    #: of `updated`, rows whose edit the API cannot PATCH, posted as a new consent and
+    #: the old one retired (--on-immutable-change recreate)
+    recreated: int = 0
     unchanged: int = 0
     failed: int = 0
     revoked: int = 0
@@ -192,6 +195,7 @@ class RunStats:
         out.update(
             skipped=self.skipped,
             adopted=self.adopted,
+            recreated=self.recreated,
             revoked=self.revoked,
             revoke_pending=self.revoke_pending,
             missing_from_source=self.missing_from_source,
@@ -281,9 +285,38 @@ class PlanSummary:
     invalid: int = 0
     revoke: RevokePlan | None = None  # with --revoke-missing and a ledger
     source_key: str = "column"  # as RunStats.source_key
+    #: why the real run would be refused before creating (a restored or replaced ledger,
+    #: importer.ledger._lineage); "" when it would not
+    refused: str = ""
 
     def add(self, action: str) -> None:
         self.counts[action] = self.counts.get(action, 0) + 1
+
+    def summary(self) -> dict[str, Any]:
+        """The `--summary-json` keys a dry run sets over a run's (all else 0, as nothing
+        was done): the rows read, and under `planned` what the terminal says the run
+        would do, by action (`create`, `patch`, ..., `revoke`), no values."""
+        planned = dict(sorted(self.counts.items()))
+        out: dict[str, Any] = {
+            "rows": self.rows,
+            "valid": self.rows - self.invalid,  # skipped rows are not among `rows`
+            "invalid": self.invalid,
+            "skipped": self.counts.get("skipped", 0),
+            "source_key": self.source_key,
+            "would_be_refused": self.refused or None,
+        }
+        plan = self.revoke
+        if plan is not None:
+            held = bool(plan.refusal or plan.note)
+            planned["revoke"] = 0 if held else plan.due
+            out.update(
+                missing_from_source=plan.in_scope,
+                revoke_pending=plan.pending_total,
+                revoke_out_of_scope=plan.out_of_scope,
+                revoke_refused=plan.refusal or None,
+            )
+        out["planned"] = planned
+        return out
 
 
 @dataclass

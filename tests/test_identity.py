@@ -170,6 +170,32 @@ def test_naive_times_without_a_zone_stop_with_exit_2(
     assert "09:30" not in out + err  # the cell's shape, never its value
 
 
+@pytest.mark.parametrize("command", ["validate", "run"])
+def test_dates_alone_under_a_todo_zone_are_called_dates(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    sandbox_env: object,
+    monkeypatch: pytest.MonkeyPatch,
+    command: str,
+) -> None:
+    """`timezone = "TODO"` stops a date alone too; the message says dates, not date-times."""
+    monkeypatch.chdir(tmp_path)
+    text = "patientId,scope,category,dateTime\npt_1,treatment,c,2024-03-01\n"
+    (tmp_path / "in.csv").write_text(text, encoding="utf-8")
+    (tmp_path / "map.toml").write_text('[source]\ntimezone = "TODO"\n', encoding="utf-8")
+    extra = ["--ledger", "l.db"] if command == "run" else []
+    code, out, err = run_cli([command, "in.csv", "--mapping", "map.toml", *extra], capsys)
+    assert code == 2
+    assert (
+        "in.csv: dateTime holds dates without a time of day (row 2, a cell shaped "
+        "'9999-99-99') and the mapping's [source] timezone is still \"TODO\"; set [source] "
+        "timezone to the zone they were written in (a date alone is read as its day there), "
+        'e.g. timezone = "America/Chicago"'
+    ) in err
+    assert "date-times" not in err
+    assert "2024-03-01" not in out + err
+
+
 @pytest.mark.parametrize(
     ("zone", "expected"),
     [("UTC", "2024-03-01T09:30:00Z"), ("America/Chicago", "2024-03-01T09:30:00-06:00")],

@@ -20,7 +20,7 @@ import click
 from importer._errors import AbortError, ConsentImportError, ResourceError, UsageError
 from importer._options import DEFAULTS, IMMUTABLE_CHANGE_CHOICES, RunOptions
 from importer._resources import resource_error
-from importer._results import RevokePlan
+from importer._results import PlanSummary, RevokePlan
 from importer._version import __version__
 from importer.reports._console import plain_console, plural
 
@@ -289,7 +289,9 @@ def run(
     the_mapping = monitor.mapping = load_mapping(mapping)
     check_run(inputs, the_mapping, ledger, reports, summary_json, metrics_file=monitor.metrics_file)
     if dry_run:
-        return _dry_run(inputs, the_mapping, options, reports, redact=redact, quiet=not shown)
+        plan = _dry_run(inputs, the_mapping, options, reports, redact=redact, quiet=not shown)
+        monitor.plan = plan.summary()  # its summary carries the plan's counts
+        return _dry_run_exit(plan)
     with RunProgress(enabled=shown) as progress:
         result = run_import(
             RunConfig(inputs=inputs, options=options, api_key=api_key),
@@ -377,7 +379,7 @@ def _dry_run(
     *,
     redact: bool,
     quiet: bool,
-) -> int:
+) -> PlanSummary:
     from importer.commands._validate import validate_files
     from importer.engine._dry_run import dry_run_import
 
@@ -401,7 +403,20 @@ def _dry_run(
             click.echo(f"  {action:<28} {count:>10,}")
         if plan.revoke is not None:
             _print_revocations(plan.revoke)
-    if plan.revoke is not None and plan.revoke.refusal:
+    if plan.refused:
+        log.error(
+            "the real run would be refused before creating (exit 2): %s; pass --skip-existing "
+            "to adopt what the server holds",
+            plan.refused,
+            extra={"fields": {"event": "create_check", "dry_run": True, "stale": True}},
+        )
+    return plan
+
+
+def _dry_run_exit(plan: PlanSummary) -> int:
+    """A dry run exits as the run would: 2 where it would be refused (over --revoke-max,
+    a restored or replaced ledger), else 1 for rows it would not import, else 0."""
+    if plan.refused or (plan.revoke is not None and plan.revoke.refusal):
         return EXIT_CONFIG  # as the run would
     return EXIT_ROWS if plan.invalid or plan.counts.get("immutable_change") else EXIT_OK
 
@@ -411,8 +426,9 @@ def _print_run(stats: RunStats, ledger: Path, total: int) -> None:
     read = f"{stats.rows:,} of {plural(total, 'row')}" if total > stats.rows else ""
     out.print(
         f"Run: {read or plural(stats.rows, 'row')} · {stats.created:,} created "
-        f"({stats.adopted:,} adopted after a lookup) · {stats.updated:,} updated · "
-        f"{stats.unchanged:,} unchanged · {stats.invalid:,} invalid · {stats.failed:,} failed"
+        f"({stats.adopted:,} adopted after a lookup) · {stats.updated:,} updated"
+        + (f" ({stats.recreated:,} recreated as new consents)" if stats.recreated else "")
+        + f" · {stats.unchanged:,} unchanged · {stats.invalid:,} invalid · {stats.failed:,} failed"
         + (f" · {stats.skipped:,} skipped (filtered out)" if stats.skipped else "")
     )
     out.print(

@@ -15,6 +15,7 @@ from importer.engine._input import RunInput
 from importer.engine._revocation import Shrink, cap_revocations
 from importer.intake._mapping import Mapping
 from importer.ledger._ledger import Ledger
+from importer.ledger._lineage import peek as peek_lineage
 
 #: How many of the rows a dry run would revoke it keeps, to list.
 REVOKES_LISTED = 50
@@ -59,6 +60,9 @@ def dry_run_import(
                 misses=lambda key: known.misses(key) + 1,
                 shrink=Shrink.of(scope.read_sizes(sizes), ledger.full_reads()),
             )
+        if ledger is not None and _create_checked(options) and summary.counts.get("create"):
+            # As the real run's check before creating (importer.engine._gate) would find it.
+            summary.refused = peek_lineage(ledger)
     summary.source_key = normalizer.key_kind
     if normalizer.skipped:
         summary.counts["skipped"] = normalizer.skipped  # filtered out, or making no consent
@@ -72,6 +76,11 @@ def _count(batch: list[Row], ledger: Ledger | None, options: RunOptions, out: Pl
         plan = decide_row(row, prior.get(row.source_key), options)
         out.invalid += plan.verdict is Verdict.INVALID
         out.add(plan.label)
+
+
+def _create_checked(options: RunOptions) -> bool:
+    """Whether the real run checks before creating (importer.engine._runner)."""
+    return options.preflight and not options.skip_existing
 
 
 def _made(ledger: Path) -> bool:

@@ -29,7 +29,7 @@ _COUNTS = {
     "adopted": "created",  # a found consent taken as the row's counts as created
     "found": "adopted",  # ... and apart as adopted, from the moment it is found
     "updated": "updated",
-    "recreated": "updated",
+    "recreated": "updated",  # ... and apart as recreated (`_ALSO`)
     "revoked": "revoked",
     "lookup": "lookups",
     "retry": "retries",
@@ -38,6 +38,10 @@ _COUNTS = {
     "settled_adopted": "settled_adopted",
     "settled_reposted": "settled_reposted",
 }
+
+
+#: Events counted in a second field too.
+_ALSO = {"recreated": "recreated"}
 
 
 class RunObserver:
@@ -75,8 +79,9 @@ class RunObserver:
 
     def on(self, event: str) -> None:
         """Count `event` (a key of `_COUNTS`) and tell the listener."""
-        name = _COUNTS[event]
-        setattr(self.stats, name, getattr(self.stats, name) + 1)
+        for name in (_COUNTS[event], _ALSO.get(event)):
+            if name is not None:
+                setattr(self.stats, name, getattr(self.stats, name) + 1)
         self._emit(event)
 
     def settled(self, _row: object = None) -> None:

@@ -113,7 +113,10 @@ class DateColumn:
                 at for at, cell in enumerate(texts) if cell and self._naive(cell, dates=todo)
             )
             row = rows(pos) if rows is not None else None
-            message = naive_time_message(self.file, self.label, row, texts[pos], self.unstated)
+            cell = texts[pos]
+            message = naive_time_message(
+                self.file, self.label, row, cell, self.unstated, timed=self._naive(cell)
+            )
             raise ConfigError(message)
         self.read_naive = True
         return value.replace(tzinfo=self.tz)
@@ -200,14 +203,24 @@ def cell_shape(text: str) -> str:
     return re.sub(r"[a-z]", "a", re.sub(r"[A-Z]", "A", re.sub(r"\d", "9", text)))
 
 
-def naive_time_message(file: str, label: str, row: int | None, text: str, unstated: str) -> str:
-    """Why a naive date-time stops a read: the column, a row, the cell's shape, the key."""
+def naive_time_message(
+    file: str, label: str, row: int | None, text: str, unstated: str, *, timed: bool = True
+) -> str:
+    """Why a naive date-time stops a read: the column, a row, the cell's shape, the key.
+    `timed` false: the cell is a date alone (only `timezone = "TODO"` stops those)."""
     where = f"row {row}, " if row is not None else ""
     said = (
         'and the mapping\'s [source] timezone is still "TODO"'
         if unstated == "TODO"
         else "and the mapping states no time zone"
     )
+    if not timed:
+        return (
+            f"{file}: {label} holds dates without a time of day ({where}a cell shaped "
+            f"'{cell_shape(text)}') {said}; set [source] timezone to the zone they were "
+            "written in (a date alone is read as its day there), e.g. "
+            'timezone = "America/Chicago" (timezone = "UTC" if they are UTC)'
+        )
     return (
         f"{file}: {label} holds date-times without a UTC offset ({where}a cell shaped "
         f"'{cell_shape(text)}') {said}; set [source] timezone to the zone they were "

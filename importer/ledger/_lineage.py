@@ -60,6 +60,18 @@ def check(ledger: Ledger) -> Lineage:
     if ledger_id is None:
         ledger_id = uuid.uuid4().hex
         ledger.set_meta("ledger_id", ledger_id)
+    return _compare(ledger, ledger_id)
+
+
+def peek(ledger: Ledger) -> str:
+    """Why the ledger is not the live one ("" when it is), as `check` would find it,
+    writing nothing (a dry run's ledger is read-only): a ledger with no id yet is taken
+    as another one when the file beside it names one."""
+    ledger_id = ledger.meta_value("ledger_id")
+    return _compare(ledger, ledger_id or "").stale
+
+
+def _compare(ledger: Ledger, ledger_id: str) -> Lineage:
     generation = int(ledger.meta_value("generation") or 0)
     side = sidecar(ledger.path)
     marker = _read(side)

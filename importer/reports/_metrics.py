@@ -5,7 +5,10 @@ The file is written with prometheus-client's `write_to_textfile` from a registry
 own (a temporary file beside it, renamed into place: a scrape never reads half a file).
 `consent_import_last_success_timestamp_seconds` is carried over from the file this run
 replaces when this run did not succeed, so a failing night does not reset it; 0 until a
-run has succeeded. Success: exit 0, not paused, no rows left.
+run has succeeded. Success: exit 0, not paused, no rows left, and not a dry run: a dry
+run (`run --dry-run --metrics-file`) writes `consent_import_last_run_dry_run 1` and its
+plan as `consent_import_last_run_planned_rows{action=...}`, its rows by outcome all 0
+(nothing was done), and carries the last success over as a failing night does.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ _OUTCOMES = {
     "created": "created",
     "adopted": "adopted",
     "updated": "updated",
+    "recreated": "recreated",
     "unchanged": "unchanged",
     "invalid": "invalid",
     "failed": "failed",
@@ -54,7 +58,10 @@ _FIGURES = (
 def succeeded(summary: dict[str, Any]) -> bool:
     """A run that did everything: exit 0, not paused by the budget, no rows left."""
     return (
-        summary.get("exit_code") == 0 and not summary.get("paused") and not summary.get("rows_left")
+        summary.get("exit_code") == 0
+        and not summary.get("paused")
+        and not summary.get("rows_left")
+        and not summary.get("dry_run")
     )
 
 
@@ -98,6 +105,11 @@ def write_metrics(path: Path, summary: dict[str, Any], *, finished: float) -> No
     if summary.get("run_id") is not None:
         gauge("last_run_id", "The ledger's id of the last run.", float(summary["run_id"]))
     gauge(
+        "last_run_dry_run",
+        "1 when the last run was a dry run (--dry-run): nothing was sent.",
+        float(bool(summary.get("dry_run"))),
+    )
+    gauge(
         "last_run_paused",
         "1 when the last run paused for the rate-limit budget.",
         float(bool(summary.get("paused"))),
@@ -112,6 +124,16 @@ def write_metrics(path: Path, summary: dict[str, Any], *, finished: float) -> No
     )
     for outcome, key in _OUTCOMES.items():
         rows.labels(outcome).set(float(summary.get(key) or 0))
+    planned = summary.get("planned")
+    if isinstance(planned, dict):
+        plan = Gauge(
+            "consent_import_last_run_planned_rows",
+            "What the last run, a dry run, would do, by action.",
+            ["action"],
+            registry=registry,
+        )
+        for action, count in planned.items():
+            plan.labels(action).set(float(count))
     failed = Gauge(
         "consent_import_last_run_failed_rows",
         "Failed rows of the last run by error code.",

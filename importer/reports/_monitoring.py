@@ -60,6 +60,8 @@ class RunMonitor:
     started: float = field(default_factory=time.time)
     #: the loaded mapping, once it is: its crosswalk is then a known input
     mapping: Mapping | None = None
+    #: a dry run's figures (PlanSummary.summary): they replace the run's counts
+    plan: dict[str, Any] | None = None
     #: set once the document is written (the run's own path or a failure's)
     written: bool = False
     _safe: list[Named] = field(default_factory=list)
@@ -120,6 +122,7 @@ class RunMonitor:
         """The summary JSON: the run's counts (the contract's keys first), then who and when."""
         return {
             **stats.summary(),
+            **(self.plan or {}),
             "exit_code": exit_code,
             "run_id": run_id,
             "started_at": _iso(self.started),
