@@ -9,6 +9,7 @@ import logging
 import shutil
 import stat
 import tracemalloc
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -668,15 +669,41 @@ def test_a_mapping_naming_columns_is_refused_for_fhir_input(tmp_path: Path) -> N
     assert "[columns] name columns, and FHIR input" in str(caught.value)
 
 
-def test_a_resource_without_id_gets_the_natural_key(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("scheme", "prefix", "kind"),
+    [
+        ("source", "sk:", "source cells"),  # a ledger made since source keys
+        ("natural", "nk:", "natural"),  # a ledger made with natural keys keeps them
+    ],
+)
+def test_a_resource_without_id_is_keyed_by_its_elements_as_written(
+    tmp_path: Path, scheme: str, prefix: str, kind: str
+) -> None:
     one = consent(dateTime="2024-01-01T00:00:00Z")
     del one["id"]
     path = write_ndjson(tmp_path / "x.ndjson", [one, one])
     normalizer = Normalizer(load_mapping(None))
+    normalizer.natural_keys = scheme == "natural"
     rows = list(normalizer.rows(open_table(path)))
-    assert rows[0].source_key.startswith("nk:")
+    assert rows[0].source_key.startswith(prefix)
     assert [e.code for e in rows[1].errors] == ["duplicate_row"]
-    assert normalizer.key_kind == "natural"
+    assert normalizer.key_kind == kind
+
+
+def test_an_id_less_key_does_not_move_with_the_zone_or_the_crosswalk(tmp_path: Path) -> None:
+    one = consent(dateTime="2024-01-01")
+    del one["id"]
+    path = write_ndjson(tmp_path / "x.ndjson", [one])
+    (tmp_path / "a.csv").write_text("from,to\npt_1,pt_100\n", encoding="utf-8")
+    (tmp_path / "b.csv").write_text("from,to\npt_1,pt_200\n", encoding="utf-8")
+    keys = set()
+    for zone, walk in [("UTC", "a.csv"), ("America/Chicago", "b.csv")]:
+        toml = f'[source]\ntimezone = "{zone}"\n[patients]\ncrosswalk = "{walk}"\n'
+        (tmp_path / "m.toml").write_text(toml, encoding="utf-8")
+        [row] = Normalizer(load_mapping(tmp_path / "m.toml")).rows(open_table(path))
+        assert row.valid
+        keys.add(row.source_key)
+    assert len(keys) == 1
 
 
 def test_the_source_system_namespaces_the_resource_id(tmp_path: Path) -> None:
@@ -884,3 +911,41 @@ def test_export_ndjson_leaves_csv_rows_for_the_csv_export(
     [line] = Path("out.ndjson").read_text(encoding="utf-8").splitlines()
     assert json.loads(line)["id"] == "a"
     assert "1 invalid or failed row(s) came from CSV or Excel files" in err
+
+
+def _without_ids(path: Path) -> None:
+    resources = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    for resource in resources:
+        del resource["id"]
+    path.write_text("".join(json.dumps(r) + "\n" for r in resources), encoding="utf-8")
+
+
+@pytest.mark.parametrize("fix", ["zone", "crosswalk"])
+def test_a_mapping_fix_makes_no_second_consent_of_an_id_less_resource(
+    fhir_samples: Path, server: RunningSandbox, capsys: pytest.CaptureFixture[str], fix: str
+) -> None:
+    """Review finding 4: resources without an id keep their key across a zone or a
+    crosswalk fix (0 POST, one live consent per patient), and the terminal says how."""
+    _without_ids(fhir_samples / "bulk_export.ndjson")
+    args = ["run", "bulk_export.ndjson", "--mapping", "mapping.toml", "--summary-json", "s.json"]
+    code, out, _ = run_cli(args, capsys)
+    assert code == 1, out  # bulk-104's dateTime is a month
+    assert summary_of("s.json")["created"] == 5
+    assert "made with natural keys" not in out
+    assert "Source key: no key column (or FHIR resources without an id), so" in out
+    if fix == "zone":
+        text = Path("mapping.toml").read_text(encoding="utf-8")
+        text = text.replace("[source]\n", '[source]\ntimezone = "America/Chicago"\n')
+        Path("mapping.toml").write_text(text, encoding="utf-8")
+    else:
+        text = Path("patients.csv").read_text(encoding="utf-8")
+        Path("patients.csv").write_text(text.replace("pt_fhir_1002", "pt_fhir_2002"))
+    posts = server.stats()["creates"]
+    code, out, _ = run_cli(args, capsys)
+    again = summary_of("s.json")
+    assert (again["created"], code) == (0, 1)
+    assert again["mapping_changed"]
+    assert server.stats()["creates"] == posts  # 0 POST
+    live = Counter(c["patientId"] for c in server.consents() if c["status"] != "inactive")
+    assert set(live.values()) == {1}
+    assert "made with natural keys" not in out

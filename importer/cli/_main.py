@@ -314,11 +314,13 @@ def run(
 
 
 _KEY_NOTES = {
-    "source cells": "Source key: no key column, so each row is keyed by the cells feeding "
-    "patientId, scope, category and dateTime, as read before mapping; other edits are PATCHed",
-    "natural": "Source key: no key column, and this ledger was made with natural keys: rows "
-    "are keyed by their mapped patientId, scope, categories and dateTime, so a mapping fix "
-    "changing them makes new consents (see README: source keys)",
+    "source cells": "Source key: no key column (or FHIR resources without an id), so each row "
+    "is keyed by the cells (a resource: the elements) feeding patientId, scope, category and "
+    "dateTime, as read before mapping; other edits are PATCHed",
+    "natural": "Source key: no key column (or FHIR resources without an id), and this ledger "
+    "was made with natural keys (or before them): rows are keyed by their mapped patientId, "
+    "scope, categories and dateTime, so a mapping fix changing them makes new consents (see "
+    "README: source keys)",
     "content hash": "Source key: no key column, and this ledger was made before natural keys: "
     "rows are keyed by a hash of their whole body (an edited row is a new consent; see README)",
 }

@@ -7,8 +7,12 @@ input", has the table), it is bookkeeping (`id` at any level, the resource's `me
 `unsupported_element` naming its path (`entry[3].provision.provision[0].code`), never
 dropped without a word.
 
-A resource's source key is its `id` (namespaced by `[source] system`); a resource without
-one gets the natural key a CSV row without a key column gets.
+A resource's source key is its `id` (namespaced by `[source] system`). A resource without
+one is keyed as a CSV row without a key column is (importer._keys.source_key): by its
+elements as written, before any mapping: the patient reference (before the `[patients]`
+crosswalk), the scope and category codes, and the `dateTime` text. A fix of the time zone
+or the crosswalk then leaves its key as it was. Ledgers made before source keys ("natural",
+"content") keep natural keys for such resources, as they had.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from zoneinfo import ZoneInfo
 
 from pydantic import ValidationError
 
-from importer._keys import CELLS_PREFIX, NATURAL_FIELDS, KeyTally, natural_key
+from importer._keys import CELLS_PREFIX, NATURAL_FIELDS, KeyTally, natural_key, source_key
 from importer.intake._fhir import RESOURCE_COLUMN, FhirOptions, FhirTable, Resource
 from importer.intake._models import ConsentIdentity, ConsentIn, field_errors
 
@@ -504,12 +508,17 @@ class FhirConsents:
     Resources of other types are skipped, counted (`skipped`) and named in one warning.
     """
 
-    def __init__(self, mapping: Mapping, table: FhirTable, tally: KeyTally) -> None:
+    def __init__(
+        self, mapping: Mapping, table: FhirTable, tally: KeyTally, *, natural: bool = False
+    ) -> None:
         self.table = table
         self.tally = tally
+        #: key resources without an id by their mapped identity (ledgers made before
+        #: source keys), not by their elements as written
+        self.natural = natural
         self.mapper = FhirMapper(mapping.fhir, mapping.crosswalk, mapping.timezone)
         self.read = self.skipped = 0  # since last taken (see `slices`)
-        #: whether a Consent had no id (its key is then its natural identity)
+        #: whether a Consent had no id (its key is then made from its identity elements)
         self.unkeyed = False
         self._other: Counter[str] = Counter()
 
@@ -582,13 +591,23 @@ class FhirConsents:
         body: dict[str, Any],
         errors: list[tuple[str, str, str, str]],
     ) -> str:
-        """The resource's id; without one, its natural identity (as a CSV row without a
-        key column), or a key of its text when nothing stable is left."""
+        """The resource's id; without one, its identity elements as written (as a CSV row
+        without a key column; its natural identity in a ledger made before), or a key of
+        its text when nothing stable is left."""
         assert resource.data is not None
         ident = resource.data.get("id")
         if isinstance(ident, str) and ident.strip():
             return ident.strip()
         self.unkeyed = True
+        if not self.natural:
+            found_key = _source_identity(resource.data)
+            if found_key is None:
+                return self._unstable(resource)
+            roots = {_ROOT.split(e[0], maxsplit=1)[0] for e in errors}
+            if {_API_OF_FHIR.get(r, r) for r in roots} & NATURAL_FIELDS:
+                # An identity element holds a typo: the resource may be one the ledger misses.
+                self.tally.unstable += 1
+            return found_key
         if model is not None:
             return natural_key(model.patient_id, model.scope.value, model.category, model.date_time)
         fields = {_ROOT.split(_API_OF_FHIR.get(e[0], e[0]), maxsplit=1)[0] for e in errors}
@@ -610,3 +629,32 @@ class FhirConsents:
 
 
 _API_OF_FHIR: Final = {fhir: api for api, fhir in _FHIR_OF_API.items()}
+
+
+def _source_identity(data: dict[str, Any]) -> str | None:
+    """The source-cell key of a resource without an id: its patient reference, scope and
+    category codes and `dateTime`, as written (None without a patient reference)."""
+    patient = data.get("patient")
+    reference = patient.get("reference") if isinstance(patient, dict) else None
+    if not isinstance(reference, str) or not reference.strip():
+        return None
+    scope = "\x1f".join(_written_codes(data.get("scope")))
+    categories = data.get("category")
+    codes = [
+        code
+        for concept in (categories if isinstance(categories, list) else [categories])
+        for code in _written_codes(concept)
+    ]
+    when = data.get("dateTime")
+    when = when.strip() if isinstance(when, str) else ""
+    return source_key(reference.strip(), scope, "\x1f".join(codes), when)
+
+
+def _written_codes(concept: Any) -> list[str]:
+    """A CodeableConcept's codes as written (strings only, stripped)."""
+    codings = concept.get("coding") if isinstance(concept, dict) else None
+    if not isinstance(codings, list):
+        return []
+    return [
+        c["code"].strip() for c in codings if isinstance(c, dict) and isinstance(c.get("code"), str)
+    ]
