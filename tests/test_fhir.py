@@ -185,7 +185,10 @@ DEEP = {
             {"provision": {"period": {"start": "2024-01-01T00:00:00Z", "end": "2025-01-01"}}},
             {
                 "provision": {
-                    "period": {"start": "2024-01-01T00:00:00Z", "end": "2025-01-01T00:00:00Z"}
+                    "period": {
+                        "start": "2024-01-01T00:00:00Z",
+                        "end": "2025-01-01T23:59:59.999000Z",
+                    }
                 }
             },
         ),
@@ -238,6 +241,30 @@ DEEP = {
             },
             {"provision": {"data": [{"reference": "Observation/o1"}]}},
         ),
+        # a date-only period end is the end of its day, as CSV reads it; a start its midnight
+        (
+            {"provision": {"period": {"start": "2024-10-01", "end": "2024-10-02"}}},
+            {
+                "provision": {
+                    "period": {
+                        "start": "2024-10-01T00:00:00Z",
+                        "end": "2024-10-02T23:59:59.999000Z",
+                    }
+                }
+            },
+        ),
+        (
+            {"provision": {"dataPeriod": {"end": "2024-10-02"}}},
+            {"provision": {"dataPeriod": {"end": "2024-10-02T23:59:59.999000Z"}}},
+        ),
+        (  # nested provisions' ends too
+            {"provision": {"provision": [{"period": {"end": "2024-10-02"}}]}},
+            {"provision": {"provision": [{"period": {"end": "2024-10-02T23:59:59.999000Z"}}]}},
+        ),
+        (  # a time of day is as written
+            {"provision": {"period": {"end": "2024-10-02T10:00:00Z"}}},
+            {"provision": {"period": {"end": "2024-10-02T10:00:00Z"}}},
+        ),
         # nested provisions, to any depth
         ({"provision": DEEP}, {"provision": DEEP}),
         # element ids and the resource's meta and text are bookkeeping
@@ -286,6 +313,13 @@ def test_patient_references_go_through_the_crosswalk() -> None:
 def test_a_day_is_midnight_in_the_source_timezone() -> None:
     body = body_of(consent(dateTime="2024-07-01"), mapper(zone="America/Chicago"))
     assert body["dateTime"] == "2024-07-01T00:00:00-05:00"
+
+
+def test_a_day_ending_a_period_is_its_last_moment_in_the_source_timezone() -> None:
+    provision = {"period": {"end": "2024-10-02"}, "dataPeriod": {"end": "2024-10-02"}}
+    body = body_of(consent(provision=provision), mapper(zone="America/Chicago"))
+    assert body["provision"]["period"]["end"] == "2024-10-02T23:59:59.999000-05:00"
+    assert body["provision"]["dataPeriod"]["end"] == "2024-10-02T23:59:59.999000-05:00"
 
 
 CONTAINERS: dict[str, Any] = {

@@ -239,9 +239,15 @@ class FhirMapper(_Walker):
             "provision": lambda v, s: put("provision", self._provision(v, s), s),
         }
 
-    def _date_time(self, value: Any, shown: str) -> str | None:
+    def _end_date_time(self, value: Any, shown: str) -> str | None:
+        """A period's end: a day alone means the end of that day in `[source] timezone`
+        (as a CSV period end does), so the period keeps its last day."""
+        return self._date_time(value, shown, end=True)
+
+    def _date_time(self, value: Any, shown: str, *, end: bool = False) -> str | None:
         """A FHIR dateTime as ClinikAPI takes it: a day is its midnight in `[source]
-        timezone`; a year or a month alone names no instant."""
+        timezone` (its last millisecond for a period's `end`); a year or a month alone
+        names no instant."""
         text = self._string(value, shown)
         if text is None or _DATE_TIME.fullmatch(text):
             return text  # the model checks it (an offset is required)
@@ -250,7 +256,10 @@ class FhirMapper(_Walker):
                 day = date.fromisoformat(text)
             except ValueError:
                 return text  # the model reports the invalid date
-            return datetime(day.year, day.month, day.day, tzinfo=self.timezone).isoformat()
+            at = datetime(day.year, day.month, day.day, tzinfo=self.timezone)
+            if end:
+                at = at.replace(hour=23, minute=59, second=59, microsecond=999_000)
+            return at.isoformat()
         if _PARTIAL_DATE.fullmatch(text):
             rule = "is a year or a month, not a day or an instant (invalid_date)"
             self._problem(shown, self._rule(shown), "invalid_date", rule, text)
@@ -426,7 +435,7 @@ class FhirMapper(_Walker):
         return self._each(value, shown, converters)
 
     def _period(self, value: Any, shown: str) -> dict[str, Any] | None:
-        period = self._collect(value, shown, {"start": self._date_time, "end": self._date_time})
+        period = self._collect(value, shown, {"start": self._date_time, "end": self._end_date_time})
         return period or None
 
     def _actors(self, value: Any, shown: str) -> list[dict[str, Any]]:
