@@ -504,7 +504,7 @@ def test_drop_leaves_an_element_out_on_purpose_and_counts_it() -> None:
 @pytest.mark.parametrize(
     ("toml", "message"),
     [
-        ("[fhir]\nkeep = []\n", "[fhir]: unknown key 'keep' (allowed: drop, rename)"),
+        ("[fhir]\nkeep = []\n", "[fhir]: unknown key 'keep' (allowed: crosswalks, drop, rename)"),
         ('[fhir]\ndrop = "extension"\n', "fhir.drop: must be a list of FHIR paths"),
         ('[fhir]\ndrop = ["provision[0].code"]\n', "is not a FHIR path"),
         (
@@ -983,3 +983,102 @@ def test_a_mapping_fix_makes_no_second_consent_of_an_id_less_resource(
     live = Counter(c["patientId"] for c in server.consents() if c["status"] != "inactive")
     assert set(live.values()) == {1}
     assert "made with natural keys" not in out
+
+
+# --- review finding 7: performer and organization ids through named crosswalks -------------
+
+REFERENCED = {
+    "performer": [{"reference": "Practitioner/1"}],
+    "organization": [{"reference": "Organization/42"}],
+}
+NAMED = """[source]
+timezone = "UTC"
+[crosswalks.practitioners]
+file = "practitioners.csv"
+from = "legacy"
+to = "clinik"
+[crosswalks.organizations]
+file = "organizations.csv"
+[fhir]
+crosswalks = { performer = "practitioners", organization = "organizations" }
+"""
+
+
+@pytest.fixture
+def referenced(
+    tmp_path: Path, server: RunningSandbox, monkeypatch: pytest.MonkeyPatch
+) -> RunningSandbox:
+    monkeypatch.setenv("CLINIKAPI_API_KEY", KEY)
+    monkeypatch.setenv("CLINIKAPI_BASE_URL", server.base_url)
+    monkeypatch.chdir(tmp_path)
+    write_ndjson(
+        tmp_path / "x.ndjson",
+        [
+            consent(id="r-1", dateTime="2024-01-01T00:00:00Z", **REFERENCED),
+            consent(id="r-2", dateTime="2024-01-02T00:00:00Z", performer=REFERENCED["performer"]),
+        ],
+    )
+    (tmp_path / "practitioners.csv").write_text(
+        "note,clinik,legacy\nx,prac_one,1\n", encoding="utf-8"
+    )
+    (tmp_path / "organizations.csv").write_text("from,to\n42,org_42\n", encoding="utf-8")
+    return server
+
+
+@pytest.mark.parametrize(
+    ("toml", "code", "warned", "sent"),
+    [
+        # no crosswalk: the ids slip through as they are, and validate says so
+        (
+            '[source]\ntimezone = "UTC"\n',
+            0,
+            ["performerId (FHIR performer)", "organizationId"],
+            None,
+        ),
+        # [fhir] crosswalks sends each reference through its [crosswalks.NAME]
+        (NAMED, 0, [], ("prac_one", "org_42")),
+    ],
+)
+def test_fhir_id_references_go_through_named_crosswalks_or_are_warned_of(
+    referenced: RunningSandbox,
+    capsys: pytest.CaptureFixture[str],
+    toml: str,
+    code: int,
+    warned: list[str],
+    sent: tuple[str, str] | None,
+) -> None:
+    Path("m.toml").write_text(toml, encoding="utf-8")
+    result, out, err = run_cli(["validate", "x.ndjson", "--mapping", "m.toml"], capsys)
+    assert result == code, out + err
+    for text in warned:
+        assert text in out + err
+    assert ("do not look like ClinikAPI ids" in out + err) == bool(warned)
+    assert "Practitioner/1" not in out + err  # ids are PHI: paths only
+    if sent is not None:
+        assert run_cli(["run", "x.ndjson", "--mapping", "m.toml"], capsys)[0] == 0
+        [first] = [c for c in referenced.consents() if c.get("organizationId")]
+        assert (first["performerId"], first["organizationId"]) == sent
+
+
+def test_an_id_missing_from_its_named_crosswalk_is_unknown_id(tmp_path: Path) -> None:
+    (tmp_path / "p.csv").write_text("from,to\n2,prac_two\n", encoding="utf-8")
+    toml = '[crosswalks.p]\nfile = "p.csv"\n[fhir]\ncrosswalks = { performer = "p" }\n'
+    (tmp_path / "m.toml").write_text(toml, encoding="utf-8")
+    path = write_ndjson(tmp_path / "x.ndjson", [consent(performer=REFERENCED["performer"])])
+    [row] = Normalizer(load_mapping(tmp_path / "m.toml")).rows(open_table(path))
+    assert [(e.field, e.code) for e in row.errors] == [("performer", "unknown_id")]
+
+
+@pytest.mark.parametrize(
+    ("toml", "message"),
+    [
+        ('[fhir]\ncrosswalks = { performer = "nope" }\n', "no table [crosswalks.nope]"),
+        ('[fhir]\ncrosswalks = { patient = "x" }\n', "is not a reference the FHIR mapping"),
+        ('[fhir]\ncrosswalks = { performer = "patients" }\n', "there is none"),
+    ],
+)
+def test_fhir_crosswalks_errors(tmp_path: Path, toml: str, message: str) -> None:
+    (tmp_path / "m.toml").write_text(toml, encoding="utf-8")
+    with pytest.raises(ConfigError) as caught:
+        load_mapping(tmp_path / "m.toml")
+    assert message in str(caught.value)

@@ -56,6 +56,8 @@ _ELEMENT: Final = re.compile(r"_?[A-Za-z][A-Za-z0-9]{0,63}")
 #: The one `provision.data.meaning` a ClinikAPI data reference expresses: the resource itself.
 _DATA_MEANING: Final = "instance"
 _ATTACHMENT: Final = ("contentType", "data", "url", "title")
+#: Distinct ids counted per reference path (for `validate`'s id-shape warning).
+_ID_VALUES: Final = 50
 
 
 def _skip(value: Any, shown: str) -> None:
@@ -192,11 +194,20 @@ class FhirMapper(_Walker):
     """Maps Consent resources to bodies with one mapping's `[fhir]`, crosswalk and zone."""
 
     def __init__(
-        self, options: FhirOptions, crosswalk: dict[str, str] | None, timezone: ZoneInfo
+        self,
+        options: FhirOptions,
+        crosswalk: dict[str, str] | None,
+        timezone: ZoneInfo,
+        named: dict[str, dict[str, str]] | None = None,
     ) -> None:
         super().__init__(options)
         self.crosswalk = crosswalk
         self.timezone = timezone
+        #: the mapping's `[crosswalks.NAME]` tables, for `[fhir] crosswalks`
+        self.named = named or {}
+        #: the ids sent per id-field reference path, counted (up to `_ID_VALUES` distinct
+        #: a path): `validate` warns of those not shaped as ClinikAPI ids. PHI: never shown.
+        self.ids: dict[str, Counter[str]] = {}
 
     # --- the walk ---------------------------------------------------------------------------
 
@@ -392,12 +403,28 @@ class FhirMapper(_Walker):
         return self._patient_id(ident, shown)
 
     def _id(self, value: Any, shown: str) -> str | None:
-        """A reference to an id field: its id part (a patient's through the crosswalk)."""
+        """A reference to an id field: its id part, through the crosswalk `[fhir]
+        crosswalks` names for its path, else a patient's through `[patients]`."""
         ref = self._reference(value, shown)
         if ref is None:
             return None
         kind, ident = ref
-        return self._patient_id(ident, shown) if kind == "Patient" else ident
+        path = self._rule(shown)
+        name = self.options.crosswalks.get(path)
+        if name is not None and (name != "patients" or name in self.named):
+            found = self.named.get(name, {}).get(ident)
+            if not found:
+                rule = f"is not in the [crosswalks.{name}] crosswalk (unknown_id)"
+                self._problem(shown, path, "unknown_id", rule, ident)
+        elif kind == "Patient" or name is not None:
+            found = self._patient_id(ident, shown)
+        else:
+            found = ident
+        if found:
+            seen = self.ids.setdefault(path, Counter())
+            if found in seen or len(seen) < _ID_VALUES:
+                seen[found] += 1
+        return found
 
     def _one_id(self, value: Any, shown: str) -> str | None:
         """performer, organization: FHIR arrays, one id in ClinikAPI."""
@@ -525,7 +552,9 @@ class FhirConsents:
         #: key resources without an id by their mapped identity (ledgers made before
         #: source keys), not by their elements as written
         self.natural = natural
-        self.mapper = FhirMapper(mapping.fhir, mapping.crosswalk, mapping.timezone)
+        self.mapper = FhirMapper(
+            mapping.fhir, mapping.crosswalk, mapping.timezone, mapping.crosswalks
+        )
         self.read = self.skipped = 0  # since last taken (see `slices`)
         #: whether a Consent had no id (its key is then made from its identity elements)
         self.unkeyed = False

@@ -13,6 +13,7 @@ at a time skip the body and the model, which makes it several times faster.
 from __future__ import annotations
 
 import hashlib
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -134,6 +135,8 @@ class Normalizer:
         self.tally = KeyTally()
         #: a FHIR resource without an id was keyed by its natural identity (older ledgers)
         self._fhir_natural = False
+        #: FHIR input's ids sent, per reference path (FhirMapper.ids): validate's warning
+        self.fhir_ids: dict[str, Counter[str]] = {}
         #: CSV or Excel files read without a key column
         self._unkeyed_tables = 0
         #: given each file's normalizer, what counts its chunks' cells (validate's values
@@ -300,6 +303,8 @@ class Normalizer:
             made = self._sliced(table.name, file_index, chunk)
             yield [row for row in made if isinstance(row, Row)], skipped
         self.unkeyed_files += consents.unkeyed
+        for path, seen in consents.mapper.ids.items():
+            self.fhir_ids.setdefault(path, Counter()).update(seen)
         self._fhir_natural = self._fhir_natural or (consents.unkeyed and natural)
 
     def _add_file(self, name: str) -> int:
