@@ -1082,3 +1082,38 @@ def test_fhir_crosswalks_errors(tmp_path: Path, toml: str, message: str) -> None
     with pytest.raises(ConfigError) as caught:
         load_mapping(tmp_path / "m.toml")
     assert message in str(caught.value)
+
+
+def test_an_ndjson_file_cut_mid_resource_is_truncated_and_revokes_nothing(
+    referenced: RunningSandbox, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Review (low): a last line cut off mid-resource is the reader's `truncated_file`
+    (as for CSV), and `--revoke-missing` revokes nothing on such a read."""
+    three = [consent(id=f"t-{i}", dateTime=f"2024-01-0{i}T00:00:00Z") for i in (1, 2, 3)]
+    write_ndjson(Path("t.ndjson"), three)
+    args = ["run", "t.ndjson", "--summary-json", "s.json", "--revoke-missing"]
+    args += ["--revoke-after", "1", "--revoke-max", "5"]
+    assert run_cli(args, capsys)[0] == 0
+    whole = json.dumps(three[0]) + "\n"
+    Path("t.ndjson").write_text(whole + json.dumps(three[1])[:40], encoding="utf-8")
+    code, out, err = run_cli(args, capsys)
+    summary = summary_of("s.json")
+    assert (code, summary["invalid"], summary["revoked"]) == (1, 1, 0), out
+    errors = validate_files([Path("t.ndjson")], load_mapping(None)).errors
+    assert [(e.row, e.code) for e in errors] == [(2, "truncated_file")]
+    assert "cut off" in out + err and "truncated_file" in out + err
+    live = [c for c in referenced.consents() if c["status"] == "active"]
+    assert len(live) == 3
+
+
+@pytest.mark.parametrize("command", ["run", "validate"])
+def test_the_terminal_names_fhir_skips_and_exports_as_they_are(
+    fhir_samples: Path, capsys: pytest.CaptureFixture[str], command: str
+) -> None:
+    """Review (low): other resource types are "not Consents", not "filtered out"; a FHIR
+    run's last line names the NDJSON export of its failed resources."""
+    _, out, _ = run_cli([command, *INPUTS], capsys)
+    assert "2 skipped (not Consents)" in out
+    assert "filtered out" not in out
+    if command == "run":
+        assert "for CSVs, or --failed FILE.ndjson for NDJSON)" in out

@@ -309,7 +309,7 @@ def run(
         extra={"fields": {"event": "summary", **summary, "exit_code": result.exit_code}},
     )
     if shown:
-        _print_run(result.stats, ledger, result.total)
+        _print_run(result.stats, ledger, result.total, inputs)
     return result.exit_code  # a refused revocation was logged as an error: exit 2
 
 
@@ -408,14 +408,17 @@ def _dry_run(
     return EXIT_ROWS if plan.invalid or plan.counts.get("immutable_change") else EXIT_OK
 
 
-def _print_run(stats: RunStats, ledger: Path, total: int) -> None:
+def _print_run(stats: RunStats, ledger: Path, total: int, inputs: Sequence[Path] = ()) -> None:
+    from importer.reports._report import skipped_note
+
     out = plain_console()
+    skipped = skipped_note(inputs)
     read = f"{stats.rows:,} of {plural(total, 'row')}" if total > stats.rows else ""
     out.print(
         f"Run: {read or plural(stats.rows, 'row')} · {stats.created:,} created "
         f"({stats.adopted:,} adopted after a lookup) · {stats.updated:,} updated · "
         f"{stats.unchanged:,} unchanged · {stats.invalid:,} invalid · {stats.failed:,} failed"
-        + (f" · {stats.skipped:,} skipped (filtered out)" if stats.skipped else "")
+        + (f" · {stats.skipped:,} skipped ({skipped})" if stats.skipped else "")
     )
     out.print(
         f"     {plural(stats.requests, 'request')} · {plural(stats.retries, 'retry', 'retries')} · "
@@ -485,7 +488,9 @@ def _print_run(stats: RunStats, ledger: Path, total: int) -> None:
         out.print(f"     {plural(total - stats.rows, 'row')} of the input not reached")
     for code, count in sorted(stats.by_error.items(), key=lambda kv: -kv[1]):
         out.print(f"     failed {code}: {count:,}")
-    out.print(f"Ledger: {ledger} (consent-import export --ledger {ledger} ... for CSVs)")
+    fhir = skipped != "filtered out"  # some input is FHIR: its failed ones export as NDJSON
+    exports = "CSVs, or --failed FILE.ndjson for NDJSON" if fhir else "CSVs"
+    out.print(f"Ledger: {ledger} (consent-import export --ledger {ledger} ... for {exports})")
 
 
 @cli.command()

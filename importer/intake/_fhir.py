@@ -12,6 +12,7 @@ resource to a ClinikAPI body lives in `importer.intake._fhir_body`.
 from __future__ import annotations
 
 import json
+import logging
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ from typing import Any, Final, Protocol
 
 from importer._errors import ConfigError, InputError
 from importer.intake._layout import ERROR_COLUMNS
-from importer.intake._reader import OPENERS, Table
+from importer.intake._reader import OPENERS, TRUNCATED_FILE, Table
 
 __all__ = [
     "CROSSWALK_PATHS",
@@ -36,6 +37,8 @@ __all__ = [
     "open_fhir",
     "parse_fhir",
 ]
+
+log = logging.getLogger("importer.fhir")
 
 FHIR_SUFFIXES: Final = (".json", ".ndjson")
 #: The one column a FHIR file's rows have in CSV reports and the ledger: the resource.
@@ -258,6 +261,8 @@ class Resource:
     data: dict[str, Any] | None
     text: str
     problem: str = ""
+    #: the row error code of `problem` ("": the reader's usual one for the file)
+    code: str = ""
 
     @property
     def resource_type(self) -> str:
@@ -322,6 +327,9 @@ class FhirTable(Table):
                     value = json.loads(raw)
                 except (UnicodeDecodeError, json.JSONDecodeError):
                     text = raw.decode("utf-8", "replace").strip()
+                    if not raw.endswith(b"\n"):  # the last line, cut off mid-resource
+                        yield self._cut_off(number, text)
+                        continue
                     yield Resource(number, "", None, text, "line: not a JSON object")
                     continue
                 if not isinstance(value, dict):
@@ -329,6 +337,19 @@ class FhirTable(Table):
                     yield Resource(number, "", None, text, "line: not a JSON object")
                     continue
                 yield _resource(number, "", value)
+
+    def _cut_off(self, number: int, text: str) -> Resource:
+        """The last line, not JSON and without a line break: the export was cut off
+        (as a CSV file ending inside a row): `--revoke-missing` revokes nothing."""
+        self.truncated = (
+            f"{self.name}: ends inside line {number} without a line break: the export looks "
+            f"cut off; line {number} is reported invalid, never sent ({TRUNCATED_FILE})"
+        )
+        log.warning("%s", self.truncated)
+        problem = (
+            "line: the file ends inside this resource: the export was cut off, export it again"
+        )
+        return Resource(number, "", None, text, problem, TRUNCATED_FILE)
 
 
 def _resource(row: int, prefix: str, data: dict[str, Any]) -> Resource:

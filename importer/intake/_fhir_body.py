@@ -590,7 +590,7 @@ class FhirConsents:
     def consent(self, resource: Resource) -> MappedConsent:
         """One resource's body checked by the model, its problems as row errors."""
         if resource.data is None:
-            code = "invalid_json" if self.table.ndjson else "invalid_element"
+            code = resource.code or ("invalid_json" if self.table.ndjson else "invalid_element")
             error = (RESOURCE_COLUMN, code, f"{resource.problem} ({code})", resource.text[:500])
             return MappedConsent(
                 resource.row, resource.text, self._unstable(resource), None, [error]
