@@ -1101,7 +1101,8 @@ def test_an_ndjson_file_cut_mid_resource_is_truncated_and_revokes_nothing(
     assert (code, summary["invalid"], summary["revoked"]) == (1, 1, 0), out
     errors = validate_files([Path("t.ndjson")], load_mapping(None)).errors
     assert [(e.row, e.code) for e in errors] == [(2, "truncated_file")]
-    assert "cut off" in out + err and "truncated_file" in out + err
+    assert "cut off" in out + err
+    assert "truncated_file" in out + err
     live = [c for c in referenced.consents() if c["status"] == "active"]
     assert len(live) == 3
 
