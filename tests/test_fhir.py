@@ -9,6 +9,7 @@ import logging
 import shutil
 import stat
 import tracemalloc
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -184,7 +185,10 @@ DEEP = {
             {"provision": {"period": {"start": "2024-01-01T00:00:00Z", "end": "2025-01-01"}}},
             {
                 "provision": {
-                    "period": {"start": "2024-01-01T00:00:00Z", "end": "2025-01-01T00:00:00Z"}
+                    "period": {
+                        "start": "2024-01-01T00:00:00Z",
+                        "end": "2025-01-01T23:59:59.999000Z",
+                    }
                 }
             },
         ),
@@ -237,6 +241,30 @@ DEEP = {
             },
             {"provision": {"data": [{"reference": "Observation/o1"}]}},
         ),
+        # a date-only period end is the end of its day, as CSV reads it; a start its midnight
+        (
+            {"provision": {"period": {"start": "2024-10-01", "end": "2024-10-02"}}},
+            {
+                "provision": {
+                    "period": {
+                        "start": "2024-10-01T00:00:00Z",
+                        "end": "2024-10-02T23:59:59.999000Z",
+                    }
+                }
+            },
+        ),
+        (
+            {"provision": {"dataPeriod": {"end": "2024-10-02"}}},
+            {"provision": {"dataPeriod": {"end": "2024-10-02T23:59:59.999000Z"}}},
+        ),
+        (  # nested provisions' ends too
+            {"provision": {"provision": [{"period": {"end": "2024-10-02"}}]}},
+            {"provision": {"provision": [{"period": {"end": "2024-10-02T23:59:59.999000Z"}}]}},
+        ),
+        (  # a time of day is as written
+            {"provision": {"period": {"end": "2024-10-02T10:00:00Z"}}},
+            {"provision": {"period": {"end": "2024-10-02T10:00:00Z"}}},
+        ),
         # nested provisions, to any depth
         ({"provision": DEEP}, {"provision": DEEP}),
         # element ids and the resource's meta and text are bookkeeping
@@ -285,6 +313,13 @@ def test_patient_references_go_through_the_crosswalk() -> None:
 def test_a_day_is_midnight_in_the_source_timezone() -> None:
     body = body_of(consent(dateTime="2024-07-01"), mapper(zone="America/Chicago"))
     assert body["dateTime"] == "2024-07-01T00:00:00-05:00"
+
+
+def test_a_day_ending_a_period_is_its_last_moment_in_the_source_timezone() -> None:
+    provision = {"period": {"end": "2024-10-02"}, "dataPeriod": {"end": "2024-10-02"}}
+    body = body_of(consent(provision=provision), mapper(zone="America/Chicago"))
+    assert body["provision"]["period"]["end"] == "2024-10-02T23:59:59.999000-05:00"
+    assert body["provision"]["dataPeriod"]["end"] == "2024-10-02T23:59:59.999000-05:00"
 
 
 CONTAINERS: dict[str, Any] = {
@@ -469,7 +504,7 @@ def test_drop_leaves_an_element_out_on_purpose_and_counts_it() -> None:
 @pytest.mark.parametrize(
     ("toml", "message"),
     [
-        ("[fhir]\nkeep = []\n", "[fhir]: unknown key 'keep' (allowed: drop, rename)"),
+        ("[fhir]\nkeep = []\n", "[fhir]: unknown key 'keep' (allowed: crosswalks, drop, rename)"),
         ('[fhir]\ndrop = "extension"\n', "fhir.drop: must be a list of FHIR paths"),
         ('[fhir]\ndrop = ["provision[0].code"]\n', "is not a FHIR path"),
         (
@@ -668,15 +703,41 @@ def test_a_mapping_naming_columns_is_refused_for_fhir_input(tmp_path: Path) -> N
     assert "[columns] name columns, and FHIR input" in str(caught.value)
 
 
-def test_a_resource_without_id_gets_the_natural_key(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("scheme", "prefix", "kind"),
+    [
+        ("source", "sk:", "source cells"),  # a ledger made since source keys
+        ("natural", "nk:", "natural"),  # a ledger made with natural keys keeps them
+    ],
+)
+def test_a_resource_without_id_is_keyed_by_its_elements_as_written(
+    tmp_path: Path, scheme: str, prefix: str, kind: str
+) -> None:
     one = consent(dateTime="2024-01-01T00:00:00Z")
     del one["id"]
     path = write_ndjson(tmp_path / "x.ndjson", [one, one])
     normalizer = Normalizer(load_mapping(None))
+    normalizer.natural_keys = scheme == "natural"
     rows = list(normalizer.rows(open_table(path)))
-    assert rows[0].source_key.startswith("nk:")
+    assert rows[0].source_key.startswith(prefix)
     assert [e.code for e in rows[1].errors] == ["duplicate_row"]
-    assert normalizer.key_kind == "natural"
+    assert normalizer.key_kind == kind
+
+
+def test_an_id_less_key_does_not_move_with_the_zone_or_the_crosswalk(tmp_path: Path) -> None:
+    one = consent(dateTime="2024-01-01")
+    del one["id"]
+    path = write_ndjson(tmp_path / "x.ndjson", [one])
+    (tmp_path / "a.csv").write_text("from,to\npt_1,pt_100\n", encoding="utf-8")
+    (tmp_path / "b.csv").write_text("from,to\npt_1,pt_200\n", encoding="utf-8")
+    keys = set()
+    for zone, walk in [("UTC", "a.csv"), ("America/Chicago", "b.csv")]:
+        toml = f'[source]\ntimezone = "{zone}"\n[patients]\ncrosswalk = "{walk}"\n'
+        (tmp_path / "m.toml").write_text(toml, encoding="utf-8")
+        [row] = Normalizer(load_mapping(tmp_path / "m.toml")).rows(open_table(path))
+        assert row.valid
+        keys.add(row.source_key)
+    assert len(keys) == 1
 
 
 def test_the_source_system_namespaces_the_resource_id(tmp_path: Path) -> None:
@@ -884,3 +945,176 @@ def test_export_ndjson_leaves_csv_rows_for_the_csv_export(
     [line] = Path("out.ndjson").read_text(encoding="utf-8").splitlines()
     assert json.loads(line)["id"] == "a"
     assert "1 invalid or failed row(s) came from CSV or Excel files" in err
+
+
+def _without_ids(path: Path) -> None:
+    resources = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    for resource in resources:
+        del resource["id"]
+    path.write_text("".join(json.dumps(r) + "\n" for r in resources), encoding="utf-8")
+
+
+@pytest.mark.parametrize("fix", ["zone", "crosswalk"])
+def test_a_mapping_fix_makes_no_second_consent_of_an_id_less_resource(
+    fhir_samples: Path, server: RunningSandbox, capsys: pytest.CaptureFixture[str], fix: str
+) -> None:
+    """Review finding 4: resources without an id keep their key across a zone or a
+    crosswalk fix (0 POST, one live consent per patient), and the terminal says how."""
+    _without_ids(fhir_samples / "bulk_export.ndjson")
+    args = ["run", "bulk_export.ndjson", "--mapping", "mapping.toml", "--summary-json", "s.json"]
+    code, out, _ = run_cli(args, capsys)
+    assert code == 1, out  # bulk-104's dateTime is a month
+    assert summary_of("s.json")["created"] == 5
+    assert "made with natural keys" not in out
+    assert "Source key: no key column (or FHIR resources without an id), so" in out
+    if fix == "zone":
+        text = Path("mapping.toml").read_text(encoding="utf-8")
+        text = text.replace("[source]\n", '[source]\ntimezone = "America/Chicago"\n')
+        Path("mapping.toml").write_text(text, encoding="utf-8")
+    else:
+        text = Path("patients.csv").read_text(encoding="utf-8")
+        Path("patients.csv").write_text(text.replace("pt_fhir_1002", "pt_fhir_2002"))
+    posts = server.stats()["creates"]
+    code, out, _ = run_cli(args, capsys)
+    again = summary_of("s.json")
+    assert (again["created"], code) == (0, 1)
+    assert again["mapping_changed"]
+    assert server.stats()["creates"] == posts  # 0 POST
+    live = Counter(c["patientId"] for c in server.consents() if c["status"] != "inactive")
+    assert set(live.values()) == {1}
+    assert "made with natural keys" not in out
+
+
+# --- review finding 7: performer and organization ids through named crosswalks -------------
+
+REFERENCED = {
+    "performer": [{"reference": "Practitioner/1"}],
+    "organization": [{"reference": "Organization/42"}],
+}
+NAMED = """[source]
+timezone = "UTC"
+[crosswalks.practitioners]
+file = "practitioners.csv"
+from = "legacy"
+to = "clinik"
+[crosswalks.organizations]
+file = "organizations.csv"
+[fhir]
+crosswalks = { performer = "practitioners", organization = "organizations" }
+"""
+
+
+@pytest.fixture
+def referenced(
+    tmp_path: Path, server: RunningSandbox, monkeypatch: pytest.MonkeyPatch
+) -> RunningSandbox:
+    monkeypatch.setenv("CLINIKAPI_API_KEY", KEY)
+    monkeypatch.setenv("CLINIKAPI_BASE_URL", server.base_url)
+    monkeypatch.chdir(tmp_path)
+    write_ndjson(
+        tmp_path / "x.ndjson",
+        [
+            consent(id="r-1", dateTime="2024-01-01T00:00:00Z", **REFERENCED),
+            consent(id="r-2", dateTime="2024-01-02T00:00:00Z", performer=REFERENCED["performer"]),
+        ],
+    )
+    (tmp_path / "practitioners.csv").write_text(
+        "note,clinik,legacy\nx,prac_one,1\n", encoding="utf-8"
+    )
+    (tmp_path / "organizations.csv").write_text("from,to\n42,org_42\n", encoding="utf-8")
+    return server
+
+
+@pytest.mark.parametrize(
+    ("toml", "code", "warned", "sent"),
+    [
+        # no crosswalk: the ids slip through as they are, and validate says so
+        (
+            '[source]\ntimezone = "UTC"\n',
+            0,
+            ["performerId (FHIR performer)", "organizationId"],
+            None,
+        ),
+        # [fhir] crosswalks sends each reference through its [crosswalks.NAME]
+        (NAMED, 0, [], ("prac_one", "org_42")),
+    ],
+)
+def test_fhir_id_references_go_through_named_crosswalks_or_are_warned_of(
+    referenced: RunningSandbox,
+    capsys: pytest.CaptureFixture[str],
+    toml: str,
+    code: int,
+    warned: list[str],
+    sent: tuple[str, str] | None,
+) -> None:
+    Path("m.toml").write_text(toml, encoding="utf-8")
+    result, out, err = run_cli(["validate", "x.ndjson", "--mapping", "m.toml"], capsys)
+    assert result == code, out + err
+    for text in warned:
+        assert text in out + err
+    assert ("do not look like ClinikAPI ids" in out + err) == bool(warned)
+    assert "Practitioner/1" not in out + err  # ids are PHI: paths only
+    if sent is not None:
+        assert run_cli(["run", "x.ndjson", "--mapping", "m.toml"], capsys)[0] == 0
+        [first] = [c for c in referenced.consents() if c.get("organizationId")]
+        assert (first["performerId"], first["organizationId"]) == sent
+
+
+def test_an_id_missing_from_its_named_crosswalk_is_unknown_id(tmp_path: Path) -> None:
+    (tmp_path / "p.csv").write_text("from,to\n2,prac_two\n", encoding="utf-8")
+    toml = '[crosswalks.p]\nfile = "p.csv"\n[fhir]\ncrosswalks = { performer = "p" }\n'
+    (tmp_path / "m.toml").write_text(toml, encoding="utf-8")
+    path = write_ndjson(tmp_path / "x.ndjson", [consent(performer=REFERENCED["performer"])])
+    [row] = Normalizer(load_mapping(tmp_path / "m.toml")).rows(open_table(path))
+    assert [(e.field, e.code) for e in row.errors] == [("performer", "unknown_id")]
+
+
+@pytest.mark.parametrize(
+    ("toml", "message"),
+    [
+        ('[fhir]\ncrosswalks = { performer = "nope" }\n', "no table [crosswalks.nope]"),
+        ('[fhir]\ncrosswalks = { patient = "x" }\n', "is not a reference the FHIR mapping"),
+        ('[fhir]\ncrosswalks = { performer = "patients" }\n', "there is none"),
+    ],
+)
+def test_fhir_crosswalks_errors(tmp_path: Path, toml: str, message: str) -> None:
+    (tmp_path / "m.toml").write_text(toml, encoding="utf-8")
+    with pytest.raises(ConfigError) as caught:
+        load_mapping(tmp_path / "m.toml")
+    assert message in str(caught.value)
+
+
+def test_an_ndjson_file_cut_mid_resource_is_truncated_and_revokes_nothing(
+    referenced: RunningSandbox, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Review (low): a last line cut off mid-resource is the reader's `truncated_file`
+    (as for CSV), and `--revoke-missing` revokes nothing on such a read."""
+    three = [consent(id=f"t-{i}", dateTime=f"2024-01-0{i}T00:00:00Z") for i in (1, 2, 3)]
+    write_ndjson(Path("t.ndjson"), three)
+    args = ["run", "t.ndjson", "--summary-json", "s.json", "--revoke-missing"]
+    args += ["--revoke-after", "1", "--revoke-max", "5"]
+    assert run_cli(args, capsys)[0] == 0
+    whole = json.dumps(three[0]) + "\n"
+    Path("t.ndjson").write_text(whole + json.dumps(three[1])[:40], encoding="utf-8")
+    code, out, err = run_cli(args, capsys)
+    summary = summary_of("s.json")
+    assert (code, summary["invalid"], summary["revoked"]) == (1, 1, 0), out
+    errors = validate_files([Path("t.ndjson")], load_mapping(None)).errors
+    assert [(e.row, e.code) for e in errors] == [(2, "truncated_file")]
+    assert "cut off" in out + err
+    assert "truncated_file" in out + err
+    live = [c for c in referenced.consents() if c["status"] == "active"]
+    assert len(live) == 3
+
+
+@pytest.mark.parametrize("command", ["run", "validate"])
+def test_the_terminal_names_fhir_skips_and_exports_as_they_are(
+    fhir_samples: Path, capsys: pytest.CaptureFixture[str], command: str
+) -> None:
+    """Review (low): other resource types are "not Consents", not "filtered out"; a FHIR
+    run's last line names the NDJSON export of its failed resources."""
+    _, out, _ = run_cli([command, *INPUTS], capsys)
+    assert "2 skipped (not Consents)" in out
+    assert "filtered out" not in out
+    if command == "run":
+        assert "for CSVs, or --failed FILE.ndjson for NDJSON)" in out

@@ -311,16 +311,18 @@ def run(
         extra={"fields": {"event": "summary", **summary, "exit_code": result.exit_code}},
     )
     if shown:
-        _print_run(result.stats, ledger, result.total)
+        _print_run(result.stats, ledger, result.total, inputs)
     return result.exit_code  # a refused revocation was logged as an error: exit 2
 
 
 _KEY_NOTES = {
-    "source cells": "Source key: no key column, so each row is keyed by the cells feeding "
-    "patientId, scope, category and dateTime, as read before mapping; other edits are PATCHed",
-    "natural": "Source key: no key column, and this ledger was made with natural keys: rows "
-    "are keyed by their mapped patientId, scope, categories and dateTime, so a mapping fix "
-    "changing them makes new consents (see README: source keys)",
+    "source cells": "Source key: no key column (or FHIR resources without an id), so each row "
+    "is keyed by the cells (a resource: the elements) feeding patientId, scope, category and "
+    "dateTime, as read before mapping; other edits are PATCHed",
+    "natural": "Source key: no key column (or FHIR resources without an id), and this ledger "
+    "was made with natural keys (or before them): rows are keyed by their mapped patientId, "
+    "scope, categories and dateTime, so a mapping fix changing them makes new consents (see "
+    "README: source keys)",
     "content hash": "Source key: no key column, and this ledger was made before natural keys: "
     "rows are keyed by a hash of their whole body (an edited row is a new consent; see README)",
 }
@@ -421,15 +423,18 @@ def _dry_run_exit(plan: PlanSummary) -> int:
     return EXIT_ROWS if plan.invalid or plan.counts.get("immutable_change") else EXIT_OK
 
 
-def _print_run(stats: RunStats, ledger: Path, total: int) -> None:
+def _print_run(stats: RunStats, ledger: Path, total: int, inputs: Sequence[Path] = ()) -> None:
+    from importer.reports._report import skipped_note
+
     out = plain_console()
+    skipped = skipped_note(inputs)
     read = f"{stats.rows:,} of {plural(total, 'row')}" if total > stats.rows else ""
     out.print(
         f"Run: {read or plural(stats.rows, 'row')} · {stats.created:,} created "
         f"({stats.adopted:,} adopted after a lookup) · {stats.updated:,} updated"
         + (f" ({stats.recreated:,} recreated as new consents)" if stats.recreated else "")
         + f" · {stats.unchanged:,} unchanged · {stats.invalid:,} invalid · {stats.failed:,} failed"
-        + (f" · {stats.skipped:,} skipped (filtered out)" if stats.skipped else "")
+        + (f" · {stats.skipped:,} skipped ({skipped})" if stats.skipped else "")
     )
     out.print(
         f"     {plural(stats.requests, 'request')} · {plural(stats.retries, 'retry', 'retries')} · "
@@ -499,7 +504,9 @@ def _print_run(stats: RunStats, ledger: Path, total: int) -> None:
         out.print(f"     {plural(total - stats.rows, 'row')} of the input not reached")
     for code, count in sorted(stats.by_error.items(), key=lambda kv: -kv[1]):
         out.print(f"     failed {code}: {count:,}")
-    out.print(f"Ledger: {ledger} (consent-import export --ledger {ledger} ... for CSVs)")
+    fhir = skipped != "filtered out"  # some input is FHIR: its failed ones export as NDJSON
+    exports = "CSVs, or --failed FILE.ndjson for NDJSON" if fhir else "CSVs"
+    out.print(f"Ledger: {ledger} (consent-import export --ledger {ledger} ... for {exports})")
 
 
 @cli.command()

@@ -18,7 +18,12 @@ from importer.reports._report import (
     source_rows,
     write_json,
 )
-from importer.reports._values import ValuesProfile, fhir_elements, profile_file
+from importer.reports._values import (
+    ValuesProfile,
+    fhir_elements,
+    fhir_id_warnings,
+    profile_file,
+)
 
 
 def validate_files(
@@ -55,7 +60,7 @@ def validate_files(
     for writer in writers:
         writer.close()
     summary.values = profile.to_json() + fhir_elements(summary)
-    summary.warnings += profile.warnings()
+    summary.warnings += profile.warnings() + fhir_id_warnings(normalizer.fhir_ids)
     for path in paths:
         suffix = path.suffix.lower()
         if suffix == ".json":

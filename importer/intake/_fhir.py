@@ -12,6 +12,7 @@ resource to a ClinikAPI body lives in `importer.intake._fhir_body`.
 from __future__ import annotations
 
 import json
+import logging
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -20,9 +21,10 @@ from typing import Any, Final, Protocol
 
 from importer._errors import ConfigError, InputError
 from importer.intake._layout import ERROR_COLUMNS
-from importer.intake._reader import OPENERS, Table
+from importer.intake._reader import OPENERS, TRUNCATED_FILE, Table
 
 __all__ = [
+    "CROSSWALK_PATHS",
     "ERROR_TAG_SYSTEM",
     "FHIR_SUFFIXES",
     "MAPPED_PATHS",
@@ -36,6 +38,8 @@ __all__ = [
     "parse_fhir",
 ]
 
+log = logging.getLogger("importer.fhir")
+
 FHIR_SUFFIXES: Final = (".json", ".ndjson")
 #: The one column a FHIR file's rows have in CSV reports and the ledger: the resource.
 RESOURCE_COLUMN: Final = "resource"
@@ -43,7 +47,15 @@ RESOURCE_COLUMN: Final = "resource"
 ERROR_TAG_SYSTEM: Final = "urn:consent-import:error"
 #: FHIR paths a `[fhir]` key names: element names joined by dots, no indexes.
 _RULE_PATH: Final = re.compile(r"_?[A-Za-z][A-Za-z0-9]*(?:\.[A-Za-z][A-Za-z0-9]*)*")
-_FHIR_KEYS: Final = ("drop", "rename")
+_FHIR_KEYS: Final = ("crosswalks", "drop", "rename")
+#: The reference elements `[fhir] crosswalks` may send through a named crosswalk: those
+#: feeding a ClinikAPI id field (their id part is looked up).
+CROSSWALK_PATHS: Final = (
+    "performer",
+    "organization",
+    "sourceReference",
+    "verification.verifiedWith",
+)
 #: Every FHIR path the built-in mapping reads (importer.intake._fhir_body), nested provisions
 #: named as their parent (`provision.provision.code` is `provision.code`).
 MAPPED_PATHS: Final = frozenset(
@@ -100,10 +112,14 @@ class FhirOptions:
         rename: FHIR path -> the sibling FHIR path whose ClinikAPI field takes its value
             (`provision.code` -> `provision.class`).
         drop: FHIR paths left out on purpose.
+        crosswalks: FHIR reference path (one of `CROSSWALK_PATHS`) -> the name of the
+            `[crosswalks.NAME]` table (or `patients`, the `[patients]` one) its id goes
+            through.
     """
 
     rename: dict[str, str] = field(default_factory=dict)
     drop: frozenset[str] = frozenset()
+    crosswalks: dict[str, str] = field(default_factory=dict)
 
 
 def parse_fhir(table: Any, where: str, mapped: frozenset[str]) -> FhirOptions:
@@ -113,7 +129,9 @@ def parse_fhir(table: Any, where: str, mapped: frozenset[str]) -> FhirOptions:
         raise ConfigError(f"{where}: [fhir] must be a table")
     for key in table:
         if key not in _FHIR_KEYS:
-            raise ConfigError(f"{where} [fhir]: unknown key '{key}' (allowed: drop, rename)")
+            raise ConfigError(
+                f"{where} [fhir]: unknown key '{key}' (allowed: {', '.join(_FHIR_KEYS)})"
+            )
     drop = table.get("drop", [])
     if not isinstance(drop, list) or not all(isinstance(p, str) for p in drop):
         raise ConfigError(f'{where}: fhir.drop: must be a list of FHIR paths, e.g. ["extension"]')
@@ -143,7 +161,25 @@ def parse_fhir(table: Any, where: str, mapped: frozenset[str]) -> FhirOptions:
             )
         if source in drop:
             raise ConfigError(f"{where}: {key}: '{source}' is also in fhir.drop; keep one")
-    return FhirOptions(dict(rename), frozenset(drop))
+    crosswalks = table.get("crosswalks", {})
+    if not isinstance(crosswalks, dict):
+        raise ConfigError(
+            f'{where}: fhir.crosswalks: must be a table, e.g. {{ performer = "practitioners" }}'
+        )
+    for source, name in crosswalks.items():
+        key = f'fhir.crosswalks."{source}"'
+        if source not in CROSSWALK_PATHS:
+            raise ConfigError(
+                f"{where}: {key}: '{source}' is not a reference the FHIR mapping sends as an "
+                f"id (one of: {', '.join(CROSSWALK_PATHS)})"
+            )
+        if not isinstance(name, str) or not name.strip():
+            raise ConfigError(
+                f"{where}: {key}: must name a crosswalk, [crosswalks.NAME] (or patients)"
+            )
+        if source in drop:
+            raise ConfigError(f"{where}: {key}: '{source}' is also in fhir.drop; keep one")
+    return FhirOptions(dict(rename), frozenset(drop), {k: v.strip() for k, v in crosswalks.items()})
 
 
 def has_error_tag(resource: dict[str, Any]) -> bool:
@@ -225,6 +261,8 @@ class Resource:
     data: dict[str, Any] | None
     text: str
     problem: str = ""
+    #: the row error code of `problem` ("": the reader's usual one for the file)
+    code: str = ""
 
     @property
     def resource_type(self) -> str:
@@ -289,6 +327,9 @@ class FhirTable(Table):
                     value = json.loads(raw)
                 except (UnicodeDecodeError, json.JSONDecodeError):
                     text = raw.decode("utf-8", "replace").strip()
+                    if not raw.endswith(b"\n"):  # the last line, cut off mid-resource
+                        yield self._cut_off(number, text)
+                        continue
                     yield Resource(number, "", None, text, "line: not a JSON object")
                     continue
                 if not isinstance(value, dict):
@@ -296,6 +337,19 @@ class FhirTable(Table):
                     yield Resource(number, "", None, text, "line: not a JSON object")
                     continue
                 yield _resource(number, "", value)
+
+    def _cut_off(self, number: int, text: str) -> Resource:
+        """The last line, not JSON and without a line break: the export was cut off
+        (as a CSV file ending inside a row): `--revoke-missing` revokes nothing."""
+        self.truncated = (
+            f"{self.name}: ends inside line {number} without a line break: the export looks "
+            f"cut off; line {number} is reported invalid, never sent ({TRUNCATED_FILE})"
+        )
+        log.warning("%s", self.truncated)
+        problem = (
+            "line: the file ends inside this resource: the export was cut off, export it again"
+        )
+        return Resource(number, "", None, text, problem, TRUNCATED_FILE)
 
 
 def _resource(row: int, prefix: str, data: dict[str, Any]) -> Resource:

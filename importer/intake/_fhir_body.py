@@ -7,8 +7,12 @@ input", has the table), it is bookkeeping (`id` at any level, the resource's `me
 `unsupported_element` naming its path (`entry[3].provision.provision[0].code`), never
 dropped without a word.
 
-A resource's source key is its `id` (namespaced by `[source] system`); a resource without
-one gets the natural key a CSV row without a key column gets.
+A resource's source key is its `id` (namespaced by `[source] system`). A resource without
+one is keyed as a CSV row without a key column is (importer._keys.source_key): by its
+elements as written, before any mapping: the patient reference (before the `[patients]`
+crosswalk), the scope and category codes, and the `dateTime` text. A fix of the time zone
+or the crosswalk then leaves its key as it was. Ledgers made before source keys ("natural",
+"content") keep natural keys for such resources, as they had.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from zoneinfo import ZoneInfo
 
 from pydantic import ValidationError
 
-from importer._keys import CELLS_PREFIX, NATURAL_FIELDS, KeyTally, natural_key
+from importer._keys import CELLS_PREFIX, NATURAL_FIELDS, KeyTally, natural_key, source_key
 from importer.intake._fhir import RESOURCE_COLUMN, FhirOptions, FhirTable, Resource
 from importer.intake._models import ConsentIdentity, ConsentIn, field_errors
 
@@ -52,6 +56,8 @@ _ELEMENT: Final = re.compile(r"_?[A-Za-z][A-Za-z0-9]{0,63}")
 #: The one `provision.data.meaning` a ClinikAPI data reference expresses: the resource itself.
 _DATA_MEANING: Final = "instance"
 _ATTACHMENT: Final = ("contentType", "data", "url", "title")
+#: Distinct ids counted per reference path (for `validate`'s id-shape warning).
+_ID_VALUES: Final = 50
 
 
 def _skip(value: Any, shown: str) -> None:
@@ -188,11 +194,20 @@ class FhirMapper(_Walker):
     """Maps Consent resources to bodies with one mapping's `[fhir]`, crosswalk and zone."""
 
     def __init__(
-        self, options: FhirOptions, crosswalk: dict[str, str] | None, timezone: ZoneInfo
+        self,
+        options: FhirOptions,
+        crosswalk: dict[str, str] | None,
+        timezone: ZoneInfo,
+        named: dict[str, dict[str, str]] | None = None,
     ) -> None:
         super().__init__(options)
         self.crosswalk = crosswalk
         self.timezone = timezone
+        #: the mapping's `[crosswalks.NAME]` tables, for `[fhir] crosswalks`
+        self.named = named or {}
+        #: the ids sent per id-field reference path, counted (up to `_ID_VALUES` distinct
+        #: a path): `validate` warns of those not shaped as ClinikAPI ids. PHI: never shown.
+        self.ids: dict[str, Counter[str]] = {}
 
     # --- the walk ---------------------------------------------------------------------------
 
@@ -235,9 +250,15 @@ class FhirMapper(_Walker):
             "provision": lambda v, s: put("provision", self._provision(v, s), s),
         }
 
-    def _date_time(self, value: Any, shown: str) -> str | None:
+    def _end_date_time(self, value: Any, shown: str) -> str | None:
+        """A period's end: a day alone means the end of that day in `[source] timezone`
+        (as a CSV period end does), so the period keeps its last day."""
+        return self._date_time(value, shown, end=True)
+
+    def _date_time(self, value: Any, shown: str, *, end: bool = False) -> str | None:
         """A FHIR dateTime as ClinikAPI takes it: a day is its midnight in `[source]
-        timezone`; a year or a month alone names no instant."""
+        timezone` (its last millisecond for a period's `end`); a year or a month alone
+        names no instant."""
         text = self._string(value, shown)
         if text is None or _DATE_TIME.fullmatch(text):
             return text  # the model checks it (an offset is required)
@@ -246,7 +267,10 @@ class FhirMapper(_Walker):
                 day = date.fromisoformat(text)
             except ValueError:
                 return text  # the model reports the invalid date
-            return datetime(day.year, day.month, day.day, tzinfo=self.timezone).isoformat()
+            at = datetime(day.year, day.month, day.day, tzinfo=self.timezone)
+            if end:
+                at = at.replace(hour=23, minute=59, second=59, microsecond=999_000)
+            return at.isoformat()
         if _PARTIAL_DATE.fullmatch(text):
             rule = "is a year or a month, not a day or an instant (invalid_date)"
             self._problem(shown, self._rule(shown), "invalid_date", rule, text)
@@ -379,12 +403,28 @@ class FhirMapper(_Walker):
         return self._patient_id(ident, shown)
 
     def _id(self, value: Any, shown: str) -> str | None:
-        """A reference to an id field: its id part (a patient's through the crosswalk)."""
+        """A reference to an id field: its id part, through the crosswalk `[fhir]
+        crosswalks` names for its path, else a patient's through `[patients]`."""
         ref = self._reference(value, shown)
         if ref is None:
             return None
         kind, ident = ref
-        return self._patient_id(ident, shown) if kind == "Patient" else ident
+        path = self._rule(shown)
+        name = self.options.crosswalks.get(path)
+        if name is not None and (name != "patients" or name in self.named):
+            found = self.named.get(name, {}).get(ident)
+            if not found:
+                rule = f"is not in the [crosswalks.{name}] crosswalk (unknown_id)"
+                self._problem(shown, path, "unknown_id", rule, ident)
+        elif kind == "Patient" or name is not None:
+            found = self._patient_id(ident, shown)
+        else:
+            found = ident
+        if found:
+            seen = self.ids.setdefault(path, Counter())
+            if found in seen or len(seen) < _ID_VALUES:
+                seen[found] += 1
+        return found
 
     def _one_id(self, value: Any, shown: str) -> str | None:
         """performer, organization: FHIR arrays, one id in ClinikAPI."""
@@ -422,7 +462,7 @@ class FhirMapper(_Walker):
         return self._each(value, shown, converters)
 
     def _period(self, value: Any, shown: str) -> dict[str, Any] | None:
-        period = self._collect(value, shown, {"start": self._date_time, "end": self._date_time})
+        period = self._collect(value, shown, {"start": self._date_time, "end": self._end_date_time})
         return period or None
 
     def _actors(self, value: Any, shown: str) -> list[dict[str, Any]]:
@@ -504,12 +544,19 @@ class FhirConsents:
     Resources of other types are skipped, counted (`skipped`) and named in one warning.
     """
 
-    def __init__(self, mapping: Mapping, table: FhirTable, tally: KeyTally) -> None:
+    def __init__(
+        self, mapping: Mapping, table: FhirTable, tally: KeyTally, *, natural: bool = False
+    ) -> None:
         self.table = table
         self.tally = tally
-        self.mapper = FhirMapper(mapping.fhir, mapping.crosswalk, mapping.timezone)
+        #: key resources without an id by their mapped identity (ledgers made before
+        #: source keys), not by their elements as written
+        self.natural = natural
+        self.mapper = FhirMapper(
+            mapping.fhir, mapping.crosswalk, mapping.timezone, mapping.crosswalks
+        )
         self.read = self.skipped = 0  # since last taken (see `slices`)
-        #: whether a Consent had no id (its key is then its natural identity)
+        #: whether a Consent had no id (its key is then made from its identity elements)
         self.unkeyed = False
         self._other: Counter[str] = Counter()
 
@@ -543,7 +590,7 @@ class FhirConsents:
     def consent(self, resource: Resource) -> MappedConsent:
         """One resource's body checked by the model, its problems as row errors."""
         if resource.data is None:
-            code = "invalid_json" if self.table.ndjson else "invalid_element"
+            code = resource.code or ("invalid_json" if self.table.ndjson else "invalid_element")
             error = (RESOURCE_COLUMN, code, f"{resource.problem} ({code})", resource.text[:500])
             return MappedConsent(
                 resource.row, resource.text, self._unstable(resource), None, [error]
@@ -582,13 +629,23 @@ class FhirConsents:
         body: dict[str, Any],
         errors: list[tuple[str, str, str, str]],
     ) -> str:
-        """The resource's id; without one, its natural identity (as a CSV row without a
-        key column), or a key of its text when nothing stable is left."""
+        """The resource's id; without one, its identity elements as written (as a CSV row
+        without a key column; its natural identity in a ledger made before), or a key of
+        its text when nothing stable is left."""
         assert resource.data is not None
         ident = resource.data.get("id")
         if isinstance(ident, str) and ident.strip():
             return ident.strip()
         self.unkeyed = True
+        if not self.natural:
+            found_key = _source_identity(resource.data)
+            if found_key is None:
+                return self._unstable(resource)
+            roots = {_ROOT.split(e[0], maxsplit=1)[0] for e in errors}
+            if {_API_OF_FHIR.get(r, r) for r in roots} & NATURAL_FIELDS:
+                # An identity element holds a typo: the resource may be one the ledger misses.
+                self.tally.unstable += 1
+            return found_key
         if model is not None:
             return natural_key(model.patient_id, model.scope.value, model.category, model.date_time)
         fields = {_ROOT.split(_API_OF_FHIR.get(e[0], e[0]), maxsplit=1)[0] for e in errors}
@@ -610,3 +667,32 @@ class FhirConsents:
 
 
 _API_OF_FHIR: Final = {fhir: api for api, fhir in _FHIR_OF_API.items()}
+
+
+def _source_identity(data: dict[str, Any]) -> str | None:
+    """The source-cell key of a resource without an id: its patient reference, scope and
+    category codes and `dateTime`, as written (None without a patient reference)."""
+    patient = data.get("patient")
+    reference = patient.get("reference") if isinstance(patient, dict) else None
+    if not isinstance(reference, str) or not reference.strip():
+        return None
+    scope = "\x1f".join(_written_codes(data.get("scope")))
+    categories = data.get("category")
+    codes = [
+        code
+        for concept in (categories if isinstance(categories, list) else [categories])
+        for code in _written_codes(concept)
+    ]
+    when = data.get("dateTime")
+    when = when.strip() if isinstance(when, str) else ""
+    return source_key(reference.strip(), scope, "\x1f".join(codes), when)
+
+
+def _written_codes(concept: Any) -> list[str]:
+    """A CodeableConcept's codes as written (strings only, stripped)."""
+    codings = concept.get("coding") if isinstance(concept, dict) else None
+    if not isinstance(codings, list):
+        return []
+    return [
+        c["code"].strip() for c in codings if isinstance(c, dict) and isinstance(c.get("code"), str)
+    ]

@@ -290,7 +290,8 @@ def load_mapping(path: str | Path | None) -> Mapping:
         )
     elif patients:
         raise ConfigError(f'{where} [patients]: needs crosswalk = "FILE.csv"')
-    named = _named_crosswalks(doc, path, v2, crosswalk)
+    fhir = parse_fhir(doc.get("fhir", {}), str(path), MAPPED_PATHS)
+    named = _named_crosswalks(doc, path, v2, crosswalk, fhir.crosswalks)
     fields, consents = v2.resolve_crosswalks(fields, consents, named, crosswalk, str(path))
     return Mapping(
         source=SourceOptions(
@@ -316,7 +317,7 @@ def load_mapping(path: str | Path | None) -> Mapping:
         consents=consents,
         crosswalk_path=crosswalk_path,
         system=_system(source.get("system"), where),
-        fhir=parse_fhir(doc.get("fhir", {}), str(path), MAPPED_PATHS),
+        fhir=fhir,
         unmapped_keep=frozenset(keep),
         crosswalks={name: table for name, (table, _) in named.items()},
         crosswalk_files=tuple(file for _, file in named.values()),
@@ -324,13 +325,34 @@ def load_mapping(path: str | Path | None) -> Mapping:
 
 
 def _named_crosswalks(
-    doc: dict[str, Any], path: Path, v2: _V2, patients: dict[str, str] | None
+    doc: dict[str, Any],
+    path: Path,
+    v2: _V2,
+    patients: dict[str, str] | None,
+    fhir: dict[str, str] | None = None,
 ) -> dict[str, tuple[dict[str, str], Path]]:
     """`[crosswalks.NAME]` tables, each read once, with targets checked as the fields
-    using them need (a crosswalk feeding patientId holds `pt_…` ids)."""
+    using them need (a crosswalk feeding patientId holds `pt_…` ids). `fhir` are the
+    `[fhir] crosswalks` (FHIR reference path -> name): they use tables too."""
     where = f"mapping file {path}"
     tables = _table(doc, "crosswalks", where)
     used: dict[str, str] = {}  # name -> "patient" or "id"
+    for element, name in (fhir or {}).items():
+        key = f'fhir.crosswalks."{element}"'
+        if name == PATIENTS_CROSSWALK and name not in tables:
+            if patients is None:
+                raise ConfigError(
+                    f"{path}: {key}: 'patients' is the [patients] crosswalk, and there is "
+                    'none; add [patients] crosswalk = "FILE.csv"'
+                )
+            continue
+        if name not in tables:
+            known = ", ".join(sorted(tables)) or "none"
+            raise ConfigError(
+                f"{path}: {key}: no table [crosswalks.{name}] (defined: {known}); add one "
+                'with file = "FILE.csv", from = "HEADER", to = "HEADER"'
+            )
+        used.setdefault(name, "id")
     for spec in v2.specs:
         if spec.crosswalk_name is None:
             continue
@@ -360,7 +382,8 @@ def _named_crosswalks(
         if name not in used:
             raise ConfigError(
                 f'{here}: no spec uses it; name it on a field, e.g. performerId = {{ column = "…", '
-                f'crosswalk = "{name}" }}, or remove it'
+                f'crosswalk = "{name}" }} (for FHIR input: [fhir] crosswalks = {{ performer = '
+                f'"{name}" }}), or remove it'
             )
         if "file" not in table:
             raise ConfigError(f'{here}: needs file = "FILE.csv"')

@@ -13,6 +13,7 @@ at a time skip the body and the model, which makes it several times faster.
 from __future__ import annotations
 
 import hashlib
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -132,7 +133,12 @@ class Normalizer:
         self.rows_read = 0
         #: Invalid rows read so far without a stable key (read by --revoke-missing).
         self.tally = KeyTally()
-        self._fhir_unkeyed = False
+        #: a FHIR resource without an id was keyed by its natural identity (older ledgers)
+        self._fhir_natural = False
+        #: FHIR input's ids sent, per reference path (FhirMapper.ids): validate's warning
+        self.fhir_ids: dict[str, Counter[str]] = {}
+        #: CSV or Excel files read without a key column
+        self._unkeyed_tables = 0
         #: given each file's normalizer, what counts its chunks' cells (validate's values
         #: profile, importer.reports._values), when one is wanted
         self.on_file: Callable[[_FileNormalizer], Callable[[dict[str, list[Any]]], None]] | None
@@ -144,10 +150,11 @@ class Normalizer:
         "content hash"."""
         if not self.unkeyed_files:
             return "column"
-        if self.content_keys:
+        if self.content_keys and self._unkeyed_tables:
             return "content hash"
-        # A FHIR resource without an id is keyed by its mapped fields (importer.intake._fhir_body).
-        return "natural" if self.natural_keys or self._fhir_unkeyed else "source cells"
+        # A FHIR resource without an id is keyed by its elements as written, or by its
+        # mapped fields in a ledger made before source keys (importer.intake._fhir_body).
+        return "natural" if self.natural_keys or self._fhir_natural else "source cells"
 
     def read_naive_as_utc(self) -> bool:
         """Whether naive times of day were read as UTC, no zone stated (older ledgers)."""
@@ -277,7 +284,8 @@ class Normalizer:
         """A FHIR file's Consents as rows (importer.intake._fhir_body maps them), `_SLICE` at a
         time, each slice with the resources of other types it skipped."""
         file_index = self._add_file(table.name)
-        consents = FhirConsents(self.mapping, table, self.tally)
+        natural = self.natural_keys or self.content_keys  # ledgers made before source keys
+        consents = FhirConsents(self.mapping, table, self.tally, natural=natural)
         for mapped in consents.slices(_SLICE):
             skipped, self.rows_read = consents.skipped, self.rows_read + consents.read
             self.skipped += skipped
@@ -295,7 +303,9 @@ class Normalizer:
             made = self._sliced(table.name, file_index, chunk)
             yield [row for row in made if isinstance(row, Row)], skipped
         self.unkeyed_files += consents.unkeyed
-        self._fhir_unkeyed = self._fhir_unkeyed or bool(consents.unkeyed)
+        for path, seen in consents.mapper.ids.items():
+            self.fhir_ids.setdefault(path, Counter()).update(seen)
+        self._fhir_natural = self._fhir_natural or (consents.unkeyed and natural)
 
     def _add_file(self, name: str) -> int:
         self._files.append(name)
@@ -317,6 +327,7 @@ class Normalizer:
         )
         self._file_rows.append(file_rows)
         self.unkeyed_files += not file_rows.keyed
+        self._unkeyed_tables += not file_rows.keyed
         file_rows.defects = table.defects
         if self.on_file is not None:
             file_rows.profile = self.on_file(file_rows)
@@ -327,7 +338,15 @@ class Normalizer:
         otherwise be sent twice."""
         file, number = self._files[first >> 40], first & ((1 << 40) - 1)
         where = f"row {number}" if file == row.file else f"{file} row {number}"
-        if split_key(row.source_key)[1].startswith(SOURCE_PREFIX):
+        fhir = row.headers == (RESOURCE_COLUMN,)
+        if split_key(row.source_key)[1].startswith(SOURCE_PREFIX) and fhir:
+            name, value = NATURAL_KEY_FIELD, ""
+            message = (
+                f"{name}: same patient reference, scope, category codes and dateTime as "
+                f"{where} (the identity of a resource without an id); give the resources "
+                "ids to import both"
+            )
+        elif split_key(row.source_key)[1].startswith(SOURCE_PREFIX):
             name, value = NATURAL_KEY_FIELD, ""
             message = (
                 f"{name}: same patient, scope, category and date-time cells as {where} (the "

@@ -19,6 +19,7 @@ from rich.console import Console
 from importer._errors import UsageError
 from importer._results import RunStats, ValidationSummary
 from importer._rows import Row, sheet_note
+from importer.intake._fhir import FHIR_SUFFIXES
 from importer.intake._formulas import escape_formula
 from importer.intake._layout import ERROR_COLUMNS
 from importer.reports._outputs import AtomicFile
@@ -154,6 +155,15 @@ def source_rows(invalid: Iterable[Row]) -> Iterator[list[Row]]:
         yield list(group)
 
 
+def skipped_note(names: Iterable[str | Path]) -> str:
+    """Why rows were skipped, as the terminal says it: a [[filter]] or no consent (CSV,
+    Excel), another resource type than Consent (FHIR input)."""
+    fhir = {str(name).lower().endswith(FHIR_SUFFIXES) for name in names}
+    if fhir == {True}:
+        return "not Consents"
+    return "filtered out, or not Consents" if True in fhir else "filtered out"
+
+
 def print_validation(summary: ValidationSummary, console: Console, *, first: int = 10) -> None:
     """The terminal summary of a validation: counts, then the first errors, one a line."""
     files = len(summary.by_file)
@@ -162,7 +172,11 @@ def print_validation(summary: ValidationSummary, console: Console, *, first: int
         f"row{'s' if summary.rows != 1 else ''}, "
         f"[green]{summary.valid:,} valid[/], "
         f"[{'red' if summary.invalid else 'green'}]{summary.invalid:,} invalid[/]"
-        + (f", {summary.skipped:,} skipped (filtered out)" if summary.skipped else "")
+        + (
+            f", {summary.skipped:,} skipped ({skipped_note(summary.by_file)})"
+            if summary.skipped
+            else ""
+        )
     )
     for warning in summary.warnings:
         console.print(f"warning: {warning}", soft_wrap=True, markup=False)

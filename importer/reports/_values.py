@@ -264,6 +264,35 @@ def _v2_translate(owner: _FileNormalizer, spec: Spec) -> Translate:
     return translate
 
 
+#: The API field each FHIR reference path feeding an id field sends.
+_FHIR_ID_FIELDS = {
+    "performer": "performerId",
+    "organization": "organizationId",
+    "sourceReference": "sourceReferenceId",
+    "verification.verifiedWith": "verification.verifiedWith",
+}
+
+
+def fhir_id_warnings(ids: dict[str, Counter[str]]) -> list[str]:
+    """FHIR input's id fields whose ids (as sent, after any crosswalk) do not look like
+    ClinikAPI ids, as `ValuesProfile.warnings` says of a CSV column. Paths only: ids are PHI."""
+    out = []
+    for path, seen in ids.items():
+        odd = [value for value in seen if not CLINIK_ID.fullmatch(value)]
+        if not odd:
+            continue
+        rows = sum(seen[value] for value in odd)
+        field = _FHIR_ID_FIELDS.get(path, path)
+        key = path if "." not in path else f'"{path}"'
+        out.append(
+            f"{field} (FHIR {path}): {len(odd)} of its {len(seen)} distinct ids profiled "
+            f"({rows:,} resources) do not look like ClinikAPI ids (prefix_…, such as pt_… or "
+            "org_…); legacy ids need a crosswalk: [crosswalks.NAME], then [fhir] crosswalks "
+            f'= {{ {key} = "NAME" }}'
+        )
+    return out
+
+
 def fhir_elements(summary: ValidationSummary) -> list[dict[str, Any]]:
     """FHIR input's elements without a ClinikAPI field (`unsupported_element`), one entry
     a path, in the profile's shape: what `[fhir] rename` or `drop` would have to say."""
