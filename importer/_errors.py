@@ -27,6 +27,9 @@ a cell value or a whole API key (values can be PHI).
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
+
 
 class ConsentImportError(Exception):
     """Base of every error this package raises on purpose."""
@@ -50,6 +53,23 @@ def no_such_file(what: str, path: object, hint: str) -> str:
     """The one wording of a missing file: `<what> <path>: no such file; <hint>` (an
     input file is only its path, as the reader's other messages are)."""
     return f"{what} {path}: no such file; {hint}".lstrip()
+
+
+def unknown_key(where: str, key: str, allowed: Iterable[str]) -> str:
+    """The one wording of a key a mapping table does not take, with the closest allowed
+    key when one is close: `<where>: unknown key 'K'; did you mean 'A'? (allowed: ...)`."""
+    names = sorted(allowed)
+    guess = difflib.get_close_matches(key, names, n=1)
+    hint = f"; did you mean '{guess[0]}'?" if guess else ""
+    return f"{where}: unknown key '{key}'{hint} (allowed: {', '.join(names)})"
+
+
+def no_unknown_keys(table: Iterable[str], allowed: Iterable[str], where: str) -> None:
+    """Raise `ConfigError` (`unknown_key`) for the first key of `table` not in `allowed`."""
+    names = set(allowed)
+    for key in table:
+        if key not in names:
+            raise ConfigError(unknown_key(where, key, names))
 
 
 class InputError(ConsentImportError):

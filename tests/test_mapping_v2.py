@@ -406,7 +406,10 @@ def test_consents_rerun_unchanged_then_one_consent_changed_patches_once(tmp_path
         ),
         (
             '[fields]\nscope = { colum = "A" }',
-            "fields.scope: unknown key 'colum'; did you mean \"column\"?",
+            # one wording of an unknown key everywhere (issue 23): the guess, then the list
+            "fields.scope: unknown key 'colum'; did you mean 'column'? (allowed: column, "
+            "columns, crosswalk, default, formats, join, map, split, system, template, "
+            "unmapped, value)",
         ),
         (
             '[fields]\nscope = { column = "A", split = ";" }',
@@ -689,7 +692,7 @@ def test_the_v2_proof_agrees_with_the_full_path(tmp_path: Path, seed: int) -> No
         ),
         (
             '[[consents]]\nkey = "a"\nfield = {}',
-            "consents[1]: unknown key 'field' (allowed: fields, key, when)",
+            "consents[1]: unknown key 'field'; did you mean 'fields'? (allowed: fields, key, when)",
         ),
         ('[[filter]]\ncolumn = "T"\nin = []', "filter[1].in: must be a non-empty list of strings"),
         ('[[filter]]\ncolumn = "T"\nnot_empty = false', "filter[1].not_empty: must be true"),

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Protocol
 
-from importer._errors import ConfigError, InputError
+from importer._errors import ConfigError, InputError, no_unknown_keys
 from importer.intake._layout import ERROR_COLUMNS
 from importer.intake._reader import OPENERS, TRUNCATED_FILE, Table
 
@@ -127,11 +127,7 @@ def parse_fhir(table: Any, where: str, mapped: frozenset[str]) -> FhirOptions:
     (a rename must move an element to one of them)."""
     if not isinstance(table, dict):
         raise ConfigError(f"{where}: [fhir] must be a table")
-    for key in table:
-        if key not in _FHIR_KEYS:
-            raise ConfigError(
-                f"{where} [fhir]: unknown key '{key}' (allowed: {', '.join(_FHIR_KEYS)})"
-            )
+    no_unknown_keys(table, _FHIR_KEYS, f"{where} [fhir]")
     drop = table.get("drop", [])
     if not isinstance(drop, list) or not all(isinstance(p, str) for p in drop):
         raise ConfigError(f'{where}: fhir.drop: must be a list of FHIR paths, e.g. ["extension"]')

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from importer._errors import ConfigError, no_such_file
+from importer._errors import ConfigError, no_such_file, no_unknown_keys
 from importer.intake._fhir import (
     MAPPED_PATHS,
     FhirOptions,
@@ -269,9 +269,9 @@ def load_mapping(path: str | Path | None) -> Mapping:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"mapping file {path} is not valid TOML: {exc}") from None
     where = f"mapping file {path}"
-    _no_unknown(doc, _SECTIONS, where)
+    no_unknown_keys(doc, _SECTIONS, where)
     source = _table(doc, "source", where)
-    _no_unknown(source, _SOURCE_KEYS, f"{where} [source]")
+    no_unknown_keys(source, _SOURCE_KEYS, f"{where} [source]")
     columns = _string_table(doc, "columns", where, fields=True)
     v2 = _load_v2(doc, source, str(path))
     values, keep = _values(doc, where, extra=v2.map_names)
@@ -279,7 +279,7 @@ def load_mapping(path: str | Path | None) -> Mapping:
     fields, consents = v2.resolve_maps(values, str(path), keep)
     _no_twice(columns, defaults, fields, str(path))
     patients = _table(doc, "patients", where)
-    _no_unknown(patients, _PATIENTS_KEYS, f"{where} [patients]")
+    no_unknown_keys(patients, _PATIENTS_KEYS, f"{where} [patients]")
     crosswalk = crosswalk_path = None
     if "crosswalk" in patients:
         crosswalk_path = path.parent / _string(patients["crosswalk"], where, "crosswalk")
@@ -378,7 +378,7 @@ def _named_crosswalks(
         here = f"{where} [crosswalks.{name}]"
         if not isinstance(table, dict):
             raise ConfigError(f"{here}: must be a table with file, from and to")
-        _no_unknown(table, _CROSSWALK_KEYS, here)
+        no_unknown_keys(table, _CROSSWALK_KEYS, here)
         if name not in used:
             raise ConfigError(
                 f'{here}: no spec uses it; name it on a field, e.g. performerId = {{ column = "…", '
@@ -499,11 +499,7 @@ def _load_v2(doc: dict[str, Any], source: dict[str, Any], where: str) -> _V2:
         here = toml_key("consents", number)
         if not isinstance(table, dict):
             raise ConfigError(f"{where}: {here}: must be a table")
-        for key in table:
-            if key not in _CONSENT_KEYS:
-                raise ConfigError(
-                    f"{where}: {here}: unknown key '{key}' (allowed: fields, key, when)"
-                )
+        no_unknown_keys(table, _CONSENT_KEYS, f"{where}: {here}")
         key = table.get("key")
         if not isinstance(key, str) or not re.fullmatch(r"[A-Za-z0-9_.-]{1,40}", key):
             raise ConfigError(
@@ -650,16 +646,6 @@ def _crosswalk_columns(
     return 0, 1
 
 
-def _no_unknown(table: dict[str, Any], allowed: set[str] | tuple[str, ...], where: str) -> None:
-    for key in table:
-        if key not in allowed:
-            guess = difflib.get_close_matches(key, sorted(allowed), n=1)
-            hint = f"; did you mean '{guess[0]}'?" if guess else ""
-            raise ConfigError(
-                f"{where}: unknown key '{key}'{hint} (allowed: {', '.join(sorted(allowed))})"
-            )
-
-
 def _table(doc: dict[str, Any], name: str, where: str) -> dict[str, Any]:
     value = doc.get(name, {})
     if not isinstance(value, dict):
@@ -686,7 +672,7 @@ def _string_list(value: Any, where: str, key: str) -> tuple[str, ...]:
 def _string_table(doc: dict[str, Any], name: str, where: str, *, fields: bool) -> dict[str, str]:
     table = _table(doc, name, where)
     if fields:
-        _no_unknown(table, FIELDS, f"{where} [{name}]")
+        no_unknown_keys(table, FIELDS, f"{where} [{name}]")
     return {key: _string(value, where, f"{name}.{key}") for key, value in table.items()}
 
 
@@ -728,7 +714,7 @@ def _values(
 
 def _defaults(doc: dict[str, Any], where: str) -> dict[str, str | bool]:
     table = _table(doc, "defaults", where)
-    _no_unknown(table, FIELDS, f"{where} [defaults]")
+    no_unknown_keys(table, FIELDS, f"{where} [defaults]")
     return {name: _value(name, value, where, "defaults") for name, value in table.items()}
 
 

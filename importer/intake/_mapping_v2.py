@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final
 
-from importer._errors import ConfigError
+from importer._errors import ConfigError, no_unknown_keys
 
 # --- the body's shape --------------------------------------------------------------------
 
@@ -230,7 +230,7 @@ class Condition:
 def parse_condition(table: Any, where: str) -> Condition:
     if not isinstance(table, dict):
         raise ConfigError(f'{where}: must be a table like {{ column = "Type", in = ["X"] }}')
-    _no_unknown(table, ("column", *_TESTS), where)
+    no_unknown_keys(table, ("column", *_TESTS), where)
     column = table.get("column")
     if not isinstance(column, str) or not column.strip():
         raise ConfigError(f'{where}: needs column = "HEADER", the column to test')
@@ -386,7 +386,7 @@ def parse_spec(path: BodyPath, raw: Any, key: str, where: str) -> Spec:
             f'{here}: must be a column header ("Signed Date") or a table such as '
             '{ column = "Signed Date" } or { value = "permit" }'
         )
-    _no_unknown(raw, (*_SOURCES, *_MODIFIERS), here)
+    no_unknown_keys(raw, (*_SOURCES, *_MODIFIERS), here)
     sources = [s for s in _SOURCES if s in raw]
     if len(sources) != 1:
         raise ConfigError(
@@ -453,7 +453,7 @@ def _parse_cases(path: BodyPath, raw: dict[str, Any], key: str, where: str) -> S
     """`{ cases = [ { when = {...}, <spec> }, ..., { <spec> } ] }`: the first case whose
     `when` holds gives the value; a case without `when` is the default and comes last."""
     here = f"{where}: {key}"
-    _no_unknown(raw, ("cases", "formats"), here)
+    no_unknown_keys(raw, ("cases", "formats"), here)
     cases = raw["cases"]
     if not isinstance(cases, list) or not cases:
         raise ConfigError(
@@ -528,15 +528,6 @@ def _text(value: Any, where: str, *, strip: bool = True) -> str:
     if not isinstance(value, str) or not (value.strip() if strip else value):
         raise ConfigError(f"{where}: must be a non-empty string")
     return value
-
-
-def _no_unknown(table: dict[str, Any], allowed: Iterable[str], where: str) -> None:
-    allowed = tuple(allowed)
-    for key in table:
-        if key not in allowed:
-            guess = difflib.get_close_matches(key, allowed, n=1)
-            hint = f'; did you mean "{guess[0]}"?' if guess else f" (allowed: {', '.join(allowed)})"
-            raise ConfigError(f"{where}: unknown key '{key}'{hint}")
 
 
 @dataclass(frozen=True)
