@@ -14,6 +14,8 @@ from typing import Literal, get_args
 #: What to do with a row whose edit touches a field the API cannot patch.
 OnImmutableChange = Literal["fail", "recreate"]
 IMMUTABLE_CHANGE_CHOICES: tuple[str, ...] = get_args(OnImmutableChange)
+IdentityChanged = Literal["stop", "accept"]
+IDENTITY_CHANGED_CHOICES: tuple[str, ...] = get_args(IdentityChanged)
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +38,9 @@ class RunOptions:
         revoke_after: with revoke_missing, a row is revoked only once this many
             consecutive runs that read its scope missed it (1: at the first miss).
         skip_existing: look each new row up before posting it, and adopt a match.
+        identity_changed: when the columns feeding patientId, scope, category or dateTime
+            changed since the last run, "stop" before creating any row (exit 2: its rows
+            are new keys, their old consents would stay), or "accept" and create them.
         settle_s: after an ambiguous answer to a POST (a timeout after sending, a dropped
             connection, a 5xx), wait this long before looking the consent up, so a server
             that stores it late or shows it in search late is not posted to twice; 0
@@ -58,6 +63,7 @@ class RunOptions:
     revoke_max: str | None = None
     revoke_after: int = 2
     skip_existing: bool = False
+    identity_changed: IdentityChanged = "stop"
     settle_s: float = 30.0
     preflight: bool = True
 
@@ -65,6 +71,10 @@ class RunOptions:
         if self.on_immutable_change not in IMMUTABLE_CHANGE_CHOICES:
             raise ValueError(
                 f"on_immutable_change must be one of {', '.join(IMMUTABLE_CHANGE_CHOICES)}"
+            )
+        if self.identity_changed not in IDENTITY_CHANGED_CHOICES:
+            raise ValueError(
+                f"identity_changed must be one of {', '.join(IDENTITY_CHANGED_CHOICES)}"
             )
         if self.concurrency < 1 or self.max_attempts < 1:
             raise ValueError("concurrency and max_attempts must be at least 1")

@@ -459,3 +459,85 @@ def test_the_zone_fix_after_legacy_utc_reads_creates_nothing(tmp_path: Path, exp
             "2024-03-06T11:15:00-06:00",
         ]
         assert set(live_per_patient(sandbox).values()) == {1}
+
+
+# --- the columns feeding an identity field (review finding 5) ----------------------------
+
+SPLIT_HEAD = "Patient,Scope,Category,Status,SDate,STime\n"
+SPLIT_ROWS = "pt_1,treatment,c,active,03/04/2024,09:30\npt_2,research,c,active,03/05/2024,10:00\n"
+SPLIT_ROWS += "pt_3,treatment,c,active,03/06/2024,11:15\n"
+SPLIT_COLUMNS = '[columns]\npatientId = "Patient"\nscope = "Scope"\ncategory = "Category"\n'
+SPLIT_COLUMNS += 'status = "Status"\n'
+DATE_ONLY = '[source]\ntimezone = "UTC"\ndate_formats = ["%m/%d/%Y"]\n' + SPLIT_COLUMNS
+DATE_ONLY += 'dateTime = "SDate"\n'
+DATE_AND_TIME = '[source]\ntimezone = "UTC"\n' + SPLIT_COLUMNS + "[fields]\n"
+DATE_AND_TIME += '"dateTime" = { columns = ["SDate", "STime"], join = " ", '
+DATE_AND_TIME += 'formats = ["%m/%d/%Y %H:%M"] }\n'
+
+
+# (the way on after the refusal; then that run's exit code, its creates, live consents
+# per patient): the refused run creates nothing; reverting the mapping, or accepting
+# the new columns, are the ways on.
+@pytest.mark.parametrize(
+    ("way", "code", "created", "live"),
+    [
+        ("again", 2, 0, {1}),  # the refusal is no baseline: the same rerun stops again
+        ("skip", 2, 0, {1}),  # --skip-existing is no way on: its lookup matches instants
+        ("revert", 0, 0, {1}),
+        ("accept", 0, 3, {2}),  # told: the new consents are made beside the old ones
+    ],
+)
+def test_a_change_of_the_columns_feeding_an_identity_field_stops_before_creating(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    sandbox_env: object,
+    way: str,
+    code: int,
+    created: int,
+    live: set[int],
+) -> None:
+    (tmp_path / "in.csv").write_text(SPLIT_HEAD + SPLIT_ROWS, encoding="utf-8")
+    map_path = tmp_path / "map.toml"
+    map_path.write_text(DATE_ONLY, encoding="utf-8")
+    args = ["run", "in.csv", "--mapping", "map.toml", "--ledger", "l.db"]
+    args += ["--summary-json", "s.json"]
+    assert run_cli(args, capsys)[0] == 0
+    map_path.write_text(DATE_AND_TIME, encoding="utf-8")
+    refused, out, err = run_cli(args, capsys)
+    assert refused == 2, err
+    assert "the columns feeding dateTime changed since run 1" in err
+    assert "'SDate' then, 'SDate' + 'STime' now" in err
+    assert "--identity-changed accept" in err
+    for phi in ("pt_1", "03/04/2024", "09:30"):
+        assert phi not in out + err
+    assert sum(live_per_patient(sandbox_env).values()) == 3  # nothing created
+    if way == "revert":
+        map_path.write_text(DATE_ONLY, encoding="utf-8")
+    extra = {"accept": ["--identity-changed", "accept"], "skip": ["--skip-existing"]}
+    extra_args = extra.get(way, [])
+    again, out, err = run_cli([*args, *extra_args], capsys)
+    summary = json.loads((tmp_path / "s.json").read_text(encoding="utf-8"))
+    assert (again, summary["created"]) == (code, created), err
+    assert set(live_per_patient(sandbox_env).values()) == live
+    if way == "revert":  # compared with run 1, not with the refused run 2 (review, low)
+        assert summary.get("mapping_changed") is None
+    if way == "accept":  # the accepted columns are the next run's baseline
+        assert run_cli(args, capsys)[0] == 0
+
+
+def test_the_mapping_is_compared_with_the_last_run_not_undone(
+    tmp_path: Path, export: Path, capsys: pytest.CaptureFixture[str], sandbox_env: object
+) -> None:
+    (tmp_path / "map.toml").write_text(mapping(), encoding="utf-8")
+    args = ["run", "in.csv", "--mapping", "map.toml", "--ledger", "l.db"]
+    args += ["--summary-json", "s.json"]
+    assert run_cli(args, capsys)[0] == 0
+    (tmp_path / "map.toml").write_text(mapping(status="draft"), encoding="utf-8")
+    assert run_cli(args, capsys)[0] == 0  # run 2: 3 rows patched to draft
+    assert run_cli(["undo", "--ledger", "l.db", "--run", "2"], capsys)[0] == 0
+    (tmp_path / "map.toml").write_text(mapping(), encoding="utf-8")
+    code, out, err = run_cli(args, capsys)
+    assert code == 0, err
+    summary = json.loads((tmp_path / "s.json").read_text(encoding="utf-8"))
+    assert (summary["updated"], summary.get("mapping_changed")) == (0, None)
+    assert "changed since the last run" not in out

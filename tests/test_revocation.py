@@ -256,12 +256,20 @@ def _unkeyed(n: int) -> list[dict[str, str]]:
         ({"scope": "treatmnt"}, (1, 1, 0), True),
         ({"dateTime": "2024-13-45"}, (1, 1, 0), True),
         ({"patientId": ""}, (1, 1, 0), True),
+        # a blank identity cell or a row cut short before its identity cells
+        # (short_row): no stable key either (review finding 1); a blank dateTime is
+        # even valid (the API does not require it), but not the key the row had
+        ({"dateTime": ""}, (0, 1, 0), True),
+        ({"scope": ""}, (1, 1, 0), True),
+        ({"category": ""}, (1, 1, 0), True),
+        ({"dateTime": "", "status": "actve"}, (1, 1, 0), True),
+        ("short", (1, 1, 0), True),
         (None, (0, 1, 1), False),  # the row really left: revoked (the test can fail)
     ],
 )
 def test_an_invalid_row_under_natural_keys_never_revokes_its_consent(
     tmp_path: Path,
-    edit: dict[str, str] | None,
+    edit: dict[str, str] | str | None,
     counts: tuple[int, int, int],
     braked: bool,
 ) -> None:
@@ -271,9 +279,13 @@ def test_an_invalid_row_under_natural_keys_never_revokes_its_consent(
         assert run(source, sandbox.base_url, tmp_path / "l.db").exit_code == 0
         if edit is None:
             del rows[1]
-        else:
+        elif isinstance(edit, dict):
             rows[1].update(edit)
         write_csv(source, rows)
+        if edit == "short":  # row 2 ends after its status: dateTime and policyUri gone
+            lines = source.read_text(encoding="utf-8").splitlines(keepends=True)
+            lines[2] = ",".join(rows[1][h] for h in ("patientId", "scope", "category", "status"))
+            source.write_text("".join(lines[:2]) + lines[2] + "\r\n" + "".join(lines[3:]))
         result = run(
             source,
             sandbox.base_url,
@@ -284,12 +296,15 @@ def test_an_invalid_row_under_natural_keys_never_revokes_its_consent(
         )
         stats = result.stats
         assert (stats.invalid, stats.missing_from_source, stats.revoked) == counts
+        # (the row with a blank dateTime is valid, so sent: one more active consent)
+        active = (11 if counts[2] else 12) + stats.created
+        assert stats.created == (edit == {"dateTime": ""})
         assert _statuses(sandbox) == (
-            {"active": 11, "inactive": 1} if counts[2] else {"active": 12}
+            {"active": active, "inactive": 1} if counts[2] else {"active": active}
         )
     if braked:
         assert stats.revoke_note == (
-            "1 invalid row has no stable key (patientId, scope, category or dateTime "
+            "1 row has no stable key (patientId, scope, category or dateTime blank, cut off or "
             "unusable, or an empty key column): any missing row could be it, so this run "
             "revokes nothing; fix it and rerun"
         )
@@ -338,11 +353,11 @@ def test_the_brake_is_said_on_the_terminal_and_in_the_json_log(
     assert code == 1, err
     assert _statuses(sandbox_env) == {"active": 12}
     if log_format == "dry-run":  # says what the run would: nothing revoked
-        assert "  1 invalid row has no stable key" in out
+        assert "  1 row has no stable key" in out
         return
     if log_format == "text":
         assert "2 rows missing from the source (none revoked: rows without a stable key)" in out
-        assert "WARNING: 1 invalid row has no stable key" in err
+        assert "WARNING: 1 row has no stable key" in err
         return
     lines = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
     braked = [line for line in lines if line.get("event") == "revoke_skipped"]

@@ -18,7 +18,12 @@ from urllib.parse import urlsplit
 import click
 
 from importer._errors import AbortError, ConsentImportError, ResourceError, UsageError
-from importer._options import DEFAULTS, IMMUTABLE_CHANGE_CHOICES, RunOptions
+from importer._options import (
+    DEFAULTS,
+    IDENTITY_CHANGED_CHOICES,
+    IMMUTABLE_CHANGE_CHOICES,
+    RunOptions,
+)
 from importer._resources import resource_error
 from importer._results import PlanSummary, RevokePlan
 from importer._version import __version__
@@ -169,6 +174,15 @@ def validate(
     help="Look each new row up before posting and "
     "adopt an existing match, for a first import into a tenant that already holds "
     "consents, or a ledger restored from a backup. Costs one search request per row.",
+)
+@click.option(
+    "--identity-changed",
+    type=click.Choice(IDENTITY_CHANGED_CHOICES),
+    default=DEFAULTS.identity_changed,
+    show_default=True,
+    help="When the columns feeding patientId, scope, category or dateTime changed since "
+    "the last run on this ledger, its rows have new keys: stop before creating any "
+    "(exit 2), or accept and create them as new consents.",
 )
 @click.option(
     "--settle",
@@ -349,7 +363,8 @@ def _print_revocations(plan: RevokePlan) -> None:
 def _log_start(inputs: Sequence[Path], options: RunOptions, *, dry_run: bool) -> None:
     host = urlsplit(options.base_url).netloc
     names = ["concurrency", "max_rps", "timeout_s", "max_attempts", "max_wait_s"]
-    names += ["on_immutable_change", "revoke_missing", "skip_existing", "grace_s", "settle_s"]
+    names += ["on_immutable_change", "revoke_missing", "skip_existing", "identity_changed"]
+    names += ["grace_s", "settle_s"]
     log.info(
         "start: consent-import %s, %s, ledger %s, base URL host %s",
         __version__,

@@ -239,8 +239,12 @@ class Engine:
         if gate is None or gate.open:
             return jobs or []
         out: list[Work] = []
+        # A refusal of every create (identity columns changed) holds the lookups of
+        # --skip-existing too: they adopt only a consent with the same instant and codes.
+        refusing = bool(self.create_check is not None and self.create_check.refuse)
         for work in jobs or []:
-            new = work.op is Op.CREATE and not work.maybe_sent and work.consent_id is None
+            new = work.op is Op.CREATE and work.consent_id is None
+            new = new and (refusing or not work.maybe_sent)
             out += gate.hold(work, creates=new)
         if (jobs is None or gate.full) and not self._stop and await self._sample_clear(gate):
             out += gate.release()
@@ -253,6 +257,8 @@ class Engine:
         assert check is not None
         if not gate.creates:
             return True
+        if check.refuse:
+            return self._refuse(check.refuse)
         if check.stale:
             return self._refuse(
                 f"{check.stale}; nothing was created. Pass --skip-existing to adopt what the "

@@ -36,17 +36,21 @@ class CreateCheck:
         fresh: the ledger has created nothing (the message names a new ledger).
         stale: why the ledger is not the live one (importer.ledger._lineage); "" when it is.
             A stale ledger creates nothing without --skip-existing, whatever the sample.
+        refuse: why this run may create nothing at all (the columns feeding an identity
+            field changed: importer.engine._identity); "" when it may. Refused at the
+            first create, with no lookup.
     """
 
     ledger: Path
     most: int
     fresh: bool = False
     stale: str = ""
+    refuse: str = ""
 
     @property
     def size(self) -> int:
-        """Creates to sample (a stale ledger refuses at its first one)."""
-        return 1 if self.stale else self.most
+        """Creates to sample (a stale ledger, or a refusal, stops at the first one)."""
+        return 1 if self.stale or self.refuse else self.most
 
 
 class SampleGate(Generic[T]):

@@ -250,14 +250,14 @@ def cap_revocations(
     elif unstable and result.in_scope:
         result.rows, result.reason = [], "unstable_keys"
         rows, which, fix = (
-            ("1 invalid row has", "it", "it")
+            ("1 row has", "it", "it")
             if unstable == 1
-            else (f"{unstable:,} invalid rows have", "one of them", "them")
+            else (f"{unstable:,} rows have", "one of them", "them")
         )
         result.note = (
-            f"{rows} no stable key (patientId, scope, category or dateTime unusable, or an "
-            f"empty key column): any missing row could be {which}, so this run revokes "
-            f"nothing; fix {fix} and rerun"
+            f"{rows} no stable key (patientId, scope, category or dateTime blank, cut off or "
+            f"unusable, or an empty key column): any missing row could be {which}, so this "
+            f"run revokes nothing; fix {fix} and rerun"
         )
     elif result.in_scope and result.in_scope > limit:
         result.reason = "over_cap"

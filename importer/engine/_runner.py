@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import logging
@@ -26,7 +27,7 @@ from importer.api._client import check_api_key, check_base_url
 from importer.api._limiter import Limiter
 from importer.engine._engine import Engine, InInput
 from importer.engine._gate import CreateCheck
-from importer.engine._identity import note_mapping, read_with
+from importer.engine._identity import identity_headers, note_identity, note_mapping, read_with
 from importer.engine._input import RunInput
 from importer.engine._preflight import SAMPLE_REQUESTS, run_checks
 from importer.engine._revocation import RevokeScope
@@ -110,6 +111,12 @@ def run_import(
             create_check = _create_check(options, ledger, window, lineage.stale)
             run_id = guard.begun(ledger.begin_run([t.name for t in tables]))
             changed = note_mapping(ledger, run_id, mapping)
+            create_check = _identity_check(
+                options,
+                ledger,
+                create_check,
+                note_identity(ledger, run_id, identity_headers(mapping, tables)),
+            )
             if create_check is None or not create_check.stale:
                 advance_lineage(ledger, lineage, run_id)  # this run is the live ledger's
             else:
@@ -206,6 +213,21 @@ def _finish_run(ledger: Ledger, result: RunResult, *, keep_records: bool) -> Non
         )
     if keep_records:
         _keep_records(ledger, result.run_id)
+
+
+def _identity_check(
+    options: RunOptions, ledger: Ledger, check: CreateCheck | None, changed: str
+) -> CreateCheck | None:
+    """The check before creating, refusing any create when the identity columns
+    `changed` (importer.engine._identity), unless --identity-changed accept."""
+    if not changed:
+        return check
+    if options.identity_changed == "accept":
+        log.warning("%s; --identity-changed accept: creating them", changed.split(":")[0])
+        return check
+    if check is None:
+        return CreateCheck(ledger.path, 0, refuse=changed)
+    return dataclasses.replace(check, refuse=changed)
 
 
 def _create_check(

@@ -434,6 +434,7 @@ class _FileNormalizer:
         self.numbers: pd.Index = pd.Index([], dtype="int64")  # the last `_prepare`d chunk's
         #: rows of the last chunk holding a value their [values] table lacks (None: none)
         self._unmapped_rows: npt.NDArray[np.bool_] | None = None
+        self._unstable_rows: set[int] = set()
         #: counts each chunk's cells by header (validate's values profile), if asked
         self.profile: Callable[[dict[str, list[Any]]], None] | None = None
 
@@ -522,6 +523,10 @@ class _FileNormalizer:
             proven = self.mapped(proven)
             numbers = chunk.index.tolist()
             proven &= _whole(self.defects, numbers)
+            if self.source_keyed:
+                # (the unproven rows are counted by `_row`)
+                for pos in np.flatnonzero(proven & _blank_identity(self, raw)).tolist():
+                    self._unstable(int(numbers[pos]))
             names = list(prepared)
             checked: list[tuple[int, Row]] = []
             for pos in np.flatnonzero(~proven).tolist():
@@ -712,14 +717,26 @@ class _FileNormalizer:
         if consent:
             # Each consent of the row has its own key, so reruns and patches go per consent.
             row.source_key += "#" + consent
-        if errors and self.source_keyed and _identity_failed(row.source_key, errors):
-            # Its identity cells hold a typo: the row may be the one the ledger misses.
-            self.tally.unstable += 1
+        if self.source_keyed and (
+            (errors and _identity_failed(row.source_key, errors))
+            or number in self.defects
+            or _row_blank_identity(self, row, v2[0] if v2 is not None else None)
+        ):
+            # Its identity cells hold a typo, are blank, or are cut off (short_row,
+            # truncated_file): the row may be the one the ledger misses.
+            self._unstable(number)
         if number in self.defects:
             _cut_short(row, self.defects[number])
         if errors:
             row.model = None
         return row
+
+    def _unstable(self, number: int) -> None:
+        """Count row `number` as having no stable key, once however often it is read
+        (the check and the send both build it)."""
+        if number not in self._unstable_rows:
+            self._unstable_rows.add(number)
+            self.tally.unstable += 1
 
     def _key_without_column(
         self, row: Row, body: dict[str, Any], plan: _ConsentPlan | None = None
@@ -741,7 +758,7 @@ class _FileNormalizer:
                 # Invalid elsewhere (a typo in status, say): still the same consent, so
                 # the ledger keeps its row rather than take it for missing.
                 return natural_key(*identity)
-        self.tally.unstable += 1
+        self._unstable(row.row)
         return CELLS_PREFIX + _digest(repr(row.values))
 
     def _cell(self, row: Row, name: str, labels: dict[str, Spec] | None = None) -> str:
@@ -852,6 +869,28 @@ def _source_keys(owner: _FileNormalizer, raw: dict[str, list[Any]], size: int) -
         else namespaced(system, source_key(patient, scope, category, when))
         for patient, scope, category, when in zip(*parts, strict=True)
     ]
+
+
+def _blank_identity(owner: _FileNormalizer, raw: dict[str, list[Any]]) -> npt.NDArray[np.bool_]:
+    """Per row, whether a cell feeding an identity field is blank: its key is not the
+    one it had when the cell was filled, so it has no stable key (review finding 1)."""
+    size = len(next(iter(raw.values()), []))
+    blank = np.zeros(size, dtype=bool)
+    for headers in _identity_headers(owner):
+        for header in headers:
+            blank |= np.array([not cell for cell in owner._cells(raw[header])], dtype=bool)
+    return blank
+
+
+def _row_blank_identity(owner: _FileNormalizer, row: Row, plan: _ConsentPlan | None) -> bool:
+    """One row's `_blank_identity`, for a row built alone."""
+    cells, nulls = row.cells, owner.nulls
+    for headers in _identity_headers(owner, plan):
+        for header in headers:
+            text = str(cells.get(header, "")).strip()
+            if not text or text.casefold() in nulls:
+                return True
+    return False
 
 
 def _row_source_key(owner: _FileNormalizer, row: Row, plan: _ConsentPlan | None) -> str | None:

@@ -434,13 +434,41 @@ def record_mapping(ledger: Ledger, run_id: int, mapping: str, crosswalk: str) ->
 
 def last_mapping(ledger: Ledger, before: int) -> tuple[int, str, str] | None:
     """(run id, mapping digest, crosswalk digest) of the last run before `before` that
-    noted them, or None."""
+    noted them and was neither refused nor undone, or None."""
     found = ledger._db.execute(
-        "SELECT run_id, mapping, crosswalk FROM run_mappings WHERE run_id < ? "
-        "ORDER BY run_id DESC LIMIT 1",
+        # (runs compared with: not refused, which sent nothing, nor wholly undone)
+        "SELECT m.run_id, m.mapping, m.crosswalk FROM run_mappings m "
+        "JOIN runs r ON r.id = m.run_id LEFT JOIN run_undo u ON u.run_id = m.run_id "
+        "WHERE m.run_id < ? AND r.status != 'refused' AND u.state IS NOT 'undone' "
+        "ORDER BY m.run_id DESC LIMIT 1",
         (before,),
     ).fetchone()
     return None if found is None else (int(found[0]), str(found[1]), str(found[2]))
+
+
+def record_identity(ledger: Ledger, run_id: int, fields: dict[str, list[str]]) -> None:
+    """Note which headers fed each identity field in run `run_id` (headers, no cells)."""
+    with ledger.transaction():
+        ledger._db.execute(
+            "INSERT OR REPLACE INTO run_identity VALUES (?, ?)",
+            (run_id, json.dumps(fields, sort_keys=True)),
+        )
+
+
+def last_identity(ledger: Ledger, before: int) -> tuple[int, dict[str, list[str]]] | None:
+    """(run id, {field: headers}) of the last run before `before` that noted them and
+    was neither refused nor undone, or None."""
+    found = ledger._db.execute(
+        "SELECT m.run_id, m.fields FROM run_identity m "
+        "JOIN runs r ON r.id = m.run_id LEFT JOIN run_undo u ON u.run_id = m.run_id "
+        "WHERE m.run_id < ? AND r.status != 'refused' AND u.state IS NOT 'undone' "
+        "ORDER BY m.run_id DESC LIMIT 1",
+        (before,),
+    ).fetchone()
+    if found is None:
+        return None
+    fields: dict[str, list[str]] = json.loads(found[1])
+    return int(found[0]), fields
 
 
 def _connect(database: str, **options: Any) -> sqlite3.Connection:

@@ -175,6 +175,13 @@ CREATE TABLE IF NOT EXISTS run_mappings (
     mapping TEXT NOT NULL,
     crosswalk TEXT NOT NULL
 );
+-- Which source columns fed each identity field (patientId, scope, category, dateTime) in
+-- each run: a JSON object, field to its headers; headers only (no cells), so a run whose identity
+-- columns changed stops before creating second consents (importer.engine._identity).
+CREATE TABLE IF NOT EXISTS run_identity (
+    run_id INTEGER PRIMARY KEY,
+    fields TEXT NOT NULL
+);
 -- Undo (issue 21). Each row a run changed on the server, as the ledger held it before
 -- that run's first request for it (existed = 0: it held no record), and how far an
 -- `undo` of that run took it (undo: NULL, deleting, restoring, undone).
