@@ -27,8 +27,8 @@ from typing import Any
 import anyio
 import httpx
 
-from importer._normalize import body_field_hashes
-from importer._retry import retrying
+from importer._rows import body_field_hashes
+from importer.api._retry import retrying
 
 BODY = (
     b'{"patientId":"pt_0000001","scope":"treatment","category":["hipaa-notice"],"status":'
@@ -142,7 +142,7 @@ async def measure(n: int) -> None:
 
 
 def model_costs(n: int) -> None:
-    from importer._models import ConsentIn
+    from importer.intake._models import ConsentIn
 
     model = ConsentIn.model_validate(json.loads(BODY))
     dump = model.model_dump(by_alias=True, exclude_none=True, mode="json")
