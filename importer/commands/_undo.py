@@ -305,11 +305,25 @@ def _plan_patch(
 # -- the undo ----------------------------------------------------------------------------
 
 
+#: Statuses of a run refused before it sent anything (importer.reports._monitoring,
+#: and the check before creating).
+_REFUSED = ("refused", "stopped", "error")
+
+
 def _check_run(ledger: Ledger, run_id: int) -> None:
     recorded = ledger.undo_recorded(run_id)
     if recorded is None:
         raise UsageError(
             f"ledger {ledger.path} has no run {run_id}; `consent-import status` lists its runs"
+        )
+    status = ledger.run_status(run_id)
+    if status in _REFUSED and not ledger.changed_anything(run_id):
+        raise ConfigError(
+            f"run {run_id} was {status} before it sent any request: it changed nothing on "
+            "the server, so there is nothing to undo; nothing was changed"
+            if status == "refused"
+            else f"run {run_id} stopped before it sent any request ({status}): it changed "
+            "nothing on the server, so there is nothing to undo; nothing was changed"
         )
     if not recorded:
         raise ConfigError(

@@ -132,8 +132,12 @@ def run_import(
             )
             if stats.create_refused:
                 stats.requests += checked
-                ledger.finish_run(run_id, "refused", stats.summary())
-                raise ConfigError(stats.create_refused)
+                refusal = ConfigError(stats.create_refused)
+                summary = {**stats.summary(), "exit_code": refusal.exit_code}
+                ledger.finish_run(run_id, "refused", {**summary, "error": stats.create_refused})
+                # This run is the refusal: the monitor reports it, and records no other.
+                refusal.run_id, refusal.stats = run_id, stats
+                raise refusal
             stats.skipped = validation.skipped = normalizer.skipped
             read_with(stats, normalizer, changed)
             stats.requests += checked

@@ -125,6 +125,20 @@ class _UndoRecords:
             is not None
         )
 
+    def run_status(self, run_id: int) -> str | None:
+        """The status `runs` holds for run `run_id` (None: no such run)."""
+        found = self._db.execute("SELECT status FROM runs WHERE id = ?", (run_id,)).fetchone()
+        return None if found is None else str(found[0])
+
+    def changed_anything(self, run_id: int) -> bool:
+        """Whether run `run_id` sent a request for any row (kept in `run_changes`)."""
+        if not self._has_undo_tables():
+            return False
+        found = self._db.execute(
+            "SELECT 1 FROM run_changes WHERE run_id = ? LIMIT 1", (run_id,)
+        ).fetchone()
+        return found is not None
+
     def run_changes(self, run_id: int) -> list[RunChange]:
         """Every row run `run_id` sent a request for, by file and row."""
         now_columns = ", ".join(f"r.{c}" for c in UNDO_COLUMNS)
