@@ -528,3 +528,44 @@ def test_a_run_keeps_each_row_as_before_its_first_request_once(tmp_path: Path) -
     assert ledger.undo_recorded(first)
     assert ledger.undo_recorded(3) is None
     ledger.close()
+
+
+def test_a_backup_from_before_an_undo_restored_after_it_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Review finding 3: the undo advances the lineage, so the copy is caught; and as
+    the undo deleted a consent it holds as done, even its run that creates nothing stops."""
+    import shutil
+
+    from importer.ledger._lineage import sidecar
+
+    with running_sandbox(SandboxConfig()) as sandbox:
+        rows = list(consent_rows(3))
+        source, ledger = write_csv(tmp_path / "in.csv", rows[:2]), tmp_path / "l.db"
+        base = ["--ledger", str(ledger), "--base-url", sandbox.base_url, "--api-key", KEY, "-q"]
+        assert run_cli(["run", str(source), *base], capsys)[0] == 0
+        write_csv(source, rows)
+        assert run_cli(["run", str(source), *base], capsys)[0] == 0
+        shutil.copyfile(ledger, tmp_path / "backup.db")
+        generation = json.loads(sidecar(ledger).read_text())["generation"]
+        code, _, err = run_cli(["undo", "--run", "2", *base[:-1]], capsys)
+        assert code == 0, err
+        side = json.loads(sidecar(ledger).read_text())
+        assert side["generation"] == generation + 1
+        assert (side["run_id"], side["undo"], side["undo_generation"]) == (2, True, generation + 1)
+        assert len(sandbox.consents()) == 2
+        for suffix in ("-wal", "-shm"):
+            Path(f"{ledger}{suffix}").unlink(missing_ok=True)
+        shutil.copyfile(tmp_path / "backup.db", ledger)  # the backup restored
+        writes = {m: n for m, n in methods(sandbox).items() if m in WRITES}
+        code, _, err = run_cli(["run", str(source), *base], capsys)
+        assert code == 2
+        assert "is an older copy of the live one" in err
+        assert "the undo of run 2" in err
+        assert "an undo since took back consents it holds as done" in err
+        assert "nothing was sent" in err
+        assert {m: n for m, n in methods(sandbox).items() if m in WRITES} == writes
+        assert len(sandbox.consents()) == 2  # nothing created
+        code, _, err = run_cli(["run", str(source), *base], capsys)
+        assert code == 2  # still refused: a refused copy does not become the live one
+        assert len(sandbox.consents()) == 2

@@ -53,6 +53,8 @@ from importer.commands._verify import differing_fields
 from importer.engine._decide import PATCHABLE
 from importer.ledger._codec import unpack_field_hashes, unpack_id
 from importer.ledger._ledger import Ledger
+from importer.ledger._lineage import advance as advance_lineage
+from importer.ledger._lineage import check as check_lineage
 from importer.ledger._lock import LedgerLock
 from importer.ledger._schema import RunChange
 from importer.ledger._writer import AsyncLedger
@@ -363,6 +365,7 @@ def undo(config: UndoConfig, *, on_wait: Callable[[float, str], None] | None = N
             for change in changes:
                 _plan(change, ledger.field_value)
             result.rows = [c.row for c in changes]
+            done = {id(row) for row in result.rows if row.outcome == "undone"}  # before
             undoer = _Undoer(config, ledger, base_url, api_key, result, on_wait)
             anyio.run(undoer.run, changes)
             if not config.dry_run:
@@ -372,9 +375,20 @@ def undo(config: UndoConfig, *, on_wait: Callable[[float, str], None] | None = N
             if not config.dry_run:
                 with ledger.transaction():
                     ledger.undo_finish(config.run_id)
+                if any(row.outcome == "undone" for row in result.rows if id(row) not in done):
+                    _advance_lineage(ledger, config.run_id)
         finally:
             ledger.close()
     return result
+
+
+def _advance_lineage(ledger: Ledger, run_id: int) -> None:
+    """The undo changed the ledger: a copy of it from before (a backup restored later)
+    is an older one, and must be told from the live ledger as after a run
+    (importer.ledger._lineage). A ledger already stale stays so."""
+    lineage = check_lineage(ledger)
+    if not lineage.stale:
+        advance_lineage(ledger, lineage, run_id, undo=True)
 
 
 class _Undoer:
