@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from importer.commands._undo import UndoConfig, UndoResult, undo
+from importer.commands._undo import UndoConfig, UndoResult, summary_lines, undo
 from importer.ledger._ledger import Ledger
 from importer.reports._status import status
 from importer.sandbox import RunningSandbox, SandboxConfig, running_sandbox
@@ -569,3 +569,40 @@ def test_a_backup_from_before_an_undo_restored_after_it_is_refused(
         code, _, err = run_cli(["run", str(source), *base], capsys)
         assert code == 2  # still refused: a refused copy does not become the live one
         assert len(sandbox.consents()) == 2
+
+
+def _evidence(ledger: Path) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    db = sqlite3.connect(ledger)
+    try:
+        misses = sorted(db.execute("SELECT source_key, misses, last_run FROM revoke_misses"))
+        reads = sorted(db.execute("SELECT scope, rows, run_id FROM scope_reads"))
+        return misses, reads
+    finally:
+        db.close()
+
+
+@pytest.mark.parametrize("before", [0, 1], ids=["first_miss", "second_run_of_misses"])
+def test_undo_takes_back_the_runs_revocation_evidence(tmp_path: Path, before: int) -> None:
+    """Review finding 2: after `undo --run N`, the misses N counted (or reset) and the
+    full read it recorded are as before N, so the next cut run does not revoke on N's
+    evidence."""
+    with running_sandbox(SandboxConfig()) as sandbox:
+        rows = list(consent_rows(10))
+        source, ledger = write_csv(tmp_path / "in.csv", rows), tmp_path / "l.db"
+        cut = {"revoke_missing": True, "revoke_max": "5", "revoke_after": before + 2}
+        assert run(source, sandbox.base_url, ledger).exit_code == 0
+        write_csv(source, rows[:8])
+        for _ in range(before):  # nights that already missed the two rows
+            assert run(source, sandbox.base_url, ledger, **cut).stats.revoke_pending == 2
+        kept = _evidence(ledger)
+        night = run(source, sandbox.base_url, ledger, **cut)
+        assert (night.stats.revoked, night.stats.revoke_pending) == (0, 2)
+        assert _evidence(ledger) != kept
+        result = do_undo(sandbox, ledger, night.run_id)
+        assert (result.exit_code, result.rows, result.evidence) == (0, [], 3)
+        assert _evidence(ledger) == kept  # as before the undone run
+        assert "put back 3 entries" in "\n".join(summary_lines(result))
+        again = run(source, sandbox.base_url, ledger, **cut)
+        assert (again.stats.revoked, again.stats.revoke_pending) == (0, 2)
+        assert {c["status"] for c in sandbox.consents()} == {"active"}
+        assert do_undo(sandbox, ledger, night.run_id).evidence == 0  # taken back once

@@ -10,7 +10,10 @@ their hash (`field_values`). From these, for each row the run changed on the ser
 - a consent it adopted existed before the run: it is left on the server, only forgotten.
 
 Then the row's ledger record is put back as it was before the run, so a rerun of the
-same files redoes exactly the undone work.
+same files redoes exactly the undone work; so is the evidence `--revoke-missing` counts
+(`revoke_misses`, `scope_reads`: kept as before the run in `run_evidence`), so the run's
+misses no longer count towards a revocation. An undo that changed the ledger advances its
+lineage (importer.ledger._lineage): a copy from before it is an older one.
 
 Safe against what happened since: each consent is read back first and compared with
 what the run left; one that differs is left alone (`changed_since`), and so is a row a
@@ -117,6 +120,9 @@ class UndoResult:
     requests: int = 0
     #: why the undo stopped before every row was seen (exit 3), if it did
     aborted: str | None = None
+    #: entries of --revoke-missing's evidence (misses counted or reset, scope reads) the
+    #: run recorded, put back as before it (or, dry, that would be)
+    evidence: int = 0
 
     def counts(self) -> dict[str, int]:
         found: dict[str, int] = {}
@@ -143,6 +149,7 @@ class UndoResult:
             "rows": len(self.rows),
             "by_outcome": self.counts(),
             "requests": self.requests,
+            "evidence": self.evidence,
             "aborted": self.aborted,
         }
 
@@ -372,10 +379,15 @@ def undo(config: UndoConfig, *, on_wait: Callable[[float, str], None] | None = N
                 for row in result.rows:
                     if row.outcome == "would_undo":  # stopped before it was done
                         row.outcome = "not_done"
-            if not config.dry_run:
+            if config.dry_run:
+                result.evidence = ledger.undo_evidence(config.run_id, dry_run=True)
+            else:
                 with ledger.transaction():
                     ledger.undo_finish(config.run_id)
-                if any(row.outcome == "undone" for row in result.rows if id(row) not in done):
+                    if result.aborted is None:  # else the next undo, which finishes it
+                        result.evidence = ledger.undo_evidence(config.run_id)
+                undone = any(r.outcome == "undone" for r in result.rows if id(r) not in done)
+                if undone or result.evidence:
                     _advance_lineage(ledger, config.run_id)
         finally:
             ledger.close()
@@ -576,6 +588,12 @@ def summary_lines(result: UndoResult) -> list[str]:
     told = ", ".join(f"{k} {v:,}" for k, v in counts.items()) or "no rows"
     head = "Dry run of undo" if result.dry_run else "Undo"
     lines = [f"{head} of run {result.run_id}: {told}; {result.requests:,} requests"]
+    if result.evidence:
+        verb = "would put back" if result.dry_run else "put back"
+        lines.append(
+            f"--revoke-missing's evidence: {verb} {result.evidence:,} entries the run "
+            "recorded (rows it counted as missing or seen again, its full reads), as before it"
+        )
     if result.aborted:
         lines.append(f"stopped: {result.aborted}; run undo again to finish")
     elif result.left:
