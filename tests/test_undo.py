@@ -606,3 +606,28 @@ def test_undo_takes_back_the_runs_revocation_evidence(tmp_path: Path, before: in
         assert (again.stats.revoked, again.stats.revoke_pending) == (0, 2)
         assert {c["status"] for c in sandbox.consents()} == {"active"}
         assert do_undo(sandbox, ledger, night.run_id).evidence == 0  # taken back once
+
+
+def test_evidence_a_later_run_changed_since_stays_until_that_run_is_undone(
+    tmp_path: Path,
+) -> None:
+    with running_sandbox(SandboxConfig()) as sandbox:
+        rows = list(consent_rows(10))
+        source, ledger = write_csv(tmp_path / "in.csv", rows), tmp_path / "l.db"
+        cut = {"revoke_missing": True, "revoke_max": "5", "revoke_after": 3}
+        assert run(source, sandbox.base_url, ledger).exit_code == 0
+        first = _evidence(ledger)
+        write_csv(source, rows[:8])
+        second = run(source, sandbox.base_url, ledger, **cut)
+        after_second = _evidence(ledger)
+        third = run(source, sandbox.base_url, ledger, **cut)
+        after_third = _evidence(ledger)
+        assert [m for _, m, _ in after_third[0]] == [2, 2]
+        # Run 3 changed every entry run 2 did: undoing run 2 leaves them as run 3 left them.
+        assert do_undo(sandbox, ledger, second.run_id).evidence == 0
+        assert _evidence(ledger) == after_third
+        # Undo run 3, then run 2: each put back as before it.
+        assert do_undo(sandbox, ledger, third.run_id).evidence == 3
+        assert _evidence(ledger) == after_second
+        assert do_undo(sandbox, ledger, second.run_id).evidence == 3
+        assert _evidence(ledger) == first

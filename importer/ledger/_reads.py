@@ -358,7 +358,11 @@ class _Evidence:
                 )
             else:
                 self._db.execute(f"DELETE FROM {table} WHERE {column} = ?", (key,))  # noqa: S608
-        self._db.execute("DELETE FROM run_evidence WHERE run_id = ?", (run_id,))
+            # Put back once; an entry a later run changed is kept for when it is undone.
+            self._db.execute(
+                "DELETE FROM run_evidence WHERE run_id = ? AND kind = ? AND key = ?",
+                (run_id, kind, key),
+            )
         return len(entries)
 
     def meta_value(self, key: str) -> str | None:
