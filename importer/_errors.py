@@ -6,6 +6,7 @@ a cell value or a whole API key (values can be PHI).
     ConsentImportError            base; `exit_code` is what the CLI exits with
     ├── UsageError                bad options (exit 2)
     ├── ConfigError               bad mapping file, crosswalk, ledger lock (exit 2)
+    │   └── ApiKeyError           no key, or not a key's shape (also a UsageError: no run)
     ├── InputError                unreadable, empty or malformed input file (exit 2)
     ├── ResourceError             the machine refused a file: disk full, read-only file
     │                             system, a file gone, no permission (exit 2 before the
@@ -29,12 +30,18 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Iterable
+from typing import Any
 
 
 class ConsentImportError(Exception):
     """Base of every error this package raises on purpose."""
 
     exit_code = 1
+    #: A run that began and then stopped with this error: its id in the ledger and its
+    #: figures (importer._results.RunStats), which a monitor reports as that run's
+    #: (None: no run began, or it was not recorded).
+    run_id: int | None = None
+    stats: Any = None
 
 
 class UsageError(ConsentImportError):
@@ -47,6 +54,11 @@ class ConfigError(ConsentImportError):
     """The mapping file, crosswalk, key or ledger cannot be used as given."""
 
     exit_code = 2
+
+
+class ApiKeyError(UsageError, ConfigError):
+    """No API key, or one not shaped as a ClinikAPI key: a ConfigError, and a mistake
+    found before anything is opened or sent, so no run (nothing is recorded for it)."""
 
 
 def no_such_file(what: str, path: object, hint: str) -> str:

@@ -228,3 +228,51 @@ def test_a_summary_path_of_a_crosswalk_is_kept_when_the_mapping_fails(
     assert code == 2
     assert (tmp_path / "cw.csv").read_text() == crosswalk
     assert "--summary-json cw.csv holds something else" in err
+
+
+def test_a_create_check_refusal_is_one_run_with_its_counts_and_nothing_to_undo(
+    night: object,
+    server: RunningSandbox,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code, err = night()  # type: ignore[operator]
+    assert code == 0, err
+    (tmp_path / "l.db").rename(tmp_path / "first.db")
+    Path(f"{tmp_path / 'l.db'}.lineage").unlink(missing_ok=True)
+    # A new ledger while the server already holds the rows: the check refuses (exit 2).
+    code, err = night()  # type: ignore[operator]
+    assert code == 2
+    assert "already exist" in err
+    summary = json.loads((tmp_path / "s.json").read_text())
+    assert (summary["exit_code"], summary["run_id"], summary["rows"]) == (2, 1, 5)
+    assert summary["created"] == 0
+    code, out, _ = run_cli(["status", "--ledger", "l.db", "--json"], capsys)
+    runs = json.loads(out)["runs"]
+    assert [(r["id"], r["status"], r["exit_code"]) for r in runs] == [(1, "refused", 2)]
+    code, out, _ = run_cli(["status", "--ledger", "l.db"], capsys)
+    assert " refused  exit 2  " in out
+    assert "already exist" in out
+    base = ["undo", "--ledger", "l.db", "--base-url", server.base_url, "--run", "1"]
+    code, out, err = run_cli(base, capsys)
+    assert code == 2
+    assert "run 1 was refused before it sent any request" in err
+    assert "nothing to undo" in err
+    assert "before `undo` existed" not in err
+    assert len(server.consents()) == 5
+
+
+@pytest.mark.parametrize("key", ["", "not-a-key"], ids=["missing", "misshapen"])
+def test_a_missing_or_misshapen_key_records_no_run(
+    night: object, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, key: str
+) -> None:
+    code, err = night()  # type: ignore[operator]
+    assert code == 0, err
+    before = (tmp_path / "l.db").read_bytes()
+    monkeypatch.setenv("CLINIKAPI_API_KEY", key)
+    code, err = night()  # type: ignore[operator]
+    assert code == 2
+    assert "key" in err
+    assert (tmp_path / "l.db").read_bytes() == before  # no run recorded, nothing written
+    summary = json.loads((tmp_path / "s.json").read_text())
+    assert (summary["exit_code"], summary["run_id"]) == (2, None)

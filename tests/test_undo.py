@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from importer.commands._undo import UndoConfig, UndoResult, undo
+from importer.commands._undo import UndoConfig, UndoResult, summary_lines, undo
 from importer.ledger._ledger import Ledger
 from importer.reports._status import status
 from importer.sandbox import RunningSandbox, SandboxConfig, running_sandbox
@@ -528,3 +528,106 @@ def test_a_run_keeps_each_row_as_before_its_first_request_once(tmp_path: Path) -
     assert ledger.undo_recorded(first)
     assert ledger.undo_recorded(3) is None
     ledger.close()
+
+
+def test_a_backup_from_before_an_undo_restored_after_it_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Review finding 3: the undo advances the lineage, so the copy is caught; and as
+    the undo deleted a consent it holds as done, even its run that creates nothing stops."""
+    import shutil
+
+    from importer.ledger._lineage import sidecar
+
+    with running_sandbox(SandboxConfig()) as sandbox:
+        rows = list(consent_rows(3))
+        source, ledger = write_csv(tmp_path / "in.csv", rows[:2]), tmp_path / "l.db"
+        base = ["--ledger", str(ledger), "--base-url", sandbox.base_url, "--api-key", KEY, "-q"]
+        assert run_cli(["run", str(source), *base], capsys)[0] == 0
+        write_csv(source, rows)
+        assert run_cli(["run", str(source), *base], capsys)[0] == 0
+        shutil.copyfile(ledger, tmp_path / "backup.db")
+        generation = json.loads(sidecar(ledger).read_text())["generation"]
+        code, _, err = run_cli(["undo", "--run", "2", *base[:-1]], capsys)
+        assert code == 0, err
+        side = json.loads(sidecar(ledger).read_text())
+        assert side["generation"] == generation + 1
+        assert (side["run_id"], side["undo"], side["undo_generation"]) == (2, True, generation + 1)
+        assert len(sandbox.consents()) == 2
+        for suffix in ("-wal", "-shm"):
+            Path(f"{ledger}{suffix}").unlink(missing_ok=True)
+        shutil.copyfile(tmp_path / "backup.db", ledger)  # the backup restored
+        writes = {m: n for m, n in methods(sandbox).items() if m in WRITES}
+        code, _, err = run_cli(["run", str(source), *base], capsys)
+        assert code == 2
+        assert "is an older copy of the live one" in err
+        assert "the undo of run 2" in err
+        assert "an undo since took back consents it holds as done" in err
+        assert "nothing was sent" in err
+        assert {m: n for m, n in methods(sandbox).items() if m in WRITES} == writes
+        assert len(sandbox.consents()) == 2  # nothing created
+        code, _, err = run_cli(["run", str(source), *base], capsys)
+        assert code == 2  # still refused: a refused copy does not become the live one
+        assert len(sandbox.consents()) == 2
+
+
+def _evidence(ledger: Path) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    db = sqlite3.connect(ledger)
+    try:
+        misses = sorted(db.execute("SELECT source_key, misses, last_run FROM revoke_misses"))
+        reads = sorted(db.execute("SELECT scope, rows, run_id FROM scope_reads"))
+        return misses, reads
+    finally:
+        db.close()
+
+
+@pytest.mark.parametrize("before", [0, 1], ids=["first_miss", "second_run_of_misses"])
+def test_undo_takes_back_the_runs_revocation_evidence(tmp_path: Path, before: int) -> None:
+    """Review finding 2: after `undo --run N`, the misses N counted (or reset) and the
+    full read it recorded are as before N, so the next cut run does not revoke on N's
+    evidence."""
+    with running_sandbox(SandboxConfig()) as sandbox:
+        rows = list(consent_rows(10))
+        source, ledger = write_csv(tmp_path / "in.csv", rows), tmp_path / "l.db"
+        cut = {"revoke_missing": True, "revoke_max": "5", "revoke_after": before + 2}
+        assert run(source, sandbox.base_url, ledger).exit_code == 0
+        write_csv(source, rows[:8])
+        for _ in range(before):  # nights that already missed the two rows
+            assert run(source, sandbox.base_url, ledger, **cut).stats.revoke_pending == 2
+        kept = _evidence(ledger)
+        night = run(source, sandbox.base_url, ledger, **cut)
+        assert (night.stats.revoked, night.stats.revoke_pending) == (0, 2)
+        assert _evidence(ledger) != kept
+        result = do_undo(sandbox, ledger, night.run_id)
+        assert (result.exit_code, result.rows, result.evidence) == (0, [], 3)
+        assert _evidence(ledger) == kept  # as before the undone run
+        assert "put back 3 entries" in "\n".join(summary_lines(result))
+        again = run(source, sandbox.base_url, ledger, **cut)
+        assert (again.stats.revoked, again.stats.revoke_pending) == (0, 2)
+        assert {c["status"] for c in sandbox.consents()} == {"active"}
+        assert do_undo(sandbox, ledger, night.run_id).evidence == 0  # taken back once
+
+
+def test_evidence_a_later_run_changed_since_stays_until_that_run_is_undone(
+    tmp_path: Path,
+) -> None:
+    with running_sandbox(SandboxConfig()) as sandbox:
+        rows = list(consent_rows(10))
+        source, ledger = write_csv(tmp_path / "in.csv", rows), tmp_path / "l.db"
+        cut = {"revoke_missing": True, "revoke_max": "5", "revoke_after": 3}
+        assert run(source, sandbox.base_url, ledger).exit_code == 0
+        first = _evidence(ledger)
+        write_csv(source, rows[:8])
+        second = run(source, sandbox.base_url, ledger, **cut)
+        after_second = _evidence(ledger)
+        third = run(source, sandbox.base_url, ledger, **cut)
+        after_third = _evidence(ledger)
+        assert [m for _, m, _ in after_third[0]] == [2, 2]
+        # Run 3 changed every entry run 2 did: undoing run 2 leaves them as run 3 left them.
+        assert do_undo(sandbox, ledger, second.run_id).evidence == 0
+        assert _evidence(ledger) == after_third
+        # Undo run 3, then run 2: each put back as before it.
+        assert do_undo(sandbox, ledger, third.run_id).evidence == 3
+        assert _evidence(ledger) == after_second
+        assert do_undo(sandbox, ledger, second.run_id).evidence == 3
+        assert _evidence(ledger) == first

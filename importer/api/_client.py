@@ -25,6 +25,7 @@ import httpx
 
 from importer._errors import (
     ApiError,
+    ApiKeyError,
     AuthError,
     ClientRequestError,
     ConfigError,
@@ -117,12 +118,13 @@ def mask_key(key: str) -> str:
 
 
 def check_api_key(key: str | None) -> str:
-    """Return the key stripped of surrounding blanks, or raise ConfigError if misshapen."""
+    """Return the key stripped of surrounding blanks, or raise ApiKeyError (a
+    ConfigError) if missing or misshapen."""
     if key is None or not key.strip():
-        raise ConfigError("no ClinikAPI key given: pass a key like clk_live_… or clk_test_…")
+        raise ApiKeyError("no ClinikAPI key given: pass a key like clk_live_… or clk_test_…")
     key = key.strip()
     if not _KEY_SHAPE.fullmatch(key):
-        raise ConfigError(
+        raise ApiKeyError(
             f"the API key {mask_key(key)} is not a ClinikAPI key: keys are clk_live_… "
             "(production) or clk_test_… (sandbox) followed by letters and digits only; "
             "check the key you passed"

@@ -10,7 +10,10 @@ their hash (`field_values`). From these, for each row the run changed on the ser
 - a consent it adopted existed before the run: it is left on the server, only forgotten.
 
 Then the row's ledger record is put back as it was before the run, so a rerun of the
-same files redoes exactly the undone work.
+same files redoes exactly the undone work; so is the evidence `--revoke-missing` counts
+(`revoke_misses`, `scope_reads`: kept as before the run in `run_evidence`), so the run's
+misses no longer count towards a revocation. An undo that changed the ledger advances its
+lineage (importer.ledger._lineage): a copy from before it is an older one.
 
 Safe against what happened since: each consent is read back first and compared with
 what the run left; one that differs is left alone (`changed_since`), and so is a row a
@@ -53,6 +56,8 @@ from importer.commands._verify import differing_fields
 from importer.engine._decide import PATCHABLE
 from importer.ledger._codec import unpack_field_hashes, unpack_id
 from importer.ledger._ledger import Ledger
+from importer.ledger._lineage import advance as advance_lineage
+from importer.ledger._lineage import check as check_lineage
 from importer.ledger._lock import LedgerLock
 from importer.ledger._schema import RunChange
 from importer.ledger._writer import AsyncLedger
@@ -115,6 +120,9 @@ class UndoResult:
     requests: int = 0
     #: why the undo stopped before every row was seen (exit 3), if it did
     aborted: str | None = None
+    #: entries of --revoke-missing's evidence (misses counted or reset, scope reads) the
+    #: run recorded, put back as before it (or, dry, that would be)
+    evidence: int = 0
 
     def counts(self) -> dict[str, int]:
         found: dict[str, int] = {}
@@ -141,6 +149,7 @@ class UndoResult:
             "rows": len(self.rows),
             "by_outcome": self.counts(),
             "requests": self.requests,
+            "evidence": self.evidence,
             "aborted": self.aborted,
         }
 
@@ -305,11 +314,25 @@ def _plan_patch(
 # -- the undo ----------------------------------------------------------------------------
 
 
+#: Statuses of a run refused before it sent anything (importer.reports._monitoring,
+#: and the check before creating).
+_REFUSED = ("refused", "stopped", "error")
+
+
 def _check_run(ledger: Ledger, run_id: int) -> None:
     recorded = ledger.undo_recorded(run_id)
     if recorded is None:
         raise UsageError(
             f"ledger {ledger.path} has no run {run_id}; `consent-import status` lists its runs"
+        )
+    status = ledger.run_status(run_id)
+    if status in _REFUSED and not ledger.changed_anything(run_id):
+        raise ConfigError(
+            f"run {run_id} was {status} before it sent any request: it changed nothing on "
+            "the server, so there is nothing to undo; nothing was changed"
+            if status == "refused"
+            else f"run {run_id} stopped before it sent any request ({status}): it changed "
+            "nothing on the server, so there is nothing to undo; nothing was changed"
         )
     if not recorded:
         raise ConfigError(
@@ -349,18 +372,35 @@ def undo(config: UndoConfig, *, on_wait: Callable[[float, str], None] | None = N
             for change in changes:
                 _plan(change, ledger.field_value)
             result.rows = [c.row for c in changes]
+            done = {id(row) for row in result.rows if row.outcome == "undone"}  # before
             undoer = _Undoer(config, ledger, base_url, api_key, result, on_wait)
             anyio.run(undoer.run, changes)
             if not config.dry_run:
                 for row in result.rows:
                     if row.outcome == "would_undo":  # stopped before it was done
                         row.outcome = "not_done"
-            if not config.dry_run:
+            if config.dry_run:
+                result.evidence = ledger.undo_evidence(config.run_id, dry_run=True)
+            else:
                 with ledger.transaction():
                     ledger.undo_finish(config.run_id)
+                    if result.aborted is None:  # else the next undo, which finishes it
+                        result.evidence = ledger.undo_evidence(config.run_id)
+                undone = any(r.outcome == "undone" for r in result.rows if id(r) not in done)
+                if undone or result.evidence:
+                    _advance_lineage(ledger, config.run_id)
         finally:
             ledger.close()
     return result
+
+
+def _advance_lineage(ledger: Ledger, run_id: int) -> None:
+    """The undo changed the ledger: a copy of it from before (a backup restored later)
+    is an older one, and must be told from the live ledger as after a run
+    (importer.ledger._lineage). A ledger already stale stays so."""
+    lineage = check_lineage(ledger)
+    if not lineage.stale:
+        advance_lineage(ledger, lineage, run_id, undo=True)
 
 
 class _Undoer:
@@ -548,6 +588,12 @@ def summary_lines(result: UndoResult) -> list[str]:
     told = ", ".join(f"{k} {v:,}" for k, v in counts.items()) or "no rows"
     head = "Dry run of undo" if result.dry_run else "Undo"
     lines = [f"{head} of run {result.run_id}: {told}; {result.requests:,} requests"]
+    if result.evidence:
+        verb = "would put back" if result.dry_run else "put back"
+        lines.append(
+            f"--revoke-missing's evidence: {verb} {result.evidence:,} entries the run "
+            "recorded (rows it counted as missing or seen again, its full reads), as before it"
+        )
     if result.aborted:
         lines.append(f"stopped: {result.aborted}; run undo again to finish")
     elif result.left:

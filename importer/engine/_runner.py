@@ -108,6 +108,15 @@ def run_import(
         )
         try:
             lineage = check_lineage(ledger)
+            if lineage.undone_since and options.preflight:
+                # Its done rows may be gone from the server: even a run that creates
+                # nothing would call them unchanged (--skip-existing looks up new rows only).
+                raise ConfigError(
+                    f"{lineage.stale}, so rows it holds as done may be gone from the server; "
+                    "nothing was sent. Run with the live ledger, or with a new ledger and "
+                    "--skip-existing (it adopts what the server holds and creates the rest); "
+                    "--no-preflight runs this copy as it is"
+                )
             create_check = _create_check(options, ledger, window, lineage.stale)
             run_id = guard.begun(ledger.begin_run([t.name for t in tables]))
             changed = note_mapping(ledger, run_id, mapping)
@@ -139,8 +148,12 @@ def run_import(
             )
             if stats.create_refused:
                 stats.requests += checked
-                ledger.finish_run(run_id, "refused", stats.summary())
-                raise ConfigError(stats.create_refused)
+                refusal = ConfigError(stats.create_refused)
+                summary = {**stats.summary(), "exit_code": refusal.exit_code}
+                ledger.finish_run(run_id, "refused", {**summary, "error": stats.create_refused})
+                # This run is the refusal: the monitor reports it, and records no other.
+                refusal.run_id, refusal.stats = run_id, stats
+                raise refusal
             stats.skipped = validation.skipped = normalizer.skipped
             read_with(stats, normalizer, changed)
             stats.requests += checked

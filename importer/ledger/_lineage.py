@@ -1,9 +1,10 @@
 """Is this ledger the live one, or an older copy of it (restored from a backup)?
 
 The ledger keeps, in `meta`, an id of its own (`ledger_id`, made once) and a generation
-(`generation`), one more for every run accepted as the live ledger's. A small file
-beside it, `LEDGER.lineage`, repeats both after each such run (with the run's id and
-time). A backup copies the ledger, not the file beside it once the ledger is put back:
+(`generation`), one more for every run accepted as the live ledger's and for every
+`undo` that changed it. A small file beside it, `LEDGER.lineage`, repeats both after
+each (with the run's id and time). A backup copies the ledger, not the file beside it
+once the ledger is put back:
 
 - the same id and a smaller generation than the file beside it: a copy restored from an
   older backup; the runs since created consents it knows nothing of;
@@ -14,6 +15,11 @@ new row up and adopts what the server holds) or --no-preflight, whatever the sam
 finds (importer.engine._gate). A stale ledger's run that creates nothing goes on (and says so);
 it does not become the live one, so the next run that creates is still checked. A run
 accepted with --skip-existing or --no-preflight becomes the live one.
+
+An older copy made before an `undo` of the live ledger (the file beside it records the
+generation of its last undo) holds as done rows whose consents the undo deleted: its run
+sends nothing unless --no-preflight, since even a run that creates nothing would call
+those rows unchanged (importer.engine._runner).
 
 The sidecar is written after the ledger's generation is committed, so a crash between
 leaves the ledger ahead of it, never behind; a ledger with no sidecar (moved, or its
@@ -51,6 +57,15 @@ class Lineage:
     generation: int
     marked: int  # the generation the sidecar records for this ledger (0: none)
     stale: str = ""  # why this ledger is not the live one ("" when it is)
+    #: the generation the last `undo` of the live ledger made (0: none)
+    undone: int = 0
+
+    @property
+    def undone_since(self) -> bool:
+        """An older copy, and the live ledger was undone since it: rows it holds as done
+        may be gone from the server (an undo deletes what a run created), so even a run
+        of it that creates nothing would call them unchanged."""
+        return bool(self.stale) and self.undone > self.generation
 
 
 def check(ledger: Ledger) -> Lineage:
@@ -77,7 +92,8 @@ def _compare(ledger: Ledger, ledger_id: str) -> Lineage:
     marker = _read(side)
     if marker is None:
         return Lineage(ledger_id, generation, 0)
-    last = f"run {marker.get('run_id', '?')} at {marker.get('at', '?')}"
+    undo = "the undo of " if marker.get("undo") else ""
+    last = f"{undo}run {marker.get('run_id', '?')} at {marker.get('at', '?')}"
     if marker.get("ledger_id") != ledger_id:
         stale = (
             f"ledger {ledger.path} is not the ledger that last ran here ({side} names another "
@@ -86,27 +102,39 @@ def _compare(ledger: Ledger, ledger_id: str) -> Lineage:
         )
         return Lineage(ledger_id, generation, 0, stale)
     marked = int(marker["generation"])
+    undone = marker.get("undo_generation")
+    undone = undone if isinstance(undone, int) else 0
     if marked > generation:
         stale = (
             f"ledger {ledger.path} is an older copy of the live one (generation {generation}; "
-            f"{side} records {marked}, {last}): it was restored from a backup, and lacks "
-            "the consents the runs since created"
+            f"{side} records {marked}, {last}): it was restored from a backup, and "
+            + (
+                "an undo since took back consents it holds as done"
+                if undone > generation
+                else "lacks the consents the runs since created"
+            )
         )
-        return Lineage(ledger_id, generation, marked, stale)
-    return Lineage(ledger_id, generation, marked)
+        return Lineage(ledger_id, generation, marked, stale, undone)
+    return Lineage(ledger_id, generation, marked, undone=undone)
 
 
-def advance(ledger: Ledger, lineage: Lineage, run_id: int) -> None:
-    """This run is the live ledger's: one generation more, in the ledger, then beside it.
-    A sidecar that cannot be written is said, not fatal: the sample check still guards."""
+def advance(ledger: Ledger, lineage: Lineage, run_id: int, *, undo: bool = False) -> None:
+    """This run (or, with `undo`, the undo of run `run_id`) is the live ledger's: one
+    generation more, in the ledger, then beside it. A sidecar that cannot be written is
+    said, not fatal: the sample check still guards."""
     generation = max(lineage.generation, lineage.marked) + 1
     ledger.set_meta("generation", str(generation))
-    document = {
+    document: dict[str, Any] = {
         "ledger_id": lineage.ledger_id,
         "generation": generation,
         "run_id": run_id,
         "at": now_iso(),
     }
+    if undo:
+        document["undo"] = True
+    undone = generation if undo else lineage.undone
+    if undone:
+        document["undo_generation"] = undone  # kept by the runs after it
     side = sidecar(ledger.path)
     temporary = side.with_name(side.name + ".tmp")
     try:

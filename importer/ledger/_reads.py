@@ -125,6 +125,20 @@ class _UndoRecords:
             is not None
         )
 
+    def run_status(self, run_id: int) -> str | None:
+        """The status `runs` holds for run `run_id` (None: no such run)."""
+        found = self._db.execute("SELECT status FROM runs WHERE id = ?", (run_id,)).fetchone()
+        return None if found is None else str(found[0])
+
+    def changed_anything(self, run_id: int) -> bool:
+        """Whether run `run_id` sent a request for any row (kept in `run_changes`)."""
+        if not self._has_undo_tables():
+            return False
+        found = self._db.execute(
+            "SELECT 1 FROM run_changes WHERE run_id = ? LIMIT 1", (run_id,)
+        ).fetchone()
+        return found is not None
+
     def run_changes(self, run_id: int) -> list[RunChange]:
         """Every row run `run_id` sent a request for, by file and row."""
         now_columns = ", ".join(f"r.{c}" for c in UNDO_COLUMNS)
@@ -217,6 +231,20 @@ class _UndoRecords:
         return dict(self._db.execute("SELECT run_id, state FROM run_undo WHERE state NOT NULL"))
 
 
+#: Keep revoke_misses' entries (WHERE ...) as they are before run ? changes them.
+_KEEP_MISSES_BEFORE = (
+    "INSERT OR IGNORE INTO run_evidence SELECT ?, 'miss', source_key, 1, misses, last_run "
+    "FROM revoke_misses"
+)
+#: Keep one key's entry (or that it had none) before run ? changes it.
+_KEEP_MISS_BEFORE = (
+    "INSERT OR IGNORE INTO run_evidence SELECT ?, 'miss', ?, m.source_key IS NOT NULL, "
+    "m.misses, m.last_run FROM (SELECT 1) LEFT JOIN revoke_misses AS m ON m.source_key = ?"
+)
+#: run_evidence.kind: its table and that table's key column
+_EVIDENCE = {"miss": ("revoke_misses", "source_key"), "scope": ("scope_reads", "scope")}
+
+
 class _Evidence:
     """What `--revoke-missing` counts across runs (importer.engine._revocation) and what tells
     a restored copy of the ledger (importer.ledger._lineage): tables and keys of their own."""
@@ -226,11 +254,13 @@ class _Evidence:
     def count_miss(self, key: str, run_id: int) -> int:
         """Run `run_id` missed this done row too: its count of consecutive misses now
         (counted once a run)."""
+        stored = pack_key(key)
+        self._db.execute(_KEEP_MISS_BEFORE, (run_id, stored, stored))
         (misses,) = self._db.execute(
             "INSERT INTO revoke_misses VALUES (?, 1, ?) ON CONFLICT (source_key) DO UPDATE "
             "SET misses = misses + (last_run < excluded.last_run), last_run = excluded.last_run "
             "RETURNING misses",
-            (pack_key(key), run_id),
+            (stored, run_id),
         ).fetchone()
         return int(misses)
 
@@ -246,25 +276,29 @@ class _Evidence:
     ) -> None:
         """Forget the misses of rows this run's input held (seen again: counting starts
         over) and of rows no longer done (revoked, or gone from the ledger)."""
-        self._db.execute(
-            "DELETE FROM revoke_misses WHERE NOT EXISTS (SELECT 1 FROM rows AS r WHERE "
+        gone = (
+            "NOT EXISTS (SELECT 1 FROM rows AS r WHERE "
             "r.source_key = revoke_misses.source_key AND (r.state = 'done' OR "
             "(r.state = 'in_flight' AND r.pending_op = 'revoke')))"
         )
+        # Each entry as it was before this run changed it: `undo` of the run puts it back.
+        self._db.execute(f"{_KEEP_MISSES_BEFORE} WHERE {gone}", (run_id,))
+        self._db.execute(f"DELETE FROM revoke_misses WHERE {gone}")  # noqa: S608 - constant
         if in_input is None:  # the rows this run recorded as seen
-            self._db.execute(
-                "DELETE FROM revoke_misses WHERE source_key IN "
-                "(SELECT source_key FROM rows WHERE last_run >= ?)",
-                (run_id,),
-            )
+            seen = "source_key IN (SELECT source_key FROM rows WHERE last_run >= ?)"
+            self._db.execute(f"{_KEEP_MISSES_BEFORE} WHERE {seen}", (run_id, run_id))
+            self._db.execute(f"DELETE FROM revoke_misses WHERE {seen}", (run_id,))  # noqa: S608
             return
         stored = [key for (key,) in self._db.execute("SELECT source_key FROM revoke_misses")]
         for start in range(0, len(stored), 10_000):
             part = stored[start : start + 10_000]
             held = in_input([k if type(k) is str else unpack_key(k) for k in part]).tolist()
+            again = [key for key, h in zip(part, held, strict=True) if h]
             self._db.executemany(
-                "DELETE FROM revoke_misses WHERE source_key = ?",
-                [(key,) for key, h in zip(part, held, strict=True) if h],
+                f"{_KEEP_MISSES_BEFORE} WHERE source_key = ?", [(run_id, key) for key in again]
+            )
+            self._db.executemany(
+                "DELETE FROM revoke_misses WHERE source_key = ?", [(key,) for key in again]
             )
 
     def tentative(self, keep: bool | None = None) -> None:
@@ -289,9 +323,47 @@ class _Evidence:
 
     def record_full_reads(self, sizes: dict[str, int], run_id: int) -> None:
         self._db.executemany(
+            "INSERT OR IGNORE INTO run_evidence SELECT ?, 'scope', ?, s.scope IS NOT NULL, "
+            "s.rows, s.run_id FROM (SELECT 1) LEFT JOIN scope_reads AS s ON s.scope = ?",
+            [(run_id, scope, scope) for scope in sizes],
+        )
+        self._db.executemany(
             "INSERT OR REPLACE INTO scope_reads VALUES (?, ?, ?)",
             [(scope, rows, run_id) for scope, rows in sizes.items()],
         )
+
+    def undo_evidence(self, run_id: int, *, dry_run: bool = False) -> int:
+        """Put `revoke_misses` and `scope_reads` back as they were before run `run_id`
+        changed them (with `dry_run`, only count): each entry no later run changed since
+        (that run's evidence stands until it is undone too). The entries put back."""
+        found = self._db.execute(
+            "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'run_evidence'"
+        ).fetchone()
+        if not found[0]:  # a ledger from before undo kept its evidence
+            return 0
+        entries = self._db.execute(
+            "SELECT kind, key, existed, count, last_run FROM run_evidence AS e "
+            "WHERE run_id = ? AND NOT EXISTS (SELECT 1 FROM run_evidence AS l "
+            "WHERE l.kind = e.kind AND l.key = e.key AND l.run_id > e.run_id)",
+            (run_id,),
+        ).fetchall()
+        if dry_run:
+            return len(entries)
+        for kind, key, existed, count, last_run in entries:
+            table, column = _EVIDENCE[kind]
+            if existed:
+                self._db.execute(
+                    f"INSERT OR REPLACE INTO {table} VALUES (?, ?, ?)",  # noqa: S608 - constant
+                    (key, count, last_run),
+                )
+            else:
+                self._db.execute(f"DELETE FROM {table} WHERE {column} = ?", (key,))  # noqa: S608
+            # Put back once; an entry a later run changed is kept for when it is undone.
+            self._db.execute(
+                "DELETE FROM run_evidence WHERE run_id = ? AND kind = ? AND key = ?",
+                (run_id, kind, key),
+            )
+        return len(entries)
 
     def meta_value(self, key: str) -> str | None:
         found = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()

@@ -222,6 +222,18 @@ CREATE TABLE IF NOT EXISTS scope_reads (
     rows INTEGER NOT NULL,
     run_id INTEGER NOT NULL
 ) WITHOUT ROWID;
+-- What each run changed of that evidence, as it was before the run first changed it:
+-- what `undo` of the run puts back (review of issue 21: an undone run's misses no
+-- longer count towards a revocation).
+CREATE TABLE IF NOT EXISTS run_evidence (
+    run_id INTEGER NOT NULL,
+    kind TEXT NOT NULL,              -- miss (revoke_misses) | scope (scope_reads)
+    key NOT NULL,                    -- revoke_misses.source_key, or scope_reads.scope
+    existed INTEGER NOT NULL,        -- 0: no entry before the run
+    count INTEGER,                   -- its misses, or rows
+    last_run INTEGER,                -- its last_run, or run_id
+    PRIMARY KEY (run_id, kind, key)
+) WITHOUT ROWID;
 """  # noqa: S608 - constant text
 
 
