@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from importer._errors import (
         AbortError,
         ApiError,
+        ApiKeyError,
         AuthError,
         BudgetWaitTooLong,
         ClientRequestError,
@@ -83,6 +84,7 @@ _HOMES: dict[str, str | tuple[str, str]] = {
     "VerifyResult": "importer._results",
     "ConsentImportError": "importer._errors",
     "UsageError": "importer._errors",
+    "ApiKeyError": "importer._errors",
     "ConfigError": "importer._errors",
     "InputError": "importer._errors",
     "ResourceError": "importer._errors",
@@ -103,6 +105,7 @@ _HOMES: dict[str, str | tuple[str, str]] = {
 __all__ = [
     "AbortError",
     "ApiError",
+    "ApiKeyError",
     "AuthError",
     "BudgetWaitTooLong",
     "ClientRequestError",

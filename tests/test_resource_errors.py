@@ -191,7 +191,9 @@ def _disk_fills_after(monkeypatch: pytest.MonkeyPatch, commits: int) -> list[int
     return done
 
 
-@pytest.mark.parametrize("commits", [3, 12, 40])  # before, around and after the first rows
+# before, around and after the first rows (the run's first three commits are its setup:
+# begin_run, then the mapping and the identity columns it read with)
+@pytest.mark.parametrize("commits", [4, 12, 40])
 def test_an_injected_full_disk_mid_run_is_exit_3_and_resumes_without_duplicates(
     server: RunningSandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, commits: int
 ) -> None:
@@ -207,6 +209,23 @@ def test_an_injected_full_disk_mid_run_is_exit_3_and_resumes_without_duplicates(
     again = run(source, server.base_url, ledger, concurrency=4)
     assert again.exit_code == 0, again.stats.aborted
     _each_row_once(server, 300)
+
+
+def test_a_full_disk_in_the_runs_setup_is_exit_3_and_resumes(
+    server: RunningSandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The disk fills after the run began (its row in `runs` is committed) but before
+    the engine starts: a resumable stop (exit 3), nothing sent, the rerun imports all."""
+    source = write_csv(tmp_path / "in.csv", consent_rows(20))
+    ledger = tmp_path / "l.db"
+    with monkeypatch.context() as patch:
+        _disk_fills_after(patch, 2)
+        with pytest.raises(ResourceError, match=r"no space left .*rerun") as raised:
+            run(source, server.base_url, ledger)
+    assert raised.value.exit_code == 3
+    assert server.consents() == []
+    assert run(source, server.base_url, ledger).exit_code == 0
+    _each_row_once(server, 20)
 
 
 def test_a_full_disk_before_the_run_begins_is_exit_2(

@@ -107,3 +107,37 @@ def test_the_api_client_is_built_in_one_place() -> None:
             if called and node.func.id in ("ClinikClient", "make_http_client"):
                 builders.append(f"{name}:{node.func.id}")
     assert builders == ["importer.api._build:make_http_client", "importer.api._build:ClinikClient"]
+
+
+def test_run_stats_have_one_writer() -> None:
+    """`RunStats` is written by the engine's observer only (issue 23): the engine, the
+    runner and the identity checks hand it what they know. (The client's own `ClientStats`
+    in `api/` shares some field names, so `api/` is left out.)"""
+    from dataclasses import fields
+
+    from importer._results import RunStats
+
+    names = {f.name for f in fields(RunStats)}
+    writers = []
+    for name, path in MODULES.items():
+        if name in {"importer._results", "importer.engine._observer"} or ".api." in name:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            targets = (
+                node.targets
+                if isinstance(node, ast.Assign)
+                else [node.target]
+                if isinstance(node, ast.AugAssign | ast.AnnAssign)
+                else []
+            )
+            for target in targets:
+                for leaf in ast.walk(target):
+                    if (
+                        isinstance(leaf, ast.Attribute)
+                        and leaf.attr in names
+                        and isinstance(leaf.value, ast.Name | ast.Attribute)
+                        and (getattr(leaf.value, "id", None) or getattr(leaf.value, "attr", ""))
+                        == "stats"
+                    ):
+                        writers.append(f"{name}:{node.lineno} .{leaf.attr}")
+    assert writers == []

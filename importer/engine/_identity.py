@@ -17,7 +17,6 @@ import dataclasses
 import hashlib
 import logging
 
-from importer._results import RunStats
 from importer.intake._fhir import FhirTable
 from importer.intake._mapping import Mapping
 from importer.intake._normalize import Normalizer
@@ -117,10 +116,9 @@ def _columns(headers: list[str]) -> str:
     return " + ".join(f"'{h}'" for h in headers)
 
 
-def read_with(stats: RunStats, normalizer: Normalizer, changed: str) -> None:
-    """Note in a run's stats how its rows were keyed and whether the mapping changed;
-    say (once a run) that naive times were read as UTC, as this older ledger's runs did."""
-    stats.source_key, stats.mapping_changed = normalizer.key_kind, changed
+def read_with(normalizer: Normalizer) -> None:
+    """Say (once a run) that naive times were read as UTC, as this older ledger's runs
+    did."""
     if normalizer.read_naive_as_utc():
         log.warning(
             "date-times without a UTC offset were read as UTC, as this ledger's earlier runs "

@@ -152,6 +152,25 @@ class RunObserver:
             stats.revoke_pending = plan.pending_total
             stats.revoke_pending_note = plan.pending_note()
 
+    def preflight(self, requests: int) -> None:
+        """The requests the checks before the engine spent (the server check)."""
+        self.stats.requests += requests
+
+    def input_read(self, *, skipped: int, source_key: str, mapping_changed: str) -> None:
+        """What the runner learned of the input around the engine: the rows the mapping
+        filtered out, how rows were keyed, and whether the mapping changed."""
+        stats = self.stats
+        stats.skipped = skipped
+        stats.source_key, stats.mapping_changed = source_key, mapping_changed
+
+    def left_unread(self, total: int) -> None:
+        """A stopped run: rows not yet read count as left, as the rows it did not finish."""
+        self.stats.rows_left = max(total - self.stats.finished, self.stats.rows_left)
+
+    def settling_left(self, rows: int) -> None:
+        """Rows a stop left waiting out --settle, as the ledger counts them at the end."""
+        self.stats.settling = rows
+
     def _emit(self, event: str) -> None:
         stats = self.stats
         stats.requests = self._client.requests

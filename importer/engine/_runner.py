@@ -29,6 +29,7 @@ from importer.engine._engine import Engine, InInput
 from importer.engine._gate import CreateCheck
 from importer.engine._identity import identity_headers, note_identity, note_mapping, read_with
 from importer.engine._input import RunInput
+from importer.engine._observer import RunObserver
 from importer.engine._preflight import SAMPLE_REQUESTS, run_checks
 from importer.engine._revocation import RevokeScope
 from importer.intake._mapping import Mapping
@@ -143,29 +144,32 @@ def run_import(
                 on_wait,
                 create_check,
             )
-            stats, validation = anyio.run(
-                _run_async, session, backend_options={"use_uvloop": _has_uvloop()}
-            )
+            observer = anyio.run(_run_async, session, backend_options={"use_uvloop": _has_uvloop()})
+            stats, validation = observer.stats, observer.validation
+            observer.preflight(checked)
             if stats.create_refused:
-                stats.requests += checked
                 refusal = ConfigError(stats.create_refused)
                 summary = {**stats.summary(), "exit_code": refusal.exit_code}
                 ledger.finish_run(run_id, "refused", {**summary, "error": stats.create_refused})
                 # This run is the refusal: the monitor reports it, and records no other.
                 refusal.run_id, refusal.stats = run_id, stats
                 raise refusal
-            stats.skipped = validation.skipped = normalizer.skipped
-            read_with(stats, normalizer, changed)
-            stats.requests += checked
-            gone = _vanished(guard, stats, run_id)
+            validation.skipped = normalizer.skipped
+            observer.input_read(
+                skipped=normalizer.skipped,
+                source_key=normalizer.key_kind,
+                mapping_changed=changed,
+            )
+            read_with(normalizer)
+            gone = _vanished(guard, observer, run_id)
             if stats.aborted:
                 # Rows not yet read count too: everything the next run still has to do.
                 total = count()
-                stats.rows_left = max(total - stats.finished, stats.rows_left)
+                observer.left_unread(total)
             else:
                 total = normalizer.rows_read  # every row was read
             result = RunResult(stats, run_id, config.options.ledger, validation, total)
-            _finish_run(ledger, result, keep_records=gone)
+            _finish_run(ledger, result, observer, keep_records=gone)
         finally:
             ledger.close()
     return result
@@ -175,21 +179,20 @@ def _records_copy(path: Path, run_id: int) -> Path:
     return path.with_name(f"{path.name}.run-{run_id}")
 
 
-def _vanished(guard: ResourceGuard, stats: RunStats, run_id: int) -> bool:
+def _vanished(guard: ResourceGuard, observer: RunObserver, run_id: int) -> bool:
     """Whether the ledger file went from under the run (deleted, or replaced by another
     file): the run then stops as aborted, saying so, and its records are kept."""
     what = guard.vanished()
     if what == "deleted":
-        stats.aborted = "put back in its place: find what deleted it"
+        kept = "put back in its place: find what deleted it"
     elif what == "replaced":
-        stats.aborted = f"kept in {_records_copy(guard.path, run_id)}: find which is the ledger"
+        kept = f"kept in {_records_copy(guard.path, run_id)}: find which is the ledger"
     else:
         return False
-    stats.aborted = (
+    observer.halted(
         f"ledger {guard.path}: the file was {what} during the run; what this run recorded is "
-        f"{stats.aborted}, then rerun with the same ledger"
+        f"{kept}, then rerun with the same ledger"
     )
-    stats.paused = False
     return True
 
 
@@ -207,7 +210,9 @@ def _keep_records(ledger: Ledger, run_id: int) -> None:
         log.error("ledger %s: could not keep this run's records (%s)", path, exc)
 
 
-def _finish_run(ledger: Ledger, result: RunResult, *, keep_records: bool) -> None:
+def _finish_run(
+    ledger: Ledger, result: RunResult, observer: RunObserver, *, keep_records: bool
+) -> None:
     """Record the run's end, its exit code and the rows left settling. On a disk still
     full this cannot be written: the run stays "running" in the ledger (the next run
     marks it crashed) and the summary file still tells the monitor."""
@@ -215,7 +220,7 @@ def _finish_run(ledger: Ledger, result: RunResult, *, keep_records: bool) -> Non
     status = "paused" if stats.paused else ("aborted" if stats.aborted else "finished")
     try:
         # Rows a stop left waiting out --settle: neither failed nor done.
-        stats.settling = ledger.counts().get("settling", 0)
+        observer.settling_left(ledger.counts().get("settling", 0))
         ledger.finish_run(result.run_id, status, {**stats.summary(), "exit_code": result.exit_code})
     except Exception as exc:
         resource = resource_error(exc, ledger.path, started=True)
@@ -315,7 +320,7 @@ class _Session:
     create_check: CreateCheck | None = None
 
 
-async def _run_async(session: _Session) -> tuple[RunStats, ValidationSummary]:
+async def _run_async(session: _Session) -> RunObserver:
     config, ledger, base_url = session.config, session.ledger, session.base_url
     # anyio asks sniffio which event loop runs, dozens of times a row (every lock, event,
     # sleep and thread hand-off), and sniffio finds asyncio by looking up the current task
@@ -356,8 +361,7 @@ async def _run_async(session: _Session) -> tuple[RunStats, ValidationSummary]:
             except Exception as exc:
                 _stopped_by_resource(engine, exc, ledger.path)
         engine.observer.closed(cancelled=scope.cancelled_caught)
-        stats = engine.stats
-    return stats, engine.validation
+    return engine.observer
 
 
 def _stopped_by_resource(engine: Engine, exc: Exception, path: Path) -> None:
