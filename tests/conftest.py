@@ -5,7 +5,6 @@ tests/cli_helpers.py, tests/engine_helpers.py)."""
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterator
 from typing import Any
 
@@ -15,6 +14,7 @@ import pytest
 from importer.api import _retry as retry
 from importer.intake import _normalize as normalize
 from importer.sandbox import RunningSandbox, SandboxConfig, running_sandbox
+from tests.helpers import warnings_heard
 
 #: The key the shared `client` sends (any well-formed key is accepted by the sandbox).
 SANDBOX_KEY = "clk_test_sandbox"
@@ -73,15 +73,5 @@ def ledger_warnings() -> Iterator[list[str]]:
     """The messages of the ledger's warnings (its migrations say they ran), heard on the
     ledger's own logger at its level: a CLI test may have left the package's logger quiet
     and not propagating."""
-    said: list[str] = []
-    handler = logging.Handler(logging.WARNING)
-    handler.emit = lambda record: said.append(record.getMessage())  # type: ignore[method-assign]
-    logger = logging.getLogger("importer.ledger")
-    level = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.WARNING)
-    try:
+    with warnings_heard("importer.ledger") as said:
         yield said
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(level)

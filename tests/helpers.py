@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import shutil
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -26,3 +28,21 @@ def copy_ledger(fixture: Path, ledger: Path, base_url: str) -> Path:
     with sqlite3.connect(ledger) as db:
         db.execute("UPDATE meta SET value = ? WHERE key = 'base_url'", (base_url,))
     return ledger
+
+
+@contextmanager
+def warnings_heard(name: str) -> Iterator[list[str]]:
+    """The messages of logger `name`'s warnings, heard on that logger itself at its level:
+    a CLI test may have left the package's logger quiet and not propagating."""
+    said: list[str] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = lambda record: said.append(record.getMessage())  # type: ignore[method-assign]
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.WARNING)
+    try:
+        yield said
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import copy
 import json
-import logging
 import shutil
 import stat
 import tracemalloc
@@ -29,6 +28,7 @@ from importer.intake._reader import open_table
 from importer.sandbox import RunningSandbox
 from tests.cli_helpers import run_cli
 from tests.engine_helpers import KEY
+from tests.helpers import warnings_heard
 
 SAMPLES = Path(__file__).parent.parent / "sample_data" / "fhir"
 SCOPE = "http://terminology.hl7.org/CodeSystem/consentscope"
@@ -553,18 +553,8 @@ def write_ndjson(path: Path, lines: list[Any]) -> Path:
 def fhir_warnings() -> Iterator[list[str]]:
     """The FHIR reader's warnings, heard on its own logger (a CLI test may have left the
     package's logger quiet and not propagating)."""
-    said: list[str] = []
-    handler = logging.Handler(logging.WARNING)
-    handler.emit = lambda record: said.append(record.getMessage())  # type: ignore[method-assign]
-    logger = logging.getLogger("importer.fhir")
-    level = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.WARNING)
-    try:
+    with warnings_heard("importer.fhir") as said:
         yield said
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(level)
 
 
 def test_bundle_errors_name_the_entry_and_other_types_are_skipped(

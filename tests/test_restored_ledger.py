@@ -5,7 +5,6 @@ the sandbox on a real port."""
 from __future__ import annotations
 
 import json
-import logging
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +19,7 @@ from importer.ledger._lineage import check, sidecar
 from importer.sandbox import RunningSandbox
 from tests.cli_helpers import run_cli
 from tests.engine_helpers import KEY, consent_rows, run, write_csv
+from tests.helpers import warnings_heard
 
 pytestmark = pytest.mark.usefixtures("instant_backoff")
 
@@ -28,18 +28,8 @@ pytestmark = pytest.mark.usefixtures("instant_backoff")
 def run_warnings() -> Iterator[list[str]]:
     """The runner's warnings, heard on its own logger (a CLI test may have left the
     package's logger quiet and not propagating)."""
-    said: list[str] = []
-    handler = logging.Handler(logging.WARNING)
-    handler.emit = lambda record: said.append(record.getMessage())  # type: ignore[method-assign]
-    logger = logging.getLogger("importer.run")
-    level = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.WARNING)
-    try:
+    with warnings_heard("importer.run") as said:
         yield said
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(level)
 
 
 def _method(server: RunningSandbox, method: str) -> int:
