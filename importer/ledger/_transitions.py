@@ -308,14 +308,25 @@ class _Transitions:
             f"{columns}, body, body_hash) SELECT ?, source_key, 1, ?, {columns}, "
             "(SELECT body FROM bodies AS b WHERE b.source_key = rows.source_key), "
             "(SELECT hash FROM bodies AS b WHERE b.source_key = rows.source_key) "
-            "FROM rows WHERE source_key = ?",
-            (run_id, posted, stored),
+            "FROM rows WHERE source_key = ? AND NOT EXISTS (SELECT 1 FROM run_created "
+            "AS n WHERE n.run_id = ? AND n.source_key = rows.source_key)",
+            (run_id, posted, stored, run_id),
         )
-        if not kept.rowcount:
+        if kept.rowcount:
+            return
+        if posted:
+            # No record before: a narrow entry (its first request is a POST), not a
+            # run_changes row of NULLs (issue 24). None if the run kept the row already.
+            self._db.execute(
+                "INSERT OR IGNORE INTO run_created (run_id, source_key) SELECT ?, ? "
+                "WHERE NOT EXISTS (SELECT 1 FROM rows WHERE source_key = ?)",
+                (run_id, stored, stored),
+            )
+        else:
             self._db.execute(
                 "INSERT OR IGNORE INTO run_changes (run_id, source_key, existed, posted) "
-                "VALUES (?, ?, 0, ?)",
-                (run_id, stored, posted),
+                "SELECT ?, ?, 0, 0 WHERE NOT EXISTS (SELECT 1 FROM rows WHERE source_key = ?)",
+                (run_id, stored, stored),
             )
 
     def keep_field_values(self, values: dict[str, Any], hashes: dict[str, str]) -> None:
