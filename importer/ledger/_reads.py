@@ -18,6 +18,7 @@ from importer.ledger._codec import (
     now_iso,
     pack_field_hashes,
     pack_key,
+    unpack_field_value,
     unpack_hash,
     unpack_key,
 )
@@ -193,7 +194,7 @@ class _UndoRecords:
             "SELECT value FROM field_values WHERE field = ? AND hash = ?",
             (_FIELD_INDEX[name], _pack_field_hash(digest)),
         ).fetchone()
-        return None if hit is None or hit[0] is None else str(hit[0])
+        return None if hit is None else unpack_field_value(hit[0])
 
     def undo_mark(self, run_id: int, stored_key: Any, undo: str) -> None:
         """Note how far the undo of run `run_id` took the row (intent: `undoing`)."""

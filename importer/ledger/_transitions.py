@@ -13,6 +13,7 @@ from importer.ledger._codec import (
     _pack_field_hash,
     now_iso,
     pack_field_hashes,
+    pack_field_value,
     pack_hash,
     pack_id,
     pack_key,
@@ -330,18 +331,20 @@ class _Transitions:
             )
 
     def keep_field_values(self, values: dict[str, Any], hashes: dict[str, str]) -> None:
-        """Remember the patchable fields' values the server was sent, by their hash."""
+        """Remember the patchable fields' values the server was sent, by their hash
+        (packed: `pack_field_value`; a ledger from before holds the text, the same value)."""
+        texts = [
+            (name, json.dumps(value, separators=(",", ":")))
+            for name, value in values.items()
+            if name in hashes
+        ]
         self._db.executemany(
             "INSERT INTO field_values VALUES (?, ?, ?) ON CONFLICT (field, hash) DO UPDATE "
-            "SET value = NULL WHERE field_values.value IS NOT excluded.value",
+            "SET value = NULL WHERE field_values.value IS NOT excluded.value "
+            "AND field_values.value IS NOT ?",
             [
-                (
-                    _FIELD_INDEX[name],
-                    _pack_field_hash(hashes[name]),
-                    json.dumps(value, separators=(",", ":")),
-                )
-                for name, value in values.items()
-                if name in hashes
+                (_FIELD_INDEX[name], _pack_field_hash(hashes[name]), pack_field_value(text), text)
+                for name, text in texts
             ],
         )
 
