@@ -75,6 +75,7 @@ class Row:
     errors: list[RowError] = field(default_factory=list)
     _json: str | None = field(default=None, repr=False)
     _hash: str | None = None
+    _field_hashes: dict[str, str] | None = field(default=None, repr=False)
     consent: str = ""  # the [[consents]] key, for a row making several consents
     sheet: str = ""  # the Excel sheet, for messages only (see RowError.sheet)
     #: a 64-bit digest of the row's prepared cells and the mapping (`cells_digests`):
@@ -114,8 +115,11 @@ class Row:
         return parsed
 
     def field_hashes(self) -> dict[str, str]:
-        """A short hash per top-level API field, to tell which fields changed."""
-        return body_field_hashes(self.body())
+        """A short hash per top-level API field, to tell which fields changed (made once
+        a row: a run asks when it decides and again when it records; issue 24)."""
+        if self._field_hashes is None:
+            self._field_hashes = body_field_hashes(self.body())
+        return dict(self._field_hashes)
 
 
 def body_field_hashes(body: dict[str, Any]) -> dict[str, str]:

@@ -3,6 +3,7 @@ read back as they were given."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -126,3 +127,41 @@ def test_a_row_reads_back_what_its_transitions_were_given() -> None:
     )
     assert db.claimed_consents([consent, "consent_" + "0" * 24]) == {consent}
     assert list(db.missing_rows(seen=set())) == [(key, "in.csv", 2, consent)]
+
+
+VERIFICATION = {
+    "verified": True,
+    "verifiedWith": "pt_0001923",
+    "verificationDate": "2023-04-20T00:00:00Z",
+}
+
+
+@pytest.mark.parametrize(
+    ("held", "sent", "read"),
+    [
+        # packed: stored in under half the text's bytes, read back as the text
+        (None, VERIFICATION, VERIFICATION),
+        # the same value sent again stays known, as packed or as a ledger before kept it
+        ("packed", VERIFICATION, VERIFICATION),
+        ("text", VERIFICATION, VERIFICATION),
+        # another value under the same short hash: unknown, never a guess
+        ("packed", {"verified": False}, None),
+        ("text", {"verified": False}, None),
+    ],
+)
+def test_field_values_are_packed_and_read_back(
+    held: str | None, sent: dict[str, Any], read: dict[str, Any] | None
+) -> None:
+    db = Ledger(":memory:")
+    digest = "0123456789ab"
+    text = json.dumps(VERIFICATION, separators=(",", ":"))
+    if held == "packed":
+        db.keep_field_values({"verification": VERIFICATION}, {"verification": digest})
+    elif held == "text":  # as a ledger before issue 24 kept it
+        db._db.execute("INSERT INTO field_values VALUES (12, ?, ?)", (bytes.fromhex(digest), text))
+    db.keep_field_values({"verification": sent}, {"verification": digest})
+    value = db.field_value("verification", digest)
+    assert (None if value is None else json.loads(value)) == read
+    if held is None:
+        [(size,)] = db._db.execute("SELECT length(value) FROM field_values")
+        assert size < len(text) / 2

@@ -327,3 +327,41 @@ def test_a_rolled_back_file_is_not_named_by_a_later_row() -> None:
     db.invalid(RUN, Source("K3", "gone.csv", 3), ERROR)
     assert db.sources()[1] == {"gone.csv": 1, "kept.csv": 1}
     assert [r["source_file"] for r in db.rows_needing_a_person()] == ["gone.csv", "kept.csv"]
+
+
+@pytest.mark.parametrize(
+    ("before", "event", "created", "kept"),
+    [
+        # a row the ledger held no record of: a narrow run_created entry, no row of NULLs
+        (None, "intent", 1, 0),
+        # a row it held: its record before the run, for undo to put back
+        (RowState.FAILED, "intent", 0, 1),
+        (RowState.DONE, "revoking", 0, 1),
+    ],
+)
+def test_a_run_keeps_a_created_row_narrowly_for_undo(
+    before: RowState | None, event: str, created: int, kept: int
+) -> None:
+    db = Ledger(":memory:")
+    for step in SETUP[before]:
+        step(db)
+    later = RUN + 1
+    _in_run(db, later, event)
+    raw = db._db
+    assert (
+        raw.execute("SELECT count(*) FROM run_created WHERE run_id = ?", (later,)).fetchone()[0]
+        == created
+    )
+    assert (
+        raw.execute("SELECT count(*) FROM run_changes WHERE run_id = ?", (later,)).fetchone()[0]
+        == kept
+    )
+    [change] = db.run_changes(later)
+    assert (change.existed, change.posted) == (bool(kept), event == "intent")
+
+
+def _in_run(db: Ledger, run_id: int, event: str) -> None:
+    if event == "intent":
+        db.intent(run_id, K, Op.CREATE, body="{}", body_hash="h", patient_id="pt_1")
+    else:
+        db.revoking(run_id, "K1")

@@ -355,3 +355,17 @@ def test_reprs_hold_no_cell_key_or_body(tmp_path: Path) -> None:
     text = repr(row)
     assert "secret" not in text
     assert "in.csv" in text  # where the row is still shows
+
+
+def test_a_rows_field_hashes_are_made_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The run asks when it decides and when it records: one parse and hashing a row."""
+    from importer import _rows
+
+    made: list[int] = []
+    real = _rows.body_field_hashes
+    monkeypatch.setattr(_rows, "body_field_hashes", lambda body: made.append(1) or real(body))
+    row = _rows.Row("in.csv", 2, "k", _json='{"status":"active","scope":"research"}')
+    first = row.field_hashes()
+    first["status"] = "changed by a caller"
+    assert row.field_hashes() == real({"status": "active", "scope": "research"})
+    assert len(made) == 1

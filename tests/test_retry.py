@@ -184,3 +184,63 @@ def test_no_waits_restores_the_previous_setting() -> None:
 
 def test_retrying_is_tenacity() -> None:
     assert isinstance(retrying(attempts=5), tenacity.AsyncRetrying)
+
+
+CASES = [
+    ([], 5),  # succeeds at once
+    ([server_error(1), NoResponseError("t", sent=True)], 5),  # retried, then succeeds
+    ([server_error(n) for n in range(1, 10)], 3),  # gives up: the last real error
+    ([ClientRequestError("422", status=422)], 5),  # not retryable: at once
+    ([RateLimitedError("429", status=429, retry_after=3)], 5),  # waits its Retry-After
+    ([server_error()], 1),  # one attempt: no retry
+    ([ValueError("bug")], 5),
+]
+
+
+async def _trace(
+    make: object, failures: list[BaseException], attempts: int, monkeypatch: pytest.MonkeyPatch
+) -> list[object]:
+    """What a loop does: its tries, hook calls, sleeps (under a seed) and its outcome."""
+    trace: list[object] = []
+
+    async def sleep(seconds: float) -> None:
+        trace.append(("sleep", round(seconds, 9)))
+
+    monkeypatch.setattr(retry, "_sleep", sleep)
+    retry.random.seed(7)
+    remaining = list(failures)
+    try:
+        async for attempt in make(  # type: ignore[operator]
+            attempts=attempts, on_retry=lambda e, n: trace.append(("retry", str(e), n))
+        ):
+            with attempt:
+                trace.append("try")
+                if remaining:
+                    raise remaining.pop(0)
+        trace.append("ok")
+    except Exception as exc:
+        trace.append(("raised", exc))
+    return trace
+
+
+@pytest.mark.parametrize(("failures", "attempts"), CASES)
+@pytest.mark.anyio
+async def test_the_row_loop_retries_as_tenacity_does(
+    failures: list[BaseException], attempts: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """issue 24: the per-row path's plain loop, step for step the same as `retrying`."""
+    expected = await _trace(retrying, failures, attempts, monkeypatch)
+    assert await _trace(retry.row_retrying, failures, attempts, monkeypatch) == expected
+
+
+@pytest.mark.anyio
+async def test_the_row_loop_obeys_the_testing_switch() -> None:
+    started = anyio.current_time()
+    with no_waits():
+        async for attempt in retry.row_retrying(attempts=3, wait_initial=5, wait_max=5):
+            with attempt:
+                if attempt.number < 3:
+                    raise server_error()
+    assert anyio.current_time() - started < 1
+    with pytest.raises(ValueError, match="attempts"):
+        retry.row_retrying(attempts=0)

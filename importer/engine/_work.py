@@ -10,8 +10,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import tenacity
-
 from importer._errors import (
     ApiError,
     AuthError,
@@ -24,7 +22,7 @@ from importer._errors import (
 )
 from importer._rows import Row, sheet_note
 from importer.api._client import ClinikClient
-from importer.api._retry import retrying
+from importer.api._retry import RowRetrying, row_retrying
 from importer.ledger._schema import ErrorNote, LedgerRow, Op, Source
 
 #: Errors that are not the row's: they stop (or pause) the run, and `_do` handles them.
@@ -78,9 +76,9 @@ class RetryPolicy:
     attempts: int
     on_retry: Callable[[BaseException, int, Row | None, str | None], None]
 
-    def __call__(self, work: Work | None = None) -> tenacity.AsyncRetrying:
+    def __call__(self, work: Work | None = None) -> RowRetrying:
         row, op = (work.row, work.op.value) if work is not None else (None, None)
-        return retrying(
+        return row_retrying(
             attempts=self.attempts, on_retry=lambda exc, n: self.on_retry(exc, n, row, op)
         )
 

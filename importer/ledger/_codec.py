@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import time
+import zlib
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -208,3 +209,32 @@ def _unpack_field_hashes_v2(stored: bytes | str | None) -> dict[str, str]:
     return {
         FIELD_ORDER[stored[i]]: stored[i + 1 : i + step].hex() for i in range(0, len(stored), step)
     }
+
+
+#: Raw deflate's preset dictionary for `field_values` (issue 24): the JSON the patchable
+#: fields' values are made of (the API's names, not any file's). Never change it: the
+#: values already stored are read with it.
+_VALUE_DICT = (
+    b'"https://" "active" "inactive" "rejected" {"type":"permit","period":{"start":"'
+    b'","end":"T23:59:59.999000Z"},"actor":[{"role":"PRCP","reference":"Organization/"}],'
+    b'"data":[{"meaning":"instance","reference":"'
+    b'"provision":[{"type":"deny","purpose":[{"system":"http://","code":"'
+    b'T00:00:00Z"},{"verified":false,"verifiedWith":"","verificationDate":"20'
+    b'{"verified":true,"verifiedWith":"'
+)
+
+
+def pack_field_value(text: str) -> bytes:
+    """A patchable value's JSON as `field_values` keeps it: raw deflate with the preset
+    dictionary (about a third of the text's size). Deterministic: a value sent again
+    packs to the same bytes."""
+    packer = zlib.compressobj(9, zlib.DEFLATED, -15, 9, zlib.Z_DEFAULT_STRATEGY, _VALUE_DICT)
+    return packer.compress(text.encode()) + packer.flush()
+
+
+def unpack_field_value(stored: bytes | str | None) -> str | None:
+    """The JSON `pack_field_value` packed (a ledger from before kept the text)."""
+    if stored is None or isinstance(stored, str):
+        return stored
+    unpacker = zlib.decompressobj(-15, _VALUE_DICT)
+    return (unpacker.decompress(stored) + unpacker.flush()).decode()

@@ -18,10 +18,12 @@ from importer.ledger._codec import (
     now_iso,
     pack_field_hashes,
     pack_key,
+    unpack_field_value,
     unpack_hash,
     unpack_key,
 )
 from importer.ledger._schema import (
+    ALL_CHANGES,
     SCHEMA_VERSION,
     UNDO_COLUMNS,
     DoneConsent,
@@ -135,9 +137,18 @@ class _UndoRecords:
         if not self._has_undo_tables():
             return False
         found = self._db.execute(
-            "SELECT 1 FROM run_changes WHERE run_id = ? LIMIT 1", (run_id,)
+            f"SELECT 1 FROM {self._all_changes()} WHERE run_id = ? LIMIT 1",  # noqa: S608
+            (run_id,),
         ).fetchone()
         return found is not None
+
+    def _all_changes(self) -> str:
+        """`run_changes` with `run_created` (a table a ledger opened read-only from before
+        issue 24 lacks: then run_changes alone holds every change)."""
+        has = self._db.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'run_created'"
+        ).fetchone()
+        return ALL_CHANGES if has else "run_changes"
 
     def run_changes(self, run_id: int) -> list[RunChange]:
         """Every row run `run_id` sent a request for, by file and row."""
@@ -147,11 +158,11 @@ class _UndoRecords:
             "SELECT c.source_key, c.existed, c.posted, c.undo, l.source_key IS NOT NULL, "  # noqa: S608 - constant column lists
             "r.source_key IS NOT NULL, coalesce(f.name, g.name), "
             f"coalesce(r.source_row, c.source_row), {now_columns}, {before_columns} "
-            "FROM run_changes AS c LEFT JOIN rows AS r ON r.source_key = c.source_key "
+            f"FROM {self._all_changes()} AS c LEFT JOIN rows AS r ON r.source_key = c.source_key "
             "LEFT JOIN files AS f ON f.id = r.file LEFT JOIN files AS g ON g.id = c.file "
             # Rows of later runs not undone, once each (joined, not a subquery a row: the
             # key is not first in run_changes' primary key).
-            "LEFT JOIN (SELECT DISTINCT source_key FROM run_changes WHERE run_id > ? "
+            f"LEFT JOIN (SELECT DISTINCT source_key FROM {self._all_changes()} WHERE run_id > ? "
             "AND undo IS NOT 'undone') AS l ON l.source_key = c.source_key "
             "WHERE c.run_id = ? ORDER BY 7, 8"
         )
@@ -183,14 +194,19 @@ class _UndoRecords:
             "SELECT value FROM field_values WHERE field = ? AND hash = ?",
             (_FIELD_INDEX[name], _pack_field_hash(digest)),
         ).fetchone()
-        return None if hit is None or hit[0] is None else str(hit[0])
+        return None if hit is None else unpack_field_value(hit[0])
 
     def undo_mark(self, run_id: int, stored_key: Any, undo: str) -> None:
         """Note how far the undo of run `run_id` took the row (intent: `undoing`)."""
-        self._db.execute(
-            "UPDATE run_changes SET undo = ? WHERE run_id = ? AND source_key = ?",
-            (undo, run_id, stored_key),
-        )
+        for table in (
+            ("run_changes", "run_created")
+            if self._all_changes() != "run_changes"
+            else ("run_changes",)
+        ):
+            self._db.execute(
+                f"UPDATE {table} SET undo = ? WHERE run_id = ? AND source_key = ?",  # noqa: S608
+                (undo, run_id, stored_key),
+            )
 
     def undo_restore(self, run_id: int, stored_key: Any) -> None:
         """The row's record as before run `run_id` (none if it had none); marked undone."""
@@ -213,8 +229,8 @@ class _UndoRecords:
     def undo_finish(self, run_id: int) -> str | None:
         """Note the run's undo state for `status`: undone, partly undone, or None."""
         total, undone = self._db.execute(
-            "SELECT count(*), count(*) FILTER (WHERE undo = 'undone') FROM run_changes "
-            "WHERE run_id = ?",
+            "SELECT count(*), count(*) FILTER (WHERE undo = 'undone') "  # noqa: S608
+            f"FROM {self._all_changes()} WHERE run_id = ?",
             (run_id,),
         ).fetchone()
         state = "undone" if undone == total else ("partly undone" if undone else None)

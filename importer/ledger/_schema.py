@@ -196,6 +196,15 @@ CREATE TABLE IF NOT EXISTS run_changes (
     undo TEXT,
     PRIMARY KEY (run_id, source_key)
 ) WITHOUT ROWID;
+-- A row a run created that the ledger held no record of before (issue 24: not a
+-- run_changes row of NULLs): its first request was a POST; `undo` as in run_changes.
+-- Ledgers from before hold such rows in run_changes with existed = 0; both are read.
+CREATE TABLE IF NOT EXISTS run_created (
+    run_id INTEGER NOT NULL,
+    source_key NOT NULL,             -- as rows.source_key
+    undo TEXT,
+    PRIMARY KEY (run_id, source_key)
+) WITHOUT ROWID;
 -- Runs that recorded their changes for undo, and how far an undo took them
 -- (state: NULL, partly undone, undone).
 CREATE TABLE IF NOT EXISTS run_undo (run_id INTEGER PRIMARY KEY, state TEXT, undone_at TEXT);
@@ -333,3 +342,13 @@ def _statements(script: str) -> Iterator[str]:
         if sqlite3.complete_statement(pending):
             yield pending
             pending = ""
+
+
+#: `run_changes` and `run_created` as one (the columns of run_changes): what undo reads.
+ALL_CHANGES = (
+    "(SELECT run_id, source_key, existed, posted, "  # noqa: S608 - constant column lists
+    + _UNDO_COLUMNS_DDL
+    + ", body, body_hash, undo FROM run_changes UNION ALL SELECT run_id, source_key, 0, 1, "
+    + ", ".join("NULL" for _ in UNDO_COLUMNS)
+    + ", NULL, NULL, undo FROM run_created)"
+)

@@ -13,6 +13,7 @@ from importer.ledger._codec import (
     _pack_field_hash,
     now_iso,
     pack_field_hashes,
+    pack_field_value,
     pack_hash,
     pack_id,
     pack_key,
@@ -308,29 +309,42 @@ class _Transitions:
             f"{columns}, body, body_hash) SELECT ?, source_key, 1, ?, {columns}, "
             "(SELECT body FROM bodies AS b WHERE b.source_key = rows.source_key), "
             "(SELECT hash FROM bodies AS b WHERE b.source_key = rows.source_key) "
-            "FROM rows WHERE source_key = ?",
-            (run_id, posted, stored),
+            "FROM rows WHERE source_key = ? AND NOT EXISTS (SELECT 1 FROM run_created "
+            "AS n WHERE n.run_id = ? AND n.source_key = rows.source_key)",
+            (run_id, posted, stored, run_id),
         )
-        if not kept.rowcount:
+        if kept.rowcount:
+            return
+        if posted:
+            # No record before: a narrow entry (its first request is a POST), not a
+            # run_changes row of NULLs (issue 24). None if the run kept the row already.
+            self._db.execute(
+                "INSERT OR IGNORE INTO run_created (run_id, source_key) SELECT ?, ? "
+                "WHERE NOT EXISTS (SELECT 1 FROM rows WHERE source_key = ?)",
+                (run_id, stored, stored),
+            )
+        else:
             self._db.execute(
                 "INSERT OR IGNORE INTO run_changes (run_id, source_key, existed, posted) "
-                "VALUES (?, ?, 0, ?)",
-                (run_id, stored, posted),
+                "SELECT ?, ?, 0, 0 WHERE NOT EXISTS (SELECT 1 FROM rows WHERE source_key = ?)",
+                (run_id, stored, stored),
             )
 
     def keep_field_values(self, values: dict[str, Any], hashes: dict[str, str]) -> None:
-        """Remember the patchable fields' values the server was sent, by their hash."""
+        """Remember the patchable fields' values the server was sent, by their hash
+        (packed: `pack_field_value`; a ledger from before holds the text, the same value)."""
+        texts = [
+            (name, json.dumps(value, separators=(",", ":")))
+            for name, value in values.items()
+            if name in hashes
+        ]
         self._db.executemany(
             "INSERT INTO field_values VALUES (?, ?, ?) ON CONFLICT (field, hash) DO UPDATE "
-            "SET value = NULL WHERE field_values.value IS NOT excluded.value",
+            "SET value = NULL WHERE field_values.value IS NOT excluded.value "
+            "AND field_values.value IS NOT ?",
             [
-                (
-                    _FIELD_INDEX[name],
-                    _pack_field_hash(hashes[name]),
-                    json.dumps(value, separators=(",", ":")),
-                )
-                for name, value in values.items()
-                if name in hashes
+                (_FIELD_INDEX[name], _pack_field_hash(hashes[name]), pack_field_value(text), text)
+                for name, text in texts
             ],
         )
 
