@@ -35,9 +35,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-import httpx
 import psutil
-from common import KEY, ROOT, canonical_csv, free_port
+from common import KEY, ROOT, canonical_csv, sandbox_server
 
 
 @dataclass
@@ -62,30 +61,11 @@ class Leg:
 @contextmanager
 def sandbox(latency_ms: float, rate_limit: str) -> Iterator[tuple[str, psutil.Process]]:
     """A fresh sandbox in its own process on 127.0.0.1: its URL and its process."""
-    port = free_port()
-    args = ["--port", str(port), "--rate-limit", rate_limit, "--log-level", "warning"]
+    args = ["--rate-limit", rate_limit, "--log-level", "warning"]
     if latency_ms:
         args += ["--latency-ms", str(latency_ms)]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "importer", "sandbox", *args],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                httpx.get(f"{url}/health", timeout=1).raise_for_status()
-                break
-            except httpx.HTTPError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise RuntimeError("the sandbox did not start") from None
-                time.sleep(0.1)
-        yield url, psutil.Process(proc.pid)
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+    with sandbox_server(*args) as (url, pid):
+        yield url, psutil.Process(pid)
 
 
 def timed(argv: list[str], env: dict[str, str], timeout: float) -> tuple[float, float, str]:

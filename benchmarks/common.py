@@ -168,6 +168,14 @@ def free_port() -> int:
 @contextmanager
 def sandbox_process(*args: str) -> Iterator[str]:
     """`consent-import sandbox` in its own process (its own core), yielding its URL."""
+    with sandbox_server(*args) as (url, _):
+        yield url
+
+
+@contextmanager
+def sandbox_server(*args: str) -> Iterator[tuple[str, int]]:
+    """`consent-import sandbox` in its own process, yielding its URL and process id
+    (for a benchmark that measures the server's CPU too)."""
     port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "importer", "sandbox", "--port", str(port), *args],
@@ -185,7 +193,7 @@ def sandbox_process(*args: str) -> Iterator[str]:
                 if time.monotonic() > deadline or proc.poll() is not None:
                     raise RuntimeError("the sandbox did not start") from None
                 time.sleep(0.1)
-        yield url
+        yield url, proc.pid
     finally:
         proc.terminate()
         proc.wait(timeout=30)
