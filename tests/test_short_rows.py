@@ -29,6 +29,7 @@ from importer.intake._reader import (
 from importer.sandbox import RunningSandbox
 from tests.cli_helpers import run_cli
 from tests.engine_helpers import KEY, consent_rows, run, write_csv
+from tests.test_mapping_v2 import CONSENTS  # the same two-consent mapping
 
 
 def defects(table: Table) -> tuple[dict[int, str], dict[int, list[str]]]:
@@ -347,24 +348,6 @@ def test_cli_run_of_a_truncated_file_exits_1(
 
 # --- a version-2 mapping ([[consents]]) takes the same way --------------------------------
 
-CONSENTS = """
-[source]
-key = ["ID"]
-
-[columns]
-patientId = "Patient"
-
-[[consents]]
-key = "research"
-fields = { scope = { value = "research" }, category = { value = "research-participation" }, \
-status = "Research Status" }
-
-[[consents]]
-key = "hipaa"
-when = { column = "HIPAA Date", not_empty = true }
-fields = { scope = { value = "patient-privacy" }, category = { value = "hipaa-notice" }, \
-dateTime = "HIPAA Date", status = "HIPAA Status" }
-"""
 FULL = (
     "ID,Patient,Research Status,HIPAA Date,HIPAA Status\n"
     "R1,pt_1,active,2024-05-01T00:00:00Z,active\n"
