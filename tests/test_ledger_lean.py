@@ -88,6 +88,12 @@ def test_a_ledger_from_before_reruns_verifies_and_undoes_with_its_6_byte_hashes(
         as_before_issue24(ledger, sandbox)
         first = {c["id"]: c for c in sandbox.consents()}
 
+        # A dry run reads it as it is (not a copy in memory): nothing a run reads is missing.
+        readonly = Ledger.open_readonly(ledger)
+        try:
+            assert readonly.is_current()
+        finally:
+            readonly.close()
         # Read as it is (verify and a dry undo open it read-only): every consent agrees.
         checked = verify(VerifyConfig(ledger=ledger, base_url=sandbox.base_url, api_key=KEY))
         assert (checked.checked, checked.agree, checked.findings) == (20, 20, [])
