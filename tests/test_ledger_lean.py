@@ -12,11 +12,13 @@ from typing import Any
 
 import pytest
 
+from importer._rows import body_field_hashes
 from importer.commands._undo import UndoConfig, undo
 from importer.commands._verify import VerifyConfig, normalised_body, verify
 from importer.ledger._codec import FIELD_ORDER, pack_field_value, unpack_field_value, unpack_id
 from importer.ledger._ledger import Ledger
 from importer.sandbox import RunningSandbox, SandboxConfig, running_sandbox
+from importer.sandbox._validation import SCOPES, STATUSES
 from tests.engine_helpers import KEY, consent_rows, run, write_csv
 
 WRITES = ("POST", "PATCH", "DELETE")
@@ -191,3 +193,14 @@ def test_the_last_hash_finds_its_values_too(
     found = db.field_value("status", digest)
     assert found is not None
     assert json.loads(found) == read
+
+
+@pytest.mark.parametrize(("field", "values"), [("status", STATUSES), ("scope", SCOPES)])
+def test_the_closed_sets_hashes_of_4_bytes_never_collide(
+    field: str, values: tuple[str, ...]
+) -> None:
+    # A revocation (active -> inactive) or a change of scope is always seen: their 4-byte
+    # hashes are distinct, whatever the odds for open values (2**-32 an edited field).
+    hashes = {body_field_hashes({field: value})[field] for value in values}
+    assert len(hashes) == len(values)
+    assert all(len(digest) == 8 for digest in hashes)
