@@ -10,6 +10,10 @@ Two ledgers:
   request ids as the sandbox makes them, ten field hashes, the payload hash and the
   cells digest.
 
+With `--cpu-rows N`, also the CPU a row of the writes a run makes for a created row
+(its intent; its outcome and the patchable values kept for undo), in commits of 64 as
+the async writer groups them under 64 requests in flight (issue 24).
+
 For each: bytes a row, per table and index (`SELECT name, sum(pgsize) FROM dbstat`),
 and `status --ledger` wall (the CLI in a new process, best of 3) and its reads alone
 (in process). It runs the `importer` its Python imports, so the figures before a change
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import os
 import sqlite3
 import subprocess
@@ -39,6 +44,8 @@ from importer.ledger._schema import Op, Source
 from importer.reports._status import status
 
 BATCH = 2_000
+#: the fields the ledger keeps values of for undo (importer.engine._decide.PATCHABLE)
+PATCHABLE = ("status", "policyUri", "verification", "provision")
 FIELDS = FIELD_ORDER[:10]
 
 
@@ -122,6 +129,61 @@ def synthetic_ledger(rows: int, tmp: Path) -> Path:
     return path
 
 
+def write_cpu(rows: int, tmp: Path) -> float:
+    """CPU µs a row of the ledger's writes for `rows` created rows, in commits of 64."""
+    from importer._rows import body_field_hashes
+
+    ledger = Ledger(tmp / "cpu.db", base_url="http://127.0.0.1:1")
+    run_id = ledger.begin_run(["in.csv"])
+    made = []
+    for i in range(rows):
+        day = f"{1 + i % 28:02d}"
+        body = {
+            "patientId": f"pt_{i:07d}",
+            "scope": "treatment",
+            "category": ["treatment-consent"],
+            "status": "active",
+            "dateTime": f"2024-01-{day}T00:00:00Z",
+            "policyUri": "https://clinic.example/policy/v1",
+            "verification": {
+                "verified": True,
+                "verifiedWith": f"pt_{i:07d}",
+                "verificationDate": f"2023-{1 + i % 12:02d}-{day}T00:00:00Z",
+            },
+            "provision": {"type": "permit", "period": {"start": f"2024-01-{day}"}},
+        }
+        text = json.dumps(body, separators=(",", ":"))
+        digest = hashlib.sha256(text.encode()).hexdigest()
+        made.append((Source(f"K{i:09d}", "in.csv", i + 2), body, text, digest))
+    started = time.process_time()
+    for start in range(0, rows, 64):
+        part = made[start : start + 64]
+        with ledger.transaction():
+            for src, _body, text, digest in part:
+                ledger.intent(
+                    run_id, src, Op.CREATE, body=text, body_hash=digest, patient_id=src.key
+                )
+        with ledger.transaction():
+            for src, body, _, digest in part:
+                hashes = body_field_hashes(body)
+                ledger.done(
+                    run_id,
+                    src,
+                    Op.CREATE,
+                    action="created",
+                    payload_hash=digest,
+                    field_hashes=hashes,
+                    patient_id=src.key,
+                    request_id=f"req_{digest[:16]}",
+                    consent_id=f"consent_{digest[16:40]}",
+                    cells_hash=int(digest[40:56], 16) - 2**63,
+                )
+                ledger.keep_field_values({k: body[k] for k in PATCHABLE}, hashes)
+    spent = time.process_time() - started
+    ledger.close()
+    return spent / rows * 1e6
+
+
 def report(title: str, path: Path, rows: int) -> None:
     sizes = by_table(path, rows)
     wall, reads = status_wall(path)
@@ -136,9 +198,12 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rows", type=int, default=1_000_000, help="synthetic ledger rows")
     parser.add_argument("--real-rows", type=int, default=20_000, help="0: no real run")
+    parser.add_argument("--cpu-rows", type=int, default=0, help="writes' CPU a row; 0: not")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as name:
         tmp = Path(name)
+        if args.cpu_rows:
+            print(f"--- writes: {write_cpu(args.cpu_rows, tmp):.0f} µs of CPU a row")
         if args.real_rows:
             report("real run", real_ledger(args.real_rows, tmp), args.real_rows)
         if args.rows:

@@ -124,8 +124,9 @@ class Row:
 
 def body_field_hashes(body: dict[str, Any]) -> dict[str, str]:
     """A short hash per top-level field of a parsed API body (`Row.field_hashes`; `verify`
-    hashes the server's copy the same way to compare without keeping values)."""
-    return {name: _digest(repr(value))[:12] for name, value in body.items()}
+    hashes the server's copy the same way to compare without keeping values): 8 hex
+    digits, as the ledger keeps them (importer.ledger._codec._FIELD_HASH_BYTES)."""
+    return {name: _digest(repr(value))[:8] for name, value in body.items()}
 
 
 @dataclass(frozen=True, slots=True)

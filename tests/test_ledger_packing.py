@@ -61,20 +61,44 @@ def test_packed_values_read_back_as_given(
 
 
 @pytest.mark.parametrize(
-    "hashes",
+    ("hashes", "read"),
     [
-        {},
-        {"patientId": "0123456789ab"},
-        {"provision": "0123456789ab", "patientId": "ba9876543210", "status": "00" * 6},
-        {"noSuchField": "0123456789ab"},  # kept as JSON
-        {"status": "not hex at all"},
+        ({}, {}),
+        ({"patientId": "01234567"}, {"patientId": "01234567"}),
+        (
+            {"provision": "01234567", "patientId": "ba987654", "status": "00" * 4},
+            {"provision": "01234567", "patientId": "ba987654", "status": "00" * 4},
+        ),
+        # 12 digits, as hashes were before issue 24: kept and read as their first 8
+        ({"patientId": "0123456789ab"}, {"patientId": "01234567"}),
+        ({"noSuchField": "01234567"}, {"noSuchField": "01234567"}),  # kept as JSON
+        ({"status": "not hex at all"}, {"status": "not hex "}),  # JSON, read as 8 characters
     ],
 )
-def test_field_hashes_read_back_as_given(hashes: dict[str, str]) -> None:
+def test_field_hashes_read_back_as_their_first_8_digits(
+    hashes: dict[str, str], read: dict[str, str]
+) -> None:
     stored = pack_field_hashes(hashes)
-    assert unpack_field_hashes(stored) == hashes
+    assert unpack_field_hashes(stored) == read
     if isinstance(stored, bytes):
-        assert len(stored) == 2 + 6 * len(hashes)  # a bitmap, then 6 bytes a field
+        assert len(stored) == 2 + 4 * len(hashes)  # a bitmap, then 4 bytes a field
+
+
+@pytest.mark.parametrize(
+    ("hashes", "stored"),
+    [
+        # a ledger before issue 24: 6 bytes a field, read as their first 4
+        ({"patientId": "0123456789ab"}, bytes([1, 0]) + bytes.fromhex("0123456789ab")),
+        (
+            {"patientId": "0123456789ab", "status": "ba9876543210"},
+            bytes([9, 0]) + bytes.fromhex("0123456789ab" + "ba9876543210"),
+        ),
+    ],
+)
+def test_field_hashes_of_6_bytes_read_as_a_rows_8_digits(
+    hashes: dict[str, str], stored: bytes
+) -> None:
+    assert unpack_field_hashes(stored) == {name: digest[:8] for name, digest in hashes.items()}
 
 
 @pytest.mark.parametrize(
@@ -107,7 +131,7 @@ def test_a_row_reads_back_what_its_transitions_were_given() -> None:
         Op.CREATE,
         action="created",
         payload_hash=SHA,
-        field_hashes={"status": "0123456789ab"},
+        field_hashes={"status": "01234567"},
         patient_id="pt_1",
         request_id=request,
         consent_id=consent,
@@ -116,7 +140,7 @@ def test_a_row_reads_back_what_its_transitions_were_given() -> None:
     assert (row.source_key, row.consent_id, row.field_hashes) == (
         key,
         consent,
-        {"status": "0123456789ab"},
+        {"status": "01234567"},
     )
     assert same_payload(row.payload_hash, SHA)
     (created,) = db.created_rows()

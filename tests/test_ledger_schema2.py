@@ -92,6 +92,9 @@ def test_verify_reads_the_same_consents_before_and_after_the_migration(tmp_path:
     before = read_done(ledger)  # schema 2, read as it is
     Ledger(ledger).close()  # migrates
     after = read_done(ledger)
+    # That code's field hashes, read as their first 8 digits (issue 24: a row's hashes
+    # and the ledger's are 4 bytes since).
+    expected = [[*row[:6], {f: h[:8] for f, h in row[6].items()}] for row in expected]
     assert before == expected
     assert len(after) == len(expected) == 8
     for old, new in zip(expected, after, strict=True):

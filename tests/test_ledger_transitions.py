@@ -332,7 +332,8 @@ def test_a_rolled_back_file_is_not_named_by_a_later_row() -> None:
 @pytest.mark.parametrize(
     ("before", "event", "created", "kept"),
     [
-        # a row the ledger held no record of: a narrow run_created entry, no row of NULLs
+        # a row the ledger held no record of: the run noted in rows.created_run (issue 24:
+        # not a run_created entry, nor a run_changes row of NULLs)
         (None, "intent", 1, 0),
         # a row it held: its record before the run, for undo to put back
         (RowState.FAILED, "intent", 0, 1),
@@ -349,9 +350,10 @@ def test_a_run_keeps_a_created_row_narrowly_for_undo(
     _in_run(db, later, event)
     raw = db._db
     assert (
-        raw.execute("SELECT count(*) FROM run_created WHERE run_id = ?", (later,)).fetchone()[0]
+        raw.execute("SELECT count(*) FROM rows WHERE created_run = ?", (later,)).fetchone()[0]
         == created
     )
+    assert raw.execute("SELECT count(*) FROM run_created").fetchone()[0] == 0
     assert (
         raw.execute("SELECT count(*) FROM run_changes WHERE run_id = ?", (later,)).fetchone()[0]
         == kept

@@ -34,8 +34,15 @@ FIELD_ORDER = (
 _FIELD_INDEX = {name: i for i, name in enumerate(FIELD_ORDER)}
 
 
-#: Bytes kept of each field's hash (the 12 hex digits `Row.field_hashes` gives).
-_FIELD_HASH_BYTES = 6
+#: Bytes kept of each field's hash (the 8 hex digits `Row.field_hashes` gives; issue 24).
+#: The hash tells which fields changed: a field's change goes unseen only if its 32-bit
+#: hashes collide (2**-32 an edited field). Ledgers before kept 6 bytes (12 digits),
+#: read back as their first 4, so both compare with a row's.
+_FIELD_HASH_BYTES = 4
+
+
+#: Bytes of each field's hash in a ledger before issue 24.
+_OLD_FIELD_HASH_BYTES = 6
 
 
 #: Bytes of the presence bitmap that opens a packed `field_hashes` (bit i: FIELD_ORDER[i]).
@@ -160,11 +167,13 @@ def same_payload(stored: str | None, body_hash: str) -> bool:
 
 
 def pack_field_hashes(hashes: dict[str, str]) -> bytes | str:
-    """{field: 12 hex digits} as stored: a bitmap of the fields present (bit i:
-    FIELD_ORDER[i]), then the 6 bytes of each one's hash in FIELD_ORDER. A field or hash
-    this form cannot hold keeps the JSON form."""
+    """{field: hex digest} as stored: a bitmap of the fields present (bit i:
+    FIELD_ORDER[i]), then the first 4 bytes of each one's hash in FIELD_ORDER (a longer
+    digest, as a ledger before kept it, is cut to them). A field or hash this form cannot
+    hold keeps the JSON form."""
+    width = 2 * _FIELD_HASH_BYTES
     try:
-        order = sorted((_FIELD_INDEX[name], digest) for name, digest in hashes.items())
+        order = sorted((_FIELD_INDEX[name], digest[:width]) for name, digest in hashes.items())
     except KeyError:
         order = []
     text = "".join(digest for _, digest in order)
@@ -173,7 +182,7 @@ def pack_field_hashes(hashes: dict[str, str]) -> bytes | str:
     if (
         len(order) != len(hashes)
         or raw is None
-        or any(len(digest) != 2 * _FIELD_HASH_BYTES for _, digest in order)
+        or any(len(digest) != width for _, digest in order)
         or (order and order[-1][0] >= 8 * _BITMAP_BYTES)
     ):
         return json.dumps(hashes, separators=(",", ":"))
@@ -182,21 +191,27 @@ def pack_field_hashes(hashes: dict[str, str]) -> bytes | str:
 
 
 def _pack_field_hash(digest: str) -> bytes | str:
-    """One field's short hash as `field_values` keys it: its 6 bytes (else the text)."""
-    return _hex_bytes(digest, _FIELD_HASH_BYTES) or digest
+    """One field's short hash as `field_values` keys it: its bytes (4; 6 in a ledger
+    before issue 24), else the text."""
+    return _hex_bytes(digest, len(digest) // 2) or digest
 
 
 def unpack_field_hashes(stored: bytes | str | None) -> dict[str, str]:
+    """{field: 8 hex digits}, packed with 4 bytes a field or (before issue 24) 6, of
+    which the first 4 are read: a row's hashes compare with either."""
     if not stored:
         return {}
+    width = 2 * _FIELD_HASH_BYTES
     if isinstance(stored, str):
         found: dict[str, str] = json.loads(stored)
-        return found
+        return {name: digest[:width] for name, digest in found.items()}
     bits = int.from_bytes(stored[:_BITMAP_BYTES], "little")
     fields = [name for i, name in enumerate(FIELD_ORDER) if bits >> i & 1]
-    step = _FIELD_HASH_BYTES
+    if not fields:
+        return {}
+    step = (len(stored) - _BITMAP_BYTES) // len(fields)
     return {
-        name: stored[at : at + step].hex()
+        name: stored[at : at + _FIELD_HASH_BYTES].hex()
         for name, at in zip(fields, range(_BITMAP_BYTES, len(stored), step), strict=True)
     }
 
@@ -205,7 +220,7 @@ def _unpack_field_hashes_v2(stored: bytes | str | None) -> dict[str, str]:
     """Schema 2's packing: per field, its index in FIELD_ORDER (1 byte) and 6 bytes."""
     if not isinstance(stored, bytes):
         return unpack_field_hashes(stored)
-    step = 1 + _FIELD_HASH_BYTES
+    step = 1 + _OLD_FIELD_HASH_BYTES
     return {
         FIELD_ORDER[stored[i]]: stored[i + 1 : i + step].hex() for i in range(0, len(stored), step)
     }

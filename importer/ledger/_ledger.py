@@ -39,7 +39,7 @@ from importer.ledger._codec import (
     unpack_id,
     unpack_key,
 )
-from importer.ledger._migrations import _first_naive_times, _migrate
+from importer.ledger._migrations import _add_created_run, _first_naive_times, _migrate
 from importer.ledger._reads import (
     _NEEDS_A_PERSON,
     _READ_ROWS,
@@ -96,6 +96,7 @@ class Ledger(_Transitions, _VerifyReads, _UndoRecords, _Evidence):
         self.schema = SCHEMA_VERSION
         self._reads: sqlite3.Connection | None = None
         self._files = {}
+        self._values_kept = {}
         if str(path) != ":memory:" and copy_of is None:  # in memory: for transition tests
             _create_private(self.path)
         try:
@@ -143,6 +144,7 @@ class Ledger(_Transitions, _VerifyReads, _UndoRecords, _Evidence):
                 f"reads version {SCHEMA_VERSION}"
             )
         with self.transaction():
+            _add_created_run(self._db)
             self._db.execute(
                 "INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (SCHEMA_VERSION,)
             )
@@ -198,7 +200,7 @@ class Ledger(_Transitions, _VerifyReads, _UndoRecords, _Evidence):
         return found is None
 
     def transaction(self) -> _Transaction:
-        return _Transaction(self._db, self._files)
+        return _Transaction(self._db, self._files, self._values_kept)
 
     # -- runs ---------------------------------------------------------------------
 
@@ -573,9 +575,14 @@ def _make_private(path: Path) -> None:
 
 
 class _Transaction:
-    def __init__(self, db: sqlite3.Connection, files: dict[str, int]) -> None:
+    __slots__ = ("db", "files", "values")
+
+    def __init__(
+        self, db: sqlite3.Connection, files: dict[str, int], values: dict[Any, Any]
+    ) -> None:
         self.db = db
         self.files = files
+        self.values = values
 
     def __enter__(self) -> None:
         self.db.execute("BEGIN IMMEDIATE")
@@ -583,7 +590,9 @@ class _Transaction:
     def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
         if kind:
             self.db.execute("ROLLBACK")
-            self.files.clear()  # ids of files added in the rolled-back writes are void
+            # ids of files and field values added in the rolled-back writes are void
+            self.files.clear()
+            self.values.clear()
         else:
             self.db.execute("COMMIT")
 
@@ -631,6 +640,7 @@ class ReadOnlyLedger(Ledger):
         self.path = Path(path)
         self._reads = None
         self._files = {}
+        self._values_kept = {}
         if not self.path.is_file():
             raise ConfigError(no_such_file("ledger", self.path, "give the --ledger of a run"))
         try:
@@ -665,4 +675,4 @@ class ReadOnlyLedger(Ledger):
             meta.get("schema_version") == SCHEMA_VERSION
             and {"naive_times", "key_scheme"} <= meta.keys()
             and set(_SCHEMA_TABLES.findall(_SCHEMA)) <= tables
-        )
+        )  # rows.created_run may be missing: the reads that use it read it as NULL

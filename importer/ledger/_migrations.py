@@ -20,6 +20,7 @@ from importer.ledger._codec import (
 from importer.ledger._schema import (
     _SCHEMA,
     _SYSTEM_OF,
+    CREATED_RUN,
     SCHEMA_VERSION,
     _statements,
 )
@@ -39,6 +40,16 @@ def _first_naive_times(db: sqlite3.Connection) -> str:
     rule = "utc" if held else "stated"
     db.execute("INSERT INTO meta VALUES ('naive_times', ?)", (rule,))
     return rule
+
+
+def _add_created_run(db: sqlite3.Connection) -> None:
+    """Give a ledger from before issue 24's `rows.created_run` the column (in `rows` and
+    `run_changes`), in place: no row is rewritten (an added column reads as NULL in the
+    rows before it), and the rows those runs created stay in `run_created`."""
+    if any(r[1] == CREATED_RUN for r in db.execute("PRAGMA table_info(rows)")):
+        return
+    for table in ("rows", "run_changes"):
+        db.execute(f"ALTER TABLE {table} ADD COLUMN {CREATED_RUN} INTEGER")
 
 
 def _migrate(ledger: Ledger, version: str) -> None:

@@ -23,12 +23,13 @@ from importer.ledger._codec import (
     unpack_key,
 )
 from importer.ledger._schema import (
-    ALL_CHANGES,
+    CREATED_RUN,
     SCHEMA_VERSION,
     UNDO_COLUMNS,
     DoneConsent,
     RunChange,
     UnknownOutcome,
+    all_changes,
 )
 from importer.ledger._transitions import _NOT_DONE
 
@@ -143,16 +144,25 @@ class _UndoRecords:
         return found is not None
 
     def _all_changes(self) -> str:
-        """`run_changes` with `run_created` (a table a ledger opened read-only from before
-        issue 24 lacks: then run_changes alone holds every change)."""
+        """`run_changes`, `run_created` and the rows a run created, as one (a ledger
+        opened read-only from before issue 24 lacks the table or the column: then what
+        it has holds every change)."""
         has = self._db.execute(
             "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'run_created'"
         ).fetchone()
-        return ALL_CHANGES if has else "run_changes"
+        return all_changes(created_table=has is not None, created_column=self._created_column())
+
+    def _created_column(self) -> bool:
+        """Whether `rows` (and `run_changes`) have `created_run` (added on opening for
+        writing; a ledger read-only from before lacks it)."""
+        return any(r[1] == CREATED_RUN for r in self._db.execute("PRAGMA table_info(rows)"))
 
     def run_changes(self, run_id: int) -> list[RunChange]:
         """Every row run `run_id` sent a request for, by file and row."""
-        now_columns = ", ".join(f"r.{c}" for c in UNDO_COLUMNS)
+        created = self._created_column()
+        now_columns = ", ".join(
+            f"r.{c}" if c != CREATED_RUN or created else "NULL" for c in UNDO_COLUMNS
+        )
         before_columns = ", ".join(f"c.{c}" for c in UNDO_COLUMNS)
         query = (
             "SELECT c.source_key, c.existed, c.posted, c.undo, l.source_key IS NOT NULL, "  # noqa: S608 - constant column lists
@@ -190,19 +200,38 @@ class _UndoRecords:
 
     def field_value(self, name: str, digest: str) -> str | None:
         """The JSON of the value of field `name` whose short hash is `digest`, if known."""
-        hit = self._db.execute(
-            "SELECT value FROM field_values WHERE field = ? AND hash = ?",
-            (_FIELD_INDEX[name], _pack_field_hash(digest)),
-        ).fetchone()
-        return None if hit is None else unpack_field_value(hit[0])
+        packed = _pack_field_hash(digest)
+        if not isinstance(packed, bytes):
+            hits = self._db.execute(
+                "SELECT value FROM field_values WHERE field = ? AND hash = ?",
+                (_FIELD_INDEX[name], packed),
+            ).fetchall()
+        else:
+            # Its 4 bytes, or a ledger's 6 from before issue 24 that begin with them:
+            # the keys from `packed` up to (not including) its successor.
+            hits = self._db.execute(
+                "SELECT value FROM field_values WHERE field = ? AND hash >= ? "
+                "AND (? IS NULL OR hash < ?) AND typeof(hash) = 'blob'",
+                (_FIELD_INDEX[name], packed, *[_successor(packed)] * 2),
+            ).fetchall()
+        values = {unpack_field_value(value) for (value,) in hits}
+        # Two values under one short hash, or one known to be shared (NULL): unknown.
+        return values.pop() if len(values) == 1 else None
 
     def undo_mark(self, run_id: int, stored_key: Any, undo: str) -> None:
         """Note how far the undo of run `run_id` took the row (intent: `undoing`)."""
-        for table in (
-            ("run_changes", "run_created")
-            if self._all_changes() != "run_changes"
-            else ("run_changes",)
-        ):
+        # Created by the run and not marked yet: its entry moves from `rows` to
+        # `run_created` (a row undo deletes keeps its mark there).
+        self._db.execute(
+            "INSERT OR REPLACE INTO run_created (run_id, source_key, undo) SELECT created_run, "
+            "source_key, NULL FROM rows WHERE source_key = ? AND created_run = ?",
+            (stored_key, run_id),
+        )
+        self._db.execute(
+            "UPDATE rows SET created_run = NULL WHERE source_key = ? AND created_run = ?",
+            (stored_key, run_id),
+        )
+        for table in ("run_changes", "run_created"):
             self._db.execute(
                 f"UPDATE {table} SET undo = ? WHERE run_id = ? AND source_key = ?",  # noqa: S608
                 (undo, run_id, stored_key),
@@ -211,6 +240,7 @@ class _UndoRecords:
     def undo_restore(self, run_id: int, stored_key: Any) -> None:
         """The row's record as before run `run_id` (none if it had none); marked undone."""
         db = self._db
+        self.undo_mark(run_id, stored_key, "undone")  # before its row goes
         db.execute("DELETE FROM rows WHERE source_key = ?", (stored_key,))
         db.execute("DELETE FROM bodies WHERE source_key = ?", (stored_key,))
         columns = ", ".join(UNDO_COLUMNS)
@@ -224,7 +254,6 @@ class _UndoRecords:
             "WHERE run_id = ? AND source_key = ? AND existed AND body IS NOT NULL",
             (run_id, stored_key),
         )
-        self.undo_mark(run_id, stored_key, "undone")
 
     def undo_finish(self, run_id: int) -> str | None:
         """Note the run's undo state for `status`: undone, partly undone, or None."""
@@ -245,6 +274,14 @@ class _UndoRecords:
         if not self._has_undo_tables():
             return {}
         return dict(self._db.execute("SELECT run_id, state FROM run_undo WHERE state NOT NULL"))
+
+
+def _successor(prefix: bytes) -> bytes | None:
+    """The least bytes greater than every bytes that starts with `prefix` (None: none)."""
+    stripped = prefix.rstrip(b"\xff")
+    if not stripped:
+        return None
+    return stripped[:-1] + bytes([stripped[-1] + 1])
 
 
 #: Keep revoke_misses' entries (WHERE ...) as they are before run ? changes them.

@@ -81,7 +81,10 @@ CREATE TABLE IF NOT EXISTS rows (
     attempts INTEGER NOT NULL DEFAULT 0,
     first_run INTEGER,
     last_run INTEGER,                -- the last run whose input held this row
-    updated_at INTEGER NOT NULL      -- Unix time in milliseconds
+    updated_at INTEGER NOT NULL,     -- Unix time in milliseconds
+    created_run INTEGER              -- the run whose POST made the row, when the ledger
+                                     -- held no record of it before (what `undo` of that
+                                     -- run deletes; issue 24: not a run_created entry)
 ) WITHOUT ROWID
 """
 
@@ -91,8 +94,13 @@ UNDO_COLUMNS = (
     "file", "source_row", "state", "action", "consent_id", "previous_consent_id",
     "patient_id", "payload_hash", "field_hashes", "cells_hash", "pending_op", "error_stage",
     "error_code", "error_message", "http_status", "request_id", "cells", "settle_after",
-    "attempts", "first_run", "last_run", "updated_at",
+    "attempts", "first_run", "last_run", "updated_at", "created_run",
 )  # fmt: skip
+
+
+#: The column a ledger written before issue 24's created rows lacks (in `rows` and
+#: `run_changes`): added when it is opened for writing, read as NULL when read-only.
+CREATED_RUN = "created_run"
 
 
 _UNDO_COLUMNS_DDL = ", ".join(UNDO_COLUMNS)
@@ -196,9 +204,10 @@ CREATE TABLE IF NOT EXISTS run_changes (
     undo TEXT,
     PRIMARY KEY (run_id, source_key)
 ) WITHOUT ROWID;
--- A row a run created that the ledger held no record of before (issue 24: not a
--- run_changes row of NULLs): its first request was a POST; `undo` as in run_changes.
--- Ledgers from before hold such rows in run_changes with existed = 0; both are read.
+-- A row a run created that the ledger held no record of before (its first request was
+-- a POST) is rows.created_run while no undo has marked it; once marked (`undo` as in
+-- run_changes) it moves here. Ledgers from before issue 24's created_run hold every such
+-- row here, and older ones in run_changes with existed = 0; all are read.
 CREATE TABLE IF NOT EXISTS run_created (
     run_id INTEGER NOT NULL,
     source_key NOT NULL,             -- as rows.source_key
@@ -344,11 +353,25 @@ def _statements(script: str) -> Iterator[str]:
             pending = ""
 
 
-#: `run_changes` and `run_created` as one (the columns of run_changes): what undo reads.
-ALL_CHANGES = (
-    "(SELECT run_id, source_key, existed, posted, "  # noqa: S608 - constant column lists
-    + _UNDO_COLUMNS_DDL
-    + ", body, body_hash, undo FROM run_changes UNION ALL SELECT run_id, source_key, 0, 1, "
-    + ", ".join("NULL" for _ in UNDO_COLUMNS)
-    + ", NULL, NULL, undo FROM run_created)"
-)
+def all_changes(*, created_table: bool = True, created_column: bool = True) -> str:
+    """`run_changes`, `run_created` and the rows a run created (`rows.created_run`) as
+    one table with the columns of run_changes: what undo reads. A ledger opened
+    read-only from before lacks the table (before issue 24) or the column."""
+    columns = ", ".join(
+        c if c != CREATED_RUN or created_column else f"NULL AS {c}" for c in UNDO_COLUMNS
+    )
+    nulls = ", ".join("NULL" for _ in UNDO_COLUMNS)
+    parts = [
+        f"SELECT run_id, source_key, existed, posted, {columns}, body, body_hash, undo "  # noqa: S608 - constant column lists
+        "FROM run_changes"
+    ]
+    if created_table:
+        parts.append(
+            f"SELECT run_id, source_key, 0, 1, {nulls}, NULL, NULL, undo FROM run_created"  # noqa: S608
+        )
+    if created_column:
+        parts.append(
+            f"SELECT created_run, source_key, 0, 1, {nulls}, NULL, NULL, NULL FROM rows "  # noqa: S608
+            "WHERE created_run IS NOT NULL"
+        )
+    return "(" + " UNION ALL ".join(parts) + ")"

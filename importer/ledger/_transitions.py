@@ -70,6 +70,9 @@ class _Transitions:
     _db: sqlite3.Connection
     #: files.id by name, as this connection has committed or is writing them
     _files: dict[str, int]
+    #: field_values as this connection has committed or is writing them: (field, hash)
+    #: to the value's JSON, None when shared by two values (cleared with `_files`)
+    _values_kept: dict[tuple[int, bytes | str], str | None]
 
     def intent(
         self,
@@ -84,23 +87,27 @@ class _Transitions:
         previous_consent_id: str | None = None,
     ) -> None:
         """any -> in_flight: the request for `op` is about to be sent with `body`."""
-        self._keep_before(run_id, src.key, posted=op in (Op.CREATE, Op.RECREATE))
-        values: dict[str, Any] = {
-            "state": RowState.IN_FLIGHT,
-            "pending_op": op,
-            "pending_body": body,
-            "pending_hash": body_hash,
-            "patient_id": patient_id,
-            "settle_after": None,
-        }
-        if consent_id is not None:
-            values["consent_id"] = pack_id(consent_id)
-        if previous_consent_id is not None:
-            values["previous_consent_id"] = pack_id(previous_consent_id)
-        self._upsert(run_id, src, values)
+        posted = op in (Op.CREATE, Op.RECREATE)
+        self._keep_before(run_id, src.key, posted=posted)
+        key = pack_key(src.key)
+        # A row it creates (no record before) notes the run in created_run, for undo.
         self._db.execute(
-            "UPDATE rows SET attempts = attempts + 1 WHERE source_key = ?", (pack_key(src.key),)
+            _INTENT,
+            (
+                key,
+                self._file_id(src.file),
+                src.row,
+                run_id,
+                run_id,
+                run_id if posted else None,
+                op,
+                patient_id,
+                None if consent_id is None else pack_id(consent_id),
+                None if previous_consent_id is None else pack_id(previous_consent_id),
+                _now(),
+            ),
         )
+        self._db.execute("INSERT OR REPLACE INTO bodies VALUES (?, ?, ?)", (key, body, body_hash))
 
     def done(
         self,
@@ -301,52 +308,44 @@ class _Transitions:
 
     def _keep_before(self, run_id: int, key: str, *, posted: bool) -> None:
         """Before a run's first request for a row: keep the row as the ledger holds it,
-        so `undo` can give it back (later requests of the same run keep nothing)."""
+        so `undo` can give it back (later requests of the same run keep nothing). A row
+        of no record whose first request is a POST keeps nothing here: its intent notes
+        the run in `rows.created_run` (issue 24: not a wide entry of NULLs)."""
         stored = pack_key(key)
-        columns = ", ".join(UNDO_COLUMNS)
-        kept = self._db.execute(
-            f"INSERT OR IGNORE INTO run_changes (run_id, source_key, existed, posted, "  # noqa: S608
-            f"{columns}, body, body_hash) SELECT ?, source_key, 1, ?, {columns}, "
-            "(SELECT body FROM bodies AS b WHERE b.source_key = rows.source_key), "
-            "(SELECT hash FROM bodies AS b WHERE b.source_key = rows.source_key) "
-            "FROM rows WHERE source_key = ? AND NOT EXISTS (SELECT 1 FROM run_created "
-            "AS n WHERE n.run_id = ? AND n.source_key = rows.source_key)",
-            (run_id, posted, stored, run_id),
-        )
-        if kept.rowcount:
+        kept = self._db.execute(_KEEP_BEFORE, (run_id, posted, stored, run_id))
+        if kept.rowcount or posted:
             return
-        if posted:
-            # No record before: a narrow entry (its first request is a POST), not a
-            # run_changes row of NULLs (issue 24). None if the run kept the row already.
-            self._db.execute(
-                "INSERT OR IGNORE INTO run_created (run_id, source_key) SELECT ?, ? "
-                "WHERE NOT EXISTS (SELECT 1 FROM rows WHERE source_key = ?)",
-                (run_id, stored, stored),
-            )
-        else:
-            self._db.execute(
-                "INSERT OR IGNORE INTO run_changes (run_id, source_key, existed, posted) "
-                "SELECT ?, ?, 0, 0 WHERE NOT EXISTS (SELECT 1 FROM rows WHERE source_key = ?)",
-                (run_id, stored, stored),
-            )
+        self._db.execute(
+            "INSERT OR IGNORE INTO run_changes (run_id, source_key, existed, posted) "
+            "SELECT ?, ?, 0, 0 WHERE NOT EXISTS (SELECT 1 FROM rows WHERE source_key = ?)",
+            (run_id, stored, stored),
+        )
 
     def keep_field_values(self, values: dict[str, Any], hashes: dict[str, str]) -> None:
         """Remember the patchable fields' values the server was sent, by their hash
-        (packed: `pack_field_value`; a ledger from before holds the text, the same value)."""
-        texts = [
-            (name, json.dumps(value, separators=(",", ":")))
-            for name, value in values.items()
-            if name in hashes
-        ]
-        self._db.executemany(
-            "INSERT INTO field_values VALUES (?, ?, ?) ON CONFLICT (field, hash) DO UPDATE "
-            "SET value = NULL WHERE field_values.value IS NOT excluded.value "
-            "AND field_values.value IS NOT ?",
-            [
-                (_FIELD_INDEX[name], _pack_field_hash(hashes[name]), pack_field_value(text), text)
-                for name, text in texts
-            ],
-        )
+        (packed: `pack_field_value`; a ledger from before holds the text, the same value).
+        A value this connection has already stored under its hash is not written again."""
+        kept = self._values_kept
+        entries = []
+        for name, value in values.items():
+            digest = hashes.get(name)
+            if digest is None:
+                continue
+            text = json.dumps(value, separators=(",", ":"))
+            slot = (_FIELD_INDEX[name], _pack_field_hash(digest))
+            if kept.get(slot, _KEEP) in (text, None):
+                continue  # stored as it is, or known to be shared (NULL) already
+            kept[slot] = text if slot not in kept else None
+            entries.append((*slot, pack_field_value(text), text))
+        if len(kept) > _VALUES_KEPT_MAX:
+            kept.clear()
+        if entries:
+            self._db.executemany(
+                "INSERT INTO field_values VALUES (?, ?, ?) ON CONFLICT (field, hash) DO UPDATE "
+                "SET value = NULL WHERE field_values.value IS NOT excluded.value "
+                "AND field_values.value IS NOT ?",
+                entries,
+            )
 
     def _upsert(self, run_id: int, src: Source, values: dict[str, Any]) -> None:
         """Create or update one row's record with `values` (column = value)."""
@@ -355,15 +354,12 @@ class _Transitions:
         body_hash = values.pop("pending_hash", None)
         values["updated_at"] = _now()
         key = pack_key(src.key)
-        columns = ", ".join(values)
-        marks = ", ".join("?" * len(values))
-        updates = ", ".join(f"{c} = excluded.{c}" for c in values)
+        names = tuple(values)
+        sql = _UPSERTS.get(names)
+        if sql is None:
+            sql = _UPSERTS[names] = _upsert_sql(names)
         self._db.execute(
-            f"INSERT INTO rows (source_key, file, source_row, first_run, last_run, "  # noqa: S608
-            f"{columns}) VALUES (?, ?, ?, ?, ?, {marks}) ON CONFLICT (source_key) DO UPDATE SET "
-            f"file = excluded.file, source_row = excluded.source_row, "
-            f"last_run = excluded.last_run, {updates}",
-            (key, self._file_id(src.file), src.row, run_id, run_id, *values.values()),
+            sql, (key, self._file_id(src.file), src.row, run_id, run_id, *values.values())
         )
         if body is None:
             self._db.execute("DELETE FROM bodies WHERE source_key = ?", (key,))
@@ -403,6 +399,52 @@ class _Transitions:
             "SELECT state FROM rows WHERE source_key = ?", (pack_key(key),)
         ).fetchone()
         return RowState(found[0]) if found else None
+
+
+#: `_upsert`'s statement by the columns it sets (a transition sets the same few each time).
+_UPSERTS: dict[tuple[str, ...], str] = {}
+
+
+def _upsert_sql(columns: tuple[str, ...]) -> str:
+    marks = ", ".join("?" * len(columns))
+    updates = ", ".join(f"{c} = excluded.{c}" for c in columns)
+    return (
+        f"INSERT INTO rows (source_key, file, source_row, first_run, last_run, "  # noqa: S608
+        f"{', '.join(columns)}) VALUES (?, ?, ?, ?, ?, {marks}) ON CONFLICT (source_key) "
+        "DO UPDATE SET file = excluded.file, source_row = excluded.source_row, "
+        f"last_run = excluded.last_run, {updates}"
+    )
+
+
+#: `intent`'s upsert: in flight with its op, one more attempt; created_run only when it
+#: inserts the row (a record kept before keeps its own); ids only when given.
+_INTENT = (
+    "INSERT INTO rows (source_key, file, source_row, first_run, last_run, created_run, "
+    "state, pending_op, patient_id, settle_after, consent_id, previous_consent_id, "
+    "attempts, updated_at) VALUES (?, ?, ?, ?, ?, ?, 'in_flight', ?, ?, NULL, ?, ?, 1, ?) "
+    "ON CONFLICT (source_key) DO UPDATE SET file = excluded.file, "
+    "source_row = excluded.source_row, last_run = excluded.last_run, state = excluded.state, "
+    "pending_op = excluded.pending_op, patient_id = excluded.patient_id, settle_after = NULL, "
+    "consent_id = coalesce(excluded.consent_id, consent_id), "
+    "previous_consent_id = coalesce(excluded.previous_consent_id, previous_consent_id), "
+    "attempts = attempts + 1, updated_at = excluded.updated_at"
+)
+
+
+#: A row as the ledger holds it before run ? first sends a request for it (not again in
+#: the same run, nor for a row that run created).
+_KEEP_BEFORE = (
+    f"INSERT OR IGNORE INTO run_changes (run_id, source_key, existed, posted, "  # noqa: S608
+    f"{', '.join(UNDO_COLUMNS)}, body, body_hash) SELECT ?, source_key, 1, ?, "
+    f"{', '.join(UNDO_COLUMNS)}, "
+    "(SELECT body FROM bodies AS b WHERE b.source_key = rows.source_key), "
+    "(SELECT hash FROM bodies AS b WHERE b.source_key = rows.source_key) "
+    "FROM rows WHERE source_key = ? AND created_run IS NOT ?"
+)
+
+
+#: Entries `keep_field_values` remembers before it forgets them all (a bound on memory).
+_VALUES_KEPT_MAX = 100_000
 
 
 def _error_values(error: ErrorNote) -> dict[str, Any]:
