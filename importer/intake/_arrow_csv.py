@@ -19,9 +19,10 @@ here:
 from __future__ import annotations
 
 from collections.abc import Generator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, BinaryIO, Final
 
 import numpy as np
 import numpy.typing as npt
@@ -33,7 +34,7 @@ if TYPE_CHECKING:
 
 #: Bytes Arrow parses at a time (one block per thread): peak memory grows with it, speed
 #: hardly past 1 MiB.
-BLOCK_BYTES: Final = 1 << 20
+BLOCK_BYTES: Final = 1 << 23
 
 
 @dataclass(frozen=True)
@@ -55,111 +56,106 @@ class ArrowMismatch(Exception):
 
 def arrow_frames(
     path: Path,
-    offset: int,
+    marks: Sequence[int],
     width: int,
     delimiter: str,
-    chunk_rows: int,
+    stretch: int,
     skipped: Skipped,
     dtype: ExtensionDtype,
 ) -> Generator[pd.DataFrame]:
-    """The records from byte `offset` on as positional frames of `chunk_rows` records.
+    """The records after the header as positional frames of `stretch` records (the last
+    may hold fewer).
+
+    `marks` are the byte offsets where the records after the header start, and then
+    after every `stretch` records: each stretch between two is parsed whole by Arrow (its
+    threads share the blocks) while the frame before it is in use, so Arrow holds about
+    two stretches, whatever the file's size.
 
     Raises:
-        ArrowMismatch: Arrow skipped records the counter did not report, or the reverse.
+        ArrowMismatch: Arrow skipped other records than `skipped`, or read a stretch to
+            another number of records than the counter counted.
         pyarrow.ArrowInvalid: the file does not parse (a record wider than `width`).
     """
     import pyarrow as pa
     from pyarrow import csv as pacsv
 
-    left_out = 0
-
-    def invalid(row: Any) -> str:
-        nonlocal left_out
-        if row.actual_columns < row.expected_columns:
-            left_out += 1
-            return "skip"
-        return "error"
-
     names = [str(i) for i in range(width)]
-    source = pa.memory_map(str(path))
-    try:
-        if offset >= source.size():
-            return  # no record after the header
-        source.seek(offset)
-        reader = pacsv.open_csv(
-            source,
-            read_options=pacsv.ReadOptions(
-                column_names=names, block_size=BLOCK_BYTES, use_threads=True
-            ),
-            parse_options=pacsv.ParseOptions(
-                delimiter=delimiter,
-                quote_char='"',
-                double_quote=True,
-                escape_char=False,
-                newlines_in_values=True,
-                ignore_empty_lines=False,  # a blank line is a record: it has a row number
-                invalid_row_handler=invalid,
-            ),
-            convert_options=pacsv.ConvertOptions(
-                column_types=dict.fromkeys(names, pa.string()),
-                strings_can_be_null=False,
-                quoted_strings_can_be_null=False,
-            ),
+    convert = pacsv.ConvertOptions(
+        # Dictionary-encoded in Arrow's threads: a block's repeated cells become one
+        # Python string each, as the C parser shares them (a string column made a str
+        # a cell: 160 MB more at 1M rows, and slower after).
+        column_types=dict.fromkeys(names, pa.dictionary(pa.int32(), pa.string())),
+        strings_can_be_null=False,
+        quoted_strings_can_be_null=False,
+    )
+    read = pacsv.ReadOptions(column_names=names, block_size=BLOCK_BYTES, use_threads=True)
+
+    def parse(handle: BinaryIO, at: int) -> tuple[pa.Table, int]:
+        left_out = 0
+
+        def invalid(row: Any) -> str:
+            nonlocal left_out
+            if row.actual_columns < row.expected_columns:
+                left_out += 1
+                return "skip"
+            return "error"
+
+        handle.seek(marks[at])
+        size = marks[at + 1] - marks[at] if at + 1 < len(marks) else -1
+        data = handle.read(size)
+        options = pacsv.ParseOptions(
+            delimiter=delimiter,
+            quote_char='"',
+            double_quote=True,
+            escape_char=False,
+            newlines_in_values=True,
+            ignore_empty_lines=False,  # a blank line is a record: it has a row number
+            invalid_row_handler=invalid,
         )
-        shorts = skipped.records
-        done = 0  # records already in frames
-        held: pa.Table | None = None
-        batches = iter(reader)
-        ended = False
-        while True:
-            # Records [done, done + chunk_rows): the skipped ones among them come from
-            # `skipped`, the rest from Arrow.
-            end = done + chunk_rows
-            inside = int(np.searchsorted(shorts, end) - np.searchsorted(shorts, done))
-            wanted = chunk_rows - inside
-            held_rows = 0 if held is None else held.num_rows
-            parts: list[pa.RecordBatch] = []
-            while not ended and held_rows < wanted:
-                batch = next(batches, None)
-                if batch is None:
-                    ended = True
-                else:
-                    parts.append(batch)
-                    held_rows += batch.num_rows
-            if parts:
-                more = pa.Table.from_batches(parts)
-                held = more if held is None else pa.concat_tables([held, more])
-            take = min(wanted, held_rows)
-            if ended and take < wanted:
-                # The last frame: Arrow's last rows and every skipped record left.
-                end = done + take + int(shorts.size - np.searchsorted(shorts, done))
-                if end == done:
-                    break
-            rows = held
-            columns = [] if rows is None else [rows.column(i).slice(0, take) for i in range(width)]
-            yield _frame(columns, skipped, done, end, width, dtype)
-            held = None if rows is None or take == held_rows else rows.slice(take)
-            done = end
-    finally:
-        source.close()
-    if left_out != shorts.size:
-        raise ArrowMismatch(f"Arrow skipped {left_out} records, the counter found {shorts.size}")
+        if not data:
+            return pa.table({n: pa.array([], pa.string()) for n in names}), 0
+        table = pacsv.read_csv(
+            pa.BufferReader(data),
+            read_options=read,
+            parse_options=options,
+            convert_options=convert,
+        )
+        return table, left_out
+
+    shorts = skipped.records
+    with path.open("rb") as handle, ThreadPoolExecutor(1) as ahead:
+        pending = ahead.submit(parse, handle, 0)
+        for at in range(len(marks)):
+            table, left_out = pending.result()
+            if at + 1 < len(marks):
+                pending = ahead.submit(parse, handle, at + 1)
+            start = at * stretch
+            inside = int(np.searchsorted(shorts, start + stretch) - np.searchsorted(shorts, start))
+            end = start + table.num_rows + left_out
+            if left_out != inside or (at + 1 < len(marks) and end != start + stretch):
+                raise ArrowMismatch(
+                    f"records {start}-{start + stretch}: Arrow read {table.num_rows} and "
+                    f"skipped {left_out}; the counter found {inside} short"
+                )
+            if end > start:
+                columns = _cells([table.column(i) for i in range(width)], skipped, start, end)
+                del table  # Arrow's copy goes before the frame is used
+                yield pd.DataFrame(
+                    {i: pd.array(values, dtype=dtype) for i, values in enumerate(columns)},  # type: ignore[call-overload]
+                    index=pd.RangeIndex(end - start),
+                )
 
 
-def _frame(
-    columns: Sequence[pa.ChunkedArray],
-    skipped: Skipped,
-    start: int,
-    end: int,
-    width: int,
-    dtype: ExtensionDtype,
-) -> pd.DataFrame:
-    """Records [start, end) as a positional frame: Arrow's rows with the skipped ones."""
+def _cells(
+    columns: Sequence[pa.ChunkedArray], skipped: Skipped, start: int, end: int
+) -> list[npt.NDArray[np.object_]]:
+    """Records [start, end), column by column: Arrow's rows with the skipped ones."""
+    width = len(columns)
     shorts = skipped.records
     first, last = int(np.searchsorted(shorts, start)), int(np.searchsorted(shorts, end))
     size = end - start
     if first == last:
-        cells = [c.to_numpy(zero_copy_only=False) for c in columns]
+        cells = [_objects(c) for c in columns]
     else:
         at = shorts[first:last] - start
         arrow_at = np.delete(np.arange(size), at)
@@ -168,10 +164,20 @@ def _frame(
         for i in range(width):
             values = np.empty(size, dtype=object)
             if columns:
-                values[arrow_at] = columns[i].to_numpy(zero_copy_only=False)
+                values[arrow_at] = _objects(columns[i])
             values[at] = [record[i] for record in short_cells]
             cells.append(values)
-    return pd.DataFrame(
-        {i: pd.array(values, dtype=dtype) for i, values in enumerate(cells)},
-        index=pd.RangeIndex(size),
-    )
+    return cells
+
+
+def _objects(column: pa.ChunkedArray) -> npt.NDArray[np.object_]:
+    """A dictionary-encoded column as Python strings, one object per distinct cell of a batch."""
+    parts = [
+        chunk.dictionary.to_numpy(zero_copy_only=False)[chunk.indices.to_numpy()]
+        for chunk in column.chunks
+    ]
+    if len(parts) == 1:
+        return parts[0]  # type: ignore[no-any-return]
+    if not parts:
+        return np.empty(0, dtype=object)
+    return np.concatenate(parts)

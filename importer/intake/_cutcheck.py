@@ -51,8 +51,9 @@ class Shape:
     starts: npt.NDArray[np.int64] = field(default_factory=lambda: np.empty(0, np.int64))
     ends: npt.NDArray[np.int64] = field(default_factory=lambda: np.empty(0, np.int64))
     widest: int = 0  # the most cells of any record
-    #: The byte offset just past the line break of record `CellCounter(mark=)`; -1: not met.
-    marked: int = -1
+    #: Byte offsets just past the line breaks of records `mark`, `mark + every`, ...
+    #: (`CellCounter(mark=, every=)`): where a reader may start on whole records.
+    marks: list[int] = field(default_factory=list)
 
 
 class CellCounter:
@@ -62,9 +63,12 @@ class CellCounter:
     reader never yields those). `newline` is the record separator's byte (LF or CR).
     """
 
-    def __init__(self, delimiter: int, newline: int, width: int, *, mark: int = -1) -> None:
+    def __init__(
+        self, delimiter: int, newline: int, width: int, *, mark: int = -1, every: int = 1 << 62
+    ) -> None:
         self.delimiter = delimiter
-        self.mark = mark  # the record whose end `Shape.marked` gives (the header's)
+        self.mark = mark  # the next record whose end `Shape.marks` gets (the header's first)
+        self.every = every
         self.offset = 0  # the stream offset of the bytes `_count` is given
         self.start = 0  # the stream offset of the record still open
         self.newline = newline
@@ -154,8 +158,9 @@ class CellCounter:
                 self._starts.append(starts[short])
                 self._ends.append(ends[short])
             self.shape.widest = max(self.shape.widest, int(cells.max()))
-            if self.record <= self.mark < self.record + breaks.size:
-                self.shape.marked = int(ends[self.mark - self.record]) + 1
+            while 0 <= self.mark - self.record < breaks.size:
+                self.shape.marks.append(int(ends[self.mark - self.record]) + 1)
+                self.mark += self.every
             self.start = int(ends[-1]) + 1
             self.record += int(breaks.size)
             self.cells = 1 + int(delims.size - at[-1])
