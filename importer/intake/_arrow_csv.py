@@ -19,7 +19,6 @@ here:
 from __future__ import annotations
 
 from collections.abc import Generator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Final
@@ -68,8 +67,9 @@ def arrow_frames(
 
     `marks` are the byte offsets where the records after the header start, and then
     after every `stretch` records: each stretch between two is parsed whole by Arrow (its
-    threads share the blocks) while the frame before it is in use, so Arrow holds about
-    two stretches, whatever the file's size.
+    threads share the blocks), so Arrow holds one stretch, whatever the file's size.
+    (Parsing the next stretch in a thread while the frame is used was no faster on two
+    cores, the GIL handed back and forth, and held one more stretch.)
 
     Raises:
         ArrowMismatch: Arrow skipped other records than `skipped`, or read a stretch to
@@ -123,12 +123,9 @@ def arrow_frames(
         return table, left_out
 
     shorts = skipped.records
-    with path.open("rb") as handle, ThreadPoolExecutor(1) as ahead:
-        pending = ahead.submit(parse, handle, 0)
+    with path.open("rb") as handle:
         for at in range(len(marks)):
-            table, left_out = pending.result()
-            if at + 1 < len(marks):
-                pending = ahead.submit(parse, handle, at + 1)
+            table, left_out = parse(handle, at)
             start = at * stretch
             inside = int(np.searchsorted(shorts, start + stretch) - np.searchsorted(shorts, start))
             end = start + table.num_rows + left_out
