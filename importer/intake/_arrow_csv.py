@@ -81,14 +81,24 @@ def arrow_frames(
     from pyarrow import csv as pacsv
 
     names = [str(i) for i in range(width)]
-    convert = pacsv.ConvertOptions(
-        # Dictionary-encoded in Arrow's threads: a block's repeated cells become one
-        # Python string each, as the C parser shares them (a string column made a str
-        # a cell: 160 MB more at 1M rows, and slower after).
-        column_types=dict.fromkeys(names, pa.dictionary(pa.int32(), pa.string())),
-        strings_can_be_null=False,
-        quoted_strings_can_be_null=False,
-    )
+    # Dictionary-encoded in Arrow's threads: a block's repeated cells become one Python
+    # string each, as the C parser shares them (string columns made a str a cell: 160 MB
+    # more at 1M rows, and slower after). A column of mostly distinct cells (keys, ids,
+    # time stamps) is read as plain strings from the second stretch on: hashing it buys
+    # nothing.
+    coded = pa.dictionary(pa.int32(), pa.string())
+    types = dict.fromkeys(names, coded)
+
+    def converting() -> Any:
+        return pacsv.ConvertOptions(
+            column_types=types,
+            strings_can_be_null=False,
+            quoted_strings_can_be_null=False,
+            # The reader decoded the whole file as UTF-8 when it opened it (`_scan_text`).
+            check_utf8=False,
+        )
+
+    convert = converting()
     read = pacsv.ReadOptions(column_names=names, block_size=BLOCK_BYTES, use_threads=True)
 
     def parse(handle: BinaryIO, at: int) -> tuple[pa.Table, int]:
@@ -135,6 +145,13 @@ def arrow_frames(
                     f"records {start}-{start + stretch}: Arrow read {table.num_rows} and "
                     f"skipped {left_out}; the counter found {inside} short"
                 )
+            if at == 0 and table.num_rows:
+                for name in names:
+                    column = table.column(name)
+                    distinct = sum(len(chunk.dictionary) for chunk in column.chunks)
+                    if distinct > table.num_rows // 2:
+                        types[name] = pa.string()
+                convert = converting()
             if end > start:
                 columns = _cells([table.column(i) for i in range(width)], skipped, start, end)
                 del table  # Arrow's copy goes before the frame is used
@@ -169,9 +186,11 @@ def _cells(
 
 
 def _objects(column: pa.ChunkedArray) -> npt.NDArray[np.object_]:
-    """A dictionary-encoded column as Python strings, one object per distinct cell of a batch."""
+    """A column as Python strings (dictionary-encoded: one object per distinct cell of a block)."""
     parts = [
         chunk.dictionary.to_numpy(zero_copy_only=False)[chunk.indices.to_numpy()]
+        if hasattr(chunk, "indices")  # a DictionaryArray
+        else chunk.to_numpy(zero_copy_only=False)
         for chunk in column.chunks
     ]
     if len(parts) == 1:
