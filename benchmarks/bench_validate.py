@@ -13,6 +13,8 @@ and two consents per row (target: at least 20,000 rows/s at 1,000,000 rows).
 from __future__ import annotations
 
 import argparse
+import os
+from datetime import UTC, datetime
 
 from common import canonical_csv, cli, registry_csv
 
@@ -22,7 +24,9 @@ def main() -> None:
     parser.add_argument("--rows", type=int, nargs="+", default=[100_000, 1_000_000])
     parser.add_argument("--v2", action="store_true", help="a version-2 mapping, 2 consents a row")
     args = parser.parse_args()
-    print("validate: rows, seconds, rows/s, peak RSS MB")
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    now = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    print(f"validate: rows, seconds, rows/s, peak RSS MB ({now}, load average {load})")
     for rows in args.rows:
         if args.v2:
             path, mapping = registry_csv(rows)

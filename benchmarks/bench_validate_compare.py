@@ -1,25 +1,26 @@
 """`validate` against frictionless, and what Arrow's CSV reader can do for us (issue 24
 point 2).
 
-Timing (each in its own process, wall and peak RSS, on the canonical file of --rows):
+Timing (each in its own process, wall and peak RSS, on the canonical file of --rows),
+the product and frictionless alternated --repeat times, with the date and the load:
 
-- `consent-import validate FILE --quiet` (the product: read, map, validate every row);
+- `consent-import validate FILE --quiet`: the product as shipped (pyarrow installed: the
+  reader takes Arrow's parser for a well-formed UTF-8 file like this one);
+- the same with the reader held to pandas' C parser (what reads cp1252, UTF-16 and
+  irregular files), to show what Arrow's parser gives;
 - `frictionless.validate(FILE)` (schema inferred from a sample, every row checked), when
-  frictionless is installed;
-- reading alone, every cell as text, no NA: pandas' C parser in chunks (what our reader
-  does), pandas `engine="pyarrow"`, and `pyarrow.csv.read_csv` with every column a string.
+  frictionless is installed; the ratio product / frictionless is the issue's figure
+  (target: at most 1/8 = 0.125);
+- reading alone, every cell as text, no NA: pandas' C parser in chunks, pandas
+  `engine="pyarrow"`, and `pyarrow.csv` streaming with every column a string.
 
-Capabilities (`--matrix`, small files in a temp directory): for each thing our reader
-must do, whether pandas' pyarrow engine and pyarrow.csv read the file to the same cells as
-the csv module (the reference): cp1252, UTF-16 with BOM, UTF-8 BOM, a `sep=;` first line,
-quoted newlines, every cell as text (leading zeros, NA, TRUE, 1e5, blanks), blank rows
-kept in the count.
+Capabilities (small files in a temp directory): for each thing our reader must do,
+whether pandas' pyarrow engine and pyarrow.csv read the file to the same cells as the csv
+module (the reference), and which of our two readers `open_table` takes for it (Arrow's
+parser only where it reads the file as the C parser does; tests/test_reader_arrow.py
+checks that the two agree).
 
-    python benchmarks/bench_validate_compare.py [--rows 1000000] [--matrix-only]
-
-Mind pyarrow: once installed, pandas 3 stores `str` columns as Arrow strings in the
-product too, which made `validate` of 1M rows 1.6x slower and 120 MB bigger here. Time the
-product without it, and the Arrow legs (and the capabilities) with it.
+    python benchmarks/bench_validate_compare.py [--rows 1000000] [--repeat 2] [--matrix-only]
 """
 
 from __future__ import annotations
@@ -56,6 +57,18 @@ def child_frictionless(path: str) -> str:
     if task.errors and task.errors[0].type in ("resource-error", "source-error", "scheme-error"):
         raise RuntimeError(task.errors[0].message)
     return f"valid={report.valid} rows={task.stats.get('rows')} errors={len(task.errors)}"
+
+
+def child_product_c(path: str) -> str:
+    from importer.cli._main import main
+    from importer.intake import _reader
+
+    _reader._CsvTable.arrow = False  # pandas' C parser for every file
+    try:
+        main(["validate", path, "--quiet"])
+    except SystemExit as exc:
+        return f"exit={exc.code}"
+    return "exit=0"
 
 
 def child_pandas_c(path: str) -> str:
@@ -103,6 +116,7 @@ def child_arrow(path: str) -> str:
 
 
 CHILDREN: dict[str, Callable[[str], str]] = {
+    "product-c-parser": child_product_c,
     "frictionless": child_frictionless,
     "pandas-c": child_pandas_c,
     "pandas-pyarrow": child_pandas_arrow,
@@ -131,34 +145,65 @@ def run_child(name: str, path: Path) -> tuple[float, int, str]:
     return wall, peak, proc.stdout.strip().splitlines()[-1]
 
 
-def timing(rows: int) -> None:
+def _load() -> str:
     import os
 
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def _span(values: list[float], unit: str = "s", digits: int = 1) -> str:
+    low, high = min(values), max(values)
+    return f"{low:.{digits}f}{unit}" if low == high else f"{low:.{digits}f}-{high:.{digits}f}{unit}"
+
+
+def timing(rows: int, repeat: int) -> None:
+    import datetime
+
     path = canonical_csv(rows)
-    arrow_strings = importlib.util.find_spec("pyarrow") is not None
+    arrow = importlib.util.find_spec("pyarrow") is not None
+    friction = importlib.util.find_spec("frictionless") is not None
+    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     print(
-        f"validate compare: {rows:,} rows ({path.stat().st_size / 1e6:.0f} MB), "
-        f"pandas str storage {'pyarrow' if arrow_strings else 'python'}, "
-        f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}"
+        f"validate compare, {now}: {rows:,} rows ({path.stat().st_size / 1e6:.0f} MB), "
+        f"pyarrow {'installed' if arrow else 'NOT installed'}, load average {_load()}"
     )
-    seconds, peak = cli("validate", str(path), "--quiet")
-    ours = seconds
-    print(f"  consent-import validate {seconds:7.1f} s  peak RSS {peak:5d} MB")
-    names = ["pandas-c", "pandas-pyarrow", "pyarrow.csv"]
-    if importlib.util.find_spec("frictionless") is not None:
-        names.insert(0, "frictionless")
-    else:
-        print("  frictionless: not installed (pip install frictionless)")
-    for name in names:
-        arrow = name in ("pandas-pyarrow", "pyarrow.csv")
-        if arrow and importlib.util.find_spec("pyarrow") is None:
+    if not friction:
+        print("  frictionless: not installed (pip install -e '.[bench]')")
+    legs = ["product", "product-c-parser", *(["frictionless"] if friction else [])]
+    walls: dict[str, list[float]] = {leg: [] for leg in legs}
+    peaks: dict[str, list[float]] = {leg: [] for leg in legs}
+    for turn in range(repeat):
+        for leg in legs:
+            if leg == "product":
+                wall, peak = cli("validate", str(path), "--quiet")
+                line = ""
+            else:
+                wall, peak, line = run_child(leg, path)
+            walls[leg].append(wall)
+            peaks[leg].append(peak)
+            print(
+                f"  {turn + 1}. {leg:<17} {wall:6.1f} s  peak RSS {peak:4d} MB  {line}"
+                f"  (load {_load()})"
+            )
+    for leg in legs:
+        print(f"  {leg:<20} {_span(walls[leg])}  peak RSS {_span(peaks[leg], ' MB', 0)}")
+    if friction:
+        # Alternated runs: each product run against the frictionless run beside it.
+        def ratios(leg: str) -> str:
+            pairs = zip(walls[leg], walls["frictionless"], strict=True)
+            return _span([p / f for p, f in pairs], "", 3)
+
+        print(
+            f"  product / frictionless: {ratios('product')} (target <= 0.125); "
+            f"with the C parser: {ratios('product-c-parser')}"
+        )
+    for name in ["pandas-c", "pandas-pyarrow", "pyarrow.csv"]:
+        if name != "pandas-c" and not arrow:
             print(f"  {name}: pyarrow not installed")
             continue
         wall, peak, line = run_child(name, path)
-        extra = f"  (product / it: {ours / wall:.2f})" if name == "frictionless" else ""
-        read = "validate" if name == "frictionless" else "read only"
-        print(f"  {name:<23} {wall:7.1f} s  peak RSS {peak:5d} MB  {read}: {line}{extra}")
-    print(f"load average at end {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+        print(f"  {name:<20} {wall:6.1f} s  peak RSS {peak:4d} MB  read only: {line}")
+    print(f"load average at end {_load()}")
 
 
 # --- capabilities -------------------------------------------------------------------------
@@ -256,6 +301,21 @@ def by_arrow(path: Path, encoding: str, delimiter: str) -> list[list[str]]:
     return [list(r) for r in zip(*columns, strict=True)]
 
 
+def ours(path: Path) -> str:
+    """Which of our readers `open_table` takes for the file."""
+    from importer._errors import InputError
+    from importer.intake._reader import _CsvTable, open_table
+
+    try:
+        table = open_table(path)
+        for _ in table.chunks():
+            pass
+    except InputError as exc:
+        return f"refused: {str(exc)[:60]}"
+    arrow = isinstance(table, _CsvTable) and table._plan is not None
+    return "Arrow's parser" if arrow else "pandas' C parser"
+
+
 def matrix() -> None:
     if importlib.util.find_spec("pyarrow") is None:
         print("capabilities: pyarrow not installed (pip install pyarrow)")
@@ -269,6 +329,7 @@ def matrix() -> None:
         for case, (data, encoding, delimiter) in CASES.items():
             path = Path(name) / "case.csv"
             path.write_bytes(data)
+            print(f"  {case:<48} {'our reader takes':<25} {ours(path)}")
             want = blank_as_empty(reference(data, encoding, delimiter))
             for label, read in readers.items():
                 try:
@@ -282,6 +343,7 @@ def matrix() -> None:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--repeat", type=int, default=2, help="alternated runs of each leg")
     parser.add_argument("--matrix-only", action="store_true")
     parser.add_argument("--child", nargs=2, metavar=("NAME", "FILE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -290,7 +352,7 @@ def main() -> None:
         return
     matrix()
     if not args.matrix_only:
-        timing(args.rows)
+        timing(args.rows, args.repeat)
 
 
 if __name__ == "__main__":

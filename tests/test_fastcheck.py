@@ -9,13 +9,17 @@ from __future__ import annotations
 
 import csv
 import random
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from importer.intake._fastcheck import KNOWN_FIELDS, proven_valid
+from importer.intake._fastcheck import KNOWN_FIELDS, _ids, proven_valid
 from importer.intake._mapping import FIELDS, Mapping, load_mapping
+from importer.intake._models import ID_PATTERN, PATIENT_ID_PATTERN
 from importer.intake._normalize import Normalizer
 from importer.intake._reader import Table, open_table
 from tests.zones import with_zone
@@ -245,3 +249,25 @@ def test_both_paths_give_an_unkeyed_row_the_same_natural_key(tmp_path: Path, see
                 assert key == full[number], number
                 compared += 1
     assert compared > 1000  # about 40% of the random rows are valid
+
+
+_ID_ALPHABET = "aZ09._-pt_ \n\x00é/"
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.text(alphabet=_ID_ALPHABET, max_size=6)
+        | st.sampled_from(["pt_1", "x" * 129, "pt_" + "a" * 126]),
+        max_size=8,
+    )
+)
+def test_whole_column_id_proofs_agree_with_the_models_rules(values: list[str]) -> None:
+    """`_ids` judges a column at once; it must say "all pass" exactly when each cell
+    passes the models' rule (issue 24: the column proofs at C speed)."""
+    patient = re.compile(PATIENT_ID_PATTERN)
+    ident = re.compile(ID_PATTERN)
+    assert _ids(values, prefix="pt_", shortest=4, longest=128) == all(
+        patient.fullmatch(v) for v in values
+    )
+    assert _ids(values, shortest=0, longest=128) == all(not v or ident.fullmatch(v) for v in values)

@@ -46,6 +46,14 @@ class Shape:
     cells: npt.NDArray[np.int32] = field(default_factory=lambda: np.empty(0, np.int32))
     cut: Cut | None = None
     sure: bool = True  # False: malformed quoting, count again with the csv module
+    #: Where each short record's bytes start and where its line break is (byte offsets in
+    #: the stream; -1: a cut last record has none), for a reader that leaves them out.
+    starts: npt.NDArray[np.int64] = field(default_factory=lambda: np.empty(0, np.int64))
+    ends: npt.NDArray[np.int64] = field(default_factory=lambda: np.empty(0, np.int64))
+    widest: int = 0  # the most cells of any record
+    #: Byte offsets just past the line breaks of records `mark`, `mark + every`, ...
+    #: (`CellCounter(mark=, every=)`): where a reader may start on whole records.
+    marks: list[int] = field(default_factory=list)
 
 
 class CellCounter:
@@ -55,8 +63,14 @@ class CellCounter:
     reader never yields those). `newline` is the record separator's byte (LF or CR).
     """
 
-    def __init__(self, delimiter: int, newline: int, width: int) -> None:
+    def __init__(
+        self, delimiter: int, newline: int, width: int, *, mark: int = -1, every: int = 1 << 62
+    ) -> None:
         self.delimiter = delimiter
+        self.mark = mark  # the next record whose end `Shape.marks` gets (the header's first)
+        self.every = every
+        self.offset = 0  # the stream offset of the bytes `_count` is given
+        self.start = 0  # the stream offset of the record still open
         self.newline = newline
         self.width = width
         boundary = np.zeros(256, dtype=bool)
@@ -75,6 +89,8 @@ class CellCounter:
         self.shape = Shape()
         self._records: list[npt.NDArray[np.int64]] = []
         self._cells: list[npt.NDArray[np.int32]] = []
+        self._starts: list[npt.NDArray[np.int64]] = []
+        self._ends: list[npt.NDArray[np.int64]] = []
 
     def feed(self, block: bytes) -> None:
         data = self.held + block
@@ -98,9 +114,14 @@ class CellCounter:
             if self.cells < self.width:
                 self._records.append(np.array([self.record], dtype=np.int64))
                 self._cells.append(np.array([self.cells], dtype=np.int32))
+                self._starts.append(np.array([self.start], dtype=np.int64))
+                self._ends.append(np.array([-1], dtype=np.int64))
+            self.shape.widest = max(self.shape.widest, self.cells)
         if self._records:
             self.shape.records = np.concatenate(self._records)
             self.shape.cells = np.concatenate(self._cells)
+            self.shape.starts = np.concatenate(self._starts)
+            self.shape.ends = np.concatenate(self._ends)
         return self.shape
 
     def _count(self, data: bytes | memoryview, after: int) -> None:
@@ -118,7 +139,8 @@ class CellCounter:
                 following[crs == n - 1] = after
                 if (following != _LF).any():
                     self.shape.sure = False  # the C parser ends a record at a lone CR
-        if quotes.size:
+        if quotes.size or self.parity:
+            # (a block with no quote that starts inside a quoted value is inside it all)
             delims = delims[((np.searchsorted(quotes, delims) + self.parity) & 1) == 0]
             breaks = breaks[((np.searchsorted(quotes, breaks) + self.parity) & 1) == 0]
         self.parity = (self.parity + quotes.size) & 1
@@ -127,10 +149,19 @@ class CellCounter:
             at = np.searchsorted(delims, breaks)
             cells = np.diff(at, prepend=0) + 1
             cells[0] += self.cells - 1
+            ends = breaks.astype(np.int64) + self.offset
             short = np.flatnonzero(cells < self.width)
             if short.size:
                 self._records.append((short + self.record).astype(np.int64))
                 self._cells.append(cells[short].astype(np.int32))
+                starts = np.concatenate(([self.start], ends[:-1] + 1))
+                self._starts.append(starts[short])
+                self._ends.append(ends[short])
+            self.shape.widest = max(self.shape.widest, int(cells.max()))
+            while 0 <= self.mark - self.record < breaks.size:
+                self.shape.marks.append(int(ends[self.mark - self.record]) + 1)
+                self.mark += self.every
+            self.start = int(ends[-1]) + 1
             self.record += int(breaks.size)
             self.cells = 1 + int(delims.size - at[-1])
             start = int(breaks[-1]) + 1
@@ -145,6 +176,7 @@ class CellCounter:
             else:
                 self.tail, self.tail_whole = bytearray(), False
         self.ended = bool(breaks.size) and int(breaks[-1]) == n - 1
+        self.offset += n
 
     def _structural(
         self, a: npt.NDArray[np.uint8], quotes: npt.NDArray[np.intp], after: int

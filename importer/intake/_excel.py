@@ -23,7 +23,7 @@ from importer._rows import sheet_label
 from importer.intake._encoding import _BOMS, _OLE_MAGIC, _ZIP_MAGIC, _binary_share
 from importer.intake._formulas import _unescape_frame
 from importer.intake._layout import _blank, _header, _named
-from importer.intake._reader import SourceOptions, Table, _no_rows, _unnamed_cell
+from importer.intake._reader import CELLS, SourceOptions, Table, _no_rows, _unnamed_cell
 
 
 class _Workbook:
@@ -129,7 +129,7 @@ class _ExcelTable(Table):
             rows,
             columns=pd.Index(self.columns),
             index=pd.Index(numbers, dtype="int64"),
-            dtype="str",
+            dtype=CELLS,
         )
         return _unescape_frame(frame)
 

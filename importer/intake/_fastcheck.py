@@ -12,9 +12,9 @@ wrong verdict; tests/test_fastcheck.py compares both paths row by row.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -65,6 +65,48 @@ KNOWN_FIELDS = frozenset(
 )
 
 Bools = npt.NDArray[np.bool_]
+_T = TypeVar("_T", bound=Hashable)
+
+#: Cells never hold NUL (the reader refuses such files), so a column joined with it is
+#: one string whose cells C-speed string methods can judge all at once.
+_JOIN = "\x00"
+#: The characters of the models' id rules (ID_PATTERN, PATIENT_ID_PATTERN), as bytes.
+_ID_BYTES = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-"
+# `_ids` restates these rules: a change of them must change it too.
+if (ID_PATTERN, PATIENT_ID_PATTERN) != (r"^[A-Za-z0-9._-]{1,128}$", r"^pt_[A-Za-z0-9._-]{1,125}$"):
+    raise ImportError("the models' id rules changed: update _fastcheck._ids")
+
+
+def _ids(values: list[str], *, prefix: str = "", shortest: int, longest: int) -> bool:
+    """True when every cell is `prefix` then id characters only, `shortest` to `longest`
+    characters in all (the id rules, for a whole column at once)."""
+    if not values:
+        return True
+    joined = _JOIN.join(values)
+    size = len(values)
+    if not joined.isascii() or joined.count(_JOIN) != size - 1:
+        return False
+    if prefix and not (joined.startswith(prefix) and joined.count(_JOIN + prefix) == size - 1):
+        return False
+    # Deleting every id character leaves the separators alone when nothing else is there.
+    if len(joined.encode("ascii").translate(None, _ID_BYTES)) != size - 1:
+        return False
+    lengths = list(map(len, values))
+    return min(lengths) >= shortest and max(lengths) <= longest
+
+
+def _each(values: list[str], proved: bool, one: Callable[[str], bool]) -> Bools | None:
+    """None when every cell passes (`proved` for the whole column), else each cell's verdict."""
+    return None if proved else np.array([one(v) for v in values], dtype=bool)
+
+
+def _by_distinct(values: Sequence[_T], one: Callable[[_T], bool]) -> Bools | None:
+    """None when every cell passes, else each cell's verdict: each distinct cell is
+    judged once (a column of a few codes costs a set, not a call a cell)."""
+    verdicts = {v: one(v) for v in set(values)}
+    if all(verdicts.values()):
+        return None
+    return np.array([verdicts[v] for v in values], dtype=bool)
 
 
 def proven_valid(
@@ -93,60 +135,82 @@ def proven_valid(
     def column(name: str) -> list[str]:
         return fields.get(name, empty)
 
+    # Each check proves a whole column at once where it can (a joined regex, each
+    # distinct cell once) and gives each row's verdict only when some row fails it.
     checks: list[Bools] = []
 
-    def add(flags: list[bool]) -> None:
-        checks.append(np.array(flags, dtype=bool))
+    def add(flags: Bools | list[bool] | None) -> None:
+        if flags is not None:
+            checks.append(np.asarray(flags, dtype=bool))
 
     if "patientId" not in supplied:
         patients = column("patientId")
         if crosswalk is not None:
             # An unknown patient is an error; a known one is sent as its new id.
             patients = [crosswalk.get(v, "") for v in patients]
-        add([_PATIENT_ID.fullmatch(v) is not None for v in patients])
+        proved = _ids(patients, prefix="pt_", shortest=4, longest=128)
+        add(_each(patients, proved, lambda v: _PATIENT_ID.fullmatch(v) is not None))
     for name in _OPTIONAL_IDS:
         if name in fields:
-            add([not v or _ID.fullmatch(v) is not None for v in fields[name]])
+            proved = _ids(fields[name], shortest=0, longest=128)
+            add(_each(fields[name], proved, lambda v: not v or _ID.fullmatch(v) is not None))
     for name, allowed in _ENUMS.items():
         if name not in supplied:
-            add([v in allowed for v in column(name)])
+            add(_by_distinct(column(name), allowed.__contains__))
     if "category" not in supplied:
-        add([_CODE_CHAR.search(v) is not None for v in column("category")])
+        add(_by_distinct(column("category"), lambda v: _CODE_CHAR.search(v) is not None))
 
-    dates: dict[str, list[datetime | None]] = {}
+    readings: dict[str, Callable[[str], datetime | None]] = {}
     for name in DATE_FIELDS:
         if name in fields:
             known = read_dates.get(name) if read_dates is not None else None
-            if known is not None:
-                lookup = known.get
-                parsed = [lookup(v) if v else None for v in fields[name]]
-            else:
-                parsed = [parse_date(name, v) if v else None for v in fields[name]]
-            add([p is not None or not v for p, v in zip(parsed, fields[name], strict=True)])
-            dates[name] = parsed
-    if "provisionStart" in dates and "provisionEnd" in dates:
-        add(
-            [
-                s is None or e is None or s <= e
-                for s, e in zip(dates["provisionStart"], dates["provisionEnd"], strict=True)
-            ]
-        )
+            read = known.get if known is not None else _reader_of(parse_date, name)
+            readings[name] = read
+            if known is not None and None not in known.values():
+                filled = set(fields[name])
+                filled.discard("")
+                if known.keys() >= filled:
+                    continue  # every filled cell is one `known` reads as a date
+            add(_by_distinct(fields[name], _readable(read)))
+    if "provisionStart" in readings and "provisionEnd" in readings:
+        start, end = readings["provisionStart"], readings["provisionEnd"]
+
+        def in_order(pair: tuple[str, str]) -> bool:
+            s, e = (start(pair[0]) if pair[0] else None), (end(pair[1]) if pair[1] else None)
+            return s is None or e is None or s <= e
+
+        pairs = list(zip(fields["provisionStart"], fields["provisionEnd"], strict=True))
+        add(_by_distinct(pairs, in_order))
     if {"verified", "verifiedWith", "verificationDate"} & fields.keys():
         # A verification object is sent when any of its cells is filled, and then needs
         # a yes/no flag.
-        add(
-            [
-                flag.casefold() in _BOOLEANS if flag else not (other or date)
-                for flag, other, date in zip(
-                    column("verified"),
-                    column("verifiedWith"),
-                    column("verificationDate"),
-                    strict=True,
-                )
-            ]
-        )
-    add([key is not None for key in keys])
+        flags = column("verified")
+        known_flags = _by_distinct(flags, lambda v: not v or v.casefold() in _BOOLEANS)
+        if known_flags is not None or "" in flags:
+            add(
+                [
+                    flag.casefold() in _BOOLEANS if flag else not (other or date)
+                    for flag, other, date in zip(
+                        flags,
+                        column("verifiedWith"),
+                        column("verificationDate"),
+                        strict=True,
+                    )
+                ]
+            )
+    if None in keys:
+        add([key is not None for key in keys])
     return np.logical_and.reduce(checks) if checks else np.ones(size, dtype=bool)
+
+
+def _readable(read: Callable[[str], datetime | None]) -> Callable[[str], bool]:
+    return lambda text: not text or read(text) is not None
+
+
+def _reader_of(
+    parse_date: Callable[[str, str], datetime | None], name: str
+) -> Callable[[str], datetime | None]:
+    return lambda text: parse_date(name, text)
 
 
 # --- version 2: values by body path ------------------------------------------------------
