@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import csv
 import io
+import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,13 @@ from importer.intake import _reader as reader
 from importer.intake._mapping import load_mapping
 from importer.intake._reader import CELLS, open_table
 from tests.engine_helpers import consent_rows
+
+try:
+    import pyarrow  # noqa: F401
+except ImportError:  # the `arrow` extra; `dev` installs it, so CI reads with both readers
+    if os.environ.get("CI"):
+        raise
+    pytest.skip("pyarrow (the `arrow` extra) is not installed", allow_module_level=True)
 
 A, C = "arrow", "c"
 
@@ -81,6 +90,19 @@ def outcome(path: Path, arrow: bool, chunk_rows: int) -> tuple[str, Any]:
         return C, str(exc)
     finally:
         reader._CsvTable.arrow = True
+
+
+def test_without_pyarrow_the_c_parser_reads_every_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "in.csv"
+    path.write_bytes(b"id,a,b\n1,x,y\n2,x\n3,x,y\n")
+    used, with_arrow = outcome(path, True, 50_000)
+    assert used == A
+    monkeypatch.setitem(sys.modules, "pyarrow.csv", None)  # `import pyarrow.csv` fails
+    used, without = outcome(path, True, 50_000)
+    assert used == C
+    assert without == with_arrow
 
 
 @pytest.mark.parametrize(

@@ -584,7 +584,7 @@ class _CsvTable(Table):
         ):
             return None
         try:
-            import pyarrow.csv  # noqa: F401  (a dependency; the C parser if it is missing)
+            import pyarrow.csv  # noqa: F401  (the `arrow` extra; the C parser if it is missing)
         except ImportError:
             return None
         keep = shape.records >= first
