@@ -23,6 +23,7 @@ import re
 import select
 import ssl
 import time
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol
 
 import httptools
@@ -66,16 +67,47 @@ class Http11Transport(httpx.AsyncBaseTransport):
         origin = (scheme, url.host, url.port or (443 if scheme == "https" else 80))
         body = await request.aread()
         try:
-            async with asyncio.timeout(timeouts.get("pool")):
-                await self._slots.acquire()
-        except TimeoutError:
-            raise httpx.PoolTimeout("no free connection in time", request=request) from None
+            message = await self.exchange(origin, lambda: _request_bytes(request, body), timeouts)
+        except httpx.RequestError as exc:
+            exc.request = request
+            raise
+        # The body as it came: httpx undoes any Content-Encoding (gzip, deflate) when it
+        # reads the stream, as with its own transport.
+        return httpx.Response(
+            message.status,
+            headers=message.headers,
+            stream=httpx.ByteStream(message.content),
+            request=request,
+            extensions={"http_version": b"HTTP/1.1"},
+        )
+
+    async def exchange(
+        self,
+        origin: _Origin,
+        data: Callable[[], bytes] | bytes,
+        timeouts: Mapping[str, float | None],
+    ) -> RawResponse:
+        """One request, given as HTTP/1.1 bytes (or made by `data` once connected), and
+        its whole response, not decoded: the client's way past httpx's models on the hot
+        path (issue 24). Raises httpx's errors, as `handle_async_request`, without a
+        `request`; `data` must frame the body with Content-Length and carry a Host."""
+        slots = self._slots
+        if slots.locked():  # an acquire without a wait needs no timeout
+            try:
+                async with asyncio.timeout(timeouts.get("pool")):
+                    await slots.acquire()
+            except TimeoutError:
+                raise httpx.PoolTimeout("no free connection in time") from None
+        else:
+            await slots.acquire()
         try:
             connection = self._take_idle(origin) or await self._connect(
-                origin, timeouts.get("connect"), request
+                origin, timeouts.get("connect")
             )
             try:
-                response = await connection.exchange(request, body, timeouts)
+                message = await connection.exchange(
+                    data if isinstance(data, bytes) else data(), timeouts
+                )
             except BaseException:
                 connection.close()
                 raise
@@ -84,9 +116,9 @@ class Http11Transport(httpx.AsyncBaseTransport):
                 self._idle.setdefault(origin, []).append(connection)
             else:
                 connection.close()
-            return response
+            return message
         finally:
-            self._slots.release()
+            slots.release()
 
     async def aclose(self) -> None:
         self._closed = True  # connections still in use close when their request ends
@@ -108,9 +140,7 @@ class Http11Transport(httpx.AsyncBaseTransport):
             connection.close()
         return None
 
-    async def _connect(
-        self, origin: _Origin, timeout: float | None, request: httpx.Request
-    ) -> _Connection:
+    async def _connect(self, origin: _Origin, timeout: float | None) -> _Connection:
         scheme, host, port = origin
         tls = None
         if scheme == "https":
@@ -123,11 +153,9 @@ class Http11Transport(httpx.AsyncBaseTransport):
                     host, port, ssl=tls, server_hostname=host if tls else None
                 )
         except TimeoutError:
-            raise httpx.ConnectTimeout(
-                f"connecting to {host}:{port} timed out", request=request
-            ) from None
+            raise httpx.ConnectTimeout(f"connecting to {host}:{port} timed out") from None
         except OSError as exc:  # refused, unreachable, DNS, TLS handshake (ssl.SSLError)
-            raise httpx.ConnectError(f"{type(exc).__name__}: {exc}", request=request) from None
+            raise httpx.ConnectError(f"{type(exc).__name__}: {exc}") from None
         self.connections_opened += 1
         return _Connection(reader, writer)
 
@@ -151,75 +179,86 @@ class _Connection:
         self.reusable = False
         self._writer.close()
 
-    async def exchange(
-        self, request: httpx.Request, body: bytes, timeouts: dict[str, float | None]
-    ) -> httpx.Response:
+    async def exchange(self, data: bytes, timeouts: Mapping[str, float | None]) -> RawResponse:
         """Send one request and read its whole response."""
         self.reusable = False
-        data = _request_bytes(request, body)
+        writer = self._writer
         try:
-            self._writer.write(data)
-            async with asyncio.timeout(timeouts.get("write")):
-                await self._writer.drain()  # waits only while the send buffer is full
+            writer.write(data)
+            if writer.transport.get_write_buffer_size():
+                async with asyncio.timeout(timeouts.get("write")):
+                    await writer.drain()  # waits only while the send buffer is full
+            else:  # all with the kernel: drain would not wait (it still reports a loss)
+                await writer.drain()
         except TimeoutError:
-            raise httpx.WriteTimeout("writing the request timed out", request=request) from None
+            raise httpx.WriteTimeout("writing the request timed out") from None
         except (OSError, RuntimeError) as exc:  # RuntimeError: the transport is closing
-            raise httpx.WriteError(f"{type(exc).__name__}: {exc}", request=request) from None
-        return await self._read_response(request, timeouts.get("read"))
+            raise httpx.WriteError(f"{type(exc).__name__}: {exc}") from None
+        return await self._read_response(timeouts.get("read"))
 
-    async def _read_response(self, request: httpx.Request, timeout: float | None) -> httpx.Response:
-        message = _Message()
+    async def _read_response(self, timeout: float | None) -> RawResponse:
+        message = RawResponse()
         parser = httptools.HttpResponseParser(message)
         message.parser = parser
-        while not message.complete:
-            data = await self._read(request, timeout)
-            if not data:
-                raise httpx.RemoteProtocolError(
-                    "Server disconnected without sending a complete response.", request=request
-                )
-            try:
-                parser.feed_data(data)
-            except httptools.HttpParserError as exc:
-                if not message.complete:
-                    raise httpx.RemoteProtocolError(
-                        f"invalid HTTP response ({type(exc).__name__})", request=request
-                    ) from None
-                message.extra = True  # junk after a complete response: do not reuse
-            if message.size > MAX_BODY_BYTES:
-                raise httpx.RemoteProtocolError(
-                    f"response body over {MAX_BODY_BYTES} bytes", request=request
-                )
-        self.reusable = message.keep_alive and not message.extra
-        # The body as it came: httpx undoes any Content-Encoding (gzip, deflate) when it
-        # reads the stream, as with its own transport.
-        return httpx.Response(
-            message.status,
-            headers=message.headers,
-            stream=httpx.ByteStream(b"".join(message.body)),
-            request=request,
-            extensions={"http_version": b"HTTP/1.1"},
-        )
-
-    async def _read(self, request: httpx.Request, timeout: float | None) -> bytes:
-        """The next bytes from the server; b"" at the end of the stream."""
+        reader = self._reader
+        loop = asyncio.get_running_loop()
         try:
-            async with asyncio.timeout(timeout):
-                return await self._reader.read(_READ_SIZE)
+            # One timeout for the whole read, pushed back whenever bytes arrive: as a
+            # timeout a read, without a timer a read.
+            async with asyncio.timeout(timeout) as scope:
+                while True:
+                    data = await reader.read(_READ_SIZE)
+                    if not data:
+                        raise httpx.RemoteProtocolError(
+                            "Server disconnected without sending a complete response."
+                        )
+                    try:
+                        parser.feed_data(data)
+                    except httptools.HttpParserError as exc:
+                        if not message.complete:
+                            raise httpx.RemoteProtocolError(
+                                f"invalid HTTP response ({type(exc).__name__})"
+                            ) from None
+                        message.extra = True  # junk after a complete response: do not reuse
+                    if message.size > MAX_BODY_BYTES:
+                        raise httpx.RemoteProtocolError(
+                            f"response body over {MAX_BODY_BYTES} bytes"
+                        )
+                    if message.complete:
+                        break
+                    if timeout is not None:
+                        scope.reschedule(loop.time() + timeout)
         except TimeoutError:
-            raise httpx.ReadTimeout("reading the response timed out", request=request) from None
+            raise httpx.ReadTimeout("reading the response timed out") from None
         except OSError as exc:
-            raise httpx.ReadError(f"{type(exc).__name__}: {exc}", request=request) from None
+            raise httpx.ReadError(f"{type(exc).__name__}: {exc}") from None
+        self.reusable = message.keep_alive and not message.extra
+        message.content = b"".join(message.body)
+        return message
 
 
-class _Message:
-    """httptools' callbacks for one response; 1xx interim responses are skipped."""
+class RawResponse:
+    """One response as it came (httptools' callbacks; 1xx interim responses are skipped):
+    its status, its headers as (name, value) bytes in order, and `content`, its body not
+    decoded (a Content-Encoding is the reader's to undo)."""
 
-    __slots__ = ("body", "complete", "extra", "headers", "keep_alive", "parser", "size", "status")
+    __slots__ = (
+        "body",
+        "complete",
+        "content",
+        "extra",
+        "headers",
+        "keep_alive",
+        "parser",
+        "size",
+        "status",
+    )
 
     def __init__(self) -> None:
         self.parser: httptools.HttpResponseParser | None = None
         self.headers: list[tuple[bytes, bytes]] = []
         self.body: list[bytes] = []
+        self.content = b""
         self.size = 0
         self.status = 0
         self.complete = False
@@ -265,17 +304,35 @@ def _request_bytes(request: httpx.Request, body: bytes) -> bytes:
     if method == b"HEAD":
         # A HEAD response has no body whatever its headers say; the parser cannot be told.
         raise httpx.LocalProtocolError("HEAD is not supported by this transport", request=request)
-    lines = [method, b" ", target, b" HTTP/1.1\r\n"]
-    for name, value in request.headers.raw:
+    try:
+        head = header_lines(request.headers.raw)
+    except httpx.LocalProtocolError as exc:
+        exc.request = request
+        raise
+    return request_bytes(method, target, head, body)
+
+
+def header_lines(raw: Iterable[tuple[bytes, bytes]]) -> bytes:
+    """Request header lines as this transport writes them: framing headers left out
+    (Content-Length is written with the body), a name or value that could break a line
+    refused (`LocalProtocolError`)."""
+    lines: list[bytes] = []
+    for name, value in raw:
         if name.lower() in _FRAMING:
             continue
         if not _TOKEN.fullmatch(name) or _LINE_BREAKING.search(value):
-            raise httpx.LocalProtocolError("invalid request header", request=request)
+            raise httpx.LocalProtocolError("invalid request header")
         lines += [name, b": ", value, b"\r\n"]
-    if body or method in (b"POST", b"PUT", b"PATCH"):
-        lines += [b"Content-Length: ", str(len(body)).encode(), b"\r\n"]
-    lines += [b"\r\n", body]
     return b"".join(lines)
+
+
+def request_bytes(method: bytes, target: bytes, head: bytes, body: bytes) -> bytes:
+    """A request's bytes from its checked parts (`head` from `header_lines`)."""
+    if body or method in (b"POST", b"PUT", b"PATCH"):
+        length = b"Content-Length: %d\r\n\r\n" % len(body)
+    else:
+        length = b"\r\n"
+    return b"".join((method, b" ", target, b" HTTP/1.1\r\n", head, length, body))
 
 
 class _HasFileno(Protocol):
