@@ -166,12 +166,16 @@ class _Connection:
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._reader = reader
         self._writer = writer
-        self._socket = _socket_of(writer)
+        self._poll = _poller(_socket_of(writer))
         self.reusable = False
         self.idle_since = 0.0
 
     def readable(self) -> bool:
-        return self._socket is None or _readable(self._socket)
+        # The loop may have seen the close already (and the fd may be another socket's
+        # by now); else the kernel has it, and poll says so.
+        if self._writer.transport.is_closing() or self._reader.at_eof():
+            return True
+        return self._poll is None or bool(self._poll.poll(0))
 
     def close(self) -> None:
         # Not waiting for the close to finish: a TLS goodbye to a silent server could hold
@@ -345,11 +349,12 @@ def _socket_of(writer: asyncio.StreamWriter) -> _HasFileno | None:
     return sock if callable(getattr(sock, "fileno", None)) else None
 
 
-def _readable(sock: _HasFileno) -> bool:
-    """Whether a read would not block: data, or the peer's close."""
-    fd = sock.fileno()
+def _poller(sock: _HasFileno | None) -> select.poll | None:
+    """A poll of the socket's readability (data, or the peer's close), made once a
+    connection; None when there is no socket to poll (then taken as readable: unfit)."""
+    fd = sock.fileno() if sock is not None else -1
     if fd < 0:
-        return True  # closed: as good as a pending end of stream
+        return None
     poll = select.poll()
     poll.register(fd, select.POLLIN)
-    return bool(poll.poll(0))
+    return poll
