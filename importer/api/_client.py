@@ -294,7 +294,10 @@ class _Direct:
     def usable(self) -> bool:
         """Whether httpx would send nothing more (no cookie) and the client is open."""
         http = self._http
-        return not http.is_closed and not http.cookies
+        # The jar's own dict, not `not http.cookies` (a walk of the jar's generators a
+        # request): empty until a cookie is set; a cookie gone leaves it non-empty, which
+        # only sends requests through httpx.
+        return not http.is_closed and not getattr(http.cookies.jar, "_cookies", True)
 
     async def send(
         self, method: str, path: str, content: bytes | None
@@ -336,6 +339,8 @@ class _Direct:
 
 
 def _number(value: Any) -> float | None:
+    if type(value) is str and len(value) < 16 and value.isascii() and value.isdigit():
+        return float(value)
     if isinstance(value, bool) or value is None:
         return None
     if isinstance(value, int | float):
