@@ -213,7 +213,7 @@ async def test_could_it_have_reached_the_server(handler: Fails | None, kind: str
     assert client.stats.transport_errors == 1
 
 
-async def test_a_client_with_a_query_or_hooks_goes_through_httpx() -> None:
+async def test_a_client_with_hooks_or_not_from_make_http_client_goes_through_httpx() -> None:
     async with make_http_client(base_url="http://127.0.0.1:9", concurrency=1, timeout_s=1) as http:
         http.event_hooks["request"].append(lambda request: None)
         assert ClinikClient(http, base_url="http://127.0.0.1:9", api_key=KEY)._direct is None
