@@ -21,6 +21,17 @@ from tests.test_http11 import answer, read_request, server
 
 pytestmark = pytest.mark.anyio
 
+
+@pytest.fixture(
+    params=[
+        pytest.param(("asyncio", {}), id="asyncio"),
+        pytest.param(("asyncio", {"use_uvloop": True}), id="uvloop"),  # as a run's loop
+    ]
+)
+def anyio_backend(request: pytest.FixtureRequest) -> tuple[str, dict[str, bool]]:
+    return request.param  # type: ignore[no-any-return]
+
+
 KEY = "clk_test_0000testing1234"
 BODY = {"patientId": "pt_1", "status": "active"}
 

@@ -1,14 +1,14 @@
-"""An httpx transport speaking HTTP/1.1 over asyncio streams, parsed by httptools.
+"""An httpx transport speaking HTTP/1.1 over an asyncio protocol, parsed by httptools.
 
 The import's client is CPU-bound: at 64 requests in flight this machine spent about
 1.7 ms of Python per request, and httpcore's connection pool and h11's pure-Python
 parser, with anyio's locks, cancel scopes and checkpoints around every step, took over
 half of it. This transport does the same job with less: a list of idle kept-alive
-connections per origin, one request per connection at a time, asyncio streams and
-`asyncio.timeout` for the I/O, httptools (llhttp, the C parser uvicorn uses; already a
-dependency of the sandbox) for responses, and the (small, JSON) response read whole
-before it is returned. Requests are written as bytes, framed by Content-Length, and
-refused if a header or the target holds a line break.
+connections per origin, one request per connection at a time, an asyncio protocol
+feeding httptools (llhttp, the C parser uvicorn uses; already a dependency of the
+sandbox) as bytes arrive, one timer a response for its read timeout, and the (small,
+JSON) response read whole before it is returned. Requests are written as bytes, framed
+by Content-Length, and refused if a header or the target holds a line break.
 
 Errors are httpx's, raised in the same cases as httpx's own transport, because the
 client's "could this request have reached the server?" rests on them: only
@@ -24,14 +24,13 @@ import select
 import ssl
 import time
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import httptools
 import httpx
 
 #: The most a response body may hold; the API's largest page is far below it.
 MAX_BODY_BYTES = 64 * 1024 * 1024
-_READ_SIZE = 64 * 1024
 
 _Origin = tuple[str, str, int]
 
@@ -149,31 +148,98 @@ class Http11Transport(httpx.AsyncBaseTransport):
             tls = self._ssl
         try:
             async with asyncio.timeout(timeout):
-                reader, writer = await asyncio.open_connection(
-                    host, port, ssl=tls, server_hostname=host if tls else None
+                _, connection = await asyncio.get_running_loop().create_connection(
+                    _Connection, host, port, ssl=tls, server_hostname=host if tls else None
                 )
         except TimeoutError:
             raise httpx.ConnectTimeout(f"connecting to {host}:{port} timed out") from None
         except OSError as exc:  # refused, unreachable, DNS, TLS handshake (ssl.SSLError)
             raise httpx.ConnectError(f"{type(exc).__name__}: {exc}") from None
         self.connections_opened += 1
-        return _Connection(reader, writer)
+        return connection
 
 
-class _Connection:
-    """One kept-alive connection: requests written as bytes, responses parsed by httptools."""
+class _Connection(asyncio.Protocol):
+    """One kept-alive connection: requests written as bytes, each response fed to
+    httptools as its bytes arrive, and the request's task woken once, when the response
+    is whole (or has failed): no stream reader, one timer a response (issue 24)."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self._reader = reader
-        self._writer = writer
-        self._poll = _poller(_socket_of(writer))
+    def __init__(self) -> None:
+        self._transport: asyncio.Transport | None = None
+        self._poll: select.poll | None = None
+        self._message: RawResponse | None = None
+        self._parser: httptools.HttpResponseParser | None = None
+        self._done: asyncio.Future[BaseException | None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timeout: float | None = None
+        self._drained: asyncio.Future[None] | None = None
+        self._paused = False
+        self._lost = False  # the loop saw the connection end (or bytes nobody asked for)
         self.reusable = False
         self.idle_since = 0.0
 
+    # -- asyncio.Protocol ---------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports do not subclass asyncio's, but are as good as one.
+        self._transport = cast(asyncio.Transport, transport)
+        self._poll = _poller(_socket_of(transport))
+
+    def data_received(self, data: bytes) -> None:
+        message, parser = self._message, self._parser
+        if message is None or parser is None or self._done is None:
+            self._lost = True  # bytes while idle: junk, or a response to nothing
+            return
+        try:
+            parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            if not message.complete:
+                self._finish(
+                    httpx.RemoteProtocolError(f"invalid HTTP response ({type(exc).__name__})")
+                )
+                return
+            message.extra = True  # junk after a complete response: do not reuse
+        if message.size > MAX_BODY_BYTES:
+            self._finish(httpx.RemoteProtocolError(f"response body over {MAX_BODY_BYTES} bytes"))
+        elif message.complete:
+            self._finish(None)
+        elif self._timer is not None and self._timeout is not None:
+            # A read timeout is the longest wait for the next bytes, as httpx's.
+            self._timer.cancel()
+            loop = asyncio.get_running_loop()
+            self._timer = loop.call_at(loop.time() + self._timeout, self._expire)
+
+    def eof_received(self) -> bool:
+        self._lost = True
+        self._finish(
+            httpx.RemoteProtocolError("Server disconnected without sending a complete response.")
+        )
+        return False  # the transport closes itself
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._lost = True
+        if exc is None:
+            error: BaseException = httpx.RemoteProtocolError(
+                "Server disconnected without sending a complete response."
+            )
+        else:
+            error = httpx.ReadError(f"{type(exc).__name__}: {exc}")
+        self._finish(error)
+        self._wake_writer()
+
+    def pause_writing(self) -> None:
+        self._paused = True
+
+    def resume_writing(self) -> None:
+        self._paused = False
+        self._wake_writer()
+
+    # -- the transport's side -----------------------------------------------------------
+
     def readable(self) -> bool:
-        # The loop may have seen the close already (and the fd may be another socket's
-        # by now); else the kernel has it, and poll says so.
-        if self._writer.transport.is_closing() or self._reader.at_eof():
+        """Whether the connection is unfit to send on: the loop saw it end (or bytes came
+        while idle), or the kernel has bytes or its end for us (poll)."""
+        if self._lost or self._transport is None or self._transport.is_closing():
             return True
         return self._poll is None or bool(self._poll.poll(0))
 
@@ -181,64 +247,66 @@ class _Connection:
         # Not waiting for the close to finish: a TLS goodbye to a silent server could hold
         # a worker for the loop's whole shutdown timeout.
         self.reusable = False
-        self._writer.close()
+        if self._transport is not None:
+            self._transport.close()
 
     async def exchange(self, data: bytes, timeouts: Mapping[str, float | None]) -> RawResponse:
         """Send one request and read its whole response."""
         self.reusable = False
-        writer = self._writer
-        try:
-            writer.write(data)
-            if writer.transport.get_write_buffer_size():
-                async with asyncio.timeout(timeouts.get("write")):
-                    await writer.drain()  # waits only while the send buffer is full
-            else:  # all with the kernel: drain would not wait (it still reports a loss)
-                await writer.drain()
-        except TimeoutError:
-            raise httpx.WriteTimeout("writing the request timed out") from None
-        except (OSError, RuntimeError) as exc:  # RuntimeError: the transport is closing
-            raise httpx.WriteError(f"{type(exc).__name__}: {exc}") from None
-        return await self._read_response(timeouts.get("read"))
-
-    async def _read_response(self, timeout: float | None) -> RawResponse:
+        transport = self._transport
+        if transport is None or self._lost or transport.is_closing():
+            raise httpx.WriteError("ConnectionResetError: the connection was closed")
         message = RawResponse()
         parser = httptools.HttpResponseParser(message)
         message.parser = parser
-        reader = self._reader
         loop = asyncio.get_running_loop()
+        done: asyncio.Future[BaseException | None] = loop.create_future()
+        self._message, self._parser, self._done = message, parser, done
         try:
-            # One timeout for the whole read, pushed back whenever bytes arrive: as a
-            # timeout a read, without a timer a read.
-            async with asyncio.timeout(timeout) as scope:
-                while True:
-                    data = await reader.read(_READ_SIZE)
-                    if not data:
-                        raise httpx.RemoteProtocolError(
-                            "Server disconnected without sending a complete response."
-                        )
-                    try:
-                        parser.feed_data(data)
-                    except httptools.HttpParserError as exc:
-                        if not message.complete:
-                            raise httpx.RemoteProtocolError(
-                                f"invalid HTTP response ({type(exc).__name__})"
-                            ) from None
-                        message.extra = True  # junk after a complete response: do not reuse
-                    if message.size > MAX_BODY_BYTES:
-                        raise httpx.RemoteProtocolError(
-                            f"response body over {MAX_BODY_BYTES} bytes"
-                        )
-                    if message.complete:
-                        break
-                    if timeout is not None:
-                        scope.reschedule(loop.time() + timeout)
-        except TimeoutError:
-            raise httpx.ReadTimeout("reading the response timed out") from None
-        except OSError as exc:
-            raise httpx.ReadError(f"{type(exc).__name__}: {exc}") from None
-        self.reusable = message.keep_alive and not message.extra
+            try:
+                transport.write(data)
+            except (OSError, RuntimeError) as exc:  # RuntimeError: the transport is closing
+                raise httpx.WriteError(f"{type(exc).__name__}: {exc}") from None
+            if self._paused:  # the send buffer is full: wait for room, as drain would
+                await self._drain(loop, timeouts.get("write"))
+            timeout = self._timeout = timeouts.get("read")
+            if timeout is not None:
+                self._timer = loop.call_at(loop.time() + timeout, self._expire)
+            error = await done
+        finally:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._message = self._parser = self._done = self._timer = None
+        if error is not None:
+            raise error
+        self.reusable = message.keep_alive and not message.extra and not self._lost
         message.content = b"".join(message.body)
         return message
+
+    async def _drain(self, loop: asyncio.AbstractEventLoop, timeout: float | None) -> None:
+        self._drained = loop.create_future()
+        try:
+            async with asyncio.timeout(timeout):
+                await self._drained
+        except TimeoutError:
+            raise httpx.WriteTimeout("writing the request timed out") from None
+        finally:
+            self._drained = None
+        if self._lost and self._paused:
+            raise httpx.WriteError("ConnectionResetError: Connection lost")
+
+    def _wake_writer(self) -> None:
+        if self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
+
+    def _expire(self) -> None:
+        self._timer = None
+        self._finish(httpx.ReadTimeout("reading the response timed out"))
+
+    def _finish(self, error: BaseException | None) -> None:
+        done = self._done
+        if done is not None and not done.done():
+            done.set_result(error)
 
 
 class RawResponse:
@@ -343,9 +411,9 @@ class _HasFileno(Protocol):
     def fileno(self) -> int: ...
 
 
-def _socket_of(writer: asyncio.StreamWriter) -> _HasFileno | None:
+def _socket_of(transport: asyncio.BaseTransport) -> _HasFileno | None:
     # Under uvloop a `PseudoSocket`, which has a `fileno` too.
-    sock: Any = writer.get_extra_info("socket")
+    sock: Any = transport.get_extra_info("socket")
     return sock if callable(getattr(sock, "fileno", None)) else None
 
 
