@@ -800,3 +800,25 @@ async def test_no_patient_id_reaches_the_logs_even_with_info_on_for_everything(
     async with client_for(handler) as client:
         await client.search_consents(patient_id="pt_secret_4417", date_from="2024-01-01")
     assert "pt_secret_4417" not in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("42", 42.0),
+        ("007", 7.0),
+        (" 5 ", 5.0),
+        ("2.5", 2.5),
+        ("1" * 400, None),  # too big for a float: not finite
+        ("²", None),  # a digit to isdigit(), not to float()
+        ("٣", 3.0),  # an Arabic-Indic 3: float() reads it
+        ("", None),
+        ("nan", None),
+        (True, None),
+        (7, 7.0),
+    ],
+)
+def test_a_rate_limit_number(value: object, expected: float | None) -> None:
+    from importer.api._client import _number
+
+    assert _number(value) == expected

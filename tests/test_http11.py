@@ -24,6 +24,17 @@ from importer.sandbox._server import RunningSandbox
 
 pytestmark = pytest.mark.anyio
 
+
+@pytest.fixture(
+    params=[
+        pytest.param(("asyncio", {}), id="asyncio"),
+        pytest.param(("asyncio", {"use_uvloop": True}), id="uvloop"),  # as a run's loop
+    ]
+)
+def anyio_backend(request: pytest.FixtureRequest) -> tuple[str, dict[str, bool]]:
+    return request.param  # type: ignore[no-any-return]
+
+
 KEY = {"x-api-key": "clk_test_0000testing1234"}
 BODY = {"patientId": "pt_1", "scope": "treatment", "category": "treatment-consent"}
 OK = b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 11\r\n\r\n{"a": true}'
@@ -314,3 +325,52 @@ async def test_no_free_connection_in_time_is_a_pool_timeout() -> None:
             await anyio.sleep(0.05)
             with pytest.raises(httpx.PoolTimeout):
                 await client.get(url)
+
+
+async def test_the_read_timeout_is_the_longest_wait_for_the_next_bytes() -> None:
+    """A response trickling in, each piece within the read timeout though the whole
+    takes longer, is read (as httpx's); a pause longer than it is a ReadTimeout."""
+
+    async def trickle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        for piece in (OK[:20], OK[20:40], OK[40:]):
+            writer.write(piece)
+            await writer.drain()
+            await anyio.sleep(0.2)
+        await read_request(reader)
+        writer.write(OK[:20])
+        await writer.drain()
+        await reader.read()
+
+    async with (
+        server(trickle) as (url, _),
+        httpx.AsyncClient(transport=Http11Transport(1), timeout=0.35) as client,
+    ):
+        assert (await client.get(url)).json() == {"a": True}  # 0.4 s in all
+        with pytest.raises(httpx.ReadTimeout):
+            await client.get(url)
+
+
+async def test_bytes_from_the_server_while_idle_make_the_connection_unfit() -> None:
+    """A response to nothing (or junk) after the answer: the next request goes on a new
+    connection, not after those bytes."""
+
+    async def chatty(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(OK)
+        await writer.drain()
+        await anyio.sleep(0.05)
+        writer.write(OK)  # nobody asked
+        await writer.drain()
+        while True:
+            await read_request(reader)
+            writer.write(OK)
+            await writer.drain()
+
+    async with server(chatty) as (url, connections):
+        transport = Http11Transport(1)
+        async with httpx.AsyncClient(transport=transport) as client:
+            await client.get(url)
+            await anyio.sleep(0.2)
+            assert (await client.get(url)).json() == {"a": True}
+    assert transport.connections_opened == connections[0] == 2

@@ -381,3 +381,54 @@ async def test_close_refuses_every_slot_not_yet_granted() -> None:
         paused.close()  # wakes the pause's waiter at once, not after 30 s
     assert outcomes[-1] == "c refused"
     assert anyio.current_time() - started < 5
+
+
+@pytest.mark.anyio
+async def test_a_refused_slot_gives_its_place_back() -> None:
+    """`slot()` refused after taking a concurrency place (closed, or a wait over
+    --max-wait) gives the place back: the slots stay whole."""
+    limiter = Limiter(concurrency=2, max_wait_s=1.0)
+    limiter.pause(30.0)
+    for _ in range(3):
+        with pytest.raises(BudgetWaitTooLong):
+            async with limiter.slot():
+                pass
+    limiter.close()
+    with pytest.raises(LimiterClosed):
+        async with limiter.slot():
+            pass
+    assert limiter._slots.value == 2
+    assert limiter._inside == 0
+
+
+@pytest.mark.anyio
+async def test_an_answer_wakes_workers_waiting_for_the_budget() -> None:
+    """Workers held by a spent window wake on the answer that frees it (not at the
+    window's end), however many answers came before anyone waited."""
+    limiter = Limiter(concurrency=4)
+    async with limiter.slot():
+        limiter.observe(RateLimitInfo(limit=10, remaining=1, reset_s=60))
+    for _ in range(3):  # answers while nobody waits
+        async with limiter.slot():
+            limiter.observe(RateLimitInfo(limit=10, remaining=1, reset_s=60))
+    sent: list[float] = []
+    holder_done = anyio.Event()
+
+    async def holder() -> None:
+        async with limiter.slot():  # spends the last request of the window
+            await holder_done.wait()
+            limiter.observe(RateLimitInfo(limit=10, remaining=5, reset_s=60 + 2))
+
+    async def waiter() -> None:
+        async with limiter.slot():
+            sent.append(anyio.current_time())
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(holder)
+            await anyio.sleep(0.02)
+            tg.start_soon(waiter)
+            await anyio.sleep(0.05)
+            assert sent == []  # held: the budget is spent
+            holder_done.set()
+    assert len(sent) == 1

@@ -71,3 +71,27 @@ async def test_a_stop_drops_what_waits() -> None:
             queue.stop()
     assert dropped == ["late"]
     assert len(queue) == 0
+
+
+async def test_the_drain_ends_when_the_last_item_at_work_finishes() -> None:
+    """Items finishing one by one: the drain returns at the last, not before."""
+    queue = SettleQueue[str]()
+    send, receive = anyio.create_memory_object_stream[str](10)
+    ended: list[int] = []
+    for item in "abc":
+        await queue.send(send, item)
+    queue.input_done()
+
+    async def drain() -> None:
+        await queue.drain(send, lambda _: None, lambda _: None)
+        ended.append(len(queue))
+
+    with anyio.fail_after(5):
+        async with receive, anyio.create_task_group() as tg:
+            tg.start_soon(drain)
+            for left in (2, 1):
+                queue.finished()
+                await anyio.sleep(0.02)
+                assert ended == [], f"ended with {left} at work"
+            queue.finished()
+    assert ended == [0]

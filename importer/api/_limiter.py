@@ -26,8 +26,8 @@ from __future__ import annotations
 
 import contextvars
 import math
-from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 
 import anyio
@@ -114,12 +114,14 @@ class Limiter:
         self.waits = 0
         self.waited_s = 0.0
 
-        self._slots = anyio.Semaphore(concurrency)
+        # Taken without a checkpoint when free: every request awaits its answer anyway.
+        self._slots = anyio.Semaphore(concurrency, fast_acquire=True)
         self._interval = 1.0 / max_rps if max_rps else 0.0
         self._next_start = -math.inf
         self._pause_until = -math.inf
         self._announced_until = -math.inf
         self._changed = anyio.Event()
+        self._waiting = 0  # tasks waiting on `_changed`: only they need a new one set
         self._inside = 0
         self._closed = False
 
@@ -146,7 +148,7 @@ class Limiter:
         Raises:
             BudgetWaitTooLong: the wait would exceed `max_wait_s`.
         """
-        return self._slot()
+        return _Slot(self)
 
     def close(self) -> None:
         """Start no more requests: every `slot` not yet granted raises `LimiterClosed`.
@@ -220,25 +222,6 @@ class Limiter:
 
     # -- internals ------------------------------------------------------------------------
 
-    @asynccontextmanager
-    async def _slot(self) -> AsyncIterator[None]:
-        async with self._slots:
-            await self._admit()
-            ticket = _Ticket(self, self._epoch, self._remaining if self._synced else None)
-            token = _current_ticket.set(ticket)
-            self._in_flight += 1
-            self._inside += 1
-            self.max_in_flight = max(self.max_in_flight, self._inside)
-            try:
-                yield
-            finally:
-                _current_ticket.reset(token)
-                self._inside -= 1
-                if not ticket.observed:
-                    self._in_flight -= 1
-                    self._orphans += 1
-                self._notify()
-
     async def _admit(self) -> None:
         """Sleep until no gate holds; then claim the pace slot (no await in between)."""
         waited_from: float | None = None
@@ -260,8 +243,12 @@ class Limiter:
                 await anyio.sleep(wait)
             else:
                 # Answers and 429s change the picture; wake on them, not only at the deadline.
-                with anyio.move_on_after(wait):
-                    await changed.wait()
+                self._waiting += 1
+                try:
+                    with anyio.move_on_after(wait):
+                        await changed.wait()
+                finally:
+                    self._waiting -= 1
         if waited_from is not None:
             self.waits += 1
             self.waited_s += now - waited_from
@@ -333,5 +320,43 @@ class Limiter:
         self.on_wait(wait, reason)
 
     def _notify(self) -> None:
-        self._changed.set()
-        self._changed = anyio.Event()
+        if self._waiting:
+            self._changed.set()
+            self._changed = anyio.Event()
+
+
+class _Slot:
+    """`Limiter.slot()`: a class, not an `asynccontextmanager` (a generator and its
+    frames a request; issue 24)."""
+
+    __slots__ = ("_limiter", "_ticket", "_token")
+
+    def __init__(self, limiter: Limiter) -> None:
+        self._limiter = limiter
+
+    async def __aenter__(self) -> None:
+        limiter = self._limiter
+        await limiter._slots.acquire()
+        try:
+            await limiter._admit()
+        except BaseException:
+            limiter._slots.release()
+            raise
+        ticket = _Ticket(limiter, limiter._epoch, limiter._remaining if limiter._synced else None)
+        self._ticket = ticket
+        self._token = _current_ticket.set(ticket)
+        limiter._in_flight += 1
+        limiter._inside += 1
+        limiter.max_in_flight = max(limiter.max_in_flight, limiter._inside)
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        limiter = self._limiter
+        try:
+            _current_ticket.reset(self._token)
+            limiter._inside -= 1
+            if not self._ticket.observed:
+                limiter._in_flight -= 1
+                limiter._orphans += 1
+            limiter._notify()
+        finally:
+            limiter._slots.release()

@@ -31,7 +31,6 @@ import anyio
 import anyio.to_thread
 import numpy as np
 import numpy.typing as npt
-from anyio.abc import ObjectReceiveStream
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from importer._errors import (
@@ -183,9 +182,18 @@ class Engine:
                     settling.input_done()
         return not self._stop
 
-    async def _worker(self, receive: ObjectReceiveStream[Work]) -> None:
+    async def _worker(self, receive: MemoryObjectReceiveStream[Work]) -> None:
         async with receive:
-            async for work in receive:
+            while True:
+                try:
+                    work = receive.receive_nowait()  # no checkpoint when a row waits (issue 24)
+                except anyio.WouldBlock:
+                    try:
+                        work = await receive.receive()
+                    except anyio.EndOfStream:
+                        return
+                except anyio.EndOfStream:
+                    return
                 try:
                     if self._stop:
                         self.observer.on("left")

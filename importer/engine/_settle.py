@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import Generic, TypeVar
 
 import anyio
-from anyio.abc import ObjectSendStream
+from anyio.streams.memory import MemoryObjectSendStream
 
 T = TypeVar("T")
 
@@ -42,15 +42,21 @@ class SettleQueue(Generic[T]):
         heapq.heappush(self._heap, (due, next(self._order), item))
         self._changed.set()
 
-    async def send(self, stream: ObjectSendStream[T], item: T) -> None:
+    async def send(self, stream: MemoryObjectSendStream[T], item: T) -> None:
         """Hand `item` to the workers, counted at work until `finished`."""
         self._at_work += 1
-        await stream.send(item)
+        try:
+            stream.send_nowait(item)  # no checkpoint while there is room (issue 24)
+        except anyio.WouldBlock:
+            await stream.send(item)
 
     def finished(self) -> None:
         """A worker is done with an item (it may have pushed it back here)."""
         self._at_work -= 1
-        self._changed.set()
+        if not self._at_work:
+            # Only the last one can end `drain` (a row pushed back wakes it itself): not
+            # a wake-up of the drain a row (issue 24).
+            self._changed.set()
 
     def input_done(self) -> None:
         self._input_done = True
@@ -63,7 +69,7 @@ class SettleQueue(Generic[T]):
 
     async def drain(
         self,
-        stream: ObjectSendStream[T],
+        stream: MemoryObjectSendStream[T],
         on_due: Callable[[T], None],
         on_dropped: Callable[[T], None],
     ) -> None:

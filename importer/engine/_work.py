@@ -44,10 +44,15 @@ class Work:
     # An adopted consent's PATCH failed (a recreate): noted once the old one is retired.
     patch_error: tuple[ErrorNote, dict[str, str]] | None = None
     _body: dict[str, Any] | None = None
+    _src: Source | None = None
 
     @property
     def src(self) -> Source:
-        return Source(self.row.source_key, self.row.file, self.row.row)
+        """Where the row comes from, made once (every transition of the row asks)."""
+        if self._src is None:
+            row = self.row
+            self._src = Source(row.source_key, row.file, row.row)
+        return self._src
 
     @property
     def body(self) -> dict[str, Any]:
