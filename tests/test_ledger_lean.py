@@ -204,3 +204,55 @@ def test_the_closed_sets_hashes_of_4_bytes_never_collide(
     hashes = {body_field_hashes({field: value})[field] for value in values}
     assert len(hashes) == len(values)
     assert all(len(digest) == 8 for digest in hashes)
+
+
+# Two policy URIs whose 4-byte field hashes are equal (a birthday search of 113,902
+# strings; review of issue 24); their payload hashes differ.
+COLLIDING = ("https://clinic.example/policy/v98689", "https://clinic.example/policy/v113901")
+
+
+def test_an_edit_whose_field_hashes_collide_is_still_sent(tmp_path: Path) -> None:
+    before, after = COLLIDING
+    assert body_field_hashes({"policyUri": before}) == body_field_hashes({"policyUri": after})
+    with running_sandbox(SandboxConfig()) as sandbox:
+        rows = list(consent_rows(3))
+        rows[1]["policyUri"] = before
+        source = write_csv(tmp_path / "in.csv", rows)
+        ledger = tmp_path / "l.db"
+        assert run(source, sandbox.base_url, ledger).exit_code == 0
+        rows[1]["policyUri"] = after
+        write_csv(source, rows)
+        again = run(source, sandbox.base_url, ledger)
+        assert (again.exit_code, again.stats.updated, again.stats.unchanged) == (0, 1, 2)
+        assert after in {c["policyUri"] for c in sandbox.consents()}
+        assert before not in {c["policyUri"] for c in sandbox.consents()}
+        third = run(source, sandbox.base_url, ledger)  # the PATCH's hash is the row's now
+        assert (third.stats.updated, third.stats.unchanged) == (0, 3)
+
+
+_BEFORE_UNDO = ("meta", "runs", "files", "rows", "tally", "bodies", "attempts")
+
+
+def test_a_ledger_from_before_undo_opens_and_reruns(tmp_path: Path) -> None:
+    """A schema-3 ledger from before undo (no run_changes, field_values ...; no
+    rows.created_run): the schema script makes run_changes with the column, and the
+    upgrade adds it to `rows` only."""
+    with running_sandbox(SandboxConfig()) as sandbox:
+        source = write_csv(tmp_path / "in.csv", consent_rows(5))
+        ledger = tmp_path / "l.db"
+        assert run(source, sandbox.base_url, ledger).exit_code == 0
+        db = sqlite3.connect(ledger)
+        try:
+            with db:
+                db.execute("ALTER TABLE rows DROP COLUMN created_run")
+                tables = db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+                for (name,) in tables.fetchall():
+                    if name not in _BEFORE_UNDO:
+                        db.execute(f"DROP TABLE {name}")
+        finally:
+            db.close()
+        Ledger(ledger).close()
+        Ledger(ledger).close()  # and again, now upgraded
+        again = run(source, sandbox.base_url, ledger)
+        assert (again.exit_code, again.stats.unchanged, again.stats.created) == (0, 5, 0)
+        assert len(sandbox.consents()) == 5

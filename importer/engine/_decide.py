@@ -111,9 +111,15 @@ def decide_row(row: Row, before: LedgerRow | None, options: RunOptions) -> RowDe
         return RowDecision(Verdict.SEND, Op.PATCH, consent_id=before.consent_id)
     # Fields a natural key pins are equal whenever the key matches: a difference there is
     # only how they are written (category order, the zone of the instant).
-    changed = set(changed_fields(row, before)) - pinned_fields(row.source_key)
+    differing = changed_fields(row, before)
+    changed = set(differing) - pinned_fields(row.source_key)
     if not changed and before.state is RowState.DONE:
-        return _UNCHANGED
+        if differing or before.payload_hash is None:
+            return _UNCHANGED
+        # The body differs but no field's 4-byte hash does: an edit whose hashes collide
+        # (2**-32 an edited field). The payload hash saw it; a PATCH sends every patchable
+        # field, so the server gets the edit.
+        return RowDecision(Verdict.SEND, Op.PATCH, consent_id=before.consent_id)
     if changed - set(PATCHABLE):
         if options.on_immutable_change == "recreate":
             return RowDecision(Verdict.SEND, Op.RECREATE, consent_id=before.consent_id)

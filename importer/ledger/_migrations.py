@@ -46,10 +46,11 @@ def _add_created_run(db: sqlite3.Connection) -> None:
     """Give a ledger from before issue 24's `rows.created_run` the column (in `rows` and
     `run_changes`), in place: no row is rewritten (an added column reads as NULL in the
     rows before it), and the rows those runs created stay in `run_created`."""
-    if any(r[1] == CREATED_RUN for r in db.execute("PRAGMA table_info(rows)")):
-        return
     for table in ("rows", "run_changes"):
-        db.execute(f"ALTER TABLE {table} ADD COLUMN {CREATED_RUN} INTEGER")
+        # Each table on its own: a ledger from before undo gets run_changes from the
+        # schema script, with the column already (review of issue 24).
+        if not any(r[1] == CREATED_RUN for r in db.execute(f"PRAGMA table_info({table})")):
+            db.execute(f"ALTER TABLE {table} ADD COLUMN {CREATED_RUN} INTEGER")
 
 
 def _migrate(ledger: Ledger, version: str) -> None:
