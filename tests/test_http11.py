@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import logging
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
@@ -161,16 +162,22 @@ async def test_close_after_reading_the_request_is_a_protocol_error() -> None:
         b"NOT HTTP AT ALL\r\n\r\n",
         b'HTTP/1.1 200 OK\r\nContent-Length: 50\r\n\r\n{"short"',  # then closed
         b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n",
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\nConnection: upgrade\r\n\r\n",
     ],
-    ids=["garbage", "truncated-body", "bad-length"],
+    ids=["garbage", "truncated-body", "bad-length", "upgrade"],
 )
-async def test_a_broken_response_is_a_protocol_error(response: bytes) -> None:
+async def test_a_broken_response_is_a_protocol_error(
+    response: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.ERROR, logger="asyncio")
     async with (
         server(answer(response, then="close")) as (url, _),
         httpx.AsyncClient(transport=Http11Transport(1)) as client,
     ):
         with pytest.raises(httpx.RemoteProtocolError):
             await client.post(url, json=BODY)
+    # never the event loop's "Fatal error ... data_received() call failed" with a traceback
+    assert not [r for r in caplog.records if r.name == "asyncio"]
 
 
 async def test_a_connection_the_server_closed_while_idle_is_not_reused() -> None:

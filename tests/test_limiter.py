@@ -432,3 +432,36 @@ async def test_an_answer_wakes_workers_waiting_for_the_budget() -> None:
             assert sent == []  # held: the budget is spent
             holder_done.set()
     assert len(sent) == 1
+
+
+@pytest.mark.anyio
+async def test_a_wake_up_that_frees_nothing_leaves_the_waiter_asleep() -> None:
+    """An answer that leaves the window spent wakes the waiter once; it looks again and
+    sleeps until the next change, never spinning on an event already set (review of
+    issue 24: a `_notify` that set its event without replacing it passed every test)."""
+    limiter = Limiter(concurrency=4)
+    async with limiter.slot():
+        limiter.observe(RateLimitInfo(limit=10, remaining=0, reset_s=60))
+    looks = 0
+    wait_needed = limiter._wait_needed
+
+    def counted(now: float) -> tuple[float, str]:
+        nonlocal looks
+        looks += 1
+        return wait_needed(now)
+
+    limiter._wait_needed = counted  # type: ignore[method-assign]
+
+    async def waiter() -> None:
+        async with limiter.slot():
+            pass
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(waiter)
+            await anyio.sleep(0.02)
+            for _ in range(2):  # answers of requests sent before: still nothing left
+                limiter.observe(RateLimitInfo(limit=10, remaining=0, reset_s=60))
+                await anyio.sleep(0.05)
+            assert looks <= 4  # one look at first, one after each wake-up
+            tg.cancel_scope.cancel()

@@ -192,6 +192,11 @@ class _Connection(asyncio.Protocol):
             return
         try:
             parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            # A 101 (not an HttpParserError): the API never switches protocols.
+            self._lost = True
+            self._finish(httpx.RemoteProtocolError("unexpected protocol upgrade (101)"))
+            return
         except httptools.HttpParserError as exc:
             if not message.complete:
                 self._finish(
