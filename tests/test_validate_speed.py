@@ -15,6 +15,7 @@ from datetime import datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -23,6 +24,7 @@ from importer._errors import ConfigError
 from importer.intake import _reader as reader_module
 from importer.intake._cutcheck import CellCounter
 from importer.intake._dates import DateColumn
+from importer.intake._key_index import KeyIndex, _merged
 from importer.intake._reader import _DecodeFailed, _line_breaks, _scan_text
 
 FORMATS = ("%d.%m.%Y", "%m/%d/%Y", "%m/%d/%Y %I:%M %p")
@@ -215,3 +217,62 @@ def test_scan_text_names_the_line_of_a_bad_byte(
 )
 def test_line_breaks(block: bytes, count: int) -> None:
     assert _line_breaks(block) == count
+
+
+# --- the key index: the bitmap in front of the sorted runs ---------------------------------
+
+
+def _first_seen(batches: list[list[int]]) -> list[list[int]]:
+    """The index's answers by a dict: for each key, -1 if new, else where first seen."""
+    seen: dict[int, int] = {}
+    out = []
+    at = 0
+    for batch in batches:
+        answers = []
+        for key in batch:
+            answers.append(seen.get(key, -1))
+            seen.setdefault(key, at)
+            at += 1
+        out.append(answers)
+    return out
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    batches=st.lists(
+        st.lists(
+            # a few top bits (the bitmap's slot) and a few low ones: keys that share a
+            # slot without being equal, repeats within and across batches
+            st.tuples(st.integers(0, 5), st.integers(0, 7)).map(
+                lambda t: t[0] << 60 | t[1] << 3 | t[0]
+            ),
+            max_size=40,
+        ),
+        max_size=12,
+    )
+)
+def test_key_index_answers_as_a_dict(batches: list[list[int]]) -> None:
+    index = KeyIndex()
+    got = []
+    at = 0
+    for batch in batches:
+        here = np.arange(at, at + len(batch), dtype=np.int64)
+        got.append(index.add(np.array(batch, dtype=np.uint64), here).tolist())
+        at += len(batch)
+    assert got == _first_seen(batches)
+    everything = sorted({k for b in batches for k in b})
+    assert index.contains(np.array(everything, dtype=np.uint64)).all()
+    others = np.array([k ^ 1 << 2 for k in everything], dtype=np.uint64)  # same slot, absent
+    assert not index.contains(others).any()
+
+
+@pytest.mark.parametrize("size", [1, 2, 5, 1000])
+def test_merged_runs_are_np_insert(size: int) -> None:
+    rng = np.random.default_rng(size)
+    keys = rng.choice(1 << 40, size=3 * size, replace=False).astype(np.uint64)
+    a, b = np.sort(keys[: 2 * size]), np.sort(keys[2 * size :])
+    aw, bw = rng.integers(0, 99, len(a)), rng.integers(0, 99, len(b))
+    at = np.searchsorted(a, b)
+    merged = _merged(a, aw, b, bw)
+    assert merged[0].tolist() == np.insert(a, at, b).tolist()
+    assert merged[1].tolist() == np.insert(aw, at, bw).tolist()
