@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import csv
 import io
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -24,6 +24,7 @@ from importer._errors import ConfigError
 from importer.intake import _reader as reader_module
 from importer.intake._cutcheck import CellCounter
 from importer.intake._dates import DateColumn
+from importer.intake._fastcheck import _ordered, proven_valid
 from importer.intake._key_index import KeyIndex, _merged
 from importer.intake._reader import _DecodeFailed, _line_breaks, _scan_text
 
@@ -276,3 +277,80 @@ def test_merged_runs_are_np_insert(size: int) -> None:
     merged = _merged(a, aw, b, bw)
     assert merged[0].tolist() == np.insert(a, at, b).tolist()
     assert merged[1].tolist() == np.insert(aw, at, bw).tolist()
+
+
+# --- proven_valid: dates read from these very cells, periods in order at once ---------------
+
+DATE_CELLS = [
+    "",
+    "2024-03-01",
+    "2024-03-02T10:00:00Z",
+    "2030-12-31",
+    "2020-01-01",
+    "bad",
+    "31.12.2030",
+]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    rows=st.lists(
+        st.tuples(
+            st.sampled_from(DATE_CELLS), st.sampled_from(DATE_CELLS), st.sampled_from(DATE_CELLS)
+        ),
+        min_size=1,
+        max_size=30,
+    )
+)
+def test_proofs_from_the_chunks_readings_are_the_cell_by_cell_proofs(
+    rows: list[tuple[str, str, str]],
+) -> None:
+    size = len(rows)
+    fields = {
+        "patientId": [f"pt_{i}" for i in range(size)],
+        "scope": ["treatment"] * size,
+        "category": ["a"] * size,
+        "dateTime": [r[0] for r in rows],
+        "provisionStart": [r[1] for r in rows],
+        "provisionEnd": [r[2] for r in rows],
+    }
+    keys: list[str | None] = [f"K{i}" for i in range(size)]
+    readings = {
+        name: DateColumn(
+            "in.csv",
+            name,
+            ("%d.%m.%Y",),
+            ZoneInfo("UTC"),
+            excel=False,
+            end_of_day=name == "provisionEnd",
+        ).read(fields[name])
+        for name in ("dateTime", "provisionStart", "provisionEnd")
+    }
+
+    def parse_date(name: str, text: str) -> datetime | None:
+        return readings[name].get(text)
+
+    fast = proven_valid(fields, keys, parse_date=parse_date, crosswalk=None, read_dates=readings)
+    plain = {name: dict(read) for name, read in readings.items()}  # no `texts`: the set path
+    by_set = proven_valid(fields, keys, parse_date=parse_date, crosswalk=None, read_dates=plain)
+    by_cell = proven_valid(fields, keys, parse_date=parse_date, crosswalk=None)
+    assert fast.tolist() == by_set.tolist() == by_cell.tolist()
+
+
+@pytest.mark.parametrize(
+    ("starts", "ends", "ordered"),
+    [
+        ({"a": datetime(2024, 1, 1, tzinfo=UTC)}, {"b": datetime(2024, 1, 2, tzinfo=UTC)}, True),
+        ({"a": datetime(2024, 1, 1, tzinfo=UTC)}, {"b": datetime(2024, 1, 1, tzinfo=UTC)}, True),
+        ({"a": datetime(2024, 1, 3, tzinfo=UTC)}, {"b": datetime(2024, 1, 2, tzinfo=UTC)}, False),
+        ({"a": None}, {"b": datetime(2024, 1, 2, tzinfo=UTC)}, True),  # nothing to order
+        ({}, {}, True),
+        ({"a": datetime(2024, 1, 1)}, {"b": datetime(2024, 1, 2, tzinfo=UTC)}, False),  # naive
+    ],
+)
+def test_ordered(
+    starts: dict[str, datetime | None], ends: dict[str, datetime | None], ordered: bool
+) -> None:
+    assert _ordered({"s": starts, "e": ends}, "s", "e") is ordered
+    assert not _ordered({"s": starts}, "s", "e")
+    assert not _ordered(None, "s", "e")

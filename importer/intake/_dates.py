@@ -13,6 +13,13 @@ from importer._errors import ConfigError
 from importer.intake._reader import excel_serial_to_iso
 
 
+class Readings(dict[str, "datetime | None"]):
+    """`DateColumn.read`'s answer: each distinct non-empty cell of `texts` -> its reading
+    (so a proof can tell that every cell of that very list has one, without a set)."""
+
+    texts: list[str] | None = None
+
+
 class DateColumn:
     """How one date column of a file is read: one way for the whole column.
 
@@ -56,32 +63,29 @@ class DateColumn:
         self.candidates = list(range(len(self.families)))
         self.decided: int | None = 0 if len(self.families) <= 1 else None
 
-    def read(
-        self, texts: list[str], rows: Callable[[int], int] | None = None
-    ) -> dict[str, datetime | None]:
+    def read(self, texts: list[str], rows: Callable[[int], int] | None = None) -> Readings:
         """Each distinct non-empty text of a chunk -> its date-time (None: unreadable).
 
         A cell without an offset is read in the zone; with no zone stated, one holding a
         time of day stops the read (ConfigError naming the column and, through `rows`
         (position in `texts` -> row number), a row). A date alone is read in the zone,
         or UTC: the start of its day, or its end for a period's end."""
-        parse = datetime.fromisoformat
         timed = _ISO_TIME.search
         distinct = set(texts)
         distinct.discard("")
         try:
             # Every distinct cell ISO 8601 (most columns): read in C, no loop in Python.
-            values = list(map(parse, distinct))
+            values = list(map(datetime.fromisoformat, distinct))
         except ValueError:
-            pass
+            found = Readings(self._read_each(distinct, texts, rows))
         else:
-            found: dict[str, datetime | None] = dict(zip(distinct, values, strict=True))
+            found = Readings(zip(distinct, values, strict=True))
             if None in map(_TZINFO, values):
                 for text, value in zip(distinct, values, strict=True):
                     if value.tzinfo is None:
                         found[text] = self._local(value, bool(timed(text)), text, texts, rows)
-            return found
-        return self._read_each(distinct, texts, rows)
+        found.texts = texts
+        return found
 
     def _read_each(
         self, distinct: set[str], texts: list[str], rows: Callable[[int], int] | None
