@@ -167,6 +167,8 @@ def proven_valid(
             read = known.get if known is not None else _reader_of(parse_date, name)
             readings[name] = read
             if known is not None and None not in known.values():
+                if getattr(known, "texts", None) is fields[name]:
+                    continue  # read from these very cells (`Readings`): each is a date
                 filled = set(fields[name])
                 filled.discard("")
                 if known.keys() >= filled:
@@ -179,8 +181,9 @@ def proven_valid(
             s, e = (start(pair[0]) if pair[0] else None), (end(pair[1]) if pair[1] else None)
             return s is None or e is None or s <= e
 
-        pairs = list(zip(fields["provisionStart"], fields["provisionEnd"], strict=True))
-        add(_by_distinct(pairs, in_order))
+        if not _ordered(read_dates, "provisionStart", "provisionEnd"):
+            pairs = list(zip(fields["provisionStart"], fields["provisionEnd"], strict=True))
+            add(_by_distinct(pairs, in_order))
     if {"verified", "verifiedWith", "verificationDate"} & fields.keys():
         # A verification object is sent when any of its cells is filled, and then needs
         # a yes/no flag.
@@ -201,6 +204,23 @@ def proven_valid(
     if None in keys:
         add([key is not None for key in keys])
     return np.logical_and.reduce(checks) if checks else np.ones(size, dtype=bool)
+
+
+def _ordered(
+    read_dates: dict[str, dict[str, datetime | None]] | None, first: str, then: str
+) -> bool:
+    """True when every date `read_dates` holds for `first` is at most every one for
+    `then`: then every row's pair is in order (without a pair a row)."""
+    if read_dates is None or first not in read_dates or then not in read_dates:
+        return False
+    starts = [d for d in read_dates[first].values() if d is not None]
+    ends = [d for d in read_dates[then].values() if d is not None]
+    if not starts or not ends:
+        return True
+    try:
+        return max(starts) <= min(ends)
+    except TypeError:  # a naive date among aware ones (never read so): row by row
+        return False
 
 
 def _readable(read: Callable[[str], datetime | None]) -> Callable[[str], bool]:
