@@ -25,7 +25,7 @@ from importer.commands._validate import validate_files
 from importer.intake import _reader as reader
 from importer.intake._mapping import load_mapping
 from importer.intake._reader import CELLS, open_table
-from tests.engine_helpers import consent_rows
+from tests.engine_helpers import consent_rows, write_csv
 
 try:
     import pyarrow  # noqa: F401
@@ -223,3 +223,83 @@ def test_arrow_and_c_agree_on_generated_files(
     # does not tell a quoted lone CR from a line break) or no rows leave Arrow out
     if used == C and not isinstance(by_arrow, str):
         assert any(len(r) > 3 or any("\r" in c for c in r) for r in records)
+
+
+# Review of issue 24: where the readers once disagreed.
+@pytest.mark.parametrize("quoted", [True, False])
+def test_a_cell_over_a_mib_is_read_as_the_c_parser_reads_it(tmp_path: Path, quoted: bool) -> None:
+    # An embedded document of 1.1 MB: Arrow's 512 KiB blocks cannot hold the record
+    # ("straddling object straddles two block boundaries"); the C parser reads it.
+    cell = "Z" * (1100 * 1024)
+    big = f'"{cell}"' if quoted else cell
+    path = tmp_path / "in.csv"
+    path.write_bytes(f"id,a,b\n1,x,y\n2,{big},y\n3,x,y\n".encode())
+    _, by_c = outcome(path, False, 50_000)
+    _, by_arrow = outcome(path, True, 50_000)
+    assert not isinstance(by_c, str)
+    assert by_arrow == by_c  # by_arrow: "in.csv: cannot be parsed as CSV; ..."
+
+
+def test_the_values_profile_is_the_same_by_either_reader(tmp_path: Path) -> None:
+    # 40,000 rows, 97 patient ids (more than the profile's LIMIT of 50): Arrow's chunks of
+    # 12,500 make the profile count its 50 values over the first 12,500 rows only (129
+    # each, the rest "other_rows"), the C parser's chunks of 50,000 over all (412 each).
+    path = write_csv(tmp_path / "in.csv", consent_rows(40_000))
+    mapping = load_mapping(None)
+    profiles = []
+    for arrow in (True, False):
+        reader._CsvTable.arrow = arrow
+        try:
+            profiles.append(validate_files([path], mapping).values)
+        finally:
+            reader._CsvTable.arrow = True
+    assert profiles[0] is not None
+    assert profiles[0] == profiles[1]
+
+
+DATE_MAPPING = '[source]\ntimezone = "UTC"\ndate_formats = ["%m/%d/%Y", "%d/%m/%Y"]\n'
+
+
+def dates_file(tmp_path: Path, cells: dict[int, str]) -> Path:
+    rows = list(consent_rows(20_000))
+    for i, row in enumerate(rows):
+        row["dateTime"] = f"{1 + i % 12:02d}/{1 + i % 12:02d}/2024"  # same either way
+    for i, cell in cells.items():
+        rows[i]["dateTime"] = cell
+    return write_csv(tmp_path / "in.csv", rows)
+
+
+def errors_by(path: Path, mapping_path: Path, arrow: bool) -> object:
+    reader._CsvTable.arrow = arrow
+    try:
+        summary = validate_files([path], load_mapping(mapping_path))
+        return sorted((e.row, e.code) for e in summary.errors)
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"
+    finally:
+        reader._CsvTable.arrow = True
+
+
+@pytest.mark.parametrize(
+    "cells",
+    [
+        # An ambiguous cell in the first 12,500 rows, the cell that settles the order at
+        # row 15,000: the C parser's 50,000-row chunk sees both (month first, valid);
+        # Arrow's first 12,500-row chunk sees only the ambiguous one: "reads as both
+        # '%m/%d/%Y' and '%d/%m/%Y' ... keep only the right one" (ConfigError).
+        {5: "03/04/2024", 15_000: "12/25/2024"},
+        # No full reading: the family read most in the first chunk wins. In 12,500 rows
+        # day-first (3 cells to 0), in 50,000 month-first (10 to 3): other rows invalid,
+        # and row 7's 03/04/2024 is sent as 3 April by one reader, 4 March by the other.
+        {5: "03/04/2024", 10: "25/12/2024", 11: "25/12/2024", 12: "25/12/2024",
+         **dict.fromkeys(range(15000, 15010), "12/26/2024")},
+    ],
+    ids=["refused", "another-family"],
+)  # fmt: skip
+def test_the_date_order_is_decided_alike_by_either_reader(
+    tmp_path: Path, cells: dict[int, str]
+) -> None:
+    path = dates_file(tmp_path, cells)
+    mapping = tmp_path / "m.toml"
+    mapping.write_text(DATE_MAPPING)
+    assert errors_by(path, mapping, True) == errors_by(path, mapping, False)

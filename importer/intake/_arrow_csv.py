@@ -125,12 +125,28 @@ def arrow_frames(
         )
         if not data:
             return pa.table({n: pa.array([], pa.string()) for n in names}), 0
-        table = pacsv.read_csv(
-            pa.BufferReader(data),
-            read_options=read,
-            parse_options=options,
-            convert_options=convert,
-        )
+        try:
+            table = pacsv.read_csv(
+                pa.BufferReader(data),
+                read_options=read,
+                parse_options=options,
+                convert_options=convert,
+            )
+        except pa.ArrowInvalid as exc:
+            if "straddl" not in str(exc):
+                raise
+            # A record longer than a block (a cell of a megabyte, an embedded document):
+            # this stretch as one block, in one thread.
+            left_out = 0
+            whole = pacsv.ReadOptions(
+                column_names=names, block_size=len(data) + 1, use_threads=False
+            )
+            table = pacsv.read_csv(
+                pa.BufferReader(data),
+                read_options=whole,
+                parse_options=options,
+                convert_options=convert,
+            )
         return table, left_out
 
     shorts = skipped.records

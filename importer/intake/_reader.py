@@ -96,10 +96,9 @@ _MAX_RESTARTS: Final = 16
 #: Codecs Arrow's CSV reader reads natively; any other it would decode through Python,
 #: slower than pandas' C parser, so those files (cp1252, UTF-16, ...) stay with the C parser.
 _ARROW_CODECS: Final = frozenset({"utf-8", "utf-8-sig"})
-#: Records a chunk read by Arrow holds, at most (fewer than `chunk_rows`, 50,000, which the
-#: `Table.chunks` contract allows): Arrow holds a stretch's bytes and table and the next
-#: one's beside the chunk's strings, and the chunk's rows are worked on as a whole after;
-#: chunks of 50,000 put `validate` of 1M rows at 300-330 MB, of 12,500 at about 245 MB.
+#: Records Arrow parses at a time (a stretch); stretches are regrouped into chunks of
+#: `chunk_rows`, as the C parser yields them. Arrow holds one stretch's bytes and table:
+#: stretches of 50,000 put `validate` of 1M rows at 300-330 MB.
 _ARROW_STRETCH: Final = 12_500
 #: Short records (fewer cells than the header, not blank) the Arrow path puts back itself,
 #: at most: a file with more is read by the C parser, which pads them as it goes.
@@ -419,7 +418,7 @@ class _CsvTable(Table):
 
     @property
     def _stretch(self) -> int:
-        """Records Arrow parses at a time, a chunk's."""
+        """Records Arrow parses at a time."""
         return min(self.chunk_rows, _ARROW_STRETCH)
 
     def _arrow_chunks(self, marks: list[int], skipped: Skipped) -> Iterator[pd.DataFrame]:
@@ -436,11 +435,28 @@ class _CsvTable(Table):
             skipped,
             CELLS,
         )
+        # Stretches regrouped into chunks of `chunk_rows`, the C parser's: what is decided
+        # a chunk at a time (a date column's day/month order, the values profile's first
+        # values) is then decided alike by either reader (review of issue 24).
+        pending: list[pd.DataFrame] = []
+        held = 0
         try:
             with closing(frames):
                 for frame in frames:
-                    chunk = self._finish(frame, done)
-                    done += len(frame)
+                    pending.append(frame)
+                    held += len(frame)
+                    while held >= self.chunk_rows:
+                        whole = pending[0] if len(pending) == 1 else pd.concat(pending)
+                        part = whole.iloc[: self.chunk_rows]
+                        rest = whole.iloc[self.chunk_rows :]
+                        pending, held = ([rest], len(rest)) if len(rest) else ([], 0)
+                        chunk = self._finish(part, done)
+                        done += len(part)
+                        if len(chunk):
+                            yield chunk
+                if held:
+                    whole = pending[0] if len(pending) == 1 else pd.concat(pending)
+                    chunk = self._finish(whole, done)
                     if len(chunk):
                         yield chunk
         except (pa.ArrowInvalid, ArrowMismatch):
