@@ -161,7 +161,13 @@ def write_cpu(rows: int, tmp: Path) -> float:
         with ledger.transaction():
             for src, _body, text, digest in part:
                 ledger.intent(
-                    run_id, src, Op.CREATE, body=text, body_hash=digest, patient_id=src.key
+                    run_id,
+                    src,
+                    Op.CREATE,
+                    body=text,
+                    body_hash=digest,
+                    patient_id=src.key,
+                    new=True,  # as the engine says of a row planned from no record
                 )
         with ledger.transaction():
             for src, body, _, digest in part:

@@ -81,6 +81,8 @@ class Row:
     #: a 64-bit digest of the row's prepared cells and the mapping (`cells_digests`):
     #: a rerun that finds it in the ledger knows the body is unchanged without making it
     cells_digest: int | None = None
+    #: the body parsed, once a row (`body()`): shared by its field hashes and the engine
+    _parsed: dict[str, Any] | None = field(default=None, repr=False, compare=False)
 
     @property
     def valid(self) -> bool:
@@ -110,9 +112,12 @@ class Row:
         return self._hash
 
     def body(self) -> dict[str, Any]:
-        """The API body as a dict (only for valid rows)."""
-        parsed: dict[str, Any] = json.loads(self.body_json)
-        return parsed
+        """The API body as a dict (only for valid rows), parsed once a row: the same dict
+        each call, which callers read and never change (issue 24: the field hashes and
+        the engine's `Work.body` each parsed it)."""
+        if self._parsed is None:
+            self._parsed = json.loads(self.body_json)
+        return self._parsed
 
     def field_hashes(self) -> dict[str, str]:
         """A short hash per top-level API field, to tell which fields changed (made once

@@ -367,3 +367,25 @@ def _in_run(db: Ledger, run_id: int, event: str) -> None:
         db.intent(run_id, K, Op.CREATE, body="{}", body_hash="h", patient_id="pt_1")
     else:
         db.revoking(run_id, "K1")
+
+
+@pytest.mark.parametrize("op", [Op.CREATE, Op.PATCH])
+def test_an_intent_said_new_leaves_the_same_undo_record(tmp_path: Path, op: Op) -> None:
+    """`intent(new=True)` (the engine: planned from no record) skips looking for a record
+    to keep for undo; the ledger ends as without it, on a first intent and a retry."""
+    tables = []
+    for new in (False, True):
+        db = Ledger(tmp_path / f"{new}.db")
+        run_id = db.begin_run(["in.csv"])
+        for _ in range(2):  # the first intent, then a retry's in the same run
+            with db.transaction():
+                db.intent(run_id, K, op, body="{}", body_hash="h", patient_id="p", new=new)
+        tables.append(
+            (
+                db._db.execute("SELECT created_run, state, attempts FROM rows").fetchall(),
+                db._db.execute("SELECT run_id, existed, posted FROM run_changes").fetchall(),
+            )
+        )
+        db.close()
+    assert tables[0] == tables[1]
+    assert tables[1][0] == [(1 if op is Op.CREATE else None, "in_flight", 2)]

@@ -124,3 +124,51 @@ async def test_outcomes_not_yet_committed_never_exceed_the_bound_under_a_stalled
     ledger.close()
     with sqlite3.connect(tmp_path / "l.db") as db:
         assert db.execute("SELECT count(*) FROM rows").fetchone() == (outcomes,)
+
+
+async def test_writes_queued_during_a_commit_share_the_next_one(tmp_path: Path) -> None:
+    """The committer's thread takes everything queued while it committed in one batch,
+    and every waited write of it returns its own result."""
+    ledger = Ledger(tmp_path / "l.db")
+    writer = AsyncLedger(ledger)
+    stall = threading.Event()
+    results: dict[int, object] = {}
+
+    async def waited(i: int) -> None:
+        results[i] = await writer.write(lambda ledger: (upsert(f"W{i}")(ledger), i)[1])
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(writer.run_committer)
+        tg.start_soon(writer.write, lambda _: stall.wait(30))
+        await anyio.sleep(0.05)  # the thread holds the first batch
+        async with anyio.create_task_group() as workers:
+            for i in range(5):
+                workers.start_soon(waited, i)
+                await writer.write_soon(upsert(f"S{i}"))
+            await anyio.sleep(0.05)
+            assert results == {}  # nothing returns before its commit
+            stall.set()
+        writer.close()
+    assert results == {i: i for i in range(5)}
+    assert writer.batches == 2
+    ledger.close()
+    with sqlite3.connect(tmp_path / "l.db") as db:
+        assert db.execute("SELECT count(*) FROM rows").fetchone() == (10,)
+
+
+async def test_a_cancelled_committer_still_commits_what_was_queued(tmp_path: Path) -> None:
+    ledger = Ledger(tmp_path / "l.db")
+    writer = AsyncLedger(ledger)
+    stall = threading.Event()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(writer.run_committer)
+        tg.start_soon(writer.write, lambda _: stall.wait(30))
+        await anyio.sleep(0.05)
+        for i in range(3):
+            await writer.write_soon(upsert(f"S{i}"))
+        tg.cancel_scope.cancel()
+        threading.Timer(0.1, stall.set).start()
+    assert writer.batches == 2
+    ledger.close()
+    with sqlite3.connect(tmp_path / "l.db") as db:
+        assert db.execute("SELECT count(*) FROM rows").fetchone() == (3,)

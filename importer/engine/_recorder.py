@@ -67,6 +67,7 @@ class Recorder:
         if op is Op.RECREATE and work.prior is not None:
             previous = work.prior.consent_id
         patient_id = work.patient_id
+        new = work.prior is None  # planned from no record: nothing to keep for undo
         await self.writer.write(
             lambda ledger: ledger.intent(
                 run_id,
@@ -77,6 +78,7 @@ class Recorder:
                 patient_id=patient_id,
                 consent_id=consent_id,
                 previous_consent_id=previous,
+                new=new,
             )
         )
 

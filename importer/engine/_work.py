@@ -43,7 +43,6 @@ class Work:
     settled: bool = False  # back from waiting out --settle: count what the lookup finds
     # An adopted consent's PATCH failed (a recreate): noted once the old one is retired.
     patch_error: tuple[ErrorNote, dict[str, str]] | None = None
-    _body: dict[str, Any] | None = None
     _src: Source | None = None
 
     @property
@@ -56,11 +55,10 @@ class Work:
 
     @property
     def body(self) -> dict[str, Any]:
-        """The row's API body as a dict, parsed on first use (the POST itself sends the
-        row's JSON as it is; only lookups, patches and adoption need the dict)."""
-        if self._body is None:
-            self._body = self.row.body()
-        return self._body
+        """The row's API body as a dict, parsed on first use, once a row (`Row.body`: the
+        POST itself sends the row's JSON as it is; the field hashes, lookups, patches and
+        adoption need the dict)."""
+        return self.row.body()
 
     @property
     def prior_hashes(self) -> dict[str, str]:

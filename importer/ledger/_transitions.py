@@ -85,10 +85,16 @@ class _Transitions:
         patient_id: str | None,
         consent_id: str | None = None,
         previous_consent_id: str | None = None,
+        new: bool = False,
     ) -> None:
-        """any -> in_flight: the request for `op` is about to be sent with `body`."""
+        """any -> in_flight: the request for `op` is about to be sent with `body`.
+
+        `new`: the caller planned the row from no record in the ledger, so a POST keeps
+        nothing for undo (a record this run made since notes the run in created_run), and
+        the statement that would find nothing to keep is skipped (issue 24)."""
         posted = op in (Op.CREATE, Op.RECREATE)
-        self._keep_before(run_id, src.key, posted=posted)
+        if not (new and posted):
+            self._keep_before(run_id, src.key, posted=posted)
         key = pack_key(src.key)
         # A row it creates (no record before) notes the run in created_run, for undo.
         self._db.execute(

@@ -35,6 +35,8 @@ class AsyncLedger:
         self.max_unsettled = max_unsettled
         #: the most outcomes ever queued and not yet committed (for tests and benchmarks)
         self.peak_unsettled = 0
+        #: transactions committed or rolled back (for tests and benchmarks)
+        self.batches = 0
         self._queue: list[tuple[Callable[[Ledger], Any], _Waiter | None]] = []
         self._unsettled = 0
         self._wake = anyio.Event()
@@ -86,6 +88,7 @@ class AsyncLedger:
             # Shielded: a cancelled run still commits what its workers already sent.
             with anyio.CancelScope(shield=True):
                 error = await anyio.to_thread.run_sync(self._commit, batch)
+            self.batches += 1
             settled = 0
             for _, waiter in batch:
                 if waiter is not None:
