@@ -17,19 +17,11 @@ import pytest
 from importer._errors import NoResponseError, RateLimitedError, ServerError
 from importer.api._client import ClinikClient, make_http_client
 from importer.api._http11 import Http11Transport
-from tests.test_http11 import answer, read_request, server
+from tests.test_http11 import answer, anyio_backend, read_request, server  # noqa: F401
 
 pytestmark = pytest.mark.anyio
 
-
-@pytest.fixture(
-    params=[
-        pytest.param(("asyncio", {}), id="asyncio"),
-        pytest.param(("asyncio", {"use_uvloop": True}), id="uvloop"),  # as a run's loop
-    ]
-)
-def anyio_backend(request: pytest.FixtureRequest) -> tuple[str, dict[str, bool]]:
-    return request.param  # type: ignore[no-any-return]
+# anyio_backend (imported): asyncio, and uvloop as a run's loop, as in test_http11
 
 
 KEY = "clk_test_0000testing1234"
