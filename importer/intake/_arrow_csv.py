@@ -132,11 +132,10 @@ def arrow_frames(
                 parse_options=options,
                 convert_options=convert,
             )
-        except pa.ArrowInvalid as exc:
-            if "straddl" not in str(exc):
-                raise
+        except pa.ArrowInvalid:
             # A record longer than a block (a cell of a megabyte, an embedded document):
-            # this stretch as one block, in one thread.
+            # this stretch again as one block, in one thread. (A file that does not parse
+            # fails again, and that error is raised.)
             left_out = 0
             whole = pacsv.ReadOptions(
                 column_names=names, block_size=len(data) + 1, use_threads=False
