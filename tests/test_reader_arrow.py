@@ -305,3 +305,23 @@ def test_the_date_order_is_decided_alike_by_either_reader(
     by_c = errors_by(path, mapping, False)
     assert not isinstance(by_c, str)  # the C parser's chunk settles the order: no refusal
     assert errors_by(path, mapping, True) == by_c
+
+
+def test_an_arrow_failure_logs_no_cell(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Arrow's parse errors quote the row: the log and the error name the file only."""
+    import pyarrow as pa
+
+    def failing(*_: Any) -> Any:
+        raise pa.ArrowInvalid("CSV parse error: Expected 3 columns, got 2: 1,Jane Doe")
+        yield  # a generator, as arrow_frames
+
+    monkeypatch.setattr(reader, "arrow_frames", failing)
+    path = tmp_path / "in.csv"
+    path.write_bytes(b"id,a,b\n1,x,y\n2,x,y\n")
+    with pytest.raises(InputError) as info:
+        list(open_table(path, chunk_rows=50_000).chunks())
+    assert "Jane" not in str(info.value)
+    assert "Arrow's CSV reader failed (ArrowInvalid)" in caplog.text
+    assert "Jane" not in caplog.text

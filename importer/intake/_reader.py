@@ -459,9 +459,10 @@ class _CsvTable(Table):
                     chunk = self._finish(whole, done)
                     if len(chunk):
                         yield chunk
-        except (pa.ArrowInvalid, ArrowMismatch):
+        except (pa.ArrowInvalid, ArrowMismatch) as exc:
             # `_arrow_plan` admits only files the counter found regular: not expected.
-            log.exception("%s: Arrow's CSV reader failed", self.name)
+            # Arrow's messages quote the row (PHI): only the kind of failure is logged.
+            log.error("%s: Arrow's CSV reader failed (%s)", self.name, type(exc).__name__)
             raise InputError(
                 f"{self.name}: cannot be parsed as CSV; check its quotes and delimiters"
             ) from None
