@@ -434,31 +434,21 @@ class _CsvTable(Table):
             self._stretch,
             skipped,
             CELLS,
+            self.chunk_rows,
         )
-        # Stretches regrouped into chunks of `chunk_rows`, the C parser's: what is decided
-        # a chunk at a time (a date column's day/month order, the values profile's first
-        # values) is then decided alike by either reader (review of issue 24).
-        pending: list[pd.DataFrame] = []
-        held = 0
+        # Chunks of `chunk_rows`, the C parser's, though Arrow parses a stretch at a time:
+        # what is decided a chunk at a time (a date column's day/month order, the values
+        # profile's first values) is then decided alike by either reader (review of
+        # issue 24).
         try:
             with closing(frames):
                 for frame in frames:
-                    pending.append(frame)
-                    held += len(frame)
-                    while held >= self.chunk_rows:
-                        whole = pending[0] if len(pending) == 1 else pd.concat(pending)
-                        part = whole.iloc[: self.chunk_rows]
-                        rest = whole.iloc[self.chunk_rows :]
-                        pending, held = ([rest], len(rest)) if len(rest) else ([], 0)
-                        chunk = self._finish(part, done)
-                        done += len(part)
-                        if len(chunk):
-                            yield chunk
-                if held:
-                    whole = pending[0] if len(pending) == 1 else pd.concat(pending)
-                    chunk = self._finish(whole, done)
+                    chunk = self._finish(frame, done)
+                    done += len(frame)
+                    del frame  # (the caller's, once it is done with it: not held here)
                     if len(chunk):
                         yield chunk
+                    del chunk
         except (pa.ArrowInvalid, ArrowMismatch) as exc:
             # `_arrow_plan` admits only files the counter found regular: not expected.
             # Arrow's messages quote the row (PHI): only the kind of failure is logged.
