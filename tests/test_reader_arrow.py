@@ -365,3 +365,26 @@ def test_arrow_chunks_are_the_c_parsers_when_one_ends_inside_a_stretch(
     by_arrow = chunk_by_chunk(path, True, chunk_rows)
     assert by_arrow == chunk_by_chunk(path, False, chunk_rows)
     assert sum(len(rows) for rows, _ in by_arrow) == 29 - len(blank)
+
+
+@pytest.mark.parametrize(
+    ("raw", "path_used"),
+    [
+        (b"id,a\n\n\n,\n \n\n\n1,x\n", A),  # the first row in the second stretch
+        (b"id,a\n\n\n,\n \n\n\n,\n", C),  # no row at all: refused when opened, by either
+    ],
+    ids=["first-row-after-a-blank-stretch", "blank-rows-only"],
+)
+def test_opening_finds_a_first_row_a_stretch_at_a_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, raw: bytes, path_used: str
+) -> None:
+    monkeypatch.setattr(reader, "_ARROW_STRETCH", 4)
+    path = tmp_path / "in.csv"
+    path.write_bytes(raw)
+    used, by_arrow = outcome(path, True, 50)
+    assert by_arrow == outcome(path, False, 50)[1]
+    assert used == path_used
+    if path_used == C:
+        assert (
+            by_arrow == f"{path}: has a header row but no rows to import; add rows below the header"
+        )

@@ -11,10 +11,10 @@ here:
   "skip"); the cell counter found every such record beforehand, so the reader hands them
   in, read by the csv module and padded with empty cells as the C parser pads them, and
   they go back in their places. A record that is wholly empty Arrow pads itself.
-- The rows come out as the C parser's frames: a run of records each (a stretch between
-  two of the counter's marks), columns numbered from 0, every cell the reader's `CELLS`
-  (Python `str`), so row numbers, the blank-row check and everything after them are the
-  C path's own.
+- The rows come out as the C parser's frames: chunks of the same records (Arrow parses a
+  stretch between two of the counter's marks at a time and fills a chunk with it),
+  columns numbered from 0, every cell the reader's `CELLS` (Python `str`), so row numbers,
+  the blank-row check and everything after them are the C path's own.
 """
 
 from __future__ import annotations
@@ -105,7 +105,7 @@ def arrow_frames(
 
     # Arrow's own allocator (mimalloc) kept 30-40 MB of freed pages resident through a
     # 1M-row `validate`, though a stretch's table is a few MB: the C library's malloc
-    # gives them back to be reused (peak RSS 275 -> 250 MB, no slower).
+    # lets them be reused (peak RSS 260-277 -> 250-256 MB, no slower).
     pool = pa.system_memory_pool()
 
     def parse(handle: BinaryIO, at: int) -> tuple[pa.Table, int]:

@@ -96,7 +96,7 @@ _MAX_RESTARTS: Final = 16
 #: Codecs Arrow's CSV reader reads natively; any other it would decode through Python,
 #: slower than pandas' C parser, so those files (cp1252, UTF-16, ...) stay with the C parser.
 _ARROW_CODECS: Final = frozenset({"utf-8", "utf-8-sig"})
-#: Records Arrow parses at a time (a stretch); stretches are regrouped into chunks of
+#: Records Arrow parses at a time (a stretch); each fills its part of a chunk of
 #: `chunk_rows`, as the C parser yields them. Arrow holds one stretch's bytes and table:
 #: stretches of 50,000 put `validate` of 1M rows at 300-330 MB.
 _ARROW_STRETCH: Final = 12_500
@@ -421,8 +421,26 @@ class _CsvTable(Table):
         """Records Arrow parses at a time."""
         return min(self.chunk_rows, _ARROW_STRETCH)
 
-    def _arrow_chunks(self, marks: list[int], skipped: Skipped) -> Iterator[pd.DataFrame]:
-        """`chunks` by Arrow: its frames are the C parser's, so `_finish` is the same."""
+    def _require_rows(self) -> None:
+        self._find_defects()
+        if not (self.arrow and self._plan is not None):
+            super()._require_rows()
+            return
+        # Arrow's path looks for a first row a stretch at a time, not a chunk (the chunk
+        # would be parsed again when read).
+        rows = self._arrow_chunks(*self._plan, rows=self._stretch)
+        try:
+            first = next(rows, None)
+        finally:
+            rows.close()
+        if first is None:
+            raise _no_rows(self.label)
+
+    def _arrow_chunks(
+        self, marks: list[int], skipped: Skipped, rows: int | None = None
+    ) -> Generator[pd.DataFrame]:
+        """`chunks` by Arrow (chunks of `rows`, else `chunk_rows`): its frames are the C
+        parser's, so `_finish` is the same."""
         import pyarrow as pa
 
         done = 0
@@ -434,7 +452,7 @@ class _CsvTable(Table):
             self._stretch,
             skipped,
             CELLS,
-            self.chunk_rows,
+            rows or self.chunk_rows,
         )
         # Chunks of `chunk_rows`, the C parser's, though Arrow parses a stretch at a time:
         # what is decided a chunk at a time (a date column's day/month order, the values
@@ -445,7 +463,7 @@ class _CsvTable(Table):
                 for frame in frames:
                     chunk = self._finish(frame, done)
                     done += len(frame)
-                    del frame  # (the caller's, once it is done with it: not held here)
+                    del frame  # (no chunk held here while the next one is made)
                     if len(chunk):
                         yield chunk
                     del chunk
