@@ -172,6 +172,15 @@ def _load() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
+def _children_cpu() -> float:
+    """User and system CPU seconds of the children waited for so far (a measure the
+    machine's load moves less than wall time: the legs' CPU compare on a busy machine)."""
+    import resource
+
+    used = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return used.ru_utime + used.ru_stime
+
+
 def _span(values: list[float], unit: str = "s", digits: int = 1) -> str:
     low, high = min(values), max(values)
     return f"{low:.{digits}f}{unit}" if low == high else f"{low:.{digits}f}-{high:.{digits}f}{unit}"
@@ -221,8 +230,10 @@ def timing(rows: int, repeat: int, before: Path | None = None) -> None:
     ]
     walls: dict[str, list[float]] = {leg: [] for leg in legs}
     peaks: dict[str, list[float]] = {leg: [] for leg in legs}
+    cpus: dict[str, list[float]] = {leg: [] for leg in legs}
     for turn in range(repeat):
         for leg in legs:
+            used = _children_cpu()
             if leg == "product":
                 wall, peak = cli("validate", str(path), "--quiet")
                 line = ""
@@ -231,18 +242,23 @@ def timing(rows: int, repeat: int, before: Path | None = None) -> None:
                 line = str(before)
             else:
                 wall, peak, line = run_child(leg, path)
+            cpu = _children_cpu() - used
             walls[leg].append(wall)
             peaks[leg].append(peak)
+            cpus[leg].append(cpu)
             print(
-                f"  {turn + 1}. {leg:<17} {wall:6.1f} s  peak RSS {peak:4d} MB  {line}"
-                f"  (load {_load()})"
+                f"  {turn + 1}. {leg:<17} {wall:6.1f} s  CPU {cpu:5.1f} s  peak RSS {peak:4d} MB"
+                f"  {line}  (load {_load()})"
             )
     for leg in legs:
-        print(f"  {leg:<20} {_span(walls[leg])}  peak RSS {_span(peaks[leg], ' MB', 0)}")
+        print(
+            f"  {leg:<20} {_span(walls[leg])}  CPU {_span(cpus[leg])}  "
+            f"peak RSS {_span(peaks[leg], ' MB', 0)}"
+        )
     if friction:
         # Alternated runs: each product run against the frictionless run beside it.
-        def ratios(leg: str) -> str:
-            pairs = zip(walls[leg], walls["frictionless"], strict=True)
+        def ratios(leg: str, by: dict[str, list[float]] = walls) -> str:
+            pairs = zip(by[leg], by["frictionless"], strict=True)
             return _span([p / f for p, f in pairs], "", 3)
 
         print(
@@ -250,6 +266,12 @@ def timing(rows: int, repeat: int, before: Path | None = None) -> None:
             f"with the C parser: {ratios('product-c-parser')}; "
             f"default install: {ratios('product-default')}"
             + (f"; before: {ratios('before')}" if before else "")
+        )
+        print(
+            f"  the same by CPU: {ratios('product', cpus)}; with the C parser: "
+            f"{ratios('product-c-parser', cpus)}; default install: "
+            f"{ratios('product-default', cpus)}"
+            + (f"; before: {ratios('before', cpus)}" if before else "")
         )
     for name in ["pandas-c", "pandas-pyarrow", "pyarrow.csv"]:
         if name != "pandas-c" and not arrow:

@@ -189,13 +189,16 @@ def arrow_frames(
             done = start
             while done < end:
                 if not filling:
-                    filling = [np.empty(rows, dtype=object) for _ in range(width)]
+                    # `rows`, or the records left if fewer (the stretches after this one
+                    # hold `stretch` each at most): a small file's chunk is its size.
+                    left = end - done + (len(marks) - at - 1) * stretch
+                    filling = [np.empty(min(rows, left), dtype=object) for _ in range(width)]
                     filled = 0
-                take = min(end - done, rows - filled)
+                take = min(end - done, len(filling[0]) - filled)
                 places.append((filling, filled, done - start, take))
                 filled += take
                 done += take
-                if filled == rows:
+                if filled == len(filling[0]):
                     full.append(filling)
                     filling = []
             stretch_cells = _Stretch(skipped, start, end)
@@ -206,7 +209,9 @@ def arrow_frames(
                 del values
             del table, places  # Arrow's copy goes before the chunk is used
             while full:  # (no name left holding a chunk the caller is done with)
-                yield _frame(full.pop(0), rows, dtype)
+                chunk = full.pop(0)
+                yield _frame(chunk, len(chunk[0]), dtype)
+                del chunk
     if filling and filled:
         yield _frame([values[:filled] for values in filling], filled, dtype)
 
