@@ -8,6 +8,10 @@ the product and frictionless alternated --repeat times, with the date and the lo
   reader takes Arrow's parser for a well-formed UTF-8 file like this one);
 - the same with the reader held to pandas' C parser (what reads cp1252, UTF-16 and
   irregular files), to show what Arrow's parser gives;
+- the product as a default install runs it (no `arrow` extra: pyarrow cannot be imported,
+  so pandas runs without it and the reader takes the C parser);
+- with `--before TREE`, the product of another checkout (its own `.venv`, e.g. a worktree
+  of main) in the same alternation, for before/after figures side by side;
 - `frictionless.validate(FILE)` (schema inferred from a sample, every row checked), when
   frictionless is installed; the ratio product / frictionless is the issue's figure
   (target: at most 1/8 = 0.125);
@@ -21,6 +25,7 @@ parser only where it reads the file as the C parser does; tests/test_reader_arro
 checks that the two agree).
 
     python benchmarks/bench_validate_compare.py [--rows 1000000] [--repeat 2] [--matrix-only]
+        [--before TREE]
 """
 
 from __future__ import annotations
@@ -37,9 +42,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from common import ROOT, canonical_csv, cli
-
 HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+# (`common` imports the product, hence pandas and pyarrow: only the parent imports it, so
+# that a child, frictionless's above all, starts with nothing but what it needs itself;
+# it once carried pandas' import, about 1 s and 120 MB, into frictionless's figures.)
 
 
 # --- children: each runs in its own process under peak_rss.py -----------------------------
@@ -64,6 +71,19 @@ def child_product_c(path: str) -> str:
     from importer.intake import _reader
 
     _reader._CsvTable.arrow = False  # pandas' C parser for every file
+    try:
+        main(["validate", path, "--quiet"])
+    except SystemExit as exc:
+        return f"exit={exc.code}"
+    return "exit=0"
+
+
+def child_product_default(path: str) -> str:
+    # A default install: no pyarrow (an entry of None makes `import pyarrow...` fail).
+    for name in ("pyarrow", "pyarrow.csv", "pyarrow.compute", "pyarrow.lib"):
+        sys.modules[name] = None  # type: ignore[assignment]
+    from importer.cli._main import main
+
     try:
         main(["validate", path, "--quiet"])
     except SystemExit as exc:
@@ -117,6 +137,7 @@ def child_arrow(path: str) -> str:
 
 CHILDREN: dict[str, Callable[[str], str]] = {
     "product-c-parser": child_product_c,
+    "product-default": child_product_default,
     "frictionless": child_frictionless,
     "pandas-c": child_pandas_c,
     "pandas-pyarrow": child_pandas_arrow,
@@ -151,13 +172,44 @@ def _load() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
+def _children_cpu() -> float:
+    """User and system CPU seconds of the children waited for so far (a measure the
+    machine's load moves less than wall time: the legs' CPU compare on a busy machine)."""
+    import resource
+
+    used = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return used.ru_utime + used.ru_stime
+
+
 def _span(values: list[float], unit: str = "s", digits: int = 1) -> str:
     low, high = min(values), max(values)
     return f"{low:.{digits}f}{unit}" if low == high else f"{low:.{digits}f}-{high:.{digits}f}{unit}"
 
 
-def timing(rows: int, repeat: int) -> None:
+def run_before(tree: Path, path: Path) -> tuple[float, int]:
+    """(wall s, peak RSS MB) of `consent-import validate` by another checkout's product."""
+    started = time.perf_counter()
+    proc = subprocess.run(
+        [
+            *(str(tree / ".venv" / "bin" / "python"), str(tree / "benchmarks" / "peak_rss.py")),
+            *("-m", "importer", "validate", str(path), "--quiet"),
+        ],
+        cwd=tree,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=900,
+    )
+    wall = time.perf_counter() - started
+    if proc.returncode not in (0, 1):
+        raise RuntimeError(f"before ({tree}) failed: {proc.stderr[-1500:]}")
+    return wall, int(proc.stderr.strip().splitlines()[-1].split("=")[1])
+
+
+def timing(rows: int, repeat: int, before: Path | None = None) -> None:
     import datetime
+
+    from common import canonical_csv, cli
 
     path = canonical_csv(rows)
     arrow = importlib.util.find_spec("pyarrow") is not None
@@ -169,33 +221,57 @@ def timing(rows: int, repeat: int) -> None:
     )
     if not friction:
         print("  frictionless: not installed (pip install -e '.[bench]')")
-    legs = ["product", "product-c-parser", *(["frictionless"] if friction else [])]
+    legs = [
+        *(["before"] if before else []),
+        "product",
+        "product-c-parser",
+        "product-default",
+        *(["frictionless"] if friction else []),
+    ]
     walls: dict[str, list[float]] = {leg: [] for leg in legs}
     peaks: dict[str, list[float]] = {leg: [] for leg in legs}
+    cpus: dict[str, list[float]] = {leg: [] for leg in legs}
     for turn in range(repeat):
         for leg in legs:
+            used = _children_cpu()
             if leg == "product":
                 wall, peak = cli("validate", str(path), "--quiet")
                 line = ""
+            elif leg == "before" and before is not None:
+                wall, peak = run_before(before, path)
+                line = str(before)
             else:
                 wall, peak, line = run_child(leg, path)
+            cpu = _children_cpu() - used
             walls[leg].append(wall)
             peaks[leg].append(peak)
+            cpus[leg].append(cpu)
             print(
-                f"  {turn + 1}. {leg:<17} {wall:6.1f} s  peak RSS {peak:4d} MB  {line}"
-                f"  (load {_load()})"
+                f"  {turn + 1}. {leg:<17} {wall:6.1f} s  CPU {cpu:5.1f} s  peak RSS {peak:4d} MB"
+                f"  {line}  (load {_load()})"
             )
     for leg in legs:
-        print(f"  {leg:<20} {_span(walls[leg])}  peak RSS {_span(peaks[leg], ' MB', 0)}")
+        print(
+            f"  {leg:<20} {_span(walls[leg])}  CPU {_span(cpus[leg])}  "
+            f"peak RSS {_span(peaks[leg], ' MB', 0)}"
+        )
     if friction:
         # Alternated runs: each product run against the frictionless run beside it.
-        def ratios(leg: str) -> str:
-            pairs = zip(walls[leg], walls["frictionless"], strict=True)
+        def ratios(leg: str, by: dict[str, list[float]] = walls) -> str:
+            pairs = zip(by[leg], by["frictionless"], strict=True)
             return _span([p / f for p, f in pairs], "", 3)
 
         print(
             f"  product / frictionless: {ratios('product')} (target <= 0.125); "
-            f"with the C parser: {ratios('product-c-parser')}"
+            f"with the C parser: {ratios('product-c-parser')}; "
+            f"default install: {ratios('product-default')}"
+            + (f"; before: {ratios('before')}" if before else "")
+        )
+        print(
+            f"  the same by CPU: {ratios('product', cpus)}; with the C parser: "
+            f"{ratios('product-c-parser', cpus)}; default install: "
+            f"{ratios('product-default', cpus)}"
+            + (f"; before: {ratios('before', cpus)}" if before else "")
         )
     for name in ["pandas-c", "pandas-pyarrow", "pyarrow.csv"]:
         if name != "pandas-c" and not arrow:
@@ -345,6 +421,9 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--repeat", type=int, default=2, help="alternated runs of each leg")
     parser.add_argument("--matrix-only", action="store_true")
+    parser.add_argument(
+        "--before", type=Path, help="a checkout (with its .venv) whose product is timed too"
+    )
     parser.add_argument("--child", nargs=2, metavar=("NAME", "FILE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -352,7 +431,7 @@ def main() -> None:
         return
     matrix()
     if not args.matrix_only:
-        timing(args.rows, args.repeat)
+        timing(args.rows, args.repeat, args.before)
 
 
 if __name__ == "__main__":

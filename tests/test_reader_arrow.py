@@ -325,3 +325,84 @@ def test_an_arrow_failure_logs_no_cell(
     assert "Jane" not in str(info.value)
     assert "Arrow's CSV reader failed (ArrowInvalid)" in caplog.text
     assert "Jane" not in caplog.text
+
+
+def chunk_by_chunk(path: Path, arrow: bool, chunk_rows: int) -> list[tuple[list[int], Any]]:
+    """Each chunk's row numbers and cells, in order, by the reader asked for."""
+    reader._CsvTable.arrow = arrow
+    try:
+        table = open_table(path, chunk_rows=chunk_rows)
+        chunks = [(chunk.index.tolist(), chunk.to_numpy().tolist()) for chunk in table.chunks()]
+        assert table._plan is not None  # Arrow reads it when asked to
+        return chunks
+    finally:
+        reader._CsvTable.arrow = True
+
+
+@pytest.mark.parametrize("chunk_rows", [3, 4, 5, 7, 10, 64])
+def test_arrow_chunks_are_the_c_parsers_when_one_ends_inside_a_stretch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, chunk_rows: int
+) -> None:
+    """Arrow parses 4 records at a time here (a stretch) and fills each chunk in place:
+    its chunks hold the C parser's rows, chunk for chunk, where a chunk ends at a
+    stretch's end or inside one, with short and blank records at stretches' edges, a
+    stretch of short records only (Arrow reads none of it) and a last chunk cut short."""
+    monkeypatch.setattr(reader, "_ARROW_STRETCH", 4)
+    short = {3, 4, 12, 13, 14, 15, 27}  # records after the header: 3|4 is a stretch edge
+    blank = {7, 8, 20}
+    lines = ["id,a,b"]
+    for i in range(29):
+        if i in short:
+            lines.append(f"{i},s")
+        elif i in blank:
+            lines.append("")
+        elif i % 5 == 0:
+            lines.append(f'{i},"two\nlines",z')  # a quoted line break
+        else:
+            lines.append(f"{i},x{i},y")
+    path = tmp_path / "in.csv"
+    path.write_bytes(("\n".join(lines) + "\n").encode())
+    by_arrow = chunk_by_chunk(path, True, chunk_rows)
+    assert by_arrow == chunk_by_chunk(path, False, chunk_rows)
+    assert sum(len(rows) for rows, _ in by_arrow) == 29 - len(blank)
+
+
+@pytest.mark.parametrize(
+    ("raw", "path_used"),
+    [
+        (b"id,a\n\n\n,\n \n\n\n1,x\n", A),  # the first row in the second stretch
+        (b"id,a\n\n\n,\n \n\n\n,\n", C),  # no row at all: refused when opened, by either
+    ],
+    ids=["first-row-after-a-blank-stretch", "blank-rows-only"],
+)
+def test_opening_finds_a_first_row_a_stretch_at_a_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, raw: bytes, path_used: str
+) -> None:
+    monkeypatch.setattr(reader, "_ARROW_STRETCH", 4)
+    path = tmp_path / "in.csv"
+    path.write_bytes(raw)
+    used, by_arrow = outcome(path, True, 50)
+    assert by_arrow == outcome(path, False, 50)[1]
+    assert used == path_used
+    if path_used == C:
+        assert (
+            by_arrow == f"{path}: has a header row but no rows to import; add rows below the header"
+        )
+
+
+def test_a_small_file_gets_a_chunk_of_its_size(tmp_path: Path) -> None:
+    """Arrow's path fills a chunk made for the records left, not `chunk_rows` of them (a
+    3-row file took 16 columns x 50,000 places: 6.4 MB)."""
+    import tracemalloc
+
+    path = write_csv(tmp_path / "in.csv", consent_rows(3))
+    table = open_table(path, chunk_rows=50_000)
+    tracemalloc.start()
+    try:
+        chunks = list(table.chunks())
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert table._plan is not None  # read by Arrow
+    assert [len(chunk) for chunk in chunks] == [3]
+    assert peak < 1 << 20

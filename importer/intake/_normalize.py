@@ -257,7 +257,12 @@ class Normalizer:
                 if row is None:
                     row = invalid[pos] = file_rows.plain_row(chunk, pos, checked.keys[pos])
                 self._duplicate(row, int(firsts[pos]))
-            yield Batch(table.name, len(chunk), [invalid[pos] for pos in sorted(invalid)], skipped)
+            rows = [invalid[pos] for pos in sorted(invalid)]
+            batch = Batch(table.name, len(chunk), rows, skipped)
+            # Nothing of this chunk held while the next one is read (its cells, keys and
+            # digests: about 20 MB at 50,000 rows).
+            del chunk, checked, invalid, where, firsts, rows
+            yield batch
 
     def _check_v2(
         self, file_rows: _FileNormalizer, file_index: int, chunk: pd.DataFrame, skipped: int

@@ -96,7 +96,7 @@ _MAX_RESTARTS: Final = 16
 #: Codecs Arrow's CSV reader reads natively; any other it would decode through Python,
 #: slower than pandas' C parser, so those files (cp1252, UTF-16, ...) stay with the C parser.
 _ARROW_CODECS: Final = frozenset({"utf-8", "utf-8-sig"})
-#: Records Arrow parses at a time (a stretch); stretches are regrouped into chunks of
+#: Records Arrow parses at a time (a stretch); each fills its part of a chunk of
 #: `chunk_rows`, as the C parser yields them. Arrow holds one stretch's bytes and table:
 #: stretches of 50,000 put `validate` of 1M rows at 300-330 MB.
 _ARROW_STRETCH: Final = 12_500
@@ -421,8 +421,26 @@ class _CsvTable(Table):
         """Records Arrow parses at a time."""
         return min(self.chunk_rows, _ARROW_STRETCH)
 
-    def _arrow_chunks(self, marks: list[int], skipped: Skipped) -> Iterator[pd.DataFrame]:
-        """`chunks` by Arrow: its frames are the C parser's, so `_finish` is the same."""
+    def _require_rows(self) -> None:
+        self._find_defects()
+        if not (self.arrow and self._plan is not None):
+            super()._require_rows()
+            return
+        # Arrow's path looks for a first row a stretch at a time, not a chunk (the chunk
+        # would be parsed again when read).
+        rows = self._arrow_chunks(*self._plan, rows=self._stretch)
+        try:
+            first = next(rows, None)
+        finally:
+            rows.close()
+        if first is None:
+            raise _no_rows(self.label)
+
+    def _arrow_chunks(
+        self, marks: list[int], skipped: Skipped, rows: int | None = None
+    ) -> Generator[pd.DataFrame]:
+        """`chunks` by Arrow (chunks of `rows`, else `chunk_rows`): its frames are the C
+        parser's, so `_finish` is the same."""
         import pyarrow as pa
 
         done = 0
@@ -434,31 +452,21 @@ class _CsvTable(Table):
             self._stretch,
             skipped,
             CELLS,
+            rows or self.chunk_rows,
         )
-        # Stretches regrouped into chunks of `chunk_rows`, the C parser's: what is decided
-        # a chunk at a time (a date column's day/month order, the values profile's first
-        # values) is then decided alike by either reader (review of issue 24).
-        pending: list[pd.DataFrame] = []
-        held = 0
+        # Chunks of `chunk_rows`, the C parser's, though Arrow parses a stretch at a time:
+        # what is decided a chunk at a time (a date column's day/month order, the values
+        # profile's first values) is then decided alike by either reader (review of
+        # issue 24).
         try:
             with closing(frames):
                 for frame in frames:
-                    pending.append(frame)
-                    held += len(frame)
-                    while held >= self.chunk_rows:
-                        whole = pending[0] if len(pending) == 1 else pd.concat(pending)
-                        part = whole.iloc[: self.chunk_rows]
-                        rest = whole.iloc[self.chunk_rows :]
-                        pending, held = ([rest], len(rest)) if len(rest) else ([], 0)
-                        chunk = self._finish(part, done)
-                        done += len(part)
-                        if len(chunk):
-                            yield chunk
-                if held:
-                    whole = pending[0] if len(pending) == 1 else pd.concat(pending)
-                    chunk = self._finish(whole, done)
+                    chunk = self._finish(frame, done)
+                    done += len(frame)
+                    del frame  # (no chunk held here while the next one is made)
                     if len(chunk):
                         yield chunk
+                    del chunk
         except (pa.ArrowInvalid, ArrowMismatch) as exc:
             # `_arrow_plan` admits only files the counter found regular: not expected.
             # Arrow's messages quote the row (PHI): only the kind of failure is logged.
