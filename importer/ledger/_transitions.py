@@ -130,19 +130,47 @@ class _Transitions:
         cells_hash: int | None = None,
     ) -> None:
         """in_flight -> done: the server holds the row's body (as `consent_id`); its
-        success is the row itself (no attempts row)."""
+        success is the row itself (no attempts row).
+
+        The row's intent made its record: one UPDATE by key (issue 24: not an upsert, which
+        looks the key up to insert before it updates); a row of no record is inserted."""
+        key = pack_key(src.key)
+        packed_hash = pack_hash(payload_hash)
+        packed_fields = pack_field_hashes(field_hashes)
+        packed_request = pack_request_id(request_id)
+        packed_id = None if consent_id is None else pack_id(consent_id)
+        updated = self._db.execute(
+            _DONE,
+            (
+                self._file_id(src.file),
+                src.row,
+                run_id,
+                action,
+                packed_hash,
+                packed_fields,
+                cells_hash,
+                packed_request,
+                patient_id,
+                packed_id,
+                _now(),
+                key,
+            ),
+        )
+        if updated.rowcount:
+            self._db.execute("DELETE FROM bodies WHERE source_key = ?", (key,))
+            return
         values: dict[str, Any] = {
             **_CLEARED,
             "state": RowState.DONE,
             "action": action,
-            "payload_hash": pack_hash(payload_hash),
-            "field_hashes": pack_field_hashes(field_hashes),
+            "payload_hash": packed_hash,
+            "field_hashes": packed_fields,
             "cells_hash": cells_hash,
-            "request_id": pack_request_id(request_id),
+            "request_id": packed_request,
             "patient_id": patient_id,
         }
-        if consent_id is not None:
-            values["consent_id"] = pack_id(consent_id)
+        if packed_id is not None:
+            values["consent_id"] = packed_id
         self._upsert(run_id, src, values)
 
     def failed(self, run_id: int, src: Source, op: Op, error: ErrorNote) -> None:
@@ -434,6 +462,17 @@ _INTENT = (
     "consent_id = coalesce(excluded.consent_id, consent_id), "
     "previous_consent_id = coalesce(excluded.previous_consent_id, previous_consent_id), "
     "attempts = attempts + 1, updated_at = excluded.updated_at"
+)
+
+
+#: `done`'s statement: the row's outcome on the record its intent made (the columns
+#: `_CLEARED` names cleared; its body deleted apart), as `_upsert` would update it.
+_DONE = (
+    "UPDATE rows SET file = ?, source_row = ?, last_run = ?, state = 'done', action = ?, "
+    "payload_hash = ?, field_hashes = ?, cells_hash = ?, request_id = ?, patient_id = ?, "
+    "consent_id = coalesce(?, consent_id), pending_op = NULL, error_stage = NULL, "
+    "error_code = NULL, error_message = NULL, http_status = NULL, cells = NULL, "
+    "settle_after = NULL, updated_at = ? WHERE source_key = ?"
 )
 
 
