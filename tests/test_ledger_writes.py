@@ -3,11 +3,26 @@ patchable values kept with one encoder): the same records as the general stateme
 
 from __future__ import annotations
 
+import json
+import tempfile
+import zlib
+from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from importer.ledger._codec import pack_field_hashes, pack_hash, pack_id, pack_request_id
+from importer.ledger._codec import (
+    _VALUE_DICT,
+    FIELD_ORDER,
+    pack_field_hashes,
+    pack_field_value,
+    pack_hash,
+    pack_id,
+    pack_request_id,
+    unpack_field_value,
+)
 from importer.ledger._ledger import Ledger
 from importer.ledger._schema import UNDO_COLUMNS, ErrorNote, Op, RowState, Source
 from importer.ledger._transitions import _CLEARED
@@ -106,3 +121,89 @@ def test_done_leaves_the_record_the_upsert_left(
     assert row.state is RowState.DONE
     assert row.pending_body is None
     assert made.counts() == {"done": 1}
+
+
+def _reference_pack(text: str) -> bytes:
+    """`pack_field_value` as it was before issue 24: zlib's memory level 9 for any text."""
+    packer = zlib.compressobj(9, zlib.DEFLATED, -15, 9, zlib.Z_DEFAULT_STRATEGY, _VALUE_DICT)
+    return packer.compress(text.encode()) + packer.flush()
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=40),
+    lambda inner: (
+        st.lists(inner, max_size=6) | st.dictionaries(st.text(max_size=12), inner, max_size=6)
+    ),
+    max_leaves=40,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.one_of(
+        _JSON.map(lambda v: json.dumps(v, separators=(",", ":"))),
+        # made of the dictionary's own pieces: long matches, long chains
+        st.lists(st.sampled_from(_VALUE_DICT.decode().split('"')), max_size=120).map("".join),
+        st.text(alphabet="ab", max_size=1200),
+    )
+)
+def test_a_value_packs_to_the_bytes_it_packed_to_before(text: str) -> None:
+    """Values already kept are compared by their packed bytes: a value sent again must
+    pack as it did, or the ledger would call its hash shared (NULL) and lose it."""
+    assert pack_field_value(text) == _reference_pack(text)
+    assert unpack_field_value(pack_field_value(text)) == text
+
+
+def test_a_value_packs_as_before_either_side_of_the_cheaper_level() -> None:
+    for size in range(1024 - len(_VALUE_DICT) - 4, 1024 - len(_VALUE_DICT) + 4):
+        for text in ("a" * size, ('{"verified":true,"verifiedWith":"' * 40)[:size]):
+            assert pack_field_value(text) == _reference_pack(text)
+
+
+#: (field, short hash, value) of the patchable fields: few slots, so values meet.
+_KEEP_STEP = st.tuples(
+    st.sampled_from(["status", "verification"]),
+    st.sampled_from(["0a0b0c0d", "0A0B0C0D", "ffffffff"]),
+    st.sampled_from(["active", {"verified": True}, {"verified": False}, None]),
+)
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    st.lists(st.tuples(st.lists(_KEEP_STEP, max_size=5), st.booleans(), st.booleans()), max_size=8)
+)
+def test_field_values_hold_each_hashs_value_or_null_once_shared(
+    batches: list[tuple[list[tuple[str, str, Any]], bool, bool]],
+) -> None:
+    """After any keeps in transactions (some rolled back, some after the ledger was opened
+    again, its cache gone): each (field, hash) holds the one value committed under it, or
+    NULL once two were."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "l.db"
+        db = Ledger(path)
+        committed: dict[tuple[str, str], set[str]] = {}
+        for keeps, rolled_back, reopen in batches:
+            if reopen:
+                db.close()
+                db = Ledger(path)
+            try:
+                with db.transaction():
+                    for name, digest, value in keeps:
+                        db.keep_field_values({name: value}, {name: digest})
+                    if rolled_back:
+                        raise ZeroDivisionError
+            except ZeroDivisionError:
+                continue
+            for name, digest, value in keeps:
+                text = json.dumps(value, separators=(",", ":"))
+                committed.setdefault((name, digest), set()).add(text)
+        found = {
+            (FIELD_ORDER[field], short.hex() if isinstance(short, bytes) else short): (
+                unpack_field_value(value)
+            )
+            for field, short, value in db._db.execute("SELECT * FROM field_values")
+        }
+        db.close()
+    assert found == {
+        slot: (next(iter(texts)) if len(texts) == 1 else None) for slot, texts in committed.items()
+    }

@@ -243,8 +243,21 @@ def pack_field_value(text: str) -> bytes:
     """A patchable value's JSON as `field_values` keeps it: raw deflate with the preset
     dictionary (about a third of the text's size). Deterministic: a value sent again
     packs to the same bytes."""
-    packer = zlib.compressobj(9, zlib.DEFLATED, -15, 9, zlib.Z_DEFAULT_STRATEGY, _VALUE_DICT)
-    return packer.compress(text.encode()) + packer.flush()
+    raw = text.encode()
+    # zlib's memory level 9 (its hash table and symbol buffer) costs ~20 µs a value to set
+    # up (its 256 KB are mapped and unmapped each time), level 8 ~5 (issue 24). Both give
+    # the same bytes for an input this short: every 3-byte string stays in its hash chain
+    # (a smaller table only adds colliding entries, never accepted as a match, and the
+    # chain limit, 1024 at least, is above the dictionary's and input's positions), and
+    # all of it fits in one block (16,383 symbols at level 8). Longer: level 9, as before.
+    level = 8 if len(raw) + len(_VALUE_DICT) < _SAME_AT_LEVEL_8 else 9
+    packer = zlib.compressobj(9, zlib.DEFLATED, -15, level, zlib.Z_DEFAULT_STRATEGY, _VALUE_DICT)
+    return packer.compress(raw) + packer.flush()
+
+
+#: Input and dictionary bytes below which `pack_field_value` packs at memory level 8: the
+#: positions hashed stay under the shortest chain limit zlib walks at level 9 (1024).
+_SAME_AT_LEVEL_8 = 1024
 
 
 def unpack_field_value(stored: bytes | str | None) -> str | None:

@@ -70,9 +70,10 @@ class _Transitions:
     _db: sqlite3.Connection
     #: files.id by name, as this connection has committed or is writing them
     _files: dict[str, int]
-    #: field_values as this connection has committed or is writing them: (field, hash)
-    #: to the value's JSON, None when shared by two values (cleared with `_files`)
-    _values_kept: dict[tuple[int, bytes | str], str | None]
+    #: field_values as this connection has committed or is writing them: (field name,
+    #: short hash as given) to the value's JSON, None when shared by two values (cleared
+    #: with `_files`)
+    _values_kept: dict[tuple[str, str], str | None]
 
     def intent(
         self,
@@ -365,21 +366,22 @@ class _Transitions:
             digest = hashes.get(name)
             if digest is None:
                 continue
-            text = json.dumps(value, separators=(",", ":"))
-            slot = (_FIELD_INDEX[name], _pack_field_hash(digest))
-            if kept.get(slot, _KEEP) in (text, None):
+            text = _encode(value)
+            # Kept by name and digest as given (issue 24: packed only when written; the
+            # same slot either way, a hex digest packing to its bytes and any other
+            # text staying itself).
+            slot = (name, digest)
+            known = kept.get(slot, _KEEP)
+            if known is None or known == text:
                 continue  # stored as it is, or known to be shared (NULL) already
-            kept[slot] = text if slot not in kept else None
-            entries.append((*slot, pack_field_value(text), text))
+            kept[slot] = text if known is _KEEP else None
+            entries.append(
+                (_FIELD_INDEX[name], _pack_field_hash(digest), pack_field_value(text), text)
+            )
         if len(kept) > _VALUES_KEPT_MAX:
             kept.clear()
         if entries:
-            self._db.executemany(
-                "INSERT INTO field_values VALUES (?, ?, ?) ON CONFLICT (field, hash) DO UPDATE "
-                "SET value = NULL WHERE field_values.value IS NOT excluded.value "
-                "AND field_values.value IS NOT ?",
-                entries,
-            )
+            self._db.executemany(_KEEP_VALUE, entries)
 
     def _upsert(self, run_id: int, src: Source, values: dict[str, Any]) -> None:
         """Create or update one row's record with `values` (column = value)."""
@@ -486,6 +488,20 @@ _KEEP_BEFORE = (
     "(SELECT hash FROM bodies AS b WHERE b.source_key = rows.source_key) "
     "FROM rows WHERE source_key = ? AND created_run IS NOT ?"
 )
+
+
+#: `keep_field_values`'s statement: a value under its (field, short hash), or NULL there
+#: once two values share it (the packed value, then its text as a ledger before kept it).
+_KEEP_VALUE = (
+    "INSERT INTO field_values VALUES (?, ?, ?) ON CONFLICT (field, hash) DO UPDATE "
+    "SET value = NULL WHERE field_values.value IS NOT excluded.value "
+    "AND field_values.value IS NOT ?"
+)
+
+
+#: A patchable value's JSON as `field_values` keeps it: `json.dumps(value, separators=
+#: (",", ":"))`, with one encoder (json.dumps makes one a call for these separators).
+_encode = json.JSONEncoder(separators=(",", ":")).encode
 
 
 #: Entries `keep_field_values` remembers before it forgets them all (a bound on memory).
