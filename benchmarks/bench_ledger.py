@@ -12,7 +12,8 @@ Two ledgers:
 
 With `--cpu-rows N`, also the CPU a row of the writes a run makes for a created row
 (its intent; its outcome and the patchable values kept for undo), in commits of 64 as
-the async writer groups them under 64 requests in flight (issue 24).
+the async writer groups them under 64 requests in flight (issue 24); with
+`--by-statement`, that CPU's share spent in each SQL statement (the rest is Python).
 
 For each: bytes a row, per table and index (`SELECT name, sum(pgsize) FROM dbstat`),
 and `status --ledger` wall (the CLI in a new process, best of 3) and its reads alone
@@ -35,6 +36,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from common import KEY, canonical_csv, sandbox_process
 
@@ -129,12 +131,46 @@ def synthetic_ledger(rows: int, tmp: Path) -> Path:
     return path
 
 
-def write_cpu(rows: int, tmp: Path) -> float:
-    """CPU µs a row of the ledger's writes for `rows` created rows, in commits of 64."""
+class _Timed:
+    """A ledger's connection that sums the CPU (this thread's) spent in each statement."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+        self.spent: dict[str, list[int]] = {}
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._db, name)
+
+    def execute(self, sql: str, params: Any = ()) -> sqlite3.Cursor:
+        started = time.thread_time_ns()
+        try:
+            return self._db.execute(sql, params)
+        finally:
+            self._note(sql, started)
+
+    def executemany(self, sql: str, params: Any) -> sqlite3.Cursor:
+        started = time.thread_time_ns()
+        try:
+            return self._db.executemany(sql, params)
+        finally:
+            self._note(sql, started)
+
+    def _note(self, sql: str, started: int) -> None:
+        entry = self.spent.setdefault(" ".join(sql.split())[:72], [0, 0])
+        entry[0] += 1
+        entry[1] += time.thread_time_ns() - started
+
+
+def write_cpu(rows: int, tmp: Path, *, by_statement: bool = False) -> float:
+    """CPU µs a row of the ledger's writes for `rows` created rows, in commits of 64
+    (with `by_statement`, each statement's share printed)."""
     from importer._rows import body_field_hashes
 
     ledger = Ledger(tmp / "cpu.db", base_url="http://127.0.0.1:1")
     run_id = ledger.begin_run(["in.csv"])
+    timed = _Timed(ledger._db)
+    if by_statement:
+        ledger._db = timed  # type: ignore[assignment]
     made = []
     for i in range(rows):
         day = f"{1 + i % 28:02d}"
@@ -186,6 +222,9 @@ def write_cpu(rows: int, tmp: Path) -> float:
                 )
                 ledger.keep_field_values({k: body[k] for k in PATCHABLE}, hashes)
     spent = time.process_time() - started
+    for sql, (count, ns) in sorted(timed.spent.items(), key=lambda item: -item[1][1]):
+        print(f"  {ns / rows / 1000:6.1f} µs a row  {count:>7,}x  {sql}")
+    ledger._db = timed._db
     ledger.close()
     return spent / rows * 1e6
 
@@ -205,11 +244,15 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1_000_000, help="synthetic ledger rows")
     parser.add_argument("--real-rows", type=int, default=20_000, help="0: no real run")
     parser.add_argument("--cpu-rows", type=int, default=0, help="writes' CPU a row; 0: not")
+    parser.add_argument(
+        "--by-statement", action="store_true", help="with --cpu-rows: each statement's share"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as name:
         tmp = Path(name)
         if args.cpu_rows:
-            print(f"--- writes: {write_cpu(args.cpu_rows, tmp):.0f} µs of CPU a row")
+            spent = write_cpu(args.cpu_rows, tmp, by_statement=args.by_statement)
+            print(f"--- writes: {spent:.0f} µs of CPU a row")
         if args.real_rows:
             report("real run", real_ledger(args.real_rows, tmp), args.real_rows)
         if args.rows:

@@ -171,23 +171,39 @@ def pack_field_hashes(hashes: dict[str, str]) -> bytes | str:
     FIELD_ORDER[i]), then the first 4 bytes of each one's hash in FIELD_ORDER (a longer
     digest, as a ledger before kept it, is cut to them). A field or hash this form cannot
     hold keeps the JSON form."""
-    width = 2 * _FIELD_HASH_BYTES
+    # Issue 24: a run's rows name the same fields in the same order, so where each goes
+    # and the bitmap are worked out once per order of names (`_packing`).
+    names = tuple(hashes)
     try:
-        order = sorted((_FIELD_INDEX[name], digest[:width]) for name, digest in hashes.items())
+        plan = _PACKINGS[names]
     except KeyError:
-        order = []
-    text = "".join(digest for _, digest in order)
-    # One conversion for the lot (a run packs a row's hashes on every commit).
-    raw = _hex_bytes(text, _FIELD_HASH_BYTES * len(order)) if order else b""
-    if (
-        len(order) != len(hashes)
-        or raw is None
-        or any(len(digest) != width for _, digest in order)
-        or (order and order[-1][0] >= 8 * _BITMAP_BYTES)
-    ):
-        return json.dumps(hashes, separators=(",", ":"))
-    bits = sum(1 << at for at, _ in order)
-    return bits.to_bytes(_BITMAP_BYTES, "little") + raw
+        if len(_PACKINGS) >= _PACKINGS_MAX:
+            _PACKINGS.clear()
+        plan = _PACKINGS[names] = _packing(names)
+    if plan is not None:
+        ordered, bitmap = plan
+        width = 2 * _FIELD_HASH_BYTES
+        text = "".join([hashes[name][:width] for name in ordered])
+        # each piece is at most `width` long: all are exactly that when the total is
+        raw = _hex_bytes(text, _FIELD_HASH_BYTES * len(ordered))
+        if raw is not None:
+            return bitmap + raw
+    return json.dumps(hashes, separators=(",", ":"))
+
+
+def _packing(names: tuple[str, ...]) -> tuple[tuple[str, ...], bytes] | None:
+    """For fields `names`: them in FIELD_ORDER and their bitmap, or None when one is not
+    in FIELD_ORDER or past the bitmap (their hashes keep the JSON form)."""
+    if any(name not in _FIELD_INDEX or _FIELD_INDEX[name] >= 8 * _BITMAP_BYTES for name in names):
+        return None
+    ordered = tuple(sorted(names, key=_FIELD_INDEX.__getitem__))
+    bits = sum(1 << _FIELD_INDEX[name] for name in ordered)
+    return ordered, bits.to_bytes(_BITMAP_BYTES, "little")
+
+
+#: `_packing` by the order of names it was asked for (a bound on memory: cleared when full).
+_PACKINGS: dict[tuple[str, ...], tuple[tuple[str, ...], bytes] | None] = {}
+_PACKINGS_MAX = 1024
 
 
 def _pack_field_hash(digest: str) -> bytes | str:
@@ -243,8 +259,21 @@ def pack_field_value(text: str) -> bytes:
     """A patchable value's JSON as `field_values` keeps it: raw deflate with the preset
     dictionary (about a third of the text's size). Deterministic: a value sent again
     packs to the same bytes."""
-    packer = zlib.compressobj(9, zlib.DEFLATED, -15, 9, zlib.Z_DEFAULT_STRATEGY, _VALUE_DICT)
-    return packer.compress(text.encode()) + packer.flush()
+    raw = text.encode()
+    # zlib's memory level 9 (its hash table and symbol buffer) costs ~20 µs a value to set
+    # up (its 256 KB are mapped and unmapped each time), level 8 ~5 (issue 24). Both give
+    # the same bytes for an input this short: every 3-byte string stays in its hash chain
+    # (a smaller table only adds colliding entries, never accepted as a match, and the
+    # chain limit, 1024 at least, is above the dictionary's and input's positions), and
+    # all of it fits in one block (16,383 symbols at level 8). Longer: level 9, as before.
+    level = 8 if len(raw) + len(_VALUE_DICT) < _SAME_AT_LEVEL_8 else 9
+    packer = zlib.compressobj(9, zlib.DEFLATED, -15, level, zlib.Z_DEFAULT_STRATEGY, _VALUE_DICT)
+    return packer.compress(raw) + packer.flush()
+
+
+#: Input and dictionary bytes below which `pack_field_value` packs at memory level 8: the
+#: positions hashed stay under the shortest chain limit zlib walks at level 9 (1024).
+_SAME_AT_LEVEL_8 = 1024
 
 
 def unpack_field_value(stored: bytes | str | None) -> str | None:

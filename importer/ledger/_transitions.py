@@ -70,9 +70,10 @@ class _Transitions:
     _db: sqlite3.Connection
     #: files.id by name, as this connection has committed or is writing them
     _files: dict[str, int]
-    #: field_values as this connection has committed or is writing them: (field, hash)
-    #: to the value's JSON, None when shared by two values (cleared with `_files`)
-    _values_kept: dict[tuple[int, bytes | str], str | None]
+    #: field_values as this connection has committed or is writing them: (field name,
+    #: short hash as given) to the value's JSON, None when shared by two values (cleared
+    #: with `_files`)
+    _values_kept: dict[tuple[str, str], str | None]
 
     def intent(
         self,
@@ -130,19 +131,47 @@ class _Transitions:
         cells_hash: int | None = None,
     ) -> None:
         """in_flight -> done: the server holds the row's body (as `consent_id`); its
-        success is the row itself (no attempts row)."""
+        success is the row itself (no attempts row).
+
+        The row's intent made its record: one UPDATE by key (issue 24: not an upsert, which
+        looks the key up to insert before it updates); a row of no record is inserted."""
+        key = pack_key(src.key)
+        packed_hash = pack_hash(payload_hash)
+        packed_fields = pack_field_hashes(field_hashes)
+        packed_request = pack_request_id(request_id)
+        packed_id = None if consent_id is None else pack_id(consent_id)
+        updated = self._db.execute(
+            _DONE,
+            (
+                self._file_id(src.file),
+                src.row,
+                run_id,
+                action,
+                packed_hash,
+                packed_fields,
+                cells_hash,
+                packed_request,
+                patient_id,
+                packed_id,
+                _now(),
+                key,
+            ),
+        )
+        if updated.rowcount:
+            self._db.execute("DELETE FROM bodies WHERE source_key = ?", (key,))
+            return
         values: dict[str, Any] = {
             **_CLEARED,
             "state": RowState.DONE,
             "action": action,
-            "payload_hash": pack_hash(payload_hash),
-            "field_hashes": pack_field_hashes(field_hashes),
+            "payload_hash": packed_hash,
+            "field_hashes": packed_fields,
             "cells_hash": cells_hash,
-            "request_id": pack_request_id(request_id),
+            "request_id": packed_request,
             "patient_id": patient_id,
         }
-        if consent_id is not None:
-            values["consent_id"] = pack_id(consent_id)
+        if packed_id is not None:
+            values["consent_id"] = packed_id
         self._upsert(run_id, src, values)
 
     def failed(self, run_id: int, src: Source, op: Op, error: ErrorNote) -> None:
@@ -337,21 +366,22 @@ class _Transitions:
             digest = hashes.get(name)
             if digest is None:
                 continue
-            text = json.dumps(value, separators=(",", ":"))
-            slot = (_FIELD_INDEX[name], _pack_field_hash(digest))
-            if kept.get(slot, _KEEP) in (text, None):
+            text = _encode(value)
+            # Kept by name and digest as given (issue 24: packed only when written; the
+            # same slot either way, a hex digest packing to its bytes and any other
+            # text staying itself).
+            slot = (name, digest)
+            known = kept.get(slot, _KEEP)
+            if known is None or known == text:
                 continue  # stored as it is, or known to be shared (NULL) already
-            kept[slot] = text if slot not in kept else None
-            entries.append((*slot, pack_field_value(text), text))
+            kept[slot] = text if known is _KEEP else None
+            entries.append(
+                (_FIELD_INDEX[name], _pack_field_hash(digest), pack_field_value(text), text)
+            )
         if len(kept) > _VALUES_KEPT_MAX:
             kept.clear()
         if entries:
-            self._db.executemany(
-                "INSERT INTO field_values VALUES (?, ?, ?) ON CONFLICT (field, hash) DO UPDATE "
-                "SET value = NULL WHERE field_values.value IS NOT excluded.value "
-                "AND field_values.value IS NOT ?",
-                entries,
-            )
+            self._db.executemany(_KEEP_VALUE, entries)
 
     def _upsert(self, run_id: int, src: Source, values: dict[str, Any]) -> None:
         """Create or update one row's record with `values` (column = value)."""
@@ -437,6 +467,17 @@ _INTENT = (
 )
 
 
+#: `done`'s statement: the row's outcome on the record its intent made (the columns
+#: `_CLEARED` names cleared; its body deleted apart), as `_upsert` would update it.
+_DONE = (
+    "UPDATE rows SET file = ?, source_row = ?, last_run = ?, state = 'done', action = ?, "
+    "payload_hash = ?, field_hashes = ?, cells_hash = ?, request_id = ?, patient_id = ?, "
+    "consent_id = coalesce(?, consent_id), pending_op = NULL, error_stage = NULL, "
+    "error_code = NULL, error_message = NULL, http_status = NULL, cells = NULL, "
+    "settle_after = NULL, updated_at = ? WHERE source_key = ?"
+)
+
+
 #: A row as the ledger holds it before run ? first sends a request for it (not again in
 #: the same run, nor for a row that run created).
 _KEEP_BEFORE = (
@@ -447,6 +488,20 @@ _KEEP_BEFORE = (
     "(SELECT hash FROM bodies AS b WHERE b.source_key = rows.source_key) "
     "FROM rows WHERE source_key = ? AND created_run IS NOT ?"
 )
+
+
+#: `keep_field_values`'s statement: a value under its (field, short hash), or NULL there
+#: once two values share it (the packed value, then its text as a ledger before kept it).
+_KEEP_VALUE = (
+    "INSERT INTO field_values VALUES (?, ?, ?) ON CONFLICT (field, hash) DO UPDATE "
+    "SET value = NULL WHERE field_values.value IS NOT excluded.value "
+    "AND field_values.value IS NOT ?"
+)
+
+
+#: A patchable value's JSON as `field_values` keeps it: `json.dumps(value, separators=
+#: (",", ":"))`, with one encoder (json.dumps makes one a call for these separators).
+_encode = json.JSONEncoder(separators=(",", ":")).encode
 
 
 #: Entries `keep_field_values` remembers before it forgets them all (a bound on memory).
