@@ -155,7 +155,11 @@ class Engine:
         """Feed `jobs`, then rows back from settling, to the workers; True when every job
         was taken (no stop). Returns once no row is at work or settling."""
         concurrency = self.options.concurrency
-        send, receive = anyio.create_memory_object_stream[Work](concurrency * 2)
+        # Two rows waiting a worker: while the feeder plans the next batch (a ledger read,
+        # one commit away) the workers still find rows. With one, they ran dry at every
+        # batch, and a worker that finds none costs two more loop turns (anyio's
+        # checkpoint, then its wake-up): 0.46 a row at 64 in flight, now ~0.02 (issue 24).
+        send, receive = anyio.create_memory_object_stream[Work](concurrency * 4)
         self._settling = settling = SettleQueue[Work]()
         if self._stop:
             settling.stop()
