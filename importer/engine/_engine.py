@@ -42,6 +42,7 @@ from importer._options import RunOptions
 from importer._results import RunStats, ValidationSummary
 from importer._rows import Row, Unchanged
 from importer.api._client import ClinikClient
+from importer.engine._collector import Pacing
 from importer.engine._decide import Verdict, decide_row
 from importer.engine._executor import Executor
 from importer.engine._gate import CreateCheck, SampleGate
@@ -221,8 +222,10 @@ class Engine:
     ) -> None:
         """The input a batch at a time, one batch ahead of the planner; stops when the
         planner stops taking them."""
+        collector = Pacing()  # young passes are rare while a run sends: see _collector
         async with ahead:
             while not self._stop:
+                collector.tick()
                 # Reading and normalizing is CPU work in pandas: a thread keeps the loop free.
                 batch = await anyio.to_thread.run_sync(lambda: list(islice(rows, _BATCH)))
                 if not batch:
