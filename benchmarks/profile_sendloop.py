@@ -13,7 +13,8 @@ thread, on-CPU samples only) or cProfile (main thread only, with call counts), a
     python benchmarks/profile_sendloop.py [--rows 20000] [--tool py-spy|cprofile]
         [--rate 250] [--top 25] [--keep DIR]
 
-py-spy needs root or --nonblocking (used here: sampling without pausing the process).
+py-spy needs root or --nonblocking (used here: sampling without pausing the process);
+--native samples C frames too (the garbage collector, the event loop's C), pausing it.
 """
 
 from __future__ import annotations
@@ -149,6 +150,11 @@ def report_raw(path: Path, top: int) -> None:
         own[chain[-1][0]] += n
         for label in {label for label, _ in chain}:
             total[label] += n
+        if any(label.startswith("gc_collect") for label, _ in chain):
+            # --native only: CPython's cyclic collector, whichever allocation set it off
+            by_leaf["garbage collector"] += n
+            by_importer["garbage collector"] += n
+            continue
         if any("<frozen importlib" in p for _, p in chain):
             by_leaf["startup/imports"] += n
             by_importer["startup/imports"] += n
@@ -193,6 +199,13 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--keep", type=Path, help="keep the profile in this directory")
     parser.add_argument("--raw", type=Path, help="only report on this py-spy raw profile")
+    parser.add_argument(
+        "--native",
+        action="store_true",
+        help="py-spy with C frames (pauses the process to sample: needs ptrace): shows the "
+        "garbage collector and the event loop's C, which Python frames alone charge to "
+        "their caller",
+    )
     args = parser.parse_args()
     if args.raw:
         report_raw(args.raw, args.top)
@@ -208,7 +221,8 @@ def main() -> None:
             spy = Path(sys.executable).with_name("py-spy")
             subprocess.run(
                 [
-                    *(str(spy), "record", "--nonblocking", "--threads", "--function"),
+                    *(str(spy), "record", "--threads", "--function"),
+                    "--native" if args.native else "--nonblocking",
                     *("--rate", str(args.rate), "--format", "raw", "-o", str(out)),
                     *("--", sys.executable, *argv),
                 ],

@@ -822,3 +822,54 @@ def test_a_rate_limit_number(value: object, expected: float | None) -> None:
     from importer.api._client import _number
 
     assert _number(value) == expected
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b'{"data":{"id":"consent_1"},"meta":{"requestId":"req_1","rateLimitRemaining":9}}',
+        b'{"a":1,"a":2}',  # a repeated name: the last wins
+        b'{"a":123456789012345678901234567890,"b":1.0000000000000002,"c":-0.0,"d":1e400}',
+        b'{"a":NaN,"b":Infinity}',  # json.loads reads them; so must we
+        b'{"a":"\\u00e9\\ud83d\\ude00","b":"\xc3\xa9"}',
+        b"\t[1,2]\r\n",
+        b'"text"',
+        b"null",
+        # Refused by pydantic_core's parser, read by json.loads: must read the same
+        b'\xef\xbb\xbf{"a":1}',  # a UTF-8 BOM
+        '{"a":1}'.encode("utf-16"),  # UTF-16 with its BOM
+        b'{"a":"\\ud800"}',  # a lone surrogate
+        b'{"a":"\\udc00\\ud800"}',
+    ],
+)
+def test_a_body_reads_as_json_loads_reads_it(content: bytes) -> None:
+    from importer.api._client import _json
+
+    got, expected = _json(content), json.loads(content)
+    assert repr(got) == repr(expected)  # repr: NaN is not equal to itself
+    assert type(got) is type(expected)
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"<html>ok</html>", b'{"a":1} x', b"[1,]", b'{"a":"\xff"}', b"\xff\xfe", b'{"a":"x\ny"}'],
+)
+def test_a_body_json_loads_refuses_is_refused_as_it_refuses(content: bytes) -> None:
+    from importer.api._client import _json
+
+    def error(read: Callable[[bytes], Any]) -> tuple[type[BaseException], str] | None:
+        try:
+            read(content)
+        except ValueError as exc:
+            return type(exc), str(exc)
+        return None
+
+    assert error(json.loads) is not None
+    assert error(_json) == error(json.loads)  # json.loads's own error (ValueError)
+
+
+@pytest.mark.parametrize("content", [b"", b"  \r\n"])
+def test_an_empty_body_reads_as_none(content: bytes) -> None:
+    from importer.api._client import _json
+
+    assert _json(content) is None

@@ -8,6 +8,7 @@ after the request may have left must never be reported as one of those.
 from __future__ import annotations
 
 import asyncio
+import gc
 import gzip
 import logging
 import ssl
@@ -381,3 +382,27 @@ async def test_bytes_from_the_server_while_idle_make_the_connection_unfit() -> N
             await anyio.sleep(0.2)
             assert (await client.get(url)).json() == {"a": True}
     assert transport.connections_opened == connections[0] == 2
+
+
+async def test_a_response_leaves_no_reference_cycle(sandbox: RunningSandbox) -> None:
+    # The parser holds the response's bound callbacks; the response held the parser: every
+    # request left a cycle of about ten objects to the garbage collector, whose passes took
+    # a fifth of a run's CPU (issue 24). Without cycles, refcounting frees them at once.
+    url = httpx.URL(sandbox.base_url)
+    origin = (url.scheme, url.host, url.port or 80)
+    head = f"Host: {url.host}:{url.port}\r\nx-api-key: {KEY['x-api-key']}\r\n".encode()
+    data = b"GET /v1/consents?count=1 HTTP/1.1\r\n" + head + b"\r\n"
+    transport = Http11Transport(1)
+    timeouts = {"read": 5.0, "connect": 5.0, "pool": 5.0, "write": 5.0}
+    await transport.exchange(origin, data, timeouts)  # the connection's own objects
+    gc.collect()
+    gc.disable()
+    try:
+        for _ in range(50):
+            raw = await transport.exchange(origin, data, timeouts)
+            assert raw.status == 200
+        unreachable = gc.collect()
+    finally:
+        gc.enable()
+        await transport.aclose()
+    assert unreachable < 50  # was about 500: ten a response

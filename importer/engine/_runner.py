@@ -25,6 +25,7 @@ from importer._rows import Row, Unchanged
 from importer.api._build import open_client
 from importer.api._client import check_api_key, check_base_url
 from importer.api._limiter import Limiter
+from importer.engine import _collector as collector
 from importer.engine._engine import Engine, InInput
 from importer.engine._gate import CreateCheck
 from importer.engine._identity import identity_headers, note_identity, note_mapping, read_with
@@ -144,7 +145,10 @@ def run_import(
                 on_wait,
                 create_check,
             )
-            observer = anyio.run(_run_async, session, backend_options={"use_uvloop": _has_uvloop()})
+            with collector.sending():
+                observer = anyio.run(
+                    _run_async, session, backend_options={"use_uvloop": _has_uvloop()}
+                )
             stats, validation = observer.stats, observer.validation
             observer.preflight(checked)
             if stats.create_refused:
