@@ -126,6 +126,29 @@ def test_row_defects_is_a_compact_mapping() -> None:
     assert RowDefects().whole([1, 2]).tolist() == [True, True]
 
 
+@pytest.mark.parametrize(
+    "found",
+    [
+        RowDefects(),
+        RowDefects(np.array([3, 5], dtype=np.int64), np.array([1, 2], dtype=np.int32), 4),
+        RowDefects(last=(9, "cut")),
+        RowDefects(
+            np.array([3, 5, 9], dtype=np.int64), np.array([1, 2, 3], dtype=np.int32), 4, (9, "cut")
+        ),
+    ],
+    ids=["none", "short", "cut-only", "short-and-cut"],
+)
+def test_row_defects_membership_is_its_keys(found: RowDefects) -> None:
+    # `in` has a fast path of its own (asked of every row a run reads): it must say what
+    # the keys say, for Python ints, numpy integers and what is no row number at all.
+    keys = set(dict(found))
+    for number in range(12):
+        assert (number in found) is (number in keys)
+        assert (np.int64(number) in found) is (number in keys)
+    assert "3" not in found
+    assert 3.5 not in found
+
+
 def test_cut_rows_keep_their_cells_and_messages_name_counts_not_values(tmp_path: Path) -> None:
     table = opened(tmp_path, b'id,a,b\n1,x,y\n2,SECRET\n3,x,"cut SECRET')
     found, rows = defects(table)

@@ -18,6 +18,7 @@ import csv
 import io
 import logging
 import math
+import operator
 import re
 from collections.abc import Callable, Generator, Iterator, Mapping
 from contextlib import closing
@@ -213,6 +214,20 @@ class RowDefects(Mapping[int, tuple[str, str]]):
             f"has {self._cells[at]} of the header's {self._width} cells; a row cut short is "
             f"not read as empty cells, check the export ({SHORT_ROW})"
         )
+
+    def __contains__(self, row: object) -> bool:
+        # Asked of every row a run normalizes, and most files have no short row: no
+        # searchsorted and no KeyError raised and caught (Mapping's way) for those.
+        try:
+            number = operator.index(row)  # an int or a numpy integer, as __getitem__ takes
+        except TypeError:
+            return False
+        if self._last is not None and number == self._last[0]:
+            return True
+        if not self._rows.size:
+            return False
+        at = int(np.searchsorted(self._rows, number))
+        return at < self._rows.size and int(self._rows[at]) == number
 
     def __iter__(self) -> Iterator[int]:
         last = self._last[0] if self._last is not None else None
