@@ -18,7 +18,6 @@ import csv
 import io
 import logging
 import math
-import operator
 import re
 from collections.abc import Callable, Generator, Iterator, Mapping
 from contextlib import closing
@@ -218,10 +217,9 @@ class RowDefects(Mapping[int, tuple[str, str]]):
     def __contains__(self, row: object) -> bool:
         # Asked of every row a run normalizes, and most files have no short row: no
         # searchsorted and no KeyError raised and caught (Mapping's way) for those.
-        try:
-            number = operator.index(row)  # an int or a numpy integer, as __getitem__ takes
-        except TypeError:
+        if not isinstance(row, int | np.integer):  # as __getitem__ takes them
             return False
+        number = int(row)
         if self._last is not None and number == self._last[0]:
             return True
         if not self._rows.size:
