@@ -46,3 +46,19 @@ def warnings_heard(name: str) -> Iterator[list[str]]:
     finally:
         logger.removeHandler(handler)
         logger.setLevel(level)
+
+
+def key_index_answers(batches: list[list[int]]) -> list[list[int]]:
+    """What `KeyIndex.add` must answer, by a dict: for each key, -1 if new, else where it
+    was first seen."""
+    seen: dict[int, int] = {}
+    out = []
+    at = 0
+    for batch in batches:
+        answers = []
+        for key in batch:
+            answers.append(seen.get(key, -1))
+            seen.setdefault(key, at)
+            at += 1
+        out.append(answers)
+    return out

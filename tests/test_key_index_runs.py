@@ -9,21 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from importer.intake._key_index import KeyIndex, _merge_runs
-
-
-def first_seen(batches: list[list[int]]) -> list[list[int]]:
-    """What `KeyIndex.add` answers, by a dict: -1 for a new key, else where it was first."""
-    seen: dict[int, int] = {}
-    out = []
-    at = 0
-    for batch in batches:
-        answers = []
-        for key in batch:
-            answers.append(seen.get(key, -1))
-            seen.setdefault(key, at)
-            at += 1
-        out.append(answers)
-    return out
+from tests.helpers import key_index_answers
 
 
 @settings(max_examples=200, deadline=None)
@@ -46,7 +32,7 @@ def test_capped_runs_answer_as_a_dict(batches: list[list[int]]) -> None:
         # a merged run holds at most the cap (a batch's own run may hold more)
         longest = max(len(b) for b in batches[: len(got)])
         assert all(size <= max(8, index._size // 4, longest) for size in sizes)
-    assert got == first_seen(batches)
+    assert got == key_index_answers(batches)
 
 
 @pytest.mark.parametrize(("keys", "runs"), [(1_000_000, 5), (2_000_000, 8)])

@@ -27,6 +27,7 @@ from importer.intake._dates import DateColumn
 from importer.intake._fastcheck import _ordered, proven_valid
 from importer.intake._key_index import KeyIndex, _merged
 from importer.intake._reader import _DecodeFailed, _line_breaks, _scan_text
+from tests.helpers import key_index_answers
 
 FORMATS = ("%d.%m.%Y", "%m/%d/%Y", "%m/%d/%Y %I:%M %p")
 #: ISO with an offset, ISO naive (date, time of day), other formats, Excel serials, junk.
@@ -223,21 +224,6 @@ def test_line_breaks(block: bytes, count: int) -> None:
 # --- the key index: the bitmap in front of the sorted runs ---------------------------------
 
 
-def _first_seen(batches: list[list[int]]) -> list[list[int]]:
-    """The index's answers by a dict: for each key, -1 if new, else where first seen."""
-    seen: dict[int, int] = {}
-    out = []
-    at = 0
-    for batch in batches:
-        answers = []
-        for key in batch:
-            answers.append(seen.get(key, -1))
-            seen.setdefault(key, at)
-            at += 1
-        out.append(answers)
-    return out
-
-
 @settings(max_examples=300, deadline=None)
 @given(
     batches=st.lists(
@@ -260,7 +246,7 @@ def test_key_index_answers_as_a_dict(batches: list[list[int]]) -> None:
         here = np.arange(at, at + len(batch), dtype=np.int64)
         got.append(index.add(np.array(batch, dtype=np.uint64), here).tolist())
         at += len(batch)
-    assert got == _first_seen(batches)
+    assert got == key_index_answers(batches)
     everything = sorted({k for b in batches for k in b})
     assert index.contains(np.array(everything, dtype=np.uint64)).all()
     others = np.array([k ^ 1 << 2 for k in everything], dtype=np.uint64)  # same slot, absent
