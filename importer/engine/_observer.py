@@ -7,13 +7,13 @@ the stats to the caller's progress callback.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable
 
 from importer._results import RevokePlan, RunStats, ValidationSummary
 from importer._rows import Row, Unchanged
 from importer.api._client import ClientStats
+from importer.api._limiter import loop_time
 from importer.engine._rowlog import row_fields
 
 log = logging.getLogger("importer.engine")
@@ -43,13 +43,6 @@ _COUNTS = {
 _ALSO = {"recreated": "recreated"}
 
 
-def _now() -> float:
-    """The event loop's clock, as `anyio.current_time()` reads it on asyncio (the run's
-    loop), without its look-up of the running library each call: every row's event reads
-    it (issue 24)."""
-    return asyncio.get_running_loop().time()
-
-
 class RunObserver:
     """Counts a run's events and reports progress."""
 
@@ -63,10 +56,10 @@ class RunObserver:
         self._last_sample = -1.0
 
     def started(self) -> None:
-        self._started = _now()
+        self._started = loop_time()
 
     def finished(self) -> None:
-        self.stats.duration_s = _now() - self._started
+        self.stats.duration_s = loop_time() - self._started
         self.stats.timeline.append((round(self.stats.duration_s, 2), self.stats.finished))
 
     def read(self, row: Row) -> None:
@@ -181,7 +174,7 @@ class RunObserver:
         stats = self.stats
         stats.requests = self._client.requests
         stats.rate_limited = self._client.rate_limited
-        now = _now() - self._started
+        now = loop_time() - self._started
         if now - self._last_sample >= 1.0:
             self._last_sample = now
             stats.timeline.append((round(now, 2), stats.finished))
