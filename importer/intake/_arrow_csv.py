@@ -132,28 +132,25 @@ def arrow_frames(
         )
         if not data:
             return pa.table({n: pa.array([], pa.string()) for n in names}), 0
-        try:
-            table = pacsv.read_csv(
+
+        def read_as(blocks: Any) -> pa.Table:
+            return pacsv.read_csv(
                 pa.BufferReader(data),
-                read_options=read,
+                read_options=blocks,
                 parse_options=options,
                 convert_options=convert,
                 memory_pool=pool,
             )
+
+        try:
+            table = read_as(read)
         except pa.ArrowInvalid:
             # A record longer than a block (a cell of a megabyte, an embedded document):
             # this stretch again as one block, in one thread. (A file that does not parse
             # fails again, and that error is raised.)
             left_out = 0
-            whole = pacsv.ReadOptions(
-                column_names=names, block_size=len(data) + 1, use_threads=False
-            )
-            table = pacsv.read_csv(
-                pa.BufferReader(data),
-                read_options=whole,
-                parse_options=options,
-                convert_options=convert,
-                memory_pool=pool,
+            table = read_as(
+                pacsv.ReadOptions(column_names=names, block_size=len(data) + 1, use_threads=False)
             )
         return table, left_out
 
