@@ -145,25 +145,29 @@ CHILDREN: dict[str, Callable[[str], str]] = {
 }
 
 
+def _measured(argv: list[str], cwd: Path, ok: tuple[int, ...], what: str) -> tuple[float, int, str]:
+    """(wall s, peak RSS MB as peak_rss.py reports it, stdout) of `argv`, which starts
+    with peak_rss.py; raises if it exits with other than `ok`."""
+    started = time.perf_counter()
+    proc = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, check=False, timeout=900)
+    wall = time.perf_counter() - started
+    if proc.returncode not in ok:
+        raise RuntimeError(f"{what} failed: {proc.stderr[-1500:]}")
+    return wall, int(proc.stderr.strip().splitlines()[-1].split("=")[1]), proc.stdout
+
+
 def run_child(name: str, path: Path) -> tuple[float, int, str]:
     """(wall s, peak RSS MB, its one line) of CHILDREN[name] in its own process."""
-    started = time.perf_counter()
-    proc = subprocess.run(
+    wall, peak, out = _measured(
         [
             *(sys.executable, str(HERE / "peak_rss.py"), "-m", "bench_validate_compare"),
             *("--child", name, str(path)),
         ],
-        cwd=HERE,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=900,
+        HERE,
+        (0,),
+        name,
     )
-    wall = time.perf_counter() - started
-    if proc.returncode:
-        raise RuntimeError(f"{name} failed: {proc.stderr[-1500:]}")
-    peak = int(proc.stderr.strip().splitlines()[-1].split("=")[1])
-    return wall, peak, proc.stdout.strip().splitlines()[-1]
+    return wall, peak, out.strip().splitlines()[-1]
 
 
 def _load() -> str:
@@ -188,22 +192,16 @@ def _span(values: list[float], unit: str = "s", digits: int = 1) -> str:
 
 def run_before(tree: Path, path: Path) -> tuple[float, int]:
     """(wall s, peak RSS MB) of `consent-import validate` by another checkout's product."""
-    started = time.perf_counter()
-    proc = subprocess.run(
+    wall, peak, _ = _measured(
         [
             *(str(tree / ".venv" / "bin" / "python"), str(tree / "benchmarks" / "peak_rss.py")),
             *("-m", "importer", "validate", str(path), "--quiet"),
         ],
-        cwd=tree,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=900,
+        tree,
+        (0, 1),
+        f"before ({tree})",
     )
-    wall = time.perf_counter() - started
-    if proc.returncode not in (0, 1):
-        raise RuntimeError(f"before ({tree}) failed: {proc.stderr[-1500:]}")
-    return wall, int(proc.stderr.strip().splitlines()[-1].split("=")[1])
+    return wall, peak
 
 
 def timing(rows: int, repeat: int, before: Path | None = None) -> None:
